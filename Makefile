@@ -1,0 +1,34 @@
+# TokenHub: `make run` starts the server, `make test` runs lint + the test suite. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: help run test lint format clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed  ## start TokenHub on :8080 (data in ./data; override with TOKENHUB_* variables)
+	$(BIN)/tokenhub serve
+
+lint: $(VENV)/.installed  ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint  ## lint, then the whole pytest suite
+	$(BIN)/python -m pytest -q
+
+format: $(VENV)/.installed  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove the virtualenv and caches (keeps ./data)
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

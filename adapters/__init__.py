@@ -1,0 +1,1 @@
+"""Provider adapters: translate the normalized ChatRequest into each upstream's wire format."""

@@ -1,0 +1,195 @@
+"""The one shared HTTP client and retry loop every adapter uses for non-streaming calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+
+import aiohttp
+
+from adapters.errors import ProviderError, excerpt
+from pipeline.types import ErrorClass
+
+Classifier = Callable[[int, str, Mapping[str, str]], ProviderError]
+RetryHook = Callable[[int, ProviderError, float], None]
+
+_TRANSIENT = ErrorClass.TRANSIENT
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries for TRANSIENT errors only: base * multiplier**k * U(jitter), k = 0 for the first retry."""
+
+    max_retries: int = 2
+    base_delay: float = 0.1
+    multiplier: float = 2.0
+    jitter: tuple[float, float] = (0.5, 1.5)
+    max_retry_after: float = 10.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        backoff = self.base_delay * self.multiplier**attempt * rng.uniform(*self.jitter)
+        return max(backoff, retry_after or 0.0)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds: a non-negative number, or an HTTP date still in the future; else None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return _seconds_until_http_date(value, time.time() if now is None else now)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _seconds_until_http_date(value: str, now: float) -> float | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates parse naive; HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    seconds = when.timestamp() - now
+    return seconds if seconds > 0 else None
+
+
+def _client_timeout(total: float) -> aiohttp.ClientTimeout:
+    # ceil_threshold=inf: aiohttp otherwise rounds timeouts > 5 s up to a whole second, overshooting deadlines
+    return aiohttp.ClientTimeout(total=total, ceil_threshold=math.inf)
+
+
+# Configured per-attempt timeouts are few, so their ClientTimeout objects are reused across requests.
+_cached_client_timeout = lru_cache(maxsize=64)(_client_timeout)
+
+
+class HttpClient:
+    """Owns one pooled aiohttp session shared by every adapter (connection reuse is most of the speed)."""
+
+    def __init__(self, *, rng: random.Random | None = None, connection_limit: int = 0) -> None:
+        self._rng = rng or random.Random()
+        self._limit = connection_limit  # 0 = unbounded; the proxy's own admission control bounds concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The live session, created on first use (must be called inside the running loop)."""
+        session = self._session
+        if session is None or session.closed:
+            session = self._session = self._new_session()
+        return session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, keepalive_timeout=30)
+        # auto_decompress stays on: post_json returns parsed JSON, so a gzip body must be decoded here.
+        return aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+
+    async def start(self) -> None:
+        _ = self.session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    async def post_json(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        headers: dict[str, str],
+        deadline: float,
+        attempt_timeout: float,
+        classify: Classifier,
+        retry: RetryPolicy,
+        secret: str = "",
+        on_retry: RetryHook | None = None,
+    ) -> tuple[dict[str, Any], float]:
+        """POST `payload`; return (JSON object body, latency_ms of the successful attempt).
+
+        `deadline` is absolute time.monotonic(). `headers` must already carry Content-Type. TRANSIENT errors
+        are retried per `retry` within the deadline; every other class is raised at once so the router can
+        fail over. `on_retry(k, error, delay)` is called before sleeping for retry k (0-based).
+        """
+        data = json.dumps(payload, separators=(",", ":")).encode()  # serialized once for all attempts
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(url, data, headers, deadline, attempt_timeout, classify, secret)
+            except ProviderError as err:
+                delay = self._retry_delay(err, attempt, retry, deadline)
+                if delay is None:
+                    raise
+                if on_retry is not None:
+                    on_retry(attempt, err, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def _retry_delay(self, err: ProviderError, attempt: int, retry: RetryPolicy, deadline: float) -> float | None:
+        """Seconds to wait before retrying, or None when the error must be raised now."""
+        if err.error_class is not _TRANSIENT or attempt >= retry.max_retries:
+            return None
+        if err.retry_after is not None and err.retry_after > retry.max_retry_after:
+            return None
+        delay = retry.delay(attempt, err.retry_after, self._rng)
+        if time.monotonic() + delay >= deadline:  # no time left for another attempt after the sleep
+            return None
+        return delay
+
+    async def _attempt(
+        self,
+        url: str,
+        data: bytes,
+        headers: dict[str, str],
+        deadline: float,
+        attempt_timeout: float,
+        classify: Classifier,
+        secret: str,
+    ) -> tuple[dict[str, Any], float]:
+        started = time.monotonic()
+        remaining = deadline - started
+        if remaining <= 0:  # aiohttp treats total<=0 as "no timeout", so refuse explicitly
+            raise ProviderError(_TRANSIENT, "deadline exceeded before the upstream call")
+        if attempt_timeout < remaining:
+            timeout, client_timeout = attempt_timeout, _cached_client_timeout(attempt_timeout)
+        else:  # clamped to the deadline: a one-off value, not worth caching
+            timeout, client_timeout = remaining, _client_timeout(remaining)
+        try:
+            async with self.session.post(url, data=data, headers=headers, timeout=client_timeout) as resp:
+                status = resp.status
+                raw = await resp.read()
+                resp_headers = resp.headers
+        except TimeoutError:  # also covers aiohttp's ServerTimeoutError; must precede OSError
+            raise ProviderError(_TRANSIENT, f"timeout after {timeout:.1f}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(exc, secret) from None
+        latency_ms = (time.monotonic() - started) * 1000.0
+        if status != 200:
+            raise classify(status, raw.decode("utf-8", "replace"), resp_headers)
+        return _json_object(raw, secret), latency_ms
+
+
+def _transport_error(exc: BaseException, secret: str) -> ProviderError:
+    kind = "connection failed" if isinstance(exc, aiohttp.ClientConnectionError | OSError) else "transport error"
+    detail = str(exc) or type(exc).__name__
+    return ProviderError(_TRANSIENT, f"{kind}: {excerpt(detail, secret)}", secret=secret)
+
+
+def _json_object(raw: bytes, secret: str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        body = None
+    if isinstance(body, dict):
+        return body
+    text = excerpt(raw.decode("utf-8", "replace"), secret) or "<empty body>"
+    raise ProviderError(_TRANSIENT, f"malformed upstream response: {text}", status=200, secret=secret)

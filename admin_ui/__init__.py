@@ -1,0 +1,1 @@
+"""Admin JSON API (and, later, the admin single-page UI)."""

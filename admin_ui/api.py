@@ -1,0 +1,429 @@
+"""The admin JSON API under /admin/v1 (Bearer admin token). Every write commits to SQLite first, then
+swaps the request path's snapshot, so a change applies to the next request without a restart."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import sqlite3
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapters.openai import normalize_base_url
+from pipeline.edge import PIPELINES, SERVICES, Handler, read_body
+from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError, Unauthorized
+from pipeline.services import Services
+from pipeline.types import ModelInfo, ProviderInfo
+from store.config_store import DEFAULT_TENANT, RoutingDefaults
+
+M = TypeVar("M", bound=BaseModel)
+ADMIN_PREFIX = "/admin/v1"
+ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)
+IdStr = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
+Scope = Literal["chat", "plan", "embeddings"]
+Mode = Literal["", "cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(ADMIN_PREFIX + "/") or request.path == ADMIN_PREFIX:
+        auth = request.headers.get("Authorization", "")
+        if not auth[:7].lower() == "bearer ":
+            raise Unauthorized("missing admin token: send 'Authorization: Bearer <TOKENHUB_ADMIN_TOKEN>'")
+        if not hmac.compare_digest(auth[7:].strip().encode(), request.app[ADMIN_TOKEN].encode()):
+            raise Unauthorized("invalid admin token")
+    return await handler(request)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ProviderIn(_Body):
+    id: IdStr
+    type: Literal["openai"] = "openai"
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")]
+    enabled: bool = True
+    api_key: str | None = Field(None, repr=False)
+
+
+class ProviderPatch(_Body):
+    type: Literal["openai"] | None = None
+    base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
+    enabled: bool | None = None
+    api_key: str | None = Field(None, repr=False)
+
+
+class ModelIn(_Body):
+    id: IdStr
+    provider_id: IdStr
+    weight: Annotated[int, Field(ge=0, le=10)] = 5
+    max_context_tokens: Annotated[int, Field(ge=0)] = 0
+    input_per_1k: Annotated[float, Field(ge=0)] = 0.0
+    output_per_1k: Annotated[float, Field(ge=0)] = 0.0
+    enabled: bool = True
+
+
+class ModelPatch(_Body):
+    weight: Annotated[int, Field(ge=0, le=10)] | None = None
+    max_context_tokens: Annotated[int, Field(ge=0)] | None = None
+    input_per_1k: Annotated[float, Field(ge=0)] | None = None
+    output_per_1k: Annotated[float, Field(ge=0)] | None = None
+    enabled: bool | None = None
+
+
+class RoutingIn(_Body):
+    default_mode: Mode = ""
+    default_max_budget_usd: Annotated[float, Field(ge=0, le=100)] = 0.0
+    default_max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
+
+
+class ApiKeyIn(_Body):
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    tenant_id: IdStr = DEFAULT_TENANT
+    scopes: list[Scope] = Field(default_factory=lambda: ["chat", "plan"])
+    expires_in: str | None = None
+
+
+class TenantIn(_Body):
+    id: IdStr
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    raw = await read_body(request, request.app[SERVICES].settings.max_body_bytes)
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        if err["type"] == "json_invalid":
+            raise InvalidRequest(f"malformed JSON: {err['ctx'].get('error', '')}", field="body") from None
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidRequest(f"{field}: {err['msg']}", field=field) from None
+
+
+def parse_duration(text: str) -> float:
+    """Go-style durations: '720h', '1h30m', '90s', '7d'."""
+    text = text.strip()
+    if not text or _DURATION.sub("", text):
+        raise InvalidRequest("expires_in must be a duration like '720h', '1h30m' or '30d'", field="expires_in")
+    seconds = sum(float(n) * _UNIT_SECS[unit] for n, unit in _DURATION.findall(text))
+    if seconds <= 0:
+        raise InvalidRequest("expires_in must be positive", field="expires_in")
+    return seconds
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def _commit(request: web.Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one store write, then make it visible to the request path."""
+    services = _services(request)
+    try:
+        result = await services.config.call(fn, *args, **kwargs)
+    except sqlite3.IntegrityError as exc:
+        raise Conflict(f"conflicts with existing data: {exc}") from None
+    await services.reload_config()
+    request.app[PIPELINES].refresh()
+    return result
+
+
+# --- providers -------------------------------------------------------------------------------------
+async def list_providers(request: web.Request) -> web.Response:
+    services = _services(request)
+    stored = await services.config.call(services.config.list_providers)
+    env = services.env_providers
+    items = [
+        {**p, "has_api_key": True, "source": "env"} if p["id"] in env else {**p, "source": "store"} for p in stored
+    ]
+    return web.json_response({"items": items, "total": len(items)})
+
+
+async def create_provider(request: web.Request) -> web.Response:
+    body = await read_model(request, ProviderIn)
+    provider = ProviderInfo(body.id, body.type, normalize_base_url(body.base_url), body.enabled)
+    services = _services(request)
+    await _commit(request, services.config.upsert_provider, provider, api_key=body.api_key)
+    return web.json_response({"ok": True, "provider": _provider_view(provider)}, status=201)
+
+
+async def patch_provider(request: web.Request) -> web.Response:
+    provider_id = request.match_info["id"]
+    body = await read_model(request, ProviderPatch)
+    services = _services(request)
+    current = await services.config.call(services.config.get_provider, provider_id)
+    if current is None:
+        raise NotFound(f"provider {provider_id!r} not found")
+    updated = ProviderInfo(
+        provider_id,
+        body.type or current.type,
+        normalize_base_url(body.base_url) if body.base_url else current.base_url,
+        current.enabled if body.enabled is None else body.enabled,
+    )
+    await _commit(request, services.config.upsert_provider, updated, api_key=body.api_key)
+    return web.json_response({"ok": True, "provider": _provider_view(updated)})
+
+
+async def delete_provider(request: web.Request) -> web.Response:
+    services = _services(request)
+    deleted = await _commit(request, services.config.delete_provider, request.match_info["id"])
+    return web.json_response({"ok": True, "deleted": deleted})
+
+
+def _provider_view(p: ProviderInfo) -> dict[str, Any]:
+    return {"id": p.id, "type": p.type, "base_url": p.base_url, "enabled": p.enabled}
+
+
+# --- models ----------------------------------------------------------------------------------------
+async def list_models(request: web.Request) -> web.Response:
+    services = _services(request)
+    models = await services.config.call(services.config.list_models)
+    items = [{**_model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in models]
+    return web.json_response({"items": items, "total": len(items)})
+
+
+async def create_model(request: web.Request) -> web.Response:
+    body = await read_model(request, ModelIn)
+    services = _services(request)
+    await _require_provider(services, body.provider_id)
+    model = ModelInfo(**body.model_dump())
+    await _commit(request, services.config.upsert_model, model)
+    return web.json_response({"ok": True, "model": _model_view(model)}, status=201)
+
+
+async def patch_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["id"]
+    body = await read_model(request, ModelPatch)
+    services = _services(request)
+    current = await services.config.call(services.config.get_model, model_id)
+    if current is None:
+        raise NotFound(f"model {model_id!r} not found")
+    changes = body.model_dump(exclude_none=True)
+    updated = ModelInfo(**{**_model_view(current), **changes})
+    await _commit(request, services.config.upsert_model, updated)
+    return web.json_response({"ok": True, "model": _model_view(updated)})
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    services = _services(request)
+    deleted = await _commit(request, services.config.delete_model, request.match_info["id"])
+    return web.json_response({"ok": True, "deleted": deleted})
+
+
+async def _require_provider(services: Services, provider_id: str) -> None:
+    if await services.config.call(services.config.get_provider, provider_id) is None:
+        raise InvalidRequest(f"provider {provider_id!r} does not exist; create it first", field="provider_id")
+
+
+def _model_view(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "provider_id": m.provider_id,
+        "weight": m.weight,
+        "max_context_tokens": m.max_context_tokens,
+        "input_per_1k": m.input_per_1k,
+        "output_per_1k": m.output_per_1k,
+        "enabled": m.enabled,
+    }
+
+
+# --- routing defaults ------------------------------------------------------------------------------
+async def get_routing(request: web.Request) -> web.Response:
+    services = _services(request)
+    stored = services.snapshot.routing
+    settings = services.settings
+    return web.json_response(
+        {
+            "default_mode": stored.mode,
+            "default_max_budget_usd": stored.max_budget_usd,
+            "default_max_latency_ms": stored.max_latency_ms,
+            "effective": {
+                "mode": stored.mode or settings.default_mode,
+                "max_budget_usd": stored.max_budget_usd or settings.default_max_budget_usd,
+                "max_latency_ms": stored.max_latency_ms or settings.default_max_latency_ms,
+            },
+        }
+    )
+
+
+async def put_routing(request: web.Request) -> web.Response:
+    body = await read_model(request, RoutingIn)
+    services = _services(request)
+    defaults = RoutingDefaults(body.default_mode, body.default_max_budget_usd, body.default_max_latency_ms)
+    await _commit(request, services.config.set_routing, defaults)
+    return await get_routing(request)
+
+
+# --- API keys --------------------------------------------------------------------------------------
+async def list_api_keys(request: web.Request) -> web.Response:
+    services = _services(request)
+    keys = await services.config.call(services.config.list_api_keys)
+    return web.json_response({"keys": keys, "total": len(keys)})
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    body = await read_model(request, ApiKeyIn)
+    services = _services(request)
+    if await services.config.call(services.config.get_tenant, body.tenant_id) is None:
+        raise InvalidRequest(f"tenant {body.tenant_id!r} does not exist", field="tenant_id")
+    expires_at = time.time() + parse_duration(body.expires_in) if body.expires_in else None
+    plaintext, record = await _commit(
+        request,
+        services.config.create_api_key,
+        name=body.name,
+        tenant_id=body.tenant_id,
+        scopes=list(dict.fromkeys(body.scopes)),
+        expires_at=expires_at,
+    )
+    return web.json_response(
+        {"ok": True, "key": plaintext, **record, "warning": "store this key now: it is shown only once"},
+        status=201,
+    )
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    services = _services(request)
+    key_id = request.match_info["id"]
+    if not await _commit(request, services.config.delete_api_key, key_id):
+        raise NotFound(f"api key {key_id!r} not found")
+    return web.json_response({"ok": True, "revoked": key_id})
+
+
+# --- tenants and pipelines -------------------------------------------------------------------------
+async def list_tenants(request: web.Request) -> web.Response:
+    services = _services(request)
+    tenants = await services.config.call(services.config.list_tenants)
+    pipelines = services.snapshot.pipelines
+    items = [
+        {"id": t.id, "name": t.name, "created_at": t.created_at, "custom_pipeline": t.id in pipelines} for t in tenants
+    ]
+    return web.json_response({"items": items, "total": len(items)})
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    body = await read_model(request, TenantIn)
+    services = _services(request)
+    if await services.config.call(services.config.get_tenant, body.id) is not None:
+        raise Conflict(f"tenant {body.id!r} already exists")
+    tenant = await _commit(request, services.config.create_tenant, body.id, body.name)
+    return web.json_response({"ok": True, "id": tenant.id, "name": tenant.name}, status=201)
+
+
+async def get_pipeline(request: web.Request) -> web.Response:
+    tenant_id = await _existing_tenant(request)
+    definition, custom = request.app[PIPELINES].definition_for(tenant_id)
+    return web.json_response({"tenant_id": tenant_id, "custom": custom, "stages": definition})
+
+
+async def put_pipeline(request: web.Request) -> web.Response:
+    tenant_id = await _existing_tenant(request)
+    raw = await read_body(request, _services(request).settings.max_body_bytes)
+    try:
+        data = json.loads(raw or b"null")
+        steps = request.app[PIPELINES].validate(data)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
+    except PipelineConfigError as exc:
+        raise InvalidRequest(f"invalid pipeline: {exc}", field="stages") from None
+    definition = [step.as_data() for step in steps]
+    services = _services(request)
+    await _commit(request, services.config.set_pipeline, tenant_id, definition)
+    return web.json_response({"ok": True, "tenant_id": tenant_id, "custom": True, "stages": definition})
+
+
+async def delete_pipeline(request: web.Request) -> web.Response:
+    tenant_id = await _existing_tenant(request)
+    services = _services(request)
+    deleted = await _commit(request, services.config.delete_pipeline, tenant_id)
+    return web.json_response({"ok": True, "tenant_id": tenant_id, "deleted": deleted})
+
+
+async def list_stages(request: web.Request) -> web.Response:
+    pipelines = request.app[PIPELINES]
+    default = [step.as_data() for step in pipelines.default_steps]
+    return web.json_response({"stages": pipelines.registry.describe(), "default_pipeline": default})
+
+
+async def _existing_tenant(request: web.Request) -> str:
+    tenant_id = request.match_info["id"]
+    services = _services(request)
+    if await services.config.call(services.config.get_tenant, tenant_id) is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    return tenant_id
+
+
+# --- observability ---------------------------------------------------------------------------------
+async def list_logs(request: web.Request) -> web.Response:
+    services = _services(request)
+    limit = _int_query(request, "limit", 100, 1, 1000)
+    offset = _int_query(request, "offset", 0, 0, 10**9)
+    await services.records.flush()
+    logs = await services.analytics.call(services.analytics.recent_requests, limit, offset)
+    return web.json_response({"logs": logs, "limit": limit, "offset": offset})
+
+
+async def provider_health(request: web.Request) -> web.Response:
+    services = _services(request)
+    providers = [
+        {
+            "provider_id": provider_id,
+            "state": h.state,
+            "total_requests": h.total_requests,
+            "total_errors": h.total_errors,
+            "consec_errors": h.consec_errors,
+            "avg_latency_ms": round(h.avg_latency_ms, 3),
+            "last_error": h.last_error,
+            "unavailable": services.health.unavailable_reason(provider_id),
+        }
+        for provider_id, h in sorted(services.health.snapshot().items())
+    ]
+    return web.json_response({"providers": providers})
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer", field=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+def add_routes(app: web.Application) -> None:
+    p = ADMIN_PREFIX
+    app.router.add_routes(
+        [
+            web.get(f"{p}/providers", list_providers),
+            web.post(f"{p}/providers", create_provider),
+            web.patch(f"{p}/providers/{{id}}", patch_provider),
+            web.delete(f"{p}/providers/{{id}}", delete_provider),
+            web.get(f"{p}/models", list_models),
+            web.post(f"{p}/models", create_model),
+            web.patch(f"{p}/models/{{id:.+}}", patch_model),
+            web.delete(f"{p}/models/{{id:.+}}", delete_model),
+            web.get(f"{p}/routing-config", get_routing),
+            web.put(f"{p}/routing-config", put_routing),
+            web.get(f"{p}/apikeys", list_api_keys),
+            web.post(f"{p}/apikeys", create_api_key),
+            web.delete(f"{p}/apikeys/{{id}}", revoke_api_key),
+            web.get(f"{p}/tenants", list_tenants),
+            web.post(f"{p}/tenants", create_tenant),
+            web.get(f"{p}/tenants/{{id}}/pipeline", get_pipeline),
+            web.put(f"{p}/tenants/{{id}}/pipeline", put_pipeline),
+            web.delete(f"{p}/tenants/{{id}}/pipeline", delete_pipeline),
+            web.get(f"{p}/pipelines/stages", list_stages),
+            web.get(f"{p}/logs", list_logs),
+            web.get(f"{p}/health", provider_health),
+        ]
+    )

@@ -1,0 +1,1 @@
+"""TokenHub core: request context, stages, pipelines, settings, the HTTP app and CLI."""

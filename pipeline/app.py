@@ -1,0 +1,70 @@
+"""The aiohttp application factory and its lifecycle (start-up wiring, graceful drain on shutdown)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from adapters.http import HttpClient
+from admin_ui import api as admin_api
+from pipeline.admin_token import resolve_admin_token
+from pipeline.edge import PIPELINES, SERVICES, ChatEndpoint, healthz, metrics, request_id_and_errors
+from pipeline.metrics import Metrics
+from pipeline.registry import default_registry
+from pipeline.services import Services
+from pipeline.settings import Settings
+from pipeline.tenants import TenantPipelines
+from store.analytics import AnalyticsStore
+from store.config_store import ConfigStore
+from store.secret_box import SecretBox
+
+log = structlog.get_logger("tokenhub.app")
+ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
+
+
+def build_services(settings: Settings) -> Services:
+    """Open the stores (migrating SQLite) and build the shared services. Runs once, before serving."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = ConfigStore(settings.sqlite_path, SecretBox.from_key_file(settings.data_dir / ".secret-key"))
+    applied = config.open()
+    if applied:
+        log.info("sqlite_migrated", versions=applied, path=str(settings.sqlite_path))
+    analytics = AnalyticsStore(settings.analytics_path)
+    analytics.open()
+    return Services(settings, config=config, analytics=analytics, metrics=Metrics(), http=HttpClient())
+
+
+def create_app(settings: Settings) -> web.Application:
+    services = build_services(settings)
+    pipelines = TenantPipelines(default_registry(), services)
+    token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
+
+    app = web.Application(
+        middlewares=[request_id_and_errors, admin_api.admin_auth],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SERVICES] = services
+    app[PIPELINES] = pipelines
+    app[admin_api.ADMIN_TOKEN] = token
+    app[ADMIN_TOKEN_GENERATED] = generated
+    app.router.add_post("/v1/chat", ChatEndpoint(services, pipelines).handle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    admin_api.add_routes(app)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    await services.http.start()
+    services.records.start()
+    yield
+    # In-flight requests have finished (aiohttp drains them first); now flush what they recorded.
+    await services.records.stop()
+    await services.http.close()
+    services.analytics.close()
+    services.config.close()
+    log.info("stopped", records_written=services.records.written)

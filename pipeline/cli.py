@@ -1,0 +1,117 @@
+"""The ``tokenhub`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from admin_ui.api import ADMIN_TOKEN
+from pipeline.app import ADMIN_TOKEN_GENERATED, create_app
+from pipeline.edge import SERVICES
+from pipeline.logging import configure_logging
+from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
+
+DESCRIPTION = """TokenHub: an LLM routing proxy.
+
+Every chat request runs through a pipeline of stages (rate_limit -> auth -> directives -> policy ->
+escalate -> dispatch, wrapped by record). Configuration comes from TOKENHUB_* environment variables
+(see README.md); providers, models, API keys, tenants and pipelines are managed at /admin/v1.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tokenhub", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the HTTP server (the default command)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="bind address (TOKENHUB_LISTEN_ADDR, default :8080)")
+    serve.add_argument("--data-dir", metavar="DIR", help="SQLite + DuckDB location (TOKENHUB_DATA_DIR, default ./data)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warn", "error"], help="TOKENHUB_LOG_LEVEL")
+    args = parser.parse_args(argv)
+    if args.command in (None, "serve"):
+        return serve_command(
+            listen=getattr(args, "listen", None),
+            data_dir=getattr(args, "data_dir", None),
+            log_level=getattr(args, "log_level", None),
+        )
+    parser.print_help()
+    return 2
+
+
+def serve_command(*, listen: str | None, data_dir: str | None, log_level: str | None) -> int:
+    try:
+        settings = load_settings(listen_addr=listen, data_dir=data_dir, log_level=log_level)
+    except SettingsError as exc:
+        print(f"tokenhub: {exc}", file=sys.stderr)
+        return 2
+    log_stream = configure_logging(settings.log_level)
+    log = structlog.get_logger("tokenhub")
+    for name in unknown_variables():
+        log.warning("unknown_setting_ignored", variable=name)
+    try:
+        app = create_app(settings)
+    except Exception as exc:
+        log.error("startup_failed", error=str(exc))
+        log_stream.close()
+        return 1
+    _announce(app, settings)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.shutdown_drain_secs,
+            access_log=None,
+            print=None,
+            loop=_new_loop(),
+        )
+    finally:
+        log.info("shutdown_complete")
+        log_stream.close()
+    return 0
+
+
+def _announce(app: web.Application, settings: Settings) -> None:
+    log = structlog.get_logger("tokenhub")
+    readiness = app[SERVICES].readiness()
+    shown_host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    log.info(
+        "starting",
+        listen=f"http://{shown_host}:{settings.port}",
+        data_dir=str(settings.data_dir.resolve()),
+        sqlite=str(settings.sqlite_path),
+        duckdb=settings.analytics_path,
+        providers=readiness["adapters"],
+        models=readiness["models"],
+    )
+    if readiness["status"] != "ok":
+        log.warning("not_ready", reason=readiness.get("reason"), fix=readiness.get("fix"))
+    token_file = settings.data_dir / ".admin-token"
+    if app[ADMIN_TOKEN_GENERATED]:
+        # Shown exactly once, on stderr and outside the JSON log (whose redaction would hide it).
+        print(
+            f"\n  TokenHub admin token (shown once, also saved to {token_file} with mode 0600):\n"
+            f"  {app[ADMIN_TOKEN]}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not settings.admin_token:
+        log.info("admin_token_location", path=str(token_file))
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The request context: the data that flows through a pipeline of stages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import TokenHubError
+from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo
+
+
+@dataclass(slots=True)
+class Policy:
+    """Routing constraints. Zero / empty means "not set": a later layer (directive, stage option,
+    routing defaults) fills it in."""
+
+    mode: str = ""
+    max_budget_usd: float = 0.0
+    max_latency_ms: int = 0
+    min_weight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    model: ModelInfo
+    score: float
+    estimated_cost_usd: float
+
+
+@dataclass(slots=True)
+class RoutingDecision:
+    mode: str
+    candidates: list[Candidate]  # ranked, best first
+    estimated_input_tokens: int
+    reason: str
+    exclusions: dict[str, str] = field(default_factory=dict)  # model id -> why it was not eligible
+    deadline: float = 0.0  # monotonic seconds; the whole escalate/dispatch loop must finish by then
+
+
+@dataclass(slots=True)
+class Attempt:
+    model_id: str
+    provider_id: str
+    error_class: str  # "" on success
+    message: str
+    latency_ms: float
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    scope: str  # the API-key scope this endpoint needs, e.g. "chat"
+    client_ip: str
+    request: ChatRequest
+    policy: Policy = field(default_factory=Policy)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Identity: resolved at the edge (it picks the tenant pipeline), enforced by the auth stage.
+    presented_key: bool = False
+    api_key: ApiKeyInfo | None = None
+    tenant_id: str = "default"
+    started_at: float = field(default_factory=time.perf_counter)
+    directives_applied: dict[str, Any] = field(default_factory=dict)
+    decision: RoutingDecision | None = None
+    target: Candidate | None = None  # the candidate dispatch calls next
+    result: ChatResult | None = None
+    served_by: Candidate | None = None  # the candidate whose answer is returned
+    cost_usd: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    routing_reason: str = ""
+    error: TokenHubError | None = None

@@ -1,0 +1,156 @@
+"""HTTP edge: request ids, JSON errors, client IPs, and the thin chat handler (decode -> pipeline -> encode)."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import re
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pipeline.context import RequestContext
+from pipeline.errors import PayloadTooLarge, TokenHubError
+from pipeline.native_codec import decode_chat, encode_chat
+from pipeline.services import Services
+from pipeline.tenants import TenantPipelines
+from pipeline.types import ChatRequest
+from stages.record import emit_record
+
+log = structlog.get_logger("tokenhub.http")
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+PIPELINES: web.AppKey[TenantPipelines] = web.AppKey("pipelines", TenantPipelines)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
+_counter = itertools.count(1)
+_process_tag = os.urandom(6).hex()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def new_request_id(incoming: str | None) -> str:
+    """Reuse a well-formed incoming X-Request-Id (so callers can correlate), else make one."""
+    if incoming and _REQUEST_ID_OK.match(incoming):
+        return incoming
+    return f"th-{_process_tag}-{next(_counter):08d}"
+
+
+def error_response(exc: TokenHubError, request_id: str) -> web.Response:
+    return web.json_response(
+        exc.body(request_id), status=exc.status, headers={**exc.headers, "X-Request-Id": request_id}
+    )
+
+
+@web.middleware
+async def request_id_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every response carries X-Request-Id; every error, ours or aiohttp's, is JSON; never a traceback."""
+    request_id = new_request_id(request.headers.get("X-Request-Id"))
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except TokenHubError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = TokenHubError(exc.reason or "error")
+        error.status, error.type = exc.status, _HTTP_TYPES.get(exc.status, "http_error")
+        return error_response(error, request_id)
+    except Exception:
+        log.exception("unhandled_error", request_id=request_id, path=request.path)
+        error = TokenHubError("internal error; see the server log for this request id")
+        return error_response(error, request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def client_ip(request: web.Request, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    """The peer's host (no port). Forwarding headers count only when the peer is a trusted proxy."""
+    peer = request.remote or ""
+    if not trusted or not peer:
+        return peer
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(address in net for net in trusted):
+        return peer
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip() or peer
+    return request.headers.get("X-Real-IP", "").strip() or peer
+
+
+def presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}", field="body")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit", field="body")
+    return body
+
+
+class ChatEndpoint:
+    """POST /v1/chat. Thin: decode, build the context, run the tenant's pipeline, encode."""
+
+    def __init__(self, services: Services, pipelines: TenantPipelines) -> None:
+        self._services = services
+        self._pipelines = pipelines
+        self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in services.settings.trusted_proxies)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        services = self._services
+        key = presented_key(request)
+        api_key = services.identify(key)
+        ctx = RequestContext(
+            request_id=request[REQUEST_ID],
+            scope="chat",
+            client_ip=client_ip(request, self._trusted),
+            request=ChatRequest(messages=[]),
+            headers=request.headers,
+            presented_key=bool(key),
+            api_key=api_key,
+            tenant_id=api_key.tenant_id if api_key else "default",
+        )
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
+        try:
+            try:
+                raw = await read_body(request, services.settings.max_body_bytes)
+                ctx.request, ctx.policy = decode_chat(raw, max_messages=services.settings.max_messages)
+            except TokenHubError as exc:
+                # Rejected before any stage ran: nothing dispatched, still recorded exactly once.
+                ctx.error = exc
+                emit_record(services, ctx)
+                raise
+            await self._pipelines.chain_for(ctx.tenant_id)(ctx)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        served = ctx.served_by
+        assert served is not None, "a chain that returns without error has served the request"
+        return web.json_response(
+            encode_chat(ctx),
+            headers={"X-Negotiated-Model": served.model.id, "X-Provider": served.model.provider_id},
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    status = request.app[SERVICES].readiness()
+    return web.json_response(status, status=200 if status["status"] == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[SERVICES].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

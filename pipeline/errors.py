@@ -1,0 +1,109 @@
+"""Typed errors: each maps to one HTTP status and one JSON body with the request id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TokenHubError(Exception):
+    """Base of every error a client may see. Never carries a traceback or a secret to the client."""
+
+    status: int = 500
+    type: str = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        error: dict[str, Any] = {"type": self.type, "message": self.message, "request_id": request_id}
+        if self.field:
+            error["field"] = self.field
+        error.update(self.extra())
+        return {"error": error}
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+
+class InvalidRequest(TokenHubError):
+    status = 400
+    type = "invalid_request"
+
+
+class PayloadTooLarge(TokenHubError):
+    status = 413
+    type = "payload_too_large"
+
+
+class Unauthorized(TokenHubError):
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(TokenHubError):
+    status = 403
+    type = "forbidden"
+
+
+class NotFound(TokenHubError):
+    status = 404
+    type = "not_found"
+
+
+class Conflict(TokenHubError):
+    status = 409
+    type = "conflict"
+
+
+class RateLimited(TokenHubError):
+    status = 429
+    type = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float):
+        seconds = max(1, int(-(-retry_after // 1)))  # ceil, at least 1 s
+        super().__init__(message, headers={"Retry-After": str(seconds)})
+        self.retry_after = seconds
+
+    def extra(self) -> dict[str, Any]:
+        return {"retry_after_secs": self.retry_after}
+
+
+class NoEligibleModel(TokenHubError):
+    """No registered model satisfies the request. 422 when the request's own constraints exclude every
+    model (retrying will not help), 503 when providers are missing or down (retrying later may)."""
+
+    type = "no_eligible_model"
+
+    def __init__(self, message: str, *, client_constraint: bool, exclusions: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = 422 if client_constraint else 503
+        self.exclusions = dict(exclusions or {})
+
+    def extra(self) -> dict[str, Any]:
+        return {"exclusions": self.exclusions} if self.exclusions else {}
+
+
+class UpstreamFailed(TokenHubError):
+    """Every candidate the chain tried failed; carries the last provider error class."""
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(self, message: str, *, error_class: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+    def extra(self) -> dict[str, Any]:
+        return {"error_class": self.error_class}
+
+
+class ServiceUnavailable(TokenHubError):
+    status = 503
+    type = "unavailable"
+
+
+class PipelineConfigError(ValueError):
+    """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built."""

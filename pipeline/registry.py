@@ -1,0 +1,24 @@
+"""The default stage registry and the default chat pipeline definition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.stage import StageRegistry
+from stages import auth, directives, dispatch, escalate, policy, rate_limit, record
+
+DEFAULT_PIPELINE: list[dict[str, Any]] = [
+    {"stage": "record"},
+    {"stage": "rate_limit"},
+    {"stage": "auth"},
+    {"stage": "directives"},
+    {"stage": "policy"},
+    {"stage": "escalate"},
+    {"stage": "dispatch"},
+]
+
+
+def default_registry() -> StageRegistry:
+    return StageRegistry(
+        [record.SPEC, rate_limit.SPEC, auth.SPEC, directives.SPEC, policy.SPEC, escalate.SPEC, dispatch.SPEC]
+    )

@@ -1,0 +1,119 @@
+"""Settings from ``TOKENHUB_*`` environment variables, validated once at start-up.
+
+A bad value stops start-up with a message naming the variable (the original silently fell back to the
+default; a typo in production config should be loud, not ignored).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PREFIX = "TOKENHUB_"
+ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen_addr: str = Field(":8080", description="host:port to bind; ':8080' = all interfaces")
+    log_level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    data_dir: Path = Path("./data")
+    db_dsn: str = Field("", description="SQLite path; default <data dir>/tokenhub.sqlite")
+    duckdb_path: str = Field("", description="DuckDB path; default <data dir>/tokenhub.duckdb; ':memory:' ok")
+    admin_token: str = Field("", repr=False)
+    default_mode: str = "normal"
+    default_max_budget_usd: float = Field(0.05, ge=0, le=100)
+    default_max_latency_ms: int = Field(120_000, gt=0, le=300_000)
+    provider_timeout_secs: float = Field(30.0, gt=0)
+    provider_max_retries: int = Field(2, ge=0, le=10)
+    rate_limit_rps: float = Field(60.0, gt=0)
+    rate_limit_burst: int = Field(120, gt=0)
+    trusted_proxies: tuple[str, ...] = ()
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_messages: int = Field(1000, gt=0)
+    record_queue_size: int = Field(10_000, gt=0)
+    shutdown_drain_secs: float = Field(30.0, ge=0)
+    openai_api_key: str = Field("", repr=False)
+    openai_base_url: str = "https://api.openai.com"
+
+    @field_validator("default_mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in ROUTING_MODES:
+            raise ValueError(f"must be one of {', '.join(ROUTING_MODES)}")
+        return value
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _addr(cls, value: str) -> str:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT or :PORT, e.g. ':8080' or '127.0.0.1:8080'")
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # raises ValueError with a clear message
+        return tuple(value)
+
+    @property
+    def host(self) -> str:
+        host = self.listen_addr.rpartition(":")[0].strip("[]")
+        return host or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen_addr.rpartition(":")[2])
+
+    @property
+    def sqlite_path(self) -> Path:
+        if not self.db_dsn:
+            return self.data_dir / "tokenhub.sqlite"
+        # Accept the original's DSN form "file:/data/tokenhub.sqlite?_pragma=..." (prefix and query ignored).
+        return Path(self.db_dsn.removeprefix("file:").split("?", 1)[0])
+
+    @property
+    def analytics_path(self) -> str:
+        return self.duckdb_path or str(self.data_dir / "tokenhub.duckdb")
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read ``TOKENHUB_*`` variables (empty = default), apply explicit overrides (CLI flags), validate."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = env.get(PREFIX + name.upper(), "")
+        if raw.strip():
+            values[name] = raw.strip()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            shown = values.get(name, "")
+            shown = "<hidden>" if name in ("admin_token", "openai_api_key") else shown
+            lines.append(f"{PREFIX}{name.upper()}={shown!s}: {err['msg']}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """TOKENHUB_* variables that this version does not read (likely typos), for a start-up warning."""
+    env = os.environ if environ is None else environ
+    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in env if k.startswith(PREFIX) and k not in known)

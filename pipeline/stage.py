@@ -1,0 +1,164 @@
+"""The stage protocol (onion middlewares), the registry of stage factories and the pipeline builder.
+
+A pipeline definition is data: an ordered list of ``{"stage": NAME, "with": {...options}}``. The builder
+validates it against the registry (unknown stages, bad options, ordering rules) and turns it into one
+callable chain. Chains hold no per-request state, so a stage may call ``call_next`` several times
+(escalate re-runs dispatch; orchestration re-runs policy -> escalate -> dispatch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline.context import RequestContext
+from pipeline.errors import PipelineConfigError
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
+
+Next = Callable[[RequestContext], Awaitable[None]]
+
+
+class Stage(Protocol):
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None: ...
+
+
+class StageOptions(BaseModel):
+    """Base of every stage's options: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    factory: Callable[[Services, Any], Stage]  # (services, validated options) -> stage
+    options: type[StageOptions]
+    summary: str
+    required: bool = False
+    after: tuple[str, ...] = ()  # stages that, when present, must come earlier in the chain
+
+
+class StageRegistry:
+    def __init__(self, specs: Iterable[StageSpec] = ()) -> None:
+        self._specs: dict[str, StageSpec] = {}
+        for spec in specs:
+            self.add(spec)
+
+    def add(self, spec: StageSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"stage {spec.name!r} registered twice")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> StageSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._specs))
+            raise PipelineConfigError(f"unknown stage {name!r} (known stages: {known})") from None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The registered stages and their options, for GET /admin/v1/pipelines/stages."""
+        out = []
+        for spec in self._specs.values():
+            schema = spec.options.model_json_schema()
+            out.append(
+                {
+                    "stage": spec.name,
+                    "summary": spec.summary,
+                    "required": spec.required,
+                    "after": list(spec.after),
+                    "options": schema.get("properties", {}),
+                }
+            )
+        return out
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+
+@dataclass(frozen=True)
+class StageStep:
+    stage: str
+    options: StageOptions
+
+    def as_data(self) -> dict[str, Any]:
+        opts = self.options.model_dump(exclude_unset=True)
+        return {"stage": self.stage, "with": opts} if opts else {"stage": self.stage}
+
+
+def parse_definition(data: Any, registry: StageRegistry) -> list[StageStep]:
+    """Validate a pipeline definition (a list of steps, or ``{"stages": [...]}``) without building it."""
+    if isinstance(data, dict) and "stages" in data:
+        data = data["stages"]
+    if not isinstance(data, list) or not data:
+        raise PipelineConfigError('a pipeline is a non-empty list of {"stage": NAME, "with": {...}} steps')
+    steps: list[StageStep] = []
+    for index, raw in enumerate(data):
+        where = f"stages[{index}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("stage"), str):
+            raise PipelineConfigError(f"{where}: expected an object with a string 'stage'")
+        extra = set(raw) - {"stage", "with"}
+        if extra:
+            raise PipelineConfigError(f"{where}: unknown keys {sorted(extra)} (allowed: stage, with)")
+        spec = registry.get(raw["stage"])
+        options = raw.get("with") or {}
+        if not isinstance(options, dict):
+            raise PipelineConfigError(f"{where} ({spec.name}): 'with' must be an object")
+        try:
+            steps.append(StageStep(spec.name, spec.options.model_validate(options)))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'with'}: {err['msg']}" for err in exc.errors()
+            )
+            raise PipelineConfigError(f"{where} ({spec.name}): {problems}") from None
+    if all(step.stage != "record" for step in steps):
+        # record always wraps the chain so every request, rejections included, is recorded exactly once.
+        steps.insert(0, StageStep("record", registry.get("record").options()))
+    _check_order(steps, registry)
+    return steps
+
+
+def _check_order(steps: Sequence[StageStep], registry: StageRegistry) -> None:
+    names = [step.stage for step in steps]
+    for name in names:
+        if names.count(name) > 1:
+            raise PipelineConfigError(f"stage {name!r} appears more than once")
+    for spec_name in registry.names:
+        spec = registry.get(spec_name)
+        if spec.required and spec_name not in names:
+            raise PipelineConfigError(f"stage {spec_name!r} is required in every pipeline")
+    if names[0] != "record":
+        raise PipelineConfigError("'record' must be the first (outermost) stage, so every request is recorded")
+    if names[-1] != "dispatch":
+        raise PipelineConfigError("'dispatch' must be the last (innermost) stage")
+    for position, name in enumerate(names):
+        for earlier in registry.get(name).after:
+            if earlier in names and names.index(earlier) > position:
+                raise PipelineConfigError(f"stage {earlier!r} must come before {name!r}")
+
+
+async def _end_of_chain(ctx: RequestContext) -> None:
+    return None
+
+
+def build_chain(steps: Sequence[StageStep], registry: StageRegistry, services: Services) -> Next:
+    """Instantiate each stage and fold them, innermost first, into one callable."""
+    handler: Next = _end_of_chain
+    for step in reversed(steps):
+        stage = registry.get(step.stage).factory(services, step.options)
+        handler = _link(stage, handler)
+    return handler
+
+
+def _link(stage: Stage, call_next: Next) -> Next:
+    async def run(ctx: RequestContext) -> None:
+        await stage(ctx, call_next)
+
+    run.__qualname__ = f"run[{type(stage).__name__}]"
+    return run

@@ -1,0 +1,111 @@
+"""Small shared value types: the normalized request and result, and registry records.
+
+This module imports nothing of ours, so adapters and the store may depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorClass(StrEnum):
+    CONTEXT_OVERFLOW = "context_overflow"
+    RATE_LIMITED = "rate_limited"
+    TRANSIENT = "transient"
+    FATAL = "fatal"
+
+
+@dataclass(slots=True)
+class Message:
+    role: str
+    content: str
+    tool_calls: Any = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """The normalized chat request every edge codec decodes into."""
+
+    messages: list[Message]
+    model_hint: str = ""
+    estimated_input_tokens: int = 0
+    parameters: dict[str, Any] = field(default_factory=dict)
+    output_schema: Any = None
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A provider's answer: the raw JSON body plus what TokenHub extracted from it."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    id: str
+    type: str
+    base_url: str
+    enabled: bool = True
+    api_key: str = field(default="", repr=False)  # never printed
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    provider_id: str
+    weight: int = 1
+    max_context_tokens: int = 0
+    input_per_1k: float = 0.0
+    output_per_1k: float = 0.0
+    enabled: bool = True
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        return input_tokens / 1000 * self.input_per_1k + output_tokens / 1000 * self.output_per_1k
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """What the request path knows about an API key (never the key itself)."""
+
+    id: str
+    name: str
+    tenant_id: str
+    scopes: frozenset[str]  # empty = every scope
+    enabled: bool
+    expires_at: float | None  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One row of the request log: what happened to one request, success or not. No secrets."""
+
+    timestamp: float  # unix seconds
+    request_id: str
+    tenant_id: str
+    api_key_id: str
+    endpoint: str
+    mode: str
+    model_id: str
+    provider_id: str
+    status: int  # the HTTP status the client got
+    error_class: str
+    error_message: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    latency_ms: float
+    escalations: int
+    routing_reason: str

@@ -1,0 +1,51 @@
+"""directives: apply ``@@tokenhub`` in-band overrides to the policy and strip them before forwarding."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pipeline.context import RequestContext
+from pipeline.errors import InvalidRequest
+from pipeline.settings import ROUTING_MODES
+from pipeline.stage import Next, StageOptions, StageSpec
+from stages.directive_syntax import DirectiveError, parse_directives, strip_directives
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
+
+
+class DirectivesOptions(StageOptions):
+    pass
+
+
+class Directives:
+    def __init__(self, services: Services, options: DirectivesOptions) -> None:
+        pass
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        request = ctx.request
+        try:
+            found = parse_directives(request.messages, ROUTING_MODES)
+        except DirectiveError as exc:
+            raise InvalidRequest(str(exc), field="directive.output_schema") from None
+        if found is not None:
+            # A directive value wins over the body's policy only when it is set (non-zero / non-empty).
+            policy = ctx.policy
+            policy.mode = found.mode or policy.mode
+            policy.max_budget_usd = found.max_budget_usd or policy.max_budget_usd
+            policy.max_latency_ms = found.max_latency_ms or policy.max_latency_ms
+            policy.min_weight = found.min_weight or policy.min_weight
+            if found.output_schema is not None:
+                request.output_schema = found.output_schema
+            request.messages = strip_directives(request.messages)
+            ctx.directives_applied = found.as_dict()
+        await call_next(ctx)
+
+
+SPEC = StageSpec(
+    name="directives",
+    factory=Directives,
+    options=DirectivesOptions,
+    summary="Parses @@tokenhub directives in user messages into policy overrides and strips them.",
+    after=("auth",),
+)

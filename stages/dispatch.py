@@ -1,0 +1,83 @@
+"""dispatch: call the adapter for the chosen candidate and put its answer on the context."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adapters.errors import ProviderError
+from pipeline.context import Attempt, Candidate, RequestContext
+from pipeline.errors import UpstreamFailed
+from pipeline.stage import Next, StageOptions, StageSpec
+from pipeline.types import ErrorClass
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
+
+
+class DispatchFailed(UpstreamFailed):
+    """One provider call failed; escalate decides what to try next, otherwise the client gets a 502."""
+
+    def __init__(self, candidate: Candidate, cause: ProviderError) -> None:
+        model = candidate.model
+        super().__init__(
+            f"{model.provider_id} ({model.id}) failed: {cause.message}", error_class=str(cause.error_class)
+        )
+        self.candidate = candidate
+        self.cause = cause
+
+
+class DispatchOptions(StageOptions):
+    pass
+
+
+class Dispatch:
+    def __init__(self, services: Services, options: DispatchOptions) -> None:
+        self._services = services
+        self._attempts = services.metrics.provider_attempts
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        services = self._services
+        decision = ctx.decision
+        assert decision is not None, "policy runs before dispatch (checked when the pipeline is built)"
+        candidate = ctx.target or decision.candidates[0]
+        model = candidate.model
+        adapter = services.adapters.get(model.provider_id)
+        try:
+            if adapter is None:
+                raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
+            result = await adapter.send(
+                model.id,
+                ctx.request,
+                request_id=ctx.request_id,
+                deadline=decision.deadline,
+                attempt_timeout=services.settings.provider_timeout_secs,
+            )
+        except ProviderError as exc:
+            services.health.error(
+                model.provider_id,
+                exc.message,
+                retry_after=exc.retry_after if exc.error_class is ErrorClass.RATE_LIMITED else None,
+            )
+            self._attempts.labels(provider=model.provider_id, outcome=str(exc.error_class)).inc()
+            ctx.attempts.append(Attempt(model.id, model.provider_id, str(exc.error_class), exc.message, 0.0))
+            raise DispatchFailed(candidate, exc) from None
+        services.health.success(model.provider_id, result.latency_ms)
+        self._attempts.labels(provider=model.provider_id, outcome="ok").inc()
+        ctx.attempts.append(Attempt(model.id, model.provider_id, "", "", result.latency_ms))
+        ctx.result = result
+        ctx.served_by = candidate
+        usage = result.usage
+        ctx.cost_usd = (
+            model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else candidate.estimated_cost_usd
+        )
+        await call_next(ctx)
+
+
+SPEC = StageSpec(
+    name="dispatch",
+    factory=Dispatch,
+    options=DispatchOptions,
+    summary="Sends the request to the chosen model's provider adapter.",
+    required=True,
+    after=("policy",),
+)

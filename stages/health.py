@@ -1,0 +1,85 @@
+"""Per-provider health: EWMA latency, error rate, down-with-cooldown, and Retry-After back-off.
+
+Updated by the escalate/dispatch stages as calls finish; read by policy when it scores candidates.
+All in memory, O(1) per update.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+DEGRADED_AFTER = 2
+DOWN_AFTER = 5
+DOWN_COOLDOWN_SECS = 30.0
+
+
+@dataclass(slots=True)
+class ProviderHealth:
+    state: str = "healthy"
+    total_requests: int = 0
+    total_errors: int = 0
+    consec_errors: int = 0
+    avg_latency_ms: float = 0.0
+    latency_samples: int = 0
+    last_error: str = ""
+    cooldown_until: float = 0.0  # monotonic; down providers are skipped until then
+    rate_limited_until: float = 0.0  # monotonic; set from Retry-After on a 429
+
+    @property
+    def error_rate(self) -> float:
+        return self.total_errors / self.total_requests if self.total_requests else 0.0
+
+
+class HealthTracker:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._providers: dict[str, ProviderHealth] = {}
+
+    def get(self, provider_id: str) -> ProviderHealth:
+        health = self._providers.get(provider_id)
+        if health is None:
+            health = self._providers[provider_id] = ProviderHealth()
+        return health
+
+    def success(self, provider_id: str, latency_ms: float) -> None:
+        h = self.get(provider_id)
+        # Count samples apart from requests: errors carry no latency, so the first success after errors
+        # must set the average rather than blend with the 0.0 placeholder.
+        h.avg_latency_ms = latency_ms if h.latency_samples == 0 else 0.9 * h.avg_latency_ms + 0.1 * latency_ms
+        h.latency_samples += 1
+        h.total_requests += 1
+        h.consec_errors = 0
+        h.state = "healthy"
+        h.cooldown_until = 0.0
+
+    def error(self, provider_id: str, message: str, *, retry_after: float | None = None) -> None:
+        h = self.get(provider_id)
+        now = self._clock()
+        h.total_requests += 1
+        h.total_errors += 1
+        h.consec_errors += 1
+        h.last_error = message
+        if retry_after:
+            h.rate_limited_until = max(h.rate_limited_until, now + retry_after)
+        if h.consec_errors >= DOWN_AFTER:
+            h.state = "down"
+            h.cooldown_until = now + DOWN_COOLDOWN_SECS
+        elif h.consec_errors >= DEGRADED_AFTER:
+            h.state = "degraded"
+
+    def unavailable_reason(self, provider_id: str) -> str | None:
+        """Why the provider should be skipped right now, or None if it may be called."""
+        h = self._providers.get(provider_id)
+        if h is None:
+            return None
+        now = self._clock()
+        if h.state == "down" and now < h.cooldown_until:
+            return "health_down"
+        if now < h.rate_limited_until:
+            return "rate_limited"
+        return None
+
+    def snapshot(self) -> dict[str, ProviderHealth]:
+        return dict(self._providers)

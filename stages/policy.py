@@ -1,0 +1,133 @@
+"""policy: eligibility and multi-objective ranking; the decision names the ranked candidates and why."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from pipeline.context import Candidate, RequestContext, RoutingDecision
+from pipeline.errors import NoEligibleModel
+from pipeline.stage import Next, StageOptions, StageSpec
+from stages.scoring import (
+    CLIENT_CONSTRAINTS,
+    Constraints,
+    ProviderStats,
+    estimate_input_tokens,
+    exclusion_reason,
+    rank,
+)
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
+
+Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
+
+
+class PolicyOptions(StageOptions):
+    mode: Mode | None = Field(None, description="pin every request to this mode (overrides body and directives)")
+    default_mode: Mode | None = Field(None, description="mode when the request names none")
+    max_budget_usd: float | None = Field(None, ge=0, le=100, description="ceiling on the per-request budget")
+    min_weight: int | None = Field(None, ge=0, le=10, description="floor on the model weight")
+
+
+class Policy:
+    def __init__(self, services: Services, options: PolicyOptions) -> None:
+        self._services = services
+        self._options = options
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        ctx.decision = self.decide(ctx)
+        await call_next(ctx)
+
+    def decide(self, ctx: RequestContext) -> RoutingDecision:
+        services, opts = self._services, self._options
+        routing, settings = services.snapshot.routing, services.settings
+        policy = ctx.policy
+        mode = opts.mode or policy.mode or opts.default_mode or routing.mode or settings.default_mode
+        budget = policy.max_budget_usd or routing.max_budget_usd or settings.default_max_budget_usd
+        if opts.max_budget_usd is not None:
+            budget = min(budget, opts.max_budget_usd) if budget else opts.max_budget_usd
+        latency_ms = policy.max_latency_ms or routing.max_latency_ms or settings.default_max_latency_ms
+        min_weight = max(policy.min_weight, opts.min_weight or 0)
+        tokens = estimate_input_tokens(ctx.request.messages, ctx.request.estimated_input_tokens)
+        constraints = Constraints(mode, budget, min_weight, tokens)
+
+        health, adapters, skips = services.health, services.adapters, services.metrics.provider_skips
+        eligible, exclusions = [], {}
+        for model in services.snapshot.models.values():
+            reason = exclusion_reason(model, constraints, adapters.__contains__, health.unavailable_reason)
+            if reason is None:
+                eligible.append(model)
+            else:
+                exclusions[model.id] = reason
+                skips.labels(provider=model.provider_id, reason=reason).inc()
+        if not eligible:
+            raise _no_eligible(exclusions, constraints)
+
+        def stats(provider_id: str) -> ProviderStats:
+            h = health.get(provider_id)
+            return ProviderStats(h.avg_latency_ms, h.error_rate)
+
+        candidates = rank(eligible, constraints, stats)
+        hint_note = self._apply_hint(ctx.request.model_hint, candidates, exclusions)
+        first = candidates[0]
+        code = "routed-hint-exact" if hint_note == "hint" else f"routed-weight-{first.model.weight}"
+        reason = (
+            f"{code}: {first.model.id} ranked first of {len(candidates)} eligible in {mode} mode"
+            f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {first.model.weight})"
+        )
+        if hint_note and hint_note != "hint":
+            reason += f"; {hint_note}"
+        if exclusions:
+            reason += "; excluded " + ", ".join(f"{m} ({why})" for m, why in sorted(exclusions.items()))
+        return RoutingDecision(
+            mode=mode,
+            candidates=candidates,
+            estimated_input_tokens=tokens,
+            reason=reason,
+            exclusions=exclusions,
+            deadline=time.monotonic() + latency_ms / 1000,
+        )
+
+    def _apply_hint(self, hint: str, candidates: list[Candidate], exclusions: dict[str, str]) -> str:
+        """Move an eligible hinted model to the front. Returns "hint" when honoured, a note when not."""
+        hint = hint.strip()
+        if not hint:
+            return ""
+        models = self._services.snapshot.models
+        if hint not in models and "/" in hint[1:] and hint.split("/", 1)[1] in models:
+            hint = hint.split("/", 1)[1]  # "openai/gpt-4o" -> "gpt-4o"
+        for index, candidate in enumerate(candidates):
+            if candidate.model.id == hint:
+                candidates.insert(0, candidates.pop(index))
+                return "hint"
+        why = exclusions.get(hint, "not registered")
+        return f"model_hint {hint!r} ignored ({why})"
+
+
+def _no_eligible(exclusions: dict[str, str], c: Constraints) -> NoEligibleModel:
+    if not exclusions:
+        return NoEligibleModel(
+            "no models are registered: add a provider and a model through /admin/v1 (see GET /healthz)",
+            client_constraint=False,
+        )
+    details = ", ".join(f"{m}: {why}" for m, why in sorted(exclusions.items()))
+    client = all(why in CLIENT_CONSTRAINTS for why in exclusions.values())
+    hint = (
+        f" (budget ${c.max_budget_usd:g}, ~{c.input_tokens} input tokens, min_weight {c.min_weight})" if client else ""
+    )
+    return NoEligibleModel(
+        f"no eligible model for this request{hint}: {details}", client_constraint=client, exclusions=exclusions
+    )
+
+
+SPEC = StageSpec(
+    name="policy",
+    factory=Policy,
+    options=PolicyOptions,
+    summary="Filters models by budget, context, weight and health, ranks them for the mode, applies model_hint.",
+    required=True,
+    after=("auth", "directives"),
+)

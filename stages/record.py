@@ -1,0 +1,128 @@
+"""record: the outermost stage. Times the whole chain and emits exactly one record per request.
+
+The record goes to Prometheus (in memory), one structured log line, and the record queue. Nothing here
+awaits storage: the queue is drained into DuckDB in batches by the record writer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from pipeline.context import RequestContext
+from pipeline.errors import TokenHubError
+from pipeline.stage import Next, StageOptions, StageSpec
+from pipeline.types import RequestRecord
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
+
+log = structlog.get_logger("tokenhub.request")
+
+
+class InternalError(TokenHubError):
+    status = 500
+    type = "internal_error"
+
+
+class RecordOptions(StageOptions):
+    pass
+
+
+class Record:
+    def __init__(self, services: Services, options: RecordOptions) -> None:
+        self._services = services
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        try:
+            await call_next(ctx)
+        except TokenHubError as exc:
+            ctx.error = exc
+            raise
+        except Exception as exc:
+            log.exception("unhandled_error", request_id=ctx.request_id)
+            ctx.error = InternalError("internal error; see the server log for this request id")
+            raise ctx.error from exc
+        finally:
+            emit_record(self._services, ctx)
+
+
+def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
+    """Build the request's one record and fan it out. Also used by the edge for requests rejected while
+    decoding, before any pipeline runs."""
+    latency_ms = (time.perf_counter() - ctx.started_at) * 1000
+    served = ctx.served_by.model if ctx.served_by and ctx.error is None else None
+    usage = ctx.result.usage if ctx.result and served else None
+    decision = ctx.decision
+    error = ctx.error
+    record = RequestRecord(
+        timestamp=time.time(),
+        request_id=ctx.request_id,
+        tenant_id=ctx.tenant_id,
+        api_key_id=ctx.api_key.id if ctx.api_key else "",
+        endpoint=ctx.scope,
+        mode=decision.mode if decision else ctx.policy.mode,
+        model_id=served.id if served else "",
+        provider_id=served.provider_id if served else "",
+        status=error.status if error else 200,
+        error_class=_error_class(error),
+        error_message=error.message if error else "",
+        input_tokens=usage.input_tokens if usage else 0,
+        output_tokens=usage.output_tokens if usage else 0,
+        cost_usd=ctx.cost_usd if served else 0.0,
+        latency_ms=round(latency_ms, 3),
+        escalations=max(0, len(ctx.attempts) - 1),
+        routing_reason=ctx.routing_reason or (decision.reason if decision else ""),
+    )
+    _observe(services, record)
+    services.records.submit(record)
+    return record
+
+
+def _error_class(error: TokenHubError | None) -> str:
+    if error is None:
+        return ""
+    return str(getattr(error, "error_class", "") or error.type)
+
+
+def _observe(services: Services, r: RequestRecord) -> None:
+    m = services.metrics
+    ok = r.status < 400
+    m.requests.labels(mode=r.mode, model=r.model_id, provider=r.provider_id, status="ok" if ok else "error").inc()
+    if ok:
+        m.latency.labels(mode=r.mode, model=r.model_id, provider=r.provider_id).observe(r.latency_ms)
+        m.cost.labels(model=r.model_id, provider=r.provider_id).inc(r.cost_usd)
+        if r.input_tokens:
+            m.tokens.labels(model=r.model_id, provider=r.provider_id, direction="input").inc(r.input_tokens)
+        if r.output_tokens:
+            m.tokens.labels(model=r.model_id, provider=r.provider_id, direction="output").inc(r.output_tokens)
+    else:
+        m.errors.labels(mode=r.mode, model=r.model_id, provider=r.provider_id, http_status=str(r.status)).inc()
+    log.info(
+        "request",
+        request_id=r.request_id,
+        tenant=r.tenant_id,
+        api_key_id=r.api_key_id,
+        endpoint=r.endpoint,
+        mode=r.mode,
+        model=r.model_id,
+        provider=r.provider_id,
+        status=r.status,
+        error_class=r.error_class or None,
+        latency_ms=r.latency_ms,
+        cost_usd=r.cost_usd,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        escalations=r.escalations,
+    )
+
+
+SPEC = StageSpec(
+    name="record",
+    factory=Record,
+    options=RecordOptions,
+    summary="Outermost: times the chain; one record per request to metrics, the log and the DuckDB request log.",
+    required=True,
+)

@@ -1,0 +1,98 @@
+"""Routing maths: token and cost estimates, eligibility, and the per-mode multi-objective score."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pipeline.context import Candidate
+from pipeline.types import Message, ModelInfo
+
+OUTPUT_TOKENS_ESTIMATE = 512
+CONTEXT_HEADROOM = 1.15
+
+# (cost, latency, failure, weight); lower score is better, weight is subtracted.
+MODE_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
+    "cheap": (0.70, 0.10, 0.10, 0.10),
+    "normal": (0.25, 0.25, 0.25, 0.25),
+    "high_confidence": (0.05, 0.10, 0.15, 0.70),
+    "planning": (0.10, 0.10, 0.20, 0.60),
+    "adversarial": (0.10, 0.10, 0.20, 0.60),
+}
+# Reasons an exclusion is the request's own doing (retrying the same request cannot help).
+CLIENT_CONSTRAINTS = frozenset({"budget_exceeded", "context_overflow", "weight_below_minimum"})
+
+
+def estimate_input_tokens(messages: Sequence[Message], explicit: int = 0) -> int:
+    if explicit > 0:
+        return explicit
+    return sum(len(m.content.encode()) // 4 for m in messages)
+
+
+def estimate_cost(model: ModelInfo, input_tokens: int) -> float:
+    return model.cost_usd(input_tokens, OUTPUT_TOKENS_ESTIMATE)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    latency_ms: float
+    error_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    mode: str
+    max_budget_usd: float  # 0 = no budget filter
+    min_weight: int
+    input_tokens: int
+
+
+def exclusion_reason(
+    model: ModelInfo,
+    c: Constraints,
+    has_adapter: Callable[[str], bool],
+    unavailable: Callable[[str], str | None],
+) -> str | None:
+    """Why a model cannot serve this request, in the original's order, or None if it is eligible."""
+    if not model.enabled:
+        return "disabled"
+    if c.min_weight > 0 and model.weight < c.min_weight:
+        return "weight_below_minimum"
+    if model.max_context_tokens > 0 and int(c.input_tokens * CONTEXT_HEADROOM) > model.max_context_tokens:
+        return "context_overflow"
+    if not has_adapter(model.provider_id):
+        return "no_adapter"
+    if reason := unavailable(model.provider_id):
+        return reason
+    if c.max_budget_usd > 0 and estimate_cost(model, c.input_tokens) > c.max_budget_usd:
+        return "budget_exceeded"
+    return None
+
+
+def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[Candidate]:
+    """Score eligible models for the mode (each objective normalised by its max); best first, ties by id."""
+    models = list(models)
+    if not models:
+        return []
+    wc, wl, wf, ww = MODE_WEIGHTS.get(c.mode, MODE_WEIGHTS["normal"])
+    costs = [estimate_cost(m, c.input_tokens) for m in models]
+    provider_stats = [stats(m.provider_id) for m in models]
+    max_cost = max(costs)
+    max_latency = max(s.latency_ms for s in provider_stats)
+    max_errors = max(s.error_rate for s in provider_stats)
+    max_weight = max(m.weight for m in models)
+    ranked = []
+    for model, cost, s in zip(models, costs, provider_stats, strict=True):
+        score = (
+            wc * _norm(cost, max_cost)
+            + wl * _norm(s.latency_ms, max_latency)
+            + wf * _norm(s.error_rate, max_errors)
+            - ww * _norm(model.weight, max_weight)
+        )
+        ranked.append(Candidate(model, round(score, 6), cost))
+    ranked.sort(key=lambda cand: (cand.score, cand.model.id))
+    return ranked
+
+
+def _norm(value: float, maximum: float) -> float:
+    return min(max(value / maximum, 0.0), 1.0) if maximum > 0 else 0.0

@@ -1,0 +1,1 @@
+"""Configuration (SQLite) and analytics (DuckDB) storage."""

@@ -1,0 +1,100 @@
+"""DuckDB analytics: the request log. Written only by the batched record writer, on its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from pipeline.types import RequestRecord
+
+T = TypeVar("T")
+_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS request_log (
+    timestamp TIMESTAMPTZ NOT NULL,
+    request_id VARCHAR NOT NULL,
+    tenant_id VARCHAR NOT NULL,
+    api_key_id VARCHAR NOT NULL,
+    endpoint VARCHAR NOT NULL,
+    mode VARCHAR NOT NULL,
+    model_id VARCHAR NOT NULL,
+    provider_id VARCHAR NOT NULL,
+    status INTEGER NOT NULL,
+    error_class VARCHAR NOT NULL,
+    error_message VARCHAR NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd DOUBLE NOT NULL,
+    latency_ms DOUBLE NOT NULL,
+    escalations INTEGER NOT NULL,
+    routing_reason VARCHAR NOT NULL
+)
+"""
+
+
+class AnalyticsStore:
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
+        self._conn: duckdb.DuckDBPyConnection | None = None
+
+    def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = duckdb.connect(self._path)
+        self._conn.execute("SET TimeZone = 'UTC'")
+        self._conn.execute(_SCHEMA)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args))
+
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection:
+        if self._conn is None:
+            raise RuntimeError("analytics store is not open")
+        return self._conn
+
+    def write_requests(self, records: Sequence[RequestRecord]) -> None:
+        """Insert a batch in one transaction."""
+        if not records:
+            return
+        placeholders = ", ".join(["to_timestamp(?)"] + ["?"] * (len(_COLUMNS) - 1))
+        rows = [dataclasses.astuple(r) for r in records]
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.executemany(f"INSERT INTO request_log ({', '.join(_COLUMNS)}) VALUES ({placeholders})", rows)
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    def recent_requests(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        cursor = self.db.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM request_log ORDER BY timestamp DESC LIMIT ? OFFSET ?",
+            [limit, offset],
+        )
+        names = [d[0] for d in cursor.description]
+        out = []
+        for row in cursor.fetchall():
+            item = dict(zip(names, row, strict=True))
+            item["timestamp"] = item["timestamp"].isoformat()
+            out.append(item)
+        return out
+
+    def count_requests(self) -> int:
+        row = self.db.execute("SELECT count(*) FROM request_log").fetchone()
+        return int(row[0]) if row else 0

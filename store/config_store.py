@@ -1,0 +1,320 @@
+"""The SQLite configuration store (WAL): providers, models, routing defaults, tenants, pipelines, API keys.
+
+All SQLite work runs on one dedicated thread (``call``), so the event loop never blocks on disk. The
+request path never queries it: it reads the immutable ``ConfigSnapshot`` built by ``load_snapshot``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
+from store.migrations import migrate
+from store.secret_box import SecretBox
+
+T = TypeVar("T")
+KEY_PREFIX = "tokenhub_"
+DEFAULT_TENANT = "default"
+
+
+def key_digest(plaintext: str) -> str:
+    """API keys carry 256 random bits, so a plain SHA-256 digest is as strong as a slow hash and costs
+    microseconds per request instead of milliseconds."""
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDefaults:
+    mode: str = ""
+    max_budget_usd: float = 0.0
+    max_latency_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSnapshot:
+    """Everything the request path needs from configuration, immutable; replaced whole on each admin write."""
+
+    version: int
+    providers: dict[str, ProviderInfo]
+    models: dict[str, ModelInfo]
+    routing: RoutingDefaults
+    tenants: dict[str, TenantRecord]
+    pipelines: dict[str, list[dict[str, Any]]]  # tenant id -> stored pipeline definition
+    keys_by_digest: dict[str, ApiKeyInfo]
+
+
+class ConfigStore:
+    def __init__(self, path: Path | str, secret_box: SecretBox) -> None:
+        self._path = str(path)
+        self._box = secret_box
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._version = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> list[int]:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = conn
+        return migrate(conn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store method on the store's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("config store is not open")
+        return self._conn
+
+    # --- snapshot --------------------------------------------------------------------------------
+    def load_snapshot(self) -> ConfigSnapshot:
+        db = self.db
+        providers = {
+            row["id"]: ProviderInfo(
+                id=row["id"],
+                type=row["type"],
+                base_url=row["base_url"],
+                enabled=bool(row["enabled"]),
+                api_key=self._box.open(row["api_key_sealed"]),
+            )
+            for row in db.execute("SELECT * FROM providers")
+        }
+        models = {row["id"]: _model(row) for row in db.execute("SELECT * FROM models")}
+        routing_row = db.execute("SELECT * FROM routing_config WHERE id = 1").fetchone()
+        routing = (
+            RoutingDefaults(
+                routing_row["default_mode"],
+                routing_row["default_max_budget_usd"],
+                routing_row["default_max_latency_ms"],
+            )
+            if routing_row
+            else RoutingDefaults()
+        )
+        tenants = {row["id"]: _tenant(row) for row in db.execute("SELECT * FROM tenants")}
+        pipelines = {
+            row["tenant_id"]: json.loads(row["definition"])
+            for row in db.execute("SELECT tenant_id, definition FROM tenant_pipelines")
+        }
+        keys = {row["key_digest"]: _api_key(row) for row in db.execute("SELECT * FROM api_keys")}
+        self._version += 1
+        return ConfigSnapshot(self._version, providers, models, routing, tenants, pipelines, keys)
+
+    # --- providers -------------------------------------------------------------------------------
+    def upsert_provider(self, provider: ProviderInfo, *, api_key: str | None) -> None:
+        """Create or replace a provider; ``api_key=None`` keeps the stored key."""
+        now = time.time()
+        with self.db as db:
+            db.execute(
+                "INSERT INTO providers (id, type, enabled, base_url, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET type=excluded.type, "
+                "enabled=excluded.enabled, base_url=excluded.base_url, updated_at=excluded.updated_at",
+                (provider.id, provider.type, int(provider.enabled), provider.base_url, now, now),
+            )
+            if api_key is not None:
+                db.execute(
+                    "UPDATE providers SET api_key_sealed = ? WHERE id = ?",
+                    (self._box.seal(api_key), provider.id),
+                )
+
+    def list_providers(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM providers ORDER BY id").fetchall()
+        return [
+            {
+                "id": row["id"],
+                "type": row["type"],
+                "base_url": row["base_url"],
+                "enabled": bool(row["enabled"]),
+                "has_api_key": bool(row["api_key_sealed"]),
+                "created_at": row["created_at"],
+                "updated_at": row["updated_at"],
+            }
+            for row in rows
+        ]
+
+    def get_provider(self, provider_id: str) -> ProviderInfo | None:
+        row = self.db.execute("SELECT * FROM providers WHERE id = ?", (provider_id,)).fetchone()
+        if row is None:
+            return None
+        return ProviderInfo(row["id"], row["type"], row["base_url"], bool(row["enabled"]))
+
+    def delete_provider(self, provider_id: str) -> bool:
+        with self.db as db:
+            return db.execute("DELETE FROM providers WHERE id = ?", (provider_id,)).rowcount > 0
+
+    # --- models ----------------------------------------------------------------------------------
+    def upsert_model(self, model: ModelInfo) -> None:
+        now = time.time()
+        with self.db as db:
+            db.execute(
+                "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
+                " enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE"
+                " SET provider_id=excluded.provider_id, weight=excluded.weight,"
+                " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
+                " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, updated_at=excluded.updated_at",
+                (
+                    model.id,
+                    model.provider_id,
+                    model.weight,
+                    model.max_context_tokens,
+                    model.input_per_1k,
+                    model.output_per_1k,
+                    int(model.enabled),
+                    now,
+                    now,
+                ),
+            )
+
+    def get_model(self, model_id: str) -> ModelInfo | None:
+        row = self.db.execute("SELECT * FROM models WHERE id = ?", (model_id,)).fetchone()
+        return _model(row) if row else None
+
+    def list_models(self) -> list[ModelInfo]:
+        return [_model(row) for row in self.db.execute("SELECT * FROM models ORDER BY id")]
+
+    def delete_model(self, model_id: str) -> bool:
+        with self.db as db:
+            return db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount > 0
+
+    # --- routing defaults ------------------------------------------------------------------------
+    def set_routing(self, routing: RoutingDefaults) -> None:
+        with self.db as db:
+            db.execute(
+                "INSERT INTO routing_config (id, default_mode, default_max_budget_usd, default_max_latency_ms)"
+                " VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET default_mode=excluded.default_mode,"
+                " default_max_budget_usd=excluded.default_max_budget_usd,"
+                " default_max_latency_ms=excluded.default_max_latency_ms",
+                (routing.mode, routing.max_budget_usd, routing.max_latency_ms),
+            )
+
+    # --- tenants and pipelines -------------------------------------------------------------------
+    def create_tenant(self, tenant_id: str, name: str) -> TenantRecord:
+        now = time.time()
+        with self.db as db:
+            db.execute("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)", (tenant_id, name, now))
+        return TenantRecord(tenant_id, name, now)
+
+    def list_tenants(self) -> list[TenantRecord]:
+        return [_tenant(row) for row in self.db.execute("SELECT * FROM tenants ORDER BY created_at, id")]
+
+    def get_tenant(self, tenant_id: str) -> TenantRecord | None:
+        row = self.db.execute("SELECT * FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
+        return _tenant(row) if row else None
+
+    def set_pipeline(self, tenant_id: str, definition: list[dict[str, Any]]) -> None:
+        with self.db as db:
+            db.execute(
+                "INSERT INTO tenant_pipelines (tenant_id, definition, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(tenant_id) DO UPDATE SET definition=excluded.definition,"
+                " updated_at=excluded.updated_at",
+                (tenant_id, json.dumps(definition), time.time()),
+            )
+
+    def delete_pipeline(self, tenant_id: str) -> bool:
+        with self.db as db:
+            return db.execute("DELETE FROM tenant_pipelines WHERE tenant_id = ?", (tenant_id,)).rowcount > 0
+
+    # --- API keys --------------------------------------------------------------------------------
+    def create_api_key(
+        self, *, name: str, tenant_id: str, scopes: list[str], expires_at: float | None
+    ) -> tuple[str, dict[str, Any]]:
+        """Returns (plaintext key, listing record). The plaintext is never stored."""
+        secret = secrets.token_hex(32)
+        plaintext = KEY_PREFIX + secret
+        key_id = secret[:16]
+        now = time.time()
+        with self.db as db:
+            db.execute(
+                "INSERT INTO api_keys (id, key_digest, key_prefix, name, tenant_id, scopes, created_at,"
+                " expires_at, enabled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                (
+                    key_id,
+                    key_digest(plaintext),
+                    plaintext[:17],
+                    name,
+                    tenant_id,
+                    json.dumps(scopes),
+                    now,
+                    expires_at,
+                ),
+            )
+        record = self.db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return plaintext, _api_key_listing(record)
+
+    def list_api_keys(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM api_keys ORDER BY created_at DESC, id").fetchall()
+        return [_api_key_listing(row) for row in rows]
+
+    def delete_api_key(self, key_id: str) -> bool:
+        with self.db as db:
+            return db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+
+def _model(row: sqlite3.Row) -> ModelInfo:
+    return ModelInfo(
+        id=row["id"],
+        provider_id=row["provider_id"],
+        weight=row["weight"],
+        max_context_tokens=row["max_context_tokens"],
+        input_per_1k=row["input_per_1k"],
+        output_per_1k=row["output_per_1k"],
+        enabled=bool(row["enabled"]),
+    )
+
+
+def _tenant(row: sqlite3.Row) -> TenantRecord:
+    return TenantRecord(row["id"], row["name"], row["created_at"])
+
+
+def _api_key(row: sqlite3.Row) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=row["id"],
+        name=row["name"],
+        tenant_id=row["tenant_id"],
+        scopes=frozenset(json.loads(row["scopes"] or "[]")),
+        enabled=bool(row["enabled"]),
+        expires_at=row["expires_at"],
+    )
+
+
+def _api_key_listing(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "key_prefix": row["key_prefix"],
+        "name": row["name"],
+        "tenant_id": row["tenant_id"],
+        "scopes": json.loads(row["scopes"] or "[]"),
+        "created_at": row["created_at"],
+        "expires_at": row["expires_at"],
+        "enabled": bool(row["enabled"]),
+    }

@@ -1,0 +1,91 @@
+"""Versioned, idempotent SQLite schema migrations for the configuration store."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "providers_models_routing",
+        """
+        CREATE TABLE providers (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL DEFAULT 'openai',
+            enabled INTEGER NOT NULL DEFAULT 1,
+            base_url TEXT NOT NULL,
+            api_key_sealed TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE models (
+            id TEXT PRIMARY KEY,
+            provider_id TEXT NOT NULL REFERENCES providers(id) ON DELETE CASCADE,
+            weight INTEGER NOT NULL DEFAULT 1,
+            max_context_tokens INTEGER NOT NULL DEFAULT 0,
+            input_per_1k REAL NOT NULL DEFAULT 0,
+            output_per_1k REAL NOT NULL DEFAULT 0,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE routing_config (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            default_mode TEXT NOT NULL DEFAULT '',
+            default_max_budget_usd REAL NOT NULL DEFAULT 0,
+            default_max_latency_ms INTEGER NOT NULL DEFAULT 0
+        );
+        """,
+    ),
+    (
+        2,
+        "tenants_pipelines_api_keys",
+        """
+        CREATE TABLE tenants (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE tenant_pipelines (
+            tenant_id TEXT PRIMARY KEY REFERENCES tenants(id) ON DELETE CASCADE,
+            definition TEXT NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            key_digest TEXT NOT NULL UNIQUE,
+            key_prefix TEXT NOT NULL,
+            name TEXT NOT NULL,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id),
+            scopes TEXT NOT NULL DEFAULT '[]',
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            enabled INTEGER NOT NULL DEFAULT 1
+        );
+        CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+        INSERT INTO tenants (id, name, created_at) VALUES ('default', 'Default tenant', strftime('%s','now'));
+        """,
+    ),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration not yet recorded; returns the versions applied now."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in MIGRATIONS:
+        if version in done:
+            continue
+        with conn:  # one transaction per migration: all of it or none of it
+            conn.executescript("BEGIN;" + sql + ";")
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+        applied.append(version)
+    return applied

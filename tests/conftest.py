@@ -1,0 +1,115 @@
+"""Shared fixtures: a real TokenHub server (aiohttp test server on 127.0.0.1) in front of a real fake provider."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pipeline.app import create_app
+from pipeline.edge import SERVICES
+from pipeline.logging import configure_logging
+from pipeline.services import Services
+from pipeline.settings import load_settings
+from tests.fakes.openai_fake import FakeOpenAI
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    configure_logging("error")
+
+
+class Hub:
+    """A running TokenHub and helpers to drive it over HTTP."""
+
+    def __init__(self, client: Any, fake: FakeOpenAI) -> None:
+        self.client = client  # aiohttp TestClient bound to the real server
+        self.fake = fake
+
+    @property
+    def services(self) -> Services:
+        return self.client.server.app[SERVICES]
+
+    async def admin(self, method: str, path: str, body: Any = None, *, expect: int | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        resp = await self.client.request(method, f"/admin/v1{path}", json=body, headers=headers)
+        data = await resp.json()
+        if expect is not None:
+            assert resp.status == expect, (resp.status, data)
+        return data
+
+    async def add_provider(self, provider_id: str = "fake", *, base_url: str | None = None, **extra: Any) -> None:
+        body = {"id": provider_id, "base_url": base_url or self.fake.base_url, "api_key": "sk-test-secret", **extra}
+        await self.admin("POST", "/providers", body, expect=201)
+
+    async def add_model(self, model_id: str, provider_id: str = "fake", **fields: Any) -> None:
+        body = {"id": model_id, "provider_id": provider_id, **fields}
+        await self.admin("POST", "/models", body, expect=201)
+
+    async def new_key(self, **fields: Any) -> str:
+        data = await self.admin("POST", "/apikeys", {"name": "test", **fields}, expect=201)
+        return data["key"]
+
+    async def chat(
+        self,
+        key: str | None,
+        content: str | list[dict[str, Any]] = "hello",
+        *,
+        policy: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        **request_fields: Any,
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        messages = content if isinstance(content, list) else [{"role": "user", "content": content}]
+        body: dict[str, Any] = {"request": {"messages": messages, **request_fields}}
+        if policy is not None:
+            body["policy"] = policy
+        all_headers = {"Authorization": f"Bearer {key}"} if key else {}
+        all_headers.update(headers or {})
+        resp = await self.client.post("/v1/chat", json=body, headers=all_headers)
+        return resp.status, await resp.json(), resp
+
+    async def logs(self) -> list[dict[str, Any]]:
+        return (await self.admin("GET", "/logs?limit=1000"))["logs"]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path) -> Callable[..., Any]:
+    """Start a TokenHub with test settings; keyword arguments override TOKENHUB_* settings."""
+
+    async def start(**overrides: Any) -> Hub:
+        env = {
+            "TOKENHUB_DATA_DIR": str(tmp_path / "data"),
+            "TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TOKENHUB_PROVIDER_TIMEOUT_SECS": "2",
+            "TOKENHUB_RATE_LIMIT_RPS": "1000",
+            "TOKENHUB_RATE_LIMIT_BURST": "1000",
+        }
+        settings = load_settings(env, **overrides)
+        client = await aiohttp_client(create_app(settings))
+        return Hub(client, fake)
+
+    return start
+
+
+@pytest.fixture
+async def hub(make_hub: Callable[..., Any]) -> Hub:
+    return await make_hub()
+
+
+@pytest.fixture
+async def ready_hub(hub: Hub) -> tuple[Hub, str]:
+    """A hub with one provider, one model and one API key."""
+    await hub.add_provider()
+    await hub.add_model("gpt-test", weight=5, input_per_1k=0.001, output_per_1k=0.002, max_context_tokens=8000)
+    return hub, await hub.new_key()

@@ -1,0 +1,229 @@
+"""A scriptable fake OpenAI-compatible provider: a real aiohttp server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["ContextOverflow", "Drop", "Fail", "FakeOpenAI", "Hang", "Malformed", "Reply"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A normal chat.completion. `usage=None` omits the usage block; `content=None` → "reply from <model>"."""
+
+    content: str | None = None
+    usage: dict[str, Any] | None = field(
+        default_factory=lambda: {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    )
+    delay: float = 0.0
+    tool_calls: Any = None
+    finish_reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Fail:
+    """A non-200 answer; `body=None` → an OpenAI-style error JSON."""
+
+    status: int
+    body: dict[str, Any] | str | None = None
+    headers: dict[str, str] | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ContextOverflow:
+    """400 with OpenAI's context_length_exceeded error body."""
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Sleep `seconds`, then reply normally (drives client timeouts)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """200 with a non-JSON body."""
+
+    text: str = "<html>oops"
+    content_type: str = "text/html"
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Close the connection without sending a response."""
+
+
+Behaviour = Reply | Fail | ContextOverflow | Hang | Malformed | Drop
+
+
+class FakeOpenAI:
+    """Scripted per model id: `fake.script("gpt-x", Fail(500), Reply())`; unscripted calls get `Reply()`."""
+
+    def __init__(self, models: list[str] | tuple[str, ...] = (), *, port: int = 0) -> None:
+        self._initial_models = list(models)
+        self._models: dict[str, None] = dict.fromkeys(models)  # ordered set
+        self._scripts: dict[str, deque[Behaviour]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self._counter = 0
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._bind_port = port
+
+    # lifecycle
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._list_models)
+        # handler_cancellation: a client that gives up (timeout, cancel) also ends a hanging handler,
+        # so stop() does not wait for sleeps nobody is listening to.
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", self._bind_port)
+        await site.start()
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeOpenAI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("FakeOpenAI is not started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # scripting and inspection
+
+    def script(self, model_id: str, *behaviours: Behaviour) -> None:
+        self._models.setdefault(model_id, None)
+        self._scripts.setdefault(model_id, deque()).extend(behaviours)
+
+    def calls(self, model_id: str) -> int:
+        return sum(1 for r in self.requests if r["model"] == model_id)
+
+    def reset(self) -> None:
+        self._scripts.clear()
+        self.requests.clear()
+        self._models = dict.fromkeys(self._initial_models)
+
+    # handlers
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self._models]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        model = body.get("model", "") if isinstance(body, dict) else ""
+        self.requests.append({"model": model, "json": body, "headers": dict(request.headers)})
+        script = self._scripts.get(model)
+        behaviour: Behaviour = script.popleft() if script else Reply()
+        return await self._perform(behaviour, model, request)
+
+    async def _perform(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
+        match behaviour:
+            case Reply():
+                await asyncio.sleep(behaviour.delay)
+                return web.json_response(self._completion(model, behaviour))
+            case Hang():
+                await asyncio.sleep(behaviour.seconds)
+                return web.json_response(self._completion(model, Reply()))
+            case Fail():
+                await asyncio.sleep(behaviour.delay)
+                return self._failure(behaviour)
+            case ContextOverflow():
+                return web.json_response(self._context_overflow_body(), status=400)
+            case Malformed():
+                return web.Response(text=behaviour.text, content_type=behaviour.content_type)
+            case Drop():
+                return await self._drop(request)
+        raise TypeError(f"unknown behaviour {behaviour!r}")
+
+    async def _drop(self, request: web.Request) -> web.StreamResponse:
+        # Closing the transport before any response bytes makes the client see ServerDisconnectedError;
+        # the HTTPException is then swallowed by aiohttp because the connection is already gone.
+        if request.transport is not None:
+            request.transport.close()
+        raise web.HTTPInternalServerError()
+
+    def _completion(self, model: str, reply: Reply) -> dict[str, Any]:
+        self._counter += 1
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": reply.content if reply.content is not None else f"reply from {model}",
+        }
+        if reply.tool_calls is not None:
+            message["tool_calls"] = reply.tool_calls
+        body: dict[str, Any] = {
+            "id": f"chatcmpl-fake-{self._counter}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+        }
+        if reply.usage is not None:
+            body["usage"] = reply.usage
+        return body
+
+    def _failure(self, fail: Fail) -> web.Response:
+        headers = fail.headers or {}
+        if isinstance(fail.body, str):
+            return web.Response(status=fail.status, text=fail.body, headers=headers)
+        body = fail.body if fail.body is not None else self._error_body(fail.status)
+        return web.Response(status=fail.status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+    def _error_body(self, status: int) -> dict[str, Any]:
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return {"error": {"message": f"fake upstream error {status}", "type": kind, "param": None, "code": None}}
+
+    def _context_overflow_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens. However, your messages "
+                "resulted in 9000 tokens. Please reduce the length of the messages.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        }
+
+
+async def _serve(port: int) -> None:
+    async with FakeOpenAI(port=port) as fake:
+        print(f"fake OpenAI-compatible provider on {fake.base_url} (Ctrl-C to stop)", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    # A stand-in upstream for the README walk-through: `python -m tests.fakes.openai_fake 9100`.
+    import contextlib
+    import sys
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(int(sys.argv[1]) if len(sys.argv) > 1 else 9100))

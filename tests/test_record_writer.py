@@ -1,0 +1,241 @@
+"""The record sink: a bounded in-process queue drained in batches into DuckDB."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from pipeline.types import RequestRecord
+from store.analytics import AnalyticsStore
+from store.record_writer import RecordWriter
+
+BASE_TS = 1_700_000_000.0
+
+
+def make_record(i: int = 0, **fields: Any) -> RequestRecord:
+    record = RequestRecord(
+        timestamp=BASE_TS + i,
+        request_id=f"req-{i:05d}",
+        tenant_id="default",
+        api_key_id="0123456789abcdef",
+        endpoint="/v1/chat",
+        mode="normal",
+        model_id="gpt-test",
+        provider_id="fake",
+        status=200,
+        error_class="",
+        error_message="",
+        input_tokens=10 + i,
+        output_tokens=5,
+        cost_usd=0.0001 * i,
+        latency_ms=12.5,
+        escalations=0,
+        routing_reason="score",
+    )
+    return replace(record, **fields)
+
+
+class SpyAnalytics(AnalyticsStore):
+    """Records the size of each batch handed to DuckDB; optionally fails or blocks the write."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+        self.fail = False
+        self.started = threading.Event()
+        self.release: threading.Event | None = None
+        self.finished = threading.Event()
+
+    def write_requests(self, records: Sequence[RequestRecord]) -> None:
+        self.started.set()
+        if self.release is not None:
+            self.release.wait(timeout=5)
+        if self.fail:
+            raise RuntimeError("disk full")
+        super().write_requests(records)
+        self.batches.append(len(records))
+        self.finished.set()
+
+
+@pytest.fixture
+async def analytics() -> AsyncIterator[SpyAnalytics]:
+    store = SpyAnalytics(":memory:")
+    store.open()
+    yield store
+    if store.release is not None:
+        store.release.set()
+    store.close()
+
+
+async def count(analytics: AnalyticsStore) -> int:
+    return await analytics.call(analytics.count_requests)
+
+
+async def wait_for(predicate: Any, timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+async def test_records_written_in_batches(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=100, batch_size=10, flush_interval=0.01)
+    writer.start()
+    try:
+        assert all(writer.submit(make_record(i)) for i in range(25))
+        await wait_for(lambda: writer.written == 25)
+        assert analytics.batches == [10, 10, 5]
+        assert await count(analytics) == 25
+    finally:
+        await writer.stop()
+
+
+async def test_a_lone_record_is_written_after_the_flush_interval(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=100, batch_size=500, flush_interval=0.02)
+    writer.start()
+    try:
+        writer.submit(make_record())
+        await wait_for(lambda: writer.written == 1, timeout=1.0)
+        assert analytics.batches == [1]
+    finally:
+        await writer.stop()
+
+
+async def test_stop_drains_everything_accepted(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=2000)
+    writer.start()
+    assert all(writer.submit(make_record(i)) for i in range(1000))
+    await writer.stop()
+    assert await count(analytics) == 1000
+    assert writer.written == 1000
+
+
+async def test_stop_drains_records_mid_accumulation(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=2000, batch_size=500, flush_interval=5.0)
+    writer.start()
+    for i in range(100):
+        writer.submit(make_record(i))
+        await asyncio.sleep(0)  # the writer is now holding a partial batch, waiting for more
+    await writer.stop()
+    assert await count(analytics) == 100
+    assert analytics.batches == [100]
+
+
+async def test_stop_waits_for_the_batch_in_flight(analytics: SpyAnalytics) -> None:
+    analytics.release = threading.Event()
+    writer = RecordWriter(analytics, capacity=100, batch_size=5, flush_interval=5.0)
+    writer.start()
+    for i in range(5):
+        writer.submit(make_record(i))
+    await wait_for(analytics.started.is_set)  # the batch is being written on the DuckDB thread
+    stopping = asyncio.create_task(writer.stop())
+    await asyncio.sleep(0.05)
+    returned_before_the_write_finished = stopping.done()
+    analytics.release.set()
+    await stopping
+    assert not returned_before_the_write_finished
+    assert writer.written == 5
+
+
+async def test_full_queue_drops_and_calls_on_drop(analytics: SpyAnalytics) -> None:
+    drops: list[None] = []
+    writer = RecordWriter(analytics, capacity=3, on_drop=lambda: drops.append(None))
+    accepted = [writer.submit(make_record(i)) for i in range(5)]
+    assert accepted == [True, True, True, False, False]
+    assert len(drops) == 2
+    await writer.flush()
+    assert await count(analytics) == 3
+    assert [row["request_id"] for row in await analytics.call(analytics.recent_requests, 10, 0)] == [
+        "req-00002",
+        "req-00001",
+        "req-00000",
+    ]
+    assert writer.submit(make_record(9)) is True  # room again after the flush
+
+
+async def test_flush_makes_records_visible(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=10)
+    writer.submit(make_record(1))
+    writer.submit(make_record(2))
+    assert await count(analytics) == 0
+    await writer.flush()
+    assert await count(analytics) == 2
+    assert writer.written == 2
+    await writer.flush()  # nothing queued: no empty batch is written
+    assert analytics.batches == [2]
+
+
+async def test_failed_batch_counts_every_record_as_dropped(analytics: SpyAnalytics) -> None:
+    drops: list[None] = []
+    writer = RecordWriter(analytics, capacity=10, on_drop=lambda: drops.append(None))
+    analytics.fail = True
+    for i in range(3):
+        writer.submit(make_record(i))
+    await writer.flush()
+    assert len(drops) == 3
+    assert writer.written == 0
+    analytics.fail = False
+    writer.submit(make_record(7))
+    await writer.flush()
+    assert await count(analytics) == 1  # the failed batch was rolled back, nothing half-written
+
+
+async def test_recent_requests_newest_first_with_limit_and_offset(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=100)
+    for i in (3, 0, 7, 1, 9, 5, 2, 8, 6, 4):  # submission order differs from time order
+        writer.submit(make_record(i))
+    await writer.flush()
+    first = await analytics.call(analytics.recent_requests, 3, 0)
+    assert [row["request_id"] for row in first] == ["req-00009", "req-00008", "req-00007"]
+    second = await analytics.call(analytics.recent_requests, 3, 3)
+    assert [row["request_id"] for row in second] == ["req-00006", "req-00005", "req-00004"]
+    tail = await analytics.call(analytics.recent_requests, 100, 8)
+    assert [row["request_id"] for row in tail] == ["req-00001", "req-00000"]
+    assert await analytics.call(analytics.recent_requests, 5, 10) == []
+
+
+async def test_recent_requests_round_trips_fields(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=10)
+    record = make_record(
+        4, status=502, error_class="transient", error_message="upstream 503", escalations=2, mode="cheap"
+    )
+    writer.submit(record)
+    await writer.flush()
+    (row,) = await analytics.call(analytics.recent_requests, 1, 0)
+    assert row["timestamp"] == "2023-11-14T22:13:24+00:00"
+    assert row["request_id"] == "req-00004"
+    assert (row["status"], row["error_class"], row["error_message"]) == (502, "transient", "upstream 503")
+    assert (row["input_tokens"], row["output_tokens"], row["escalations"]) == (14, 5, 2)
+    assert row["cost_usd"] == pytest.approx(0.0004)
+    assert row["mode"] == "cheap"
+    assert set(row) == set(RequestRecord.__dataclass_fields__)
+
+
+async def test_stop_without_start_is_a_no_op(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=10)
+    await writer.stop()
+    assert await count(analytics) == 0
+
+
+async def test_analytics_file_store(tmp_path: Any) -> None:
+    path = tmp_path / "a" / "tokenhub.duckdb"
+    store = AnalyticsStore(str(path))
+    store.open()
+    writer = RecordWriter(store, capacity=10)
+    writer.start()
+    writer.submit(make_record(1))
+    await writer.stop()
+    store.close()
+    reopened = AnalyticsStore(str(path))
+    reopened.open()
+    try:
+        assert reopened.count_requests() == 1
+    finally:
+        reopened.close()
