@@ -107,7 +107,8 @@ def parse_definition(data: Any, registry: StageRegistry) -> list[StageStep]:
         if extra:
             raise PipelineConfigError(f"{where}: unknown keys {sorted(extra)} (allowed: stage, with)")
         spec = registry.get(raw["stage"])
-        options = raw.get("with") or {}
+        options = raw.get("with")
+        options = {} if options is None else options
         if not isinstance(options, dict):
             raise PipelineConfigError(f"{where} ({spec.name}): 'with' must be an object")
         try:

@@ -9,7 +9,7 @@ from pipeline.context import Candidate
 from pipeline.types import Message, ModelInfo
 
 OUTPUT_TOKENS_ESTIMATE = 512
-CONTEXT_HEADROOM = 1.15
+CONTEXT_HEADROOM_PERCENT = 115  # a model needs 15 % more window than the estimated input
 
 # (cost, latency, failure, weight); lower score is better, weight is subtracted.
 MODE_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
@@ -58,7 +58,8 @@ def exclusion_reason(
         return "disabled"
     if c.min_weight > 0 and model.weight < c.min_weight:
         return "weight_below_minimum"
-    if model.max_context_tokens > 0 and int(c.input_tokens * CONTEXT_HEADROOM) > model.max_context_tokens:
+    needed = c.input_tokens * CONTEXT_HEADROOM_PERCENT // 100  # integer maths: no float rounding at the edge
+    if model.max_context_tokens > 0 and needed > model.max_context_tokens:
         return "context_overflow"
     if not has_adapter(model.provider_id):
         return "no_adapter"

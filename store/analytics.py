@@ -52,10 +52,10 @@ class AnalyticsStore:
         self._conn.execute(_SCHEMA)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)  # let queued writes finish before the connection goes
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._executor.shutdown(wait=True)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()

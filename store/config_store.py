@@ -81,10 +81,10 @@ class ConfigStore:
         return migrate(conn)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)  # let queued work finish before the connection goes
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._executor.shutdown(wait=True)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store method on the store's own thread."""
@@ -249,9 +249,8 @@ class ConfigStore:
         self, *, name: str, tenant_id: str, scopes: list[str], expires_at: float | None
     ) -> tuple[str, dict[str, Any]]:
         """Returns (plaintext key, listing record). The plaintext is never stored."""
-        secret = secrets.token_hex(32)
-        plaintext = KEY_PREFIX + secret
-        key_id = secret[:16]
+        plaintext = KEY_PREFIX + secrets.token_hex(32)
+        key_id = secrets.token_hex(8)  # independent of the secret, so listing ids reveals none of its bits
         now = time.time()
         with self.db as db:
             db.execute(

@@ -250,7 +250,8 @@ def test_create_api_key_format_and_listing(store: ConfigStore) -> None:
     assert len(plaintext) == 73
     assert re.fullmatch(r"tokenhub_[0-9a-f]{64}", plaintext)
     assert re.fullmatch(r"[0-9a-f]{16}", record["id"])
-    assert record["key_prefix"] == plaintext[:17]
+    assert record["id"] not in plaintext  # the listed id reveals none of the secret
+    assert record["key_prefix"] == plaintext[:17]  # 8 hex chars for display; 224 random bits stay secret
     assert record["name"] == "ci"
     assert record["tenant_id"] == DEFAULT_TENANT
     assert record["scopes"] == ["chat"]

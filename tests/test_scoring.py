@@ -8,7 +8,6 @@ import pytest
 
 from pipeline.types import Message, ModelInfo
 from stages.scoring import (
-    CONTEXT_HEADROOM,
     MODE_WEIGHTS,
     OUTPUT_TOKENS_ESTIMATE,
     Constraints,
@@ -122,9 +121,15 @@ def test_weight_below_minimum(weight: int, min_weight: int, expected: str | None
     [(1150, None), (1149, "context_overflow"), (1000, "context_overflow"), (0, None), (5000, None)],
 )
 def test_context_overflow_uses_headroom(max_context: int, expected: str | None) -> None:
-    assert CONTEXT_HEADROOM == 1.15
     model = ModelInfo("m", "p", max_context_tokens=max_context)
-    assert reason_for(model, constraints(input_tokens=1000)) == expected  # needs int(1000 * 1.15) = 1150
+    assert reason_for(model, constraints(input_tokens=1000)) == expected  # needs 1000 * 1.15 = 1150
+
+
+def test_context_headroom_has_no_float_rounding() -> None:
+    # int(100 * 1.15) is 114 in floating point; the window check must ask for the exact 115.
+    model = ModelInfo("m", "p", max_context_tokens=114)
+    assert reason_for(model, constraints(input_tokens=100)) == "context_overflow"
+    assert reason_for(ModelInfo("m", "p", max_context_tokens=115), constraints(input_tokens=100)) is None
 
 
 def test_no_adapter_is_checked_per_provider() -> None:
