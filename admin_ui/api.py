@@ -32,12 +32,11 @@ _UNIT_SECS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(ADMIN_PREFIX + "/") or request.path == ADMIN_PREFIX:
-        auth = request.headers.get("Authorization", "")
-        if not auth[:7].lower() == "bearer ":
-            raise Unauthorized("missing admin token: send 'Authorization: Bearer <TOKENHUB_ADMIN_TOKEN>'")
-        if not hmac.compare_digest(auth[7:].strip().encode(), request.app[ADMIN_TOKEN].encode()):
-            raise Unauthorized("invalid admin token")
+    auth = request.headers.get("Authorization", "")
+    if not auth[:7].lower() == "bearer ":
+        raise Unauthorized("missing admin token: send 'Authorization: Bearer <TOKENHUB_ADMIN_TOKEN>'")
+    if not hmac.compare_digest(auth[7:].strip().encode(), request.config_dict[ADMIN_TOKEN].encode()):
+        raise Unauthorized("invalid admin token")
     return await handler(request)
 
 
@@ -97,7 +96,7 @@ class TenantIn(_Body):
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:
-    raw = await read_body(request, request.app[SERVICES].settings.max_body_bytes)
+    raw = await read_body(request, request.config_dict[SERVICES].settings.max_body_bytes)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -120,7 +119,7 @@ def parse_duration(text: str) -> float:
 
 
 def _services(request: web.Request) -> Services:
-    return request.app[SERVICES]
+    return request.config_dict[SERVICES]
 
 
 async def _commit(request: web.Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -131,7 +130,7 @@ async def _commit(request: web.Request, fn: Any, *args: Any, **kwargs: Any) -> A
     except sqlite3.IntegrityError as exc:
         raise Conflict(f"conflicts with existing data: {exc}") from None
     await services.reload_config()
-    request.app[PIPELINES].refresh()
+    request.config_dict[PIPELINES].refresh()
     return result
 
 
@@ -318,7 +317,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 async def get_pipeline(request: web.Request) -> web.Response:
     tenant_id = await _existing_tenant(request)
-    definition, custom = request.app[PIPELINES].definition_for(tenant_id)
+    definition, custom = request.config_dict[PIPELINES].definition_for(tenant_id)
     return web.json_response({"tenant_id": tenant_id, "custom": custom, "stages": definition})
 
 
@@ -327,7 +326,7 @@ async def put_pipeline(request: web.Request) -> web.Response:
     raw = await read_body(request, _services(request).settings.max_body_bytes)
     try:
         data = json.loads(raw or b"null")
-        steps = request.app[PIPELINES].validate(data)
+        steps = request.config_dict[PIPELINES].validate(data)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
     except PipelineConfigError as exc:
@@ -346,7 +345,7 @@ async def delete_pipeline(request: web.Request) -> web.Response:
 
 
 async def list_stages(request: web.Request) -> web.Response:
-    pipelines = request.app[PIPELINES]
+    pipelines = request.config_dict[PIPELINES]
     default = [step.as_data() for step in pipelines.default_steps]
     return web.json_response({"stages": pipelines.registry.describe(), "default_pipeline": default})
 
@@ -400,30 +399,33 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-def add_routes(app: web.Application) -> None:
-    p = ADMIN_PREFIX
+def admin_app() -> web.Application:
+    """The admin API as a sub-application mounted at /admin/v1: its auth middleware never runs on the
+    request path of /v1/*."""
+    app = web.Application(middlewares=[admin_auth])
     app.router.add_routes(
         [
-            web.get(f"{p}/providers", list_providers),
-            web.post(f"{p}/providers", create_provider),
-            web.patch(f"{p}/providers/{{id}}", patch_provider),
-            web.delete(f"{p}/providers/{{id}}", delete_provider),
-            web.get(f"{p}/models", list_models),
-            web.post(f"{p}/models", create_model),
-            web.patch(f"{p}/models/{{id:.+}}", patch_model),
-            web.delete(f"{p}/models/{{id:.+}}", delete_model),
-            web.get(f"{p}/routing-config", get_routing),
-            web.put(f"{p}/routing-config", put_routing),
-            web.get(f"{p}/apikeys", list_api_keys),
-            web.post(f"{p}/apikeys", create_api_key),
-            web.delete(f"{p}/apikeys/{{id}}", revoke_api_key),
-            web.get(f"{p}/tenants", list_tenants),
-            web.post(f"{p}/tenants", create_tenant),
-            web.get(f"{p}/tenants/{{id}}/pipeline", get_pipeline),
-            web.put(f"{p}/tenants/{{id}}/pipeline", put_pipeline),
-            web.delete(f"{p}/tenants/{{id}}/pipeline", delete_pipeline),
-            web.get(f"{p}/pipelines/stages", list_stages),
-            web.get(f"{p}/logs", list_logs),
-            web.get(f"{p}/health", provider_health),
+            web.get("/providers", list_providers),
+            web.post("/providers", create_provider),
+            web.patch("/providers/{id}", patch_provider),
+            web.delete("/providers/{id}", delete_provider),
+            web.get("/models", list_models),
+            web.post("/models", create_model),
+            web.patch("/models/{id:.+}", patch_model),
+            web.delete("/models/{id:.+}", delete_model),
+            web.get("/routing-config", get_routing),
+            web.put("/routing-config", put_routing),
+            web.get("/apikeys", list_api_keys),
+            web.post("/apikeys", create_api_key),
+            web.delete("/apikeys/{id}", revoke_api_key),
+            web.get("/tenants", list_tenants),
+            web.post("/tenants", create_tenant),
+            web.get("/tenants/{id}/pipeline", get_pipeline),
+            web.put("/tenants/{id}/pipeline", put_pipeline),
+            web.delete("/tenants/{id}/pipeline", delete_pipeline),
+            web.get("/pipelines/stages", list_stages),
+            web.get("/logs", list_logs),
+            web.get("/health", provider_health),
         ]
     )
+    return app

@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
 
     app = web.Application(
-        middlewares=[request_id_and_errors, admin_api.admin_auth],
+        middlewares=[request_id_and_errors],
         client_max_size=settings.max_body_bytes,
     )
     app[SERVICES] = services
@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/chat", ChatEndpoint(services, pipelines).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    admin_api.add_routes(app)
+    app.add_subapp(admin_api.ADMIN_PREFIX, admin_api.admin_app())
     app.cleanup_ctx.append(_lifecycle)
     return app
 

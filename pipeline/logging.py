@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sys
@@ -24,14 +25,19 @@ _SAFE = {
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING}
 
 
+@functools.lru_cache(maxsize=4096)
+def is_sensitive(name: str) -> bool:
+    """Attribute names are a small, fixed set, so the decision is cached: this runs on every log line."""
+    lowered = name.lower()
+    if lowered in _SAFE:
+        return False
+    return lowered in _EXACT or any(part in lowered for part in _PARTS)
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Replace the value of any attribute whose name suggests a secret."""
-    for name in list(event):
-        lowered = name.lower()
-        if lowered in _SAFE:
-            continue
-        if lowered in _EXACT or any(part in lowered for part in _PARTS):
-            event[name] = REDACTED
+    for name in [name for name in event if is_sensitive(name)]:
+        event[name] = REDACTED
     return event
 
 

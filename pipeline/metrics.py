@@ -43,3 +43,46 @@ class Metrics:
             registry=r,
         )
         self.store_dropped = Counter("tokenhub_store_dropped", "Records the store could not keep", ["op"], registry=r)
+        self._children: dict[tuple[str, str, str], _RequestSeries] = {}
+
+    def observe_request(
+        self,
+        *,
+        mode: str,
+        model: str,
+        provider: str,
+        status: int,
+        latency_ms: float,
+        cost_usd: float,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> None:
+        """Update every per-request series. Label children are cached per (mode, model, provider): a
+        ``labels()`` call costs several microseconds, and this runs once per request."""
+        key = (mode, model, provider)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = _RequestSeries(self, mode, model, provider)
+        if status < 400:
+            children.ok.inc()
+            children.latency.observe(latency_ms)
+            children.cost.inc(cost_usd)
+            if input_tokens:
+                children.tokens_in.inc(input_tokens)
+            if output_tokens:
+                children.tokens_out.inc(output_tokens)
+        else:
+            children.failed.inc()
+            self.errors.labels(mode, model, provider, str(status)).inc()
+
+
+class _RequestSeries:
+    __slots__ = ("cost", "failed", "latency", "ok", "tokens_in", "tokens_out")
+
+    def __init__(self, m: Metrics, mode: str, model: str, provider: str) -> None:
+        self.ok = m.requests.labels(mode, model, provider, "ok")
+        self.failed = m.requests.labels(mode, model, provider, "error")
+        self.latency = m.latency.labels(mode, model, provider)
+        self.cost = m.cost.labels(model, provider)
+        self.tokens_in = m.tokens.labels(model, provider, "input")
+        self.tokens_out = m.tokens.labels(model, provider, "output")

@@ -88,18 +88,16 @@ def _error_class(error: TokenHubError | None) -> str:
 
 
 def _observe(services: Services, r: RequestRecord) -> None:
-    m = services.metrics
-    ok = r.status < 400
-    m.requests.labels(mode=r.mode, model=r.model_id, provider=r.provider_id, status="ok" if ok else "error").inc()
-    if ok:
-        m.latency.labels(mode=r.mode, model=r.model_id, provider=r.provider_id).observe(r.latency_ms)
-        m.cost.labels(model=r.model_id, provider=r.provider_id).inc(r.cost_usd)
-        if r.input_tokens:
-            m.tokens.labels(model=r.model_id, provider=r.provider_id, direction="input").inc(r.input_tokens)
-        if r.output_tokens:
-            m.tokens.labels(model=r.model_id, provider=r.provider_id, direction="output").inc(r.output_tokens)
-    else:
-        m.errors.labels(mode=r.mode, model=r.model_id, provider=r.provider_id, http_status=str(r.status)).inc()
+    services.metrics.observe_request(
+        mode=r.mode,
+        model=r.model_id,
+        provider=r.provider_id,
+        status=r.status,
+        latency_ms=r.latency_ms,
+        cost_usd=r.cost_usd,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+    )
     log.info(
         "request",
         request_id=r.request_id,

@@ -24,8 +24,8 @@ class RecordWriter:
         analytics: AnalyticsStore,
         *,
         capacity: int,
-        batch_size: int = 500,
-        flush_interval: float = 0.5,
+        batch_size: int = 2000,
+        flush_interval: float = 1.0,
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
         self._analytics = analytics
