@@ -113,8 +113,9 @@ class HttpClient:
         retry: RetryPolicy,
         secret: str = "",
         on_retry: RetryHook | None = None,
-    ) -> tuple[dict[str, Any], float]:
-        """POST `payload`; return (JSON object body, latency_ms of the successful attempt).
+    ) -> tuple[dict[str, Any], bytes, float]:
+        """POST `payload`; return (JSON object body, its raw bytes, latency_ms of the successful attempt).
+        The raw bytes let an edge pass the provider's body through without encoding it again.
 
         `deadline` is absolute time.monotonic(). `headers` must already carry Content-Type. TRANSIENT errors
         are retried per `retry` within the deadline; every other class is raised at once so the router can
@@ -154,7 +155,7 @@ class HttpClient:
         attempt_timeout: float,
         classify: Classifier,
         secret: str,
-    ) -> tuple[dict[str, Any], float]:
+    ) -> tuple[dict[str, Any], bytes, float]:
         started = time.monotonic()
         remaining = deadline - started
         if remaining <= 0:  # aiohttp treats total<=0 as "no timeout", so refuse explicitly
@@ -175,7 +176,7 @@ class HttpClient:
         latency_ms = (time.monotonic() - started) * 1000.0
         if status != 200:
             raise classify(status, raw.decode("utf-8", "replace"), resp_headers)
-        return _json_object(raw, secret), latency_ms
+        return _json_object(raw, secret), raw, latency_ms
 
 
 def _transport_error(exc: BaseException, secret: str) -> ProviderError:

@@ -97,7 +97,7 @@ class OpenAIAdapter:
         attempt_timeout: float,
         on_retry: RetryHook | None = None,
     ) -> ChatResult:
-        body, latency_ms = await self._http.post_json(
+        body, raw, latency_ms = await self._http.post_json(
             self.url,
             self.build_payload(model_id, request),
             headers=self.headers(request_id),
@@ -108,7 +108,7 @@ class OpenAIAdapter:
             secret=self._key,
             on_retry=on_retry,
         )
-        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms)
+        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw)
 
     def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
         """Map a non-200 response to an error class (providers.md §3)."""

@@ -140,8 +140,9 @@ class ChatEndpoint:
             structlog.contextvars.unbind_contextvars("request_id")
         served = ctx.served_by
         assert served is not None, "a chain that returns without error has served the request"
-        return web.json_response(
-            encode_chat(ctx),
+        return web.Response(
+            body=encode_chat(ctx),
+            content_type="application/json",
             headers={"X-Negotiated-Model": served.model.id, "X-Provider": served.model.provider_id},
         )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -42,39 +41,43 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 
 class QueuedStream:
-    """A file-like object whose writes are queued and done by a background thread, so logging one
-    line per request never blocks the event loop on a slow stdout pipe or disk."""
+    """A file-like object whose writes are buffered in memory and written by a background thread every
+    ``interval`` seconds, so logging one line per request never blocks the event loop on a slow stdout
+    and never wakes another thread per line (list.append is atomic under the GIL)."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(self, target: Any, *, interval: float = 0.05) -> None:
         self._target = target
-        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
+        self._interval = interval
+        self._pending: list[str] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def write(self, text: str) -> None:
-        self._lines.put(text)
+        self._pending.append(text)
 
-    def flush(self) -> None:  # the drain thread flushes after each burst
+    def flush(self) -> None:  # the writer thread flushes after each batch
         return None
 
     def close(self) -> None:
-        """Write everything queued, then stop the thread."""
-        self._lines.put(None)
+        """Write everything buffered, then stop the thread."""
+        self._stopping.set()
         self._thread.join(timeout=5)
+        self._write_pending()
 
-    def _drain(self) -> None:
-        while (text := self._lines.get()) is not None:
-            try:
-                self._target.write(text)
-                while not self._lines.empty():
-                    more = self._lines.get()
-                    if more is None:
-                        self._target.flush()
-                        return
-                    self._target.write(more)
-                self._target.flush()
-            except (OSError, ValueError):  # closed or broken stdout: drop the line, keep serving
-                continue
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        try:
+            self._target.write("".join(lines))
+            self._target.flush()
+        except (OSError, ValueError):  # closed or broken stdout: drop the lines, keep serving
+            pass
 
 
 def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
@@ -91,6 +94,6 @@ def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,
     )
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 # The original stopped at 5120 ms, so a 10 s p95 alert could never fire; extended to ~80 s.
@@ -44,6 +46,14 @@ class Metrics:
         )
         self.store_dropped = Counter("tokenhub_store_dropped", "Records the store could not keep", ["op"], registry=r)
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
+
+    def count_attempt(self, provider: str, outcome: str) -> None:
+        """One provider call by outcome (``ok`` or an error class); the label child is cached."""
+        child = self._attempt_children.get((provider, outcome))
+        if child is None:
+            child = self._attempt_children[provider, outcome] = self.provider_attempts.labels(provider, outcome)
+        child.inc()
 
     def observe_request(
         self,

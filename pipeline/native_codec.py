@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -116,11 +117,18 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(f"{field}: {err['msg']}", field=field)
 
 
-def encode_chat(ctx: RequestContext) -> dict[str, Any]:
-    assert ctx.result is not None and ctx.served_by is not None
-    return {
-        "negotiated_model": ctx.served_by.model.id,
-        "estimated_cost_usd": round(ctx.cost_usd, 8),
-        "routing_reason": ctx.routing_reason or (ctx.decision.reason if ctx.decision else ""),
-        "response": ctx.result.body,
-    }
+def encode_chat(ctx: RequestContext) -> bytes:
+    """The envelope as JSON bytes. The provider's body is spliced in as received (it was parsed, so it
+    is a valid JSON object) instead of being encoded a second time."""
+    result, served = ctx.result, ctx.served_by
+    assert result is not None and served is not None
+    head = json.dumps(
+        {
+            "negotiated_model": served.model.id,
+            "estimated_cost_usd": round(ctx.cost_usd, 10),
+            "routing_reason": ctx.routing_reason or (ctx.decision.reason if ctx.decision else ""),
+        }
+    )
+    # Anything unusual (a BOM, UTF-16, leading whitespace) is re-encoded rather than spliced.
+    response = result.raw if result.raw[:1] == b"{" else json.dumps(result.body).encode()
+    return b"".join((head[:-1].encode(), b', "response": ', response, b"}"))

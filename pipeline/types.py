@@ -51,6 +51,7 @@ class ChatResult:
     body: dict[str, Any]
     usage: Usage | None
     latency_ms: float
+    raw: bytes = b""  # the body exactly as the provider sent it (a JSON object), when available
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class ApiKeyInfo:
     expires_at: float | None  # unix seconds
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: frozen dataclasses pay for object.__setattr__ on every field
 class RequestRecord:
     """One row of the request log: what happened to one request, success or not. No secrets."""
 

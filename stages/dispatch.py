@@ -33,7 +33,7 @@ class DispatchOptions(StageOptions):
 class Dispatch:
     def __init__(self, services: Services, options: DispatchOptions) -> None:
         self._services = services
-        self._attempts = services.metrics.provider_attempts
+        self._count_attempt = services.metrics.count_attempt
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         services = self._services
@@ -58,11 +58,11 @@ class Dispatch:
                 exc.message,
                 retry_after=exc.retry_after if exc.error_class is ErrorClass.RATE_LIMITED else None,
             )
-            self._attempts.labels(provider=model.provider_id, outcome=str(exc.error_class)).inc()
+            self._count_attempt(model.provider_id, str(exc.error_class))
             ctx.attempts.append(Attempt(model.id, model.provider_id, str(exc.error_class), exc.message, 0.0))
             raise DispatchFailed(candidate, exc) from None
         services.health.success(model.provider_id, result.latency_ms)
-        self._attempts.labels(provider=model.provider_id, outcome="ok").inc()
+        self._count_attempt(model.provider_id, "ok")
         ctx.attempts.append(Attempt(model.id, model.provider_id, "", "", result.latency_ms))
         ctx.result = result
         ctx.served_by = candidate

@@ -1,4 +1,4 @@
-"""The record sink: an in-process queue drained in batches into DuckDB.
+"""The record sink: an in-process buffer drained in batches into DuckDB.
 
 ``submit`` never awaits and never blocks the request path. A full queue drops the record and counts it
 (bounded memory beats unbounded latency). ``stop`` drains everything accepted before returning.
@@ -29,59 +29,59 @@ class RecordWriter:
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
         self._analytics = analytics
-        self._queue: asyncio.Queue[RequestRecord] = asyncio.Queue(maxsize=capacity)
+        self._capacity = capacity
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._on_drop = on_drop
+        # A plain list, not an asyncio.Queue: submitting must not schedule a wake-up per record.
+        self._pending: list[RequestRecord] = []
+        self._batch_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._batch: list[RequestRecord] = []  # taken off the queue, not yet handed to DuckDB
         self._inflight: asyncio.Future[None] | None = None
         self.written = 0
 
     def submit(self, record: RequestRecord) -> bool:
-        try:
-            self._queue.put_nowait(record)
-            return True
-        except asyncio.QueueFull:
+        if len(self._pending) >= self._capacity:
             self._on_drop()
             log.warning("record_dropped", reason="queue full", request_id=record.request_id)
             return False
+        self._pending.append(record)
+        if len(self._pending) == self._batch_size:
+            self._batch_ready.set()
+        return True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="record-writer")
 
     async def stop(self) -> None:
         """Write everything accepted so far, then stop."""
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
         if self._inflight is not None:
             await self._inflight
-        await self._write(self._take_all())
+        await self.flush()
 
     async def flush(self) -> None:
-        """Write everything queued now (tests and admin reads use it to see their own records)."""
-        await self._write(self._take_all())
+        """Write everything accepted so far (admin reads use it to see the latest requests)."""
+        while self._pending:
+            await self._write(self._take())
 
-    def _take_all(self) -> list[RequestRecord]:
-        batch, self._batch = self._batch, []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+    def _take(self) -> list[RequestRecord]:
+        batch = self._pending[: self._batch_size]
+        del self._pending[: self._batch_size]
         return batch
 
     async def _run(self) -> None:
         while True:
-            self._batch.append(await self._queue.get())
-            # Let a burst accumulate so DuckDB sees few, large transactions.
+            # Wake when a full batch is waiting or the interval has passed, whichever comes first.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._flush_interval):
-                    while len(self._batch) < self._batch_size:
-                        self._batch.append(await self._queue.get())
-            batch, self._batch = self._batch, []
-            await self._write(batch)
+                    await self._batch_ready.wait()
+            self._batch_ready.clear()
+            await self.flush()
 
     async def _write(self, batch: list[RequestRecord]) -> None:
         if not batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import time
@@ -454,7 +455,7 @@ async def test_http_client_can_post_without_adapter(fake: FakeOpenAI, http: Http
     def classify(status: int, body: str, headers: Any) -> ProviderError:
         return ProviderError(ErrorClass.FATAL, f"HTTP {status}", status=status)
 
-    body, latency = await http.post_json(
+    body, raw, latency = await http.post_json(
         fake.base_url + "/chat/completions",
         {"model": "raw", "messages": []},
         headers={"Content-Type": "application/json"},
@@ -464,5 +465,6 @@ async def test_http_client_can_post_without_adapter(fake: FakeOpenAI, http: Http
         retry=NO_RETRY,
     )
     assert body["model"] == "raw"
+    assert json.loads(raw) == body  # the exact bytes, for pass-through without re-encoding
     assert latency > 0
     assert isinstance(http.session, aiohttp.ClientSession)
