@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import random
 import time
@@ -15,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import aiohttp
+import orjson
 
 from adapters.errors import ProviderError, excerpt
 from pipeline.types import ErrorClass
@@ -121,7 +121,7 @@ class HttpClient:
         are retried per `retry` within the deadline; every other class is raised at once so the router can
         fail over. `on_retry(k, error, delay)` is called before sleeping for retry k (0-based).
         """
-        data = json.dumps(payload, separators=(",", ":")).encode()  # serialized once for all attempts
+        data = orjson.dumps(payload)  # serialized once for all attempts
         attempt = 0
         while True:
             try:
@@ -187,8 +187,8 @@ def _transport_error(exc: BaseException, secret: str) -> ProviderError:
 
 def _json_object(raw: bytes, secret: str) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        body = orjson.loads(raw)
+    except ValueError:  # orjson.JSONDecodeError and UnicodeDecodeError are both ValueErrors
         body = None
     if isinstance(body, dict):
         return body

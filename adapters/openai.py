@@ -35,8 +35,9 @@ def _count(value: Any) -> int:
 
 def parse_usage(body: Mapping[str, Any]) -> Usage | None:
     """OpenAI's prompt/completion_tokens, else the input/output_tokens shape, else None."""
-    usage = body.get("usage") if isinstance(body, Mapping) else None
-    if not isinstance(usage, Mapping):
+    # dict, not Mapping: parsed JSON is always a dict, and an ABC isinstance check is slow per request.
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
         return None
     for input_key, output_key in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
         tokens_in, tokens_out = _count(usage.get(input_key)), _count(usage.get(output_key))

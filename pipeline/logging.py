@@ -9,6 +9,7 @@ import threading
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 REDACTED = "[REDACTED]"
@@ -41,23 +42,23 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 
 class QueuedStream:
-    """A file-like object whose writes are buffered in memory and written by a background thread every
-    ``interval`` seconds, so logging one line per request never blocks the event loop on a slow stdout
-    and never wakes another thread per line (list.append is atomic under the GIL)."""
+    """Log lines buffered in memory and written by a background thread every ``interval`` seconds, so
+    logging one line per request never blocks the event loop on a slow stdout and never wakes another
+    thread per line (list.append is atomic under the GIL). Also the structlog logger: one method per
+    level, each taking the rendered JSON bytes."""
 
     def __init__(self, target: Any, *, interval: float = 0.05) -> None:
-        self._target = target
+        self._target = getattr(target, "buffer", target)  # bytes go to a text stream's buffer
         self._interval = interval
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
-    def write(self, text: str) -> None:
-        self._pending.append(text)
+    def msg(self, line: bytes) -> None:
+        self._pending.append(line + b"\n")
 
-    def flush(self) -> None:  # the writer thread flushes after each batch
-        return None
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
     def close(self) -> None:
         """Write everything buffered, then stop the thread."""
@@ -74,10 +75,14 @@ class QueuedStream:
             return
         lines, self._pending = self._pending, []
         try:
-            self._target.write("".join(lines))
+            self._target.write(b"".join(lines))
             self._target.flush()
         except (OSError, ValueError):  # closed or broken stdout: drop the lines, keep serving
             pass
+
+
+def _dumps(event: Any, **_: Any) -> bytes:
+    return orjson.dumps(event, default=str)
 
 
 def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
@@ -85,15 +90,14 @@ def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
     out = QueuedStream(stream or sys.stdout)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
             structlog.processors.format_exc_info,
             redact,
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=lambda *_: out,
         cache_logger_on_first_use=True,
     )
     return out

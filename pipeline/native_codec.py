@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.context import Policy, RequestContext
@@ -122,7 +122,7 @@ def encode_chat(ctx: RequestContext) -> bytes:
     is a valid JSON object) instead of being encoded a second time."""
     result, served = ctx.result, ctx.served_by
     assert result is not None and served is not None
-    head = json.dumps(
+    head = orjson.dumps(
         {
             "negotiated_model": served.model.id,
             "estimated_cost_usd": round(ctx.cost_usd, 10),
@@ -130,5 +130,5 @@ def encode_chat(ctx: RequestContext) -> bytes:
         }
     )
     # Anything unusual (a BOM, UTF-16, leading whitespace) is re-encoded rather than spliced.
-    response = result.raw if result.raw[:1] == b"{" else json.dumps(result.body).encode()
-    return b"".join((head[:-1].encode(), b', "response": ', response, b"}"))
+    response = result.raw if result.raw[:1] == b"{" else orjson.dumps(result.body)
+    return b"".join((head[:-1], b',"response":', response, b"}"))

@@ -71,29 +71,38 @@ def exclusion_reason(
 
 
 def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[Candidate]:
-    """Score eligible models for the mode (each objective normalised by its max); best first, ties by id."""
-    models = list(models)
-    if not models:
-        return []
+    """Score eligible models for the mode (each objective normalised by its max); best first, ties by id.
+    Runs once per request, so it makes one pass to collect the raw values and one to score them."""
     wc, wl, wf, ww = MODE_WEIGHTS.get(c.mode, MODE_WEIGHTS["normal"])
-    costs = [estimate_cost(m, c.input_tokens) for m in models]
-    provider_stats = [stats(m.provider_id) for m in models]
-    max_cost = max(costs)
-    max_latency = max(s.latency_ms for s in provider_stats)
-    max_errors = max(s.error_rate for s in provider_stats)
-    max_weight = max(m.weight for m in models)
-    ranked = []
-    for model, cost, s in zip(models, costs, provider_stats, strict=True):
-        score = (
-            wc * _norm(cost, max_cost)
-            + wl * _norm(s.latency_ms, max_latency)
-            + wf * _norm(s.error_rate, max_errors)
-            - ww * _norm(model.weight, max_weight)
+    rows = []
+    max_cost = max_latency = max_errors = max_weight = 0.0
+    for model in models:
+        s = stats(model.provider_id)
+        cost = estimate_cost(model, c.input_tokens)
+        rows.append((model, cost, s.latency_ms, s.error_rate))
+        max_cost = max(max_cost, cost)
+        max_latency = max(max_latency, s.latency_ms)
+        max_errors = max(max_errors, s.error_rate)
+        max_weight = max(max_weight, model.weight)
+    ranked = [
+        Candidate(
+            model,
+            round(
+                wc * _norm(cost, max_cost)
+                + wl * _norm(latency, max_latency)
+                + wf * _norm(errors, max_errors)
+                - ww * _norm(model.weight, max_weight),
+                6,
+            ),
+            cost,
         )
-        ranked.append(Candidate(model, round(score, 6), cost))
-    ranked.sort(key=lambda cand: (cand.score, cand.model.id))
+        for model, cost, latency, errors in rows
+    ]
+    if len(ranked) > 1:
+        ranked.sort(key=lambda cand: (cand.score, cand.model.id))
     return ranked
 
 
 def _norm(value: float, maximum: float) -> float:
-    return min(max(value / maximum, 0.0), 1.0) if maximum > 0 else 0.0
+    # Raw values are >= 0 and maximum is their max, so the ratio already lies in [0, 1].
+    return value / maximum if maximum > 0 else 0.0

@@ -105,7 +105,7 @@ async def test_first_run_generates_the_admin_token_once_and_explains_readiness(t
     assert len(token) == 64 and token in err
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert token not in out  # never in the JSON log
-    assert '"event": "starting"' in out and str(tmp_path / "data") in out
+    assert '"event":"starting"' in out and str(tmp_path / "data") in out
     assert (tmp_path / "data" / "tokenhub.sqlite").exists() and (tmp_path / "data" / "tokenhub.duckdb").exists()
 
     again = Server(tmp_path / "data")
@@ -147,6 +147,6 @@ async def test_sigterm_finishes_in_flight_requests_and_drains_records(
         assert (await resp.json())["negotiated_model"] == "slow"
     code, out, err = await server.stop()
     assert code == 0, (out[-2000:], err[-3000:])
-    assert '"records_written": 6' in out
+    assert '"records_written":6' in out
     db = duckdb.connect(str(tmp_path / "data" / "tokenhub.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM request_log").fetchone() == (6,)
