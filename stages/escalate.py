@@ -97,6 +97,8 @@ def _give_up(failures: list[DispatchFailed], steps: list[str]) -> TokenHubError:
         return RateLimited(
             f"every candidate is rate limited: {'; '.join(steps)}", retry_after=min(waits) if waits else 1
         )
+    if not failures:
+        return UpstreamFailed("no candidate could be tried", error_class="fatal")
     last = failures[-1]
     return UpstreamFailed(
         f"all providers failed ({len(failures)} attempt(s)): {'; '.join(steps)}; last error: {last.message}",

@@ -6,6 +6,7 @@ awaits storage: the queue is drained into DuckDB in batches by the record writer
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,13 @@ class InternalError(TokenHubError):
     type = "internal_error"
 
 
+class RequestCancelled(TokenHubError):
+    """The request's task was cancelled (client gone, server stopping): recorded, never answered."""
+
+    status = 499
+    type = "cancelled"
+
+
 class RecordOptions(StageOptions):
     pass
 
@@ -40,6 +48,9 @@ class Record:
             await call_next(ctx)
         except TokenHubError as exc:
             ctx.error = exc
+            raise
+        except asyncio.CancelledError:
+            ctx.error = RequestCancelled("request cancelled before it completed")
             raise
         except Exception as exc:
             log.exception("unhandled_error", request_id=ctx.request_id)

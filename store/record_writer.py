@@ -65,9 +65,14 @@ class RecordWriter:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write everything accepted so far (admin reads use it to see the latest requests)."""
-        while self._pending:
-            await self._write(self._take())
+        """Write everything accepted so far (admin reads use it to see the latest requests). Only what
+        is pending now: records arriving during the writes wait for the next flush, so a steady trickle
+        cannot keep the writer busy with tiny batches."""
+        remaining = len(self._pending)
+        while remaining > 0:
+            batch = self._take()
+            remaining -= len(batch)
+            await self._write(batch)
 
     def _take(self) -> list[RequestRecord]:
         batch = self._pending[: self._batch_size]

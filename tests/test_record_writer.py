@@ -239,3 +239,20 @@ async def test_analytics_file_store(tmp_path: Any) -> None:
         assert reopened.count_requests() == 1
     finally:
         reopened.close()
+
+
+async def test_flush_writes_only_what_was_pending_when_it_started(analytics: SpyAnalytics) -> None:
+    # A steady trickle of records during a write must not keep flush() looping over tiny batches.
+    analytics.release = threading.Event()
+    writer = RecordWriter(analytics, capacity=100, batch_size=50, flush_interval=5.0)
+    for i in range(5):
+        writer.submit(make_record(i))
+    flushing = asyncio.create_task(writer.flush())
+    await wait_for(analytics.started.is_set)
+    for i in range(5, 10):
+        writer.submit(make_record(i))  # arrive while the first batch is being written
+    analytics.release.set()
+    await asyncio.wait_for(flushing, 2)
+    assert analytics.batches == [5]
+    await writer.flush()
+    assert analytics.batches == [5, 5]

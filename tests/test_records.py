@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Fail
 
@@ -73,3 +75,31 @@ async def test_record_queue_is_drained_on_shutdown(make_hub, tmp_path) -> None: 
     await hub.client.close()  # runs the app's cleanup: drain the queue, close DuckDB
     db = duckdb.connect(str(tmp_path / "data" / "tokenhub.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM request_log WHERE status = 200").fetchone() == (25,)
+
+
+async def test_a_cancelled_request_is_recorded_as_cancelled(ready_hub: tuple[Hub, str]) -> None:
+    import asyncio
+
+    from pipeline.context import RequestContext
+    from pipeline.edge import PIPELINES
+    from pipeline.types import ChatRequest, Message
+    from tests.fakes.openai_fake import Hang
+
+    hub, key = ready_hub
+    hub.fake.script("gpt-test", Hang(5))
+    ctx = RequestContext(
+        request_id="cancel-me",
+        scope="chat",
+        client_ip="127.0.0.1",
+        request=ChatRequest(messages=[Message("user", "hi")]),
+        presented_key=True,
+        api_key=hub.services.identify(key),
+    )
+    task = asyncio.create_task(hub.client.server.app[PIPELINES].chain_for("default")(ctx))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    rows = [row for row in await hub.logs() if row["request_id"] == "cancel-me"]
+    assert len(rows) == 1
+    assert rows[0]["status"] == 499 and rows[0]["error_class"] == "cancelled"
