@@ -125,7 +125,7 @@ def encode_chat(ctx: RequestContext) -> bytes:
     head = orjson.dumps(
         {
             "negotiated_model": served.model.id,
-            "estimated_cost_usd": round(ctx.cost_usd, 10),
+            "estimated_cost_usd": ctx.cost_usd,
             "routing_reason": ctx.routing_reason or (ctx.decision.reason if ctx.decision else ""),
         }
     )

@@ -8,6 +8,7 @@ callable chain. Chains hold no per-request state, so a stage may call ``call_nex
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -158,8 +159,5 @@ def build_chain(steps: Sequence[StageStep], registry: StageRegistry, services: S
 
 
 def _link(stage: Stage, call_next: Next) -> Next:
-    async def run(ctx: RequestContext) -> None:
-        await stage(ctx, call_next)
-
-    run.__qualname__ = f"run[{type(stage).__name__}]"
-    return run
+    # A partial, not a wrapper coroutine: one frame fewer per stage on every request.
+    return functools.partial(stage, call_next=call_next)

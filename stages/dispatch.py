@@ -67,9 +67,8 @@ class Dispatch:
         ctx.result = result
         ctx.served_by = candidate
         usage = result.usage
-        ctx.cost_usd = (
-            model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else candidate.estimated_cost_usd
-        )
+        cost = model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else candidate.estimated_cost_usd
+        ctx.cost_usd = round(cost, 10)  # drop float noise such as 7.500000000000001e-05
         await call_next(ctx)
 
 
