@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 
 from stages.health import DEGRADED_AFTER, DOWN_AFTER, DOWN_COOLDOWN_SECS, HealthTracker
-
-
-class FakeClock:
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 @pytest.fixture

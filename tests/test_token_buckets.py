@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 
 from stages.rate_limit import TokenBuckets
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes.clock import FakeClock
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(1000.0)
 
 
 def test_burst_allowed_then_denied_with_wait(clock: FakeClock) -> None:
