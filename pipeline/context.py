@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +54,6 @@ class RequestContext:
     client_ip: str
     request: ChatRequest
     policy: Policy = field(default_factory=Policy)
-    headers: Mapping[str, str] = field(default_factory=dict)
     # Identity: resolved at the edge (it picks the tenant pipeline), enforced by the auth stage.
     presented_key: bool = False
     api_key: ApiKeyInfo | None = None

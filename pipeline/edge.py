@@ -120,7 +120,6 @@ class ChatEndpoint:
             scope="chat",
             client_ip=client_ip(request, self._trusted),
             request=ChatRequest(messages=[]),
-            headers=request.headers,
             presented_key=bool(key),
             api_key=api_key,
             tenant_id=api_key.tenant_id if api_key else "default",

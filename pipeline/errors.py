@@ -100,10 +100,5 @@ class UpstreamFailed(TokenHubError):
         return {"error_class": self.error_class}
 
 
-class ServiceUnavailable(TokenHubError):
-    status = 503
-    type = "unavailable"
-
-
 class PipelineConfigError(ValueError):
     """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built."""

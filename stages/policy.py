@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -80,6 +80,8 @@ class Policy:
         )
         if hint_note and hint_note != "hint":
             reason += f"; {hint_note}"
+        if ctx.directives_applied:
+            reason += "; " + _describe_directives(ctx.directives_applied)
         if exclusions:
             reason += "; excluded " + ", ".join(f"{m} ({why})" for m, why in sorted(exclusions.items()))
         return RoutingDecision(
@@ -105,6 +107,12 @@ class Policy:
                 return "hint"
         why = exclusions.get(hint, "not registered")
         return f"model_hint {hint!r} ignored ({why})"
+
+
+def _describe_directives(applied: dict[str, Any]) -> str:
+    settings = " ".join(f"{k}={v}" for k, v in applied.items() if k != "ignored")
+    ignored = applied.get("ignored") or []
+    return f"@@tokenhub {settings}" + (f" (ignored: {', '.join(ignored)})" if ignored else "")
 
 
 def _no_eligible(exclusions: dict[str, str], c: Constraints) -> NoEligibleModel:

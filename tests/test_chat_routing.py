@@ -125,10 +125,13 @@ async def test_ineligible_hint_is_ignored_and_explained(hub: Hub) -> None:
 
 async def test_directives_override_policy_and_are_stripped(hub: Hub) -> None:
     key = await _registry(hub)
-    content = "@@tokenhub mode=high_confidence budget=1\nSummarise this"
+    content = "@@tokenhub mode=high_confidence budget=1 colour=blue\nSummarise this"
     status, body, _ = await hub.chat(key, content, policy={"mode": "cheap"})
     assert status == 200
     assert body["negotiated_model"] == "premium"
+    assert (
+        "@@tokenhub mode=high_confidence max_budget_usd=1.0 (ignored: unknown key 'colour')" in body["routing_reason"]
+    )
     forwarded = hub.fake.requests[-1]["json"]["messages"]
     assert forwarded == [{"role": "user", "content": "Summarise this"}]
 
