@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from pipeline.types import RequestRecord
+
 # The original stopped at 5120 ms, so a 10 s p95 alert could never fire; extended to ~80 s.
 LATENCY_BUCKETS_MS = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 20480, 40960, 81920)
 
@@ -55,35 +57,25 @@ class Metrics:
             child = self._attempt_children[provider, outcome] = self.provider_attempts.labels(provider, outcome)
         child.inc()
 
-    def observe_request(
-        self,
-        *,
-        mode: str,
-        model: str,
-        provider: str,
-        status: int,
-        latency_ms: float,
-        cost_usd: float,
-        input_tokens: int,
-        output_tokens: int,
-    ) -> None:
+    def observe_request(self, r: RequestRecord) -> None:
         """Update every per-request series. Label children are cached per (mode, model, provider): a
         ``labels()`` call costs several microseconds, and this runs once per request."""
+        mode, model, provider = r.mode, r.model_id, r.provider_id
         key = (mode, model, provider)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = _RequestSeries(self, mode, model, provider)
-        if status < 400:
+        if r.status < 400:
             children.ok.inc()
-            children.latency.observe(latency_ms)
-            children.cost.inc(cost_usd)
-            if input_tokens:
-                children.tokens_in.inc(input_tokens)
-            if output_tokens:
-                children.tokens_out.inc(output_tokens)
+            children.latency.observe(r.latency_ms)
+            children.cost.inc(r.cost_usd)
+            if r.input_tokens:
+                children.tokens_in.inc(r.input_tokens)
+            if r.output_tokens:
+                children.tokens_out.inc(r.output_tokens)
         else:
             children.failed.inc()
-            self.errors.labels(mode, model, provider, str(status)).inc()
+            self.errors.labels(mode, model, provider, str(r.status)).inc()
 
 
 class _RequestSeries:

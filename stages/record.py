@@ -99,16 +99,7 @@ def _error_class(error: TokenHubError | None) -> str:
 
 
 def _observe(services: Services, r: RequestRecord) -> None:
-    services.metrics.observe_request(
-        mode=r.mode,
-        model=r.model_id,
-        provider=r.provider_id,
-        status=r.status,
-        latency_ms=r.latency_ms,
-        cost_usd=r.cost_usd,
-        input_tokens=r.input_tokens,
-        output_tokens=r.output_tokens,
-    )
+    services.metrics.observe_request(r)
     log.info(
         "request",
         request_id=r.request_id,
