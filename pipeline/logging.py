@@ -48,16 +48,21 @@ class QueuedStream:
     thread per line (list.append is atomic under the GIL). Also the structlog logger: one method per
     level, each taking the rendered JSON bytes."""
 
-    def __init__(self, target: Any, *, interval: float = 0.05) -> None:
+    def __init__(self, target: Any, *, interval: float = 0.05, max_pending: int = 100_000) -> None:
         self._target = getattr(target, "buffer", target)  # bytes go to a text stream's buffer
         self._interval = interval
+        self._max_pending = max_pending  # a stuck stdout must not grow memory without bound
         self._pending: list[bytes] = []
+        self.dropped = 0
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def msg(self, line: bytes) -> None:
-        self._pending.append(line + b"\n")
+        if len(self._pending) < self._max_pending:
+            self._pending.append(line + b"\n")
+        else:
+            self.dropped += 1
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
