@@ -110,3 +110,4 @@ class RequestRecord:
     latency_ms: float
     escalations: int
     routing_reason: str
+    ttft_ms: float = 0.0  # streams: time to the first token sent to the client; 0 for non-streaming

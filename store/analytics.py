@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS request_log (
     cost_usd DOUBLE NOT NULL,
     latency_ms DOUBLE NOT NULL,
     escalations INTEGER NOT NULL,
-    routing_reason VARCHAR NOT NULL
+    routing_reason VARCHAR NOT NULL,
+    ttft_ms DOUBLE NOT NULL DEFAULT 0
 )
 """
+# Columns added after the first release: an older file gains them on open.
+_ADDED_COLUMNS = ("ALTER TABLE request_log ADD COLUMN IF NOT EXISTS ttft_ms DOUBLE DEFAULT 0",)
 
 
 class AnalyticsStore:
@@ -56,6 +59,8 @@ class AnalyticsStore:
         self._conn = duckdb.connect(self._path, config={"threads": 1})
         self._conn.execute("SET TimeZone = 'UTC'")
         self._conn.execute(_SCHEMA)
+        for statement in _ADDED_COLUMNS:
+            self._conn.execute(statement)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)  # let queued writes finish before the connection goes
