@@ -6,12 +6,12 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -23,6 +23,7 @@ Classifier = Callable[[int, str, Mapping[str, str]], ProviderError]
 RetryHook = Callable[[int, ProviderError, float], None]
 
 _TRANSIENT = ErrorClass.TRANSIENT
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +123,48 @@ class HttpClient:
         fail over. `on_retry(k, error, delay)` is called before sleeping for retry k (0-based).
         """
         data = orjson.dumps(payload)  # serialized once for all attempts
+        return await self._with_retries(
+            lambda: self._attempt(url, data, headers, deadline, attempt_timeout, classify, secret),
+            retry,
+            deadline,
+            on_retry,
+        )
+
+    async def open_stream(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        headers: dict[str, str],
+        deadline: float,
+        attempt_timeout: float,
+        classify: Classifier,
+        retry: RetryPolicy,
+        secret: str = "",
+        on_retry: RetryHook | None = None,
+    ) -> aiohttp.ClientResponse:
+        """POST `payload` and return the open 200 response once its headers arrive, body unread. Errors before
+        that (status, transport, no headers within the attempt timeout) are classified and retried like
+        post_json's: nothing has reached the client yet."""
+        data = orjson.dumps(payload)
+        return await self._with_retries(
+            lambda: self._open_attempt(url, data, headers, deadline, attempt_timeout, classify, secret),
+            retry,
+            deadline,
+            on_retry,
+        )
+
+    async def _with_retries(
+        self,
+        attempt_once: Callable[[], Awaitable[T]],
+        retry: RetryPolicy,
+        deadline: float,
+        on_retry: RetryHook | None,
+    ) -> T:
         attempt = 0
         while True:
             try:
-                return await self._attempt(url, data, headers, deadline, attempt_timeout, classify, secret)
+                return await attempt_once()
             except ProviderError as err:
                 delay = self._retry_delay(err, attempt, retry, deadline)
                 if delay is None:
@@ -157,13 +196,9 @@ class HttpClient:
         secret: str,
     ) -> tuple[dict[str, Any], bytes, float]:
         started = time.monotonic()
-        remaining = deadline - started
-        if remaining <= 0:  # aiohttp treats total<=0 as "no timeout", so refuse explicitly
-            raise ProviderError(_TRANSIENT, "deadline exceeded before the upstream call")
-        if attempt_timeout < remaining:
-            timeout, client_timeout = attempt_timeout, _cached_client_timeout(attempt_timeout)
-        else:  # clamped to the deadline: a one-off value, not worth caching
-            timeout, client_timeout = remaining, _client_timeout(remaining)
+        timeout = _attempt_seconds(deadline - started, attempt_timeout)
+        # the configured value is reused across requests; a deadline-clamped one is one-off, not worth caching
+        client_timeout = _cached_client_timeout(timeout) if timeout == attempt_timeout else _client_timeout(timeout)
         try:
             async with self.session.post(url, data=data, headers=headers, timeout=client_timeout) as resp:
                 status = resp.status
@@ -177,6 +212,47 @@ class HttpClient:
         if status != 200:
             raise classify(status, raw.decode("utf-8", "replace"), resp_headers)
         return _json_object(raw, secret), raw, latency_ms
+
+    async def _open_attempt(
+        self,
+        url: str,
+        data: bytes,
+        headers: dict[str, str],
+        deadline: float,
+        attempt_timeout: float,
+        classify: Classifier,
+        secret: str,
+    ) -> aiohttp.ClientResponse:
+        timeout = _attempt_seconds(deadline - time.monotonic(), attempt_timeout)
+        try:
+            # The timeout bounds connecting and the response headers only; the body is read by the caller
+            # under its own first-token and idle limits.
+            async with asyncio.timeout(timeout):
+                resp = await self.session.post(url, data=data, headers=headers, timeout=_STREAM_TIMEOUT)
+        except TimeoutError:
+            raise ProviderError(_TRANSIENT, f"no response headers after {timeout:.1f}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(exc, secret) from None
+        if resp.status == 200:
+            return resp
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.05)):
+                raw = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            raw = b""
+        finally:
+            resp.release()
+        raise classify(resp.status, raw.decode("utf-8", "replace"), resp.headers)
+
+
+def _attempt_seconds(remaining: float, attempt_timeout: float) -> float:
+    if remaining <= 0:  # aiohttp treats total<=0 as "no timeout", so refuse explicitly
+        raise ProviderError(_TRANSIENT, "deadline exceeded before the upstream call")
+    return min(attempt_timeout, remaining)
+
+
+# Streams have no total timeout (a long answer is fine); first-token and idle limits bound them instead.
+_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
 
 
 def _transport_error(exc: BaseException, secret: str) -> ProviderError:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import orjson
 
 from adapters.errors import ProviderError, excerpt
 from adapters.http import HttpClient, RetryHook, RetryPolicy, parse_retry_after
-from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, ProviderInfo, Usage
+from adapters.sse import SseEvent
+from adapters.stream import UpstreamStream, malformed
+from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, ProviderInfo, StreamDelta, Usage
 
-__all__ = ["OpenAIAdapter", "normalize_base_url", "parse_usage"]
+__all__ = ["OpenAIAdapter", "OpenAIChunkParser", "normalize_base_url", "parse_usage"]
 
 # Keys the adapter owns; a client's `parameters` must not override them.
-_RESERVED_PARAMS = frozenset({"model", "messages", "stream"})
+_RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
+# Parameters other providers' clients send that OpenAI rejects ("Unrecognized request argument"): dropped.
+_NOT_OPENAI = frozenset({"top_k", "metadata", "anthropic_version", "thinking"})
 
 
 def normalize_base_url(url: str) -> str:
@@ -59,6 +65,7 @@ def _message(message: Message) -> dict[str, Any]:
 
 class OpenAIAdapter:
     type = "openai"
+    unsupported_params: frozenset[str] = _NOT_OPENAI
 
     def __init__(self, provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> None:
         self.provider = provider
@@ -80,9 +87,16 @@ class OpenAIAdapter:
 
     def build_payload(self, model_id: str, request: ChatRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": model_id, "messages": [_message(m) for m in request.messages]}
+        unsupported = self.unsupported_params
         for key, value in request.parameters.items():
-            if key not in _RESERVED_PARAMS:
+            if key not in _RESERVED_PARAMS and key not in unsupported:
                 payload[key] = value
+        return payload
+
+    def build_stream_payload(self, model_id: str, request: ChatRequest) -> dict[str, Any]:
+        payload = self.build_payload(model_id, request)
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}  # the final chunk then carries usage
         return payload
 
     def headers(self, request_id: str = "") -> dict[str, str]:
@@ -111,6 +125,36 @@ class OpenAIAdapter:
         )
         return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw)
 
+    async def open_stream(
+        self,
+        model_id: str,
+        request: ChatRequest,
+        *,
+        request_id: str,
+        deadline: float,
+        attempt_timeout: float,
+        idle_timeout: float,
+        on_malformed: Callable[[], None],
+    ) -> UpstreamStream:
+        response = await self._http.open_stream(
+            self.url,
+            self.build_stream_payload(model_id, request),
+            headers=self.headers(request_id),
+            deadline=deadline,
+            attempt_timeout=attempt_timeout,
+            classify=self.classify,
+            retry=self._retry,
+            secret=self._key,
+        )
+        return UpstreamStream(
+            response,
+            OpenAIChunkParser(),
+            provider_id=self.id,
+            idle_timeout=idle_timeout,
+            on_malformed=on_malformed,
+            secret=self._key,
+        )
+
     def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
         """Map a non-200 response to an error class (providers.md §3)."""
         retry_after = None
@@ -137,3 +181,61 @@ class OpenAIAdapter:
             retry_after=retry_after,
             secret=self._key,
         )
+
+
+class OpenAIChunkParser:
+    """`data: {chat.completion.chunk}` events up to `data: [DONE]`. Only choice 0 is relayed."""
+
+    __slots__ = ("done", "finished")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.finished = False
+
+    def feed(self, event: SseEvent) -> list[StreamDelta]:
+        data = event.data
+        if data.strip() == "[DONE]":
+            self.done = True
+            return []
+        try:
+            chunk = orjson.loads(data)
+        except ValueError:
+            raise malformed("not JSON", data) from None
+        if not isinstance(chunk, dict):
+            raise malformed("not a JSON object", data)
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise ProviderError(ErrorClass.TRANSIENT, f"upstream error mid-stream: {excerpt(str(message))}")
+        choices = chunk.get("choices")
+        usage = parse_usage(chunk)
+        if not isinstance(choices, list):
+            if usage is None:
+                raise malformed("no choices", data)
+            return [StreamDelta(usage=usage)]
+        delta = _choice_delta(choices, data)
+        if delta is None:
+            return [StreamDelta(usage=usage)] if usage else []
+        delta.usage = usage
+        if delta.finish_reason:
+            self.finished = True
+        return [delta] if delta.has_token or usage else []
+
+
+def _choice_delta(choices: list[Any], data: str) -> StreamDelta | None:
+    choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+    if choice is None:
+        return None
+    delta = choice.get("delta") or {}
+    if not isinstance(delta, dict):
+        raise malformed("delta is not an object", data)
+    content = delta.get("content")
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    tool_calls = delta.get("tool_calls")
+    finish = choice.get("finish_reason")
+    return StreamDelta(
+        content=content if isinstance(content, str) else "",
+        reasoning=reasoning if isinstance(reasoning, str) else "",
+        tool_calls=tool_calls if isinstance(tool_calls, list) and tool_calls else None,
+        finish_reason=finish if isinstance(finish, str) and finish else None,
+    )

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.errors import TokenHubError
-from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo
+from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo, StreamDelta
+
+
+class StreamSink(Protocol):
+    """Where a streamed answer goes: the edge's encoder for the client's wire format. Dispatch opens it
+    when the first token is in hand (so failover before that point is invisible to the client)."""
+
+    @property
+    def opened(self) -> bool: ...
+
+    async def open(self, ctx: RequestContext) -> None: ...
+
+    async def send(self, delta: StreamDelta) -> None: ...
 
 
 @dataclass(slots=True)
@@ -53,6 +65,7 @@ class RequestContext:
     scope: str  # the API-key scope this endpoint needs, e.g. "chat"
     client_ip: str
     request: ChatRequest
+    endpoint: str = "chat"  # which wire format / route served it, for the request log
     policy: Policy = field(default_factory=Policy)
     # Identity: resolved at the edge (it picks the tenant pipeline), enforced by the auth stage.
     presented_key: bool = False
@@ -68,3 +81,5 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     routing_reason: str = ""
     error: TokenHubError | None = None
+    sink: StreamSink | None = None  # set by the edge when the client asked for a stream
+    ttft_ms: float = 0.0  # streams: from the start of the request to the first token handed to the sink

@@ -100,5 +100,19 @@ class UpstreamFailed(TokenHubError):
         return {"error_class": self.error_class}
 
 
+class StreamBroken(UpstreamFailed):
+    """The upstream failed after the first token reached the client: no failover is possible any more, so
+    the client's stream ends with an error event (and no end-of-stream marker)."""
+
+    type = "stream_error"
+
+
+class ClientDisconnected(TokenHubError):
+    """The client went away mid-response; recorded (nginx's 499), never answered."""
+
+    status = 499
+    type = "client_disconnected"
+
+
 class PipelineConfigError(ValueError):
     """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built."""

@@ -47,6 +47,9 @@ class Metrics:
             registry=r,
         )
         self.store_dropped = Counter("tokenhub_store_dropped", "Records the store could not keep", ["op"], registry=r)
+        self.stream_malformed = Counter(
+            "tokenhub_stream_malformed_chunks", "Unparseable upstream stream events skipped", ["provider"], registry=r
+        )
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
 

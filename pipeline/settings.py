@@ -18,6 +18,9 @@ PREFIX = "TOKENHUB_"
 ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine")
 
 
+SECRET_SETTINGS = frozenset({"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key"})
+
+
 class SettingsError(ValueError):
     pass
 
@@ -43,8 +46,15 @@ class Settings(BaseModel):
     max_messages: int = Field(1000, gt=0)
     record_queue_size: int = Field(10_000, gt=0)
     shutdown_drain_secs: float = Field(30.0, ge=0)
+    stream_first_token_secs: float = Field(30.0, gt=0, description="a stream fails over if no token comes by then")
+    stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
     openai_api_key: str = Field("", repr=False)
     openai_base_url: str = "https://api.openai.com"
+    anthropic_api_key: str = Field("", repr=False)
+    anthropic_base_url: str = "https://api.anthropic.com"
+    vllm_endpoints: tuple[str, ...] = Field((), description="comma-separated base URLs of one vLLM deployment")
+    vllm_api_key: str = Field("", repr=False)
+    vllm_probe_interval_secs: float = Field(15.0, gt=0)
 
     @field_validator("default_mode")
     @classmethod
@@ -68,6 +78,16 @@ class Settings(BaseModel):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for entry in value:
             ipaddress.ip_network(entry, strict=False)  # raises ValueError with a clear message
+        return tuple(value)
+
+    @field_validator("vllm_endpoints", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for entry in value:
+            if not entry.startswith(("http://", "https://")):
+                raise ValueError(f"{entry!r} is not an http(s) URL")
         return tuple(value)
 
     @property
@@ -107,7 +127,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         for err in exc.errors():
             name = str(err["loc"][0]) if err["loc"] else "?"
             shown = values.get(name, "")
-            shown = "<hidden>" if name in ("admin_token", "openai_api_key") else shown
+            shown = "<hidden>" if name in SECRET_SETTINGS else shown
             lines.append(f"{PREFIX}{name.upper()}={shown!s}: {err['msg']}")
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 

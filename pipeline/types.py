@@ -52,6 +52,26 @@ class ChatResult:
     usage: Usage | None
     latency_ms: float
     raw: bytes = b""  # the body exactly as the provider sent it (a JSON object), when available
+    format: str = "openai"  # the body's shape: "openai" (chat.completion) or "anthropic" (Messages API)
+
+
+@dataclass(slots=True)
+class StreamDelta:
+    """One normalized piece of a streamed answer, in OpenAI's chunk vocabulary whatever the upstream.
+
+    `tool_calls` entries are OpenAI delta entries: {"index", "id"?, "type"?, "function": {"name"?, "arguments"?}}.
+    """
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None  # stop | length | tool_calls | content_filter
+    usage: Usage | None = None
+
+    @property
+    def has_token(self) -> bool:
+        """True when the client would see output (a role-only or usage-only chunk is not a token)."""
+        return bool(self.content or self.reasoning or self.tool_calls or self.finish_reason)
 
 
 @dataclass(frozen=True, slots=True)

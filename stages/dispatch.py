@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING
 
 from adapters.errors import ProviderError
 from pipeline.context import Attempt, Candidate, RequestContext
-from pipeline.errors import UpstreamFailed
+from pipeline.errors import StreamBroken, UpstreamFailed
 from pipeline.stage import Next, StageOptions, StageSpec
-from pipeline.types import ErrorClass
+from pipeline.types import ErrorClass, ModelInfo
+from stages.stream_relay import relay_stream
 
 if TYPE_CHECKING:
     from pipeline.services import Services
@@ -42,25 +43,35 @@ class Dispatch:
         candidate = ctx.target or decision.candidates[0]
         model = candidate.model
         adapter = services.adapters.get(model.provider_id)
+        settings = services.settings
         try:
             if adapter is None:
                 raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
-            result = await adapter.send(
-                model.id,
-                ctx.request,
-                request_id=ctx.request_id,
-                deadline=decision.deadline,
-                attempt_timeout=services.settings.provider_timeout_secs,
-            )
-        except ProviderError as exc:
-            services.health.error(
-                model.provider_id,
-                exc.message,
-                retry_after=exc.retry_after if exc.error_class is ErrorClass.RATE_LIMITED else None,
-            )
-            self._count_attempt(model.provider_id, str(exc.error_class))
-            ctx.attempts.append(Attempt(model.id, model.provider_id, str(exc.error_class), exc.message, 0.0))
+            if ctx.sink is not None:
+                result = await relay_stream(
+                    ctx,
+                    adapter,
+                    candidate,
+                    sink=ctx.sink,
+                    first_token_secs=settings.stream_first_token_secs,
+                    attempt_timeout=settings.provider_timeout_secs,
+                    idle_timeout=settings.stream_idle_secs,
+                    on_malformed=services.metrics.stream_malformed.labels(provider=model.provider_id).inc,
+                )
+            else:
+                result = await adapter.send(
+                    model.id,
+                    ctx.request,
+                    request_id=ctx.request_id,
+                    deadline=decision.deadline,
+                    attempt_timeout=settings.provider_timeout_secs,
+                )
+        except ProviderError as exc:  # nothing reached the client: escalate may try another candidate
+            self._failed(ctx, model, exc.error_class, exc.message, exc.retry_after)
             raise DispatchFailed(candidate, exc) from None
+        except StreamBroken as exc:  # part of the answer reached the client: no failover
+            self._failed(ctx, model, ErrorClass(exc.error_class), exc.message, None)
+            raise
         services.health.success(model.provider_id, result.latency_ms)
         self._count_attempt(model.provider_id, "ok")
         ctx.attempts.append(Attempt(model.id, model.provider_id, "", "", result.latency_ms))
@@ -70,6 +81,15 @@ class Dispatch:
         cost = model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else candidate.estimated_cost_usd
         ctx.cost_usd = round(cost, 10)  # drop float noise such as 7.500000000000001e-05
         await call_next(ctx)
+
+    def _failed(
+        self, ctx: RequestContext, model: ModelInfo, error_class: ErrorClass, message: str, retry_after: float | None
+    ) -> None:
+        self._services.health.error(
+            model.provider_id, message, retry_after=retry_after if error_class is ErrorClass.RATE_LIMITED else None
+        )
+        self._count_attempt(model.provider_id, str(error_class))
+        ctx.attempts.append(Attempt(model.id, model.provider_id, str(error_class), message, 0.0))
 
 
 SPEC = StageSpec(

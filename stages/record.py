@@ -64,7 +64,8 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
     """Build the request's one record and fan it out. Also used by the edge for requests rejected while
     decoding, before any pipeline runs."""
     latency_ms = (time.perf_counter() - ctx.started_at) * 1000
-    served = ctx.served_by.model if ctx.served_by and ctx.error is None else None
+    # A stream that broke after its first token still names the model that served it (and what it cost).
+    served = ctx.served_by.model if ctx.served_by else None
     usage = ctx.result.usage if ctx.result and served else None
     decision = ctx.decision
     error = ctx.error
@@ -73,7 +74,7 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
         request_id=ctx.request_id,
         tenant_id=ctx.tenant_id,
         api_key_id=ctx.api_key.id if ctx.api_key else "",
-        endpoint=ctx.scope,
+        endpoint=ctx.endpoint,
         mode=decision.mode if decision else ctx.policy.mode,
         model_id=served.id if served else "",
         provider_id=served.provider_id if served else "",
@@ -86,6 +87,7 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
         latency_ms=round(latency_ms, 3),
         escalations=max(0, len(ctx.attempts) - 1),
         routing_reason=ctx.routing_reason or (decision.reason if decision else ""),
+        ttft_ms=round(ctx.ttft_ms, 3),
     )
     _observe(services, record)
     services.records.submit(record)

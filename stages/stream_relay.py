@@ -1,0 +1,112 @@
+"""Relays one upstream stream to the client's sink, for dispatch.
+
+Failover is possible until the first token is handed to the sink: before that, every failure (status, cut,
+stall, a first token later than the first-token limit) is a ProviderError that escalate can act on. After
+it, a failure is StreamBroken: the client already has a 200 and part of an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from adapters.errors import ProviderError
+from pipeline.context import Candidate, RequestContext, StreamSink
+from pipeline.errors import StreamBroken
+from pipeline.types import ChatResult, ErrorClass, StreamDelta, Usage
+
+
+class _Tally:
+    """What the stream carried, for usage when the upstream reports none (chars/4, like the input estimate)."""
+
+    __slots__ = ("chars", "usage")
+
+    def __init__(self) -> None:
+        self.chars = 0
+        self.usage: Usage | None = None
+
+    def add(self, delta: StreamDelta) -> None:
+        self.chars += len(delta.content) + len(delta.reasoning)
+        if delta.tool_calls:
+            for call in delta.tool_calls:
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    self.chars += len(str(function.get("name") or "")) + len(str(function.get("arguments") or ""))
+        if delta.usage is not None:
+            usage = self.usage or Usage()
+            # Anthropic reports input at the start and output at the end; OpenAI both at the end.
+            usage.input_tokens = delta.usage.input_tokens or usage.input_tokens
+            usage.output_tokens = delta.usage.output_tokens or usage.output_tokens
+            self.usage = usage
+
+    def final_usage(self, estimated_input: int) -> Usage:
+        usage = self.usage or Usage()
+        return Usage(usage.input_tokens or estimated_input, usage.output_tokens or -(-self.chars // 4))
+
+
+async def relay_stream(
+    ctx: RequestContext,
+    adapter: Any,
+    candidate: Candidate,
+    *,
+    sink: StreamSink,
+    first_token_secs: float,
+    attempt_timeout: float,
+    idle_timeout: float,
+    on_malformed: Any,
+) -> ChatResult:
+    """Open the upstream stream, wait for its first token, then copy every delta to `sink`."""
+    decision = ctx.decision
+    assert decision is not None
+    started = time.monotonic()
+    first_deadline = min(decision.deadline, started + first_token_secs)
+    upstream = await adapter.open_stream(
+        candidate.model.id,
+        ctx.request,
+        request_id=ctx.request_id,
+        deadline=first_deadline,
+        attempt_timeout=attempt_timeout,
+        idle_timeout=idle_timeout,
+        on_malformed=on_malformed,
+    )
+    tally = _Tally()
+    deltas = aiter(upstream)
+    try:
+        pending = await _until_first_token(deltas, first_deadline - time.monotonic())
+        ctx.served_by = candidate
+        ctx.ttft_ms = (time.perf_counter() - ctx.started_at) * 1000
+        await sink.open(ctx)
+        for delta in pending:
+            tally.add(delta)
+            await sink.send(delta)
+        try:
+            async for delta in deltas:
+                tally.add(delta)
+                await sink.send(delta)
+        except ProviderError as exc:
+            raise StreamBroken(f"the upstream stream broke: {exc.message}", error_class=str(exc.error_class)) from exc
+    except BaseException:
+        upstream.close()
+        await deltas.aclose()
+        raise
+    upstream.release()
+    usage = tally.final_usage(decision.estimated_input_tokens)
+    return ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
+
+
+async def _until_first_token(deltas: Any, seconds: float) -> list[StreamDelta]:
+    """Deltas up to and including the first that carries a token; a late, cut or empty stream is a
+    ProviderError so escalate can fail over."""
+    pending: list[StreamDelta] = []
+    try:
+        async with asyncio.timeout(max(seconds, 0.0)):
+            while True:
+                delta = await anext(deltas)
+                pending.append(delta)
+                if delta.has_token:
+                    return pending
+    except TimeoutError:
+        raise ProviderError(ErrorClass.TRANSIENT, f"no first token within {seconds:.1f}s") from None
+    except StopAsyncIteration:
+        raise ProviderError(ErrorClass.TRANSIENT, "the upstream stream ended before any token") from None
