@@ -10,8 +10,10 @@ from aiohttp import web
 from adapters.http import HttpClient
 from admin_ui import api as admin_api
 from pipeline.admin_token import resolve_admin_token
-from pipeline.edge import PIPELINES, SERVICES, ChatEndpoint, healthz, metrics, request_id_and_errors
+from pipeline.edge import PIPELINES, SERVICES, RoutedEndpoint, healthz, list_models, metrics, request_id_and_errors
 from pipeline.metrics import Metrics
+from pipeline.native_codec import NativeCodec
+from pipeline.openai_codec import OpenAICodec
 from pipeline.registry import default_registry
 from pipeline.services import Services
 from pipeline.settings import Settings
@@ -49,7 +51,9 @@ def create_app(settings: Settings) -> web.Application:
     app[PIPELINES] = pipelines
     app[admin_api.ADMIN_TOKEN] = token
     app[ADMIN_TOKEN_GENERATED] = generated
-    app.router.add_post("/v1/chat", ChatEndpoint(services, pipelines).handle)
+    app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
+    app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
+    app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(admin_api.ADMIN_PREFIX, admin_api.admin_app())

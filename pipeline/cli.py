@@ -75,6 +75,7 @@ def serve_command(*, listen: str | None, data_dir: str | None, log_level: str | 
             shutdown_timeout=settings.shutdown_drain_secs,
             access_log=None,
             print=None,
+            handler_cancellation=True,  # a client that disconnects cancels its request, upstream call included
             loop=_new_loop(),
         )
     finally:

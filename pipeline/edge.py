@@ -7,17 +7,19 @@ import itertools
 import os
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from pipeline.codec import Codec
 from pipeline.context import RequestContext
-from pipeline.errors import PayloadTooLarge, TokenHubError
-from pipeline.native_codec import decode_chat, encode_chat
+from pipeline.errors import ClientDisconnected, NotFound, PayloadTooLarge, TokenHubError
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.types import ChatRequest
+from stages.policy import resolve_model_id
 from stages.record import emit_record
 
 log = structlog.get_logger("tokenhub.http")
@@ -103,23 +105,27 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
-class ChatEndpoint:
-    """POST /v1/chat. Thin: decode, build the context, run the tenant's pipeline, encode."""
+class RoutedEndpoint:
+    """A chat-style route: decode with the codec, run the tenant's pipeline, answer in the codec's format
+    (a JSON body, or a stream the pipeline writes through the codec's sink). Errors, too, are in the
+    codec's shape, before and after a stream opened."""
 
-    def __init__(self, services: Services, pipelines: TenantPipelines) -> None:
+    def __init__(self, services: Services, pipelines: TenantPipelines, codec: Codec) -> None:
         self._services = services
         self._pipelines = pipelines
+        self._codec = codec
         self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in services.settings.trusted_proxies)
 
-    async def handle(self, request: web.Request) -> web.Response:
-        services = self._services
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        services, codec = self._services, self._codec
         key = presented_key(request)
         api_key = services.identify(key)
         ctx = RequestContext(
             request_id=request[REQUEST_ID],
-            scope="chat",
+            scope=codec.scope,
             client_ip=client_ip(request, self._trusted),
             request=ChatRequest(messages=[]),
+            endpoint=codec.endpoint,
             presented_key=bool(key),
             api_key=api_key,
             tenant_id=api_key.tenant_id if api_key else "default",
@@ -127,25 +133,68 @@ class ChatEndpoint:
         # Log lines name the request id explicitly: binding a context variable per request costs more.
         try:
             raw = await read_body(request, services.settings.max_body_bytes)
-            ctx.request, ctx.policy = decode_chat(raw, max_messages=services.settings.max_messages)
+            ctx.request, ctx.policy = codec.decode(raw, max_messages=services.settings.max_messages)
+            if codec.strict_model:
+                check_model_known(services, ctx.request.model_hint)
         except TokenHubError as exc:
             # Rejected before any stage ran: nothing dispatched, still recorded exactly once.
             ctx.error = exc
             emit_record(services, ctx)
-            raise
-        await self._pipelines.chain_for(ctx.tenant_id)(ctx)
+            return self._error(exc, ctx.request_id)
+        sink = ctx.sink = codec.stream_sink(request, ctx) if ctx.request.stream else None
+        try:
+            await self._pipelines.chain_for(ctx.tenant_id)(ctx)
+        except ClientDisconnected:
+            return sink.response if sink is not None and sink.opened else web.Response(status=499)
+        except TokenHubError as exc:
+            if sink is not None and sink.opened:
+                await sink.fail(exc)  # the client has a 200 and part of an answer: end it with an error event
+                return sink.response
+            return self._error(exc, ctx.request_id)
         served = ctx.served_by
         assert served is not None, "a chain that returns without error has served the request"
+        if sink is not None:
+            await sink.finish(ctx)
+            return sink.response
         return web.Response(
-            body=encode_chat(ctx),
+            body=codec.encode(ctx),
             content_type="application/json",
             headers={"X-Negotiated-Model": served.model.id, "X-Provider": served.model.provider_id},
+        )
+
+    def _error(self, exc: TokenHubError, request_id: str) -> web.Response:
+        return web.json_response(
+            self._codec.error_body(exc, request_id),
+            status=exc.status,
+            headers={**exc.headers, "X-Request-Id": request_id},
+        )
+
+
+def check_model_known(services: Services, model: str) -> None:
+    """An OpenAI/Anthropic client that names a model gets a 404 for an unknown one, as those APIs do."""
+    if model and resolve_model_id(model, services.snapshot.models) is None:
+        raise NotFound(
+            f"model {model!r} does not exist; GET /v1/models lists the models, or send 'auto'", field="model"
         )
 
 
 async def healthz(request: web.Request) -> web.Response:
     status = request.app[SERVICES].readiness()
     return web.json_response(status, status=200 if status["status"] == "ok" else 503)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models, OpenAI's list shape: every enabled model of a configured provider (no auth, per spec)."""
+    services = request.app[SERVICES]
+    data = []
+    for model in sorted(services.snapshot.models.values(), key=lambda m: m.id):
+        if not model.enabled or model.provider_id not in services.adapters:
+            continue
+        entry: dict[str, Any] = {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider_id}
+        if model.max_context_tokens:
+            entry["context_length"] = entry["max_model_len"] = model.max_context_tokens
+        data.append(entry)
+    return web.json_response({"object": "list", "data": data})
 
 
 async def metrics(request: web.Request) -> web.Response:

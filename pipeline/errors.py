@@ -102,9 +102,14 @@ class UpstreamFailed(TokenHubError):
 
 class StreamBroken(UpstreamFailed):
     """The upstream failed after the first token reached the client: no failover is possible any more, so
-    the client's stream ends with an error event (and no end-of-stream marker)."""
+    the client's stream ends with an error event (and no end-of-stream marker). Recorded as `stream_error`;
+    `cause_class` is the provider error's class (for health and attempt metrics)."""
 
     type = "stream_error"
+
+    def __init__(self, message: str, *, cause_class: str):
+        super().__init__(message, error_class="stream_error")
+        self.cause_class = cause_class
 
 
 class ClientDisconnected(TokenHubError):

@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from aiohttp import web
+from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
-from pipeline.errors import InvalidRequest
-from pipeline.settings import ROUTING_MODES
-from pipeline.types import ChatRequest, Message
-
-Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
-assert set(Mode.__args__) == set(ROUTING_MODES)  # type: ignore[attr-defined]
+from pipeline.errors import TokenHubError
+from pipeline.openai_codec import OpenAIStreamSink
+from pipeline.types import ChatRequest
+from pipeline.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
 
 
-class _Strict(BaseModel):
-    # Wrong types are errors ("5" is not a number); unknown fields are ignored, as the original does.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-
-class ContentPart(_Strict):
-    type: str
-    text: str | None = None
-
-
-class MessageIn(_Strict):
-    role: Annotated[str, Field(min_length=1, max_length=64)]
-    content: Any = None
-    tool_calls: list[Any] | None = None
-    tool_call_id: str | None = None
-    name: str | None = None
-
-    @field_validator("content")
-    @classmethod
-    def _content(cls, value: Any) -> str | list[ContentPart] | None:
-        # Checked by hand so the error names the field, not pydantic's union branches.
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, list):
-            return [ContentPart.model_validate(part) for part in value]
-        raise ValueError("must be a string, a list of content parts, or null")
-
-
-class RequestIn(_Strict):
+class RequestIn(Strict):
     id: str = ""
     messages: list[MessageIn]
     model_hint: str = ""
@@ -55,66 +26,49 @@ class RequestIn(_Strict):
     stream: bool = False
 
 
-class PolicyIn(_Strict):
-    mode: Mode | None = None
-    max_budget_usd: Annotated[float, Field(ge=0, le=100)] = 0.0
-    max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
-    min_weight: Annotated[int, Field(ge=0, le=10)] = 0
-
-
-class ChatBody(_Strict):
+class ChatBody(Strict):
     request: RequestIn
     policy: PolicyIn | None = None
     output_format: dict[str, Any] | None = None
     capabilities: Any = None
 
 
+class NativeCodec:
+    endpoint = "chat"
+    scope = "chat"
+    strict_model = False  # model_hint is a preference: an unknown one is ignored and named in routing_reason
+
+    def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
+        return decode_chat(raw, max_messages=max_messages)
+
+    def encode(self, ctx: RequestContext) -> bytes:
+        return encode_chat(ctx)
+
+    def error_body(self, error: TokenHubError, request_id: str) -> dict[str, Any]:
+        return error.body(request_id)
+
+    def stream_sink(self, request: web.Request, ctx: RequestContext) -> OpenAIStreamSink:
+        # The native stream is OpenAI's chunk stream whatever the upstream, with usage at the end.
+        return OpenAIStreamSink(request, ctx.request_id, include_usage=True)
+
+
 def decode_chat(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
     try:
         body = ChatBody.model_validate_json(raw)
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid_request(exc) from None
     req = body.request
-    if not req.messages:
-        raise InvalidRequest("messages must be a non-empty list", field="request.messages")
-    if len(req.messages) > max_messages:
-        raise InvalidRequest(f"too many messages: {len(req.messages)} > {max_messages}", field="request.messages")
-    if req.stream:
-        raise InvalidRequest(
-            "streaming is not available on this server version; send stream=false", field="request.stream"
-        )
-    messages = [
-        Message(m.role, _text(m.content), m.tool_calls, m.tool_call_id or None, m.name or None) for m in req.messages
-    ]
     request = ChatRequest(
-        messages=messages,
+        messages=to_messages(req.messages, max_messages=max_messages, field="request.messages"),
         model_hint=req.model_hint.strip(),
         estimated_input_tokens=req.estimated_input_tokens,
         parameters=dict(req.parameters or {}),
         output_schema=req.output_schema,
+        stream=req.stream,
     )
     p = body.policy
     policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
     return request, policy
-
-
-def _text(content: str | list[ContentPart] | None) -> str:
-    """Array content keeps only text parts, concatenated (the original's normalisation)."""
-    if isinstance(content, str):
-        return content
-    if not content:
-        return ""
-    return "".join(part.text or "" for part in content if part.type == "text")
-
-
-def _invalid(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors(include_url=False)[0]
-    if err["type"] == "json_invalid":
-        return InvalidRequest(f"malformed JSON: {err['ctx'].get('error', 'invalid')}", field="body")
-    if err["type"] == "model_type" and not err["loc"]:
-        return InvalidRequest("the body must be a JSON object", field="body")
-    field = ".".join(str(part) for part in err["loc"]) or "body"
-    return InvalidRequest(f"{field}: {err['msg']}", field=field)
 
 
 def encode_chat(ctx: RequestContext) -> bytes:

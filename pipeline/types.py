@@ -36,6 +36,7 @@ class ChatRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
     output_schema: Any = None
     stream: bool = False
+    stream_usage: bool = False  # the client asked for a usage chunk at the end of the stream
 
 
 @dataclass(slots=True)

@@ -70,7 +70,7 @@ class Dispatch:
             self._failed(ctx, model, exc.error_class, exc.message, exc.retry_after)
             raise DispatchFailed(candidate, exc) from None
         except StreamBroken as exc:  # part of the answer reached the client: no failover
-            self._failed(ctx, model, ErrorClass(exc.error_class), exc.message, None)
+            self._failed(ctx, model, ErrorClass(exc.cause_class), exc.message, None)
             raise
         services.health.success(model.provider_id, result.latency_ms)
         self._count_attempt(model.provider_id, "ok")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -98,15 +99,22 @@ class Policy:
         hint = hint.strip()
         if not hint:
             return ""
-        models = self._services.snapshot.models
-        if hint not in models and "/" in hint[1:] and hint.split("/", 1)[1] in models:
-            hint = hint.split("/", 1)[1]  # "openai/gpt-4o" -> "gpt-4o"
+        hint = resolve_model_id(hint, self._services.snapshot.models) or hint
         for index, candidate in enumerate(candidates):
             if candidate.model.id == hint:
                 candidates.insert(0, candidates.pop(index))
                 return "hint"
         why = exclusions.get(hint, "not registered")
         return f"model_hint {hint!r} ignored ({why})"
+
+
+def resolve_model_id(name: str, models: Mapping[str, Any]) -> str | None:
+    """The registered id `name` refers to: itself, or "provider/model" -> "model"; None when unknown."""
+    if name in models:
+        return name
+    if "/" in name[1:] and (bare := name.split("/", 1)[1]) in models:
+        return bare
+    return None
 
 
 def _describe_directives(applied: dict[str, Any]) -> str:

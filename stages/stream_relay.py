@@ -85,7 +85,7 @@ async def relay_stream(
                 tally.add(delta)
                 await sink.send(delta)
         except ProviderError as exc:
-            raise StreamBroken(f"the upstream stream broke: {exc.message}", error_class=str(exc.error_class)) from exc
+            raise StreamBroken(f"the upstream stream broke: {exc.message}", cause_class=str(exc.error_class)) from exc
     except BaseException:
         upstream.close()
         await deltas.aclose()

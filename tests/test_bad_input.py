@@ -43,7 +43,13 @@ BAD_BODIES = [
         "request.estimated_input_tokens",
     ),
     ("parameters not an object", {"request": {**_chat()["request"], "parameters": [1]}}, 400, "request.parameters"),
-    ("stream requested", {"request": {**_chat()["request"], "stream": True}}, 400, "request.stream"),
+    ("stream not a bool", {"request": {**_chat()["request"], "stream": "yes"}}, 400, "request.stream"),
+    (
+        "image content part",
+        {"request": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
+        400,
+        "request.messages.0.content.0",
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["ContextOverflow", "Drop", "Fail", "FakeOpenAI", "Hang", "Malformed", "Reply"]
+__all__ = ["ContextOverflow", "Drop", "Fail", "FakeOpenAI", "Hang", "Malformed", "Reply", "StreamCut", "StreamStall"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,12 @@ class Reply:
     delay: float = 0.0
     tool_calls: Any = None
     finish_reason: str = "stop"
+    # streaming only (the request had "stream": true)
+    first_token_delay: float = 0.0  # after the role chunk, before the first content chunk
+    chunk_delay: float = 0.0
+    garbage: bool = False  # a malformed event after the first content chunk
+    done_marker: bool = True  # send `data: [DONE]` at the end
+    piece_size: int = 4  # characters of content per chunk
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,22 @@ class Drop:
     """Close the connection without sending a response."""
 
 
-Behaviour = Reply | Fail | ContextOverflow | Hang | Malformed | Drop
+@dataclass(frozen=True)
+class StreamCut:
+    """Stream `after` content chunks of a normal reply, then close the connection."""
+
+    after: int = 1
+
+
+@dataclass(frozen=True)
+class StreamStall:
+    """Stream `after` content chunks, then go silent for `seconds` (the connection stays open)."""
+
+    after: int = 1
+    seconds: float = 30.0
+
+
+Behaviour = Reply | Fail | ContextOverflow | Hang | Malformed | Drop | StreamCut | StreamStall
 
 
 class FakeOpenAI:
@@ -73,6 +94,9 @@ class FakeOpenAI:
         self._models: dict[str, None] = dict.fromkeys(models)  # ordered set
         self._scripts: dict[str, deque[Behaviour]] = {}
         self.requests: list[dict[str, Any]] = []
+        self.streams_cancelled = 0  # streams whose client (TokenHub) went away before the end
+        self.chunks_written = 0  # content chunks fully handed to the socket, all streams
+        self.stream_cancelled = asyncio.Event()
         self._counter = 0
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -147,6 +171,11 @@ class FakeOpenAI:
         return await self._perform(behaviour, model, request)
 
     async def _perform(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
+        streaming = (
+            bool(self.requests[-1]["json"].get("stream")) if isinstance(self.requests[-1]["json"], dict) else False
+        )
+        if streaming and isinstance(behaviour, Reply | StreamCut | StreamStall | Hang):
+            return await self._stream(behaviour, model, request)
         match behaviour:
             case Reply():
                 await asyncio.sleep(behaviour.delay)
@@ -164,6 +193,56 @@ class FakeOpenAI:
             case Drop():
                 return await self._drop(request)
         raise TypeError(f"unknown behaviour {behaviour!r}")
+
+    async def _stream(
+        self, behaviour: Reply | StreamCut | StreamStall | Hang, model: str, request: web.Request
+    ) -> web.StreamResponse:
+        reply = behaviour if isinstance(behaviour, Reply) else Reply()
+        await asyncio.sleep(behaviour.seconds if isinstance(behaviour, Hang) else reply.delay)
+        body = self.requests[-1]["json"]
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        self._counter += 1
+        head = {"id": f"chatcmpl-fake-{self._counter}", "object": "chat.completion.chunk", "created": 0, "model": model}
+
+        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        content = reply.content if reply.content is not None else f"reply from {model}"
+        size = reply.piece_size
+        pieces = [content[i : i + size] for i in range(0, len(content), size)] or [""]
+        try:
+            await response.write(event({"role": "assistant", "content": ""}))
+            await asyncio.sleep(reply.first_token_delay)
+            for index, piece in enumerate(pieces):
+                if isinstance(behaviour, StreamCut | StreamStall) and index == behaviour.after:
+                    if isinstance(behaviour, StreamStall):
+                        await asyncio.sleep(behaviour.seconds)
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                await response.write(event({"content": piece}))
+                self.chunks_written += 1
+                if index == 0 and reply.garbage:
+                    await response.write(b"data: {not json\n\n")
+                await asyncio.sleep(reply.chunk_delay)
+            if reply.tool_calls:
+                calls = [{"index": i, **call} for i, call in enumerate(reply.tool_calls)]
+                await response.write(event({"tool_calls": calls}))
+            await response.write(event({}, reply.finish_reason))
+            if include_usage and reply.usage is not None:
+                usage_chunk = {**head, "choices": [], "usage": reply.usage}
+                await response.write(f"data: {json.dumps(usage_chunk)}\n\n".encode())
+            if reply.done_marker:
+                await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            self.streams_cancelled += 1
+            self.stream_cancelled.set()
+            raise
+        return response
 
     async def _drop(self, request: web.Request) -> web.StreamResponse:
         # Closing the transport before any response bytes makes the client see ServerDisconnectedError;

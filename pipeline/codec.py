@@ -1,0 +1,88 @@
+"""What every edge wire format provides, and the SSE writer their stream sinks share."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from pipeline.context import Policy, RequestContext
+from pipeline.errors import ClientDisconnected, TokenHubError
+from pipeline.types import ChatRequest, StreamDelta
+
+
+class EdgeSink(Protocol):
+    """A StreamSink that also ends the client's stream, successfully or with an error event."""
+
+    response: web.StreamResponse
+
+    @property
+    def opened(self) -> bool: ...
+
+    async def open(self, ctx: RequestContext) -> None: ...
+
+    async def send(self, delta: StreamDelta) -> None: ...
+
+    async def finish(self, ctx: RequestContext) -> None: ...
+
+    async def fail(self, error: TokenHubError) -> None: ...
+
+
+class Codec(Protocol):
+    """One client wire format (native, OpenAI, Anthropic): decode the body, encode the answer and errors."""
+
+    endpoint: str  # the request log's name for this route
+    scope: str  # the API-key scope it needs
+    strict_model: bool  # a `model` naming no registered model is a 404 (not silently re-routed)
+
+    def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]: ...
+
+    def encode(self, ctx: RequestContext) -> bytes: ...
+
+    def error_body(self, error: TokenHubError, request_id: str) -> dict[str, Any]: ...
+
+    def stream_sink(self, request: web.Request, ctx: RequestContext) -> EdgeSink: ...
+
+
+class SseWriter:
+    """Owns the client's text/event-stream response. A write to a client that went away raises
+    ClientDisconnected, which cancels the upstream and is recorded as 499."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # nginx would otherwise hold tokens back
+            },
+        )
+        self.opened = False
+
+    async def start(self, ctx: RequestContext) -> None:
+        served = ctx.served_by
+        assert served is not None
+        headers = self.response.headers
+        headers["X-Request-Id"] = ctx.request_id  # the edge middleware's copy would come too late
+        headers["X-Negotiated-Model"] = served.model.id
+        headers["X-Provider"] = served.model.provider_id
+        try:
+            await self.response.prepare(self._request)
+        except (ConnectionError, RuntimeError) as exc:
+            raise ClientDisconnected("client went away before the stream started") from exc
+        self.opened = True
+
+    async def write(self, data: bytes) -> None:
+        """Awaits the socket's drain, so a slow client slows the upstream read instead of filling memory."""
+        try:
+            await self.response.write(data)
+        except (ConnectionError, RuntimeError) as exc:  # aiohttp: ClientConnectionResetError / closing transport
+            raise ClientDisconnected("client disconnected during the stream") from exc
+
+    async def end(self, data: bytes) -> None:
+        try:
+            await self.response.write(data)
+            await self.response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the answer was complete; a client that left during the last bytes changes nothing

@@ -1,0 +1,213 @@
+"""OpenAI-compatible wire format: POST /v1/chat/completions (and the chunk stream /v1/chat also uses)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from pydantic import Field, ValidationError
+
+from pipeline.codec import SseWriter
+from pipeline.context import Policy, RequestContext
+from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.types import ChatRequest, StreamDelta
+from pipeline.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
+
+# Values of `model` that mean "TokenHub chooses".
+AUTO_MODELS = frozenset({"", "auto", "*"})
+
+# Forwarded to the provider as given (the adapter maps or drops what its provider does not support).
+FORWARDED = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+)
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class CompletionsBody(Strict):
+    model: str = ""
+    messages: list[MessageIn]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tokenhub: PolicyIn | None = None  # TokenHub's routing policy, in the body instead of directives
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: str | list[str] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    reasoning_effort: str | None = None
+
+
+class OpenAICodec:
+    endpoint = "chat_completions"
+    scope = "chat"
+    strict_model = True
+
+    def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
+        try:
+            body = CompletionsBody.model_validate_json(raw)
+        except ValidationError as exc:
+            raise invalid_request(exc) from None
+        if body.stream and (body.n or 1) > 1:
+            raise InvalidRequest("n > 1 cannot be streamed; send stream=false or n=1", field="n")
+        messages = to_messages(body.messages, max_messages=max_messages, field="messages")
+        parameters = {name: value for name in FORWARDED if (value := getattr(body, name)) is not None}
+        model = body.model.strip()
+        request = ChatRequest(
+            messages=messages,
+            model_hint="" if model in AUTO_MODELS else model,
+            parameters=parameters,
+            stream=body.stream,
+        )
+        if body.stream_options and body.stream_options.include_usage:
+            request.stream_usage = True
+        p = body.tokenhub
+        policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
+        return request, policy
+
+    def encode(self, ctx: RequestContext) -> bytes:
+        return orjson.dumps(completion_body(ctx))
+
+    def error_body(self, error: TokenHubError, request_id: str) -> dict[str, Any]:
+        return openai_error(error, request_id)
+
+    def stream_sink(self, request: web.Request, ctx: RequestContext) -> OpenAIStreamSink:
+        return OpenAIStreamSink(request, ctx.request_id, include_usage=ctx.request.stream_usage)
+
+
+def openai_error(error: TokenHubError, request_id: str) -> dict[str, Any]:
+    """OpenAI's error shape (the SDKs read error.message and error.type), plus the request id."""
+    return {
+        "error": {
+            "message": error.message,
+            "type": _ERROR_TYPES.get(error.status, "server_error"),
+            "param": error.field,
+            "code": error.type,
+            "request_id": request_id,
+        }
+    }
+
+
+def completion_body(ctx: RequestContext) -> dict[str, Any]:
+    """The provider's answer as a chat.completion whose `model` is the model that actually answered."""
+    result, served = ctx.result, ctx.served_by
+    assert result is not None and served is not None
+    completion_id = f"chatcmpl-{ctx.request_id}"
+    if result.format == "anthropic":
+        from adapters.anthropic_format import anthropic_to_openai_completion
+
+        return anthropic_to_openai_completion(result.body, model=served.model.id, completion_id=completion_id)
+    body = dict(result.body)
+    body["id"] = completion_id
+    body["object"] = "chat.completion"
+    body["model"] = served.model.id
+    body.setdefault("created", int(time.time()))
+    if not isinstance(body.get("choices"), list):
+        body["choices"] = []
+    return body
+
+
+class OpenAIStreamSink:
+    """Normalized deltas as `chat.completion.chunk` events, ended by `data: [DONE]`; a failure after the
+    stream opened ends it with `data: {"error": ...}` and no [DONE] (the openai SDKs raise APIError)."""
+
+    def __init__(self, request: web.Request, request_id: str, *, include_usage: bool) -> None:
+        self._writer = SseWriter(request)
+        self.response = self._writer.response
+        self._request_id = request_id
+        self._include_usage = include_usage
+        self._prefix = b""
+
+    @property
+    def opened(self) -> bool:
+        return self._writer.opened
+
+    async def open(self, ctx: RequestContext) -> None:
+        served = ctx.served_by
+        assert served is not None
+        head = orjson.dumps(
+            {
+                "id": f"chatcmpl-{self._request_id}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": served.model.id,
+            }
+        )
+        self._prefix = b"data: " + head[:-1] + b',"choices":['  # every chunk shares this head
+        await self._writer.start(ctx)
+        await self._writer.write(self._chunk({"role": "assistant", "content": ""}, None))
+
+    async def send(self, delta: StreamDelta) -> None:
+        body: dict[str, Any] = {}
+        if delta.content:
+            body["content"] = delta.content
+        if delta.reasoning:
+            body["reasoning_content"] = delta.reasoning
+        if delta.tool_calls:
+            body["tool_calls"] = delta.tool_calls
+        if body or delta.finish_reason:
+            await self._writer.write(self._chunk(body, delta.finish_reason))
+
+    async def finish(self, ctx: RequestContext) -> None:
+        tail = b""
+        usage = ctx.result.usage if ctx.result else None
+        if self._include_usage and usage is not None:
+            numbers = {
+                "prompt_tokens": usage.input_tokens,
+                "completion_tokens": usage.output_tokens,
+                "total_tokens": usage.input_tokens + usage.output_tokens,
+            }
+            tail = self._prefix + b'],"usage":' + orjson.dumps(numbers) + b"}\n\n"
+        await self._writer.end(tail + b"data: [DONE]\n\n")
+
+    async def fail(self, error: TokenHubError) -> None:
+        body = openai_error(error, self._request_id)
+        await self._writer.end(b"data: " + orjson.dumps(body) + b"\n\n")
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+        choice = orjson.dumps({"index": 0, "delta": delta, "finish_reason": finish_reason})
+        return self._prefix + choice + b"]}\n\n"

@@ -1,0 +1,214 @@
+"""Streaming through the real server: relay, failover before the first token, integrity, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Hub
+from tests.fakes.openai_fake import Fail, Hang, Reply, StreamCut, StreamStall
+
+
+def parse_sse(text: str) -> list[str]:
+    """The data payloads of an SSE body, in order."""
+    events = []
+    for block in text.split("\n\n"):
+        data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
+        if data:
+            events.append("\n".join(data))
+    return events
+
+
+def content_of(events: list[str]) -> str:
+    text = ""
+    for data in events:
+        if data == "[DONE]":
+            continue
+        for choice in json.loads(data).get("choices", []):
+            text += choice["delta"].get("content") or ""
+    return text
+
+
+async def _setup(hub: Hub, *models: str) -> str:
+    await hub.add_provider()
+    for index, model in enumerate(models or ("gpt-test",)):
+        await hub.add_model(model, weight=9 - index, input_per_1k=0.001, output_per_1k=0.002, max_context_tokens=8000)
+    return await hub.new_key()
+
+
+async def _stream(hub: Hub, key: str, path: str = "/v1/chat/completions", **body: Any) -> tuple[Any, list[str]]:
+    if path == "/v1/chat":
+        payload: dict[str, Any] = {"request": {"messages": [{"role": "user", "content": "hi"}], "stream": True}}
+    else:
+        payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True, **body}
+    resp = await hub.client.post(path, json=payload, headers={"Authorization": f"Bearer {key}"})
+    return resp, parse_sse(await resp.text())
+
+
+async def _record(hub: Hub) -> dict[str, Any]:
+    await hub.services.records.flush()
+    return (await hub.logs())[0]
+
+
+async def test_native_stream_relays_chunks_and_records_usage(hub: Hub) -> None:
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", Reply(content="hello streaming world"))
+    resp, events = await _stream(hub, key, "/v1/chat")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["X-Negotiated-Model"] == "gpt-test" and resp.headers["X-Provider"] == "fake"
+    assert resp.headers["X-Request-Id"]
+    assert events[-1] == "[DONE]"
+    assert content_of(events) == "hello streaming world"
+    first = json.loads(events[0])
+    assert first["model"] == "gpt-test" and first["choices"][0]["delta"]["role"] == "assistant"
+    usage_chunk = json.loads(events[-2])
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"]["total_tokens"] == 15
+    sent = hub.fake.requests[-1]["json"]
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    record = await _record(hub)
+    assert record["status"] == 200 and record["input_tokens"] == 10 and record["output_tokens"] == 5
+    assert record["cost_usd"] == pytest.approx(10 / 1000 * 0.001 + 5 / 1000 * 0.002)
+    assert 0 < record["ttft_ms"] <= record["latency_ms"]
+
+
+async def test_completions_stream_sends_usage_only_when_asked(hub: Hub) -> None:
+    key = await _setup(hub)
+    _, plain = await _stream(hub, key)
+    assert all(json.loads(e)["choices"] for e in plain[:-1])
+    _, with_usage = await _stream(hub, key, stream_options={"include_usage": True})
+    assert json.loads(with_usage[-2])["usage"] == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+async def test_usage_is_estimated_when_the_upstream_reports_none(hub: Hub) -> None:
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", Reply(content="x" * 40, usage=None))
+    resp, events = await _stream(hub, key)
+    assert resp.status == 200 and content_of(events) == "x" * 40
+    record = await _record(hub)
+    assert record["output_tokens"] == 10 and record["input_tokens"] == 0  # "hi": 2 chars // 4
+
+
+async def test_tool_call_deltas_are_relayed(hub: Hub) -> None:
+    key = await _setup(hub)
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}
+    hub.fake.script("gpt-test", Reply(content="", tool_calls=[call], finish_reason="tool_calls"))
+    _, events = await _stream(hub, key)
+    chunks = [json.loads(e) for e in events[:-1]]
+    tool_deltas = [c["choices"][0]["delta"]["tool_calls"] for c in chunks if "tool_calls" in c["choices"][0]["delta"]]
+    assert tool_deltas == [[{"index": 0, **call}]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_late_first_token_fails_over_before_anything_is_sent(make_hub: Any) -> None:
+    hub = await make_hub(stream_first_token_secs=0.3)
+    key = await _setup(hub, "slow", "fast")
+    hub.fake.script("slow", Reply(first_token_delay=5))
+    resp, events = await _stream(hub, key)
+    assert resp.status == 200 and resp.headers["X-Negotiated-Model"] == "fast"
+    assert content_of(events) == "reply from fast" and events[-1] == "[DONE]"
+    assert json.loads(events[0])["model"] == "fast"
+    record = await _record(hub)
+    assert record["model_id"] == "fast" and record["escalations"] == 1
+
+
+async def test_upstream_error_before_the_stream_fails_over(hub: Hub) -> None:
+    key = await _setup(hub, "broken", "fine")
+    hub.fake.script("broken", Fail(429, headers={"Retry-After": "3"}))
+    resp, events = await _stream(hub, key)
+    assert resp.status == 200 and content_of(events) == "reply from fine"
+
+
+async def test_every_candidate_failing_gives_a_json_error_not_a_stream(hub: Hub) -> None:
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", Fail(429, headers={"Retry-After": "7"}))
+    payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    resp = await hub.client.post("/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 429 and resp.headers["Retry-After"] == "7"
+    body = await resp.json()
+    assert body["error"]["type"] == "rate_limit_error" and body["error"]["request_id"]
+
+
+async def test_hang_before_headers_fails_over_within_the_first_token_limit(make_hub: Any) -> None:
+    hub = await make_hub(stream_first_token_secs=0.3)
+    key = await _setup(hub, "silent", "fine")
+    hub.fake.script("silent", Hang(5))
+    resp, _events = await _stream(hub, key)
+    assert resp.status == 200 and resp.headers["X-Negotiated-Model"] == "fine"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/completions"])
+async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_no_done(hub: Hub, path: str) -> None:
+    key = await _setup(hub, "gpt-test", "other")
+    hub.fake.script("gpt-test", StreamCut(after=2))
+    resp, events = await _stream(hub, key, path)
+    assert resp.status == 200 and "[DONE]" not in events
+    assert content_of(events[:-1]) == "reply fr"  # two 4-character chunks made it
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "stream_error" and "dropped" in error["message"]
+    assert hub.fake.calls("other") == 0  # no failover once tokens reached the client
+    record = await _record(hub)
+    assert record["status"] == 502 and record["error_class"] == "stream_error" and record["model_id"] == "gpt-test"
+
+
+async def test_stalled_stream_ends_with_an_error_after_the_idle_limit(make_hub: Any) -> None:
+    hub = await make_hub(stream_idle_secs=0.3)
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", StreamStall(after=1, seconds=5))
+    _resp, events = await _stream(hub, key)
+    assert "[DONE]" not in events and "stalled" in json.loads(events[-1])["error"]["message"]
+
+
+async def test_malformed_chunk_is_skipped_and_counted(hub: Hub) -> None:
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", Reply(content="abcdefgh", garbage=True))
+    _resp, events = await _stream(hub, key)
+    assert content_of(events) == "abcdefgh" and events[-1] == "[DONE]"
+    metrics = await (await hub.client.get("/metrics")).text()
+    counts = {
+        s.labels["provider"]: s.value
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "tokenhub_stream_malformed_chunks"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert counts == {"fake": 1.0}
+
+
+async def test_finished_stream_without_done_marker_ends_cleanly(hub: Hub) -> None:
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", Reply(content="complete", done_marker=False))
+    _resp, events = await _stream(hub, key)
+    assert content_of(events) == "complete" and events[-1] == "[DONE]"
+    assert (await _record(hub))["status"] == 200
+
+
+async def test_client_disconnect_cancels_the_upstream_stream(hub: Hub) -> None:
+    key = await _setup(hub)
+    hub.fake.script("gpt-test", Reply(content="word " * 200, chunk_delay=0.05))
+    payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    resp = await hub.client.post("/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"})
+    await resp.content.readline()  # the stream is flowing
+    resp.close()  # the client goes away mid-stream
+    await asyncio.wait_for(hub.fake.stream_cancelled.wait(), 5)
+    record = await _record(hub)
+    assert record["status"] == 499
+
+
+async def test_a_slow_client_holds_back_the_upstream_instead_of_buffering(hub: Hub) -> None:
+    key = await _setup(hub)
+    piece = 64 * 1024
+    hub.fake.script("gpt-test", Reply(content="y" * (piece * 400), piece_size=piece))  # ~26 MB
+    payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    resp = await hub.client.post("/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"})
+    await asyncio.sleep(1.0)  # the client reads nothing
+    assert hub.fake.chunks_written < 200, "TokenHub kept reading upstream while its client did not"
+    received = 0
+    async for line in resp.content:
+        if line.startswith(b"data: {"):
+            received += sum(len(c["delta"].get("content") or "") for c in json.loads(line[6:])["choices"])
+    assert received == piece * 400 and hub.fake.chunks_written == 400
