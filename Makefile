@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint format clean
+.PHONY: help run test lint format bench-writer clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,9 @@ test: lint  ## lint, then the whole pytest suite
 format: $(VENV)/.installed  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest into DuckDB (target >= 50,000 rows/s)
+	$(BIN)/python scripts/bench_writer.py
 
 clean:  ## remove the virtualenv and caches (keeps ./data)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -66,6 +66,7 @@ def _message(message: Message) -> dict[str, Any]:
 class OpenAIAdapter:
     type = "openai"
     unsupported_params: frozenset[str] = _NOT_OPENAI
+    max_stop_sequences: int | None = 4
 
     def __init__(self, provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> None:
         self.provider = provider
@@ -91,6 +92,9 @@ class OpenAIAdapter:
         for key, value in request.parameters.items():
             if key not in _RESERVED_PARAMS and key not in unsupported:
                 payload[key] = value
+        stop = payload.get("stop")
+        if self.max_stop_sequences and isinstance(stop, list) and len(stop) > self.max_stop_sequences:
+            payload["stop"] = stop[: self.max_stop_sequences]  # OpenAI rejects more; the first ones matter most
         return payload
 
     def build_stream_payload(self, model_id: str, request: ChatRequest) -> dict[str, Any]:
@@ -124,6 +128,28 @@ class OpenAIAdapter:
             on_retry=on_retry,
         )
         return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw)
+
+    async def embed(
+        self,
+        model_id: str,
+        body: Mapping[str, Any],
+        *,
+        request_id: str,
+        deadline: float,
+        attempt_timeout: float,
+    ) -> ChatResult:
+        """POST <base>/v1/embeddings: the client's fields as given, `model` set to the routed model id."""
+        answer, raw, latency_ms = await self._http.post_json(
+            self.base_url + "/v1/embeddings",
+            {**body, "model": model_id},
+            headers=self.headers(request_id),
+            deadline=deadline,
+            attempt_timeout=attempt_timeout,
+            classify=self.classify,
+            retry=self._retry,
+            secret=self._key,
+        )
+        return ChatResult(body=answer, usage=parse_usage(answer), latency_ms=latency_ms, raw=raw)
 
     async def open_stream(
         self,

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.openai import normalize_base_url
+from admin_ui import observability_api
 from pipeline.edge import PIPELINES, SERVICES, Handler, read_body
 from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError, Unauthorized
 from pipeline.services import Services
@@ -25,6 +26,8 @@ ADMIN_PREFIX = "/admin/v1"
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)
 IdStr = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
 Scope = Literal["chat", "plan", "embeddings"]
+ProviderType = Literal["openai", "anthropic", "vllm"]
+ModelKind = Literal["chat", "embedding"]
 Mode = Literal["", "cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -46,14 +49,14 @@ class _Body(BaseModel):
 
 class ProviderIn(_Body):
     id: IdStr
-    type: Literal["openai"] = "openai"
+    type: ProviderType = "openai"
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")]
     enabled: bool = True
     api_key: str | None = Field(None, repr=False)
 
 
 class ProviderPatch(_Body):
-    type: Literal["openai"] | None = None
+    type: ProviderType | None = None
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+")] | None = None
     enabled: bool | None = None
     api_key: str | None = Field(None, repr=False)
@@ -67,6 +70,7 @@ class ModelIn(_Body):
     input_per_1k: Annotated[float, Field(ge=0)] = 0.0
     output_per_1k: Annotated[float, Field(ge=0)] = 0.0
     enabled: bool = True
+    kind: ModelKind = "chat"
 
 
 class ModelPatch(_Body):
@@ -75,6 +79,7 @@ class ModelPatch(_Body):
     input_per_1k: Annotated[float, Field(ge=0)] | None = None
     output_per_1k: Annotated[float, Field(ge=0)] | None = None
     enabled: bool | None = None
+    kind: ModelKind | None = None
 
 
 class RoutingIn(_Body):
@@ -193,6 +198,7 @@ async def create_model(request: web.Request) -> web.Response:
     services = _services(request)
     await _require_provider(services, body.provider_id)
     model = ModelInfo(**body.model_dump())
+    _check_kind(services, model)
     await _commit(request, services.config.upsert_model, model)
     return web.json_response({"ok": True, "model": _model_view(model)}, status=201)
 
@@ -206,6 +212,7 @@ async def patch_model(request: web.Request) -> web.Response:
         raise NotFound(f"model {model_id!r} not found")
     changes = body.model_dump(exclude_none=True)
     updated = ModelInfo(**{**_model_view(current), **changes})
+    _check_kind(services, updated)
     await _commit(request, services.config.upsert_model, updated)
     return web.json_response({"ok": True, "model": _model_view(updated)})
 
@@ -221,6 +228,17 @@ async def _require_provider(services: Services, provider_id: str) -> None:
         raise InvalidRequest(f"provider {provider_id!r} does not exist; create it first", field="provider_id")
 
 
+def _check_kind(services: Services, model: ModelInfo) -> None:
+    """An embedding model on a provider whose adapter cannot embed (Anthropic) could never be served."""
+    adapter = services.adapters.get(model.provider_id)
+    if model.kind == "embedding" and adapter is not None and not hasattr(adapter, "embed"):
+        raise InvalidRequest(
+            f"provider {model.provider_id!r} ({adapter.type}) does not serve embeddings; kind 'embedding' needs an"
+            " openai or vllm provider",
+            field="kind",
+        )
+
+
 def _model_view(m: ModelInfo) -> dict[str, Any]:
     return {
         "id": m.id,
@@ -230,6 +248,7 @@ def _model_view(m: ModelInfo) -> dict[str, Any]:
         "input_per_1k": m.input_per_1k,
         "output_per_1k": m.output_per_1k,
         "enabled": m.enabled,
+        "kind": m.kind,
     }
 
 
@@ -359,15 +378,7 @@ async def _existing_tenant(request: web.Request) -> str:
 
 
 # --- observability ---------------------------------------------------------------------------------
-async def list_logs(request: web.Request) -> web.Response:
-    services = _services(request)
-    limit = _int_query(request, "limit", 100, 1, 1000)
-    offset = _int_query(request, "offset", 0, 0, 10**9)
-    await services.records.flush()
-    logs = await services.analytics.call(services.analytics.recent_requests, limit, offset)
-    return web.json_response({"logs": logs, "limit": limit, "offset": offset})
-
-
+# The request log, stats, time series, analyst queries and events: admin_ui/observability_api.py.
 async def provider_health(request: web.Request) -> web.Response:
     services = _services(request)
     providers = [
@@ -386,23 +397,10 @@ async def provider_health(request: web.Request) -> web.Response:
     return web.json_response({"providers": providers})
 
 
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer", field=name) from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"{name} must be between {low} and {high}", field=name)
-    return value
-
-
 def admin_app() -> web.Application:
     """The admin API as a sub-application mounted at /admin/v1: its auth middleware never runs on the
     request path of /v1/*."""
-    app = web.Application(middlewares=[admin_auth])
+    app = web.Application(middlewares=[admin_auth, observability_api.publish_admin_actions])
     app.router.add_routes(
         [
             web.get("/providers", list_providers),
@@ -424,8 +422,8 @@ def admin_app() -> web.Application:
             web.put("/tenants/{id}/pipeline", put_pipeline),
             web.delete("/tenants/{id}/pipeline", delete_pipeline),
             web.get("/pipelines/stages", list_stages),
-            web.get("/logs", list_logs),
             web.get("/health", provider_health),
         ]
     )
+    observability_api.add_routes(app)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
@@ -10,10 +12,14 @@ from aiohttp import web
 from adapters.http import HttpClient
 from admin_ui import api as admin_api
 from pipeline.admin_token import resolve_admin_token
+from pipeline.anthropic_codec import AnthropicCodec
 from pipeline.edge import PIPELINES, SERVICES, RoutedEndpoint, healthz, list_models, metrics, request_id_and_errors
+from pipeline.embeddings_codec import EmbeddingsCodec
+from pipeline.events import heartbeat
 from pipeline.metrics import Metrics
 from pipeline.native_codec import NativeCodec
 from pipeline.openai_codec import OpenAICodec
+from pipeline.plan_endpoint import PlanEndpoint
 from pipeline.registry import default_registry
 from pipeline.services import Services
 from pipeline.settings import Settings
@@ -53,22 +59,53 @@ def create_app(settings: Settings) -> web.Application:
     app[ADMIN_TOKEN_GENERATED] = generated
     app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
     app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
+    app.router.add_post("/v1/messages", RoutedEndpoint(services, pipelines, AnthropicCodec()).handle)
+    app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, EmbeddingsCodec()).handle)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(admin_api.ADMIN_PREFIX, admin_api.admin_app())
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_end_event_streams)
     return app
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for open handlers: end the SSE streams so they don't hold
+    # the graceful drain for its whole timeout.
+    app[SERVICES].events.close()
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     await services.http.start()
     services.records.start()
+    services.retention.start()
+    services.vllm_prober.start()  # its first cycle probes and discovers at once, without delaying start-up
+    beats = asyncio.create_task(
+        heartbeat(
+            services.events,
+            services.settings.events_heartbeat_secs,
+            describe=lambda: _heartbeat_reason(services),
+            on_beat=services.metrics.heartbeats.inc,
+        ),
+        name="events-heartbeat",
+    )
     yield
+    beats.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await beats
+    await services.retention.stop()
+    await services.vllm_prober.stop()
     # In-flight requests have finished (aiohttp drains them first); now flush what they recorded.
     await services.records.stop()
     await services.http.close()
     services.analytics.close()
     services.config.close()
     log.info("stopped", records_written=services.records.written)
+
+
+def _heartbeat_reason(services: Services) -> str:
+    enabled = sum(1 for model in services.snapshot.models.values() if model.enabled)
+    return f"providers={len(services.adapters)} models={enabled}"

@@ -67,6 +67,10 @@ class SseWriter:
         headers["X-Request-Id"] = ctx.request_id  # the edge middleware's copy would come too late
         headers["X-Negotiated-Model"] = served.model.id
         headers["X-Provider"] = served.model.provider_id
+        await self.begin()
+
+    async def begin(self) -> None:
+        """Send the headers: from here on, errors can only be reported inside the stream."""
         try:
             await self.response.prepare(self._request)
         except (ConnectionError, RuntimeError) as exc:

@@ -60,6 +60,20 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class PlanSpec:
+    """A /v1/plan request's orchestration (orchestration.md); `mode` "" is a single planning pass."""
+
+    mode: str = ""
+    iterations: int = 0
+    primary_min_weight: int = 0
+    review_min_weight: int = 0
+    primary_model_id: str = ""
+    review_model_id: str = ""
+    return_plan_only: bool = False
+    output_schema: Any = None  # a parsed, checked JSON Schema
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     scope: str  # the API-key scope this endpoint needs, e.g. "chat"
@@ -83,3 +97,9 @@ class RequestContext:
     error: TokenHubError | None = None
     sink: StreamSink | None = None  # set by the edge when the client asked for a stream
     ttft_ms: float = 0.0  # streams: from the start of the request to the first token handed to the sink
+    plan: PlanSpec | None = None  # set on /v1/plan: the orchestrate stage runs the steps
+    parent_request_id: str = ""  # set on each /v1/plan step: the plan's request id
+    only_models: frozenset[str] | None = None  # a plan step pinned to these models (vote voters)
+    plan_events: Any = None  # /v1/plan with stream: an async (event, data) callback for step progress
+    plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)
+    plan_steps: list[Any] = field(default_factory=list)  # /v1/plan: every step's StepResult, in order

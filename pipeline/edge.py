@@ -72,7 +72,10 @@ async def request_id_and_errors(request: web.Request, handler: Handler) -> web.S
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-def client_ip(request: web.Request, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+TrustedNets = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def client_ip(request: web.Request, trusted: TrustedNets) -> str:
     """The peer's host (no port). Forwarding headers count only when the peer is a trusted proxy."""
     peer = request.remote or ""
     if not trusted or not peer:
@@ -105,6 +108,28 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
+def new_context(
+    request: web.Request, services: Services, trusted: TrustedNets, *, scope: str, endpoint: str
+) -> RequestContext:
+    """The context of a routed request: identity resolved (it picks the tenant pipeline), body not read yet."""
+    key = presented_key(request)
+    api_key = services.identify(key)
+    return RequestContext(
+        request_id=request[REQUEST_ID],
+        scope=scope,
+        client_ip=client_ip(request, trusted),
+        request=ChatRequest(messages=[]),
+        endpoint=endpoint,
+        presented_key=bool(key),
+        api_key=api_key,
+        tenant_id=api_key.tenant_id if api_key else "default",
+    )
+
+
+def trusted_networks(services: Services) -> TrustedNets:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in services.settings.trusted_proxies)
+
+
 class RoutedEndpoint:
     """A chat-style route: decode with the codec, run the tenant's pipeline, answer in the codec's format
     (a JSON body, or a stream the pipeline writes through the codec's sink). Errors, too, are in the
@@ -114,22 +139,11 @@ class RoutedEndpoint:
         self._services = services
         self._pipelines = pipelines
         self._codec = codec
-        self._trusted = tuple(ipaddress.ip_network(p, strict=False) for p in services.settings.trusted_proxies)
+        self._trusted = trusted_networks(services)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services, codec = self._services, self._codec
-        key = presented_key(request)
-        api_key = services.identify(key)
-        ctx = RequestContext(
-            request_id=request[REQUEST_ID],
-            scope=codec.scope,
-            client_ip=client_ip(request, self._trusted),
-            request=ChatRequest(messages=[]),
-            endpoint=codec.endpoint,
-            presented_key=bool(key),
-            api_key=api_key,
-            tenant_id=api_key.tenant_id if api_key else "default",
-        )
+        ctx = new_context(request, services, self._trusted, scope=codec.scope, endpoint=codec.endpoint)
         # Log lines name the request id explicitly: binding a context variable per request costs more.
         try:
             raw = await read_body(request, services.settings.max_body_bytes)

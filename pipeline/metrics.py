@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from pipeline.types import RequestRecord
 
 # The original stopped at 5120 ms, so a 10 s p95 alert could never fire; extended to ~80 s.
 LATENCY_BUCKETS_MS = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 20480, 40960, 81920)
+# TokenHub's own share of a request is a few milliseconds when all is well; the top buckets catch stalls.
+OVERHEAD_BUCKETS_MS = (0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000)
+HEALTH_STATE_VALUES = {"healthy": 2, "degraded": 1, "down": 0}
 
 
 class Metrics:
@@ -50,8 +57,33 @@ class Metrics:
         self.stream_malformed = Counter(
             "tokenhub_stream_malformed_chunks", "Unparseable upstream stream events skipped", ["provider"], registry=r
         )
+        self.overhead = Histogram(
+            "tokenhub_overhead_ms",
+            "Time TokenHub adds to a served request: total latency minus the provider call (ms)",
+            buckets=OVERHEAD_BUCKETS_MS,
+            registry=r,
+        )
+        self.heartbeats = Counter("tokenhub_heartbeat", "Heartbeat events published", registry=r)
+        self.event_subscribers_dropped = Counter(
+            "tokenhub_event_subscribers_dropped", "SSE subscribers dropped for falling behind", registry=r
+        )
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
+
+    def watch(
+        self,
+        *,
+        health_states: Callable[[], Mapping[str, str]],
+        record_queue_depth: Callable[[], int],
+        event_subscribers: Callable[[], int],
+        log_lines_dropped: Callable[[], int] | None = None,
+    ) -> None:
+        """Series read from live objects at scrape time: nothing to update on the request path."""
+        self.registry.register(
+            _LiveCollector(
+                health_states, record_queue_depth, event_subscribers, log_lines_dropped or _log_lines_dropped
+            )
+        )
 
     def count_attempt(self, provider: str, outcome: str) -> None:
         """One provider call by outcome (``ok`` or an error class); the label child is cached."""
@@ -60,9 +92,12 @@ class Metrics:
             child = self._attempt_children[provider, outcome] = self.provider_attempts.labels(provider, outcome)
         child.inc()
 
-    def observe_request(self, r: RequestRecord) -> None:
+    def observe_request(self, r: RequestRecord, upstream_ms: float | None = None) -> None:
         """Update every per-request series. Label children are cached per (mode, model, provider): a
-        ``labels()`` call costs several microseconds, and this runs once per request."""
+        ``labels()`` call costs several microseconds, and this runs once per request. ``upstream_ms`` is
+        the time spent in provider calls, given only when it is fully known (see stages/record.py)."""
+        if upstream_ms is not None:
+            self.overhead.observe(max(0.0, r.latency_ms - upstream_ms))
         mode, model, provider = r.mode, r.model_id, r.provider_id
         key = (mode, model, provider)
         children = self._children.get(key)
@@ -91,3 +126,42 @@ class _RequestSeries:
         self.cost = m.cost.labels(model, provider)
         self.tokens_in = m.tokens.labels(model, provider, "input")
         self.tokens_out = m.tokens.labels(model, provider, "output")
+
+
+class _LiveCollector(Collector):
+    def __init__(
+        self,
+        health_states: Callable[[], Mapping[str, str]],
+        record_queue_depth: Callable[[], int],
+        event_subscribers: Callable[[], int],
+        log_lines_dropped: Callable[[], int],
+    ) -> None:
+        self._health_states = health_states
+        self._record_queue_depth = record_queue_depth
+        self._event_subscribers = event_subscribers
+        self._log_lines_dropped = log_lines_dropped
+
+    def collect(self) -> Iterator[Any]:
+        health = GaugeMetricFamily(
+            "tokenhub_provider_health_state", "Provider health: 2 healthy, 1 degraded, 0 down", labels=["provider"]
+        )
+        for provider, state in sorted(self._health_states().items()):
+            health.add_metric([provider], HEALTH_STATE_VALUES.get(state, 0))
+        yield health
+        yield GaugeMetricFamily(
+            "tokenhub_record_queue_depth", "Records waiting for the DuckDB writer", value=self._record_queue_depth()
+        )
+        yield GaugeMetricFamily(
+            "tokenhub_event_subscribers", "Connected /admin/v1/events streams", value=self._event_subscribers()
+        )
+        yield CounterMetricFamily(
+            "tokenhub_log_dropped",
+            "Log lines dropped because stdout could not keep up (the log buffer was full)",
+            value=self._log_lines_dropped(),
+        )
+
+
+def _log_lines_dropped() -> int:
+    """The overflow count of the queued log stream that ``configure_logging`` installed (0 before)."""
+    logger = structlog.get_config()["logger_factory"]()
+    return int(getattr(logger, "dropped", 0))

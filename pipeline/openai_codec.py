@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field, ValidationError
 
+from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
 from pipeline.codec import SseWriter
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import InvalidRequest, TokenHubError
@@ -138,16 +139,14 @@ def completion_body(ctx: RequestContext) -> dict[str, Any]:
     assert result is not None and served is not None
     completion_id = f"chatcmpl-{ctx.request_id}"
     if result.format == "anthropic":
-        from adapters.anthropic_format import anthropic_to_openai_completion
-
         return anthropic_to_openai_completion(result.body, model=served.model.id, completion_id=completion_id)
     body = dict(result.body)
     body["id"] = completion_id
     body["object"] = "chat.completion"
     body["model"] = served.model.id
     body.setdefault("created", int(time.time()))
-    if not isinstance(body.get("choices"), list):
-        body["choices"] = []
+    choices = body.get("choices")
+    body["choices"] = normalize_tool_call_ids(choices) if isinstance(choices, list) else []
     return body
 
 
@@ -188,7 +187,7 @@ class OpenAIStreamSink:
         if delta.reasoning:
             body["reasoning_content"] = delta.reasoning
         if delta.tool_calls:
-            body["tool_calls"] = delta.tool_calls
+            body["tool_calls"] = [_with_openai_id(call) for call in delta.tool_calls]
         if body or delta.finish_reason:
             await self._writer.write(self._chunk(body, delta.finish_reason))
 
@@ -211,3 +210,10 @@ class OpenAIStreamSink:
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = orjson.dumps({"index": 0, "delta": delta, "finish_reason": finish_reason})
         return self._prefix + choice + b"]}\n\n"
+
+
+def _with_openai_id(call: Any) -> Any:
+    """A streamed tool call's first delta carries its id: make it OpenAI-style (continuations carry none)."""
+    if isinstance(call, dict) and "id" in call:
+        return {**call, "id": openai_tool_call_id(call["id"], call.get("index", 0))}
+    return call

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.stage import StageRegistry
-from stages import auth, directives, dispatch, escalate, policy, rate_limit, record
+from stages import auth, directives, dispatch, escalate, orchestrate, policy, rate_limit, record
 
 DEFAULT_PIPELINE: list[dict[str, Any]] = [
     {"stage": "record"},
     {"stage": "rate_limit"},
     {"stage": "auth"},
     {"stage": "directives"},
+    {"stage": "orchestrate"},
     {"stage": "policy"},
     {"stage": "escalate"},
     {"stage": "dispatch"},
@@ -20,5 +21,14 @@ DEFAULT_PIPELINE: list[dict[str, Any]] = [
 
 def default_registry() -> StageRegistry:
     return StageRegistry(
-        [record.SPEC, rate_limit.SPEC, auth.SPEC, directives.SPEC, policy.SPEC, escalate.SPEC, dispatch.SPEC]
+        [
+            record.SPEC,
+            rate_limit.SPEC,
+            auth.SPEC,
+            directives.SPEC,
+            orchestrate.SPEC,
+            policy.SPEC,
+            escalate.SPEC,
+            dispatch.SPEC,
+        ]
     )

@@ -9,16 +9,22 @@ import structlog
 
 from adapters.http import HttpClient, RetryPolicy
 from adapters.registry import build_adapter
+from adapters.vllm_prober import DiscoveredModel, VLLMProber
+from pipeline.events import EventBus
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
-from pipeline.types import ApiKeyInfo, ProviderInfo
+from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.health import HealthTracker
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.record_writer import RecordWriter
+from store.retention import Retention
 
 log = structlog.get_logger("tokenhub.services")
 ENV_PROVIDER_ID = "openai"
+ENV_ANTHROPIC_PROVIDER_ID = "anthropic"
+ENV_VLLM_PROVIDER_ID = "vllm"
+DISCOVERED_MODEL_WEIGHT = 5
 
 
 class Services:
@@ -37,29 +43,61 @@ class Services:
         self.metrics = metrics
         self.http = http
         self.retry = RetryPolicy(max_retries=settings.provider_max_retries)
-        self.health = HealthTracker()
+        self.events = EventBus(on_subscriber_dropped=metrics.event_subscribers_dropped.inc)
+        self.health = HealthTracker(on_change=self._health_changed)
         self.records = RecordWriter(
             analytics,
             capacity=settings.record_queue_size,
             on_drop=metrics.store_dropped.labels(op="log_request").inc,
         )
+        self.retention = Retention(
+            analytics, tsdb_days=settings.tsdb_retention_days, request_log_days=settings.request_log_retention_days
+        )
+        metrics.watch(
+            health_states=lambda: {provider: h.state for provider, h in self.health.snapshot().items()},
+            record_queue_depth=lambda: self.records.depth,
+            event_subscribers=lambda: self.events.subscribers,
+        )
         for provider in self.env_providers.values():
             # A row (without the key) so models can reference the provider; the key stays in memory.
             config.upsert_provider(dataclasses.replace(provider, api_key=""), api_key=None)
         self.snapshot: ConfigSnapshot = config.load_snapshot()
+        self.stored_snapshot = self.snapshot  # as in SQLite; `snapshot` adds the discovered vLLM models
+        self.discovered: dict[str, tuple[DiscoveredModel, ...]] = {}  # provider id -> its /v1/models answer
         self.providers: dict[str, ProviderInfo] = {}
         self.adapters: dict[str, Any] = {}
         self._apply(self.snapshot)
+        self.vllm_prober = VLLMProber(
+            http,
+            lambda: self.adapters.values(),
+            self.set_discovered_models,
+            interval=settings.vllm_probe_interval_secs,
+        )
 
     @property
     def env_providers(self) -> dict[str, ProviderInfo]:
         """Providers configured by environment variables: in memory only, never written to SQLite."""
-        if not self.settings.openai_api_key:
-            return {}
-        provider = ProviderInfo(
-            ENV_PROVIDER_ID, "openai", self.settings.openai_base_url, True, self.settings.openai_api_key
+        settings = self.settings
+        providers: dict[str, ProviderInfo] = {}
+        if settings.openai_api_key:
+            providers[ENV_PROVIDER_ID] = ProviderInfo(
+                ENV_PROVIDER_ID, "openai", settings.openai_base_url, True, settings.openai_api_key
+            )
+        if settings.anthropic_api_key:
+            providers[ENV_ANTHROPIC_PROVIDER_ID] = ProviderInfo(
+                ENV_ANTHROPIC_PROVIDER_ID, "anthropic", settings.anthropic_base_url, True, settings.anthropic_api_key
+            )
+        if settings.vllm_endpoints:  # one provider, its endpoints comma-joined (the adapter splits them)
+            providers[ENV_VLLM_PROVIDER_ID] = ProviderInfo(
+                ENV_VLLM_PROVIDER_ID, "vllm", ",".join(settings.vllm_endpoints), True, settings.vllm_api_key
+            )
+        return providers
+
+    def _health_changed(self, provider_id: str, old_state: str, new_state: str, reason: str) -> None:
+        log.info("provider_health_changed", provider_id=provider_id, old_state=old_state, new_state=new_state)
+        self.events.publish(
+            "health_change", provider_id=provider_id, old_state=old_state, new_state=new_state, reason=reason
         )
-        return {ENV_PROVIDER_ID: provider}
 
     async def reload_config(self) -> None:
         """Re-read SQLite after an admin write has committed and swap the request path's snapshot."""
@@ -82,7 +120,35 @@ class Services:
                 log.warning("provider_skipped", provider_id=provider.id, reason=str(exc))
         self.providers = providers
         self.adapters = adapters
-        self.snapshot = snapshot
+        self.discovered = {p: models for p, models in self.discovered.items() if p in adapters}
+        self.stored_snapshot = snapshot
+        self.snapshot = self._with_discovered(snapshot)
+
+    def set_discovered_models(self, provider_id: str, models: tuple[DiscoveredModel, ...]) -> None:
+        """The prober's latest model list for a vLLM provider; swaps the request path's snapshot if it changed."""
+        if provider_id not in self.adapters or self.discovered.get(provider_id) == models:
+            return
+        self.discovered[provider_id] = models
+        self.snapshot = self._with_discovered(self.stored_snapshot)
+        log.info("vllm_models_discovered", provider_id=provider_id, models=[m.id for m in models])
+
+    @property
+    def discovered_models(self) -> dict[str, ModelInfo]:
+        """The models routable only because a vLLM endpoint lists them (in memory, never in SQLite)."""
+        stored = self.stored_snapshot.models
+        return {model_id: m for model_id, m in self.snapshot.models.items() if model_id not in stored}
+
+    def _with_discovered(self, stored: ConfigSnapshot) -> ConfigSnapshot:
+        """The stored snapshot plus discovered models: chat kind, weight 5, free, window from max_model_len.
+        A stored model with the same id wins (an admin registers one to set prices, weight or kind)."""
+        found: dict[str, ModelInfo] = {}
+        for provider_id, models in sorted(self.discovered.items()):
+            for m in models:
+                if m.id not in stored.models and m.id not in found:
+                    found[m.id] = ModelInfo(
+                        m.id, provider_id, weight=DISCOVERED_MODEL_WEIGHT, max_context_tokens=m.max_model_len
+                    )
+        return dataclasses.replace(stored, models={**stored.models, **found}) if found else stored
 
     def identify(self, presented: str) -> ApiKeyInfo | None:
         """The API key record for a presented key, or None. A dict lookup on the snapshot: no I/O."""

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PREFIX = "TOKENHUB_"
 ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine")
+ORCHESTRATION_MODES = ("planning", "adversarial", "vote", "refine")  # what /v1/plan's mode may name
 
 
 SECRET_SETTINGS = frozenset({"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key"})
@@ -46,6 +47,11 @@ class Settings(BaseModel):
     max_messages: int = Field(1000, gt=0)
     record_queue_size: int = Field(10_000, gt=0)
     shutdown_drain_secs: float = Field(30.0, ge=0)
+    tsdb_retention_days: int = Field(7, ge=1, le=3650, description="time-series points kept; PUT /tsdb/retention")
+    request_log_retention_days: int = Field(90, ge=1, le=36500, description="request-log rows kept")
+    analytics_query_timeout_secs: float = Field(10.0, gt=0, le=300, description="analyst SQL time limit")
+    analytics_query_max_rows: int = Field(10_000, gt=0, le=1_000_000, description="analyst SQL row cap")
+    events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
     stream_first_token_secs: float = Field(30.0, gt=0, description="a stream fails over if no token comes by then")
     stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
     openai_api_key: str = Field("", repr=False)

@@ -57,6 +57,10 @@ class TenantPipelines:
         entry = self._chains.get(tenant_id)
         return entry[1] if entry is not None else self._default
 
+    def has_stage(self, tenant_id: str, name: str) -> bool:
+        definition, _ = self.definition_for(tenant_id)
+        return any(step.get("stage") == name for step in definition)
+
     def definition_for(self, tenant_id: str) -> tuple[list[dict[str, Any]], bool]:
         """(definition, is_custom) for a tenant."""
         stored = self._services.snapshot.pipelines.get(tenant_id)

@@ -37,6 +37,8 @@ class ChatRequest:
     output_schema: Any = None
     stream: bool = False
     stream_usage: bool = False  # the client asked for a usage chunk at the end of the stream
+    operation: str = "chat"  # "chat" or "embeddings": which kind of model may serve it
+    max_item_tokens: int = 0  # embeddings: the longest single input's estimate (a window applies per input)
 
 
 @dataclass(slots=True)
@@ -93,6 +95,7 @@ class ModelInfo:
     input_per_1k: float = 0.0
     output_per_1k: float = 0.0
     enabled: bool = True
+    kind: str = "chat"  # "chat" or "embedding"; a request is only routed to models of its operation's kind
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         return input_tokens / 1000 * self.input_per_1k + output_tokens / 1000 * self.output_per_1k
@@ -132,3 +135,4 @@ class RequestRecord:
     escalations: int
     routing_reason: str
     ttft_ms: float = 0.0  # streams: time to the first token sent to the client; 0 for non-streaming
+    parent_request_id: str = ""  # a /v1/plan step names the plan request it belongs to

@@ -36,13 +36,14 @@ class Directives:
     max_budget_usd: float | None = None
     max_latency_ms: int | None = None
     min_weight: int | None = None
+    iterations: int | None = None  # /v1/plan only: orchestration rounds
     output_schema: Any = None  # parsed JSON value
     ignored: tuple[str, ...] = ()  # notes on tokens that were ignored
 
     def as_dict(self) -> dict[str, Any]:
         """Only the keys that were set, for logging and responses."""
         out: dict[str, Any] = {}
-        for name in ("mode", "max_budget_usd", "max_latency_ms", "min_weight", "output_schema"):
+        for name in ("mode", "max_budget_usd", "max_latency_ms", "min_weight", "iterations", "output_schema"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -141,6 +142,12 @@ def _build(tokens: list[str], allowed_modes: Collection[str]) -> Directives:
                 values["min_weight"] = weight
             else:
                 ignored.append(f"min_weight {_clip(raw)} is not an integer in [0, 1000]")
+        elif key == "iterations":
+            iterations = _parse_int(raw)
+            if iterations is not None and 0 <= iterations <= 10:
+                values["iterations"] = iterations
+            else:
+                ignored.append(f"iterations {_clip(raw)} is not an integer in [0, 10]")
         elif key == "output_schema":
             schema = _parse_json(raw)
             if schema is None:

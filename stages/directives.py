@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.context import RequestContext
 from pipeline.errors import InvalidRequest
-from pipeline.settings import ROUTING_MODES
+from pipeline.settings import ORCHESTRATION_MODES, ROUTING_MODES
 from pipeline.stage import Next, StageOptions, StageSpec
 from stages.directive_syntax import DirectiveError, parse_directives, strip_directives
 
@@ -37,6 +37,11 @@ class Directives:
             policy.min_weight = found.min_weight or policy.min_weight
             if found.output_schema is not None:
                 request.output_schema = found.output_schema
+            if ctx.plan is not None:  # on /v1/plan a directive picks the orchestration too
+                if found.mode in ORCHESTRATION_MODES:
+                    ctx.plan.mode = found.mode
+                if found.iterations is not None:
+                    ctx.plan.iterations = found.iterations
             request.messages = strip_directives(request.messages)
             ctx.directives_applied = found.as_dict()
         await call_next(ctx)

@@ -58,6 +58,17 @@ class Dispatch:
                     idle_timeout=settings.stream_idle_secs,
                     on_malformed=services.metrics.stream_malformed.labels(provider=model.provider_id).inc,
                 )
+            elif ctx.request.operation == "embeddings":
+                embed = getattr(adapter, "embed", None)
+                if embed is None:  # policy filters these out; this guards a provider swapped since then
+                    raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} does not support embeddings")
+                result = await embed(
+                    model.id,
+                    ctx.request.parameters,
+                    request_id=ctx.request_id,
+                    deadline=decision.deadline,
+                    attempt_timeout=settings.provider_timeout_secs,
+                )
             else:
                 result = await adapter.send(
                     model.id,

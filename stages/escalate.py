@@ -73,6 +73,8 @@ class Escalate:
         """The smallest enabled, routable model whose window is >= 2x the input and larger than the failed one."""
         decision = ctx.decision
         assert decision is not None
+        if ctx.request.operation != "chat" and ctx.request.model_hint:
+            return None  # a named embedding model is never replaced (policy pins it): vectors would not compare
         services = self._services
         needed = 2 * decision.estimated_input_tokens
         current = failed.model.max_context_tokens
@@ -80,6 +82,7 @@ class Escalate:
             m
             for m in services.snapshot.models.values()
             if m.enabled
+            and m.kind == failed.model.kind  # a chat request never escalates to an embedding model, nor the reverse
             and m.id != failed.model.id
             and m.provider_id in services.adapters
             and m.max_context_tokens >= needed

@@ -1,7 +1,8 @@
 """Per-provider health: EWMA latency, error rate, down-with-cooldown, and Retry-After back-off.
 
 Updated by the escalate/dispatch stages as calls finish; read by policy when it scores candidates.
-All in memory, O(1) per update.
+All in memory, O(1) per update. A state transition (healthy / degraded / down) is reported to
+``on_change`` (the services publish it as a ``health_change`` event).
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class ProviderHealth:
         return self.total_errors / self.total_requests if self.total_requests else 0.0
 
 
+StateChange = Callable[[str, str, str, str], None]  # (provider_id, old_state, new_state, reason)
+
+
 class HealthTracker:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, on_change: StateChange | None = None) -> None:
         self._clock = clock
         self._providers: dict[str, ProviderHealth] = {}
+        self._on_change = on_change
 
     def get(self, provider_id: str) -> ProviderHealth:
         health = self._providers.get(provider_id)
@@ -51,8 +56,9 @@ class HealthTracker:
         h.latency_samples += 1
         h.total_requests += 1
         h.consec_errors = 0
-        h.state = "healthy"
         h.cooldown_until = 0.0
+        if h.state != "healthy":
+            self._transition(provider_id, h, "healthy", "call succeeded")
 
     def error(self, provider_id: str, message: str, *, retry_after: float | None = None) -> None:
         h = self.get(provider_id)
@@ -64,10 +70,16 @@ class HealthTracker:
         if retry_after:
             h.rate_limited_until = max(h.rate_limited_until, now + retry_after)
         if h.consec_errors >= DOWN_AFTER:
-            h.state = "down"
             h.cooldown_until = now + DOWN_COOLDOWN_SECS
-        elif h.consec_errors >= DEGRADED_AFTER:
-            h.state = "degraded"
+            if h.state != "down":
+                self._transition(provider_id, h, "down", f"{h.consec_errors} consecutive errors; last: {message}")
+        elif h.consec_errors >= DEGRADED_AFTER and h.state != "degraded":
+            self._transition(provider_id, h, "degraded", f"{h.consec_errors} consecutive errors; last: {message}")
+
+    def _transition(self, provider_id: str, h: ProviderHealth, new_state: str, reason: str) -> None:
+        old_state, h.state = h.state, new_state
+        if self._on_change is not None:
+            self._on_change(provider_id, old_state, new_state, reason)
 
     def unavailable_reason(self, provider_id: str) -> str | None:
         """Why the provider should be skipped right now, or None if it may be called."""

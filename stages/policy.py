@@ -9,14 +9,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from pipeline.context import Candidate, RequestContext, RoutingDecision
-from pipeline.errors import NoEligibleModel
+from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound
 from pipeline.stage import Next, StageOptions, StageSpec
+from pipeline.types import ModelInfo
 from stages.scoring import (
     CLIENT_CONSTRAINTS,
     Constraints,
     ProviderStats,
     estimate_input_tokens,
     exclusion_reason,
+    model_kind,
     rank,
 )
 
@@ -52,18 +54,36 @@ class Policy:
             budget = min(budget, opts.max_budget_usd) if budget else opts.max_budget_usd
         latency_ms = policy.max_latency_ms or routing.max_latency_ms or settings.default_max_latency_ms
         min_weight = max(policy.min_weight, opts.min_weight or 0)
-        tokens = estimate_input_tokens(ctx.request.messages, ctx.request.estimated_input_tokens)
-        constraints = Constraints(mode, budget, min_weight, tokens)
+        request = ctx.request
+        tokens = estimate_input_tokens(request.messages, request.estimated_input_tokens)
+        constraints = Constraints(mode, budget, min_weight, tokens, request.max_item_tokens)
 
         health, adapters, skips = services.health, services.adapters, services.metrics.provider_skips
+        kind = model_kind(request.operation)
+        # Every adapter chats; another operation needs the adapter method that does it.
+        supports = None if kind == "chat" else (lambda provider_id: hasattr(adapters.get(provider_id), "embed"))
         eligible, exclusions = [], {}
+        only = ctx.only_models
         for model in services.snapshot.models.values():
-            reason = exclusion_reason(model, constraints, adapters.__contains__, health.unavailable_reason)
+            if model.kind != kind:
+                continue  # another operation's model: not a candidate at all (and no skip metric per request)
+            if only is not None and model.id not in only:
+                continue  # a plan step pinned to other models: not a candidate at all
+            reason = exclusion_reason(model, constraints, adapters.__contains__, health.unavailable_reason, supports)
             if reason is None:
                 eligible.append(model)
             else:
                 exclusions[model.id] = reason
                 skips.labels(provider=model.provider_id, reason=reason).inc()
+        if kind != "chat" and request.model_hint:
+            eligible = self._pinned(request.model_hint, kind, eligible, exclusions, constraints)
+        models = services.snapshot.models
+        if not eligible and models and all(m.kind != kind for m in models.values()):  # only other kinds exist
+            raise NoEligibleModel(
+                f"no model of kind {kind!r} is registered: add one with POST /admin/v1/models"
+                f' {{..., "kind": "{kind}"}}',
+                client_constraint=False,
+            )
         if not eligible:
             raise _no_eligible(exclusions, constraints)
 
@@ -94,17 +114,40 @@ class Policy:
             deadline=time.monotonic() + latency_ms / 1000,
         )
 
+    def _pinned(
+        self, hint: str, kind: str, eligible: list[ModelInfo], exclusions: dict[str, str], c: Constraints
+    ) -> list[ModelInfo]:
+        """Outside chat a named model is a requirement, not a preference: embeddings of two models are not
+        comparable, so no other model may answer in its place."""
+        models = self._services.snapshot.models
+        model_id = resolve_model_id(hint.strip(), models)
+        if model_id is None:  # the edge answers 404 first; this covers a model deleted since
+            raise NotFound(f"model {hint!r} does not exist", field="model")
+        model = models[model_id]
+        if model.kind != kind:
+            raise InvalidRequest(
+                f"model {model_id!r} is a {model.kind} model; this request needs a model of kind {kind!r}"
+                " (or send model 'auto')",
+                field="model",
+            )
+        chosen = [m for m in eligible if m.id == model_id]
+        if not chosen:
+            raise _no_eligible({model_id: exclusions.get(model_id, "not eligible")}, c)
+        return chosen
+
     def _apply_hint(self, hint: str, candidates: list[Candidate], exclusions: dict[str, str]) -> str:
         """Move an eligible hinted model to the front. Returns "hint" when honoured, a note when not."""
         hint = hint.strip()
         if not hint:
             return ""
-        hint = resolve_model_id(hint, self._services.snapshot.models) or hint
+        models = self._services.snapshot.models
+        hint = resolve_model_id(hint, models) or hint
         for index, candidate in enumerate(candidates):
             if candidate.model.id == hint:
                 candidates.insert(0, candidates.pop(index))
                 return "hint"
-        why = exclusions.get(hint, "not registered")
+        other = models.get(hint)  # registered, but of another kind (an embedding model named for chat)
+        why = exclusions.get(hint) or (f"{other.kind} model" if other is not None else "not registered")
         return f"model_hint {hint!r} ignored ({why})"
 
 

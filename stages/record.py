@@ -18,6 +18,7 @@ from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import RequestRecord
 
 if TYPE_CHECKING:
+    from pipeline.events import EventBus
     from pipeline.services import Services
 
 log = structlog.get_logger("tokenhub.request")
@@ -44,20 +45,26 @@ class Record:
         self._services = services
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
-        try:
-            await call_next(ctx)
-        except TokenHubError as exc:
-            ctx.error = exc
-            raise
-        except asyncio.CancelledError:
-            ctx.error = RequestCancelled("request cancelled before it completed")
-            raise
-        except Exception as exc:
-            log.exception("unhandled_error", request_id=ctx.request_id)
-            ctx.error = InternalError("internal error; see the server log for this request id")
-            raise ctx.error from exc
-        finally:
-            emit_record(self._services, ctx)
+        await recorded(self._services, ctx, call_next)
+
+
+async def recorded(services: Services, ctx: RequestContext, call_next: Next) -> None:
+    """Run `call_next(ctx)` and emit its one record whatever happens. Also runs each /v1/plan step, so a
+    step is timed and recorded exactly like a request."""
+    try:
+        await call_next(ctx)
+    except TokenHubError as exc:
+        ctx.error = exc
+        raise
+    except asyncio.CancelledError:
+        ctx.error = RequestCancelled("request cancelled before it completed")
+        raise
+    except Exception as exc:
+        log.exception("unhandled_error", request_id=ctx.request_id)
+        ctx.error = InternalError("internal error; see the server log for this request id")
+        raise ctx.error from exc
+    finally:
+        emit_record(services, ctx)
 
 
 def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
@@ -88,10 +95,25 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
         escalations=max(0, len(ctx.attempts) - 1),
         routing_reason=ctx.routing_reason or (decision.reason if decision else ""),
         ttft_ms=round(ctx.ttft_ms, 3),
+        parent_request_id=ctx.parent_request_id,
     )
-    _observe(services, record)
+    _observe(services, record, _upstream_ms(ctx), ctx.api_key.name if ctx.api_key else "")
     services.records.submit(record)
     return record
+
+
+def _upstream_ms(ctx: RequestContext) -> float | None:
+    """Time spent in provider calls, or None when it is not fully known: no call was made, or a failed
+    attempt (whose time dispatch does not record) is part of the total."""
+    attempts = ctx.attempts
+    if not attempts:
+        return None
+    total = 0.0
+    for attempt in attempts:
+        if attempt.error_class:
+            return None
+        total += attempt.latency_ms
+    return total
 
 
 def _error_class(error: TokenHubError | None) -> str:
@@ -100,8 +122,11 @@ def _error_class(error: TokenHubError | None) -> str:
     return str(getattr(error, "error_class", "") or error.type)
 
 
-def _observe(services: Services, r: RequestRecord) -> None:
-    services.metrics.observe_request(r)
+def _observe(services: Services, r: RequestRecord, upstream_ms: float | None, api_key_name: str) -> None:
+    services.metrics.observe_request(r, upstream_ms)
+    events = services.events
+    if events.active:  # nobody listening: no event is built
+        _publish(events, r, api_key_name)
     log.info(
         "request",
         request_id=r.request_id,
@@ -119,6 +144,29 @@ def _observe(services: Services, r: RequestRecord) -> None:
         output_tokens=r.output_tokens,
         escalations=r.escalations,
     )
+
+
+def _publish(events: EventBus, r: RequestRecord, api_key_name: str) -> None:
+    common = {
+        "request_id": r.request_id,
+        "model_id": r.model_id,
+        "provider_id": r.provider_id,
+        "mode": r.mode,
+        "api_key_name": api_key_name,
+        "latency_ms": r.latency_ms,
+    }
+    if r.status < 400:
+        events.publish(
+            "route_success",
+            **common,
+            cost_usd=r.cost_usd,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            total_tokens=r.input_tokens + r.output_tokens,
+            reason=r.routing_reason,
+        )
+    else:
+        events.publish("route_error", **common, status=r.status, error_class=r.error_class, error_msg=r.error_message)
 
 
 SPEC = StageSpec(

@@ -21,6 +21,12 @@ MODE_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
 }
 # Reasons an exclusion is the request's own doing (retrying the same request cannot help).
 CLIENT_CONSTRAINTS = frozenset({"budget_exceeded", "context_overflow", "weight_below_minimum"})
+# The model kind each request operation needs: a chat request never reaches an embedding model, nor the reverse.
+OPERATION_KINDS = {"chat": "chat", "embeddings": "embedding"}
+
+
+def model_kind(operation: str) -> str:
+    return OPERATION_KINDS.get(operation, operation)
 
 
 def estimate_input_tokens(messages: Sequence[Message], explicit: int = 0) -> int:
@@ -45,6 +51,7 @@ class Constraints:
     max_budget_usd: float  # 0 = no budget filter
     min_weight: int
     input_tokens: int
+    context_tokens: int = 0  # what one model window must hold (0 = input_tokens); embeddings: the longest input
 
 
 def exclusion_reason(
@@ -52,17 +59,22 @@ def exclusion_reason(
     c: Constraints,
     has_adapter: Callable[[str], bool],
     unavailable: Callable[[str], str | None],
+    supports: Callable[[str], bool] | None = None,
 ) -> str | None:
-    """Why a model cannot serve this request, in the original's order, or None if it is eligible."""
+    """Why a model cannot serve this request, in the original's order, or None if it is eligible.
+    `supports(provider_id)`, when given, says whether the provider's adapter can do the request's operation."""
     if not model.enabled:
         return "disabled"
     if c.min_weight > 0 and model.weight < c.min_weight:
         return "weight_below_minimum"
-    needed = c.input_tokens * CONTEXT_HEADROOM_PERCENT // 100  # integer maths: no float rounding at the edge
+    # integer maths: no float rounding at the edge
+    needed = (c.context_tokens or c.input_tokens) * CONTEXT_HEADROOM_PERCENT // 100
     if model.max_context_tokens > 0 and needed > model.max_context_tokens:
         return "context_overflow"
     if not has_adapter(model.provider_id):
         return "no_adapter"
+    if supports is not None and not supports(model.provider_id):
+        return "unsupported_operation"
     if reason := unavailable(model.provider_id):
         return reason
     if c.max_budget_usd > 0 and estimate_cost(model, c.input_tokens) > c.max_budget_usd:

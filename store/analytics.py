@@ -1,10 +1,20 @@
-"""DuckDB analytics: the request log. Written only by the batched record writer, on its own thread."""
+"""DuckDB analytics: the request log and the time-series points.
+
+One database, two kinds of thread:
+- the writer thread (``call``) owns the main connection: batch inserts from the record writer, prunes;
+- reader threads (``read``) each hold their own cursor: admin reads and analyst queries. DuckDB's MVCC
+  lets them run while a batch is being written, so a slow read never holds up the writer.
+
+The database is opened sandboxed for everyone: no file, network or extension access from SQL, no scans of
+Python variables, and the configuration locked, so no connection can turn any of it back on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import operator
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,12 +24,20 @@ import duckdb
 import numpy as np
 
 from pipeline.types import RequestRecord
+from store.rollup import rollup
 
 T = TypeVar("T")
+Cursor = duckdb.DuckDBPyConnection
 _COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+# Explicit dtypes: inference costs a pass over the values, and strings as numpy objects (not fixed-width
+# unicode) scan several times faster into DuckDB.
+_NUMPY_TYPES = {"int": np.int64, "float": np.float64}
+_DTYPES = [_NUMPY_TYPES.get(str(f.type), object) for f in dataclasses.fields(RequestRecord)]
 _row = operator.attrgetter(*_COLUMNS)
 _SELECT = ", ".join("to_timestamp(timestamp)" if name == "timestamp" else name for name in _COLUMNS)
-_SCHEMA = """
+REQUEST_LOG_COLUMNS = (*_COLUMNS, "reward")
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS request_log (
     timestamp TIMESTAMPTZ NOT NULL,
     request_id VARCHAR NOT NULL,
@@ -38,39 +56,100 @@ CREATE TABLE IF NOT EXISTS request_log (
     latency_ms DOUBLE NOT NULL,
     escalations INTEGER NOT NULL,
     routing_reason VARCHAR NOT NULL,
-    ttft_ms DOUBLE NOT NULL DEFAULT 0
+    ttft_ms DOUBLE NOT NULL DEFAULT 0,
+    parent_request_id VARCHAR NOT NULL DEFAULT '',
+    reward DOUBLE
 )
+""",
+    # One row per (second, metric, model, provider): `value` is the sum of that second's samples and
+    # `samples` their count, so any coarser step averages exactly (sum of sums / sum of counts).
+    """
+CREATE TABLE IF NOT EXISTS tsdb_points (
+    ts TIMESTAMPTZ NOT NULL,
+    metric VARCHAR NOT NULL,
+    model_id VARCHAR NOT NULL DEFAULT '',
+    provider_id VARCHAR NOT NULL DEFAULT '',
+    value DOUBLE NOT NULL,
+    samples BIGINT NOT NULL DEFAULT 1,
+    min_value DOUBLE NOT NULL,
+    max_value DOUBLE NOT NULL
+)
+""",
+)
+# Columns added after the first release: an older file gains them on open. DuckDB refuses NOT NULL in
+# ADD COLUMN IF NOT EXISTS, hence defaults instead.
+_ADDED_COLUMNS = (
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS ttft_ms DOUBLE DEFAULT 0",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS reward DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS parent_request_id VARCHAR DEFAULT ''",
+)
+_INSERT_POINTS = """
+INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value)
+SELECT to_timestamp(second), metric, model_id, provider_id, value, samples, min_value, max_value FROM point_batch
 """
-# Columns added after the first release: an older file gains them on open.
-_ADDED_COLUMNS = ("ALTER TABLE request_log ADD COLUMN IF NOT EXISTS ttft_ms DOUBLE DEFAULT 0",)
+_SANDBOX = {
+    "threads": 1,  # batch inserts gain nothing from parallelism; extra threads would compete with the loop
+    "enable_external_access": False,  # no files, URLs, ATTACH, COPY, INSTALL/LOAD from any connection
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,  # `FROM some_name` must never scan a Python variable
+}
 
 
 class AnalyticsStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, readers: int = 2) -> None:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
+        self._readers = ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="duckdb-read", initializer=self._init_reader
+        )
         self._conn: duckdb.DuckDBPyConnection | None = None
+        self._cursor_source: duckdb.DuckDBPyConnection | None = None
+        self._cursor_lock = threading.Lock()
+        self._local = threading.local()
 
     def open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        # One thread: batch inserts of a few thousand rows gain nothing from parallelism, and extra worker
-        # threads would only compete with the event loop for its core.
-        self._conn = duckdb.connect(self._path, config={"threads": 1})
-        self._conn.execute("SET TimeZone = 'UTC'")
-        self._conn.execute(_SCHEMA)
+        conn = duckdb.connect(self._path, config=_SANDBOX)
+        conn.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: every cursor buckets hours and days in UTC
+        conn.execute("SET lock_configuration = true")  # from here on no connection can change a setting
+        for statement in _SCHEMA:
+            conn.execute(statement)
         for statement in _ADDED_COLUMNS:
-            self._conn.execute(statement)
+            conn.execute(statement)
+        self._conn = conn
+        # Reader cursors are made from this one (under a lock), never from the writer's connection, which
+        # is busy on its own thread.
+        self._cursor_source = conn.cursor()
 
     def close(self) -> None:
+        self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)  # let queued writes finish before the connection goes
         if self._conn is not None:
-            self._conn.close()
+            self._conn.close()  # closes every cursor made from it, releasing the file
             self._conn = None
+            self._cursor_source = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the writer thread (the one that may use ``db``)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args))
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(cursor, *args)`` on a reader thread with that thread's own cursor."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._local.cursor, *args))
+
+    def new_cursor(self) -> Cursor:
+        """A fresh connection to the same database, for one caller on one thread; close it after use."""
+        with self._cursor_lock:
+            if self._cursor_source is None:
+                raise RuntimeError("analytics store is not open")
+            return self._cursor_source.cursor()
+
+    def _init_reader(self) -> None:
+        self._local.cursor = self.new_cursor()
 
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
@@ -79,18 +158,32 @@ class AnalyticsStore:
         return self._conn
 
     def write_requests(self, records: Sequence[RequestRecord]) -> None:
-        """Insert a batch as one columnar scan: DuckDB's executemany costs ~0.3 ms per row, a registered
+        """Insert a batch and its time-series points (store/rollup.py) in one transaction: all, or none.
+
+        The batch goes in as one columnar scan: DuckDB's executemany costs ~0.3 ms per row, a registered
         dict of numpy columns ~10 us per row at batch sizes of a few hundred."""
         if not records:
             return
         columns = zip(*map(_row, records), strict=True)
-        batch = {name: np.array(values) for name, values in zip(_COLUMNS, columns, strict=True)}
+        batch = {
+            name: np.array(values, dtype=dtype) for name, dtype, values in zip(_COLUMNS, _DTYPES, columns, strict=True)
+        }
+        points = rollup(batch)
         db = self.db
         db.register("request_batch", batch)
+        db.register("point_batch", points)
         try:
-            db.execute(f"INSERT INTO request_log ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM request_batch")
+            db.execute("BEGIN TRANSACTION")
+            try:
+                db.execute(f"INSERT INTO request_log ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM request_batch")
+                db.execute(_INSERT_POINTS)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         finally:
             db.unregister("request_batch")
+            db.unregister("point_batch")
 
     def recent_requests(self, limit: int, offset: int) -> list[dict[str, Any]]:
         cursor = self.db.execute(

@@ -178,10 +178,11 @@ class ConfigStore:
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE"
-                " SET provider_id=excluded.provider_id, weight=excluded.weight,"
+                " enabled, kind, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
-                " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, updated_at=excluded.updated_at",
+                " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
+                " updated_at=excluded.updated_at",
                 (
                     model.id,
                     model.provider_id,
@@ -190,6 +191,7 @@ class ConfigStore:
                     model.input_per_1k,
                     model.output_per_1k,
                     int(model.enabled),
+                    model.kind,
                     now,
                     now,
                 ),
@@ -288,6 +290,7 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         input_per_1k=row["input_per_1k"],
         output_per_1k=row["output_per_1k"],
         enabled=bool(row["enabled"]),
+        kind=row["kind"],
     )
 
 

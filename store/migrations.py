@@ -67,6 +67,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         INSERT INTO tenants (id, name, created_at) VALUES ('default', 'Default tenant', strftime('%s','now'));
         """,
     ),
+    (
+        3,
+        "model_kind",
+        """
+        ALTER TABLE models ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat';
+        """,
+    ),
 )
 
 

@@ -2,12 +2,19 @@
 
 ``submit`` never awaits and never blocks the request path. A full queue drops the record and counts it
 (bounded memory beats unbounded latency). ``stop`` drains everything accepted before returning.
+
+Every dropped record is counted (``on_drop``, the metric) and reported in a ``records_dropped`` log line.
+The line is rate-limited: under overload a line per drop would flood the log it is meant to warn in, so
+drops within ``drop_log_interval`` of the last line are summed into the next one (written by the next
+drop after the interval, the writer's next wake-up, or ``stop``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -27,6 +34,8 @@ class RecordWriter:
         batch_size: int = 2000,
         flush_interval: float = 1.0,
         on_drop: Callable[[], None] = lambda: None,
+        drop_log_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._analytics = analytics
         self._capacity = capacity
@@ -39,11 +48,20 @@ class RecordWriter:
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
         self.written = 0
+        self.dropped = 0
+        self._drop_log_interval = drop_log_interval
+        self._clock = clock
+        self._unlogged: Counter[str] = Counter()  # reason -> drops not yet reported in a log line
+        self._last_drop_log = float("-inf")
+
+    @property
+    def depth(self) -> int:
+        """Records accepted and not yet handed to DuckDB."""
+        return len(self._pending)
 
     def submit(self, record: RequestRecord) -> bool:
         if len(self._pending) >= self._capacity:
-            self._on_drop()
-            log.warning("record_dropped", reason="queue full", request_id=record.request_id)
+            self._count_drops(1, "queue full")
             return False
         self._pending.append(record)
         if len(self._pending) == self._batch_size:
@@ -63,6 +81,7 @@ class RecordWriter:
         if self._inflight is not None:
             await self._inflight
         await self.flush()
+        self._log_drops()
 
     async def flush(self) -> None:
         """Write everything accepted so far (admin reads use it to see the latest requests). Only what
@@ -81,12 +100,18 @@ class RecordWriter:
 
     async def _run(self) -> None:
         while True:
-            # Wake when a full batch is waiting or the interval has passed, whichever comes first.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._flush_interval):
-                    await self._batch_ready.wait()
+            # Wake when a full batch is waiting or the interval has passed, whichever comes first. Under
+            # sustained load the queue may still hold a full batch after a flush without ever having
+            # crossed the batch size from below (which is what sets the event): go on at once then,
+            # or the writer would idle for the interval with a full queue.
+            if len(self._pending) < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._batch_ready.wait()
             self._batch_ready.clear()
             await self.flush()
+            if self._unlogged and self._clock() - self._last_drop_log >= self._drop_log_interval:
+                self._log_drops()
 
     async def _write(self, batch: list[RequestRecord]) -> None:
         if not batch:
@@ -102,5 +127,18 @@ class RecordWriter:
             self.written += len(batch)
         except Exception:
             log.exception("record_batch_failed", size=len(batch))
-            for _ in batch:
-                self._on_drop()
+            self._count_drops(len(batch), "write failed")
+
+    def _count_drops(self, count: int, reason: str) -> None:
+        for _ in range(count):
+            self._on_drop()
+        self.dropped += count
+        self._unlogged[reason] += count
+        if self._clock() - self._last_drop_log >= self._drop_log_interval:
+            self._log_drops()
+
+    def _log_drops(self) -> None:
+        for reason, count in self._unlogged.items():
+            log.warning("records_dropped", count=count, reason=reason, dropped_total=self.dropped)
+        self._unlogged.clear()
+        self._last_drop_log = self._clock()

@@ -468,3 +468,14 @@ async def test_http_client_can_post_without_adapter(fake: FakeOpenAI, http: Http
     assert json.loads(raw) == body  # the exact bytes, for pass-through without re-encoding
     assert latency > 0
     assert isinstance(http.session, aiohttp.ClientSession)
+
+
+async def test_payload_drops_what_openai_rejects(http: HttpClient) -> None:
+    adapter = make_adapter("http://127.0.0.1:1/v1", http)
+    request = chat(stop=["a", "b", "c", "d", "e"], top_k=5, metadata={"user_id": "u"}, temperature=0.1, seed=3)
+    payload = adapter.build_payload("m", request)
+    assert payload["stop"] == ["a", "b", "c", "d"]  # OpenAI allows at most four
+    assert "top_k" not in payload and "metadata" not in payload
+    assert payload["temperature"] == 0.1 and payload["seed"] == 3
+    stream = adapter.build_stream_payload("m", request)
+    assert stream["stream"] is True and stream["stream_options"] == {"include_usage": True}

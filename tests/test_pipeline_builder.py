@@ -399,7 +399,16 @@ def real() -> StageRegistry:
 def test_default_pipeline_parses(real: StageRegistry) -> None:
     steps = parse_definition(DEFAULT_PIPELINE, real)
     assert names(steps) == [step["stage"] for step in DEFAULT_PIPELINE]
-    assert names(steps) == ["record", "rate_limit", "auth", "directives", "policy", "escalate", "dispatch"]
+    assert names(steps) == [
+        "record",
+        "rate_limit",
+        "auth",
+        "directives",
+        "orchestrate",
+        "policy",
+        "escalate",
+        "dispatch",
+    ]
 
 
 def test_tenant_style_definition_parses_with_record_prepended(real: StageRegistry) -> None:
@@ -462,7 +471,16 @@ def test_escalate_before_policy_rejected(real: StageRegistry) -> None:
 
 def test_real_registry_describe_covers_every_stage(real: StageRegistry) -> None:
     described = {entry["stage"]: entry for entry in real.describe()}
-    assert set(described) == {"record", "rate_limit", "auth", "directives", "policy", "escalate", "dispatch"}
+    assert set(described) == {
+        "record",
+        "rate_limit",
+        "auth",
+        "directives",
+        "orchestrate",
+        "policy",
+        "escalate",
+        "dispatch",
+    }
     assert {name for name, entry in described.items() if entry["required"]} == {"record", "auth", "policy", "dispatch"}
     assert described["rate_limit"]["options"]["rps"]["anyOf"][0]["exclusiveMinimum"] == 0
     assert described["escalate"]["options"]["max_attempts"]["default"] == 4

@@ -201,14 +201,21 @@ async def test_client_disconnect_cancels_the_upstream_stream(hub: Hub) -> None:
 
 async def test_a_slow_client_holds_back_the_upstream_instead_of_buffering(hub: Hub) -> None:
     key = await _setup(hub)
-    piece = 64 * 1024
-    hub.fake.script("gpt-test", Reply(content="y" * (piece * 400), piece_size=piece))  # ~26 MB
+    piece, pieces = 64 * 1024, 800  # ~52 MB: far more than the socket buffers on both sides can hold
+    hub.fake.script("gpt-test", Reply(content="y" * (piece * pieces), piece_size=piece))
     payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     resp = await hub.client.post("/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"})
-    await asyncio.sleep(1.0)  # the client reads nothing
-    assert hub.fake.chunks_written < 200, "TokenHub kept reading upstream while its client did not"
+    # The client reads nothing: the upstream's writes must stall (not run to the end into TokenHub's memory).
+    written, steady_since = -1, 0
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if hub.fake.chunks_written != written:
+            written, steady_since = hub.fake.chunks_written, 0
+        elif (steady_since := steady_since + 1) >= 6:
+            break
+    assert written < pieces, "TokenHub kept reading upstream while its client did not"
     received = 0
     async for line in resp.content:
         if line.startswith(b"data: {"):
             received += sum(len(c["delta"].get("content") or "") for c in json.loads(line[6:])["choices"])
-    assert received == piece * 400 and hub.fake.chunks_written == 400
+    assert received == piece * pieces and hub.fake.chunks_written == pieces

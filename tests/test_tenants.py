@@ -107,7 +107,16 @@ async def test_invalid_pipelines_are_rejected_on_save(hub: Hub) -> None:
 async def test_stage_catalogue_lists_stages_and_options(hub: Hub) -> None:
     body = await hub.admin("GET", "/pipelines/stages")
     stages = {s["stage"]: s for s in body["stages"]}
-    assert set(stages) == {"record", "rate_limit", "auth", "directives", "policy", "escalate", "dispatch"}
+    assert set(stages) == {
+        "record",
+        "rate_limit",
+        "auth",
+        "directives",
+        "orchestrate",
+        "policy",
+        "escalate",
+        "dispatch",
+    }
     assert {"rps", "burst"} <= set(stages["rate_limit"]["options"])
     assert "mode" in stages["policy"]["options"]
     assert [s["stage"] for s in body["default_pipeline"]] == [
@@ -115,6 +124,7 @@ async def test_stage_catalogue_lists_stages_and_options(hub: Hub) -> None:
         "rate_limit",
         "auth",
         "directives",
+        "orchestrate",
         "policy",
         "escalate",
         "dispatch",

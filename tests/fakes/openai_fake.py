@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +87,8 @@ class StreamStall:
     seconds: float = 30.0
 
 
+_BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("fake_body", dict)
+
 Behaviour = Reply | Fail | ContextOverflow | Hang | Malformed | Drop | StreamCut | StreamStall
 
 
@@ -97,7 +103,17 @@ class FakeOpenAI:
         self.streams_cancelled = 0  # streams whose client (TokenHub) went away before the end
         self.chunks_written = 0  # content chunks fully handed to the socket, all streams
         self.stream_cancelled = asyncio.Event()
+        # vLLM-style extras: GET /health answers 200 while `healthy`, else 503; /v1/models entries carry
+        # `max_model_len` for the model ids in `max_model_len`.
+        self.healthy = True
+        self.health_checks = 0
+        self.max_model_len: dict[str, int] = {}
         self._counter = 0
+        self.in_flight = 0  # chat calls being answered right now, and the most at once
+        self.max_in_flight = 0
+        self.cancelled = 0  # chat calls whose client went away before the answer
+        # Optional: content for unscripted-content replies, from (model, request body); e.g. answer by role.
+        self.responder: Callable[[str, dict[str, Any]], str] | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._bind_port = port
@@ -108,6 +124,8 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         # handler_cancellation: a client that gives up (timeout, cancel) also ends a hanging handler,
         # so stop() does not wait for sleeps nobody is listening to.
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
@@ -157,7 +175,59 @@ class FakeOpenAI:
 
     async def _list_models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self._models]
+        for entry in data:
+            if entry["id"] in self.max_model_len:
+                entry["max_model_len"] = self.max_model_len[entry["id"]]
         return web.json_response({"object": "list", "data": data})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        return web.Response(status=200 if self.healthy else 503)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's embeddings API; scripted like chat (`Reply()` = a normal answer, `Fail(...)` etc.)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        model = body.get("model", "") if isinstance(body, dict) else ""
+        self.requests.append({"model": model, "json": body, "headers": dict(request.headers), "path": request.path})
+        script = self._scripts.get(model)
+        behaviour: Behaviour = script.popleft() if script else Reply()
+        if isinstance(behaviour, Reply | Hang):
+            await asyncio.sleep(behaviour.delay if isinstance(behaviour, Reply) else behaviour.seconds)
+            return web.json_response(self._embedding_list(model, body if isinstance(body, dict) else {}))
+        return await self._perform(behaviour, model, request)
+
+    @staticmethod
+    def embedding_of(model: str, item: Any, dimensions: int = 8) -> list[float]:
+        """A deterministic vector for one input: multiples of 1/256, so float32 (base64) keeps them exact."""
+        values: list[float] = []
+        counter = 0
+        while len(values) < dimensions:
+            digest = hashlib.sha256(f"{model}|{json.dumps(item)}|{counter}".encode()).digest()
+            values.extend((byte - 128) / 256 for byte in digest)
+            counter += 1
+        return values[:dimensions]
+
+    def _embedding_list(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        raw = body.get("input")
+        items = raw if isinstance(raw, list) and raw and not isinstance(raw[0], int) else [raw]
+        dimensions = body.get("dimensions") or 8
+        data = []
+        for index, item in enumerate(items):
+            vector = self.embedding_of(model, item, dimensions)
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(item) if isinstance(item, list) else max(1, len(str(item)) // 4) for item in items)
+        return {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -165,24 +235,31 @@ class FakeOpenAI:
         except ValueError:
             body = None
         model = body.get("model", "") if isinstance(body, dict) else ""
-        self.requests.append({"model": model, "json": body, "headers": dict(request.headers)})
+        self.requests.append({"model": model, "json": body, "headers": dict(request.headers), "path": request.path})
+        request[_BODY] = body if isinstance(body, dict) else {}  # concurrent calls: not requests[-1]
         script = self._scripts.get(model)
         behaviour: Behaviour = script.popleft() if script else Reply()
-        return await self._perform(behaviour, model, request)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._perform(behaviour, model, request)
+        except asyncio.CancelledError:
+            self.cancelled += 1  # the client (TokenHub) gave up on this call
+            raise
+        finally:
+            self.in_flight -= 1
 
     async def _perform(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
-        streaming = (
-            bool(self.requests[-1]["json"].get("stream")) if isinstance(self.requests[-1]["json"], dict) else False
-        )
+        streaming = bool(request.get(_BODY, {}).get("stream"))
         if streaming and isinstance(behaviour, Reply | StreamCut | StreamStall | Hang):
             return await self._stream(behaviour, model, request)
         match behaviour:
             case Reply():
                 await asyncio.sleep(behaviour.delay)
-                return web.json_response(self._completion(model, behaviour))
+                return web.json_response(self._completion(model, behaviour, request.get(_BODY, {})))
             case Hang():
                 await asyncio.sleep(behaviour.seconds)
-                return web.json_response(self._completion(model, Reply()))
+                return web.json_response(self._completion(model, Reply(), request.get(_BODY, {})))
             case Fail():
                 await asyncio.sleep(behaviour.delay)
                 return self._failure(behaviour)
@@ -199,7 +276,7 @@ class FakeOpenAI:
     ) -> web.StreamResponse:
         reply = behaviour if isinstance(behaviour, Reply) else Reply()
         await asyncio.sleep(behaviour.seconds if isinstance(behaviour, Hang) else reply.delay)
-        body = self.requests[-1]["json"]
+        body = request.get(_BODY, {})
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -210,7 +287,7 @@ class FakeOpenAI:
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        content = reply.content if reply.content is not None else f"reply from {model}"
+        content = reply.content if reply.content is not None else self._default_content(model, body)
         size = reply.piece_size
         pieces = [content[i : i + size] for i in range(0, len(content), size)] or [""]
         try:
@@ -251,15 +328,15 @@ class FakeOpenAI:
             request.transport.close()
         raise web.HTTPInternalServerError()
 
-    def _completion(self, model: str, reply: Reply) -> dict[str, Any]:
+    def _completion(self, model: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         self._counter += 1
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": reply.content if reply.content is not None else f"reply from {model}",
+            "content": reply.content if reply.content is not None else self._default_content(model, body),
         }
         if reply.tool_calls is not None:
             message["tool_calls"] = reply.tool_calls
-        body: dict[str, Any] = {
+        completion: dict[str, Any] = {
             "id": f"chatcmpl-fake-{self._counter}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -267,8 +344,13 @@ class FakeOpenAI:
             "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
         }
         if reply.usage is not None:
-            body["usage"] = reply.usage
-        return body
+            completion["usage"] = reply.usage
+        return completion
+
+    def _default_content(self, model: str, body: dict[str, Any]) -> str:
+        if self.responder is not None:
+            return self.responder(model, body)
+        return f"reply from {model}"
 
     def _failure(self, fail: Fail) -> web.Response:
         headers = fail.headers or {}

@@ -1,0 +1,127 @@
+"""In-process event bus behind ``GET /admin/v1/events`` (Server-Sent Events).
+
+Publishing never waits: each event is encoded once into an SSE frame and appended to every subscriber's
+bounded buffer. A subscriber whose buffer is full has fallen behind; it is dropped (its stream ends with
+a ``dropped`` event) instead of slowing the publisher, which is usually a request on its way out. With
+no subscriber, ``active`` is False and callers skip building the event at all.
+
+Everything here runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+
+log = structlog.get_logger("tokenhub.events")
+SUBSCRIBER_BUFFER = 64  # events; the original's per-subscriber channel size
+
+
+def sse_frame(event_type: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event_type.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class Subscriber:
+    __slots__ = ("_frames", "_limit", "_wake", "closed", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self._frames: deque[bytes] = deque()
+        self._limit = limit
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.dropped = False  # closed because it fell behind, not because the server is stopping
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue a frame; False when the buffer is full."""
+        if len(self._frames) >= self._limit:
+            return False
+        self._frames.append(frame)
+        self._wake.set()
+        return True
+
+    def close(self, *, dropped: bool = False) -> None:
+        self.closed = True
+        self.dropped = self.dropped or dropped
+        self._wake.set()
+
+    async def next_frames(self) -> list[bytes]:
+        """Wait for frames and take them all, in publish order; [] once closed and drained."""
+        while not self._frames and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
+
+
+class EventBus:
+    def __init__(
+        self, *, buffer: int = SUBSCRIBER_BUFFER, on_subscriber_dropped: Callable[[], None] = lambda: None
+    ) -> None:
+        self._buffer = buffer
+        self._subscribers: list[Subscriber] = []
+        self._on_dropped = on_subscriber_dropped
+        self._closed = False
+
+    @property
+    def active(self) -> bool:
+        """True when someone is listening: check it before building an event on a hot path."""
+        return bool(self._subscribers)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(self) -> Subscriber:
+        subscriber = Subscriber(self._buffer)
+        if self._closed:
+            subscriber.close()
+        else:
+            self._subscribers.append(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+        subscriber.close()
+
+    def publish(self, event_type: str, **fields: Any) -> None:
+        """Send one event to every subscriber. Empty, zero and None fields are left out of the payload;
+        ``timestamp`` (RFC 3339, UTC) is set when missing."""
+        if not self._subscribers:
+            return
+        data: dict[str, Any] = {"type": event_type}
+        data.update((k, v) for k, v in fields.items() if v)
+        data.setdefault("timestamp", datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        frame = sse_frame(event_type, data)
+        for subscriber in list(self._subscribers):
+            if not subscriber.offer(frame):
+                self._drop(subscriber)
+
+    def close(self) -> None:
+        """End every stream (server shutdown); later subscribers are closed at once."""
+        self._closed = True
+        for subscriber in self._subscribers:
+            subscriber.close()
+        self._subscribers.clear()
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        self._subscribers.remove(subscriber)
+        subscriber.close(dropped=True)
+        self._on_dropped()
+        log.warning("event_subscriber_dropped", reason="buffer full", buffer=self._buffer)
+
+
+async def heartbeat(bus: EventBus, interval: float, describe: Callable[[], str], on_beat: Callable[[], None]) -> None:
+    """Publish a ``heartbeat`` event every ``interval`` seconds: it keeps idle SSE connections alive
+    and lets a client tell a quiet server from a dead one."""
+    while True:
+        await asyncio.sleep(interval)
+        on_beat()
+        bus.publish("heartbeat", reason=describe())

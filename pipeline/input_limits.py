@@ -1,0 +1,49 @@
+"""Caps on hostile input that the JSON parser and the body-size limit do not cover: nesting depth (checked
+on the raw bytes before parsing) and message content length (checked once after any codec decoded)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.errors import InvalidRequest
+from pipeline.types import Message
+
+_STEP = np.zeros(256, dtype=np.int8)  # +1 opens a level, -1 closes one
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
+
+
+def check_json_depth(raw: bytes, limit: int) -> None:
+    """400 when the body nests arrays/objects deeper than ``limit``, checked before parsing.
+
+    The usual body has fewer brackets than the limit and returns at once. Otherwise, all in C: drop
+    escaped backslashes and quotes, keep only quotes and brackets, zero the brackets inside strings
+    (odd quote count so far), and take the maximum running sum. Unbalanced input is left to the parser.
+    About 10-20 ms per MiB of bracket-heavy input; a 10 MiB body of plain text is a few ms.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    structure = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    chars = np.frombuffer(structure, dtype=np.uint8)
+    steps = _STEP[chars]
+    steps[(np.cumsum(chars == ord('"'), dtype=np.int32) & 1).astype(bool)] = 0
+    if len(steps) and int(np.cumsum(steps, dtype=np.int32).max()) > limit:
+        raise InvalidRequest(f"JSON nesting is deeper than {limit} levels", field="body")
+
+
+def check_content(messages: Sequence[Message], *, max_chars: int, max_total_chars: int, field: str) -> None:
+    """400 when one message's text or all of them together are longer than the configured caps."""
+    total = 0
+    for index, message in enumerate(messages):
+        size = len(message.content)
+        if size > max_chars:
+            raise InvalidRequest(
+                f"message {index} has {size} characters of content; the limit is {max_chars}",
+                field=f"{field}.{index}.content",
+            )
+        total += size
+    if total > max_total_chars:
+        raise InvalidRequest(
+            f"the messages hold {total} characters of content; the limit is {max_total_chars}", field=field
+        )

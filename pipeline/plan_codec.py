@@ -1,0 +1,93 @@
+"""POST /v1/plan's wire format: the native request plus an `orchestration` object; the envelope lists steps."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import Field, ValidationError
+
+from pipeline.context import PlanSpec, Policy, RequestContext
+from pipeline.errors import InvalidRequest
+from pipeline.native_codec import RequestIn
+from pipeline.types import ChatRequest
+from pipeline.wire import PolicyIn, Strict, invalid_request, to_messages
+from stages.output_schema import check_schema
+
+
+class OrchestrationIn(Strict):
+    mode: Literal["", "planning", "adversarial", "vote", "refine"] = ""
+    iterations: Annotated[int, Field(ge=0, le=10)] = 0
+    primary_min_weight: Annotated[int, Field(ge=0, le=10)] = 0
+    review_min_weight: Annotated[int, Field(ge=0, le=10)] = 0
+    primary_model_id: str = ""
+    review_model_id: str = ""
+    return_plan_only: bool = False
+    output_schema: str | dict[str, Any] | None = None  # JSON text (the spec's form) or the object itself
+
+
+class PlanBody(Strict):
+    request: RequestIn
+    orchestration: OrchestrationIn | None = None
+    policy: PolicyIn | None = None  # budget and latency for the whole plan
+    output_format: dict[str, Any] | None = None
+    capabilities: Any = None
+
+
+def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, PlanSpec]:
+    try:
+        body = PlanBody.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+    req = body.request
+    request = ChatRequest(
+        messages=to_messages(req.messages, max_messages=max_messages, field="request.messages"),
+        model_hint=req.model_hint.strip(),
+        estimated_input_tokens=req.estimated_input_tokens,
+        parameters=dict(req.parameters or {}),
+        stream=req.stream,
+    )
+    o = body.orchestration or OrchestrationIn()
+    plan = PlanSpec(
+        mode=o.mode,
+        iterations=o.iterations,
+        primary_min_weight=o.primary_min_weight,
+        review_min_weight=o.review_min_weight,
+        primary_model_id=o.primary_model_id.strip(),
+        review_model_id=o.review_model_id.strip(),
+        return_plan_only=o.return_plan_only,
+        output_schema=_schema(o.output_schema),
+    )
+    p = body.policy
+    policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
+    return request, policy, plan
+
+
+def _schema(value: str | dict[str, Any] | None) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except ValueError:
+            raise InvalidRequest(
+                "invalid output_schema: must be valid JSON", field="orchestration.output_schema"
+            ) from None
+    return check_schema(value, "orchestration.output_schema")
+
+
+def plan_envelope(ctx: RequestContext) -> dict[str, Any]:
+    """The /v1/chat envelope, with the composite as `response`, plus every step and the total cost."""
+    outcome = ctx.plan_outcome
+    steps = ctx.plan_steps
+    total = round(sum(step.cost_usd for step in steps), 10)
+    return {
+        "negotiated_model": outcome.final_model,
+        "estimated_cost_usd": total,
+        "routing_reason": ctx.routing_reason,
+        "response": outcome.composite,
+        "steps": [step.summary() for step in steps],
+        "total_cost_usd": total,
+        "complete": not outcome.stop_reason,
+        "stop_reason": outcome.stop_reason or None,
+    }

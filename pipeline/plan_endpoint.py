@@ -1,0 +1,92 @@
+"""POST /v1/plan: decode, run the tenant's pipeline (its orchestrate stage runs the steps), answer with the
+envelope, or, with `request.stream`, stream each step as it happens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from pipeline.codec import SseWriter
+from pipeline.context import RequestContext
+from pipeline.edge import new_context, read_body, trusted_networks
+from pipeline.errors import ClientDisconnected, TokenHubError
+from pipeline.plan_codec import decode_plan, plan_envelope
+from pipeline.services import Services
+from pipeline.tenants import TenantPipelines
+from stages.record import emit_record
+
+
+class PlanPipelineMissing(TokenHubError):
+    status = 503
+    type = "plan_unavailable"
+
+
+class PlanEndpoint:
+    def __init__(self, services: Services, pipelines: TenantPipelines) -> None:
+        self._services = services
+        self._pipelines = pipelines
+        self._trusted = trusted_networks(services)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        services = self._services
+        ctx = new_context(request, services, self._trusted, scope="plan", endpoint="plan")
+        try:
+            raw = await read_body(request, services.settings.max_body_bytes)
+            ctx.request, ctx.policy, ctx.plan = decode_plan(raw, max_messages=services.settings.max_messages)
+            if not self._pipelines.has_stage(ctx.tenant_id, "orchestrate"):
+                raise PlanPipelineMissing(
+                    f"tenant {ctx.tenant_id!r} has a custom pipeline without the 'orchestrate' stage; "
+                    "add it (after 'directives') to serve /v1/plan"
+                )
+        except TokenHubError as exc:
+            ctx.error = exc
+            emit_record(services, ctx)
+            return _error(exc, ctx.request_id)
+        chain = self._pipelines.chain_for(ctx.tenant_id)
+        if ctx.request.stream:
+            return await self._stream(request, ctx, chain)
+        try:
+            await chain(ctx)
+        except TokenHubError as exc:
+            return _error(exc, ctx.request_id)
+        return web.json_response(plan_envelope(ctx), dumps=_dumps)
+
+    async def _stream(self, request: web.Request, ctx: RequestContext, chain: Any) -> web.StreamResponse:
+        """Step events as they happen: step_started, step_completed, then plan (the envelope) or error."""
+        writer = SseWriter(request)
+        writer.response.headers["X-Request-Id"] = ctx.request_id
+
+        async def send(event: str, data: dict[str, Any]) -> None:
+            if not writer.opened:
+                await writer.begin()
+            await writer.write(_event(event, data))
+
+        ctx.plan_events = send
+        try:
+            await chain(ctx)
+        except ClientDisconnected:
+            return writer.response if writer.opened else web.Response(status=499)
+        except TokenHubError as exc:
+            if not writer.opened:
+                return _error(exc, ctx.request_id)
+            await writer.end(_event("error", exc.body(ctx.request_id)))
+            return writer.response
+        await send("plan", plan_envelope(ctx))
+        await writer.end(b"")
+        return writer.response
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _error(exc: TokenHubError, request_id: str) -> web.Response:
+    return web.json_response(
+        exc.body(request_id), status=exc.status, headers={**exc.headers, "X-Request-Id": request_id}
+    )

@@ -1,0 +1,38 @@
+"""JSON-Schema checks of an answer: the schema is checked when the request is decoded, the value after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonschema
+from jsonschema.validators import validator_for
+
+from pipeline.errors import InvalidRequest, TokenHubError
+
+
+class OutputSchemaMismatch(TokenHubError):
+    """The answer does not satisfy the client's output_schema: the models answered, the contract failed."""
+
+    status = 502
+    type = "output_schema_mismatch"
+    error_class = "output_schema_validation_failed"
+
+
+def check_schema(schema: Any, field: str) -> Any:
+    """The schema itself must be a JSON Schema object; a broken one is the client's 400, before any spend."""
+    if not isinstance(schema, dict):
+        raise InvalidRequest("output_schema must be a JSON Schema object", field=field)
+    try:
+        validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequest(f"output_schema is not a valid JSON Schema: {exc.message}", field=field) from None
+    return schema
+
+
+def validate_output(schema: Any, value: Any) -> None:
+    """Raise OutputSchemaMismatch naming the first failing path and why."""
+    validator = validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+        raise OutputSchemaMismatch(f"the answer does not match output_schema at {where}: {error.message}")

@@ -1,0 +1,128 @@
+"""One /v1/plan step: a child request through the rest of the tenant's chain, recorded as its own row.
+
+The step runner also owns the plan's budget: each step may spend only what is left, so the policy stage's
+own budget filter is what stops a plan that cannot afford its next step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from adapters.answer import answer_text
+from pipeline.context import Policy, RequestContext
+from pipeline.errors import NoEligibleModel
+from pipeline.stage import Next
+from pipeline.types import ChatRequest, Message
+from stages.record import recorded
+
+if TYPE_CHECKING:
+    from pipeline.services import Services
+
+EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class BudgetExhausted(Exception):
+    """The plan's budget cannot pay for the next step: stop and return what was done."""
+
+
+@dataclass(slots=True)
+class StepResult:
+    index: int
+    role: str
+    request_id: str
+    model_id: str
+    provider_id: str
+    content: str
+    latency_ms: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+    def summary(self) -> dict[str, Any]:
+        """The step as the plan's response lists it (the content lives in the composite)."""
+        data = asdict(self)
+        del data["content"]
+        return data
+
+
+class StepRunner:
+    def __init__(
+        self, services: Services, parent: RequestContext, call_next: Next, *, budget_usd: float, on_event: EventSink
+    ) -> None:
+        self._services = services
+        self._parent = parent
+        self._call_next = call_next
+        self._on_event = on_event
+        self._counter = itertools.count(1)
+        self.budget_usd = budget_usd
+        self.spent_usd = 0.0
+        self.steps: list[StepResult] = []
+
+    @property
+    def remaining_usd(self) -> float:
+        return self.budget_usd - self.spent_usd
+
+    async def run(
+        self,
+        role: str,
+        messages: list[Message],
+        *,
+        mode: str,
+        min_weight: int = 0,
+        model_hint: str = "",
+        only_models: frozenset[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        budget_usd: float | None = None,
+    ) -> StepResult:
+        """Run one step. Raises BudgetExhausted when no model fits what is left of the budget, and the
+        chain's own errors (UpstreamFailed, ...) when the step fails."""
+        index = next(self._counter)
+        budget = self.remaining_usd if budget_usd is None else budget_usd
+        if budget <= 0:
+            raise BudgetExhausted(f"the plan's budget (${self.budget_usd:g}) is spent before step {index} ({role})")
+        parent = self._parent
+        child = RequestContext(
+            request_id=f"{parent.request_id}.{index}-{role}",
+            scope=parent.scope,
+            client_ip=parent.client_ip,
+            request=ChatRequest(messages=messages, model_hint=model_hint, parameters=dict(parameters or {})),
+            endpoint="plan_step",
+            policy=Policy(mode, budget, parent.policy.max_latency_ms, min_weight),
+            presented_key=parent.presented_key,
+            api_key=parent.api_key,
+            tenant_id=parent.tenant_id,
+            parent_request_id=parent.request_id,
+            only_models=only_models,
+        )
+        await self._on_event("step_started", {"index": index, "role": role, "request_id": child.request_id})
+        try:
+            await recorded(self._services, child, self._call_next)
+        except NoEligibleModel as exc:
+            if "budget_exceeded" in exc.exclusions.values():
+                raise BudgetExhausted(
+                    f"step {index} ({role}) needs more than the ${budget:.6f} left of the plan's "
+                    f"${self.budget_usd:g} budget"
+                ) from None
+            raise
+        result, served = child.result, child.served_by
+        assert result is not None and served is not None
+        usage = result.usage
+        step = StepResult(
+            index=index,
+            role=role,
+            request_id=child.request_id,
+            model_id=served.model.id,
+            provider_id=served.model.provider_id,
+            content=answer_text(result),
+            latency_ms=round(sum(a.latency_ms for a in child.attempts), 3),
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cost_usd=child.cost_usd,
+        )
+        self.spent_usd += step.cost_usd
+        self.steps.append(step)
+        await self._on_event("step_completed", {**step.summary(), "content": step.content})
+        return step

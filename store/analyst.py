@@ -1,0 +1,149 @@
+"""Analyst SQL: one read-only SELECT over the request log and the time series, sandboxed in layers.
+
+1. DuckDB's own parser: exactly one statement, and it must be a SELECT (WITH, FROM-first, VALUES,
+   DESCRIBE and SUMMARIZE parse as SELECT too). COPY, ATTACH, INSTALL, LOAD, SET, PRAGMA, EXPORT, CALL,
+   EXPLAIN and every DDL/DML statement are refused here.
+2. DuckDB's own syntax tree (``json_serialize_sql``): every table function must be on an allow list (so
+   ``checkpoint()``, ``query('...')`` or ``arrow_scan(<pointer>)`` are refused, not just file readers),
+   and a few side-effecting scalar functions are refused.
+3. Execution: a fresh connection inside a READ ONLY transaction, on a database opened with external
+   access disabled and its configuration locked (store/analytics.py): even a query that slipped past
+   1 and 2 cannot write, read a file, reach the network, load an extension or change a setting.
+4. Limits: at most ``max_rows`` rows are fetched (the limit is pushed into the plan), and the query is
+   interrupted after ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+
+from store.analytics import Cursor
+
+MAX_SQL_CHARS = 100_000
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "repeat",
+        "json_each",
+        "json_tree",
+        "summary",
+        "pragma_table_info",
+        "pragma_version",
+        "duckdb_tables",
+        "duckdb_columns",
+        "duckdb_views",
+        "duckdb_types",
+        "duckdb_functions",
+        "duckdb_keywords",
+        "duckdb_schemas",
+        "duckdb_constraints",
+        "duckdb_indexes",
+        "pg_timezone_names",
+        "icu_calendar_names",
+    }
+)
+DENIED_FUNCTIONS = frozenset({"nextval", "currval", "setseed", "getenv", "query", "query_table"})
+
+
+class QueryRefused(Exception):
+    """The statement is not allowed (a different statement kind, a forbidden function, file access)."""
+
+
+class QueryFailed(Exception):
+    """An allowed statement that DuckDB could not run (syntax, unknown column, conversion, ...)."""
+
+
+class QueryTimedOut(Exception):
+    pass
+
+
+def check_statement(db: Cursor, sql: str) -> None:
+    """Raise QueryRefused / QueryFailed unless ``sql`` is one SELECT using only allowed functions."""
+    if len(sql) > MAX_SQL_CHARS:
+        raise QueryRefused(f"the query is longer than {MAX_SQL_CHARS} characters")
+    try:
+        statements = db.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryFailed(f"syntax error: {_first_line(exc)}") from None
+    if len(statements) != 1:
+        raise QueryRefused(f"exactly one statement is allowed; found {len(statements)}")
+    try:
+        kind = statements[0].type.name
+    except ValueError:  # a statement kind this DuckDB client cannot even name (e.g. UPDATE EXTENSIONS)
+        kind = "unknown"
+    if kind != "SELECT":
+        raise QueryRefused(f"only SELECT (or WITH ... SELECT) is allowed; refused statement kind: {kind}")
+    tree = json.loads(db.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()[0][0])
+    if tree.get("error"):
+        raise QueryRefused(f"this SELECT cannot be checked, so it is refused: {tree.get('error_message', '')}")
+    table_functions: set[str] = set()
+    functions: set[str] = set()
+    _collect(tree, table_functions, functions)
+    if refused := sorted(table_functions - ALLOWED_TABLE_FUNCTIONS):
+        raise QueryRefused(
+            f"table function(s) not allowed: {', '.join(refused)}; analyst queries read the request_log and "
+            f"tsdb_points tables (allowed table functions: {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS))})"
+        )
+    if refused := sorted(functions & DENIED_FUNCTIONS):
+        raise QueryRefused(f"function(s) not allowed: {', '.join(refused)}")
+
+
+def run_query(
+    db: Cursor, sql: str, *, max_rows: int, timeout: float, new_cursor: Callable[[], Cursor]
+) -> dict[str, Any]:
+    """Check, then run ``sql`` on a fresh read-only connection. Runs on a reader thread."""
+    check_statement(db, sql)
+    started = time.perf_counter()
+    conn = new_cursor()
+    timer = threading.Timer(timeout, conn.interrupt)  # interrupt() is safe to call from another thread
+    try:
+        conn.execute("BEGIN TRANSACTION READ ONLY")
+        timer.start()
+        relation = conn.sql(sql)
+        columns = [
+            {"name": name, "type": str(kind)} for name, kind in zip(relation.columns, relation.types, strict=True)
+        ]
+        rows = relation.limit(max_rows + 1).fetchall()
+    except duckdb.InterruptException:
+        raise QueryTimedOut(f"the query ran longer than the {timeout:g} s limit and was stopped") from None
+    except duckdb.PermissionException as exc:
+        raise QueryRefused(f"file, network and extension access are disabled: {_first_line(exc)}") from None
+    except duckdb.Error as exc:
+        raise QueryFailed(_first_line(exc)) from None
+    finally:
+        timer.cancel()
+        conn.close()  # also ends the read-only transaction
+    return {
+        "columns": columns,
+        "rows": [list(row) for row in rows[:max_rows]],
+        "row_count": min(len(rows), max_rows),
+        "truncated": len(rows) > max_rows,
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+
+
+def _collect(node: Any, table_functions: set[str], functions: set[str]) -> None:
+    if isinstance(node, dict):
+        name = node.get("function_name")
+        if isinstance(name, str):
+            functions.add(name.lower())
+        if node.get("type") == "TABLE_FUNCTION":
+            inner = node.get("function") or {}
+            table_functions.add(str(inner.get("function_name", "")).lower())
+        for value in node.values():
+            _collect(value, table_functions, functions)
+    elif isinstance(node, list):
+        for value in node:
+            _collect(value, table_functions, functions)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
