@@ -31,6 +31,7 @@ class ProviderError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         secret: str = "",
+        retryable: bool = True,
     ) -> None:
         message = scrub(message, secret)
         super().__init__(message)
@@ -38,6 +39,15 @@ class ProviderError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.message = message
+        # False for a provider that accepted the call and then said nothing: retrying the silent route
+        # only burns the deadline, so the router fails over at once instead.
+        self.retryable = retryable
+
+    @property
+    def rejected(self) -> bool:
+        """The provider refused the request on its merits (invalid request, content policy): another provider
+        would most likely refuse it too, so the client gets the error instead of a failover."""
+        return self.error_class is ErrorClass.FATAL and self.status in (400, 413, 422)
 
     def __str__(self) -> str:
         return self.message

@@ -176,7 +176,7 @@ class HttpClient:
 
     def _retry_delay(self, err: ProviderError, attempt: int, retry: RetryPolicy, deadline: float) -> float | None:
         """Seconds to wait before retrying, or None when the error must be raised now."""
-        if err.error_class is not _TRANSIENT or attempt >= retry.max_retries:
+        if err.error_class is not _TRANSIENT or not err.retryable or attempt >= retry.max_retries:
             return None
         if err.retry_after is not None and err.retry_after > retry.max_retry_after:
             return None
@@ -205,7 +205,7 @@ class HttpClient:
                 raw = await resp.read()
                 resp_headers = resp.headers
         except TimeoutError:  # also covers aiohttp's ServerTimeoutError; must precede OSError
-            raise ProviderError(_TRANSIENT, f"timeout after {timeout:.1f}s") from None
+            raise ProviderError(_TRANSIENT, f"timeout after {timeout:.1f}s with no answer", retryable=False) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _transport_error(exc, secret) from None
         latency_ms = (time.monotonic() - started) * 1000.0
@@ -230,7 +230,7 @@ class HttpClient:
             async with asyncio.timeout(timeout):
                 resp = await self.session.post(url, data=data, headers=headers, timeout=_STREAM_TIMEOUT)
         except TimeoutError:
-            raise ProviderError(_TRANSIENT, f"no response headers after {timeout:.1f}s") from None
+            raise ProviderError(_TRANSIENT, f"no response headers after {timeout:.1f}s", retryable=False) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _transport_error(exc, secret) from None
         if resp.status == 200:

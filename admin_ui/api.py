@@ -7,7 +7,6 @@ import hmac
 import json
 import re
 import sqlite3
-import time
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
@@ -16,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.openai import normalize_base_url
 from admin_ui import observability_api
 from pipeline.edge import PIPELINES, SERVICES, Handler, read_body
-from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError, Unauthorized
+from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError, Unauthorized, VaultLocked
 from pipeline.services import Services
 from pipeline.types import ModelInfo, ProviderInfo
-from store.config_store import DEFAULT_TENANT, RoutingDefaults
+from store.config_store import RoutingDefaults
+from store.vault import VaultLockedError
 
 M = TypeVar("M", bound=BaseModel)
 ADMIN_PREFIX = "/admin/v1"
@@ -88,13 +88,6 @@ class RoutingIn(_Body):
     default_max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
 
 
-class ApiKeyIn(_Body):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    tenant_id: IdStr = DEFAULT_TENANT
-    scopes: list[Scope] = Field(default_factory=lambda: ["chat", "plan"])
-    expires_in: str | None = None
-
-
 class TenantIn(_Body):
     id: IdStr
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -134,6 +127,10 @@ async def _commit(request: web.Request, fn: Any, *args: Any, **kwargs: Any) -> A
         result = await services.config.call(fn, *args, **kwargs)
     except sqlite3.IntegrityError as exc:
         raise Conflict(f"conflicts with existing data: {exc}") from None
+    except VaultLockedError:  # a provider key goes into the vault, which is locked: nothing was written
+        raise VaultLocked(
+            "the vault is locked: unlock it (POST /admin/v1/vault/unlock) to store a provider key"
+        ) from None
     await services.reload_config()
     request.config_dict[PIPELINES].refresh()
     return result
@@ -279,39 +276,7 @@ async def put_routing(request: web.Request) -> web.Response:
     return await get_routing(request)
 
 
-# --- API keys --------------------------------------------------------------------------------------
-async def list_api_keys(request: web.Request) -> web.Response:
-    services = _services(request)
-    keys = await services.config.call(services.config.list_api_keys)
-    return web.json_response({"keys": keys, "total": len(keys)})
-
-
-async def create_api_key(request: web.Request) -> web.Response:
-    body = await read_model(request, ApiKeyIn)
-    services = _services(request)
-    if await services.config.call(services.config.get_tenant, body.tenant_id) is None:
-        raise InvalidRequest(f"tenant {body.tenant_id!r} does not exist", field="tenant_id")
-    expires_at = time.time() + parse_duration(body.expires_in) if body.expires_in else None
-    plaintext, record = await _commit(
-        request,
-        services.config.create_api_key,
-        name=body.name,
-        tenant_id=body.tenant_id,
-        scopes=list(dict.fromkeys(body.scopes)),
-        expires_at=expires_at,
-    )
-    return web.json_response(
-        {"ok": True, "key": plaintext, **record, "warning": "store this key now: it is shown only once"},
-        status=201,
-    )
-
-
-async def revoke_api_key(request: web.Request) -> web.Response:
-    services = _services(request)
-    key_id = request.match_info["id"]
-    if not await _commit(request, services.config.delete_api_key, key_id):
-        raise NotFound(f"api key {key_id!r} not found")
-    return web.json_response({"ok": True, "revoked": key_id})
+# --- API keys: admin_ui/apikeys_api.py ----------------------------------------------------------
 
 
 # --- tenants and pipelines -------------------------------------------------------------------------
@@ -391,6 +356,8 @@ async def provider_health(request: web.Request) -> web.Response:
             "avg_latency_ms": round(h.avg_latency_ms, 3),
             "last_error": h.last_error,
             "unavailable": services.health.unavailable_reason(provider_id),
+            "breaker": services.health.breaker_state(provider_id),
+            "error_rate": round(h.error_rate, 4),
         }
         for provider_id, h in sorted(services.health.snapshot().items())
     ]
@@ -400,7 +367,16 @@ async def provider_health(request: web.Request) -> web.Response:
 def admin_app() -> web.Application:
     """The admin API as a sub-application mounted at /admin/v1: its auth middleware never runs on the
     request path of /v1/*."""
-    app = web.Application(middlewares=[admin_auth, observability_api.publish_admin_actions])
+    from admin_ui import apikeys_api, security_api  # they build on this module's helpers
+
+    app = web.Application(
+        middlewares=[
+            *security_api.BEFORE_AUTH,
+            admin_auth,
+            *security_api.AFTER_AUTH,
+            observability_api.publish_admin_actions,
+        ]
+    )
     app.router.add_routes(
         [
             web.get("/providers", list_providers),
@@ -413,9 +389,6 @@ def admin_app() -> web.Application:
             web.delete("/models/{id:.+}", delete_model),
             web.get("/routing-config", get_routing),
             web.put("/routing-config", put_routing),
-            web.get("/apikeys", list_api_keys),
-            web.post("/apikeys", create_api_key),
-            web.delete("/apikeys/{id}", revoke_api_key),
             web.get("/tenants", list_tenants),
             web.post("/tenants", create_tenant),
             web.get("/tenants/{id}/pipeline", get_pipeline),
@@ -426,4 +399,6 @@ def admin_app() -> web.Application:
         ]
     )
     observability_api.add_routes(app)
+    apikeys_api.add_routes(app)
+    security_api.add_routes(app)
     return app

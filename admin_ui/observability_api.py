@@ -243,7 +243,7 @@ async def publish_admin_actions(request: web.Request, handler: Handler) -> web.S
         path=request.path,
         request_id=request.get(REQUEST_ID, ""),
     )
-    if action == "delete_provider":
+    if action == "delete_provider" and _deleted(response):
         bus.publish(
             "health_change",
             provider_id=request.match_info.get("id", ""),
@@ -251,6 +251,14 @@ async def publish_admin_actions(request: web.Request, handler: Handler) -> web.S
             reason="provider deleted by an admin",
         )
     return response
+
+
+def _deleted(response: web.StreamResponse) -> bool:
+    body = getattr(response, "body", None)
+    try:
+        return isinstance(body, bytes) and json.loads(body).get("deleted") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 async def _json_body(request: web.Request, services: Services) -> Any:

@@ -13,6 +13,7 @@ from adapters.http import HttpClient
 from admin_ui import api as admin_api
 from pipeline.admin_token import resolve_admin_token
 from pipeline.anthropic_codec import AnthropicCodec
+from pipeline.cors import setup_cors
 from pipeline.edge import PIPELINES, SERVICES, RoutedEndpoint, healthz, list_models, metrics, request_id_and_errors
 from pipeline.embeddings_codec import EmbeddingsCodec
 from pipeline.events import heartbeat
@@ -52,7 +53,14 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[request_id_and_errors],
         client_max_size=settings.max_body_bytes,
+        # Header caps for aiohttp's parser (it answers 400 before any handler runs when one is exceeded).
+        handler_args={
+            "max_line_size": settings.max_header_bytes,
+            "max_field_size": settings.max_header_bytes,
+            "max_headers": settings.max_headers,
+        },
     )
+    setup_cors(app, settings.cors_origins)
     app[SERVICES] = services
     app[PIPELINES] = pipelines
     app[admin_api.ADMIN_TOKEN] = token
@@ -81,8 +89,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     await services.http.start()
     services.records.start()
+    await services.housekeeping.start()  # seeds per-key spend from the request log before serving
     services.retention.start()
     services.vllm_prober.start()  # its first cycle probes and discovers at once, without delaying start-up
+    services.health_prober.start()
     beats = asyncio.create_task(
         heartbeat(
             services.events,
@@ -98,8 +108,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await beats
     await services.retention.stop()
     await services.vllm_prober.stop()
+    await services.health_prober.stop()
     # In-flight requests have finished (aiohttp drains them first); now flush what they recorded.
     await services.records.stop()
+    await services.housekeeping.stop()  # last batch of API-key last-used times
     await services.http.close()
     services.analytics.close()
     services.config.close()

@@ -66,6 +66,7 @@ class SseWriter:
         headers = self.response.headers
         headers["X-Request-Id"] = ctx.request_id  # the edge middleware's copy would come too late
         headers["X-Negotiated-Model"] = served.model.id
+        headers["X-TokenHub-Attempts"] = attempts_header(ctx)
         headers["X-Provider"] = served.model.provider_id
         await self.begin()
 
@@ -90,3 +91,12 @@ class SseWriter:
             await self.response.write_eof()
         except (ConnectionError, RuntimeError):
             pass  # the answer was complete; a client that left during the last bytes changes nothing
+
+
+def attempts_header(ctx: RequestContext) -> str:
+    """Every model tried, in order, and how it went: "gpt-a=transient, gpt-b=ok"."""
+    parts = [f"{a.model_id}={a.error_class or 'ok'}" for a in ctx.attempts]
+    served = ctx.served_by
+    if served is not None and (not ctx.attempts or ctx.attempts[-1].error_class):
+        parts.append(f"{served.model.id}=ok")  # a stream that just started: its success is logged at the end
+    return ", ".join(parts)

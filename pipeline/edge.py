@@ -13,9 +13,10 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.codec import Codec
+from pipeline.codec import Codec, attempts_header
 from pipeline.context import RequestContext
 from pipeline.errors import ClientDisconnected, NotFound, PayloadTooLarge, TokenHubError
+from pipeline.input_limits import check_json_depth
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.types import ChatRequest
@@ -26,6 +27,7 @@ log = structlog.get_logger("tokenhub.http")
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 PIPELINES: web.AppKey[TenantPipelines] = web.AppKey("pipelines", TenantPipelines)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)  # as read_body returned it (audit trail)
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
 _counter = itertools.count(1)
 _process_tag = os.urandom(6).hex()
@@ -88,8 +90,22 @@ def client_ip(request: web.Request, trusted: TrustedNets) -> str:
         return peer
     forwarded = request.headers.get("X-Forwarded-For", "")
     if forwarded:
-        return forwarded.split(",")[0].strip() or peer
-    return request.headers.get("X-Real-IP", "").strip() or peer
+        # Each proxy appends the address it saw, so only the right end is trustworthy: skip our own
+        # proxies from the right; the first other hop is the client (the left end is whatever it sent).
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not _is_trusted(hop, trusted):
+                return hop[:64]
+        return hops[0][:64] if hops else peer
+    return request.headers.get("X-Real-IP", "").strip()[:64] or peer
+
+
+def _is_trusted(hop: str, trusted: TrustedNets) -> bool:
+    try:
+        address = ipaddress.ip_address(hop)
+    except ValueError:
+        return False
+    return any(address in net for net in trusted)
 
 
 def presented_key(request: web.Request) -> str:
@@ -105,6 +121,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     body = await request.content.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit", field="body")
+    services = request.config_dict.get(SERVICES)
+    if services is not None:
+        check_json_depth(body, services.settings.max_json_depth)  # before any parser sees it
+    request[RAW_BODY] = body
     return body
 
 
@@ -173,7 +193,11 @@ class RoutedEndpoint:
         return web.Response(
             body=codec.encode(ctx),
             content_type="application/json",
-            headers={"X-Negotiated-Model": served.model.id, "X-Provider": served.model.provider_id},
+            headers={
+                "X-Negotiated-Model": served.model.id,
+                "X-Provider": served.model.provider_id,
+                "X-TokenHub-Attempts": attempts_header(ctx),
+            },
         )
 
     def _error(self, exc: TokenHubError, request_id: str) -> web.Response:

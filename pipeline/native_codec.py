@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
@@ -13,6 +13,8 @@ from pipeline.errors import TokenHubError
 from pipeline.openai_codec import OpenAIStreamSink
 from pipeline.types import ChatRequest
 from pipeline.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
+from stages.output_format import OutputFormat
+from stages.output_schema import check_schema
 
 
 class RequestIn(Strict):
@@ -26,10 +28,16 @@ class RequestIn(Strict):
     stream: bool = False
 
 
+class OutputFormatIn(Strict):
+    type: Literal["", "json", "markdown", "text", "xml"] = ""
+    max_tokens: Annotated[int, Field(ge=0)] = 0
+    strip_think: bool = False
+
+
 class ChatBody(Strict):
     request: RequestIn
     policy: PolicyIn | None = None
-    output_format: dict[str, Any] | None = None
+    output_format: OutputFormatIn | None = None
     capabilities: Any = None
 
 
@@ -63,12 +71,20 @@ def decode_chat(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         model_hint=req.model_hint.strip(),
         estimated_input_tokens=req.estimated_input_tokens,
         parameters=dict(req.parameters or {}),
-        output_schema=req.output_schema,
+        output_schema=None if req.output_schema is None else check_schema(req.output_schema, "request.output_schema"),
+        output_format=_format(body.output_format),
         stream=req.stream,
     )
     p = body.policy
     policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
     return request, policy
+
+
+def _format(value: OutputFormatIn | None) -> OutputFormat | None:
+    if value is None:
+        return None
+    fmt = OutputFormat(value.type, value.max_tokens, value.strip_think)
+    return fmt if fmt.active else None
 
 
 def encode_chat(ctx: RequestContext) -> bytes:

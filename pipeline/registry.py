@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.stage import StageRegistry
-from stages import auth, directives, dispatch, escalate, orchestrate, policy, rate_limit, record
+from stages import auth, directives, dispatch, escalate, orchestrate, policy, rate_limit, record, shape
 
 DEFAULT_PIPELINE: list[dict[str, Any]] = [
     {"stage": "record"},
@@ -14,6 +14,7 @@ DEFAULT_PIPELINE: list[dict[str, Any]] = [
     {"stage": "directives"},
     {"stage": "orchestrate"},
     {"stage": "policy"},
+    {"stage": "shape"},
     {"stage": "escalate"},
     {"stage": "dispatch"},
 ]
@@ -28,6 +29,7 @@ def default_registry() -> StageRegistry:
             directives.SPEC,
             orchestrate.SPEC,
             policy.SPEC,
+            shape.SPEC,
             escalate.SPEC,
             dispatch.SPEC,
         ]

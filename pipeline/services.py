@@ -11,14 +11,20 @@ from adapters.http import HttpClient, RetryPolicy
 from adapters.registry import build_adapter
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
 from pipeline.events import EventBus
+from pipeline.housekeeping import Housekeeping
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.health import HealthTracker
+from stages.health_prober import HealthProber
+from stages.key_limits import KeyLimits
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
+from store.key_ledger import KeyLedger
 from store.record_writer import RecordWriter
 from store.retention import Retention
+from store.vault import Vault, VaultError
+from store.vault_crypto import KdfParams
 
 log = structlog.get_logger("tokenhub.services")
 ENV_PROVIDER_ID = "openai"
@@ -44,7 +50,7 @@ class Services:
         self.http = http
         self.retry = RetryPolicy(max_retries=settings.provider_max_retries)
         self.events = EventBus(on_subscriber_dropped=metrics.event_subscribers_dropped.inc)
-        self.health = HealthTracker(on_change=self._health_changed)
+        self.health = HealthTracker(on_change=self._health_changed, cooldown_secs=settings.breaker_cooldown_secs)
         self.records = RecordWriter(
             analytics,
             capacity=settings.record_queue_size,
@@ -58,6 +64,12 @@ class Services:
             record_queue_depth=lambda: self.records.depth,
             event_subscribers=lambda: self.events.subscribers,
         )
+        self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
+        self.key_limits = KeyLimits()  # per-key requests / tokens per minute
+        self.vault = _open_vault(settings, config)
+        self.vault_locked_providers: frozenset[str] = frozenset()  # key in the locked vault: not routable
+        self.vault_backed: frozenset[str] = frozenset()  # routable with a key read from the vault
+        self.housekeeping = Housekeeping(self)
         for provider in self.env_providers.values():
             # A row (without the key) so models can reference the provider; the key stays in memory.
             config.upsert_provider(dataclasses.replace(provider, api_key=""), api_key=None)
@@ -72,6 +84,9 @@ class Services:
             lambda: self.adapters.values(),
             self.set_discovered_models,
             interval=settings.vllm_probe_interval_secs,
+        )
+        self.health_prober = HealthProber(
+            http, self.health, lambda: list(self.adapters.values()), interval_secs=settings.health_probe_interval_secs
         )
 
     @property
@@ -107,8 +122,12 @@ class Services:
     def _apply(self, snapshot: ConfigSnapshot) -> None:
         providers = {**snapshot.providers, **self.env_providers}  # environment wins, as in the original
         adapters: dict[str, Any] = {}
+        locked: set[str] = set()
         for provider in providers.values():
             if not provider.enabled:
+                continue
+            if provider.key_in_vault and not provider.api_key:
+                locked.add(provider.id)  # no adapter until the vault is unlocked; policy says vault_locked
                 continue
             current = self.adapters.get(provider.id)
             if current is not None and current.provider == provider:
@@ -120,6 +139,8 @@ class Services:
                 log.warning("provider_skipped", provider_id=provider.id, reason=str(exc))
         self.providers = providers
         self.adapters = adapters
+        self.vault_locked_providers = frozenset(locked)
+        self.vault_backed = frozenset(p.id for p in providers.values() if p.key_in_vault and p.id in adapters)
         self.discovered = {p: models for p, models in self.discovered.items() if p in adapters}
         self.stored_snapshot = snapshot
         self.snapshot = self._with_discovered(snapshot)
@@ -165,7 +186,10 @@ class Services:
             "models": len(models),
             "routable_models": len(routable),
         }
-        if not self.adapters:
+        if not routable and self.vault_locked_providers:
+            status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"
+            status["fix"] = 'POST /admin/v1/vault/unlock {"password"} or set TOKENHUB_VAULT_PASSWORD'
+        elif not self.adapters:
             status["reason"] = "no provider is configured"
             status["fix"] = (
                 'register one: POST /admin/v1/providers {"id","type":"openai","base_url","api_key"} '
@@ -175,3 +199,25 @@ class Services:
             status["reason"] = "no enabled model belongs to a configured provider"
             status["fix"] = 'POST /admin/v1/models {"id","provider_id","enabled":true,...}'
         return status
+
+
+def _open_vault(settings: Settings, config: ConfigStore) -> Vault:
+    """The vault, attached to the config store when enabled; unlocked now when TOKENHUB_VAULT_PASSWORD is
+    set (a wrong password stops start-up). Headless vaults never auto-lock: nobody would unlock them."""
+    params = KdfParams(settings.vault_kdf_time_cost, settings.vault_kdf_memory_kib, settings.vault_kdf_parallelism)
+    if params != KdfParams():
+        log.warning("vault_kdf_parameters_changed", time_cost=params.time_cost, memory_kib=params.memory_kib)
+    auto_lock = 0.0 if settings.vault_password else settings.vault_auto_lock_secs
+    vault = Vault(enabled=settings.vault_enabled, params=params, auto_lock_secs=auto_lock)
+    vault.load(config.db)
+    if not settings.vault_enabled:
+        return vault
+    config.vault = vault
+    if settings.vault_password:
+        log.warning("vault_password_from_environment", note="TOKENHUB_VAULT_PASSWORD is readable by this process")
+        try:
+            outcome = vault.unlock_blocking(settings.vault_password, config)
+        except VaultError as exc:
+            raise RuntimeError(f"TOKENHUB_VAULT_PASSWORD does not unlock the vault: {exc.kind}") from None
+        log.info("vault_unlocked", source="environment", initialized=outcome.initialized)
+    return vault

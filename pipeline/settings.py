@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial"
 ORCHESTRATION_MODES = ("planning", "adversarial", "vote", "refine")  # what /v1/plan's mode may name
 
 
-SECRET_SETTINGS = frozenset({"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key"})
+SECRET_SETTINGS = frozenset({"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password"})
 
 
 class SettingsError(ValueError):
@@ -54,6 +55,8 @@ class Settings(BaseModel):
     events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
     stream_first_token_secs: float = Field(30.0, gt=0, description="a stream fails over if no token comes by then")
     stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
+    breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
+    health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
     openai_api_key: str = Field("", repr=False)
     openai_base_url: str = "https://api.openai.com"
     anthropic_api_key: str = Field("", repr=False)
@@ -61,6 +64,23 @@ class Settings(BaseModel):
     vllm_endpoints: tuple[str, ...] = Field((), description="comma-separated base URLs of one vLLM deployment")
     vllm_api_key: str = Field("", repr=False)
     vllm_probe_interval_secs: float = Field(15.0, gt=0)
+    # --- security (docs/security.md) ---
+    admin_rate_limit_rps: float = Field(30.0, gt=0, description="per-IP rate for /admin/v1/*")
+    admin_rate_limit_burst: int = Field(60, gt=0, description="per-IP burst for /admin/v1/*")
+    cors_origins: tuple[str, ...] = Field((), description="comma list of allowed browser origins, or '*'")
+    max_content_chars: int = Field(2_000_000, gt=0, description="characters of content in one message")
+    max_total_content_chars: int = Field(6_000_000, gt=0, description="characters of content in one request")
+    max_json_depth: int = Field(64, ge=2, le=1000, description="nesting depth of a JSON body")
+    max_header_bytes: int = Field(8190, ge=1024, le=65536, description="one request line or header field")
+    max_headers: int = Field(128, ge=16, le=1024, description="header fields per request")
+    vault_enabled: bool = True
+    vault_password: str = Field("", repr=False, description="unlocks the vault at start-up; disables auto-lock")
+    vault_auto_lock_secs: float = Field(1800.0, ge=0, description="lock after this long unused; 0 = never")
+    vault_unlock_attempts_per_min: int = Field(5, gt=0, le=1000, description="per IP, unlock and rotate")
+    # Argon2id cost for new vaults and rotations; lower them only in tests (an existing vault keeps its own).
+    vault_kdf_time_cost: int = Field(3, ge=1, le=100)
+    vault_kdf_memory_kib: int = Field(65536, ge=64, le=4 * 1024 * 1024)
+    vault_kdf_parallelism: int = Field(4, ge=1, le=64)
 
     @field_validator("default_mode")
     @classmethod
@@ -84,6 +104,18 @@ class Settings(BaseModel):
             value = [part.strip() for part in value.split(",") if part.strip()]
         for entry in value:
             ipaddress.ip_network(entry, strict=False)  # raises ValueError with a clear message
+        return tuple(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        for entry in value:
+            if entry != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", entry):
+                raise ValueError(f"{entry!r} is not an origin like 'https://app.example.com' (or '*')")
+        if "*" in value and len(value) > 1:
+            raise ValueError("'*' allows every origin: list origins or use '*' alone")
         return tuple(value)
 
     @field_validator("vllm_endpoints", mode="before")

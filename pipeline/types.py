@@ -34,7 +34,8 @@ class ChatRequest:
     model_hint: str = ""
     estimated_input_tokens: int = 0
     parameters: dict[str, Any] = field(default_factory=dict)
-    output_schema: Any = None
+    output_schema: Any = None  # a checked JSON Schema the answer must satisfy
+    output_format: Any = None  # stages.output_format.OutputFormat: how to shape the answer
     stream: bool = False
     stream_usage: bool = False  # the client asked for a usage chunk at the end of the stream
     operation: str = "chat"  # "chat" or "embeddings": which kind of model may serve it
@@ -84,6 +85,7 @@ class ProviderInfo:
     base_url: str
     enabled: bool = True
     api_key: str = field(default="", repr=False)  # never printed
+    key_in_vault: bool = False  # its key is sealed in the vault: unusable (api_key "") while the vault is locked
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,9 @@ class ApiKeyInfo:
     scopes: frozenset[str]  # empty = every scope
     enabled: bool
     expires_at: float | None  # unix seconds
+    monthly_budget_usd: float = 0.0  # 0 = no budget
+    rate_limit_rpm: int = 0  # requests per minute, 0 = no per-key limit
+    rate_limit_tpm: int = 0  # tokens per minute, 0 = no per-key limit
 
 
 @dataclass(slots=True)  # not frozen: frozen dataclasses pay for object.__setattr__ on every field

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from pipeline.types import RequestRecord  # noqa: E402
-from store.analytics import AnalyticsStore  # noqa: E402
-from store.record_writer import RecordWriter  # noqa: E402
+from pipeline.types import RequestRecord
+from store.analytics import AnalyticsStore
+from store.record_writer import RecordWriter
 
 TARGET_ROWS_PER_SEC = 50_000
 MODELS = [("gpt-4o-mini", "openai"), ("gpt-4o", "openai"), ("claude-haiku", "anthropic"), ("llama-3-70b", "vllm")]

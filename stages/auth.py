@@ -1,4 +1,7 @@
-"""auth: the request's API key must exist, be enabled, not be expired, and carry the endpoint's scope."""
+"""auth: admits a request for its API key. The key must exist, be enabled, not be expired and carry the
+endpoint's scope (401 / 403); its month-to-date spend must be under its monthly budget and its
+per-minute request and token limits not exhausted (429); and the request's content must fit the input
+caps (400). Every pipeline must contain this stage, so these checks hold for every endpoint."""
 
 from __future__ import annotations
 
@@ -6,8 +9,10 @@ import time
 from typing import TYPE_CHECKING
 
 from pipeline.context import RequestContext
-from pipeline.errors import Forbidden, Unauthorized
+from pipeline.errors import BudgetExceeded, Forbidden, RateLimited, Unauthorized
+from pipeline.input_limits import check_content
 from pipeline.stage import Next, StageOptions, StageSpec
+from stages.scoring import estimate_input_tokens
 
 if TYPE_CHECKING:
     from pipeline.services import Services
@@ -19,7 +24,11 @@ class AuthOptions(StageOptions):
 
 class Auth:
     def __init__(self, services: Services, options: AuthOptions) -> None:
+        self._services = services
         self._clock = time.time
+        settings = services.settings
+        self._max_chars = settings.max_content_chars
+        self._max_total_chars = settings.max_total_content_chars
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         key = ctx.api_key
@@ -27,10 +36,28 @@ class Auth:
             raise Unauthorized("authorization required: send 'Authorization: Bearer tokenhub_...'")
         if key is None or not key.enabled:
             raise Unauthorized("invalid api key")
-        if key.expires_at is not None and key.expires_at <= self._clock():
+        now = self._clock()
+        if key.expires_at is not None and key.expires_at <= now:
             raise Unauthorized("api key expired")
         if key.scopes and ctx.scope not in key.scopes:
             raise Forbidden(f"insufficient scope: this endpoint needs '{ctx.scope}'")
+        services = self._services
+        request = ctx.request
+        check_content(
+            request.messages, max_chars=self._max_chars, max_total_chars=self._max_total_chars, field="messages"
+        )
+        if key.monthly_budget_usd > 0:
+            spent = services.key_ledger.spent(key.id, now)
+            if spent >= key.monthly_budget_usd:
+                raise BudgetExceeded(budget_usd=key.monthly_budget_usd, spent_usd=spent)
+        if key.rate_limit_rpm or key.rate_limit_tpm:
+            wait, what = services.key_limits.admit(
+                key, ctx.request_id, lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)
+            )
+            if wait:
+                limit = key.rate_limit_rpm if what == "requests" else key.rate_limit_tpm
+                raise RateLimited(f"api key rate limit exceeded: {limit} {what} per minute", retry_after=wait)
+        services.key_ledger.touch(key.id, now)  # last used: flushed to SQLite in batches
         await call_next(ctx)
 
 
@@ -38,7 +65,10 @@ SPEC = StageSpec(
     name="auth",
     factory=Auth,
     options=AuthOptions,
-    summary="API key (Bearer or x-api-key): 401 when missing, unknown, disabled or expired; 403 without scope.",
+    summary=(
+        "API key (Bearer or x-api-key): 401 when missing, unknown, disabled or expired; 403 without scope;"
+        " 429 over the key's monthly budget or per-minute limits; 400 over the content caps."
+    ),
     required=True,
     after=("record",),
 )

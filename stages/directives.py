@@ -9,6 +9,7 @@ from pipeline.errors import InvalidRequest
 from pipeline.settings import ORCHESTRATION_MODES, ROUTING_MODES
 from pipeline.stage import Next, StageOptions, StageSpec
 from stages.directive_syntax import DirectiveError, parse_directives, strip_directives
+from stages.output_schema import check_schema
 
 if TYPE_CHECKING:
     from pipeline.services import Services
@@ -36,7 +37,7 @@ class Directives:
             policy.max_latency_ms = found.max_latency_ms or policy.max_latency_ms
             policy.min_weight = found.min_weight or policy.min_weight
             if found.output_schema is not None:
-                request.output_schema = found.output_schema
+                request.output_schema = check_schema(found.output_schema, "directive.output_schema")
             if ctx.plan is not None:  # on /v1/plan a directive picks the orchestration too
                 if found.mode in ORCHESTRATION_MODES:
                     ctx.plan.mode = found.mode

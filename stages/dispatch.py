@@ -47,6 +47,7 @@ class Dispatch:
         try:
             if adapter is None:
                 raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
+            services.health.begin_call(model.provider_id)  # a half-open breaker's trial call
             if ctx.sink is not None:
                 result = await relay_stream(
                     ctx,

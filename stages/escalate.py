@@ -1,14 +1,20 @@
 """escalate: when dispatch fails, re-run the inner chain on the next candidate, by error class, bounded.
 
+Polite to providers, fast for the client:
 - context_overflow: the smallest larger-context model (>= 2x the input, > the failed model's window)
-- rate_limited, transient, fatal: the next ranked candidate (transient errors were already retried with
-  backoff by the shared HTTP helper)
+- rate_limited: a short Retry-After (<= `wait_retry_after_secs`) is waited out and the same model retried
+  once; a longer one fails over (the provider is also backed off by the health tracker)
+- transient: already retried with backoff by the shared HTTP helper (except a call that was accepted and
+  never answered: that route is not retried), so the next candidate
+- rejected on its merits (400/413/422 that is not a context overflow): returned to the client, no failover
+- other fatal errors (401/403/404: the provider's configuration): the next candidate
 If every attempt was rate limited, the client gets 429 with the shortest Retry-After; otherwise 502
 naming the last error class; if the latency budget runs out, 504.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -30,44 +36,81 @@ class DeadlineExceeded(TokenHubError):
     type = "deadline_exceeded"
 
 
+class UpstreamRejected(TokenHubError):
+    """The provider refused the request itself (invalid request, content policy): the client's to fix."""
+
+    type = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class EscalateOptions(StageOptions):
     max_attempts: int = Field(4, ge=1, le=20, description="provider calls per request, first one included")
+    wait_retry_after_secs: float = Field(
+        2.0, ge=0, le=30, description="a 429 whose Retry-After is at most this is waited out on the same model"
+    )
 
 
 class Escalate:
     def __init__(self, services: Services, options: EscalateOptions) -> None:
         self._services = services
         self._max_attempts = options.max_attempts
+        self._max_wait = options.wait_retry_after_secs
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         decision = ctx.decision
         assert decision is not None, "policy runs before escalate (checked when the pipeline is built)"
         queue = list(decision.candidates)
         tried: set[str] = set()
+        waited: set[str] = set()  # models already retried after a short Retry-After
         failures: list[DispatchFailed] = []
         steps: list[str] = []
         while queue and len(failures) < self._max_attempts:
             if time.monotonic() >= decision.deadline:
                 raise DeadlineExceeded(f"max_latency_ms exceeded after {len(failures)} attempt(s): {'; '.join(steps)}")
             candidate = queue.pop(0)
-            if candidate.model.id in tried:
+            model = candidate.model
+            if model.id in tried:
                 continue
-            tried.add(candidate.model.id)
+            tried.add(model.id)
             ctx.target = candidate
             try:
                 await call_next(ctx)
             except DispatchFailed as failure:
                 failures.append(failure)
-                error_class = failure.cause.error_class
-                steps.append(f"{candidate.model.id} failed ({error_class})")
-                if error_class is ErrorClass.CONTEXT_OVERFLOW and (bigger := self._larger_context(ctx, candidate)):
+                cause = failure.cause
+                steps.append(f"{model.id} failed ({cause.error_class})")
+                if cause.rejected:
+                    raise UpstreamRejected(
+                        f"{model.provider_id} rejected the request ({model.id}): {cause.message}",
+                        status=cause.status or 400,
+                    ) from None
+                if cause.error_class is ErrorClass.CONTEXT_OVERFLOW and (
+                    bigger := self._larger_context(ctx, candidate)
+                ):
                     queue.insert(0, bigger)
                     steps.append(f"escalated-context-overflow to {bigger.model.id}")
+                elif cause.error_class is ErrorClass.RATE_LIMITED and self._may_wait(
+                    cause.retry_after, model.id, waited, decision.deadline
+                ):
+                    await asyncio.sleep(cause.retry_after or 0.0)
+                    waited.add(model.id)
+                    tried.discard(model.id)
+                    queue.insert(0, candidate)
+                    steps.append(f"waited {cause.retry_after:g}s (Retry-After) to retry {model.id}")
                 continue
             if failures:
-                ctx.routing_reason = f"escalated: {'; '.join(steps)}; served by {candidate.model.id}"
+                ctx.routing_reason = f"escalated: {'; '.join(steps)}; served by {model.id}"
             return
         raise _give_up(failures, steps)
+
+    def _may_wait(self, retry_after: float | None, model_id: str, waited: set[str], deadline: float) -> bool:
+        """Wait out a short Retry-After once per model, when the deadline leaves room for the retry."""
+        if retry_after is None or retry_after > self._max_wait or model_id in waited:
+            return False
+        return time.monotonic() + retry_after < deadline
 
     def _larger_context(self, ctx: RequestContext, failed: Candidate) -> Candidate | None:
         """The smallest enabled, routable model whose window is >= 2x the input and larger than the failed one."""

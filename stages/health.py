@@ -1,8 +1,12 @@
-"""Per-provider health: EWMA latency, error rate, down-with-cooldown, and Retry-After back-off.
+"""Per-provider health: EWMA latency, error rate, a circuit breaker, and Retry-After back-off.
 
-Updated by the escalate/dispatch stages as calls finish; read by policy when it scores candidates.
-All in memory, O(1) per update. A state transition (healthy / degraded / down) is reported to
-``on_change`` (the services publish it as a ``health_change`` event).
+Updated by dispatch as calls finish and by the prober; read by policy when it scores candidates.
+All in memory, O(1) per update. A state transition (healthy / degraded / down / half_open) is reported to
+``on_change`` (the services publish it as a ``health_change`` event and a metric).
+
+The breaker: `DOWN_AFTER` consecutive errors open it (state ``down``: the provider is skipped) for the
+cooldown. After the cooldown it is half-open: exactly one call (a request or a probe) is let through at a
+time; its success closes the breaker, its failure opens it for another cooldown.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from dataclasses import dataclass
 
 DEGRADED_AFTER = 2
 DOWN_AFTER = 5
-DOWN_COOLDOWN_SECS = 30.0
+DOWN_COOLDOWN_SECS = 15.0
+TRIAL_TIMEOUT_SECS = 30.0  # a half-open trial that never reported back stops blocking the next one
 
 
 @dataclass(slots=True)
@@ -26,6 +31,7 @@ class ProviderHealth:
     latency_samples: int = 0
     last_error: str = ""
     cooldown_until: float = 0.0  # monotonic; down providers are skipped until then
+    trial_started: float = 0.0  # monotonic; the half-open breaker's one call in flight (0 = none)
     rate_limited_until: float = 0.0  # monotonic; set from Retry-After on a 429
 
     @property
@@ -37,10 +43,17 @@ StateChange = Callable[[str, str, str, str], None]  # (provider_id, old_state, n
 
 
 class HealthTracker:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, *, on_change: StateChange | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        on_change: StateChange | None = None,
+        cooldown_secs: float = DOWN_COOLDOWN_SECS,
+    ) -> None:
         self._clock = clock
         self._providers: dict[str, ProviderHealth] = {}
         self._on_change = on_change
+        self.cooldown_secs = cooldown_secs
 
     def get(self, provider_id: str) -> ProviderHealth:
         health = self._providers.get(provider_id)
@@ -57,6 +70,7 @@ class HealthTracker:
         h.total_requests += 1
         h.consec_errors = 0
         h.cooldown_until = 0.0
+        h.trial_started = 0.0
         if h.state != "healthy":
             self._transition(provider_id, h, "healthy", "call succeeded")
 
@@ -69,8 +83,9 @@ class HealthTracker:
         h.last_error = message
         if retry_after:
             h.rate_limited_until = max(h.rate_limited_until, now + retry_after)
+        h.trial_started = 0.0
         if h.consec_errors >= DOWN_AFTER:
-            h.cooldown_until = now + DOWN_COOLDOWN_SECS
+            h.cooldown_until = now + self.cooldown_secs  # (re)open the breaker
             if h.state != "down":
                 self._transition(provider_id, h, "down", f"{h.consec_errors} consecutive errors; last: {message}")
         elif h.consec_errors >= DEGRADED_AFTER and h.state != "degraded":
@@ -87,11 +102,27 @@ class HealthTracker:
         if h is None:
             return None
         now = self._clock()
-        if h.state == "down" and now < h.cooldown_until:
-            return "health_down"
+        if h.state == "down":
+            if now < h.cooldown_until:
+                return "health_down"
+            if h.trial_started and now - h.trial_started < TRIAL_TIMEOUT_SECS:
+                return "circuit_half_open"  # its one trial call is in flight
         if now < h.rate_limited_until:
             return "rate_limited"
         return None
+
+    def begin_call(self, provider_id: str) -> None:
+        """Dispatch is about to call the provider: a half-open breaker's trial starts now."""
+        h = self._providers.get(provider_id)
+        if h is not None and h.state == "down" and self._clock() >= h.cooldown_until:
+            h.trial_started = self._clock()
+
+    def breaker_state(self, provider_id: str) -> str:
+        """closed, open or half_open (for the admin health view)."""
+        h = self._providers.get(provider_id)
+        if h is None or h.state != "down":
+            return "closed"
+        return "open" if self._clock() < h.cooldown_until else "half_open"
 
     def snapshot(self) -> dict[str, ProviderHealth]:
         return dict(self._providers)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from pipeline.context import Candidate, RequestContext, RoutingDecision
-from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound
+from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound, VaultLocked
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ModelInfo
 from stages.scoring import (
@@ -70,6 +70,8 @@ class Policy:
             if only is not None and model.id not in only:
                 continue  # a plan step pinned to other models: not a candidate at all
             reason = exclusion_reason(model, constraints, adapters.__contains__, health.unavailable_reason, supports)
+            if reason == "no_adapter" and model.provider_id in services.vault_locked_providers:
+                reason = "vault_locked"  # its provider key waits in the locked vault
             if reason is None:
                 eligible.append(model)
             else:
@@ -146,8 +148,9 @@ class Policy:
             if candidate.model.id == hint:
                 candidates.insert(0, candidates.pop(index))
                 return "hint"
-        other = models.get(hint)  # registered, but of another kind (an embedding model named for chat)
-        why = exclusions.get(hint) or (f"{other.kind} model" if other is not None else "not registered")
+        other = models.get(hint)  # registered, but maybe of another kind (an embedding model named for chat)
+        other_kind = other is not None and other.kind != candidates[0].model.kind
+        why = exclusions.get(hint) or (f"{other.kind} model" if other is not None and other_kind else "not registered")
         return f"model_hint {hint!r} ignored ({why})"
 
 
@@ -167,6 +170,13 @@ def _describe_directives(applied: dict[str, Any]) -> str:
 
 
 def _no_eligible(exclusions: dict[str, str], c: Constraints) -> NoEligibleModel:
+    if "vault_locked" in exclusions.values():  # unlocking the vault may be all it takes: say so
+        locked = sorted(m for m, why in exclusions.items() if why == "vault_locked")
+        return VaultLocked(
+            f"the vault is locked: {', '.join(locked)} need a provider key kept in it; an admin unlocks it"
+            " (POST /admin/v1/vault/unlock)",
+            exclusions=exclusions,
+        )
     if not exclusions:
         return NoEligibleModel(
             "no models are registered: add a provider and a model through /admin/v1 (see GET /healthz)",

@@ -16,6 +16,7 @@ from pipeline.context import RequestContext
 from pipeline.errors import TokenHubError
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import RequestRecord
+from stages.key_accounting import account
 
 if TYPE_CHECKING:
     from pipeline.events import EventBus
@@ -99,6 +100,7 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
     )
     _observe(services, record, _upstream_ms(ctx), ctx.api_key.name if ctx.api_key else "")
     services.records.submit(record)
+    account(services, record, ctx.api_key)  # per-key spend, token-rate settlement, vault activity
     return record
 
 

@@ -6,6 +6,7 @@ created id), how it ended (HTTP status) and a summary of the request body with e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -80,10 +81,8 @@ def query(db: sqlite3.Connection, where: AuditFilter, limit: int, offset: int) -
 
 def _entry(row: sqlite3.Row) -> dict[str, Any]:
     item = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row has no items()
-    try:
+    with contextlib.suppress(json.JSONDecodeError):
         item["detail"] = json.loads(item["detail"]) if item["detail"] else None
-    except json.JSONDecodeError:
-        pass
     item["resource"] = item["target"]  # the spec's name for it
     return item
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from store.migrations import migrate
 from store.secret_box import SecretBox
+from store.vault import Vault, provider_vault_keys, store_provider_key
 
 T = TypeVar("T")
 KEY_PREFIX = "tokenhub_"
@@ -67,6 +68,11 @@ class ConfigStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
         self._version = 0
+        self.vault: Vault | None = None  # attached at start-up when the vault is enabled
+
+    @property
+    def secret_box(self) -> SecretBox:
+        return self._box
 
     # --- lifecycle -------------------------------------------------------------------------------
     def open(self) -> list[int]:
@@ -100,13 +106,15 @@ class ConfigStore:
     # --- snapshot --------------------------------------------------------------------------------
     def load_snapshot(self) -> ConfigSnapshot:
         db = self.db
+        in_vault = provider_vault_keys(db, self.vault)  # provider id -> key ("" while the vault is locked)
         providers = {
             row["id"]: ProviderInfo(
                 id=row["id"],
                 type=row["type"],
                 base_url=row["base_url"],
                 enabled=bool(row["enabled"]),
-                api_key=self._box.open(row["api_key_sealed"]),
+                api_key=in_vault.get(row["id"]) or self._box.open(row["api_key_sealed"]),
+                key_in_vault=row["id"] in in_vault,
             )
             for row in db.execute("SELECT * FROM providers")
         }
@@ -141,21 +149,27 @@ class ConfigStore:
                 "enabled=excluded.enabled, base_url=excluded.base_url, updated_at=excluded.updated_at",
                 (provider.id, provider.type, int(provider.enabled), provider.base_url, now, now),
             )
-            if api_key is not None:
+            if api_key is not None and self.vault is not None and self.vault.initialized:
+                store_provider_key(db, self.vault, provider.id, api_key)  # raises while the vault is locked
+            elif api_key is not None:
                 db.execute(
                     "UPDATE providers SET api_key_sealed = ? WHERE id = ?",
                     (self._box.seal(api_key), provider.id),
                 )
 
     def list_providers(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM providers ORDER BY id").fetchall()
+        rows = self.db.execute(
+            "SELECT p.*, EXISTS(SELECT 1 FROM vault_secrets v WHERE v.name = 'provider:' || p.id || ':api_key')"
+            " AS in_vault FROM providers p ORDER BY p.id"
+        ).fetchall()
         return [
             {
                 "id": row["id"],
                 "type": row["type"],
                 "base_url": row["base_url"],
                 "enabled": bool(row["enabled"]),
-                "has_api_key": bool(row["api_key_sealed"]),
+                "has_api_key": bool(row["api_key_sealed"] or row["in_vault"]),
+                "cred_store": "vault" if row["in_vault"] else "sealed" if row["api_key_sealed"] else "none",
                 "created_at": row["created_at"],
                 "updated_at": row["updated_at"],
             }
@@ -306,6 +320,9 @@ def _api_key(row: sqlite3.Row) -> ApiKeyInfo:
         scopes=frozenset(json.loads(row["scopes"] or "[]")),
         enabled=bool(row["enabled"]),
         expires_at=row["expires_at"],
+        monthly_budget_usd=row["monthly_budget_usd"],
+        rate_limit_rpm=row["rate_limit_rpm"],
+        rate_limit_tpm=row["rate_limit_tpm"],
     )
 
 

@@ -16,7 +16,10 @@ def month_bounds(ts: float) -> tuple[float, float]:
     """(start of ts's UTC month, start of the next one) as unix seconds."""
     moment = datetime.fromtimestamp(ts, tz=UTC)
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    following = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    if start.month == 12:
+        following = start.replace(year=start.year + 1, month=1)
+    else:
+        following = start.replace(month=start.month + 1)
     return start.timestamp(), following.timestamp()
 
 

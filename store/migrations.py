@@ -74,6 +74,49 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE models ADD COLUMN kind TEXT NOT NULL DEFAULT 'chat';
         """,
     ),
+    (
+        4,
+        "vault_audit_api_key_limits",
+        """
+        CREATE TABLE vault (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            salt BLOB NOT NULL,
+            kdf TEXT NOT NULL,
+            canary BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            rotated_at REAL NOT NULL
+        );
+        CREATE TABLE vault_secrets (
+            name TEXT PRIMARY KEY,
+            ciphertext BLOB NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TRIGGER provider_delete_drops_vault_key AFTER DELETE ON providers BEGIN
+            DELETE FROM vault_secrets WHERE name = 'provider:' || old.id || ':api_key';
+        END;
+        CREATE TABLE audit_logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            timestamp REAL NOT NULL,
+            actor TEXT NOT NULL,
+            client_ip TEXT NOT NULL,
+            method TEXT NOT NULL,
+            route TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            request_id TEXT NOT NULL
+        );
+        CREATE INDEX audit_logs_timestamp ON audit_logs(timestamp);
+        CREATE INDEX audit_logs_action ON audit_logs(action, timestamp);
+        ALTER TABLE api_keys ADD COLUMN monthly_budget_usd REAL NOT NULL DEFAULT 0;
+        ALTER TABLE api_keys ADD COLUMN budget_reset_at REAL;
+        ALTER TABLE api_keys ADD COLUMN rate_limit_rpm INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE api_keys ADD COLUMN rate_limit_tpm INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE api_keys ADD COLUMN last_used_at REAL;
+        ALTER TABLE api_keys ADD COLUMN rotated_at REAL;
+        """,
+    ),
 )
 
 

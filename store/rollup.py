@@ -21,8 +21,6 @@ from collections.abc import Mapping
 
 import numpy as np
 
-METRICS = ("requests", "latency", "errors", "cost", "tokens", "ttft")
-
 
 def rollup(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Columns for ``tsdb_points`` (``second`` as unix seconds) from a batch's record columns."""

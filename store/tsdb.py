@@ -23,8 +23,6 @@ AGGREGATES: dict[str, str] = {
     "min": "min(min_value)",
     "max": "max(max_value)",
 }
-# What the record writer derives from each request (docs/observability.md lists them).
-DERIVED_METRICS = ("cost", "errors", "latency", "requests", "tokens", "ttft")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

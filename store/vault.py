@@ -204,9 +204,7 @@ class Vault:
         if not self.enabled:
             raise VaultDisabled("the vault is disabled (TOKENHUB_VAULT_ENABLED=false)")
         if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
-            raise PasswordRejected(
-                f"the password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long"
-            )
+            raise PasswordRejected(f"the password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long")
 
     # --- rotation ----------------------------------------------------------------------------------
     async def rotate(self, old_password: str, new_password: str, config: ConfigStore) -> int:
@@ -270,3 +268,35 @@ def _open_vault(password: str, header: VaultHeader, blobs: dict[str, bytes]) -> 
                 " (restore it from a backup, or delete that provider to drop its key)"
             ) from None
     return key
+
+
+# --- provider keys (config store thread) -------------------------------------------------------------
+def provider_vault_keys(db: sqlite3.Connection, vault: Vault | None) -> dict[str, str]:
+    """Provider id -> key for every provider whose key lives in the vault: the plaintext while unlocked,
+    "" while locked (or when a blob no longer opens: that provider is unavailable, the others are not)."""
+    keys: dict[str, str] = {}
+    for name, blob in vault_store.load_secrets(db).items():
+        provider_id = vault_store.provider_id_of(name)
+        if provider_id is None:
+            continue
+        keys[provider_id] = ""
+        if vault is None or not vault.unlocked:
+            continue
+        try:
+            keys[provider_id] = vault.open(name, blob)
+        except VaultLockedError:
+            pass  # locked a moment ago
+        except SealBroken:
+            log.error("vault_secret_unreadable", provider_id=provider_id)
+    return keys
+
+
+def store_provider_key(db: sqlite3.Connection, vault: Vault, provider_id: str, api_key: str) -> None:
+    """Inside the caller's transaction: seal the key into the vault ("" removes it) and drop any copy
+    sealed with the key file. Raises VaultLockedError (nothing written) while the vault is locked."""
+    name = vault_store.provider_key_name(provider_id)
+    if api_key:
+        vault_store.write_secret(db, name, vault.seal(name, api_key))
+    else:
+        vault_store.delete_secret(db, name)
+    db.execute("UPDATE providers SET api_key_sealed = '' WHERE id = ?", (provider_id,))

@@ -94,6 +94,13 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_PROVIDER_TIMEOUT_SECS": "2",
             "TOKENHUB_RATE_LIMIT_RPS": "1000",
             "TOKENHUB_RATE_LIMIT_BURST": "1000",
+            "TOKENHUB_ADMIN_RATE_LIMIT_RPS": "1000",
+            "TOKENHUB_ADMIN_RATE_LIMIT_BURST": "1000",
+            # Cheap Argon2id for tests only (production defaults: 3 passes, 64 MiB, 4 lanes).
+            "TOKENHUB_VAULT_KDF_TIME_COST": "1",
+            "TOKENHUB_VAULT_KDF_MEMORY_KIB": "64",
+            "TOKENHUB_VAULT_KDF_PARALLELISM": "1",
+            "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",  # tests drive health themselves; probes would race them
         }
         settings = load_settings(env, **overrides)
         client = await aiohttp_client(create_app(settings))

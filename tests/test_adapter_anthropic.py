@@ -476,7 +476,7 @@ async def test_malformed_drop_and_hang_are_transient(fake: FakeAnthropic, http: 
     drop_err = await expect_error(send(adapter))
     assert drop_err.status is None
     hang_err = await expect_error(send(adapter, timeout=0.2))
-    assert hang_err.message == "timeout after 0.2s"
+    assert hang_err.message == "timeout after 0.2s with no answer"
     assert {e.error_class for e in (malformed_err, drop_err, hang_err)} == {ErrorClass.TRANSIENT}
 
 

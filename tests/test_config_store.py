@@ -52,14 +52,13 @@ def add_provider(store: ConfigStore, provider_id: str = "p1", api_key: str | Non
 
 def test_migrations_applied_once_and_idempotent_on_reopen(db_path: Path, box: SecretBox) -> None:
     first = ConfigStore(db_path, box)
-    assert first.open() == [1, 2, 3]
+    assert first.open() == [version for version, _name, _sql in MIGRATIONS]
     first.close()
     second = ConfigStore(db_path, box)
     try:
         assert second.open() == []
         versions = [row[0] for row in second.db.execute("SELECT version FROM schema_migrations ORDER BY version")]
-        assert versions == [1, 2, 3]
-        assert versions == [version for version, _name, _sql in MIGRATIONS]
+        assert versions == [version for version, _name, _sql in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
         tenants = [row["id"] for row in second.db.execute("SELECT id FROM tenants")]
         assert tenants == [DEFAULT_TENANT]  # the seed row was not inserted twice
     finally:

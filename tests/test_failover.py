@@ -134,7 +134,7 @@ async def test_context_overflow_escalates_to_a_larger_context_model(hub: Hub) ->
 async def test_all_providers_failing_is_502_with_last_error_class(hub: Hub) -> None:
     key = await _two_models(hub)
     hub.fake.script("primary", Fail(401))
-    hub.fake.script("backup", Fail(400, body={"error": {"message": "bad"}}))
+    hub.fake.script("backup", Fail(403, body={"error": {"message": "bad"}}))
     status, body = await _chat_cheap(hub, key)
     assert status == 502
     assert body["error"]["type"] == "upstream_error"

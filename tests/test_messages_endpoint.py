@@ -310,7 +310,7 @@ async def test_errors_surface_as_the_sdk_exception_types(
     elif setup == "unknown_model":
         kwargs["model"] = "claude-nonexistent"
     elif setup == "rate_limited":
-        claude.script("claude-test", Fail(429, headers={"Retry-After": "2"}))
+        claude.script("claude-test", Fail(429, headers={"Retry-After": "30"}))
     elif setup == "context_overflow":
         claude.script("claude-test", ContextOverflow())
     else:

@@ -4,6 +4,7 @@ stop, Prometheus text, stats, trends, the tsdb endpoints and retention."""
 from __future__ import annotations
 
 import asyncio
+import io
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import structlog
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.logging import QueuedStream, configure_logging
+from pipeline.metrics import Metrics
 from store.tsdb import Point, write_points
 from tests.conftest import ADMIN_TOKEN, Hub
 from tests.fakes.openai_fake import Fail
@@ -74,12 +79,21 @@ async def test_metrics_text_parses_and_counts_match(ready_hub: tuple[Hub, str]) 
         assert (await hub.chat(key, policy={"mode": "cheap"}))[0] == 200
     await hub.chat(None)
     await hub.chat(None)
-    hub.fake.script("gpt-test", Fail(400))
-    assert (await hub.chat(key, policy={"mode": "cheap"}))[0] == 502
+    hub.fake.script("gpt-test", Fail(400))  # a fatal provider error: not retried, the request fails
+    failed_status = (await hub.chat(key, policy={"mode": "cheap"}))[0]
+    assert failed_status >= 400
     text = await (await hub.client.get("/metrics")).text()
     parsed = samples(text)
     ok = {"mode": "cheap", "model": "gpt-test", "provider": "fake"}
     assert value(parsed, "tokenhub_requests_total", **ok, status="ok") == 3
+    assert value(parsed, "tokenhub_requests_total", mode="cheap", model="", provider="", status="error") == 1
+    assert (
+        value(
+            parsed, "tokenhub_request_errors_total", mode="cheap", model="", provider="", http_status=str(failed_status)
+        )
+        == 1
+    )
+    assert value(parsed, "tokenhub_provider_attempts_total", provider="fake", outcome="fatal") == 1
     assert value(parsed, "tokenhub_requests_total", mode="", model="", provider="", status="error") == 2
     assert value(parsed, "tokenhub_request_errors_total", mode="", model="", provider="", http_status="401") == 2
     assert value(parsed, "tokenhub_request_latency_ms_count", mode="cheap", model="gpt-test", provider="fake") == 3
@@ -207,3 +221,31 @@ async def test_observability_endpoints_need_the_admin_token(hub: Hub) -> None:
     ]:
         resp = await hub.client.request(method, f"/admin/v1{path}")
         assert resp.status == 401, path
+
+
+async def test_request_ids_are_validated_echoed_and_recorded(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    _, _, kept = await hub.chat(key, headers={"X-Request-Id": "client-42:a/b@c"})
+    assert kept.headers["X-Request-Id"] == "client-42:a/b@c"
+    for bad in ("has spaces", "x" * 129, "semi;colon", 'quote"d'):
+        _, body, resp = await hub.chat(key, headers={"X-Request-Id": bad})
+        generated = resp.headers["X-Request-Id"]
+        assert generated != bad and generated.startswith("th-")
+        assert (await hub.admin("GET", f"/logs?request_id={generated}"))["total"] == 1
+    _, body, resp = await hub.chat(None, headers={"X-Request-Id": "bad id"})  # errors carry it as well
+    assert body["error"]["request_id"] == resp.headers["X-Request-Id"] != "bad id"
+    assert (await hub.admin("GET", "/logs?request_id=client-42:a/b@c"))["total"] == 1
+
+
+def test_the_log_overflow_counter_reads_the_installed_log_stream() -> None:
+    stream = QueuedStream(io.BytesIO(), interval=60, max_pending=1)
+    structlog.configure(logger_factory=lambda *_: stream)
+    try:
+        for line in (b"a", b"b", b"c"):
+            stream.msg(line)
+        metrics = Metrics()
+        metrics.watch(health_states=dict, record_queue_depth=lambda: 0, event_subscribers=lambda: 0)
+        assert value(samples(generate_latest(metrics.registry).decode()), "tokenhub_log_dropped_total") == 2
+    finally:
+        stream.close()
+        configure_logging("error")  # leave the suite quiet

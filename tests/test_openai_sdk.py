@@ -153,7 +153,7 @@ async def test_errors_surface_as_the_sdk_exception_types(hub: Hub, setup: str, e
     elif setup == "bad_request":
         kwargs["temperature"] = 9
     elif setup == "rate_limited":
-        hub.fake.script("gpt-test", Fail(429, headers={"Retry-After": "2"}))
+        hub.fake.script("gpt-test", Fail(429, headers={"Retry-After": "30"}))
     else:
         hub.fake.script("gpt-test", *[Fail(503)] * 3)
     async with _async_client(hub, key) as client:

@@ -406,6 +406,7 @@ def test_default_pipeline_parses(real: StageRegistry) -> None:
         "directives",
         "orchestrate",
         "policy",
+        "shape",
         "escalate",
         "dispatch",
     ]
@@ -478,6 +479,7 @@ def test_real_registry_describe_covers_every_stage(real: StageRegistry) -> None:
         "directives",
         "orchestrate",
         "policy",
+        "shape",
         "escalate",
         "dispatch",
     }

@@ -114,6 +114,7 @@ async def test_stage_catalogue_lists_stages_and_options(hub: Hub) -> None:
         "directives",
         "orchestrate",
         "policy",
+        "shape",
         "escalate",
         "dispatch",
     }
@@ -126,6 +127,7 @@ async def test_stage_catalogue_lists_stages_and_options(hub: Hub) -> None:
         "directives",
         "orchestrate",
         "policy",
+        "shape",
         "escalate",
         "dispatch",
     ]
