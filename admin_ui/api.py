@@ -3,6 +3,7 @@ swaps the request path's snapshot, so a change applies to the next request witho
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import re
@@ -25,10 +26,13 @@ M = TypeVar("M", bound=BaseModel)
 ADMIN_PREFIX = "/admin/v1"
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)
 IdStr = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
+# The name a provider knows a model by: anything without whitespace ("" = the TokenHub id).
+UpstreamName = Annotated[str, Field(max_length=256, pattern=r"^\S*$")]
+FallbackIds = Annotated[list[IdStr], Field(max_length=16)]
 Scope = Literal["chat", "plan", "embeddings"]
 ProviderType = Literal["openai", "anthropic", "vllm"]
 ModelKind = Literal["chat", "embedding"]
-Mode = Literal["", "cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
+Mode = Literal["", "cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson"]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -71,6 +75,8 @@ class ModelIn(_Body):
     output_per_1k: Annotated[float, Field(ge=0)] = 0.0
     enabled: bool = True
     kind: ModelKind = "chat"
+    upstream_model: UpstreamName = ""
+    fallbacks: FallbackIds = Field(default_factory=list)
 
 
 class ModelPatch(_Body):
@@ -80,6 +86,8 @@ class ModelPatch(_Body):
     output_per_1k: Annotated[float, Field(ge=0)] | None = None
     enabled: bool | None = None
     kind: ModelKind | None = None
+    upstream_model: UpstreamName | None = None
+    fallbacks: FallbackIds | None = None
 
 
 class RoutingIn(_Body):
@@ -194,8 +202,9 @@ async def create_model(request: web.Request) -> web.Response:
     body = await read_model(request, ModelIn)
     services = _services(request)
     await _require_provider(services, body.provider_id)
-    model = ModelInfo(**body.model_dump())
+    model = ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
     _check_kind(services, model)
+    _check_model_names(services, model)
     await _commit(request, services.config.upsert_model, model)
     return web.json_response({"ok": True, "model": _model_view(model)}, status=201)
 
@@ -208,8 +217,11 @@ async def patch_model(request: web.Request) -> web.Response:
     if current is None:
         raise NotFound(f"model {model_id!r} not found")
     changes = body.model_dump(exclude_none=True)
-    updated = ModelInfo(**{**_model_view(current), **changes})
+    if "fallbacks" in changes:
+        changes["fallbacks"] = tuple(changes["fallbacks"])
+    updated = dataclasses.replace(current, **changes)
     _check_kind(services, updated)
+    _check_model_names(services, updated)
     await _commit(request, services.config.upsert_model, updated)
     return web.json_response({"ok": True, "model": _model_view(updated)})
 
@@ -236,6 +248,25 @@ def _check_kind(services: Services, model: ModelInfo) -> None:
         )
 
 
+def _check_model_names(services: Services, model: ModelInfo) -> None:
+    """The id must not shadow an alias; fallbacks must be other registered models of the same kind."""
+    snapshot = services.snapshot
+    if model.id in snapshot.aliases:
+        raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
+    if len(set(model.fallbacks)) != len(model.fallbacks):
+        raise InvalidRequest("fallbacks: a model may appear only once", field="fallbacks")
+    for fallback in model.fallbacks:
+        other = snapshot.models.get(fallback)
+        if fallback == model.id:
+            raise InvalidRequest("fallbacks: a model cannot be its own fallback", field="fallbacks")
+        if other is None:
+            raise InvalidRequest(f"fallbacks: model {fallback!r} is not registered", field="fallbacks")
+        if other.kind != model.kind:
+            raise InvalidRequest(
+                f"fallbacks: {fallback!r} is of kind {other.kind}, not {model.kind}", field="fallbacks"
+            )
+
+
 def _model_view(m: ModelInfo) -> dict[str, Any]:
     return {
         "id": m.id,
@@ -246,6 +277,8 @@ def _model_view(m: ModelInfo) -> dict[str, Any]:
         "output_per_1k": m.output_per_1k,
         "enabled": m.enabled,
         "kind": m.kind,
+        "upstream_model": m.sent_as,  # what the provider is sent (the id unless set)
+        "fallbacks": list(m.fallbacks),
     }
 
 
@@ -367,7 +400,7 @@ async def provider_health(request: web.Request) -> web.Response:
 def admin_app() -> web.Application:
     """The admin API as a sub-application mounted at /admin/v1: its auth middleware never runs on the
     request path of /v1/*."""
-    from admin_ui import apikeys_api, security_api  # they build on this module's helpers
+    from admin_ui import aliases_api, apikeys_api, engine_api, learning_api, security_api  # built on these helpers
 
     app = web.Application(
         middlewares=[
@@ -400,5 +433,8 @@ def admin_app() -> web.Application:
     )
     observability_api.add_routes(app)
     apikeys_api.add_routes(app)
+    aliases_api.add_routes(app)
+    engine_api.add_routes(app)
+    learning_api.add_routes(app)
     security_api.add_routes(app)
     return app

@@ -7,18 +7,17 @@ digest. Every change commits, then swaps the request path's snapshot: it applies
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
 
-from admin_ui.api import IdStr, _Body, _commit, _services, parse_duration, read_model
+from admin_ui.api import IdStr, Scope, _Body, _commit, _services, parse_duration, read_model
 from admin_ui.params import int_param
 from pipeline.errors import InvalidRequest, NotFound
 from store import api_keys
 from store.config_store import DEFAULT_TENANT
 
-Scope = Literal["chat", "plan", "embeddings"]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Budget = Annotated[float, Field(ge=0, le=1_000_000)]
 PerMinute = Annotated[int, Field(ge=0, le=1_000_000_000)]

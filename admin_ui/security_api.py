@@ -151,16 +151,19 @@ async def _append_audit(request: web.Request, status: int, response: web.StreamR
 
 
 def _target(request: web.Request, response: web.StreamResponse | None) -> str:
-    """The path ids, else the id a creation returned (only that field is read from the response)."""
+    """What the change was about: the path ids, else the id the answer names (a generated API key id),
+    else the id the body named (a created provider, model or tenant). Only that one field is read."""
     if request.match_info:
         return "/".join(request.match_info.values())[:300]
-    if isinstance(response, web.Response) and response.status < 300 and isinstance(response.body, bytes):
+    for raw in (response.body if isinstance(response, web.Response) else None, request.get(RAW_BODY)):
+        if not isinstance(raw, bytes) or not raw:
+            continue
         try:
-            created = orjson.loads(response.body)
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return ""
-        if isinstance(created, dict) and isinstance(created.get("id"), str):
-            return created["id"][:300]
+            continue
+        if isinstance(data, dict) and isinstance(data.get("id"), str):
+            return data["id"][:300]
     return ""
 
 

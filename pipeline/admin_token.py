@@ -24,3 +24,15 @@ def resolve_admin_token(configured: str, data_dir: Path) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token, True
+
+
+def read_admin_token(configured: str, data_dir: Path) -> tuple[str, str] | None:
+    """(token, where it comes from) as the server would use it, without generating one; None if none yet."""
+    if configured:
+        return configured, "TOKENHUB_ADMIN_TOKEN"
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, str(path)
+    return None

@@ -17,6 +17,7 @@ from pipeline.cors import setup_cors
 from pipeline.edge import PIPELINES, SERVICES, RoutedEndpoint, healthz, list_models, metrics, request_id_and_errors
 from pipeline.embeddings_codec import EmbeddingsCodec
 from pipeline.events import heartbeat
+from pipeline.feedback_endpoint import FeedbackEndpoint
 from pipeline.metrics import Metrics
 from pipeline.native_codec import NativeCodec
 from pipeline.openai_codec import OpenAICodec
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, EmbeddingsCodec()).handle)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
+    app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(admin_api.ADMIN_PREFIX, admin_api.admin_app())
@@ -93,6 +95,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services.retention.start()
     services.vllm_prober.start()  # its first cycle probes and discovers at once, without delaying start-up
     services.health_prober.start()
+    services.bandit_refresher.start()  # its first pass rebuilds the posteriors from the request log
     beats = asyncio.create_task(
         heartbeat(
             services.events,
@@ -109,6 +112,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await services.retention.stop()
     await services.vllm_prober.stop()
     await services.health_prober.stop()
+    await services.bandit_refresher.stop()
     # In-flight requests have finished (aiohttp drains them first); now flush what they recorded.
     await services.records.stop()
     await services.housekeeping.stop()  # last batch of API-key last-used times

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from admin_ui.api import ADMIN_TOKEN
+from pipeline.admin_token import TOKEN_FILE, read_admin_token
 from pipeline.app import ADMIN_TOKEN_GENERATED, create_app
 from pipeline.edge import SERVICES
 from pipeline.logging import configure_logging
@@ -34,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--listen", metavar="HOST:PORT", help="bind address (TOKENHUB_LISTEN_ADDR, default :8080)")
     serve.add_argument("--data-dir", metavar="DIR", help="SQLite + DuckDB location (TOKENHUB_DATA_DIR, default ./data)")
     serve.add_argument("--log-level", choices=["debug", "info", "warn", "error"], help="TOKENHUB_LOG_LEVEL")
+    token = commands.add_parser("admin-token", help="print the admin token the server uses (generated or configured)")
+    token.add_argument("--data-dir", metavar="DIR", help="where the server keeps its data (TOKENHUB_DATA_DIR)")
     args = parser.parse_args(argv)
+    if args.command == "admin-token":
+        return admin_token_command(data_dir=args.data_dir)
     if args.command in (None, "serve"):
         return serve_command(
             listen=getattr(args, "listen", None),
@@ -43,6 +48,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     parser.print_help()
     return 2
+
+
+def admin_token_command(*, data_dir: str | None) -> int:
+    """The token on stdout (so `$(tokenhub admin-token)` works), where it comes from on stderr."""
+    try:
+        settings = load_settings(data_dir=data_dir)
+    except SettingsError as exc:
+        print(f"tokenhub: {exc}", file=sys.stderr)
+        return 2
+    found = read_admin_token(settings.admin_token, settings.data_dir)
+    if found is None:
+        print(
+            f"tokenhub: no admin token in {settings.data_dir / TOKEN_FILE} yet: start the server once"
+            " (it generates one) or set TOKENHUB_ADMIN_TOKEN",
+            file=sys.stderr,
+        )
+        return 1
+    token, source = found
+    print(f"(from {source})", file=sys.stderr)
+    print(token)
+    return 0
 
 
 def serve_command(*, listen: str | None, data_dir: str | None, log_level: str | None) -> int:
@@ -104,7 +130,8 @@ def _announce(app: web.Application, settings: Settings) -> None:
         # Shown exactly once, on stderr and outside the JSON log (whose redaction would hide it).
         print(
             f"\n  TokenHub admin token (shown once, also saved to {token_file} with mode 0600):\n"
-            f"  {app[ADMIN_TOKEN]}\n",
+            f"  {app[ADMIN_TOKEN]}\n"
+            f"  Print it again with: tokenhub admin-token --data-dir {settings.data_dir}\n",
             file=sys.stderr,
             flush=True,
         )

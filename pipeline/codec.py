@@ -68,6 +68,8 @@ class SseWriter:
         headers["X-Negotiated-Model"] = served.model.id
         headers["X-TokenHub-Attempts"] = attempts_header(ctx)
         headers["X-Provider"] = served.model.provider_id
+        if ctx.alias_from:
+            headers["X-Alias-From"] = ctx.alias_from
         await self.begin()
 
     async def begin(self) -> None:

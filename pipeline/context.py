@@ -48,6 +48,8 @@ class RoutingDecision:
     reason: str
     exclusions: dict[str, str] = field(default_factory=dict)  # model id -> why it was not eligible
     deadline: float = 0.0  # monotonic seconds; the whole escalate/dispatch loop must finish by then
+    latency_budget_ms: int = 0  # the max_latency_ms the deadline came from (the reward's latency scale)
+    fallbacks: tuple[str, ...] = ()  # the first candidate's explicit fallback chain, placed right after it
 
 
 @dataclass(slots=True)
@@ -94,6 +96,7 @@ class RequestContext:
     cost_usd: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     routing_reason: str = ""
+    alias_from: str = ""  # the alias the client named, when policy replaced it by one of its variants
     error: TokenHubError | None = None
     sink: StreamSink | None = None  # set by the edge when the client asked for a stream
     ttft_ms: float = 0.0  # streams: from the start of the request to the first token handed to the sink

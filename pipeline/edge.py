@@ -190,15 +190,14 @@ class RoutedEndpoint:
         if sink is not None:
             await sink.finish(ctx)
             return sink.response
-        return web.Response(
-            body=codec.encode(ctx),
-            content_type="application/json",
-            headers={
-                "X-Negotiated-Model": served.model.id,
-                "X-Provider": served.model.provider_id,
-                "X-TokenHub-Attempts": attempts_header(ctx),
-            },
-        )
+        headers = {
+            "X-Negotiated-Model": served.model.id,
+            "X-Provider": served.model.provider_id,
+            "X-TokenHub-Attempts": attempts_header(ctx),
+        }
+        if ctx.alias_from:
+            headers["X-Alias-From"] = ctx.alias_from
+        return web.Response(body=codec.encode(ctx), content_type="application/json", headers=headers)
 
     def _error(self, exc: TokenHubError, request_id: str) -> web.Response:
         return web.json_response(
@@ -209,8 +208,13 @@ class RoutedEndpoint:
 
 
 def check_model_known(services: Services, model: str) -> None:
-    """An OpenAI/Anthropic client that names a model gets a 404 for an unknown one, as those APIs do."""
-    if model and resolve_model_id(model, services.snapshot.models) is None:
+    """An OpenAI/Anthropic client that names a model gets a 404 for an unknown one, as those APIs do.
+    An enabled alias is a known name (policy replaces it by one of its variants)."""
+    snapshot = services.snapshot
+    alias = snapshot.aliases.get(model)
+    if alias is not None and alias.enabled:
+        return
+    if model and resolve_model_id(model, snapshot.models) is None:
         raise NotFound(
             f"model {model!r} does not exist; GET /v1/models lists the models, or send 'auto'", field="model"
         )
@@ -232,6 +236,10 @@ async def list_models(request: web.Request) -> web.Response:
         if model.max_context_tokens:
             entry["context_length"] = entry["max_model_len"] = model.max_context_tokens
         data.append(entry)
+    # Enabled aliases are names a client may send as `model` too (owned_by "tokenhub": they are ours).
+    for alias in sorted(services.snapshot.aliases.values(), key=lambda a: a.name):
+        if alias.enabled:
+            data.append({"id": alias.name, "object": "model", "created": 0, "owned_by": "tokenhub"})
     return web.json_response({"object": "list", "data": data})
 
 

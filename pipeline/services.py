@@ -15,9 +15,11 @@ from pipeline.housekeeping import Housekeeping
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
+from stages.bandit import Bandit
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
+from stages.learning import BanditRefresher, RecentRequests
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.key_ledger import KeyLedger
@@ -51,6 +53,9 @@ class Services:
         self.retry = RetryPolicy(max_retries=settings.provider_max_retries)
         self.events = EventBus(on_subscriber_dropped=metrics.event_subscribers_dropped.inc)
         self.health = HealthTracker(on_change=self._health_changed, cooldown_secs=settings.breaker_cooldown_secs)
+        self.bandit = Bandit(half_life_secs=settings.bandit_half_life_secs, seed=settings.bandit_seed or None)
+        self.recent_requests = RecentRequests()
+        self.bandit_refresher = BanditRefresher(self.bandit, analytics, interval_secs=settings.bandit_refresh_secs)
         self.records = RecordWriter(
             analytics,
             capacity=settings.record_queue_size,

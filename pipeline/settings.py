@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PREFIX = "TOKENHUB_"
-ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine")
+ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson")
 ORCHESTRATION_MODES = ("planning", "adversarial", "vote", "refine")  # what /v1/plan's mode may name
 
 
@@ -57,6 +57,9 @@ class Settings(BaseModel):
     stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
     breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
     health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
+    bandit_half_life_secs: float = Field(3600.0, gt=0, description="Thompson evidence loses half its weight in this")
+    bandit_refresh_secs: float = Field(300.0, gt=0, description="rebuild the posteriors from the request log")
+    bandit_seed: int = Field(0, ge=0, description="seed of the bandit's sampler; 0 = random")
     openai_api_key: str = Field("", repr=False)
     openai_base_url: str = "https://api.openai.com"
     anthropic_api_key: str = Field("", repr=False)

@@ -5,6 +5,7 @@ This module imports nothing of ours, so adapters and the store may depend on it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -98,9 +99,38 @@ class ModelInfo:
     output_per_1k: float = 0.0
     enabled: bool = True
     kind: str = "chat"  # "chat" or "embedding"; a request is only routed to models of its operation's kind
+    # The name the provider knows it by ("" = the id): several TokenHub models (gpt-4o@azure, gpt-4o@openai)
+    # may be sent as one upstream name to different providers.
+    upstream_model: str = ""
+    fallbacks: tuple[str, ...] = ()  # model ids escalate tries next, in order, when this one fails first
+
+    @property
+    def sent_as(self) -> str:
+        """The model name put in the provider request."""
+        return self.upstream_model or self.id
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         return input_tokens / 1000 * self.input_per_1k + output_tokens / 1000 * self.output_per_1k
+
+
+ALIAS_STICKY_BY = ("", "request", "api_key", "round_robin")  # how an alias picks its variant (stages/aliases.py)
+
+
+@dataclass(frozen=True, slots=True)
+class AliasVariant:
+    model_id: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class AliasInfo:
+    """A name clients may use as their model that TokenHub maps to one of weighted variants (routing.md)."""
+
+    name: str
+    variants: tuple[AliasVariant, ...]
+    enabled: bool = True
+    sticky_by: str = ""  # "" or "request" (the request id), "api_key", "round_robin"
+    fallbacks: tuple[str, ...] = ()  # tried, in order, when the chosen variant fails; else the variant's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +171,6 @@ class RequestRecord:
     routing_reason: str
     ttft_ms: float = 0.0  # streams: time to the first token sent to the client; 0 for non-streaming
     parent_request_id: str = ""  # a /v1/plan step names the plan request it belongs to
+    attempts: str = ""  # every model tried and how it went: "gpt-a=transient, gpt-b=ok" (the bandit learns from it)
+    reward: float = math.nan  # routing reward in [0, 1] (stages/bandit.py); NaN = none (no model was tried)
+    feedback_score: float = math.nan  # the client's score from POST /v1/feedback; NaN = none

@@ -10,7 +10,7 @@ from pipeline.errors import InvalidRequest
 from pipeline.settings import ROUTING_MODES
 from pipeline.types import Message
 
-Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
+Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson"]
 assert set(Mode.__args__) == set(ROUTING_MODES)  # type: ignore[attr-defined]
 
 

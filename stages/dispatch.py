@@ -64,7 +64,7 @@ class Dispatch:
                 if embed is None:  # policy filters these out; this guards a provider swapped since then
                     raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} does not support embeddings")
                 result = await embed(
-                    model.id,
+                    model.sent_as,
                     ctx.request.parameters,
                     request_id=ctx.request_id,
                     deadline=decision.deadline,
@@ -72,7 +72,7 @@ class Dispatch:
                 )
             else:
                 result = await adapter.send(
-                    model.id,
+                    model.sent_as,  # the provider's name for it; responses keep naming model.id
                     ctx.request,
                     request_id=ctx.request_id,
                     deadline=decision.deadline,

@@ -63,6 +63,7 @@ class Escalate:
         decision = ctx.decision
         assert decision is not None, "policy runs before escalate (checked when the pipeline is built)"
         queue = list(decision.candidates)
+        chain = {id(c) for c in queue if c.model.id in decision.fallbacks}  # explicit fallbacks policy placed
         tried: set[str] = set()
         waited: set[str] = set()  # models already retried after a short Retry-After
         failures: list[DispatchFailed] = []
@@ -75,6 +76,8 @@ class Escalate:
             if model.id in tried:
                 continue
             tried.add(model.id)
+            if failures and id(candidate) in chain and (failed := failures[-1].candidate.model.id) != model.id:
+                steps.append(f"fallback {failed} -> {model.id}")
             ctx.target = candidate
             try:
                 await call_next(ctx)

@@ -11,7 +11,9 @@ from pydantic import Field
 from pipeline.context import Candidate, RequestContext, RoutingDecision
 from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound, VaultLocked
 from pipeline.stage import Next, StageOptions, StageSpec
-from pipeline.types import ModelInfo
+from pipeline.types import AliasInfo, ModelInfo
+from stages.aliases import AliasChooser
+from stages.bandit import Bandit, thompson_order, token_bucket
 from stages.scoring import (
     CLIENT_CONSTRAINTS,
     Constraints,
@@ -25,7 +27,7 @@ from stages.scoring import (
 if TYPE_CHECKING:
     from pipeline.services import Services
 
-Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine"]
+Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson"]
 
 
 class PolicyOptions(StageOptions):
@@ -39,12 +41,14 @@ class Policy:
     def __init__(self, services: Services, options: PolicyOptions) -> None:
         self._services = services
         self._options = options
+        self._aliases = AliasChooser()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         ctx.decision = self.decide(ctx)
         await call_next(ctx)
 
-    def decide(self, ctx: RequestContext) -> RoutingDecision:
+    def decide(self, ctx: RequestContext, bandit: Bandit | None = None) -> RoutingDecision:
+        """The routing decision for `ctx`; `bandit` overrides the live one (simulation draws from a copy)."""
         services, opts = self._services, self._options
         routing, settings = services.snapshot.routing, services.settings
         policy = ctx.policy
@@ -55,6 +59,7 @@ class Policy:
         latency_ms = policy.max_latency_ms or routing.max_latency_ms or settings.default_max_latency_ms
         min_weight = max(policy.min_weight, opts.min_weight or 0)
         request = ctx.request
+        alias = self._resolve_alias(ctx)  # before eligibility: the chosen variant is then an ordinary hint
         tokens = estimate_input_tokens(request.messages, request.estimated_input_tokens)
         constraints = Constraints(mode, budget, min_weight, tokens, request.max_item_tokens)
 
@@ -94,15 +99,25 @@ class Policy:
             return ProviderStats(h.avg_latency_ms, h.error_rate)
 
         candidates = rank(eligible, constraints, stats)
+        if mode == "thompson":  # the bandit's draws decide the order; the scores above stay for explanation
+            candidates = thompson_order(candidates, bandit or services.bandit, token_bucket(tokens))
         hint_note = self._apply_hint(ctx.request.model_hint, candidates, exclusions)
+        fallbacks, chain_note = self._place_fallbacks(
+            candidates, ctx.request.model_hint, hint_note == "hint", alias, exclusions
+        )
         first = candidates[0]
         code = "routed-hint-exact" if hint_note == "hint" else f"routed-weight-{first.model.weight}"
+        how = "ranked first" if not fallbacks or first.model.id != fallbacks[0] else "first of the fallback chain"
         reason = (
-            f"{code}: {first.model.id} ranked first of {len(candidates)} eligible in {mode} mode"
+            f"{code}: {first.model.id} {how} of {len(candidates)} eligible in {mode} mode"
             f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {first.model.weight})"
         )
+        if ctx.alias_from:
+            reason += f"; alias {ctx.alias_from} -> {ctx.request.model_hint}"
         if hint_note and hint_note != "hint":
             reason += f"; {hint_note}"
+        if chain_note:
+            reason += f"; {chain_note}"
         if ctx.directives_applied:
             reason += "; " + _describe_directives(ctx.directives_applied)
         if exclusions:
@@ -114,7 +129,44 @@ class Policy:
             reason=reason,
             exclusions=exclusions,
             deadline=time.monotonic() + latency_ms / 1000,
+            latency_budget_ms=latency_ms,
+            fallbacks=fallbacks,
         )
+
+    def _resolve_alias(self, ctx: RequestContext) -> AliasInfo | None:
+        """An enabled alias named as the model is replaced by one of its variants (a disabled or unknown
+        name is left alone). Snapshot lookup and a hash: no I/O."""
+        hint = ctx.request.model_hint
+        alias = self._services.snapshot.aliases.get(hint) if hint else None
+        if alias is None or not alias.enabled:
+            return None
+        api_key = ctx.api_key
+        variant = self._aliases.choose(alias, request_id=ctx.request_id, api_key_id=api_key.id if api_key else "")
+        ctx.alias_from = alias.name
+        ctx.request.model_hint = variant.model_id
+        return alias
+
+    def _place_fallbacks(
+        self, candidates: list[Candidate], hint: str, hinted: bool, alias: AliasInfo | None, exclusions: dict[str, str]
+    ) -> tuple[tuple[str, ...], str]:
+        """Put the explicit fallback chain right after the first choice, before the rest of the scored list.
+        The chain is the alias's, else the named model's, else the top-ranked model's. A named model that
+        cannot serve still lends its chain, which then goes first. Returns (ids placed, a note for the reason)."""
+        models = self._services.snapshot.models
+        hint_id = resolve_model_id(hint.strip(), models) if hint.strip() else None
+        named = models.get(hint_id) if hint_id else None
+        chain = (alias.fallbacks if alias is not None else ()) or (named.fallbacks if named is not None else ())
+        start = 1 if hinted else 0
+        placed = _move_after(candidates, chain, start)
+        if not placed and start == 0:  # nothing usable in the named chain: the scored winner's own chain
+            chain, start = candidates[0].model.fallbacks, 1
+            placed = _move_after(candidates, chain, start)
+        if not chain:
+            return (), ""
+        head = candidates[0].model.id if start else (hint_id or hint)
+        skipped = [f"{m}: {exclusions.get(m, 'not eligible')}" for m in chain if m not in placed and m != head]
+        note = f"fallbacks after {head}: {', '.join(placed) or 'none eligible'}"
+        return placed, note + (f" (skipped {', '.join(skipped)})" if skipped else "")
 
     def _pinned(
         self, hint: str, kind: str, eligible: list[ModelInfo], exclusions: dict[str, str], c: Constraints
@@ -161,6 +213,15 @@ def resolve_model_id(name: str, models: Mapping[str, Any]) -> str | None:
     if "/" in name[1:] and (bare := name.split("/", 1)[1]) in models:
         return bare
     return None
+
+
+def _move_after(candidates: list[Candidate], chain: tuple[str, ...], start: int) -> tuple[str, ...]:
+    """Move the eligible models of `chain`, in chain order, to position `start` (in place); their ids."""
+    pool = {c.model.id: c for c in candidates[start:]}
+    placed = [pool.pop(model_id) for model_id in chain if model_id in pool]
+    if placed:
+        candidates[start:] = placed + [c for c in candidates[start:] if c.model.id in pool]
+    return tuple(c.model.id for c in placed)
 
 
 def _describe_directives(applied: dict[str, Any]) -> str:

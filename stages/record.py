@@ -17,6 +17,7 @@ from pipeline.errors import TokenHubError
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import RequestRecord
 from stages.key_accounting import account
+from stages.learning import learn
 
 if TYPE_CHECKING:
     from pipeline.events import EventBus
@@ -98,6 +99,7 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
         ttft_ms=round(ctx.ttft_ms, 3),
         parent_request_id=ctx.parent_request_id,
     )
+    learn(services.bandit, services.recent_requests, ctx, record)
     _observe(services, record, _upstream_ms(ctx), ctx.api_key.name if ctx.api_key else "")
     services.records.submit(record)
     account(services, record, ctx.api_key)  # per-key spend, token-rate settlement, vault activity

@@ -82,10 +82,26 @@ def exclusion_reason(
     return None
 
 
-def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[Candidate]:
-    """Score eligible models for the mode (each objective normalised by its max); best first, ties by id.
-    Runs once per request, so it makes one pass to collect the raw values and one to score them."""
-    wc, wl, wf, ww = MODE_WEIGHTS.get(c.mode, MODE_WEIGHTS["normal"])
+@dataclass(frozen=True, slots=True)
+class ScoreParts:
+    """One eligible model's objectives, raw and normalised by the eligible set's maximum (0..1)."""
+
+    model: ModelInfo
+    cost_usd: float
+    latency_ms: float
+    error_rate: float
+    cost: float
+    latency: float
+    failure: float
+    weight: float
+
+    def score(self, mode: str) -> float:
+        wc, wl, wf, ww = MODE_WEIGHTS.get(mode, MODE_WEIGHTS["normal"])
+        return round(wc * self.cost + wl * self.latency + wf * self.failure - ww * self.weight, 6)
+
+
+def score_parts(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[ScoreParts]:
+    """Collect the raw values in one pass, normalise them in a second (each by its max)."""
     rows = []
     max_cost = max_latency = max_errors = max_weight = 0.0
     for model in models:
@@ -96,20 +112,24 @@ def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], Pro
         max_latency = max(max_latency, s.latency_ms)
         max_errors = max(max_errors, s.error_rate)
         max_weight = max(max_weight, model.weight)
-    ranked = [
-        Candidate(
+    return [
+        ScoreParts(
             model,
-            round(
-                wc * _norm(cost, max_cost)
-                + wl * _norm(latency, max_latency)
-                + wf * _norm(errors, max_errors)
-                - ww * _norm(model.weight, max_weight),
-                6,
-            ),
             cost,
+            latency,
+            errors,
+            _norm(cost, max_cost),
+            _norm(latency, max_latency),
+            _norm(errors, max_errors),
+            _norm(model.weight, max_weight),
         )
         for model, cost, latency, errors in rows
     ]
+
+
+def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[Candidate]:
+    """Score eligible models for the mode; best (lowest score) first, ties by id."""
+    ranked = [Candidate(p.model, p.score(c.mode), p.cost_usd) for p in score_parts(models, c, stats)]
     if len(ranked) > 1:
         ranked.sort(key=lambda cand: (cand.score, cand.model.id))
     return ranked

@@ -62,7 +62,7 @@ async def relay_stream(
     started = time.monotonic()
     first_deadline = min(decision.deadline, started + first_token_secs)
     upstream = await adapter.open_stream(
-        candidate.model.id,
+        candidate.model.sent_as,  # the provider's name for the model; the client's stream names model.id
         ctx.request,
         request_id=ctx.request_id,
         deadline=first_deadline,

@@ -34,8 +34,17 @@ _COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
 _NUMPY_TYPES = {"int": np.int64, "float": np.float64}
 _DTYPES = [_NUMPY_TYPES.get(str(f.type), object) for f in dataclasses.fields(RequestRecord)]
 _row = operator.attrgetter(*_COLUMNS)
-_SELECT = ", ".join("to_timestamp(timestamp)" if name == "timestamp" else name for name in _COLUMNS)
-REQUEST_LOG_COLUMNS = (*_COLUMNS, "reward")
+# Optional numbers travel as NaN (numpy float columns have no None) and are stored as NULL.
+_NULLABLE = frozenset({"reward", "feedback_score"})
+_SELECT = ", ".join(
+    "to_timestamp(timestamp)"
+    if name == "timestamp"
+    else f"CASE WHEN isnan({name}) THEN NULL ELSE {name} END"
+    if name in _NULLABLE
+    else name
+    for name in _COLUMNS
+)
+REQUEST_LOG_COLUMNS = (*_COLUMNS, "feedback_comment")
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS request_log (
@@ -58,7 +67,10 @@ CREATE TABLE IF NOT EXISTS request_log (
     routing_reason VARCHAR NOT NULL,
     ttft_ms DOUBLE NOT NULL DEFAULT 0,
     parent_request_id VARCHAR NOT NULL DEFAULT '',
-    reward DOUBLE
+    attempts VARCHAR NOT NULL DEFAULT '',
+    reward DOUBLE,
+    feedback_score DOUBLE,
+    feedback_comment VARCHAR
 )
 """,
     # One row per (second, metric, model, provider): `value` is the sum of that second's samples and
@@ -82,6 +94,9 @@ _ADDED_COLUMNS = (
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS ttft_ms DOUBLE DEFAULT 0",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS reward DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS parent_request_id VARCHAR DEFAULT ''",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS attempts VARCHAR DEFAULT ''",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_score DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_comment VARCHAR",
 )
 _INSERT_POINTS = """
 INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value)
@@ -184,6 +199,15 @@ class AnalyticsStore:
         finally:
             db.unregister("request_batch")
             db.unregister("point_batch")
+
+    def set_feedback(self, request_id: str, reward: float, score: float, comment: str | None) -> int:
+        """Store a client's feedback on a written row (on the writer thread); returns the rows changed (0 when
+        the row is still in the writer's queue: its record object already carries the new values)."""
+        cursor = self.db.execute(
+            "UPDATE request_log SET reward = ?, feedback_score = ?, feedback_comment = ? WHERE request_id = ?",
+            [reward, score, comment, request_id],
+        )
+        return int(cursor.fetchall()[0][0])
 
     def recent_requests(self, limit: int, offset: int) -> list[dict[str, Any]]:
         cursor = self.db.execute(

@@ -14,11 +14,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
+from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
 from store.migrations import migrate
 from store.secret_box import SecretBox
 from store.vault import Vault, provider_vault_keys, store_provider_key
@@ -59,6 +59,7 @@ class ConfigSnapshot:
     tenants: dict[str, TenantRecord]
     pipelines: dict[str, list[dict[str, Any]]]  # tenant id -> stored pipeline definition
     keys_by_digest: dict[str, ApiKeyInfo]
+    aliases: dict[str, AliasInfo] = field(default_factory=dict)  # alias name -> alias (enabled or not)
 
 
 class ConfigStore:
@@ -135,8 +136,9 @@ class ConfigStore:
             for row in db.execute("SELECT tenant_id, definition FROM tenant_pipelines")
         }
         keys = {row["key_digest"]: _api_key(row) for row in db.execute("SELECT * FROM api_keys")}
+        aliases = {a.name: a for a in self.list_aliases()}
         self._version += 1
-        return ConfigSnapshot(self._version, providers, models, routing, tenants, pipelines, keys)
+        return ConfigSnapshot(self._version, providers, models, routing, tenants, pipelines, keys, aliases)
 
     # --- providers -------------------------------------------------------------------------------
     def upsert_provider(self, provider: ProviderInfo, *, api_key: str | None) -> None:
@@ -192,10 +194,12 @@ class ConfigStore:
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, kind, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " enabled, kind, upstream_model, fallbacks, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
                 " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
+                " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
                 " updated_at=excluded.updated_at",
                 (
                     model.id,
@@ -206,6 +210,8 @@ class ConfigStore:
                     model.output_per_1k,
                     int(model.enabled),
                     model.kind,
+                    model.upstream_model,
+                    json.dumps(list(model.fallbacks)),
                     now,
                     now,
                 ),
@@ -221,6 +227,39 @@ class ConfigStore:
     def delete_model(self, model_id: str) -> bool:
         with self.db as db:
             return db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount > 0
+
+    # --- aliases ---------------------------------------------------------------------------------
+    def upsert_alias(self, alias: AliasInfo) -> None:
+        now = time.time()
+        variants = json.dumps([{"model_id": v.model_id, "weight": v.weight} for v in alias.variants])
+        fallbacks = json.dumps(list(alias.fallbacks))
+        with self.db as db:
+            db.execute(
+                "INSERT INTO aliases (name, variants, enabled, sticky_by, fallbacks, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET variants=excluded.variants,"
+                " enabled=excluded.enabled, sticky_by=excluded.sticky_by, fallbacks=excluded.fallbacks,"
+                " updated_at=excluded.updated_at",
+                (alias.name, variants, int(alias.enabled), alias.sticky_by, fallbacks, now, now),
+            )
+
+    def get_alias(self, name: str) -> AliasInfo | None:
+        row = self.db.execute("SELECT * FROM aliases WHERE name = ?", (name,)).fetchone()
+        return _alias(row) if row else None
+
+    def list_aliases(self) -> list[AliasInfo]:
+        """Every readable alias by name; a row that does not parse is skipped (it can only come from outside
+        the admin API, which validates), rather than stopping the snapshot."""
+        aliases = (_alias(row) for row in self.db.execute("SELECT * FROM aliases ORDER BY name"))
+        return [a for a in aliases if a is not None]
+
+    def alias_times(self) -> dict[str, tuple[float, float]]:
+        """name -> (created_at, updated_at), for the admin listing."""
+        rows = self.db.execute("SELECT name, created_at, updated_at FROM aliases")
+        return {row["name"]: (row["created_at"], row["updated_at"]) for row in rows}
+
+    def delete_alias(self, name: str) -> bool:
+        with self.db as db:
+            return db.execute("DELETE FROM aliases WHERE name = ?", (name,)).rowcount > 0
 
     # --- routing defaults ------------------------------------------------------------------------
     def set_routing(self, routing: RoutingDefaults) -> None:
@@ -305,6 +344,34 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         output_per_1k=row["output_per_1k"],
         enabled=bool(row["enabled"]),
         kind=row["kind"],
+        upstream_model=row["upstream_model"],
+        fallbacks=tuple(_id_list(row["fallbacks"])),
+    )
+
+
+def _id_list(text: str) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _alias(row: sqlite3.Row) -> AliasInfo | None:
+    try:
+        variants = tuple(AliasVariant(str(v["model_id"]), int(v["weight"])) for v in json.loads(row["variants"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not variants or any(v.weight <= 0 or not v.model_id for v in variants):
+        return None
+    if row["sticky_by"] not in ALIAS_STICKY_BY:
+        return None
+    return AliasInfo(
+        name=row["name"],
+        variants=variants,
+        enabled=bool(row["enabled"]),
+        sticky_by=row["sticky_by"],
+        fallbacks=tuple(_id_list(row["fallbacks"])),
     )
 
 

@@ -117,6 +117,23 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE api_keys ADD COLUMN rotated_at REAL;
         """,
     ),
+    (
+        5,
+        "upstream_names_fallbacks_aliases",
+        """
+        ALTER TABLE models ADD COLUMN upstream_model TEXT NOT NULL DEFAULT '';
+        ALTER TABLE models ADD COLUMN fallbacks TEXT NOT NULL DEFAULT '[]';
+        CREATE TABLE aliases (
+            name TEXT PRIMARY KEY,
+            variants TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            sticky_by TEXT NOT NULL DEFAULT '',
+            fallbacks TEXT NOT NULL DEFAULT '[]',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 
