@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint format bench-writer clean
+.PHONY: help run test lint format bench-writer bench-routing clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,9 @@ format: $(VENV)/.installed  ## apply ruff fixes and formatting
 
 bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest into DuckDB (target >= 50,000 rows/s)
 	$(BIN)/python scripts/bench_writer.py
+
+bench-routing: $(VENV)/.installed  ## evaluation: routing policies vs four fake providers (thompson >= 90% of oracle)
+	$(BIN)/python scripts/bench_routing.py
 
 clean:  ## remove the virtualenv and caches (keeps ./data)
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -39,13 +39,13 @@ _VAULT_STATUS = {
 
 
 class VaultRefused(TokenHubError):
+    """A vault refusal as an HTTP error: the refusal's kind is the error type."""
+
     def __init__(self, exc: VaultError) -> None:
-        super().__init__(f"{_PREFIX.get(exc.kind, '')}{exc}")
+        prefix = "unlock failed: " if exc.kind == "unlock_failed" else ""
+        super().__init__(f"{prefix}{exc}")
         self.type = exc.kind
         self.status = _VAULT_STATUS.get(exc.kind, 400)
-
-
-_PREFIX = {"unlock_failed": "unlock failed: "}
 
 
 @dataclass(slots=True)

@@ -158,7 +158,7 @@ async def test_upstream_errors_are_a_clear_502(
 ) -> None:
     lister.status, lister.body, lister.raw = status, body, raw
     await hub.add_provider("oa", base_url=lister.base_url)
-    data, text = await _discover(hub, "oa", expect=502)
+    data, _ = await _discover(hub, "oa", expect=502)
     assert data["error"]["type"] == "discovery_failed" and message in data["error"]["message"], data
     assert data["error"].get("upstream_status") == upstream_status
     if status == 500:
