@@ -196,3 +196,21 @@ async def test_simulate_explains_and_agrees_with_the_real_decision(make_hub: Any
     sent = len(hub.fake.requests)
     await hub.admin("POST", "/routing/simulate", body)
     assert len(hub.fake.requests) == sent  # nothing is sent
+
+
+async def test_feedback_through_the_openai_sdk(hub: Hub) -> None:
+    import asyncio
+
+    import openai
+
+    key = await _setup(hub)
+
+    def rate() -> Any:
+        client = openai.OpenAI(base_url=str(hub.client.make_url("/v1")), api_key=key, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "Hi"}]
+        )
+        return client.post("/feedback", body={"request_id": raw.headers["x-request-id"], "score": 0.9}, cast_to=object)
+
+    answer = await asyncio.to_thread(rate)
+    assert answer["score"] == 0.9 and 0 < answer["reward"] <= 1
