@@ -65,19 +65,25 @@ def decode_chat(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         body = ChatBody.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    req = body.request
-    request = ChatRequest(
+    request = chat_request(body.request, max_messages=max_messages)
+    request.output_format = _format(body.output_format)
+    return request, policy_from(body.policy)
+
+
+def chat_request(req: RequestIn, *, max_messages: int) -> ChatRequest:
+    """The normalized request of the `request` object /v1/chat and /v1/plan share."""
+    return ChatRequest(
         messages=to_messages(req.messages, max_messages=max_messages, field="request.messages"),
         model_hint=req.model_hint.strip(),
         estimated_input_tokens=req.estimated_input_tokens,
         parameters=dict(req.parameters or {}),
         output_schema=None if req.output_schema is None else check_schema(req.output_schema, "request.output_schema"),
-        output_format=_format(body.output_format),
         stream=req.stream,
     )
-    p = body.policy
-    policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
-    return request, policy
+
+
+def policy_from(p: PolicyIn | None) -> Policy:
+    return Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
 
 
 def _format(value: OutputFormatIn | None) -> OutputFormat | None:

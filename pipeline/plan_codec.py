@@ -9,9 +9,9 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import PlanSpec, Policy, RequestContext
 from pipeline.errors import InvalidRequest
-from pipeline.native_codec import RequestIn
+from pipeline.native_codec import RequestIn, chat_request, policy_from
 from pipeline.types import ChatRequest
-from pipeline.wire import PolicyIn, Strict, invalid_request, to_messages
+from pipeline.wire import PolicyIn, Strict, invalid_request
 from stages.output_schema import check_schema
 
 
@@ -39,14 +39,7 @@ def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, 
         body = PlanBody.model_validate_json(raw)
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    req = body.request
-    request = ChatRequest(
-        messages=to_messages(req.messages, max_messages=max_messages, field="request.messages"),
-        model_hint=req.model_hint.strip(),
-        estimated_input_tokens=req.estimated_input_tokens,
-        parameters=dict(req.parameters or {}),
-        stream=req.stream,
-    )
+    request = chat_request(body.request, max_messages=max_messages)
     o = body.orchestration or OrchestrationIn()
     plan = PlanSpec(
         mode=o.mode,
@@ -58,9 +51,7 @@ def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, 
         return_plan_only=o.return_plan_only,
         output_schema=_schema(o.output_schema),
     )
-    p = body.policy
-    policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
-    return request, policy, plan
+    return request, policy_from(body.policy), plan
 
 
 def _schema(value: str | dict[str, Any] | None) -> Any:

@@ -10,7 +10,6 @@ so a probe success closes a half-open breaker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -20,6 +19,7 @@ import structlog
 
 from adapters.errors import excerpt
 from adapters.http import HttpClient
+from pipeline.periodic import Periodic
 from stages.health import HealthTracker
 
 log = structlog.get_logger("tokenhub.prober")
@@ -39,27 +39,13 @@ class HealthProber:
         self._http = http
         self._health = health
         self._adapters = adapters
-        self._interval = interval_secs
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("health-prober", interval_secs, self.run_once)
 
     def start(self) -> None:
-        if self._interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="health-prober")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # a bug here must not end probing for the life of the process
-                log.exception("probe_cycle_failed")
-            await asyncio.sleep(self._interval)
+        await self._periodic.stop()
 
     async def run_once(self) -> None:
         """Probe every provider once, concurrently."""

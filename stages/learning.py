@@ -3,8 +3,6 @@ requests so client feedback (POST /v1/feedback) can find them before they reach 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -12,6 +10,7 @@ from collections.abc import Iterator
 import structlog
 
 from pipeline.context import RequestContext
+from pipeline.periodic import Periodic
 from pipeline.types import RequestRecord
 from stages.bandit import Bandit, base_reward, reward, token_bucket
 from store.analytics import AnalyticsStore
@@ -78,30 +77,17 @@ class BanditRefresher:
     def __init__(self, bandit: Bandit, analytics: AnalyticsStore, *, interval_secs: float) -> None:
         self._bandit = bandit
         self._analytics = analytics
-        self._interval = interval_secs
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("bandit-refresh", interval_secs, self.refresh_once)
+
+    def start(self) -> None:
+        self._periodic.start()
+
+    async def stop(self) -> None:
+        await self._periodic.stop()
 
     async def refresh_once(self) -> int:
         since = time.time() - HORIZON_HALF_LIVES * self._bandit.half_life
         rows = await self._analytics.read(reward_evidence, since)
-        return self._bandit.rebuild(evidence(rows))
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="bandit-refresh")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                used = await self.refresh_once()
-                log.debug("bandit_refreshed", rows=used)
-            except Exception:  # keep the old posteriors (spec) and try again next time
-                log.exception("bandit_refresh_failed")
-            await asyncio.sleep(self._interval)
+        used = self._bandit.rebuild(evidence(rows))
+        log.debug("bandit_refreshed", rows=used)
+        return used
