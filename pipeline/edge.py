@@ -28,7 +28,7 @@ SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 PIPELINES: web.AppKey[TenantPipelines] = web.AppKey("pipelines", TenantPipelines)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)  # as read_body returned it (audit trail)
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:/@+=-]{1,128}$")
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:/@+=-]{1,128}")
 _counter = itertools.count(1)
 _process_tag = os.urandom(6).hex()
 
@@ -37,7 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def new_request_id(incoming: str | None) -> str:
     """Reuse a well-formed incoming X-Request-Id (so callers can correlate), else make one."""
-    if incoming and _REQUEST_ID_OK.match(incoming):
+    if incoming and _REQUEST_ID_OK.fullmatch(incoming):
         return incoming
     return f"th-{_process_tag}-{next(_counter):08d}"
 

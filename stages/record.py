@@ -14,6 +14,7 @@ import structlog
 
 from pipeline.context import RequestContext
 from pipeline.errors import TokenHubError
+from pipeline.logging import REQUEST_LINES
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import RequestRecord
 from stages.key_accounting import account
@@ -131,22 +132,24 @@ def _observe(services: Services, r: RequestRecord, upstream_ms: float | None, ap
     events = services.events
     if events.active:  # nobody listening: no event is built
         _publish(events, r, api_key_name)
-    log.info(
+    REQUEST_LINES.write(
         "request",
-        request_id=r.request_id,
-        tenant=r.tenant_id,
-        api_key_id=r.api_key_id,
-        endpoint=r.endpoint,
-        mode=r.mode,
-        model=r.model_id,
-        provider=r.provider_id,
-        status=r.status,
-        error_class=r.error_class or None,
-        latency_ms=r.latency_ms,
-        cost_usd=r.cost_usd,
-        input_tokens=r.input_tokens,
-        output_tokens=r.output_tokens,
-        escalations=r.escalations,
+        {
+            "request_id": r.request_id,
+            "tenant": r.tenant_id,
+            "api_key_id": r.api_key_id,
+            "endpoint": r.endpoint,
+            "mode": r.mode,
+            "model": r.model_id,
+            "provider": r.provider_id,
+            "status": r.status,
+            "error_class": r.error_class or None,
+            "latency_ms": r.latency_ms,
+            "cost_usd": r.cost_usd,
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+            "escalations": r.escalations,
+        },
     )
 
 

@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from pipeline.logging import QueuedStream, configure_logging, redact
+from pipeline.logging import REQUEST_LINES, QueuedStream, configure_logging, redact
 
 
 def test_secret_attributes_are_redacted_but_ids_and_counters_are_not() -> None:
@@ -46,6 +46,22 @@ def test_log_lines_are_json_with_time_and_level_and_flushed_on_close() -> None:
     line = json.loads(lines[0])
     assert line["event"] == "hello" and line["level"] == "info" and line["n"] == 1
     assert line["provider_key"] == "[REDACTED]" and line["time"].endswith("Z")
+    configure_logging("error")  # leave the suite quiet
+
+
+def test_request_lines_match_structlogs_shape_and_follow_the_level() -> None:
+    out = io.BytesIO()
+    stream = configure_logging("info", stream=out)
+    structlog.get_logger("t").info("request", request_id="r1", status=200)
+    REQUEST_LINES.write("request", {"request_id": "r1", "status": 200})
+    stream.close()
+    via_structlog, fast = (json.loads(line) for line in out.getvalue().decode().splitlines())
+    assert via_structlog.keys() == fast.keys() and fast["level"] == "info" and fast["time"].endswith("Z")
+    quiet = io.BytesIO()
+    stream = configure_logging("warning", stream=quiet)
+    REQUEST_LINES.write("request", {"request_id": "r2"})
+    stream.close()
+    assert quiet.getvalue() == b""
     configure_logging("error")  # leave the suite quiet
 
 
