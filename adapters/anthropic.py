@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from adapters.anthropic_payload import build_payload
 from adapters.anthropic_stream import AnthropicEventParser
+from adapters.base import HttpAdapter
 from adapters.errors import ProviderError, excerpt
-from adapters.http import HttpClient, RetryHook, RetryPolicy, parse_retry_after
-from adapters.openai import normalize_base_url, parse_usage
-from adapters.stream import UpstreamStream
-from pipeline.types import ChatRequest, ChatResult, ErrorClass, ProviderInfo
+from adapters.http import parse_retry_after
+from pipeline.types import ChatRequest, ErrorClass
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "AnthropicEventParser"]
 
@@ -20,23 +19,19 @@ ANTHROPIC_VERSION = "2023-06-01"
 _OVERFLOW_MARKERS = ("prompt is too long", "prompt_too_long", "exceed context limit")
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(HttpAdapter):
     type = "anthropic"
+    path = "/v1/messages"
+    result_format = "anthropic"
 
-    def __init__(self, provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> None:
-        self.provider = provider
-        self.id = provider.id
-        self._http = http
-        self._retry = retry
-        self._key = provider.api_key  # captured at build time; vault changes rebuild the adapter
-        self.base_url = normalize_base_url(provider.base_url)
-        self.url = self.base_url + "/v1/messages"
-        self._headers: dict[str, str] = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-        if self._key:  # omitted when empty, like OpenAIAdapter's Bearer (a keyless gateway)
-            self._headers["x-api-key"] = self._key
+    def auth_headers(self, key: str) -> dict[str, str]:
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if key:  # omitted when empty, like OpenAIAdapter's Bearer (a keyless gateway)
+            headers["x-api-key"] = key
+        return headers
 
-    def __repr__(self) -> str:
-        return f"AnthropicAdapter(id={self.id!r}, url={self.url!r})"
+    def new_parser(self) -> AnthropicEventParser:
+        return AnthropicEventParser()
 
     def health_endpoint(self) -> str:
         return self.url  # GET answers 405 when the API is up (there is no cheaper unauthenticated probe)
@@ -48,62 +43,6 @@ class AnthropicAdapter:
         payload = build_payload(model_id, request)
         payload["stream"] = True  # usage comes in message_start and message_delta: nothing to ask for
         return payload
-
-    def headers(self, request_id: str = "") -> dict[str, str]:
-        return {**self._headers, "X-Request-ID": request_id} if request_id else self._headers
-
-    async def send(
-        self,
-        model_id: str,
-        request: ChatRequest,
-        *,
-        request_id: str,
-        deadline: float,
-        attempt_timeout: float,
-        on_retry: RetryHook | None = None,
-    ) -> ChatResult:
-        body, raw, latency_ms = await self._http.post_json(
-            self.url,
-            self.build_payload(model_id, request),
-            headers=self.headers(request_id),
-            deadline=deadline,
-            attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
-            on_retry=on_retry,
-        )
-        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw, format="anthropic")
-
-    async def open_stream(
-        self,
-        model_id: str,
-        request: ChatRequest,
-        *,
-        request_id: str,
-        deadline: float,
-        attempt_timeout: float,
-        idle_timeout: float,
-        on_malformed: Callable[[], None],
-    ) -> UpstreamStream:
-        response = await self._http.open_stream(
-            self.url,
-            self.build_stream_payload(model_id, request),
-            headers=self.headers(request_id),
-            deadline=deadline,
-            attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
-        )
-        return UpstreamStream(
-            response,
-            AnthropicEventParser(),
-            provider_id=self.id,
-            idle_timeout=idle_timeout,
-            on_malformed=on_malformed,
-            secret=self._key,
-        )
 
     def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
         """Map a non-200 response to an error class (providers.md §4). 529 is Anthropic's "overloaded": like a

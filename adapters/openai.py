@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from adapters.base import HttpAdapter, normalize_base_url, parse_usage
 from adapters.errors import ProviderError, excerpt
-from adapters.http import HttpClient, RetryHook, RetryPolicy, parse_retry_after
+from adapters.http import parse_retry_after
 from adapters.sse import SseEvent
-from adapters.stream import UpstreamStream, malformed
-from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, ProviderInfo, StreamDelta, Usage
+from adapters.stream import malformed
+from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, StreamDelta
 
 __all__ = ["OpenAIAdapter", "OpenAIChunkParser", "normalize_base_url", "parse_usage"]
 
@@ -19,37 +20,6 @@ __all__ = ["OpenAIAdapter", "OpenAIChunkParser", "normalize_base_url", "parse_us
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
 # Parameters other providers' clients send that OpenAI rejects ("Unrecognized request argument"): dropped.
 _NOT_OPENAI = frozenset({"top_k", "metadata", "anthropic_version", "thinking"})
-
-
-def normalize_base_url(url: str) -> str:
-    """Strip trailing '/', then one trailing '/v1' or '/v2', then trailing '/' (so paths can be appended)."""
-    url = url.strip().rstrip("/")
-    if url.endswith(("/v1", "/v2")):
-        url = url[:-3]
-    return url.rstrip("/")
-
-
-def _count(value: Any) -> int:
-    # bool is an int subclass; a token count of True is garbage, not 1.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    try:
-        return max(int(value), 0)
-    except (OverflowError, ValueError):  # inf / nan
-        return 0
-
-
-def parse_usage(body: Mapping[str, Any]) -> Usage | None:
-    """OpenAI's prompt/completion_tokens, else the input/output_tokens shape, else None."""
-    # dict, not Mapping: parsed JSON is always a dict, and an ABC isinstance check is slow per request.
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    for input_key, output_key in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
-        tokens_in, tokens_out = _count(usage.get(input_key)), _count(usage.get(output_key))
-        if tokens_in > 0 or tokens_out > 0:
-            return Usage(input_tokens=tokens_in, output_tokens=tokens_out)
-    return None
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -63,25 +33,17 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(HttpAdapter):
     type = "openai"
+    path = "/v1/chat/completions"
     unsupported_params: frozenset[str] = _NOT_OPENAI
     max_stop_sequences: int | None = 4
 
-    def __init__(self, provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> None:
-        self.provider = provider
-        self.id = provider.id
-        self._http = http
-        self._retry = retry
-        self._key = provider.api_key  # captured at build time; vault changes rebuild the adapter
-        self.base_url = normalize_base_url(provider.base_url)
-        self.url = self.base_url + "/v1/chat/completions"
-        self._headers: dict[str, str] = {"Content-Type": "application/json"}
-        if self._key:
-            self._headers["Authorization"] = f"Bearer {self._key}"
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def __repr__(self) -> str:
-        return f"OpenAIAdapter(id={self.id!r}, url={self.url!r})"
+    def new_parser(self) -> OpenAIChunkParser:
+        return OpenAIChunkParser()
 
     def health_endpoint(self) -> str:
         return self.base_url + "/v1/models"
@@ -103,32 +65,6 @@ class OpenAIAdapter:
         payload["stream_options"] = {"include_usage": True}  # the final chunk then carries usage
         return payload
 
-    def headers(self, request_id: str = "") -> dict[str, str]:
-        return {**self._headers, "X-Request-ID": request_id} if request_id else self._headers
-
-    async def send(
-        self,
-        model_id: str,
-        request: ChatRequest,
-        *,
-        request_id: str,
-        deadline: float,
-        attempt_timeout: float,
-        on_retry: RetryHook | None = None,
-    ) -> ChatResult:
-        body, raw, latency_ms = await self._http.post_json(
-            self.url,
-            self.build_payload(model_id, request),
-            headers=self.headers(request_id),
-            deadline=deadline,
-            attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
-            on_retry=on_retry,
-        )
-        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw)
-
     async def embed(
         self,
         model_id: str,
@@ -149,37 +85,7 @@ class OpenAIAdapter:
             retry=self._retry,
             secret=self._key,
         )
-        return ChatResult(body=answer, usage=parse_usage(answer), latency_ms=latency_ms, raw=raw)
-
-    async def open_stream(
-        self,
-        model_id: str,
-        request: ChatRequest,
-        *,
-        request_id: str,
-        deadline: float,
-        attempt_timeout: float,
-        idle_timeout: float,
-        on_malformed: Callable[[], None],
-    ) -> UpstreamStream:
-        response = await self._http.open_stream(
-            self.url,
-            self.build_stream_payload(model_id, request),
-            headers=self.headers(request_id),
-            deadline=deadline,
-            attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
-        )
-        return UpstreamStream(
-            response,
-            OpenAIChunkParser(),
-            provider_id=self.id,
-            idle_timeout=idle_timeout,
-            on_malformed=on_malformed,
-            secret=self._key,
-        )
+        return self.result(answer, raw, latency_ms)
 
     def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
         """Map a non-200 response to an error class (providers.md §3)."""

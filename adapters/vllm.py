@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from adapters.base import normalize_base_url
 from adapters.errors import ProviderError, excerpt
 from adapters.http import HttpClient, RetryHook, RetryPolicy, parse_retry_after
-from adapters.openai import OpenAIAdapter, OpenAIChunkParser, normalize_base_url, parse_usage
+from adapters.openai import OpenAIAdapter
 from adapters.stream import UpstreamStream
 from pipeline.types import ChatRequest, ChatResult, ErrorClass, ProviderInfo
 
@@ -155,7 +156,7 @@ class VLLMAdapter(OpenAIAdapter):
             )
 
         body, raw, latency_ms = await self._across_endpoints(call, deadline, on_retry)
-        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw)
+        return self.result(body, raw, latency_ms)
 
     async def open_stream(
         self,
@@ -184,14 +185,7 @@ class VLLMAdapter(OpenAIAdapter):
             )
 
         response = await self._across_endpoints(call, deadline, None)
-        return UpstreamStream(
-            response,
-            OpenAIChunkParser(),
-            provider_id=self.id,
-            idle_timeout=idle_timeout,
-            on_malformed=on_malformed,
-            secret=self._key,
-        )
+        return self.stream(response, idle_timeout=idle_timeout, on_malformed=on_malformed)
 
     async def embed(
         self,
@@ -218,7 +212,7 @@ class VLLMAdapter(OpenAIAdapter):
             )
 
         answer, raw, latency_ms = await self._across_endpoints(call, deadline, None)
-        return ChatResult(body=answer, usage=parse_usage(answer), latency_ms=latency_ms, raw=raw)
+        return self.result(answer, raw, latency_ms)
 
     async def _across_endpoints(
         self, call: Callable[[Endpoint], Awaitable[T]], deadline: float, on_retry: RetryHook | None

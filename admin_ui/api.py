@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adapters.openai import normalize_base_url
+from adapters.base import normalize_base_url
 from admin_ui import observability_api
 from pipeline.edge import PIPELINES, SERVICES, Handler, read_body
 from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError, Unauthorized, VaultLocked
