@@ -157,10 +157,10 @@ class Policy:
         named = models.get(hint_id) if hint_id else None
         chain = (alias.fallbacks if alias is not None else ()) or (named.fallbacks if named is not None else ())
         start = 1 if hinted else 0
-        placed = _move_after(candidates, chain, start)
+        placed = _move_after(candidates, chain, start) if chain else ()
         if not placed and start == 0:  # nothing usable in the named chain: the scored winner's own chain
             chain, start = candidates[0].model.fallbacks, 1
-            placed = _move_after(candidates, chain, start)
+            placed = _move_after(candidates, chain, start) if chain else ()
         if not chain:
             return (), ""
         head = candidates[0].model.id if start else (hint_id or hint)

@@ -100,9 +100,14 @@ class ScoreParts:
         return round(wc * self.cost + wl * self.latency + wf * self.failure - ww * self.weight, 6)
 
 
-def score_parts(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[ScoreParts]:
-    """Collect the raw values in one pass, normalise them in a second (each by its max)."""
-    rows = []
+RawRows = list[tuple[ModelInfo, float, float, float]]  # (model, estimated cost, latency ms, error rate)
+
+
+def _raw(
+    models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]
+) -> tuple[RawRows, float, float, float, float]:
+    """One pass: each model's raw objectives, and each objective's maximum (for normalising)."""
+    rows: RawRows = []
     max_cost = max_latency = max_errors = max_weight = 0.0
     for model in models:
         s = stats(model.provider_id)
@@ -112,6 +117,12 @@ def score_parts(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[st
         max_latency = max(max_latency, s.latency_ms)
         max_errors = max(max_errors, s.error_rate)
         max_weight = max(max_weight, model.weight)
+    return rows, max_cost, max_latency, max_errors, max_weight
+
+
+def score_parts(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[ScoreParts]:
+    """Every model's objectives, raw and normalised (simulation explains decisions with these)."""
+    rows, max_cost, max_latency, max_errors, max_weight = _raw(models, c, stats)
     return [
         ScoreParts(
             model,
@@ -128,8 +139,24 @@ def score_parts(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[st
 
 
 def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], ProviderStats]) -> list[Candidate]:
-    """Score eligible models for the mode; best (lowest score) first, ties by id."""
-    ranked = [Candidate(p.model, p.score(c.mode), p.cost_usd) for p in score_parts(models, c, stats)]
+    """Score eligible models for the mode; best (lowest score) first, ties by id. Runs once per request, so
+    it scores straight from the raw rows (the same arithmetic as ScoreParts.score, without the objects)."""
+    wc, wl, wf, ww = MODE_WEIGHTS.get(c.mode, MODE_WEIGHTS["normal"])
+    rows, max_cost, max_latency, max_errors, max_weight = _raw(models, c, stats)
+    ranked = [
+        Candidate(
+            model,
+            round(
+                wc * _norm(cost, max_cost)
+                + wl * _norm(latency, max_latency)
+                + wf * _norm(errors, max_errors)
+                - ww * _norm(model.weight, max_weight),
+                6,
+            ),
+            cost,
+        )
+        for model, cost, latency, errors in rows
+    ]
     if len(ranked) > 1:
         ranked.sort(key=lambda cand: (cand.score, cand.model.id))
     return ranked
