@@ -1,4 +1,4 @@
-"""API-key lifecycle in SQLite beyond the basics in ConfigStore: create with limits, edit, rotate, budget
+"""API-key lifecycle in SQLite: create with limits, edit, rotate, budget
 reset, last-used flushes, listing. Runs on the config store's thread. Only SHA-256 digests are stored."""
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -300,35 +299,6 @@ class ConfigStore:
             return db.execute("DELETE FROM tenant_pipelines WHERE tenant_id = ?", (tenant_id,)).rowcount > 0
 
     # --- API keys --------------------------------------------------------------------------------
-    def create_api_key(
-        self, *, name: str, tenant_id: str, scopes: list[str], expires_at: float | None
-    ) -> tuple[str, dict[str, Any]]:
-        """Returns (plaintext key, listing record). The plaintext is never stored."""
-        plaintext = KEY_PREFIX + secrets.token_hex(32)
-        key_id = secrets.token_hex(8)  # independent of the secret, so listing ids reveals none of its bits
-        now = time.time()
-        with self.db as db:
-            db.execute(
-                "INSERT INTO api_keys (id, key_digest, key_prefix, name, tenant_id, scopes, created_at,"
-                " expires_at, enabled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                (
-                    key_id,
-                    key_digest(plaintext),
-                    plaintext[:17],
-                    name,
-                    tenant_id,
-                    json.dumps(scopes),
-                    now,
-                    expires_at,
-                ),
-            )
-        record = self.db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return plaintext, _api_key_listing(record)
-
-    def list_api_keys(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM api_keys ORDER BY created_at DESC, id").fetchall()
-        return [_api_key_listing(row) for row in rows]
-
     def delete_api_key(self, key_id: str) -> bool:
         with self.db as db:
             return db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
@@ -391,16 +361,3 @@ def _api_key(row: sqlite3.Row) -> ApiKeyInfo:
         rate_limit_rpm=row["rate_limit_rpm"],
         rate_limit_tpm=row["rate_limit_tpm"],
     )
-
-
-def _api_key_listing(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "key_prefix": row["key_prefix"],
-        "name": row["name"],
-        "tenant_id": row["tenant_id"],
-        "scopes": json.loads(row["scopes"] or "[]"),
-        "created_at": row["created_at"],
-        "expires_at": row["expires_at"],
-        "enabled": bool(row["enabled"]),
-    }

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
+from store import api_keys
 from store.config_store import DEFAULT_TENANT, KEY_PREFIX, ConfigStore, RoutingDefaults, key_digest
 from store.migrations import MIGRATIONS
 from store.secret_box import SecretBox, SecretBoxError
@@ -244,7 +245,7 @@ def test_pipeline_for_unknown_tenant_rejected(store: ConfigStore) -> None:
 
 
 def test_create_api_key_format_and_listing(store: ConfigStore) -> None:
-    plaintext, record = store.create_api_key(name="ci", tenant_id=DEFAULT_TENANT, scopes=["chat"], expires_at=None)
+    plaintext, record = api_keys.create(store.db, name="ci", tenant_id=DEFAULT_TENANT, scopes=["chat"], expires_at=None)
     assert plaintext.startswith(KEY_PREFIX)
     assert len(plaintext) == 73
     assert re.fullmatch(r"tokenhub_[0-9a-f]{64}", plaintext)
@@ -256,11 +257,11 @@ def test_create_api_key_format_and_listing(store: ConfigStore) -> None:
     assert record["scopes"] == ["chat"]
     assert record["enabled"] is True
     assert record["expires_at"] is None
-    assert store.list_api_keys() == [record]
+    assert api_keys.list_page(store.db, 10, 0) == ([record], 1)
 
 
 def test_api_key_plaintext_not_stored_but_digest_is(store: ConfigStore, db_path: Path) -> None:
-    plaintext, record = store.create_api_key(name="ci", tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None)
+    plaintext, record = api_keys.create(store.db, name="ci", tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None)
     digest = hashlib.sha256(plaintext.encode()).hexdigest()
     assert key_digest(plaintext) == digest
     row = store.db.execute("SELECT * FROM api_keys WHERE id = ?", (record["id"],)).fetchone()
@@ -273,8 +274,8 @@ def test_api_key_plaintext_not_stored_but_digest_is(store: ConfigStore, db_path:
 
 def test_snapshot_maps_digest_to_key_info(store: ConfigStore) -> None:
     store.create_tenant("acme", "Acme")
-    plaintext, record = store.create_api_key(
-        name="ops", tenant_id="acme", scopes=["chat", "admin"], expires_at=1_900_000_000.0
+    plaintext, record = api_keys.create(
+        store.db, name="ops", tenant_id="acme", scopes=["chat", "admin"], expires_at=1_900_000_000.0
     )
     snapshot = store.load_snapshot()
     assert snapshot.keys_by_digest == {
@@ -291,12 +292,12 @@ def test_snapshot_maps_digest_to_key_info(store: ConfigStore) -> None:
 
 def test_api_key_for_unknown_tenant_rejected(store: ConfigStore) -> None:
     with pytest.raises(sqlite3.IntegrityError):
-        store.create_api_key(name="x", tenant_id="ghost", scopes=[], expires_at=None)
+        api_keys.create(store.db, name="x", tenant_id="ghost", scopes=[], expires_at=None)
 
 
 def test_delete_api_key(store: ConfigStore) -> None:
-    plaintext, record = store.create_api_key(name="x", tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None)
-    keep, _ = store.create_api_key(name="y", tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None)
+    plaintext, record = api_keys.create(store.db, name="x", tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None)
+    keep, _ = api_keys.create(store.db, name="y", tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None)
     assert store.delete_api_key(record["id"]) is True
     assert store.delete_api_key(record["id"]) is False
     keys = store.load_snapshot().keys_by_digest
@@ -306,7 +307,7 @@ def test_delete_api_key(store: ConfigStore) -> None:
 
 def test_api_keys_are_unique(store: ConfigStore) -> None:
     created = [
-        store.create_api_key(name=str(i), tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None) for i in range(20)
+        api_keys.create(store.db, name=str(i), tenant_id=DEFAULT_TENANT, scopes=[], expires_at=None) for i in range(20)
     ]
     assert len({plaintext for plaintext, _ in created}) == 20
     assert len({record["id"] for _, record in created}) == 20
