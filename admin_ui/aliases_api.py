@@ -14,7 +14,7 @@ from pydantic import Field
 
 from admin_ui.api import FallbackIds, IdStr, _Body, _commit, _services, read_model
 from pipeline.errors import Conflict, InvalidRequest, NotFound
-from pipeline.openai_codec import AUTO_MODELS
+from pipeline.modes import AUTO_MODELS
 from pipeline.services import Services
 from pipeline.types import AliasInfo, AliasVariant
 

@@ -15,10 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.base import normalize_base_url
 from admin_ui import observability_api
-from pipeline.edge import PIPELINES, SERVICES, Handler, read_body
 from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError, Unauthorized, VaultLocked
+from pipeline.modes import OptionalMode
 from pipeline.services import Services
 from pipeline.types import ModelInfo, ProviderInfo
+from pipeline.web import PIPELINES, SERVICES, Handler, read_body
 from store.config_store import RoutingDefaults
 from store.vault import VaultLockedError
 
@@ -32,7 +33,6 @@ FallbackIds = Annotated[list[IdStr], Field(max_length=16)]
 Scope = Literal["chat", "plan", "embeddings"]
 ProviderType = Literal["openai", "anthropic", "vllm"]
 ModelKind = Literal["chat", "embedding"]
-Mode = Literal["", "cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson"]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -91,7 +91,7 @@ class ModelPatch(_Body):
 
 
 class RoutingIn(_Body):
-    default_mode: Mode = ""
+    default_mode: OptionalMode = ""
     default_max_budget_usd: Annotated[float, Field(ge=0, le=100)] = 0.0
     default_max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
 
@@ -102,7 +102,11 @@ class TenantIn(_Body):
 
 
 async def read_model(request: web.Request, model: type[M]) -> M:
-    raw = await read_body(request, request.config_dict[SERVICES].settings.max_body_bytes)
+    raw = await read_body(
+        request,
+        request.config_dict[SERVICES].settings.max_body_bytes,
+        max_depth=request.config_dict[SERVICES].settings.max_json_depth,
+    )
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -340,7 +344,9 @@ async def get_pipeline(request: web.Request) -> web.Response:
 
 async def put_pipeline(request: web.Request) -> web.Response:
     tenant_id = await _existing_tenant(request)
-    raw = await read_body(request, _services(request).settings.max_body_bytes)
+    raw = await read_body(
+        request, _services(request).settings.max_body_bytes, max_depth=_services(request).settings.max_json_depth
+    )
     try:
         data = json.loads(raw or b"null")
         steps = request.config_dict[PIPELINES].validate(data)

@@ -19,7 +19,7 @@ from adapters.registry import build_adapter
 from admin_ui.aliases_api import alias_view
 from admin_ui.api import _services
 from admin_ui.params import int_param
-from pipeline.errors import InvalidRequest, NotFound, TokenHubError, VaultLocked
+from pipeline.errors import DiscoveryFailed, InvalidRequest, NotFound, VaultLocked
 from pipeline.services import Services
 from pipeline.types import ModelInfo, ProviderInfo
 
@@ -28,20 +28,6 @@ DISCOVER_TIMEOUT = aiohttp.ClientTimeout(total=10)
 _MAX_LIST_BYTES = 4 * 1024 * 1024  # a model list is KiBs; more is not one
 _MAX_MODELS = 2000
 _INT_FIELDS = ("context_length", "max_model_len", "context_window")
-
-
-class DiscoveryFailed(TokenHubError):
-    """502: the provider could not be asked, or its answer was not a model list."""
-
-    status = 502
-    type = "discovery_failed"
-
-    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
-        super().__init__(message)
-        self.upstream_status = upstream_status
-
-    def extra(self) -> dict[str, Any]:
-        return {"upstream_status": self.upstream_status} if self.upstream_status is not None else {}
 
 
 # --- engine view -----------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from pydantic import Field, ValidationError
 from admin_ui.api import _services
 from admin_ui.params import int_param
 from pipeline.context import RequestContext
-from pipeline.edge import PIPELINES, REQUEST_ID, read_body
-from pipeline.native_codec import decode_chat
+from pipeline.edge.native import decode_chat
+from pipeline.edge.wire import Strict, invalid_request
 from pipeline.services import Services
-from pipeline.wire import Strict, invalid_request
+from pipeline.web import PIPELINES, REQUEST_ID, read_body
 from stages.bandit import token_bucket
 from stages.directives import Directives, DirectivesOptions
 from stages.policy import Policy, PolicyOptions
@@ -48,7 +48,7 @@ class SimulateIn(Strict):
 
 async def simulate(request: web.Request) -> web.Response:
     services = _services(request)
-    raw = await read_body(request, services.settings.max_body_bytes)
+    raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
     chat_request, policy = decode_chat(raw, max_messages=services.settings.max_messages)
     try:
         body = SimulateIn.model_validate_json(raw)

@@ -16,10 +16,10 @@ import orjson
 from aiohttp import web
 
 from admin_ui.params import choice_param, int_param, str_param, time_param
-from pipeline.edge import REQUEST_ID, SERVICES, Handler, read_body
-from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.errors import InvalidRequest, QueryError
 from pipeline.events import sse_frame
 from pipeline.services import Services
+from pipeline.web import REQUEST_ID, SERVICES, Handler, read_body
 from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, run_query
 from store.request_queries import LogFilter, query_logs, request_stats, request_trends
 from store.tsdb import AGGREGATES, SeriesQuery, list_metrics, query_series
@@ -31,14 +31,6 @@ _TREND_BUCKET = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 # Mutating admin routes that only read (they are POST for the request body): no admin_action event.
 _READ_ONLY_HANDLERS = frozenset({"analytics_query"})
 _CONNECTED = sse_frame("connected", {"status": "ok"})
-
-
-class QueryError(TokenHubError):
-    status = 400
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message, field="sql")
-        self.type = kind
 
 
 def _services(request: web.Request) -> Services:
@@ -262,7 +254,7 @@ def _deleted(response: web.StreamResponse) -> bool:
 
 
 async def _json_body(request: web.Request, services: Services) -> Any:
-    raw = await read_body(request, services.settings.max_body_bytes)
+    raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
     try:
         return json.loads(raw or b"null")
     except json.JSONDecodeError as exc:

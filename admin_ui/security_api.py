@@ -18,9 +18,9 @@ from pydantic import Field
 
 from admin_ui.api import _Body, _services, read_model
 from admin_ui.params import int_param, str_param, time_param
-from pipeline.edge import PIPELINES, RAW_BODY, REQUEST_ID, Handler, client_ip
-from pipeline.errors import InvalidRequest, RateLimited, TokenHubError
+from pipeline.errors import InvalidRequest, RateLimited, TokenHubError, VaultRefused
 from pipeline.services import Services
+from pipeline.web import PIPELINES, RAW_BODY, REQUEST_ID, Handler, client_ip
 from stages.rate_limit import TokenBuckets
 from store import audit, vault_store
 from store.vault import VaultError
@@ -36,16 +36,6 @@ _VAULT_STATUS = {
     "vault_locked": 409,
     "vault_corrupted": 500,
 }
-
-
-class VaultRefused(TokenHubError):
-    """A vault refusal as an HTTP error: the refusal's kind is the error type."""
-
-    def __init__(self, exc: VaultError) -> None:
-        prefix = "unlock failed: " if exc.kind == "unlock_failed" else ""
-        super().__init__(f"{prefix}{exc}")
-        self.type = exc.kind
-        self.status = _VAULT_STATUS.get(exc.kind, 400)
 
 
 @dataclass(slots=True)
@@ -195,7 +185,7 @@ async def unlock_vault(request: web.Request) -> web.Response:
         outcome = await services.vault.unlock(password, services.config)
     except VaultError as exc:
         log.warning("vault_unlock_refused", client_ip=ip, reason=exc.kind)
-        raise VaultRefused(exc) from None
+        raise VaultRefused(exc.kind, str(exc), status=_VAULT_STATUS.get(exc.kind, 400)) from None
     await _reload(request)
     log.info("vault_unlocked", client_ip=ip, initialized=outcome.initialized, migrated=outcome.migrated_keys)
     return web.json_response(
@@ -225,7 +215,7 @@ async def rotate_vault(request: web.Request) -> web.Response:
         resealed = await services.vault.rotate(body.old_password, body.new_password, services.config)
     except VaultError as exc:
         log.warning("vault_rotate_refused", client_ip=ip, reason=exc.kind)
-        raise VaultRefused(exc) from None
+        raise VaultRefused(exc.kind, str(exc), status=_VAULT_STATUS.get(exc.kind, 400)) from None
     log.info("vault_rotated", client_ip=ip, secrets=resealed)
     return web.json_response({"ok": True, "resealed_secrets": resealed, "vault": _vault_view(services)})
 

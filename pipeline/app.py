@@ -12,20 +12,22 @@ from aiohttp import web
 from adapters.http import HttpClient
 from admin_ui import api as admin_api
 from pipeline.admin_token import resolve_admin_token
-from pipeline.anthropic_codec import AnthropicCodec
-from pipeline.cors import setup_cors
-from pipeline.edge import PIPELINES, SERVICES, RoutedEndpoint, healthz, list_models, metrics, request_id_and_errors
-from pipeline.embeddings_codec import EmbeddingsCodec
+from pipeline.edge.anthropic import AnthropicCodec
+from pipeline.edge.cors import setup_cors
+from pipeline.edge.embeddings import EmbeddingsCodec
+from pipeline.edge.feedback import FeedbackEndpoint
+from pipeline.edge.native import NativeCodec
+from pipeline.edge.openai import OpenAICodec
+from pipeline.edge.plan import PlanEndpoint
+from pipeline.edge.routed import RoutedEndpoint
+from pipeline.edge.status import healthz, list_models, metrics
 from pipeline.events import heartbeat
-from pipeline.feedback_endpoint import FeedbackEndpoint
 from pipeline.metrics import Metrics
-from pipeline.native_codec import NativeCodec
-from pipeline.openai_codec import OpenAICodec
-from pipeline.plan_endpoint import PlanEndpoint
 from pipeline.registry import default_registry
 from pipeline.services import Services
 from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
+from pipeline.web import PIPELINES, SERVICES, request_id_and_errors
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.secret_box import SecretBox

@@ -149,3 +149,74 @@ class ClientDisconnected(TokenHubError):
 
 class PipelineConfigError(ValueError):
     """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built."""
+
+
+class OutputSchemaMismatch(TokenHubError):
+    """The answer does not satisfy the client's output_schema: the models answered, the contract failed."""
+
+    status = 502
+    type = "output_schema_mismatch"
+    error_class = "output_schema_validation_failed"
+
+
+class PlanPipelineMissing(TokenHubError):
+    status = 503
+    type = "plan_unavailable"
+
+
+class RequestCancelled(TokenHubError):
+    """The request's task was cancelled (client gone, server stopping): recorded, never answered."""
+
+    status = 499
+    type = "cancelled"
+
+
+class InternalError(TokenHubError):
+    status = 500
+    type = "internal_error"
+
+
+class UpstreamRejected(TokenHubError):
+    """The provider refused the request itself (invalid request, content policy): the client's to fix."""
+
+    type = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DeadlineExceeded(TokenHubError):
+    status = 504
+    type = "deadline_exceeded"
+
+
+class QueryError(TokenHubError):
+    status = 400
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message, field="sql")
+        self.type = kind
+
+
+class DiscoveryFailed(TokenHubError):
+    """502: the provider could not be asked, or its answer was not a model list."""
+
+    status = 502
+    type = "discovery_failed"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+    def extra(self) -> dict[str, Any]:
+        return {"upstream_status": self.upstream_status} if self.upstream_status is not None else {}
+
+
+class VaultRefused(TokenHubError):
+    """A vault refusal as an HTTP error: the refusal's kind is the error type."""
+
+    def __init__(self, kind: str, message: str, *, status: int) -> None:
+        super().__init__(f"unlock failed: {message}" if kind == "unlock_failed" else message)
+        self.type = kind
+        self.status = status

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.modes import ROUTING_MODES
+
 PREFIX = "TOKENHUB_"
-ROUTING_MODES = ("cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson")
-ORCHESTRATION_MODES = ("planning", "adversarial", "vote", "refine")  # what /v1/plan's mode may name
 
 
 SECRET_SETTINGS = frozenset({"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password"})

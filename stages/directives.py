@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 from pipeline.context import RequestContext
 from pipeline.errors import InvalidRequest
-from pipeline.settings import ORCHESTRATION_MODES, ROUTING_MODES
+from pipeline.modes import ORCHESTRATION_MODES, ROUTING_MODES
+from pipeline.output_schema import check_schema
 from pipeline.stage import Next, StageOptions, StageSpec
 from stages.directive_syntax import DirectiveError, parse_directives, strip_directives
-from stages.output_schema import check_schema
 
 if TYPE_CHECKING:
     from pipeline.services import Services

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from pipeline.context import Candidate, RequestContext
-from pipeline.errors import RateLimited, TokenHubError, UpstreamFailed
+from pipeline.errors import DeadlineExceeded, RateLimited, TokenHubError, UpstreamFailed, UpstreamRejected
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ErrorClass
 from stages.dispatch import DispatchFailed
@@ -29,21 +29,6 @@ from stages.scoring import estimate_cost
 
 if TYPE_CHECKING:
     from pipeline.services import Services
-
-
-class DeadlineExceeded(TokenHubError):
-    status = 504
-    type = "deadline_exceeded"
-
-
-class UpstreamRejected(TokenHubError):
-    """The provider refused the request itself (invalid request, content policy): the client's to fix."""
-
-    type = "upstream_rejected"
-
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class EscalateOptions(StageOptions):

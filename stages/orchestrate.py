@@ -12,9 +12,9 @@ from pydantic import Field
 
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import NoEligibleModel
+from pipeline.output_schema import validate_output
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ChatRequest
-from stages.output_schema import validate_output
 from stages.plan_modes import InProcessOrchestrator, Orchestrator
 from stages.plan_steps import StepRunner
 from stages.policy import Policy as PolicyStage

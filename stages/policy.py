@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from pipeline.context import Candidate, RequestContext, RoutingDecision
 from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound, VaultLocked
+from pipeline.model_ids import resolve_model_id
+from pipeline.modes import Mode
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import AliasInfo, ModelInfo
 from stages.aliases import AliasChooser
@@ -26,8 +27,6 @@ from stages.scoring import (
 
 if TYPE_CHECKING:
     from pipeline.services import Services
-
-Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson"]
 
 
 class PolicyOptions(StageOptions):
@@ -204,15 +203,6 @@ class Policy:
         other_kind = other is not None and other.kind != candidates[0].model.kind
         why = exclusions.get(hint) or (f"{other.kind} model" if other is not None and other_kind else "not registered")
         return f"model_hint {hint!r} ignored ({why})"
-
-
-def resolve_model_id(name: str, models: Mapping[str, Any]) -> str | None:
-    """The registered id `name` refers to: itself, or "provider/model" -> "model"; None when unknown."""
-    if name in models:
-        return name
-    if "/" in name[1:] and (bare := name.split("/", 1)[1]) in models:
-        return bare
-    return None
 
 
 def _move_after(candidates: list[Candidate], chain: tuple[str, ...], start: int) -> tuple[str, ...]:

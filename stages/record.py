@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from pipeline.context import RequestContext
-from pipeline.errors import TokenHubError
+from pipeline.errors import InternalError, RequestCancelled, TokenHubError
 from pipeline.logging import REQUEST_LINES
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import RequestRecord
@@ -25,18 +25,6 @@ if TYPE_CHECKING:
     from pipeline.services import Services
 
 log = structlog.get_logger("tokenhub.request")
-
-
-class InternalError(TokenHubError):
-    status = 500
-    type = "internal_error"
-
-
-class RequestCancelled(TokenHubError):
-    """The request's task was cancelled (client gone, server stopping): recorded, never answered."""
-
-    status = 499
-    type = "cancelled"
 
 
 class RecordOptions(StageOptions):

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING
 
 from adapters.answer import answer_text
 from pipeline.context import RequestContext
+from pipeline.errors import OutputSchemaMismatch
+from pipeline.output_format import OutputFormat, parse_answer_json, shape_text
+from pipeline.output_schema import validate_output
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ChatResult
-from stages.output_format import OutputFormat, parse_answer_json, shape_text
-from stages.output_schema import OutputSchemaMismatch, validate_output
 
 if TYPE_CHECKING:
     from pipeline.services import Services

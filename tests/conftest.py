@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 
 from pipeline.app import create_app
-from pipeline.edge import SERVICES
 from pipeline.logging import configure_logging
 from pipeline.services import Services
 from pipeline.settings import load_settings
+from pipeline.web import SERVICES
 from tests.fakes.openai_fake import FakeOpenAI
 
 ADMIN_TOKEN = "test-admin-token-0123456789"

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.anthropic_codec import anthropic_error, decode_messages
 from pipeline.context import Policy
+from pipeline.edge.anthropic import anthropic_error, decode_messages
 from pipeline.errors import InvalidRequest, NoEligibleModel, RateLimited, StreamBroken, TokenHubError
 from pipeline.types import ChatRequest, Message
 

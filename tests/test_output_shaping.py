@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from stages.output_format import OutputFormat, shape_text
+from pipeline.output_format import OutputFormat, shape_text
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Reply
 

@@ -81,8 +81,8 @@ async def test_a_cancelled_request_is_recorded_as_cancelled(ready_hub: tuple[Hub
     import asyncio
 
     from pipeline.context import RequestContext
-    from pipeline.edge import PIPELINES
     from pipeline.types import ChatRequest, Message
+    from pipeline.web import PIPELINES
     from tests.fakes.openai_fake import Hang
 
     hub, key = ready_hub

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import ROUTING_MODES, SettingsError, load_settings, unknown_variables
+from pipeline.modes import ROUTING_MODES
+from pipeline.settings import SettingsError, load_settings, unknown_variables
 
 ADMIN = "adm-s3cr3t-token-value-42"
 OPENAI = "sk-live-very-secret-key-0042"

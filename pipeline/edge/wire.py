@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import InvalidRequest
-from pipeline.settings import ROUTING_MODES
+from pipeline.modes import Mode
 from pipeline.types import Message
-
-Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial", "vote", "refine", "thompson"]
-assert set(Mode.__args__) == set(ROUTING_MODES)  # type: ignore[attr-defined]
 
 
 class Strict(BaseModel):

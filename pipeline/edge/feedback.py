@@ -11,11 +11,11 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from pipeline.edge import REQUEST_ID, presented_key, read_body
+from pipeline.edge.wire import Strict, invalid_request
 from pipeline.errors import Conflict, Forbidden, NotFound, Unauthorized
 from pipeline.services import Services
 from pipeline.types import ApiKeyInfo, RequestRecord
-from pipeline.wire import Strict, invalid_request
+from pipeline.web import REQUEST_ID, presented_key, read_body
 from stages.bandit import QUALITY_SHARE, token_bucket
 from store.reward_queries import rewarded_request
 
@@ -46,7 +46,7 @@ class FeedbackEndpoint:
     async def handle(self, request: web.Request) -> web.Response:
         services = self._services
         key = _caller(services, presented_key(request))
-        raw = await read_body(request, 64 * 1024)
+        raw = await read_body(request, 64 * 1024, max_depth=self._services.settings.max_json_depth)
         try:
             body = FeedbackIn.model_validate_json(raw)
         except ValidationError as exc:

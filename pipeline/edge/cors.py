@@ -14,8 +14,8 @@ import re
 
 from aiohttp import web
 
-from pipeline.edge import Handler
 from pipeline.errors import Forbidden
+from pipeline.web import Handler
 
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 DEFAULT_ALLOW_HEADERS = (

@@ -10,12 +10,12 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from adapters.anthropic_format import openai_to_anthropic_message, stop_reason_for
-from pipeline.codec import SseWriter
 from pipeline.context import Policy, RequestContext
+from pipeline.edge.codec import SseWriter
+from pipeline.edge.wire import PolicyIn, Strict, invalid_request
 from pipeline.errors import InvalidRequest, TokenHubError
-from pipeline.openai_codec import AUTO_MODELS
+from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, Message, StreamDelta
-from pipeline.wire import PolicyIn, Strict, invalid_request
 
 __all__ = ["AnthropicCodec", "AnthropicStreamSink", "anthropic_error", "decode_messages"]
 

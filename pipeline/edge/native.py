@@ -9,12 +9,12 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
+from pipeline.edge.openai import OpenAIStreamSink
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
 from pipeline.errors import TokenHubError
-from pipeline.openai_codec import OpenAIStreamSink
+from pipeline.output_format import OutputFormat
+from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
-from pipeline.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
-from stages.output_format import OutputFormat
-from stages.output_schema import check_schema
 
 
 class RequestIn(Strict):

@@ -10,14 +10,14 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
-from pipeline.codec import SseWriter
 from pipeline.context import Policy, RequestContext
+from pipeline.edge.codec import SseWriter
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, StreamDelta
-from pipeline.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
 
 # Values of `model` that mean "TokenHub chooses".
-AUTO_MODELS = frozenset({"", "auto", "*"})
 
 # Forwarded to the provider as given (the adapter maps or drops what its provider does not support).
 FORWARDED = (

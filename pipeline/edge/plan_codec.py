@@ -8,11 +8,11 @@ import orjson
 from pydantic import Field, ValidationError
 
 from pipeline.context import PlanSpec, Policy, RequestContext
+from pipeline.edge.native import RequestIn, chat_request, policy_from
+from pipeline.edge.wire import PolicyIn, Strict, invalid_request
 from pipeline.errors import InvalidRequest
-from pipeline.native_codec import RequestIn, chat_request, policy_from
+from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
-from pipeline.wire import PolicyIn, Strict, invalid_request
-from stages.output_schema import check_schema
 
 
 class OrchestrationIn(Strict):

@@ -12,12 +12,13 @@ import orjson
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from pipeline.codec import EdgeSink
 from pipeline.context import Policy, RequestContext
+from pipeline.edge.codec import EdgeSink
+from pipeline.edge.openai import openai_error
+from pipeline.edge.wire import PolicyIn, Strict, invalid_request
 from pipeline.errors import InvalidRequest, TokenHubError
-from pipeline.openai_codec import AUTO_MODELS, openai_error
+from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest
-from pipeline.wire import PolicyIn, Strict, invalid_request
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 

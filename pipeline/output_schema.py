@@ -7,15 +7,7 @@ from typing import Any
 import jsonschema
 from jsonschema.validators import validator_for
 
-from pipeline.errors import InvalidRequest, TokenHubError
-
-
-class OutputSchemaMismatch(TokenHubError):
-    """The answer does not satisfy the client's output_schema: the models answered, the contract failed."""
-
-    status = 502
-    type = "output_schema_mismatch"
-    error_class = "output_schema_validation_failed"
+from pipeline.errors import InvalidRequest, OutputSchemaMismatch
 
 
 def check_schema(schema: Any, field: str) -> Any:

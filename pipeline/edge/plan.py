@@ -8,19 +8,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipeline.codec import SseWriter
 from pipeline.context import RequestContext
-from pipeline.edge import new_context, read_body, trusted_networks
-from pipeline.errors import ClientDisconnected, TokenHubError
-from pipeline.plan_codec import decode_plan, plan_envelope
+from pipeline.edge.codec import SseWriter
+from pipeline.edge.context import new_context
+from pipeline.edge.plan_codec import decode_plan, plan_envelope
+from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
+from pipeline.web import read_body, trusted_networks
 from stages.record import emit_record
-
-
-class PlanPipelineMissing(TokenHubError):
-    status = 503
-    type = "plan_unavailable"
 
 
 class PlanEndpoint:
@@ -33,7 +29,7 @@ class PlanEndpoint:
         services = self._services
         ctx = new_context(request, services, self._trusted, scope="plan", endpoint="plan")
         try:
-            raw = await read_body(request, services.settings.max_body_bytes)
+            raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
             ctx.request, ctx.policy, ctx.plan = decode_plan(raw, max_messages=services.settings.max_messages)
             if not self._pipelines.has_stage(ctx.tenant_id, "orchestrate"):
                 raise PlanPipelineMissing(

@@ -1,0 +1,123 @@
+"""HTTP plumbing every endpoint shares: request ids, JSON errors, client IPs, presented keys, body reading."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import re
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from pipeline.errors import PayloadTooLarge, TokenHubError
+from pipeline.input_limits import check_json_depth
+from pipeline.services import Services
+from pipeline.tenants import TenantPipelines
+
+log = structlog.get_logger("tokenhub.http")
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+PIPELINES: web.AppKey[TenantPipelines] = web.AppKey("pipelines", TenantPipelines)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)  # as read_body returned it (audit trail)
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:/@+=-]{1,128}")
+_counter = itertools.count(1)
+_process_tag = os.urandom(6).hex()
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def new_request_id(incoming: str | None) -> str:
+    """Reuse a well-formed incoming X-Request-Id (so callers can correlate), else make one."""
+    if incoming and _REQUEST_ID_OK.fullmatch(incoming):
+        return incoming
+    return f"th-{_process_tag}-{next(_counter):08d}"
+
+
+def error_response(exc: TokenHubError, request_id: str) -> web.Response:
+    return web.json_response(
+        exc.body(request_id), status=exc.status, headers={**exc.headers, "X-Request-Id": request_id}
+    )
+
+
+@web.middleware
+async def request_id_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every response carries X-Request-Id; every error, ours or aiohttp's, is JSON; never a traceback."""
+    request_id = new_request_id(request.headers.get("X-Request-Id"))
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except TokenHubError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = TokenHubError(exc.reason or "error")
+        error.status, error.type = exc.status, _HTTP_TYPES.get(exc.status, "http_error")
+        return error_response(error, request_id)
+    except Exception:
+        log.exception("unhandled_error", request_id=request_id, path=request.path)
+        error = TokenHubError("internal error; see the server log for this request id")
+        return error_response(error, request_id)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+TrustedNets = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def client_ip(request: web.Request, trusted: TrustedNets) -> str:
+    """The peer's host (no port). Forwarding headers count only when the peer is a trusted proxy."""
+    peer = request.remote or ""
+    if not trusted or not peer:
+        return peer
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if not any(address in net for net in trusted):
+        return peer
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded:
+        # Each proxy appends the address it saw, so only the right end is trustworthy: skip our own
+        # proxies from the right; the first other hop is the client (the left end is whatever it sent).
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not _is_trusted(hop, trusted):
+                return hop[:64]
+        return hops[0][:64] if hops else peer
+    return request.headers.get("X-Real-IP", "").strip()[:64] or peer
+
+
+def _is_trusted(hop: str, trusted: TrustedNets) -> bool:
+    try:
+        address = ipaddress.ip_address(hop)
+    except ValueError:
+        return False
+    return any(address in net for net in trusted)
+
+
+def presented_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+async def read_body(request: web.Request, limit: int, *, max_depth: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is {request.content_length} bytes; the limit is {limit}", field="body")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit", field="body")
+    check_json_depth(body, max_depth)  # before any parser sees it
+    request[RAW_BODY] = body
+    return body
+
+
+def trusted_networks(services: Services) -> TrustedNets:
+    return tuple(ipaddress.ip_network(p, strict=False) for p in services.settings.trusted_proxies)
