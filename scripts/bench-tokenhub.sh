@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Start TokenHub for the overhead benchmark (/work/shared/bench/bench.py, target "tokenhub").
+# Start TokenHub for the overhead benchmark (the shared benchmark harness bench.py, target "tokenhub").
 #
 #   bench-tokenhub.sh [PORT] [UPSTREAM_URL] [KEY_FILE]
 #
 # PORT / UPSTREAM_URL default to $TOKENHUB_PORT / $UPSTREAM_URL (bench.py sets both); KEY_FILE defaults to
 # /tmp/tokenhub-bench.key. Usage with bench.py:
-#   TOKENHUB_CMD='bash /work/main/scripts/bench-tokenhub.sh {port} {upstream} /tmp/tokenhub-bench.key' \
+#   TOKENHUB_CMD='bash path/to/tokenhub/scripts/bench-tokenhub.sh {port} {upstream} /tmp/tokenhub-bench.key' \
 #   TOKENHUB_KEY=@/tmp/tokenhub-bench.key TOKENHUB_PATH=/v1/chat TOKENHUB_BODY=body.json bench.py ...
 #
 # Fresh data dir per start, then through the admin API: provider "fake" -> UPSTREAM_URL, model "fake-gpt",
