@@ -22,6 +22,7 @@ from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import healthz, list_models, metrics
 from pipeline.events import heartbeat
+from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
 from pipeline.registry import default_registry
 from pipeline.services import Services
@@ -36,7 +37,7 @@ log = structlog.get_logger("tokenhub.app")
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, request_lines: RequestLines | None = None) -> Services:
     """Open the stores (migrating SQLite) and build the shared services. Runs once, before serving."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     config = ConfigStore(settings.sqlite_path, SecretBox.from_key_file(settings.data_dir / ".secret-key"))
@@ -45,11 +46,15 @@ def build_services(settings: Settings) -> Services:
         log.info("sqlite_migrated", versions=applied, path=str(settings.sqlite_path))
     analytics = AnalyticsStore(settings.analytics_path)
     analytics.open()
-    return Services(settings, config=config, analytics=analytics, metrics=Metrics(), http=HttpClient())
+    return Services(
+        settings, config=config, analytics=analytics, metrics=Metrics(), http=HttpClient(), request_lines=request_lines
+    )
 
 
-def create_app(settings: Settings) -> web.Application:
-    services = build_services(settings)
+def create_app(settings: Settings, *, request_lines: RequestLines | None = None) -> web.Application:
+    """`request_lines` writes the one log line per request (the CLI builds it on its log stream); without
+    it no request lines are written."""
+    services = build_services(settings, request_lines)
     pipelines = TenantPipelines(default_registry(), services)
     token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
 

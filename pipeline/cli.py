@@ -14,7 +14,7 @@ from aiohttp import web
 from admin_ui.api import ADMIN_TOKEN
 from pipeline.admin_token import TOKEN_FILE, read_admin_token
 from pipeline.app import ADMIN_TOKEN_GENERATED, create_app
-from pipeline.logging import configure_logging
+from pipeline.logging import RequestLines, configure_logging
 from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
 from pipeline.web import SERVICES
 
@@ -82,7 +82,7 @@ def serve_command(*, listen: str | None, data_dir: str | None, log_level: str | 
     for name in unknown_variables():
         log.warning("unknown_setting_ignored", variable=name)
     try:
-        app = create_app(settings)
+        app = create_app(settings, request_lines=RequestLines(log_stream, level=settings.log_level))
     except Exception as exc:
         log.error("startup_failed", error=str(exc))
         log_stream.close()

@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 import structlog
 
+__all__ = ["REDACTED", "IsoTimestamp", "QueuedStream", "RequestLines", "configure_logging", "is_sensitive", "redact"]
+
 REDACTED = "[REDACTED]"
 _EXACT = {"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie", "body", "request_body"}
 _PARTS = ("key", "token", "secret", "password")
@@ -107,15 +109,19 @@ class IsoTimestamp:
 class RequestLines:
     """The one line per request, rendered without structlog's processor chain (18 us -> ~3 us a line, a few
     per cent of a core at full load). Same output: the fields, then event, level and time. The fields are a
-    fixed set of ids and numbers (no secret can be among them), so no redaction pass is needed."""
+    fixed set of ids and numbers (no secret can be among them), so no redaction pass is needed.
 
-    def __init__(self) -> None:
-        self._out: QueuedStream | None = None
+    Built by the composition root on the stream ``configure_logging`` returned, and handed to the recorder's
+    log-line sink: there is no process-wide instance. Writes nothing when ``out`` is None or ``level`` hides
+    info lines."""
+
+    def __init__(self, out: QueuedStream | None = None, *, level: str = "info") -> None:
+        self._out = out if _LEVELS.get(level, logging.ERROR) <= logging.INFO else None
         self._stamp = IsoTimestamp()
 
-    def configure(self, out: QueuedStream | None) -> None:
-        """`out` when info lines are enabled, else None."""
-        self._out = out
+    @property
+    def enabled(self) -> bool:
+        return self._out is not None
 
     def write(self, event: str, fields: dict[str, Any]) -> None:
         out = self._out
@@ -126,15 +132,13 @@ class RequestLines:
         out.msg(orjson.dumps(self._stamp(None, "", fields), default=str))
 
 
-REQUEST_LINES = RequestLines()  # mirrors structlog's process-wide configuration, set by configure_logging
-
-
 def _dumps(event: Any, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
 
 
 def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
-    """Configure structlog; returns the queued stream so shutdown can flush it."""
+    """Configure structlog; returns the queued stream so shutdown can flush it (and the composition root
+    can build the request-line writer on it: ``RequestLines(out, level=level)``)."""
     out = QueuedStream(stream or sys.stdout)
     structlog.configure(
         processors=[
@@ -148,5 +152,4 @@ def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
         logger_factory=lambda *_: out,
         cache_logger_on_first_use=True,
     )
-    REQUEST_LINES.configure(out if _LEVELS.get(level, logging.ERROR) <= logging.INFO else None)
     return out

@@ -67,6 +67,9 @@ class Metrics:
         self.event_subscribers_dropped = Counter(
             "tokenhub_event_subscribers_dropped", "SSE subscribers dropped for falling behind", registry=r
         )
+        self.record_sink_failures = Counter(
+            "tokenhub_record_sink_failures", "Recorder sinks that raised on a request record", ["sink"], registry=r
+        )
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
 
@@ -95,7 +98,7 @@ class Metrics:
     def observe_request(self, r: RequestRecord, upstream_ms: float | None = None) -> None:
         """Update every per-request series. Label children are cached per (mode, model, provider): a
         ``labels()`` call costs several microseconds, and this runs once per request. ``upstream_ms`` is
-        the time spent in provider calls, given only when it is fully known (see stages/record.py)."""
+        the time spent in provider calls, given only when it is fully known (see stages/sinks/metrics.py)."""
         if upstream_ms is not None:
             self.overhead.observe(max(0.0, r.latency_ms - upstream_ms))
         mode, model, provider = r.mode, r.model_id, r.provider_id

@@ -12,6 +12,7 @@ from adapters.registry import build_adapter
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
+from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
@@ -20,6 +21,13 @@ from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
 from stages.learning import BanditRefresher, RecentRequests
+from stages.recorder import Recorder
+from stages.sinks.events import EventsSink
+from stages.sinks.key_accounting import KeyAccountingSink
+from stages.sinks.learning import LearningSink
+from stages.sinks.log_line import LogLineSink
+from stages.sinks.metrics import MetricsSink
+from stages.sinks.request_log import RequestLogSink
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.key_ledger import KeyLedger
@@ -44,6 +52,7 @@ class Services:
         analytics: AnalyticsStore,
         metrics: Metrics,
         http: HttpClient,
+        request_lines: RequestLines | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -74,6 +83,18 @@ class Services:
         self.vault = _open_vault(settings, config)
         self.vault_locked_providers: frozenset[str] = frozenset()  # key in the locked vault: not routable
         self.vault_backed: frozenset[str] = frozenset()  # routable with a key read from the vault
+        # What happens after each request, in order (learning sets the record's reward before it is queued).
+        self.recorder = Recorder(
+            [
+                LearningSink(self.bandit, self.recent_requests),
+                MetricsSink(metrics),
+                EventsSink(self.events),
+                LogLineSink(request_lines or RequestLines()),  # none given: no request lines
+                RequestLogSink(self.records),
+                KeyAccountingSink(self.key_ledger, self.key_limits, self.vault, lambda: self.vault_backed),
+            ],
+            on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
+        )
         self.housekeeping = Housekeeping(self)
         for provider in self.env_providers.values():
             # A row (without the key) so models can reference the provider; the key stays in memory.

@@ -3,6 +3,11 @@
 Failover is possible until the first token is handed to the sink: before that, every failure (status, cut,
 stall, a first token later than the first-token limit) is a ProviderError that escalate can act on. After
 it, a failure is StreamBroken: the client already has a 200 and part of an answer.
+
+A stream that ends early after its first token (cut, stall, client gone, request cancelled) is still billed by
+the provider, so it is charged here before the error goes on: `ctx.result` carries the usage relayed so far
+(the provider's, else chars/4 of the text; input from the provider or the estimate) and `ctx.cost_usd` its
+price. The request keeps its error status (502 stream_error, 499) and the recorder charges the key.
 """
 
 from __future__ import annotations
@@ -72,27 +77,38 @@ async def relay_stream(
     )
     tally = _Tally()
     deltas = aiter(upstream)
+    serving = False
     try:
         pending = await _until_first_token(deltas, first_deadline - time.monotonic())
+        serving = True
         ctx.served_by = candidate
         ctx.ttft_ms = (time.perf_counter() - ctx.started_at) * 1000
-        await sink.open(ctx)
         for delta in pending:
             tally.add(delta)
+        await sink.open(ctx)
+        for delta in pending:
             await sink.send(delta)
         try:
             async for delta in deltas:
-                tally.add(delta)
+                tally.add(delta)  # counted as received: the provider bills it even if the client is gone
                 await sink.send(delta)
         except ProviderError as exc:
             raise StreamBroken(f"the upstream stream broke: {exc.message}", cause_class=str(exc.error_class)) from exc
     except BaseException:
+        if serving:  # charged before anything else can fail or be cancelled
+            _charge(ctx, candidate, tally.final_usage(decision.estimated_input_tokens), started)
         upstream.close()
         await deltas.aclose()
         raise
     upstream.release()
     usage = tally.final_usage(decision.estimated_input_tokens)
     return ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
+
+
+def _charge(ctx: RequestContext, candidate: Candidate, usage: Usage, started: float) -> None:
+    """Put what an unfinished stream used on the context, priced like a finished one (dispatch)."""
+    ctx.result = ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
+    ctx.cost_usd = round(candidate.model.cost_usd(usage.input_tokens, usage.output_tokens), 10)
 
 
 async def _until_first_token(deltas: Any, seconds: float) -> list[StreamDelta]:

@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from pipeline.logging import REQUEST_LINES, QueuedStream, configure_logging, redact
+from pipeline.logging import QueuedStream, RequestLines, configure_logging, redact
 
 
 def test_secret_attributes_are_redacted_but_ids_and_counters_are_not() -> None:
@@ -53,13 +53,17 @@ def test_request_lines_match_structlogs_shape_and_follow_the_level() -> None:
     out = io.BytesIO()
     stream = configure_logging("info", stream=out)
     structlog.get_logger("t").info("request", request_id="r1", status=200)
-    REQUEST_LINES.write("request", {"request_id": "r1", "status": 200})
+    lines = RequestLines(stream, level="info")
+    assert lines.enabled
+    lines.write("request", {"request_id": "r1", "status": 200})
     stream.close()
     via_structlog, fast = (json.loads(line) for line in out.getvalue().decode().splitlines())
     assert via_structlog.keys() == fast.keys() and fast["level"] == "info" and fast["time"].endswith("Z")
     quiet = io.BytesIO()
     stream = configure_logging("warning", stream=quiet)
-    REQUEST_LINES.write("request", {"request_id": "r2"})
+    for hidden in (RequestLines(stream, level="warning"), RequestLines()):  # level hides info / no stream
+        assert not hidden.enabled
+        hidden.write("request", {"request_id": "r2"})
     stream.close()
     assert quiet.getvalue() == b""
     configure_logging("error")  # leave the suite quiet

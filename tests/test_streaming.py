@@ -1,4 +1,5 @@
-"""Streaming through the real server: relay, failover before the first token, integrity, cancellation."""
+"""Streaming through the real server: relay, failover before the first token, integrity, cancellation, and the
+charging of streams that end early (cut, stall, client gone)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,21 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipeline.context import RequestContext
+from pipeline.types import RequestRecord
 from tests.conftest import Hub
+from tests.fakes.anthropic_fake import FakeAnthropic
+from tests.fakes.anthropic_fake import StreamCut as AnthropicStreamCut
 from tests.fakes.openai_fake import Fail, Hang, Reply, StreamCut, StreamStall
+
+# Prices for the charging tests: a few tokens cost well over the 1e-6 the budget error rounds to, and the
+# routing estimate (512 output tokens) stays under the default per-request budget of $0.05.
+PRICES = {"input_per_1k": 0.1, "output_per_1k": 0.05}
+PROMPT = "0123456789" * 4  # 40 characters: the input estimate is 10 tokens
+
+
+def priced(input_tokens: int, output_tokens: int) -> float:
+    return input_tokens / 1000 * PRICES["input_per_1k"] + output_tokens / 1000 * PRICES["output_per_1k"]
 
 
 def parse_sse(text: str) -> list[str]:
@@ -33,18 +47,22 @@ def content_of(events: list[str]) -> str:
     return text
 
 
-async def _setup(hub: Hub, *models: str) -> str:
+async def _setup(hub: Hub, *models: str, prices: dict[str, float] | None = None, **key_fields: Any) -> str:
     await hub.add_provider()
     for index, model in enumerate(models or ("gpt-test",)):
-        await hub.add_model(model, weight=9 - index, input_per_1k=0.001, output_per_1k=0.002, max_context_tokens=8000)
-    return await hub.new_key()
+        price = prices or {"input_per_1k": 0.001, "output_per_1k": 0.002}
+        await hub.add_model(model, weight=9 - index, max_context_tokens=8000, **price)
+    return await hub.new_key(**key_fields)
 
 
-async def _stream(hub: Hub, key: str, path: str = "/v1/chat/completions", **body: Any) -> tuple[Any, list[str]]:
+async def _stream(
+    hub: Hub, key: str, path: str = "/v1/chat/completions", *, content: str = "hi", **body: Any
+) -> tuple[Any, list[str]]:
+    messages = [{"role": "user", "content": content}]
     if path == "/v1/chat":
-        payload: dict[str, Any] = {"request": {"messages": [{"role": "user", "content": "hi"}], "stream": True}}
+        payload: dict[str, Any] = {"request": {"messages": messages, "stream": True}}
     else:
-        payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True, **body}
+        payload = {"model": "auto", "messages": messages, "stream": True, **body}
     resp = await hub.client.post(path, json=payload, headers={"Authorization": f"Bearer {key}"})
     return resp, parse_sse(await resp.text())
 
@@ -143,9 +161,9 @@ async def test_hang_before_headers_fails_over_within_the_first_token_limit(make_
 
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/completions"])
 async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_no_done(hub: Hub, path: str) -> None:
-    key = await _setup(hub, "gpt-test", "other")
+    key = await _setup(hub, "gpt-test", "other", prices=PRICES)
     hub.fake.script("gpt-test", StreamCut(after=2))
-    resp, events = await _stream(hub, key, path)
+    resp, events = await _stream(hub, key, path, content=PROMPT)
     assert resp.status == 200 and "[DONE]" not in events
     assert content_of(events[:-1]) == "reply fr"  # two 4-character chunks made it
     error = json.loads(events[-1])["error"]
@@ -153,14 +171,73 @@ async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_no_done(hub:
     assert hub.fake.calls("other") == 0  # no failover once tokens reached the client
     record = await _record(hub)
     assert record["status"] == 502 and record["error_class"] == "stream_error" and record["model_id"] == "gpt-test"
+    # Charged for what the provider produced: the input estimate plus "reply fr" (8 chars = 2 tokens).
+    assert (record["input_tokens"], record["output_tokens"]) == (10, 2)
+    assert record["cost_usd"] == pytest.approx(priced(10, 2))
 
 
 async def test_stalled_stream_ends_with_an_error_after_the_idle_limit(make_hub: Any) -> None:
     hub = await make_hub(stream_idle_secs=0.3)
-    key = await _setup(hub)
+    key = await _setup(hub, prices=PRICES)
     hub.fake.script("gpt-test", StreamStall(after=1, seconds=5))
-    _resp, events = await _stream(hub, key)
+    _resp, events = await _stream(hub, key, content=PROMPT)
     assert "[DONE]" not in events and "stalled" in json.loads(events[-1])["error"]["message"]
+    assert content_of(events[:-1]) == "repl"
+    record = await _record(hub)
+    assert record["status"] == 502 and record["error_class"] == "stream_error"
+    assert (record["input_tokens"], record["output_tokens"]) == (10, 1)
+    assert record["cost_usd"] == pytest.approx(priced(10, 1))
+
+
+async def test_a_cut_anthropic_stream_is_charged_the_providers_input_count(hub: Hub) -> None:
+    """Anthropic reports input tokens when the stream starts: a stream cut later is charged that count, plus
+    chars/4 of the text relayed (its output count only comes at the end)."""
+    async with FakeAnthropic() as claude:
+        await hub.add_provider("claude", base_url=claude.base_url, type="anthropic")
+        await hub.add_model("claude-test", "claude", **PRICES)
+        key = await hub.new_key()
+        claude.script("claude-test", AnthropicStreamCut(after=2))
+        payload = {
+            "model": "claude-test",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        resp = await hub.client.post("/v1/messages", json=payload, headers={"x-api-key": key})
+        text = await resp.text()
+    assert resp.status == 200 and "event: error" in text and "message_stop" not in text
+    record = await _record(hub)
+    assert (record["status"], record["error_class"], record["model_id"]) == (502, "stream_error", "claude-test")
+    assert (record["input_tokens"], record["output_tokens"]) == (12, 2)  # "repl" + "y fr"
+    assert record["cost_usd"] == pytest.approx(priced(12, 2))
+
+
+@pytest.mark.parametrize("ending", ["cut", "stall"])
+async def test_streams_that_end_early_spend_the_keys_budget(make_hub: Any, ending: str) -> None:
+    """The audit's case: mid-answer failures on a key with a budget of 1.5 requests. Each is charged, so the
+    third is refused before reaching the provider."""
+    hub = await make_hub(stream_idle_secs=0.3)
+    cost = priced(10, 2)  # 10 input tokens (the estimate), 2 output ("reply fr")
+    key = await _setup(hub, prices=PRICES, monthly_budget_usd=1.5 * cost)
+    early_end = StreamCut(after=2) if ending == "cut" else StreamStall(after=2, seconds=5)
+    hub.fake.script("gpt-test", early_end, early_end, early_end)
+    for _ in range(2):
+        resp, events = await _stream(hub, key, content=PROMPT)
+        assert resp.status == 200 and json.loads(events[-1])["error"]["code"] == "stream_error"
+    served = len(hub.fake.requests)
+    resp, _ = await _stream(hub, key, "/v1/chat", content=PROMPT)
+    body = await resp.json()
+    assert resp.status == 429 and body["error"]["type"] == "monthly_budget_exceeded"
+    assert body["error"]["spent_usd"] == pytest.approx(2 * cost)
+    assert len(hub.fake.requests) == served  # refused before any provider call
+    await hub.services.records.flush()
+    rows = sorted(await hub.logs(), key=lambda row: row["timestamp"])
+    assert [(r["status"], r["input_tokens"], r["output_tokens"]) for r in rows] == [
+        (502, 10, 2),
+        (502, 10, 2),
+        (429, 0, 0),
+    ]
+    assert [r["cost_usd"] for r in rows] == pytest.approx([cost, cost, 0.0])
 
 
 async def test_malformed_chunk_is_skipped_and_counted(hub: Hub) -> None:
@@ -187,16 +264,43 @@ async def test_finished_stream_without_done_marker_ends_cleanly(hub: Hub) -> Non
     assert (await _record(hub))["status"] == 200
 
 
-async def test_client_disconnect_cancels_the_upstream_stream(hub: Hub) -> None:
-    key = await _setup(hub)
+def _next_record(hub: Hub) -> asyncio.Future[RequestRecord]:
+    """Resolves with the next record the hub's Recorder emits: a request cut short by its client is
+    recorded when the server notices, after the client has already gone."""
+    future: asyncio.Future[RequestRecord] = asyncio.get_running_loop().create_future()
+
+    class Catch:
+        name = "test_catch"
+
+        def __call__(self, record: RequestRecord, ctx: RequestContext) -> None:
+            if not future.done():
+                future.set_result(record)
+
+    hub.services.recorder.add(Catch())
+    return future
+
+
+async def test_client_disconnect_cancels_the_upstream_stream_and_is_charged(hub: Hub) -> None:
+    # A budget below any request's cost: the first is admitted, and what it used refuses the next.
+    key = await _setup(hub, prices=PRICES, monthly_budget_usd=1e-9)
     hub.fake.script("gpt-test", Reply(content="word " * 200, chunk_delay=0.05))
-    payload = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    recorded = _next_record(hub)
+    payload = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
     resp = await hub.client.post("/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"})
-    await resp.content.readline()  # the stream is flowing
+    first = json.loads((await resp.content.readline())[6:])  # the stream is flowing
+    assert first["choices"][0]["delta"]["role"] == "assistant"
     resp.close()  # the client goes away mid-stream
     await asyncio.wait_for(hub.fake.stream_cancelled.wait(), 5)
+    emitted = await asyncio.wait_for(recorded, 5)
     record = await _record(hub)
-    assert record["status"] == 499
+    assert record["request_id"] == emitted.request_id and record["status"] == 499
+    assert record["error_class"] in ("cancelled", "client_disconnected")  # handler cancelled / write failed
+    assert record["model_id"] == "gpt-test" and record["input_tokens"] == 10 and record["output_tokens"] >= 1
+    assert record["cost_usd"] == pytest.approx(priced(10, record["output_tokens"]))
+    resp, _ = await _stream(hub, key, content=PROMPT)
+    error = (await resp.json())["error"]
+    assert resp.status == 429 and error["code"] == "monthly_budget_exceeded"
+    assert f"${record['cost_usd']:.6f}" in error["message"]
 
 
 async def test_a_slow_client_holds_back_the_upstream_instead_of_buffering(hub: Hub) -> None:

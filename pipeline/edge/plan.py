@@ -16,7 +16,6 @@ from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubErr
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body, trusted_networks
-from stages.record import emit_record
 
 
 class PlanEndpoint:
@@ -38,7 +37,7 @@ class PlanEndpoint:
                 )
         except TokenHubError as exc:
             ctx.error = exc
-            emit_record(services, ctx)
+            services.recorder.emit(ctx)
             return _error(exc, ctx.request_id)
         chain = self._pipelines.chain_for(ctx.tenant_id)
         if ctx.request.stream:

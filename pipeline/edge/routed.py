@@ -11,7 +11,6 @@ from pipeline.model_ids import resolve_model_id
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body, trusted_networks
-from stages.record import emit_record
 
 __all__ = ["RoutedEndpoint", "check_model_known"]
 
@@ -39,7 +38,7 @@ class RoutedEndpoint:
         except TokenHubError as exc:
             # Rejected before any stage ran: nothing dispatched, still recorded exactly once.
             ctx.error = exc
-            emit_record(services, ctx)
+            services.recorder.emit(ctx)
             return self._error(exc, ctx.request_id)
         sink = ctx.sink = codec.stream_sink(request, ctx) if ctx.request.stream else None
         try:

@@ -1,0 +1,40 @@
+"""Key-accounting sink: per-request bookkeeping for API keys and the vault (a few dict updates).
+
+The key's month-to-date spend (what its monthly budget is checked against: a stream that ended early is
+charged what it cost too), the settlement of its tokens-per-minute charge, and vault activity (a request
+served with a vault-held key keeps the vault from auto-locking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline.context import RequestContext
+from pipeline.types import RequestRecord
+from stages.key_limits import KeyLimits
+from store.key_ledger import KeyLedger
+from store.vault import Vault
+
+__all__ = ["KeyAccountingSink"]
+
+
+class KeyAccountingSink:
+    name = "key_accounting"
+
+    def __init__(
+        self, ledger: KeyLedger, limits: KeyLimits, vault: Vault, vault_backed: Callable[[], frozenset[str]]
+    ) -> None:
+        self._ledger = ledger
+        self._limits = limits
+        self._vault = vault
+        self._vault_backed = vault_backed  # swapped on every config reload: read at call time
+
+    def __call__(self, record: RequestRecord, ctx: RequestContext) -> None:
+        key = ctx.api_key
+        if key is not None:
+            if record.cost_usd:
+                self._ledger.add_cost(key.id, record.cost_usd, record.timestamp)
+            if key.rate_limit_tpm:
+                self._limits.settle(record.request_id, record.input_tokens + record.output_tokens, key.rate_limit_tpm)
+        if record.provider_id in self._vault_backed():
+            self._vault.touch()
