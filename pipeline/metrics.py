@@ -109,14 +109,16 @@ class Metrics:
         if r.status < 400:
             children.ok.inc()
             children.latency.observe(r.latency_ms)
-            children.cost.inc(r.cost_usd)
-            if r.input_tokens:
-                children.tokens_in.inc(r.input_tokens)
-            if r.output_tokens:
-                children.tokens_out.inc(r.output_tokens)
         else:
             children.failed.inc()
             self.errors.labels(mode, model, provider, str(r.status)).inc()
+        # Spend counts whatever the status: a stream cut after its first token is billed by the provider.
+        if r.cost_usd:
+            children.cost.inc(r.cost_usd)
+        if r.input_tokens:
+            children.tokens_in.inc(r.input_tokens)
+        if r.output_tokens:
+            children.tokens_out.inc(r.output_tokens)
 
 
 class _RequestSeries:

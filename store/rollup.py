@@ -10,8 +10,8 @@ writer near 50,000 rows/s. The derived metrics:
 | `requests` | 1                                      | all                                 |
 | `latency`  | whole-request latency (ms)             | all                                 |
 | `errors`   | 1                                      | status >= 400                       |
-| `cost`     | cost (USD)                             | status < 400                        |
-| `tokens`   | input + output tokens                  | status < 400 with tokens > 0        |
+| `cost`     | cost (USD)                             | status < 400, or any charged one    |
+| `tokens`   | input + output tokens                  | tokens > 0, any status              |
 | `ttft`     | time to first token (ms)               | streams (ttft > 0)                  |
 """
 
@@ -43,8 +43,8 @@ def rollup(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         ("requests", None, ones),
         ("latency", None, batch["latency_ms"]),
         ("errors", ~ok, ones),
-        ("cost", ok, batch["cost_usd"]),
-        ("tokens", ok & (tokens > 0), tokens),
+        ("cost", ok | (batch["cost_usd"] > 0), batch["cost_usd"]),
+        ("tokens", tokens > 0, tokens),
         ("ttft", ttft > 0, ttft),
     ):
         groups, samples = (group, values) if mask is None else (group[mask], values[mask])

@@ -174,6 +174,16 @@ async def test_upstream_cut_mid_stream_ends_with_an_error_event_and_no_done(hub:
     # Charged for what the provider produced: the input estimate plus "reply fr" (8 chars = 2 tokens).
     assert (record["input_tokens"], record["output_tokens"]) == (10, 2)
     assert record["cost_usd"] == pytest.approx(priced(10, 2))
+    # The spend counters agree with the row (they counted successes only before).
+    metrics = await (await hub.client.get("/metrics")).text()
+    samples = {
+        (s.name, s.labels.get("direction", "")): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name in ("tokenhub_cost_usd_total", "tokenhub_tokens_total") and s.labels.get("model") == "gpt-test"
+    }
+    assert samples[("tokenhub_cost_usd_total", "")] == pytest.approx(priced(10, 2))
+    assert (samples[("tokenhub_tokens_total", "input")], samples[("tokenhub_tokens_total", "output")]) == (10, 2)
 
 
 async def test_stalled_stream_ends_with_an_error_after_the_idle_limit(make_hub: Any) -> None:
