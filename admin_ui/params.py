@@ -9,6 +9,8 @@ from aiohttp import web
 
 from pipeline.errors import InvalidRequest
 
+__all__ = ["choice_param", "int_param", "parse_time", "str_param", "time_param"]
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

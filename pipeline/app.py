@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 from adapters.http import HttpClient
-from admin_ui import api as admin_api
+from admin_ui.app import ADMIN_PREFIX, admin_app
 from pipeline.admin_token import resolve_admin_token
 from pipeline.edge.anthropic import AnthropicCodec
 from pipeline.edge.cors import setup_cors
@@ -34,6 +34,7 @@ from store.config_store import ConfigStore
 from store.secret_box import SecretBox
 
 log = structlog.get_logger("tokenhub.app")
+ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
 
 
@@ -71,7 +72,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     setup_cors(app, settings.cors_origins)
     app[SERVICES] = services
     app[PIPELINES] = pipelines
-    app[admin_api.ADMIN_TOKEN] = token
+    app[ADMIN_TOKEN] = token
     app[ADMIN_TOKEN_GENERATED] = generated
     app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
     app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
@@ -82,7 +83,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.add_subapp(admin_api.ADMIN_PREFIX, admin_api.admin_app())
+    app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, token))
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app

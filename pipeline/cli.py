@@ -11,9 +11,8 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
-from admin_ui.api import ADMIN_TOKEN
 from pipeline.admin_token import TOKEN_FILE, read_admin_token
-from pipeline.app import ADMIN_TOKEN_GENERATED, create_app
+from pipeline.app import ADMIN_TOKEN, ADMIN_TOKEN_GENERATED, create_app
 from pipeline.logging import RequestLines, configure_logging
 from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
 from pipeline.web import SERVICES

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
+from store import vault_store
 from store.migrations import migrate
 from store.secret_box import SecretBox
 from store.vault import Vault, provider_vault_keys, store_provider_key
@@ -141,7 +142,8 @@ class ConfigStore:
 
     # --- providers -------------------------------------------------------------------------------
     def upsert_provider(self, provider: ProviderInfo, *, api_key: str | None) -> None:
-        """Create or replace a provider; ``api_key=None`` keeps the stored key."""
+        """Create or replace a provider; ``api_key=None`` keeps the stored key, ``""`` removes it from
+        wherever it is kept (the vault, even a disabled one, and the key-file seal)."""
         now = time.time()
         with self.db as db:
             db.execute(
@@ -150,7 +152,10 @@ class ConfigStore:
                 "enabled=excluded.enabled, base_url=excluded.base_url, updated_at=excluded.updated_at",
                 (provider.id, provider.type, int(provider.enabled), provider.base_url, now, now),
             )
-            if api_key is not None and self.vault is not None and self.vault.initialized:
+            if api_key == "":
+                vault_store.delete_secret(db, vault_store.provider_key_name(provider.id))
+                db.execute("UPDATE providers SET api_key_sealed = '' WHERE id = ?", (provider.id,))
+            elif api_key is not None and self.vault is not None and self.vault.initialized:
                 store_provider_key(db, self.vault, provider.id, api_key)  # raises while the vault is locked
             elif api_key is not None:
                 db.execute(
@@ -159,9 +164,18 @@ class ConfigStore:
                 )
 
     def list_providers(self) -> list[dict[str, Any]]:
+        return self._provider_records("", ())
+
+    def provider_record(self, provider_id: str) -> dict[str, Any] | None:
+        """One provider as ``list_providers`` shows it (where its key is kept: ``cred_store``)."""
+        records = self._provider_records(" WHERE p.id = ?", (provider_id,))
+        return records[0] if records else None
+
+    def _provider_records(self, where: str, args: tuple[str, ...]) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT p.*, EXISTS(SELECT 1 FROM vault_secrets v WHERE v.name = 'provider:' || p.id || ':api_key')"
-            " AS in_vault FROM providers p ORDER BY p.id"
+            f" AS in_vault FROM providers p{where} ORDER BY p.id",
+            args,
         ).fetchall()
         return [
             {

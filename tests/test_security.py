@@ -17,14 +17,17 @@ from tests.conftest import ADMIN_TOKEN, Hub
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
+def _subapps(app: web.Application) -> list[web.Application]:
+    return [r._app for r in app.router.resources() if isinstance(r, web.PrefixedSubAppResource)]
+
+
 def _admin_routes(hub: Hub) -> list[tuple[str, str]]:
-    """Every (method, path) the admin sub-app serves, path parameters filled in: a route added later is
-    covered without touching this test."""
-    app = hub.client.server.app
-    subapps = [r._app for r in app.router.resources() if isinstance(r, web.PrefixedSubAppResource)]
-    assert len(subapps) == 1
+    """Every (method, path) the admin API sub-app (/admin/v1) serves, path parameters filled in: a route
+    added later is covered without touching this test. (The web UI's static files at /admin/ are public.)"""
+    [admin] = _subapps(hub.client.server.app)
+    [api] = _subapps(admin)
     routes = []
-    for route in subapps[0].router.routes():  # sub-app resources carry the /admin/v1 prefix already
+    for route in api.router.routes():  # sub-app resources carry the /admin/v1 prefix already
         routes.append((route.method, re.sub(r"\{[^}]+\}", "x1", route.resource.canonical)))
     return routes
 

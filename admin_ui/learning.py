@@ -12,18 +12,21 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from admin_ui.api import _services
+from admin_ui.common import PIPELINES
+from admin_ui.common import get_services as _services
 from admin_ui.params import int_param
 from pipeline.context import RequestContext
 from pipeline.edge.native import decode_chat
 from pipeline.edge.wire import Strict, invalid_request
 from pipeline.services import Services
-from pipeline.web import PIPELINES, REQUEST_ID, read_body
+from pipeline.web import REQUEST_ID, read_body
 from stages.bandit import token_bucket
 from stages.directives import Directives, DirectivesOptions
 from stages.policy import Policy, PolicyOptions
 from stages.scoring import Constraints, ProviderStats, score_parts
 from store.reward_queries import recent_rewards
+
+__all__ = ["rewards", "simulate"]
 
 
 async def rewards(request: web.Request) -> web.Response:
@@ -110,7 +113,3 @@ def _explain(services: Services, mode: str, tokens: int, candidates: list[Any]) 
 
 async def _stop(ctx: RequestContext) -> None:
     return None
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_routes([web.get("/rewards", rewards), web.post("/routing/simulate", simulate)])

@@ -12,11 +12,13 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field
 
-from admin_ui.api import IdStr, Scope, _Body, _commit, _services, parse_duration, read_model
+from admin_ui.common import Body, IdStr, Scope, commit, get_services, parse_duration, read_model
 from admin_ui.params import int_param
 from pipeline.errors import InvalidRequest, NotFound
 from store import api_keys
 from store.config_store import DEFAULT_TENANT
+
+__all__ = ["create_api_key", "list_api_keys", "mark_budget_paid", "patch_api_key", "revoke_api_key", "rotate_api_key"]
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Budget = Annotated[float, Field(ge=0, le=1_000_000)]
@@ -24,7 +26,7 @@ PerMinute = Annotated[int, Field(ge=0, le=1_000_000_000)]
 SHOWN_ONCE = "store this key now: it is shown only once"
 
 
-class ApiKeyIn(_Body):
+class ApiKeyIn(Body):
     name: Name
     tenant_id: IdStr = DEFAULT_TENANT
     scopes: list[Scope] = Field(default_factory=lambda: ["chat", "plan"], max_length=3)
@@ -34,7 +36,7 @@ class ApiKeyIn(_Body):
     rate_limit_tpm: PerMinute = 0  # tokens per minute, 0 = unlimited
 
 
-class ApiKeyPatch(_Body):
+class ApiKeyPatch(Body):
     name: Name | None = None
     scopes: list[Scope] | None = Field(None, max_length=3)
     enabled: bool | None = None
@@ -45,7 +47,7 @@ class ApiKeyPatch(_Body):
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = get_services(request)
     limit = int_param(request, "limit", 1000, 1, 1000) or 1000
     offset = int_param(request, "offset", 0, 0, 10**9) or 0
     keys, total = await services.config.call(api_keys.list_page, services.config.db, limit, offset)
@@ -55,11 +57,11 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 async def create_api_key(request: web.Request) -> web.Response:
     body = await read_model(request, ApiKeyIn)
-    services = _services(request)
+    services = get_services(request)
     if await services.config.call(services.config.get_tenant, body.tenant_id) is None:
         raise InvalidRequest(f"tenant {body.tenant_id!r} does not exist", field="tenant_id")
     expires_at = time.time() + parse_duration(body.expires_in) if body.expires_in else None
-    plaintext, record = await _commit(
+    plaintext, record = await commit(
         request,
         api_keys.create,
         services.config.db,
@@ -87,8 +89,8 @@ async def patch_api_key(request: web.Request) -> web.Response:
         changes["expires_at"] = time.time() + parse_duration(body.expires_in) if body.expires_in else None
     if not changes:
         raise InvalidRequest("nothing to change: send at least one field", field="body")
-    services = _services(request)
-    record = await _commit(request, api_keys.update, services.config.db, key_id, changes)
+    services = get_services(request)
+    record = await commit(request, api_keys.update, services.config.db, key_id, changes)
     if record is None:
         raise NotFound(f"api key {key_id!r} not found")
     if {"rate_limit_rpm", "rate_limit_tpm", "enabled"} & changes.keys():
@@ -98,8 +100,8 @@ async def patch_api_key(request: web.Request) -> web.Response:
 
 async def rotate_api_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
-    services = _services(request)
-    rotated = await _commit(request, api_keys.rotate, services.config.db, key_id)
+    services = get_services(request)
+    rotated = await commit(request, api_keys.rotate, services.config.db, key_id)
     if rotated is None:
         raise NotFound(f"api key {key_id!r} not found")
     plaintext, record = rotated
@@ -110,18 +112,18 @@ async def rotate_api_key(request: web.Request) -> web.Response:
 
 async def mark_budget_paid(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
-    services = _services(request)
+    services = get_services(request)
     now = time.time()
-    if not await _commit(request, api_keys.mark_paid, services.config.db, key_id, now):
+    if not await commit(request, api_keys.mark_paid, services.config.db, key_id, now):
         raise NotFound(f"api key {key_id!r} not found")
     services.key_ledger.reset(key_id)
     return web.json_response({"ok": True, "id": key_id, "budget_reset_at": now})
 
 
 async def revoke_api_key(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = get_services(request)
     key_id = request.match_info["id"]
-    if not await _commit(request, services.config.delete_api_key, key_id):
+    if not await commit(request, services.config.delete_api_key, key_id):
         raise NotFound(f"api key {key_id!r} not found")
     services.key_limits.forget(key_id)
     return web.json_response({"ok": True, "revoked": key_id})
@@ -129,21 +131,8 @@ async def revoke_api_key(request: web.Request) -> web.Response:
 
 def _live(request: web.Request, record: dict[str, Any]) -> dict[str, Any]:
     """The stored record plus what only memory knows yet: spend this month, a last use not yet flushed."""
-    services = _services(request)
+    services = get_services(request)
     key_id = record["id"]
     pending = services.key_ledger.last_used(key_id)
     last_used = max(filter(None, (record["last_used_at"], pending)), default=None)
     return {**record, "last_used_at": last_used, "current_spend_usd": services.key_ledger.spent(key_id, time.time())}
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_routes(
-        [
-            web.get("/apikeys", list_api_keys),
-            web.post("/apikeys", create_api_key),
-            web.patch("/apikeys/{id}", patch_api_key),
-            web.delete("/apikeys/{id}", revoke_api_key),
-            web.post("/apikeys/{id}/rotate", rotate_api_key),
-            web.post("/apikeys/{id}/paid", mark_budget_paid),
-        ]
-    )

@@ -6,7 +6,6 @@ thread. Reads flush the record queue first so they include the requests that jus
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,26 +14,35 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from admin_ui.common import get_services as _services
+from admin_ui.common import read_json
 from admin_ui.params import choice_param, int_param, str_param, time_param
 from pipeline.errors import InvalidRequest, QueryError
 from pipeline.events import sse_frame
 from pipeline.services import Services
-from pipeline.web import REQUEST_ID, SERVICES, Handler, read_body
+from pipeline.web import REQUEST_ID
 from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, run_query
 from store.request_queries import LogFilter, query_logs, request_stats, request_trends
 from store.tsdb import AGGREGATES, SeriesQuery, list_metrics, query_series
+
+__all__ = [
+    "analytics_query",
+    "analytics_trends",
+    "events_stream",
+    "get_retention",
+    "list_logs",
+    "prune_tsdb",
+    "put_retention",
+    "stats",
+    "tsdb_metrics",
+    "tsdb_query",
+]
 
 MAX_TSDB_POINTS = 10_000
 MAX_TREND_BUCKETS = 10_000
 _TREND_DEFAULT_SPAN = {"hour": timedelta(hours=24), "day": timedelta(days=30)}
 _TREND_BUCKET = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
-# Mutating admin routes that only read (they are POST for the request body): no admin_action event.
-_READ_ONLY_HANDLERS = frozenset({"analytics_query"})
 _CONNECTED = sse_frame("connected", {"status": "ok"})
-
-
-def _services(request: web.Request) -> Services:
-    return request.config_dict[SERVICES]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -125,7 +133,7 @@ async def get_retention(request: web.Request) -> web.Response:
 
 async def put_retention(request: web.Request) -> web.Response:
     services = _services(request)
-    body = await _json_body(request, services)
+    body = await read_json(request)
     days = body.get("days") if isinstance(body, dict) else None
     if isinstance(days, bool) or not isinstance(days, int):
         raise InvalidRequest('body must be {"days": <integer >= 1>}', field="days")
@@ -146,7 +154,7 @@ async def prune_tsdb(request: web.Request) -> web.Response:
 async def analytics_query(request: web.Request) -> web.Response:
     services = _services(request)
     settings = services.settings
-    body = await _json_body(request, services)
+    body = await read_json(request)
     sql = body.get("sql") if isinstance(body, dict) else None
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidRequest('body must be {"sql": "SELECT ..."}', field="sql")
@@ -216,63 +224,3 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
     finally:
         bus.unsubscribe(subscriber)
     return response
-
-
-@web.middleware
-async def publish_admin_actions(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Each successful admin change becomes an ``admin_action`` event (ids and paths only, no bodies)."""
-    response = await handler(request)
-    if request.method in ("GET", "HEAD", "OPTIONS") or response.status >= 400:
-        return response
-    action = getattr(request.match_info.route.handler, "__name__", "")
-    bus = _services(request).events
-    if action in _READ_ONLY_HANDLERS or not bus.active:
-        return response
-    bus.publish(
-        "admin_action",
-        action=action,
-        resource=request.match_info.route.resource.canonical if request.match_info.route.resource else "",
-        path=request.path,
-        request_id=request.get(REQUEST_ID, ""),
-    )
-    if action == "delete_provider" and _deleted(response):
-        bus.publish(
-            "health_change",
-            provider_id=request.match_info.get("id", ""),
-            new_state="removed",
-            reason="provider deleted by an admin",
-        )
-    return response
-
-
-def _deleted(response: web.StreamResponse) -> bool:
-    body = getattr(response, "body", None)
-    try:
-        return isinstance(body, bytes) and json.loads(body).get("deleted") is True
-    except (ValueError, AttributeError):
-        return False
-
-
-async def _json_body(request: web.Request, services: Services) -> Any:
-    raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
-    try:
-        return json.loads(raw or b"null")
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_routes(
-        [
-            web.get("/logs", list_logs),
-            web.get("/stats", stats),
-            web.get("/tsdb/query", tsdb_query),
-            web.get("/tsdb/metrics", tsdb_metrics),
-            web.get("/tsdb/retention", get_retention),
-            web.put("/tsdb/retention", put_retention),
-            web.post("/tsdb/prune", prune_tsdb),
-            web.post("/analytics/query", analytics_query),
-            web.get("/analytics/trends", analytics_trends),
-            web.get("/events", events_stream),
-        ]
-    )

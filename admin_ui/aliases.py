@@ -12,17 +12,28 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import Field
 
-from admin_ui.api import FallbackIds, IdStr, _Body, _commit, _services, read_model
+from admin_ui.common import Body, FallbackIds, IdStr, commit, get_services, read_model
 from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.modes import AUTO_MODELS
 from pipeline.services import Services
 from pipeline.types import AliasInfo, AliasVariant
 
+__all__ = [
+    "alias_view",
+    "check_alias",
+    "create_alias",
+    "delete_alias",
+    "get_alias",
+    "list_aliases",
+    "patch_alias",
+    "put_alias",
+]
+
 MAX_NAME = 128  # as IdStr
 StickyBy = Literal["", "request", "api_key", "round_robin"]  # pipeline.types.ALIAS_STICKY_BY
 
 
-class VariantIn(_Body):
+class VariantIn(Body):
     model_id: IdStr
     weight: Annotated[int, Field(ge=1, le=1_000_000)] = 1
 
@@ -30,7 +41,7 @@ class VariantIn(_Body):
 Variants = Annotated[list[VariantIn], Field(min_length=1, max_length=64)]
 
 
-class AliasBody(_Body):
+class AliasBody(Body):
     """PUT /aliases/{name}: the whole alias but its name."""
 
     variants: Variants
@@ -43,7 +54,7 @@ class AliasIn(AliasBody):
     name: IdStr
 
 
-class AliasPatch(_Body):
+class AliasPatch(Body):
     variants: Variants | None = None
     enabled: bool | None = None
     sticky_by: StickyBy | None = None
@@ -51,7 +62,7 @@ class AliasPatch(_Body):
 
 
 async def list_aliases(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = get_services(request)
     aliases = await services.config.call(services.config.list_aliases)
     times = await services.config.call(services.config.alias_times)
     items = [alias_view(a, times.get(a.name)) for a in aliases]
@@ -65,7 +76,7 @@ async def get_alias(request: web.Request) -> web.Response:
 
 async def create_alias(request: web.Request) -> web.Response:
     body = await read_model(request, AliasIn)
-    services = _services(request)
+    services = get_services(request)
     if await services.config.call(services.config.get_alias, body.name) is not None:
         raise Conflict(f"alias {body.name!r} already exists; PATCH or PUT /admin/v1/aliases/{body.name} changes it")
     alias = _alias(body.name, body)
@@ -95,8 +106,8 @@ async def patch_alias(request: web.Request) -> web.Response:
 
 
 async def delete_alias(request: web.Request) -> web.Response:
-    services = _services(request)
-    deleted = await _commit(request, services.config.delete_alias, request.match_info["name"])
+    services = get_services(request)
+    deleted = await commit(request, services.config.delete_alias, request.match_info["name"])
     return web.json_response({"ok": True, "deleted": deleted})
 
 
@@ -118,7 +129,7 @@ def alias_view(alias: AliasInfo, times: tuple[float, float] | None = None) -> di
 
 async def _existing(request: web.Request) -> AliasInfo:
     name = request.match_info["name"]
-    services = _services(request)
+    services = get_services(request)
     alias = await services.config.call(services.config.get_alias, name)
     if alias is None:
         raise NotFound(f"alias {name!r} not found")
@@ -126,15 +137,15 @@ async def _existing(request: web.Request) -> AliasInfo:
 
 
 async def _view_with_times(request: web.Request, alias: AliasInfo) -> dict[str, Any]:
-    services = _services(request)
+    services = get_services(request)
     times = await services.config.call(services.config.alias_times)
     return alias_view(alias, times.get(alias.name))
 
 
 async def _save(request: web.Request, alias: AliasInfo) -> None:
-    services = _services(request)
+    services = get_services(request)
     check_alias(services, alias)
-    await _commit(request, services.config.upsert_alias, alias)
+    await commit(request, services.config.upsert_alias, alias)
 
 
 def _variants(variants: list[VariantIn]) -> tuple[AliasVariant, ...]:
@@ -176,16 +187,3 @@ def check_alias(services: Services, alias: AliasInfo) -> None:
 
 def _invalid(reason: str, field: str) -> InvalidRequest:
     return InvalidRequest(f"invalid alias: {reason}", field=field)
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_routes(
-        [
-            web.get("/aliases", list_aliases),
-            web.post("/aliases", create_alias),
-            web.get("/aliases/{name:.+}", get_alias),
-            web.put("/aliases/{name:.+}", put_alias),
-            web.patch("/aliases/{name:.+}", patch_alias),
-            web.delete("/aliases/{name:.+}", delete_alias),
-        ]
-    )

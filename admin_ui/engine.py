@@ -16,12 +16,14 @@ from aiohttp import web
 
 from adapters.errors import excerpt
 from adapters.registry import build_adapter
-from admin_ui.aliases_api import alias_view
-from admin_ui.api import _services
+from admin_ui.aliases import alias_view
+from admin_ui.common import get_services
 from admin_ui.params import int_param
 from pipeline.errors import DiscoveryFailed, InvalidRequest, NotFound, VaultLocked
 from pipeline.services import Services
 from pipeline.types import ModelInfo, ProviderInfo
+
+__all__ = ["discover_models", "engine_models"]
 
 log = structlog.get_logger("tokenhub.admin")
 DISCOVER_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -32,7 +34,7 @@ _INT_FIELDS = ("context_length", "max_model_len", "context_window")
 
 # --- engine view -----------------------------------------------------------------------------------
 async def engine_models(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = get_services(request)
     limit = int_param(request, "limit", 1000, 1, 1000) or 1000
     offset = int_param(request, "offset", 0, 0, 10**9) or 0
     snapshot = services.snapshot
@@ -102,7 +104,7 @@ def _unavailable(services: Services, model: ModelInfo) -> str | None:
 # --- discovery -------------------------------------------------------------------------------------
 async def discover_models(request: web.Request) -> web.Response:
     provider_id = request.match_info["id"]
-    services = _services(request)
+    services = get_services(request)
     provider = services.providers.get(provider_id)
     if provider is None:
         raise NotFound(f"provider {provider_id!r} not found")
@@ -199,12 +201,3 @@ def _entries(answer: Any) -> list[dict[str, Any]]:
                 entry[name] = value
         found[model_id] = entry
     return list(found.values())
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_routes(
-        [
-            web.get("/engine/models", engine_models),
-            web.get("/providers/{id}/discover", discover_models),
-        ]
-    )

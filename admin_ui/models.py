@@ -1,0 +1,137 @@
+"""Admin API for registered models: GET/POST /models, PATCH/DELETE /models/{id}.
+
+Model ids may contain slashes (``meta/llama-3``), hence the ``{id:.+}`` routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import Field
+
+from admin_ui.common import Body, FallbackIds, IdStr, UpstreamName, commit, get_services, read_model
+from pipeline.errors import Conflict, InvalidRequest, NotFound
+from pipeline.services import Services
+from pipeline.types import ModelInfo
+
+__all__ = ["create_model", "delete_model", "list_models", "model_view", "patch_model"]
+
+ModelKind = Literal["chat", "embedding"]
+Weight = Annotated[int, Field(ge=0, le=10)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class ModelIn(Body):
+    id: IdStr
+    provider_id: IdStr
+    weight: Weight = 5
+    max_context_tokens: Annotated[int, Field(ge=0)] = 0
+    input_per_1k: NonNegative = 0.0
+    output_per_1k: NonNegative = 0.0
+    enabled: bool = True
+    kind: ModelKind = "chat"
+    upstream_model: UpstreamName = ""
+    fallbacks: FallbackIds = Field(default_factory=list)
+
+
+class ModelPatch(Body):
+    weight: Weight | None = None
+    max_context_tokens: Annotated[int, Field(ge=0)] | None = None
+    input_per_1k: NonNegative | None = None
+    output_per_1k: NonNegative | None = None
+    enabled: bool | None = None
+    kind: ModelKind | None = None
+    upstream_model: UpstreamName | None = None
+    fallbacks: FallbackIds | None = None
+
+
+async def list_models(request: web.Request) -> web.Response:
+    services = get_services(request)
+    models = await services.config.call(services.config.list_models)
+    items = [{**model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in models]
+    return web.json_response({"items": items, "total": len(items)})
+
+
+async def create_model(request: web.Request) -> web.Response:
+    body = await read_model(request, ModelIn)
+    services = get_services(request)
+    if await services.config.call(services.config.get_provider, body.provider_id) is None:
+        raise InvalidRequest(f"provider {body.provider_id!r} does not exist; create it first", field="provider_id")
+    model = ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
+    _check(services, model)
+    await commit(request, services.config.upsert_model, model)
+    return web.json_response({"ok": True, "model": model_view(model)}, status=201)
+
+
+async def patch_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["id"]
+    body = await read_model(request, ModelPatch)
+    services = get_services(request)
+    current = await services.config.call(services.config.get_model, model_id)
+    if current is None:
+        raise NotFound(f"model {model_id!r} not found")
+    changes = body.model_dump(exclude_none=True)
+    if "fallbacks" in changes:
+        changes["fallbacks"] = tuple(changes["fallbacks"])
+    updated = dataclasses.replace(current, **changes)
+    _check(services, updated)
+    await commit(request, services.config.upsert_model, updated)
+    return web.json_response({"ok": True, "model": model_view(updated)})
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    services = get_services(request)
+    deleted = await commit(request, services.config.delete_model, request.match_info["id"])
+    return web.json_response({"ok": True, "deleted": deleted})
+
+
+def _check(services: Services, model: ModelInfo) -> None:
+    _check_kind(services, model)
+    _check_names(services, model)
+
+
+def _check_kind(services: Services, model: ModelInfo) -> None:
+    """An embedding model on a provider whose adapter cannot embed (Anthropic) could never be served."""
+    adapter = services.adapters.get(model.provider_id)
+    if model.kind == "embedding" and adapter is not None and not hasattr(adapter, "embed"):
+        raise InvalidRequest(
+            f"provider {model.provider_id!r} ({adapter.type}) does not serve embeddings; kind 'embedding' needs an"
+            " openai or vllm provider",
+            field="kind",
+        )
+
+
+def _check_names(services: Services, model: ModelInfo) -> None:
+    """The id must not shadow an alias; fallbacks must be other registered models of the same kind."""
+    snapshot = services.snapshot
+    if model.id in snapshot.aliases:
+        raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
+    if len(set(model.fallbacks)) != len(model.fallbacks):
+        raise InvalidRequest("fallbacks: a model may appear only once", field="fallbacks")
+    for fallback in model.fallbacks:
+        other = snapshot.models.get(fallback)
+        if fallback == model.id:
+            raise InvalidRequest("fallbacks: a model cannot be its own fallback", field="fallbacks")
+        if other is None:
+            raise InvalidRequest(f"fallbacks: model {fallback!r} is not registered", field="fallbacks")
+        if other.kind != model.kind:
+            raise InvalidRequest(
+                f"fallbacks: {fallback!r} is of kind {other.kind}, not {model.kind}", field="fallbacks"
+            )
+
+
+def model_view(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "provider_id": m.provider_id,
+        "weight": m.weight,
+        "max_context_tokens": m.max_context_tokens,
+        "input_per_1k": m.input_per_1k,
+        "output_per_1k": m.output_per_1k,
+        "enabled": m.enabled,
+        "kind": m.kind,
+        "upstream_model": m.sent_as,  # what the provider is sent (the id unless set)
+        "fallbacks": list(m.fallbacks),
+    }

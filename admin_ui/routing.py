@@ -1,0 +1,47 @@
+"""Admin API for the stored routing defaults: GET/PUT /routing-config. Zero or empty stored values fall back to
+the settings (``TOKENHUB_DEFAULT_*``); ``effective`` shows what requests get."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import Field
+
+from admin_ui.common import Body, commit, get_services, read_model
+from pipeline.modes import OptionalMode
+from store.config_store import RoutingDefaults
+
+__all__ = ["get_routing", "put_routing"]
+
+
+class RoutingIn(Body):
+    default_mode: OptionalMode = ""
+    default_max_budget_usd: Annotated[float, Field(ge=0, le=100)] = 0.0
+    default_max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
+
+
+async def get_routing(request: web.Request) -> web.Response:
+    services = get_services(request)
+    stored = services.snapshot.routing
+    settings = services.settings
+    return web.json_response(
+        {
+            "default_mode": stored.mode,
+            "default_max_budget_usd": stored.max_budget_usd,
+            "default_max_latency_ms": stored.max_latency_ms,
+            "effective": {
+                "mode": stored.mode or settings.default_mode,
+                "max_budget_usd": stored.max_budget_usd or settings.default_max_budget_usd,
+                "max_latency_ms": stored.max_latency_ms or settings.default_max_latency_ms,
+            },
+        }
+    )
+
+
+async def put_routing(request: web.Request) -> web.Response:
+    body = await read_model(request, RoutingIn)
+    services = get_services(request)
+    defaults = RoutingDefaults(body.default_mode, body.default_max_budget_usd, body.default_max_latency_ms)
+    await commit(request, services.config.set_routing, defaults)
+    return await get_routing(request)

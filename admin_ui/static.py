@@ -1,0 +1,61 @@
+"""The admin web UI's slot: whatever the static folder holds, served at /admin/ without authentication (the
+page asks for the admin token itself, and every datum it shows comes from the authenticated /admin/v1 API).
+
+Hidden files (a leading dot: ``.gitkeep``, ``.env``) are never served, nor anything outside the folder, through
+``..`` or a symlink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from pipeline.errors import NotFound
+
+__all__ = ["STATIC_DIR", "StaticFiles"]
+
+STATIC_DIR = Path(__file__).parent / "static"
+INDEX = "index.html"
+
+
+class StaticFiles:
+    """Serves the files under ``root``; a folder means its index.html."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def routes(self) -> list[web.RouteDef]:
+        """``/admin`` redirects to ``/admin/`` (so the page's relative links resolve under it); the rest are files."""
+        return [web.get("", self.to_folder), web.get("/{path:.*}", self.serve)]
+
+    async def to_folder(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPPermanentRedirect(request.path + "/")
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["path"]
+        path = await asyncio.get_running_loop().run_in_executor(None, self.locate, name)
+        if path is None:
+            if not name.strip("/"):
+                raise NotFound("the admin web UI is not installed (its static folder has no index.html)")
+            raise NotFound(f"no admin UI file {name[:200]!r}")
+        # no-cache: revalidate (cheap, by ETag / Last-Modified) so a new UI build shows at once.
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    def locate(self, name: str) -> Path | None:
+        """The file ``name`` names inside the folder, or None. Blocking: runs on a worker thread."""
+        parts = [part for part in name.split("/") if part]
+        if any(part.startswith(".") or "\\" in part or "\0" in part for part in parts):
+            return None
+        try:
+            root = self.root.resolve(strict=True)
+            path = root.joinpath(*parts)
+            if path.is_dir():
+                path = path / INDEX
+            resolved = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop
+            return None
+        if not resolved.is_relative_to(root) or not resolved.is_file():
+            return None
+        return resolved
