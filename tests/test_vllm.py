@@ -14,8 +14,9 @@ import openai
 import pytest
 
 from adapters.http import HttpClient, RetryPolicy
-from adapters.registry import build_adapter
-from adapters.vllm import VLLMAdapter, parse_endpoints
+from adapters.endpoints import parse_endpoints
+from adapters.registry import build_provider
+from adapters.vllm import VLLMAdapter
 from adapters.vllm_prober import DiscoveredModel, parse_model_list
 from pipeline.types import ErrorClass, ProviderInfo
 from tests.conftest import Hub
@@ -317,7 +318,7 @@ async def test_embeddings_through_vllm_round_robin(make_hub: Any) -> None:
 
 def _adapter(base_url: str = "http://a:8000/v1, http://b:8000/,http://a:8000", key: str = "k") -> VLLMAdapter:
     provider = ProviderInfo("v", "vllm", base_url, True, key)
-    adapter = build_adapter(provider, HttpClient(), RetryPolicy())
+    adapter = build_provider(provider, HttpClient(), RetryPolicy())
     assert isinstance(adapter, VLLMAdapter)
     return adapter
 
