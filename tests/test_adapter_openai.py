@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from adapters.endpoints import normalize_base_url
 from adapters.errors import ProviderError, excerpt, scrub
 from adapters.http import HttpClient, RetryPolicy, parse_retry_after
-from adapters.endpoints import normalize_base_url
 from adapters.openai import OpenAIAdapter
 from adapters.registry import build_provider
 from adapters.usage import parse_usage
