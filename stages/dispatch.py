@@ -61,7 +61,8 @@ class Dispatch:
                     on_malformed=services.metrics.stream_malformed.labels(provider=model.provider_id).inc,
                 )
             elif ctx.request.operation == "embeddings":
-                if not isinstance(adapter, EmbeddingProvider):  # policy filters these out; a provider swapped since?
+                # policy filters these out; this guards a provider swapped since then
+                if not isinstance(adapter, EmbeddingProvider):
                     raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} does not support embeddings")
                 result = await adapter.embed(
                     model.sent_as,
