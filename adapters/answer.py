@@ -6,6 +6,8 @@ from typing import Any
 
 from pipeline.types import ChatResult
 
+__all__ = ["answer_text"]
+
 
 def answer_text(result: ChatResult) -> str:
     """OpenAI: choice 0's message content, reasoning prepended (blank line between); Anthropic: the text

@@ -1,7 +1,7 @@
 """Pure conversions between Anthropic Messages bodies and OpenAI chat.completion bodies, for the edges.
 
-No I/O and nothing of ours but plain dicts: an edge calls these when the provider that answered speaks a
-different wire format than the client.
+No I/O and nothing of ours but plain dicts (and the token counter): an edge calls these when the provider
+that answered speaks a different wire format than the client.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import orjson
+
+from adapters.usage import token_count
 
 __all__ = [
     "FINISH_TO_STOP",
@@ -106,10 +108,6 @@ def parse_tool_arguments(arguments: Any) -> dict[str, Any]:
     return {"raw_arguments": arguments}
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def anthropic_to_openai_completion(
     body: dict[str, Any], *, model: str, completion_id: str, created: int | None = None
 ) -> dict[str, Any]:
@@ -164,7 +162,7 @@ def anthropic_to_openai_completion(
     }
     usage = body.get("usage")
     if isinstance(usage, dict):
-        prompt, completion_tokens = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+        prompt, completion_tokens = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
         completion["usage"] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion_tokens,
@@ -227,7 +225,7 @@ def openai_to_anthropic_message(body: dict[str, Any], *, model: str, message_id:
         "stop_reason": stop_reason_for(choice.get("finish_reason"), tool_uses > 0),
         "stop_sequence": None,
         "usage": {
-            "input_tokens": _count(usage.get("prompt_tokens")) or _count(usage.get("input_tokens")),
-            "output_tokens": _count(usage.get("completion_tokens")) or _count(usage.get("output_tokens")),
+            "input_tokens": token_count(usage.get("prompt_tokens")) or token_count(usage.get("input_tokens")),
+            "output_tokens": token_count(usage.get("completion_tokens")) or token_count(usage.get("output_tokens")),
         },
     }

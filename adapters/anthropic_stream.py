@@ -8,17 +8,22 @@ import orjson
 
 from adapters.anthropic_format import finish_reason_for, openai_tool_call_id
 from adapters.errors import ProviderError, excerpt
+from adapters.failures import FailureRules
 from adapters.sse import SseEvent
 from adapters.stream import malformed
+from adapters.usage import token_count
 from pipeline.types import ErrorClass, StreamDelta, Usage
 
-__all__ = ["AnthropicEventParser", "stream_error_class"]
+__all__ = ["FAILURES", "AnthropicEventParser", "stream_error_class"]
 
 _NOTHING: list[StreamDelta] = []
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+# Anthropic's words for a failure, in an HTTP answer and in an in-stream error event alike. 529 is its
+# "overloaded": like a 429 it says "not now, try elsewhere", so it is rate_limited (health backs off,
+# escalate moves on). The phrases say the input does not fit: another model with a larger window may take it.
+FAILURES = FailureRules(
+    overflow_phrases=("prompt is too long", "prompt_too_long", "exceed context limit"),
+    rate_limited_statuses=frozenset({429, 529}),
+)
 
 
 def stream_error_class(error_type: str, message: str) -> ErrorClass:
@@ -26,8 +31,7 @@ def stream_error_class(error_type: str, message: str) -> ErrorClass:
     context overflow; anything else (api_error, ...) is transient, like a 5xx."""
     if error_type in ("overloaded_error", "rate_limit_error"):
         return ErrorClass.RATE_LIMITED
-    lowered = message.lower()
-    if "prompt is too long" in lowered or "prompt_too_long" in lowered:
+    if FAILURES.overflows(message):
         return ErrorClass.CONTEXT_OVERFLOW
     return ErrorClass.TRANSIENT
 
@@ -59,7 +63,7 @@ class AnthropicEventParser:
         if kind == "message_start":
             message = payload.get("message")
             usage = message.get("usage") if isinstance(message, dict) else None
-            tokens_in = _count(usage.get("input_tokens")) if isinstance(usage, dict) else 0
+            tokens_in = token_count(usage.get("input_tokens")) if isinstance(usage, dict) else 0
             # message_start's output_tokens is a placeholder; the real count comes with message_delta.
             return [StreamDelta(usage=Usage(tokens_in, 0))] if tokens_in else _NOTHING
         if kind == "content_block_start":
@@ -139,9 +143,10 @@ class AnthropicEventParser:
         stop_reason = delta.get("stop_reason") if isinstance(delta, dict) else None
         usage = payload.get("usage")
         tokens = None
-        if isinstance(usage, dict) and (_count(usage.get("input_tokens")) or _count(usage.get("output_tokens"))):
+        if isinstance(usage, dict):
             # Final counts; input_tokens is present only in newer API versions (0 = keep message_start's).
-            tokens = Usage(_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
+            tokens_in, tokens_out = token_count(usage.get("input_tokens")), token_count(usage.get("output_tokens"))
+            tokens = Usage(tokens_in, tokens_out) if tokens_in or tokens_out else None
         finish = finish_reason_for(stop_reason, bool(self._tools)) if stop_reason else None
         if finish:
             self.finished = True

@@ -1,56 +1,36 @@
-"""What every HTTP provider adapter shares: the base URL, the auth headers, one call and one stream through
-the shared HTTP helper, and usage parsing. A subclass says where to send (`url`), what to send
-(`build_payload`, `build_stream_payload`), how to read failures (`classify`) and streams (`new_parser`), and
-the shape of its answers (`result_format`)."""
+"""What every HTTP provider adapter shares: its URLs, the auth headers, `classify`, and the per-call plumbing
+(one plain call, one stream, through the shared HTTP helper and its retry loop).
+
+A subclass says what it is (`type`, `capabilities`, `result_format`), where things are (`chat_path`,
+`health_path`, `models_path`), how to authenticate (`auth_headers`), what to send (`build_payload`,
+`build_stream_payload`), how its failures read (`failures`) and how its streams read (`new_parser`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
-import aiohttp
-
+from adapters.endpoints import normalize_base_url
 from adapters.errors import ProviderError
-from adapters.http import HttpClient, RetryHook, RetryPolicy
+from adapters.failures import FailureRules
+from adapters.http import HttpClient, RetryHook, RetryPolicy, Route
+from adapters.provider import Capabilities, ProviderType
 from adapters.stream import ChunkParser, UpstreamStream
-from pipeline.types import ChatRequest, ChatResult, ProviderInfo, Usage
+from adapters.usage import parse_usage
+from pipeline.types import ChatRequest, ChatResult, ProviderInfo
 
-
-def normalize_base_url(url: str) -> str:
-    """Strip trailing '/', then one trailing '/v1' or '/v2', then trailing '/' (so paths can be appended)."""
-    url = url.strip().rstrip("/")
-    if url.endswith(("/v1", "/v2")):
-        url = url[:-3]
-    return url.rstrip("/")
-
-
-def _count(value: Any) -> int:
-    # bool is an int subclass; a token count of True is garbage, not 1.
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    try:
-        return max(int(value), 0)
-    except (OverflowError, ValueError):  # inf / nan
-        return 0
-
-
-def parse_usage(body: Mapping[str, Any]) -> Usage | None:
-    """OpenAI's prompt/completion_tokens, else the input/output_tokens shape, else None."""
-    # dict, not Mapping: parsed JSON is always a dict, and an ABC isinstance check is slow per request.
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    for input_key, output_key in (("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")):
-        tokens_in, tokens_out = _count(usage.get(input_key)), _count(usage.get(output_key))
-        if tokens_in > 0 or tokens_out > 0:
-            return Usage(input_tokens=tokens_in, output_tokens=tokens_out)
-    return None
+__all__ = ["HttpAdapter", "normalize_base_url"]
 
 
 class HttpAdapter:
-    type = ""
-    result_format = "openai"  # the body's shape: "openai" or "anthropic"
-    path = ""  # appended to the base URL for chat calls
+    type: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    failures: ClassVar[FailureRules]
+    result_format: ClassVar[str] = "openai"  # the body's shape: "openai" or "anthropic"
+    chat_path: ClassVar[str]  # appended to the base URL for chat calls
+    health_path: ClassVar[str]  # appended to the base URL for the health probe
+    models_path: ClassVar[str]  # appended to each base URL for the model list
 
     def __init__(self, provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> None:
         self.provider = provider
@@ -59,8 +39,15 @@ class HttpAdapter:
         self._retry = retry
         self._key = provider.api_key  # captured at build time; vault changes rebuild the adapter
         self.base_url = normalize_base_url(provider.base_url)
-        self.url = self.base_url + self.path
+        self.url = self.base_url + self.chat_path
         self._headers: dict[str, str] = {"Content-Type": "application/json", **self.auth_headers(self._key)}
+
+    @classmethod
+    def describe(cls, summary: str) -> ProviderType:
+        """The registry's entry for this class: its name, capabilities and health path are the class's own."""
+        return ProviderType(
+            name=cls.type, factory=cls, capabilities=cls.capabilities, health_path=cls.health_path, summary=summary
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, url={self.url!r})"
@@ -74,14 +61,25 @@ class HttpAdapter:
     def build_stream_payload(self, model_id: str, request: ChatRequest) -> dict[str, Any]:
         raise NotImplementedError
 
-    def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
-        raise NotImplementedError
-
     def new_parser(self) -> ChunkParser:
         raise NotImplementedError
 
+    def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
+        return self.failures.classify(self.type, status, body, headers, self._key)
+
     def headers(self, request_id: str = "") -> dict[str, str]:
         return {**self._headers, "X-Request-ID": request_id} if request_id else self._headers
+
+    def health_endpoint(self) -> str:
+        return self.base_url + self.health_path
+
+    def model_list_urls(self) -> tuple[str, ...]:
+        return (self.base_url + self.models_path,)
+
+    def _target(self, path: str) -> str | Route:
+        """Where a call to `path` goes: the one base URL here; a pooled adapter returns a Route over its
+        endpoints instead, and the shared retry loop walks it."""
+        return self.base_url + path
 
     async def send(
         self,
@@ -93,18 +91,14 @@ class HttpAdapter:
         attempt_timeout: float,
         on_retry: RetryHook | None = None,
     ) -> ChatResult:
-        body, raw, latency_ms = await self._http.post_json(
-            self.url,
+        return await self._post(
+            self.chat_path,
             self.build_payload(model_id, request),
-            headers=self.headers(request_id),
+            request_id=request_id,
             deadline=deadline,
             attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
             on_retry=on_retry,
         )
-        return self.result(body, raw, latency_ms)
 
     async def open_stream(
         self,
@@ -118,7 +112,7 @@ class HttpAdapter:
         on_malformed: Callable[[], None],
     ) -> UpstreamStream:
         response = await self._http.open_stream(
-            self.url,
+            self._target(self.chat_path),
             self.build_stream_payload(model_id, request),
             headers=self.headers(request_id),
             deadline=deadline,
@@ -127,14 +121,6 @@ class HttpAdapter:
             retry=self._retry,
             secret=self._key,
         )
-        return self.stream(response, idle_timeout=idle_timeout, on_malformed=on_malformed)
-
-    def result(self, body: dict[str, Any], raw: bytes, latency_ms: float) -> ChatResult:
-        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw, format=self.result_format)
-
-    def stream(
-        self, response: aiohttp.ClientResponse, *, idle_timeout: float, on_malformed: Callable[[], None]
-    ) -> UpstreamStream:
         return UpstreamStream(
             response,
             self.new_parser(),
@@ -143,3 +129,27 @@ class HttpAdapter:
             on_malformed=on_malformed,
             secret=self._key,
         )
+
+    async def _post(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        *,
+        request_id: str,
+        deadline: float,
+        attempt_timeout: float,
+        on_retry: RetryHook | None = None,
+    ) -> ChatResult:
+        """One JSON call to `path` through the shared retry loop, answered as a ChatResult."""
+        body, raw, latency_ms = await self._http.post_json(
+            self._target(path),
+            payload,
+            headers=self.headers(request_id),
+            deadline=deadline,
+            attempt_timeout=attempt_timeout,
+            classify=self.classify,
+            retry=self._retry,
+            secret=self._key,
+            on_retry=on_retry,
+        )
+        return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw, format=self.result_format)

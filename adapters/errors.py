@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pipeline.types import ErrorClass
 
+__all__ = ["EXCERPT_LIMIT", "REDACTED", "ProviderError", "excerpt", "scrub"]
+
 REDACTED = "[redacted]"
 EXCERPT_LIMIT = 300
 

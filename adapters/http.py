@@ -1,4 +1,8 @@
-"""The one shared HTTP client and retry loop every adapter uses for non-streaming calls."""
+"""The one shared HTTP client and retry loop every adapter uses, for plain calls and for opening streams.
+
+A call goes to one URL, or along a `Route` that names the URL of each attempt (a vLLM deployment's
+endpoints, round-robin): the retry rules are the same either way, and written only here.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -19,11 +23,22 @@ import orjson
 from adapters.errors import ProviderError, excerpt
 from pipeline.types import ErrorClass
 
+__all__ = ["Classifier", "HttpClient", "RetryHook", "RetryPolicy", "Route", "parse_retry_after"]
+
 Classifier = Callable[[int, str, Mapping[str, str]], ProviderError]
 RetryHook = Callable[[int, ProviderError, float], None]
 
 _TRANSIENT = ErrorClass.TRANSIENT
 T = TypeVar("T")
+
+
+class Route(Protocol):
+    """Where each attempt of one call goes. The retry loop asks for the next URL only when it will retry, and
+    reports every failed attempt, so a route can take a failing endpoint out of its rotation."""
+
+    def pick(self) -> str: ...
+
+    def failed(self, url: str, error: ProviderError) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +119,7 @@ class HttpClient:
 
     async def post_json(
         self,
-        url: str,
+        target: str | Route,
         payload: dict[str, Any],
         *,
         headers: dict[str, str],
@@ -115,8 +130,9 @@ class HttpClient:
         secret: str = "",
         on_retry: RetryHook | None = None,
     ) -> tuple[dict[str, Any], bytes, float]:
-        """POST `payload`; return (JSON object body, its raw bytes, latency_ms of the successful attempt).
-        The raw bytes let an edge pass the provider's body through without encoding it again.
+        """POST `payload` to `target` (a URL or a Route); return (JSON object body, its raw bytes, latency_ms
+        of the successful attempt). The raw bytes let an edge pass the provider's body through without
+        encoding it again.
 
         `deadline` is absolute time.monotonic(). `headers` must already carry Content-Type. TRANSIENT errors
         are retried per `retry` within the deadline; every other class is raised at once so the router can
@@ -124,15 +140,17 @@ class HttpClient:
         """
         data = orjson.dumps(payload)  # serialized once for all attempts
         return await self._with_retries(
-            lambda: self._attempt(url, data, headers, deadline, attempt_timeout, classify, secret),
+            lambda url, timeout: self._attempt(url, data, headers, timeout, attempt_timeout, classify, secret),
+            target,
             retry,
             deadline,
+            attempt_timeout,
             on_retry,
         )
 
     async def open_stream(
         self,
-        url: str,
+        target: str | Route,
         payload: dict[str, Any],
         *,
         headers: dict[str, str],
@@ -148,55 +166,66 @@ class HttpClient:
         post_json's: nothing has reached the client yet."""
         data = orjson.dumps(payload)
         return await self._with_retries(
-            lambda: self._open_attempt(url, data, headers, deadline, attempt_timeout, classify, secret),
+            lambda url, timeout: self._open_attempt(url, data, headers, timeout, deadline, classify, secret),
+            target,
             retry,
             deadline,
+            attempt_timeout,
             on_retry,
         )
 
     async def _with_retries(
         self,
-        attempt_once: Callable[[], Awaitable[T]],
+        attempt_once: Callable[[str, float], Awaitable[T]],
+        target: str | Route,
         retry: RetryPolicy,
         deadline: float,
+        attempt_timeout: float,
         on_retry: RetryHook | None,
     ) -> T:
+        """Attempt, and retry what `retry` allows. A retry that goes to a URL this call has not failed on yet
+        (the next endpoint of a route) goes at once, even after a silent attempt (`retryable` False); one
+        that goes back to a failed URL waits out the backoff, and is not made after a silent attempt."""
+        route = None if isinstance(target, str) else target
+        url = target if route is None else route.pick()
+        tried: set[str] = set()
         attempt = 0
         while True:
+            # before the attempt, so an expired deadline is not reported to the route as the endpoint's fault
+            timeout = _attempt_seconds(deadline - time.monotonic(), attempt_timeout)
             try:
-                return await attempt_once()
+                return await attempt_once(url, timeout)
             except ProviderError as err:
-                delay = self._retry_delay(err, attempt, retry, deadline)
-                if delay is None:
+                tried.add(url)
+                if route is not None:
+                    route.failed(url, err)
+                if not _may_retry(err, attempt, retry):
+                    raise
+                next_url = url if route is None else route.pick()
+                fresh = next_url not in tried
+                if not fresh and not err.retryable:
+                    raise
+                delay = 0.0 if fresh else retry.delay(attempt, err.retry_after, self._rng)
+                if time.monotonic() + delay >= deadline:  # no time left for another attempt after the sleep
                     raise
                 if on_retry is not None:
                     on_retry(attempt, err, delay)
-                await asyncio.sleep(delay)
+                if delay:
+                    await asyncio.sleep(delay)
+                url = next_url
                 attempt += 1
-
-    def _retry_delay(self, err: ProviderError, attempt: int, retry: RetryPolicy, deadline: float) -> float | None:
-        """Seconds to wait before retrying, or None when the error must be raised now."""
-        if err.error_class is not _TRANSIENT or not err.retryable or attempt >= retry.max_retries:
-            return None
-        if err.retry_after is not None and err.retry_after > retry.max_retry_after:
-            return None
-        delay = retry.delay(attempt, err.retry_after, self._rng)
-        if time.monotonic() + delay >= deadline:  # no time left for another attempt after the sleep
-            return None
-        return delay
 
     async def _attempt(
         self,
         url: str,
         data: bytes,
         headers: dict[str, str],
-        deadline: float,
+        timeout: float,
         attempt_timeout: float,
         classify: Classifier,
         secret: str,
     ) -> tuple[dict[str, Any], bytes, float]:
         started = time.monotonic()
-        timeout = _attempt_seconds(deadline - started, attempt_timeout)
         # the configured value is reused across requests; a deadline-clamped one is one-off, not worth caching
         client_timeout = _cached_client_timeout(timeout) if timeout == attempt_timeout else _client_timeout(timeout)
         try:
@@ -218,12 +247,11 @@ class HttpClient:
         url: str,
         data: bytes,
         headers: dict[str, str],
+        timeout: float,
         deadline: float,
-        attempt_timeout: float,
         classify: Classifier,
         secret: str,
     ) -> aiohttp.ClientResponse:
-        timeout = _attempt_seconds(deadline - time.monotonic(), attempt_timeout)
         try:
             # The timeout bounds connecting and the response headers only; the body is read by the caller
             # under its own first-token and idle limits.
@@ -243,6 +271,14 @@ class HttpClient:
         finally:
             resp.release()
         raise classify(resp.status, raw.decode("utf-8", "replace"), resp.headers)
+
+
+def _may_retry(err: ProviderError, attempt: int, retry: RetryPolicy) -> bool:
+    """TRANSIENT errors only, at most max_retries times, and not when the upstream asks for a longer wait
+    than we are willing to sleep (the router fails over instead)."""
+    if err.error_class is not _TRANSIENT or attempt >= retry.max_retries:
+        return False
+    return err.retry_after is None or err.retry_after <= retry.max_retry_after
 
 
 def _attempt_seconds(remaining: float, attempt_timeout: float) -> float:

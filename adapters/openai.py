@@ -7,19 +7,26 @@ from typing import Any
 
 import orjson
 
-from adapters.base import HttpAdapter, normalize_base_url, parse_usage
+from adapters.base import HttpAdapter
 from adapters.errors import ProviderError, excerpt
-from adapters.http import parse_retry_after
+from adapters.failures import FailureRules
+from adapters.provider import Capabilities
 from adapters.sse import SseEvent
 from adapters.stream import malformed
+from adapters.usage import parse_usage
 from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, StreamDelta
 
-__all__ = ["OpenAIAdapter", "OpenAIChunkParser", "normalize_base_url", "parse_usage"]
+__all__ = ["PROVIDER_TYPE", "OpenAIAdapter", "OpenAIChunkParser"]
 
 # Keys the adapter owns; a client's `parameters` must not override them.
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
 # Parameters other providers' clients send that OpenAI rejects ("Unrecognized request argument"): dropped.
 _NOT_OPENAI = frozenset({"top_k", "metadata", "anthropic_version", "thinking"})
+# providers.md §3. Budget errors (400 budget_exceeded) have no class of their own: fatal, not retried.
+_FAILURES = FailureRules(
+    overflow_phrases=("context_length_exceeded", "context length"),
+    budget_overflow_statuses=frozenset({400}),
+)
 
 
 def _message(message: Message) -> dict[str, Any]:
@@ -35,7 +42,12 @@ def _message(message: Message) -> dict[str, Any]:
 
 class OpenAIAdapter(HttpAdapter):
     type = "openai"
-    path = "/v1/chat/completions"
+    capabilities = Capabilities(embeddings=True)
+    failures = _FAILURES
+    chat_path = "/v1/chat/completions"
+    health_path = "/v1/models"  # an unauthenticated GET answers 401 when the API is up
+    models_path = "/v1/models"
+    embeddings_path = "/v1/embeddings"
     unsupported_params: frozenset[str] = _NOT_OPENAI
     max_stop_sequences: int | None = 4
 
@@ -44,9 +56,6 @@ class OpenAIAdapter(HttpAdapter):
 
     def new_parser(self) -> OpenAIChunkParser:
         return OpenAIChunkParser()
-
-    def health_endpoint(self) -> str:
-        return self.base_url + "/v1/models"
 
     def build_payload(self, model_id: str, request: ChatRequest) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": model_id, "messages": [_message(m) for m in request.messages]}
@@ -75,44 +84,16 @@ class OpenAIAdapter(HttpAdapter):
         attempt_timeout: float,
     ) -> ChatResult:
         """POST <base>/v1/embeddings: the client's fields as given, `model` set to the routed model id."""
-        answer, raw, latency_ms = await self._http.post_json(
-            self.base_url + "/v1/embeddings",
+        return await self._post(
+            self.embeddings_path,
             {**body, "model": model_id},
-            headers=self.headers(request_id),
+            request_id=request_id,
             deadline=deadline,
             attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
         )
-        return self.result(answer, raw, latency_ms)
 
-    def classify(self, status: int, body: str, headers: Mapping[str, str]) -> ProviderError:
-        """Map a non-200 response to an error class (providers.md §3)."""
-        retry_after = None
-        lowered = body.lower()
-        if status == 429:
-            error_class = ErrorClass.RATE_LIMITED
-            retry_after = parse_retry_after(headers.get("Retry-After"))
-        elif status >= 500:
-            error_class = ErrorClass.TRANSIENT
-            retry_after = parse_retry_after(headers.get("Retry-After"))
-        elif (
-            "context_length_exceeded" in lowered
-            or "context length" in lowered
-            or (status == 400 and "max_tokens" in lowered and "too large" in lowered)
-        ):
-            error_class = ErrorClass.CONTEXT_OVERFLOW
-        else:
-            # Includes 400 budget_exceeded: ErrorClass has no budget class, so it is not retried either.
-            error_class = ErrorClass.FATAL
-        return ProviderError(
-            error_class,
-            f"openai HTTP {status}: {excerpt(body, self._key)}",
-            status=status,
-            retry_after=retry_after,
-            secret=self._key,
-        )
+
+PROVIDER_TYPE = OpenAIAdapter.describe("OpenAI, or any OpenAI-compatible API (chat completions, embeddings)")
 
 
 class OpenAIChunkParser:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+__all__ = ["MAX_LINE_BYTES", "SseEvent", "StreamStalled", "StreamTooLong", "read_events"]
+
 # A single SSE line longer than this is not a chat chunk: the stream is treated as broken.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 

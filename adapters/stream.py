@@ -12,6 +12,8 @@ from adapters.errors import ProviderError, excerpt
 from adapters.sse import SseEvent, StreamStalled, StreamTooLong, read_events
 from pipeline.types import ErrorClass, StreamDelta
 
+__all__ = ["ChunkParser", "MalformedChunk", "UpstreamStream", "malformed"]
+
 log = structlog.get_logger("tokenhub.stream")
 
 

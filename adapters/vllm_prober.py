@@ -1,6 +1,6 @@
-"""Background prober for vLLM endpoints: `/health` flips each endpoint up or down, `/v1/models` discovers
-the models a deployment serves. Runs at start-up and then every interval, off the request path; one bad
-endpoint or a bad answer never stops it."""
+"""Background prober for pooled providers (vLLM): each endpoint's health URL flips it up or down, its model
+list discovers the models the deployment serves. Runs at start-up and then every interval, off the request
+path; one bad endpoint or a bad answer never stops it."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import aiohttp
 import orjson
 import structlog
 
+from adapters.endpoints import Endpoint
 from adapters.errors import excerpt
 from adapters.http import HttpClient
-from adapters.vllm import Endpoint, VLLMAdapter
+from adapters.provider import PooledProvider, Provider
 
 __all__ = ["DiscoveredModel", "VLLMProber", "parse_model_list"]
 
@@ -55,14 +56,14 @@ class VLLMProber:
     def __init__(
         self,
         http: HttpClient,
-        adapters: Callable[[], Iterable[object]],
+        providers: Callable[[], Iterable[Provider]],
         on_models: ModelsFound,
         *,
         interval: float,
         timeout: float | None = None,
     ) -> None:
         self._http = http
-        self._adapters = adapters  # read each cycle: providers come and go with admin writes
+        self._providers = providers  # read each cycle: providers come and go with admin writes
         self._on_models = on_models
         self._interval = interval
         # a probe must finish well within a cycle, but a tiny test interval must not make probes flaky
@@ -92,19 +93,19 @@ class VLLMProber:
             await asyncio.sleep(self._interval)
 
     async def run_once(self) -> None:
-        """Probe every endpoint of every vLLM adapter, then refresh each adapter's discovered models."""
+        """Probe every endpoint of every pooled provider, then refresh each one's discovered models."""
         async with self._lock:  # the loop and an explicit call (tests, start-up) never interleave
-            adapters = [a for a in self._adapters() if isinstance(a, VLLMAdapter)]
-            results = await asyncio.gather(*(self._cycle(a) for a in adapters), return_exceptions=True)
-            for adapter, result in zip(adapters, results, strict=True):
+            pooled = [p for p in self._providers() if isinstance(p, PooledProvider)]
+            results = await asyncio.gather(*(self._cycle(p) for p in pooled), return_exceptions=True)
+            for provider, result in zip(pooled, results, strict=True):
                 if isinstance(result, Exception):
-                    log.error("vllm_probe_failed", provider_id=adapter.id, error=excerpt(repr(result)))
+                    log.error("vllm_probe_failed", provider_id=provider.id, error=excerpt(repr(result)))
             self.cycles += 1
 
-    async def _cycle(self, adapter: VLLMAdapter) -> None:
-        await asyncio.gather(*(self._probe(adapter, endpoint) for endpoint in adapter.endpoints))
-        healthy = [e for e in adapter.endpoints if e.healthy]
-        lists = await asyncio.gather(*(self._models(adapter, endpoint) for endpoint in healthy))
+    async def _cycle(self, provider: PooledProvider) -> None:
+        await asyncio.gather(*(self._probe(provider, endpoint) for endpoint in provider.pool.endpoints))
+        healthy = [e for e in provider.pool.endpoints if e.healthy]
+        lists = await asyncio.gather(*(self._models(provider, endpoint) for endpoint in healthy))
         answered = [models for models in lists if models is not None]
         if not answered:
             return  # nothing reachable: keep what was discovered before rather than flap
@@ -112,31 +113,31 @@ class VLLMProber:
         for models in answered:
             for model in models:
                 merged.setdefault(model.id, model)
-        self._on_models(adapter.id, tuple(merged.values()))
+        self._on_models(provider.id, tuple(merged.values()))
 
-    async def _probe(self, adapter: VLLMAdapter, endpoint: Endpoint) -> None:
+    async def _probe(self, provider: PooledProvider, endpoint: Endpoint) -> None:
         try:
             async with self._http.session.get(endpoint.health_url, timeout=self._timeout) as resp:
                 status = resp.status
         except TimeoutError:
-            return self._down(adapter, endpoint, "health probe timed out")
+            return self._down(provider, endpoint, "health probe timed out")
         except (aiohttp.ClientError, OSError) as exc:
-            return self._down(adapter, endpoint, f"health probe failed: {excerpt(str(exc) or type(exc).__name__)}")
+            return self._down(provider, endpoint, f"health probe failed: {excerpt(str(exc) or type(exc).__name__)}")
         if status != 200:
-            return self._down(adapter, endpoint, f"health probe answered HTTP {status}")
+            return self._down(provider, endpoint, f"health probe answered HTTP {status}")
         if not endpoint.healthy:
-            log.info("vllm_endpoint_up", provider_id=adapter.id, endpoint=endpoint.base_url)
-        adapter.pool.mark_up(endpoint)
+            log.info("vllm_endpoint_up", provider_id=provider.id, endpoint=endpoint.base_url)
+        provider.pool.mark_up(endpoint)
 
-    def _down(self, adapter: VLLMAdapter, endpoint: Endpoint, reason: str) -> None:
+    def _down(self, provider: PooledProvider, endpoint: Endpoint, reason: str) -> None:
         if endpoint.healthy:
-            log.warning("vllm_endpoint_down", provider_id=adapter.id, endpoint=endpoint.base_url, reason=reason)
-        adapter.pool.mark_down(endpoint, reason)
+            log.warning("vllm_endpoint_down", provider_id=provider.id, endpoint=endpoint.base_url, reason=reason)
+        provider.pool.mark_down(endpoint, reason)
 
-    async def _models(self, adapter: VLLMAdapter, endpoint: Endpoint) -> tuple[DiscoveredModel, ...] | None:
+    async def _models(self, provider: PooledProvider, endpoint: Endpoint) -> tuple[DiscoveredModel, ...] | None:
         try:
             async with self._http.session.get(
-                endpoint.models_url, headers=adapter.headers(), timeout=self._timeout
+                endpoint.models_url, headers=provider.headers(), timeout=self._timeout
             ) as resp:
                 raw = await resp.content.read(_MAX_LIST_BYTES + 1)
                 status = resp.status
@@ -147,5 +148,5 @@ class VLLMProber:
             return parse_model_list(orjson.loads(raw))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             detail = excerpt(str(exc) or type(exc).__name__)
-            log.warning("vllm_discovery_failed", provider_id=adapter.id, endpoint=endpoint.base_url, reason=detail)
+            log.warning("vllm_discovery_failed", provider_id=provider.id, endpoint=endpoint.base_url, reason=detail)
             return None

@@ -8,7 +8,8 @@ from typing import Any
 import structlog
 
 from adapters.http import HttpClient, RetryPolicy
-from adapters.registry import build_adapter
+from adapters.provider import Provider
+from adapters.registry import build_provider
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
@@ -103,7 +104,7 @@ class Services:
         self.stored_snapshot = self.snapshot  # as in SQLite; `snapshot` adds the discovered vLLM models
         self.discovered: dict[str, tuple[DiscoveredModel, ...]] = {}  # provider id -> its /v1/models answer
         self.providers: dict[str, ProviderInfo] = {}
-        self.adapters: dict[str, Any] = {}
+        self.adapters: dict[str, Provider] = {}
         self._apply(self.snapshot)
         self.vllm_prober = VLLMProber(
             http,
@@ -147,7 +148,7 @@ class Services:
 
     def _apply(self, snapshot: ConfigSnapshot) -> None:
         providers = {**snapshot.providers, **self.env_providers}  # environment wins, as in the original
-        adapters: dict[str, Any] = {}
+        adapters: dict[str, Provider] = {}
         locked: set[str] = set()
         for provider in providers.values():
             if not provider.enabled:
@@ -160,7 +161,7 @@ class Services:
                 adapters[provider.id] = current  # unchanged: keep it
                 continue
             try:
-                adapters[provider.id] = build_adapter(provider, self.http, self.retry)
+                adapters[provider.id] = build_provider(provider, self.http, self.retry)
             except ValueError as exc:
                 log.warning("provider_skipped", provider_id=provider.id, reason=str(exc))
         self.providers = providers

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.errors import ProviderError
+from adapters.provider import EmbeddingProvider
 from pipeline.context import Attempt, Candidate, RequestContext
 from pipeline.errors import StreamBroken, UpstreamFailed
 from pipeline.stage import Next, StageOptions, StageSpec
@@ -60,10 +61,10 @@ class Dispatch:
                     on_malformed=services.metrics.stream_malformed.labels(provider=model.provider_id).inc,
                 )
             elif ctx.request.operation == "embeddings":
-                embed = getattr(adapter, "embed", None)
-                if embed is None:  # policy filters these out; this guards a provider swapped since then
+                # policy filters these out; this guards a provider swapped since then
+                if not isinstance(adapter, EmbeddingProvider):
                     raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} does not support embeddings")
-                result = await embed(
+                result = await adapter.embed(
                     model.sent_as,
                     ctx.request.parameters,
                     request_id=ctx.request_id,

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import aiohttp
 import structlog
 
 from adapters.errors import excerpt
 from adapters.http import HttpClient
+from adapters.provider import Provider
 from pipeline.periodic import Periodic
 from stages.health import HealthTracker
 
@@ -32,7 +32,7 @@ class HealthProber:
         self,
         http: HttpClient,
         health: HealthTracker,
-        adapters: Callable[[], Iterable[Any]],
+        adapters: Callable[[], Iterable[Provider]],
         *,
         interval_secs: float,
     ) -> None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from adapters.errors import ProviderError
+from adapters.provider import Provider
 from pipeline.context import Candidate, RequestContext, StreamSink
 from pipeline.errors import StreamBroken
 from pipeline.types import ChatResult, ErrorClass, StreamDelta, Usage
@@ -52,14 +54,14 @@ class _Tally:
 
 async def relay_stream(
     ctx: RequestContext,
-    adapter: Any,
+    adapter: Provider,
     candidate: Candidate,
     *,
     sink: StreamSink,
     first_token_secs: float,
     attempt_timeout: float,
     idle_timeout: float,
-    on_malformed: Any,
+    on_malformed: Callable[[], None],
 ) -> ChatResult:
     """Open the upstream stream, wait for its first token, then copy every delta to `sink`."""
     decision = ctx.decision

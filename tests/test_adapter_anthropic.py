@@ -21,7 +21,7 @@ from adapters.anthropic_payload import DEFAULT_MAX_TOKENS, PLACEHOLDER_USER_TURN
 from adapters.anthropic_stream import AnthropicEventParser
 from adapters.errors import ProviderError
 from adapters.http import HttpClient, RetryPolicy
-from adapters.registry import build_adapter
+from adapters.registry import build_provider
 from adapters.sse import SseEvent
 from adapters.stream import MalformedChunk, UpstreamStream
 from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, ProviderInfo, StreamDelta, Usage
@@ -383,12 +383,12 @@ async def test_health_endpoint_answers_405_to_get(fake: FakeAnthropic, http: Htt
 
 def test_registry_builds_the_anthropic_adapter(http: HttpClient) -> None:
     provider = ProviderInfo(id="claude", type="anthropic", base_url="https://api.anthropic.com/v1/", api_key=KEY)
-    adapter = build_adapter(provider, http, FAST)
+    adapter = build_provider(provider, http, FAST)
     assert isinstance(adapter, AnthropicAdapter)
     assert (adapter.type, adapter.id, adapter.base_url) == ("anthropic", "claude", "https://api.anthropic.com")
     assert KEY not in repr(adapter)
     with pytest.raises(ValueError, match="unsupported provider type"):
-        build_adapter(ProviderInfo(id="x", type="gemini", base_url="https://x"), http, FAST)
+        build_provider(ProviderInfo(id="x", type="gemini", base_url="https://x"), http, FAST)
 
 
 # ---- over HTTP: classification ---------------------------------------------------------------------------

@@ -14,10 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from adapters.endpoints import normalize_base_url
 from adapters.errors import ProviderError, excerpt, scrub
 from adapters.http import HttpClient, RetryPolicy, parse_retry_after
-from adapters.openai import OpenAIAdapter, normalize_base_url, parse_usage
-from adapters.registry import build_adapter
+from adapters.openai import OpenAIAdapter
+from adapters.registry import build_provider
+from adapters.usage import parse_usage
 from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, ProviderInfo, Usage
 from tests.fakes.openai_fake import ContextOverflow, Drop, Fail, FakeOpenAI, Hang, Malformed, Reply
 
@@ -421,9 +423,9 @@ def test_build_adapter_types() -> None:
     http = HttpClient()
     for type_ in ("openai", ""):
         provider = ProviderInfo(id="p", type=type_, base_url="http://h/v1")
-        assert isinstance(build_adapter(provider, http, FAST), OpenAIAdapter)
+        assert isinstance(build_provider(provider, http, FAST), OpenAIAdapter)
     with pytest.raises(ValueError, match="unsupported provider type 'mystery'"):
-        build_adapter(ProviderInfo(id="p", type="mystery", base_url="http://h"), http, FAST)
+        build_provider(ProviderInfo(id="p", type="mystery", base_url="http://h"), http, FAST)
 
 
 # ---- the fake itself ----------------------------------------------------------------------------------

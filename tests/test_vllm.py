@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,13 +14,15 @@ from typing import Any
 import openai
 import pytest
 
+from adapters.endpoints import parse_endpoints
+from adapters.errors import ProviderError
 from adapters.http import HttpClient, RetryPolicy
-from adapters.registry import build_adapter
-from adapters.vllm import VLLMAdapter, parse_endpoints
+from adapters.registry import build_provider
+from adapters.vllm import VLLMAdapter
 from adapters.vllm_prober import DiscoveredModel, parse_model_list
-from pipeline.types import ErrorClass, ProviderInfo
+from pipeline.types import ChatRequest, ErrorClass, Message, ProviderInfo
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Drop, Fail, FakeOpenAI
+from tests.fakes.openai_fake import Drop, Fail, FakeOpenAI, Hang
 
 # A long interval: the prober's first cycle runs at start-up, then tests drive cycles with run_once().
 QUIET = 3600
@@ -312,12 +315,56 @@ async def test_embeddings_through_vllm_round_robin(make_hub: Any) -> None:
         assert not adapter_of(hub).endpoints[0].healthy
 
 
+# --- the shared retry loop over the endpoints --------------------------------------------------------------
+
+
+async def _send(adapter: VLLMAdapter, budget: float = 5.0, **kw: Any) -> Any:
+    request = ChatRequest(messages=[Message("user", "hi")], parameters={})
+    deadline = time.monotonic() + budget
+    return await adapter.send("llama", request, request_id="r", deadline=deadline, attempt_timeout=0.2, **kw)
+
+
+async def test_a_silent_endpoint_is_left_for_the_next_one_at_once() -> None:
+    async with endpoints("llama") as (a, b):
+        a.script("llama", Hang(5.0))
+        http = HttpClient()
+        adapter = VLLMAdapter(ProviderInfo("v", "vllm", f"{a.base_url},{b.base_url}"), http, RetryPolicy(base_delay=60))
+        delays: list[float] = []
+        result = await _send(adapter, on_retry=lambda k, err, delay: delays.append(delay))
+        await http.close()
+        assert result.body["model"] == "llama" and delays == [0.0]  # another endpoint: no backoff
+        assert (chat_calls(a), chat_calls(b)) == (1, 1)
+        assert [e.healthy for e in adapter.endpoints] == [False, True]
+        assert adapter.endpoints[0].last_error == "timeout after 0.2s with no answer"
+
+
+async def test_a_silent_single_endpoint_is_not_called_again() -> None:
+    # It accepted the call and said nothing: like any provider, the router fails over rather than wait again.
+    async with endpoints("llama", count=1) as (a,):
+        a.script("llama", Hang(5.0), Hang(5.0), Hang(5.0))
+        http = HttpClient()
+        adapter = VLLMAdapter(ProviderInfo("v", "vllm", a.base_url), http, RetryPolicy(base_delay=0.001))
+        with pytest.raises(ProviderError) as caught:
+            await _send(adapter)
+        await http.close()
+        assert caught.value.error_class is ErrorClass.TRANSIENT and not caught.value.retryable
+        assert chat_calls(a) == 1
+
+
+async def test_an_expired_deadline_marks_no_endpoint_down() -> None:
+    async with endpoints("llama") as (a, b):
+        adapter = VLLMAdapter(ProviderInfo("v", "vllm", f"{a.base_url},{b.base_url}"), HttpClient(), RetryPolicy())
+        with pytest.raises(ProviderError, match="deadline exceeded before the upstream call"):
+            await _send(adapter, budget=-1.0)
+        assert all(e.healthy for e in adapter.endpoints) and chat_calls(a) + chat_calls(b) == 0
+
+
 # --- adapter units ---------------------------------------------------------------------------------------
 
 
 def _adapter(base_url: str = "http://a:8000/v1, http://b:8000/,http://a:8000", key: str = "k") -> VLLMAdapter:
     provider = ProviderInfo("v", "vllm", base_url, True, key)
-    adapter = build_adapter(provider, HttpClient(), RetryPolicy())
+    adapter = build_provider(provider, HttpClient(), RetryPolicy())
     assert isinstance(adapter, VLLMAdapter)
     return adapter
 
