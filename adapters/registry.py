@@ -14,7 +14,7 @@ from adapters.http import HttpClient, RetryPolicy
 from adapters.provider import Provider, ProviderType
 from pipeline.types import ProviderInfo
 
-__all__ = ["PROVIDER_TYPES", "build_adapter", "build_provider", "provider_type", "provider_type_names"]
+__all__ = ["PROVIDER_TYPES", "build_provider", "provider_type", "provider_type_names"]
 
 _TYPES = (
     openai.PROVIDER_TYPE,
@@ -42,7 +42,3 @@ def provider_type(name: str) -> ProviderType:
 def build_provider(provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> Provider:
     """The provider for a record; ValueError when its type is unknown or the record cannot be served."""
     return provider_type(provider.type).factory(provider, http, retry)
-
-
-# The admin's name for build_provider until it imports the new one (admin_ui is another branch's).
-build_adapter = build_provider

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from adapters.errors import excerpt
-from adapters.registry import build_adapter
+from adapters.registry import build_provider
 from admin_ui.aliases import alias_view
 from admin_ui.common import get_services
 from admin_ui.params import int_param
@@ -96,7 +96,7 @@ def _unavailable(services: Services, model: ModelInfo) -> str | None:
         return "disabled"
     if model.provider_id not in services.adapters:
         return "vault_locked" if model.provider_id in services.vault_locked_providers else "no_adapter"
-    if model.kind == "embedding" and not hasattr(services.adapters[model.provider_id], "embed"):
+    if model.kind == "embedding" and not services.adapters[model.provider_id].capabilities.embeddings:
         return "unsupported_operation"
     return services.health.unavailable_reason(model.provider_id)
 
@@ -138,18 +138,12 @@ async def _fetch_model_list(services: Services, provider: ProviderInfo) -> Any:
     adapter = services.adapters.get(provider.id)
     if adapter is None:  # a disabled provider can still be asked what it serves
         try:
-            adapter = build_adapter(provider, services.http, services.retry)
+            adapter = build_provider(provider, services.http, services.retry)
         except ValueError as exc:
             raise InvalidRequest(f"provider {provider.id!r}: {exc}", field="id") from None
-    if adapter.type == "anthropic":
-        urls = [adapter.base_url + "/v1/models?limit=1000"]
-    elif adapter.type == "vllm":
-        urls = [endpoint.models_url for endpoint in adapter.endpoints]
-    else:
-        urls = [adapter.base_url + "/v1/models"]
     headers = adapter.headers()
     failure: DiscoveryFailed | None = None
-    for url in urls:
+    for url in adapter.model_list_urls():
         try:
             return await _get_json(services, url, headers, provider)
         except DiscoveryFailed as exc:

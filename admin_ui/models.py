@@ -95,7 +95,7 @@ def _check(services: Services, model: ModelInfo) -> None:
 def _check_kind(services: Services, model: ModelInfo) -> None:
     """An embedding model on a provider whose adapter cannot embed (Anthropic) could never be served."""
     adapter = services.adapters.get(model.provider_id)
-    if model.kind == "embedding" and adapter is not None and not hasattr(adapter, "embed"):
+    if model.kind == "embedding" and adapter is not None and not adapter.capabilities.embeddings:
         raise InvalidRequest(
             f"provider {model.provider_id!r} ({adapter.type}) does not serve embeddings; kind 'embedding' needs an"
             " openai or vllm provider",

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import Field
 
 from adapters.base import normalize_base_url
+from adapters.registry import provider_type_names
 from admin_ui.common import Body, IdStr, commit, get_services, read_model
 from pipeline.errors import InvalidRequest, NotFound
 from pipeline.services import Services
@@ -30,7 +31,7 @@ __all__ = [
     "patch_provider",
 ]
 
-ProviderType = Literal["openai", "anthropic", "vllm"]
+ProviderType = Literal[provider_type_names()]  # type: ignore[valid-type]  # every type the registry knows
 CredStore = Literal["vault", "sealed", "none"]
 BaseUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+")]
 

@@ -137,3 +137,12 @@ def test_removing_a_key_also_clears_a_vault_left_behind_by_disabling_it(tmp_path
         assert "provider:p1:api_key" not in vault_store.secret_names(store.db)
     finally:
         store.close()
+
+
+def test_the_admin_accepts_exactly_the_registered_provider_types() -> None:
+    from typing import get_args
+
+    from adapters.registry import provider_type_names
+    from admin_ui.providers import ProviderType
+
+    assert get_args(ProviderType) == provider_type_names() == ("openai", "anthropic", "vllm")
