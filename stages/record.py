@@ -87,6 +87,7 @@ def emit_record(services: Services, ctx: RequestContext) -> RequestRecord:
         routing_reason=ctx.routing_reason or (decision.reason if decision else ""),
         ttft_ms=round(ctx.ttft_ms, 3),
         parent_request_id=ctx.parent_request_id,
+        client_request_id=ctx.client_request_id,
     )
     learn(services.bandit, services.recent_requests, ctx, record)
     _observe(services, record, _upstream_ms(ctx), ctx.api_key.name if ctx.api_key else "")
@@ -124,6 +125,7 @@ def _observe(services: Services, r: RequestRecord, upstream_ms: float | None, ap
         "request",
         {
             "request_id": r.request_id,
+            "client_request_id": r.client_request_id or None,
             "tenant": r.tenant_id,
             "api_key_id": r.api_key_id,
             "endpoint": r.endpoint,
