@@ -72,6 +72,7 @@ async def list_logs(request: web.Request) -> web.Response:
     outcome = choice_param(request, "outcome", ("ok", "error"), None)
     where = LogFilter(
         request_id=str_param(request, "request_id"),
+        client_request_id=str_param(request, "client_request_id"),
         tenant_id=str_param(request, "tenant"),
         api_key_id=str_param(request, "api_key_id"),
         endpoint=str_param(request, "endpoint"),

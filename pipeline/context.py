@@ -77,7 +77,7 @@ class PlanSpec:
 
 @dataclass(slots=True)
 class RequestContext:
-    request_id: str
+    request_id: str  # ours: unique and unguessable (pipeline/web.py)
     scope: str  # the API-key scope this endpoint needs, e.g. "chat"
     client_ip: str
     request: ChatRequest
@@ -102,6 +102,7 @@ class RequestContext:
     ttft_ms: float = 0.0  # streams: from the start of the request to the first token handed to the sink
     plan: PlanSpec | None = None  # set on /v1/plan: the orchestrate stage runs the steps
     parent_request_id: str = ""  # set on each /v1/plan step: the plan's request id
+    client_request_id: str = ""  # the client's well-formed X-Request-Id, kept for correlation only
     only_models: frozenset[str] | None = None  # a plan step pinned to these models (vote voters)
     plan_events: Any = None  # /v1/plan with stream: an async (event, data) callback for step progress
     plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)

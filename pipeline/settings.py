@@ -70,6 +70,11 @@ class Settings(BaseModel):
     # --- security (docs/security.md) ---
     admin_rate_limit_rps: float = Field(30.0, gt=0, description="per-IP rate for /admin/v1/*")
     admin_rate_limit_burst: int = Field(60, gt=0, description="per-IP burst for /admin/v1/*")
+    feedback_rate_limit_rps: float = Field(10.0, gt=0, description="per-IP and per-key rate for /v1/feedback")
+    feedback_rate_limit_burst: int = Field(100, gt=0, description="per-IP and per-key burst for /v1/feedback")
+    feedback_window_secs: float = Field(
+        7 * 86400.0, ge=60, le=90 * 86400, description="how long after a request its answer may be rated"
+    )
     cors_origins: tuple[str, ...] = Field((), description="comma list of allowed browser origins, or '*'")
     max_content_chars: int = Field(2_000_000, gt=0, description="characters of content in one message")
     max_total_content_chars: int = Field(6_000_000, gt=0, description="characters of content in one request")

@@ -174,3 +174,5 @@ class RequestRecord:
     attempts: str = ""  # every model tried and how it went: "gpt-a=transient, gpt-b=ok" (the bandit learns from it)
     reward: float = math.nan  # routing reward in [0, 1] (stages/bandit.py); NaN = none (no model was tried)
     feedback_score: float = math.nan  # the client's score from POST /v1/feedback; NaN = none
+    feedback_comment: str | None = None  # the comment sent with that score
+    client_request_id: str = ""  # the client's own X-Request-Id (correlation only; request_id is ours)

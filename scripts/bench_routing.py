@@ -123,6 +123,8 @@ class Hub:
             TOKENHUB_ADMIN_TOKEN=self.admin_token,
             TOKENHUB_RATE_LIMIT_RPS="100000",
             TOKENHUB_RATE_LIMIT_BURST="100000",
+            TOKENHUB_FEEDBACK_RATE_LIMIT_RPS="100000",
+            TOKENHUB_FEEDBACK_RATE_LIMIT_BURST="100000",
             TOKENHUB_BANDIT_HALF_LIFE_SECS=str(half_life),
             TOKENHUB_BANDIT_SEED="1",
             TOKENHUB_LOG_LEVEL="warning",
@@ -191,10 +193,10 @@ async def run_policy(
             body["request"]["model_hint"] = rng.choice(list(quality))
         elif policy == "oracle":
             body["request"]["model_hint"] = oracle
-        request_id = f"bench-{phase}-{policy}-{i}"
-        headers = {"Authorization": f"Bearer {hub.key}", "X-Request-Id": request_id}
+        headers = {"Authorization": f"Bearer {hub.key}", "X-Request-Id": f"bench-{phase}-{policy}-{i}"}
         async with session.post(hub.base + "/v1/chat", json=body, headers=headers) as resp:
             answer = await resp.json()
+            request_id = resp.headers["X-Request-Id"]  # ours, for feedback; the bench id is kept as client_request_id
         if resp.status != 200:
             return
         model = answer["negotiated_model"]
@@ -215,7 +217,7 @@ async def run_policy(
 
 async def average_reward(hub: Hub, session: aiohttp.ClientSession, prefix: str) -> tuple[float, int]:
     await asyncio.sleep(1.5)  # the request log is written in batches every second
-    sql = f"SELECT avg(coalesce(reward, 0)), count(*) FROM request_log WHERE request_id LIKE '{prefix}%'"
+    sql = f"SELECT avg(coalesce(reward, 0)), count(*) FROM request_log WHERE client_request_id LIKE '{prefix}%'"
     data = await hub.admin(session, "POST", "/analytics/query", {"sql": sql})
     value, count = data["rows"][0]
     return float(value or 0.0), int(count)

@@ -22,21 +22,22 @@ HORIZON_HALF_LIVES = 10
 
 
 class RecentRequests:
-    """The last `capacity` rewarded records by request id (LRU): feedback on them needs no DuckDB read, and
-    a record still in the writer's queue is updated in place."""
+    """The last `capacity` rewarded records by (API key id, request id) (LRU): feedback on them needs no
+    DuckDB read, and a record still in the writer's queue is updated in place. Keyed by the key too, so a
+    caller only ever finds its own requests."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
-        self._records: OrderedDict[str, tuple[RequestRecord, str]] = OrderedDict()
+        self._records: OrderedDict[tuple[str, str], tuple[RequestRecord, str]] = OrderedDict()
 
     def add(self, record: RequestRecord, bucket: str) -> None:
-        self._records[record.request_id] = (record, bucket)
+        self._records[record.api_key_id, record.request_id] = (record, bucket)
         if len(self._records) > self._capacity:
             self._records.popitem(last=False)
 
-    def get(self, request_id: str) -> tuple[RequestRecord, str] | None:
-        """The record and the bandit bucket it was learned in."""
-        return self._records.get(request_id)
+    def get(self, api_key_id: str, request_id: str) -> tuple[RequestRecord, str] | None:
+        """The record this key made and the bandit bucket it was learned in."""
+        return self._records.get((api_key_id, request_id))
 
 
 def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: RequestRecord) -> None:

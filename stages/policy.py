@@ -140,7 +140,8 @@ class Policy:
         if alias is None or not alias.enabled:
             return None
         api_key = ctx.api_key
-        variant = self._aliases.choose(alias, request_id=ctx.request_id, api_key_id=api_key.id if api_key else "")
+        sticky = ctx.client_request_id or ctx.request_id  # a client resending its own id keeps its variant
+        variant = self._aliases.choose(alias, request_id=sticky, api_key_id=api_key.id if api_key else "")
         ctx.alias_from = alias.name
         ctx.request.model_hint = variant.model_id
         return alias

@@ -76,6 +76,7 @@ def build_record(ctx: RequestContext) -> RequestRecord:
     return RequestRecord(
         timestamp=time.time(),
         request_id=ctx.request_id,
+        client_request_id=ctx.client_request_id,
         tenant_id=ctx.tenant_id,
         api_key_id=ctx.api_key.id if ctx.api_key else "",
         endpoint=ctx.endpoint,

@@ -22,10 +22,14 @@ from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
+import structlog
 
 from pipeline.types import RequestRecord
 from store.rollup import rollup
 
+__all__ = ["MAX_TOKEN_COUNT", "REQUEST_LOG_COLUMNS", "AnalyticsStore", "Cursor"]
+
+log = structlog.get_logger("tokenhub.analytics")
 T = TypeVar("T")
 Cursor = duckdb.DuckDBPyConnection
 _COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
@@ -44,7 +48,11 @@ _SELECT = ", ".join(
     else name
     for name in _COLUMNS
 )
-REQUEST_LOG_COLUMNS = (*_COLUMNS, "feedback_comment")
+REQUEST_LOG_COLUMNS = tuple(_COLUMNS)
+# No real request comes near a trillion tokens: a count above it is an upstream's garbage, stored clamped so
+# the row (and the spend it carries) is kept rather than failing its batch.
+MAX_TOKEN_COUNT = 10**12
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens")
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS request_log (
@@ -59,8 +67,8 @@ CREATE TABLE IF NOT EXISTS request_log (
     status INTEGER NOT NULL,
     error_class VARCHAR NOT NULL,
     error_message VARCHAR NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
     cost_usd DOUBLE NOT NULL,
     latency_ms DOUBLE NOT NULL,
     escalations INTEGER NOT NULL,
@@ -70,7 +78,8 @@ CREATE TABLE IF NOT EXISTS request_log (
     attempts VARCHAR NOT NULL DEFAULT '',
     reward DOUBLE,
     feedback_score DOUBLE,
-    feedback_comment VARCHAR
+    feedback_comment VARCHAR,
+    client_request_id VARCHAR NOT NULL DEFAULT ''
 )
 """,
     # One row per (second, metric, model, provider): `value` is the sum of that second's samples and
@@ -97,7 +106,10 @@ _ADDED_COLUMNS = (
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS attempts VARCHAR DEFAULT ''",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_score DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_comment VARCHAR",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS client_request_id VARCHAR DEFAULT ''",
 )
+# Token counts were INTEGER in the first release: one count over 2^31 failed its whole batch.
+_WIDENED_COLUMNS = {"input_tokens": "BIGINT", "output_tokens": "BIGINT"}
 _INSERT_POINTS = """
 INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value)
 SELECT to_timestamp(second), metric, model_id, provider_id, value, samples, min_value, max_value FROM point_batch
@@ -133,6 +145,7 @@ class AnalyticsStore:
             conn.execute(statement)
         for statement in _ADDED_COLUMNS:
             conn.execute(statement)
+        _widen(conn)
         self._conn = conn
         # Reader cursors are made from this one (under a lock), never from the writer's connection, which
         # is busy on its own thread.
@@ -180,9 +193,14 @@ class AnalyticsStore:
         if not records:
             return
         columns = zip(*map(_row, records), strict=True)
-        batch = {
-            name: np.array(values, dtype=dtype) for name, dtype, values in zip(_COLUMNS, _DTYPES, columns, strict=True)
-        }
+        batch: dict[str, np.ndarray] = {}
+        for name, dtype, values in zip(_COLUMNS, _DTYPES, columns, strict=True):
+            if name not in _TOKEN_COLUMNS:
+                batch[name] = np.array(values, dtype=dtype)
+                continue
+            batch[name], clamped = _token_counts(values)
+            for i in clamped:
+                log.warning("token_count_clamped", request_id=records[i].request_id, column=name, reported=values[i])
         points = rollup(batch)
         db = self.db
         db.register("request_batch", batch)
@@ -200,12 +218,17 @@ class AnalyticsStore:
             db.unregister("request_batch")
             db.unregister("point_batch")
 
-    def set_feedback(self, request_id: str, reward: float, score: float, comment: str | None) -> int:
-        """Store a client's feedback on a written row (on the writer thread); returns the rows changed (0 when
-        the row is still in the writer's queue: its record object already carries the new values)."""
+    def set_feedback(
+        self, api_key_id: str, request_id: str, since: float, reward: float, score: float, comment: str | None
+    ) -> int:
+        """Store a key's feedback on its own written row (on the writer thread); returns the rows changed (0
+        when the row is still in the writer's queue: its record object already carries the new values).
+        ``since`` (unix seconds, no later than the row's timestamp) bounds the scan: DuckDB skips every row
+        group that ended before it, so the update costs the rows since the request, not the whole log."""
         cursor = self.db.execute(
-            "UPDATE request_log SET reward = ?, feedback_score = ?, feedback_comment = ? WHERE request_id = ?",
-            [reward, score, comment, request_id],
+            "UPDATE request_log SET reward = ?, feedback_score = ?, feedback_comment = ? "
+            "WHERE timestamp >= to_timestamp(?) AND api_key_id = ? AND request_id = ?",
+            [reward, score, comment, since, api_key_id, request_id],
         )
         return int(cursor.fetchall()[0][0])
 
@@ -225,3 +248,25 @@ class AnalyticsStore:
     def count_requests(self) -> int:
         # fetchall, not fetchone: DuckDB refuses other work on a connection with an unfinished result.
         return int(self.db.execute("SELECT count(*) FROM request_log").fetchall()[0][0])
+
+
+def _token_counts(values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A token column as int64 with every count clamped into [0, MAX_TOKEN_COUNT], and the positions clamped."""
+    try:
+        counts = np.array(values, dtype=np.int64)
+    except OverflowError:  # a count beyond int64: bring it into range before numpy sees it
+        counts = np.array([min(max(v, -1), MAX_TOKEN_COUNT + 1) for v in values], dtype=np.int64)
+    clamped = np.flatnonzero((counts < 0) | (counts > MAX_TOKEN_COUNT))
+    if clamped.size:
+        np.clip(counts, 0, MAX_TOKEN_COUNT, out=counts)
+    return counts, clamped
+
+
+def _widen(conn: duckdb.DuckDBPyConnection) -> None:
+    """Widen columns an older file created narrower (a one-off rewrite of those columns, on open)."""
+    current = dict(
+        conn.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'request_log'").fetchall()
+    )
+    for name, wanted in _WIDENED_COLUMNS.items():
+        if current.get(name) != wanted:
+            conn.execute(f"ALTER TABLE request_log ALTER COLUMN {name} TYPE {wanted}")

@@ -3,10 +3,15 @@
 ``submit`` never awaits and never blocks the request path. A full queue drops the record and counts it
 (bounded memory beats unbounded latency). ``stop`` drains everything accepted before returning.
 
+A batch whose insert fails on its data (a value the schema refuses) is retried by halves, down to the
+single rows that fail, so one bad record costs only itself: the request log is the ledger spend is rebuilt
+from. Any other failure (disk, database) drops the batch: every row would fail the same way.
+
 Every dropped record is counted (``on_drop``, the metric) and reported in a ``records_dropped`` log line.
 The line is rate-limited: under overload a line per drop would flood the log it is meant to warn in, so
 drops within ``drop_log_interval`` of the last line are summed into the next one (written by the next
-drop after the interval, the writer's next wake-up, or ``stop``).
+drop after the interval, the writer's next wake-up, or ``stop``). Each rejected row is also named in a
+``record_rejected`` line (its request id and the error), once per row.
 """
 
 from __future__ import annotations
@@ -15,14 +20,27 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import duckdb
 import structlog
 
 from pipeline.types import RequestRecord
 from store.analytics import AnalyticsStore
 
+__all__ = ["RecordWriter"]
+
 log = structlog.get_logger("tokenhub.record_writer")
+# Errors a row's own values cause (numpy's conversion, DuckDB's casts and constraints): worth isolating.
+_DATA_ERRORS = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    duckdb.DataError,
+    duckdb.IntegrityError,
+    duckdb.InvalidInputException,
+)
+Rejected = list[tuple[RequestRecord, str]]  # a record the database refused, and why
 
 
 class RecordWriter:
@@ -123,11 +141,16 @@ class RecordWriter:
 
     async def _write_now(self, batch: list[RequestRecord]) -> None:
         try:
-            await self._analytics.call(self._analytics.write_requests, batch)
-            self.written += len(batch)
+            rejected = await self._analytics.call(write_isolating, self._analytics.write_requests, batch)
         except Exception:
             log.exception("record_batch_failed", size=len(batch))
             self._count_drops(len(batch), "write failed")
+            return
+        self.written += len(batch) - len(rejected)
+        for record, error in rejected:
+            log.error("record_rejected", request_id=record.request_id, error=error)
+        if rejected:
+            self._count_drops(len(rejected), "bad record")
 
     def _count_drops(self, count: int, reason: str) -> None:
         for _ in range(count):
@@ -142,3 +165,17 @@ class RecordWriter:
             log.warning("records_dropped", count=count, reason=reason, dropped_total=self.dropped)
         self._unlogged.clear()
         self._last_drop_log = self._clock()
+
+
+def write_isolating(write: Callable[[Sequence[RequestRecord]], None], records: Sequence[RequestRecord]) -> Rejected:
+    """``write(records)``; when the batch fails on its data, retry each half, down to single rows, so only
+    the rows that fail alone are lost (k bad rows in n cost about 2·k·log2(n) extra writes). Returns those
+    rows and their errors. Each write is one transaction, so a failed attempt leaves nothing behind."""
+    try:
+        write(records)
+        return []
+    except _DATA_ERRORS as exc:
+        if len(records) == 1:
+            return [(records[0], f"{type(exc).__name__}: {exc}"[:500])]
+    middle = len(records) // 2
+    return write_isolating(write, records[:middle]) + write_isolating(write, records[middle:])

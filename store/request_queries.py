@@ -27,6 +27,7 @@ class LogFilter:
     """Equality filters (None = any) plus a time range (inclusive) and an outcome."""
 
     request_id: str | None = None
+    client_request_id: str | None = None
     tenant_id: str | None = None
     api_key_id: str | None = None
     endpoint: str | None = None

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from store.analytics import Cursor
 
+__all__ = ["Evidence", "RatedRow", "recent_rewards", "reward_evidence", "rewarded_request"]
+
 # One row of evidence: (model_id, input_tokens, reward, unix seconds, attempts)
 Evidence = tuple[str, int, float, float, str]
+
+
+@dataclass(frozen=True, slots=True)
+class RatedRow:
+    """What feedback needs of one written request: whether it succeeded, its reward and model."""
+
+    status: int
+    model_id: str
+    input_tokens: int
+    reward: float | None  # None: the request earned none
+    feedback_score: float | None  # None: not rated yet
 
 
 def reward_evidence(cursor: Cursor, since_unix: float) -> list[Evidence]:
@@ -19,24 +33,15 @@ def reward_evidence(cursor: Cursor, since_unix: float) -> list[Evidence]:
     ).fetchall()
 
 
-def rewarded_request(cursor: Cursor, request_id: str) -> dict[str, Any] | None:
-    """What feedback needs of one request: who made it, whether it succeeded, its reward and model."""
+def rewarded_request(cursor: Cursor, api_key_id: str, request_id: str, since: float) -> RatedRow | None:
+    """The row of `request_id` if this key made it. Only rows from `since` (unix seconds) on are read:
+    DuckDB skips every row group that ended before it, so the cost is the rows since the request."""
     rows = cursor.execute(
-        "SELECT api_key_id, status, model_id, input_tokens, reward, feedback_score FROM request_log "
-        "WHERE request_id = ? LIMIT 1",
-        [request_id],
+        "SELECT status, model_id, input_tokens, reward, feedback_score FROM request_log "
+        "WHERE timestamp >= to_timestamp(?) AND api_key_id = ? AND request_id = ? LIMIT 1",
+        [since, api_key_id, request_id],
     ).fetchall()
-    if not rows:
-        return None
-    api_key_id, status, model_id, input_tokens, reward, score = rows[0]
-    return {
-        "api_key_id": api_key_id,
-        "status": status,
-        "model_id": model_id,
-        "input_tokens": input_tokens,
-        "reward": reward,
-        "feedback_score": score,
-    }
+    return RatedRow(*rows[0]) if rows else None
 
 
 def recent_rewards(cursor: Cursor, limit: int) -> list[dict[str, Any]]:

@@ -186,12 +186,13 @@ async def test_parameters_and_tool_fields_are_forwarded(hub: Hub) -> None:
     assert sent["messages"][2] == {"role": "tool", "content": "42", "tool_call_id": "call_1", "name": "calc"}
 
 
-async def test_request_id_is_echoed_and_forwarded_upstream(hub: Hub) -> None:
+async def test_our_request_id_is_returned_and_forwarded_upstream_and_the_clients_echoed(hub: Hub) -> None:
     key = await _registry(hub)
     status, _, resp = await hub.chat(key, headers={"X-Request-Id": "req-abc-123"})
     assert status == 200
-    assert resp.headers["X-Request-Id"] == "req-abc-123"
-    assert hub.fake.requests[-1]["headers"]["X-Request-ID"] == "req-abc-123"
+    ours = resp.headers["X-Request-Id"]
+    assert ours.startswith("th-") and resp.headers["X-Client-Request-Id"] == "req-abc-123"
+    assert hub.fake.requests[-1]["headers"]["X-Request-ID"] == ours
 
 
 async def test_provider_key_is_sent_upstream_but_never_listed(hub: Hub) -> None:

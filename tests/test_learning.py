@@ -100,7 +100,8 @@ async def test_feedback_folds_the_score_into_the_reward(hub: Hub) -> None:
     key = await _setup(hub)
     _, _, resp = await hub.chat(key)
     request_id = resp.headers["X-Request-Id"]
-    before = hub.services.recent_requests.get(request_id)[0].reward  # type: ignore[index]
+    key_id = hub.services.identify(key).id  # type: ignore[union-attr]
+    before = hub.services.recent_requests.get(key_id, request_id)[0].reward  # type: ignore[index]
     answer = await hub.client.post(
         "/v1/feedback",
         json={"request_id": request_id, "score": 0.25, "comment": "missed the point"},
@@ -111,6 +112,7 @@ async def test_feedback_folds_the_score_into_the_reward(hub: Hub) -> None:
     assert body["reward"] == pytest.approx(before - 0.4 * 0.75)
     row = await _row(hub, request_id)  # the record was still queued: written with the new values
     assert row["reward"] == pytest.approx(body["reward"]) and row["feedback_score"] == 0.25
+    assert row["feedback_comment"] == "missed the point"
     # rated again after it reached DuckDB, and after it left the in-memory index
     hub.services.recent_requests._records.clear()
     answer = await hub.client.post(
@@ -119,11 +121,12 @@ async def test_feedback_folds_the_score_into_the_reward(hub: Hub) -> None:
     assert answer.status == 200 and (await answer.json())["reward"] == pytest.approx(before)
     row = await _row(hub, request_id)
     assert row["reward"] == pytest.approx(before) and row["feedback_score"] == 1.0
+    assert row["feedback_comment"] is None  # a later rating replaces the earlier one, comment included
 
 
 @pytest.mark.parametrize(
     ("case", "status"),
-    [("no_key", 401), ("other_key", 403), ("unknown", 404), ("score", 400), ("failed", 409), ("not_json", 400)],
+    [("no_key", 401), ("other_key", 404), ("unknown", 404), ("score", 400), ("failed", 409), ("not_json", 400)],
 )
 async def test_feedback_is_authorised_and_validated(hub: Hub, case: str, status: int) -> None:
     key = await _setup(hub)

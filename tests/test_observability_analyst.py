@@ -164,7 +164,7 @@ async def test_selects_over_the_request_log_and_time_series(busy_hub: Hub) -> No
     assert body["rows"] == [["gpt-test", 3, 30]] and body["truncated"] is False and body["row_count"] == 1
     status, body = await query(busy_hub, "SELECT sum(samples) FROM tsdb_points WHERE metric = 'requests'")
     assert body["rows"] == [[3]]
-    status, body = await query(busy_hub, "FROM request_log SELECT request_id ORDER BY request_id;")
+    status, body = await query(busy_hub, "FROM request_log SELECT client_request_id ORDER BY client_request_id;")
     assert [row[0] for row in body["rows"]] == ["q-0", "q-1", "q-2"]
     status, body = await query(
         busy_hub,

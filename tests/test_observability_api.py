@@ -48,7 +48,7 @@ async def test_a_burst_is_fully_recorded_in_the_log_and_the_time_series(ready_hu
     assert await burst(hub, key, BURST) == [200] * BURST
     page = await hub.admin("GET", "/logs?limit=10&model=gpt-test", expect=200)
     assert page["total"] == BURST and len(page["logs"]) == 10
-    ids = Counter(row["request_id"] for row in (await hub.admin("GET", "/logs?limit=1000"))["logs"])
+    ids = Counter(row["client_request_id"] for row in (await hub.admin("GET", "/logs?limit=1000"))["logs"])
     assert all(ids[f"burst-{i}"] == 1 for i in range(BURST))
     requests = await hub.admin("GET", "/tsdb/query?metric=requests&agg=sum&step=86400000", expect=200)
     assert sum(p["v"] for s in requests["series"] for p in s["points"]) == BURST
@@ -134,12 +134,14 @@ async def test_logs_filter_and_paginate_over_http(ready_hub: tuple[Hub, str]) ->
         await hub.chat(key, headers={"X-Request-Id": f"ok-{i}"})
     await hub.chat(None, headers={"X-Request-Id": "anon"})
     errors = await hub.admin("GET", "/logs?outcome=error", expect=200)
-    assert [row["request_id"] for row in errors["logs"]] == ["anon"] and errors["total"] == 1
+    assert [row["client_request_id"] for row in errors["logs"]] == ["anon"] and errors["total"] == 1
     assert errors["logs"][0]["status"] == 401 and errors["logs"][0]["model_id"] == ""
-    one = await hub.admin("GET", "/logs?request_id=ok-3", expect=200)
-    assert [row["request_id"] for row in one["logs"]] == ["ok-3"]
+    one = await hub.admin("GET", "/logs?client_request_id=ok-3", expect=200)
+    assert [row["client_request_id"] for row in one["logs"]] == ["ok-3"]
+    by_ours = await hub.admin("GET", f"/logs?request_id={one['logs'][0]['request_id']}", expect=200)
+    assert [row["client_request_id"] for row in by_ours["logs"]] == ["ok-3"]
     page = await hub.admin("GET", "/logs?limit=2&offset=1&status=200", expect=200)
-    assert page["total"] == 5 and [row["request_id"] for row in page["logs"]] == ["ok-3", "ok-2"]
+    assert page["total"] == 5 and [row["client_request_id"] for row in page["logs"]] == ["ok-3", "ok-2"]
     assert (await hub.admin("GET", "/logs?model=", expect=200))["total"] == 1  # never reached a model
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert (await hub.admin("GET", f"/logs?start={later.replace('+00:00', 'Z')}", expect=200))["total"] == 0
@@ -223,18 +225,21 @@ async def test_observability_endpoints_need_the_admin_token(hub: Hub) -> None:
         assert resp.status == 401, path
 
 
-async def test_request_ids_are_validated_echoed_and_recorded(ready_hub: tuple[Hub, str]) -> None:
+async def test_request_ids_are_ours_and_client_ids_validated_echoed_and_recorded(ready_hub: tuple[Hub, str]) -> None:
     hub, key = ready_hub
     _, _, kept = await hub.chat(key, headers={"X-Request-Id": "client-42:a/b@c"})
-    assert kept.headers["X-Request-Id"] == "client-42:a/b@c"
+    ours = kept.headers["X-Request-Id"]
+    assert ours.startswith("th-") and kept.headers["X-Client-Request-Id"] == "client-42:a/b@c"
     for bad in ("has spaces", "x" * 129, "semi;colon", 'quote"d'):
         _, body, resp = await hub.chat(key, headers={"X-Request-Id": bad})
         generated = resp.headers["X-Request-Id"]
-        assert generated != bad and generated.startswith("th-")
-        assert (await hub.admin("GET", f"/logs?request_id={generated}"))["total"] == 1
+        assert generated != bad and generated.startswith("th-") and "X-Client-Request-Id" not in resp.headers
+        (row,) = (await hub.admin("GET", f"/logs?request_id={generated}"))["logs"]
+        assert row["client_request_id"] == ""
     _, body, resp = await hub.chat(None, headers={"X-Request-Id": "bad id"})  # errors carry it as well
     assert body["error"]["request_id"] == resp.headers["X-Request-Id"] != "bad id"
-    assert (await hub.admin("GET", "/logs?request_id=client-42:a/b@c"))["total"] == 1
+    (row,) = (await hub.admin("GET", "/logs?client_request_id=client-42:a/b@c"))["logs"]
+    assert row["request_id"] == ours
 
 
 def test_the_log_overflow_counter_reads_the_installed_log_stream() -> None:

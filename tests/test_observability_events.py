@@ -55,11 +55,11 @@ async def test_subscribers_receive_routing_events_in_order(ready_hub: tuple[Hub,
     hub, key = ready_hub
     first, second = await subscribe(hub), await subscribe(hub)
     expected = []
-    for i in range(8):
-        await hub.chat(key, policy={"mode": "cheap"}, headers={"X-Request-Id": f"ev-{i}"})
-        expected.append(("route_success", f"ev-{i}"))
-    await hub.chat(None, headers={"X-Request-Id": "ev-denied"})
-    expected.append(("route_error", "ev-denied"))
+    for _ in range(8):
+        _, _, resp = await hub.chat(key, policy={"mode": "cheap"})
+        expected.append(("route_success", resp.headers["X-Request-Id"]))
+    _, _, resp = await hub.chat(None)
+    expected.append(("route_error", resp.headers["X-Request-Id"]))
     for stream in (first, second):
         received = []
         for _ in expected:
@@ -86,15 +86,21 @@ async def test_errors_health_changes_and_admin_actions_are_published(ready_hub: 
     hub, key = ready_hub
     stream = await subscribe(hub)
     hub.fake.script("gpt-test", *[Fail(500)] * 6)  # each request: retried, then failed
-    assert (await hub.chat(key, headers={"X-Request-Id": "boom-1"}))[0] == 502
+    status, _, resp = await hub.chat(key)
+    assert status == 502
     error = await stream.until("route_error")
-    assert error["request_id"] == "boom-1" and error["status"] == 502 and error["error_class"] == "transient"
+    assert (
+        error["request_id"] == resp.headers["X-Request-Id"]
+        and error["status"] == 502
+        and error["error_class"] == "transient"
+    )
     assert error["error_msg"] and "model_id" not in error  # no model served it: empty fields are left out
-    assert (await hub.chat(key, headers={"X-Request-Id": "boom-2"}))[0] == 502  # second failure in a row
+    status, _, resp = await hub.chat(key)
+    assert status == 502  # second failure in a row
     change = await stream.until("health_change")
     assert (change["provider_id"], change["old_state"], change["new_state"]) == ("fake", "healthy", "degraded")
     assert "2 consecutive errors" in change["reason"]
-    assert (await stream.next())[1]["request_id"] == "boom-2"  # published while the request was recorded
+    assert (await stream.next())[1]["request_id"] == resp.headers["X-Request-Id"]  # published while it was recorded
 
     hub.fake.reset()
     await hub.chat(key)

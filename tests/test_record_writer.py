@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+import duckdb
 import pytest
 
 from pipeline.types import RequestRecord
-from store.analytics import AnalyticsStore
+from store.analytics import MAX_TOKEN_COUNT, AnalyticsStore
 from store.record_writer import RecordWriter
+from store.reward_queries import rewarded_request
 
 BASE_TS = 1_700_000_000.0
 
@@ -256,3 +258,96 @@ async def test_flush_writes_only_what_was_pending_when_it_started(analytics: Spy
     assert analytics.batches == [5]
     await writer.flush()
     assert analytics.batches == [5, 5]
+
+
+async def test_a_bad_record_costs_only_itself(analytics: SpyAnalytics) -> None:
+    drops: list[None] = []
+    writer = RecordWriter(analytics, capacity=100, on_drop=lambda: drops.append(None))
+    records = [make_record(i) for i in range(11)]
+    records[6] = make_record(6, request_id=None)  # NOT NULL refuses it; it fails its batch of 11
+    records[9] = make_record(9, status="teapot")  # numpy refuses it
+    for record in records:
+        writer.submit(record)
+    await writer.flush()
+    rows = await analytics.call(analytics.recent_requests, 100, 0)
+    assert sorted(row["request_id"] for row in rows) == [f"req-{i:05d}" for i in range(11) if i not in (6, 9)]
+    assert (writer.written, writer.dropped, len(drops)) == (9, 2, 2)
+    assert analytics.batches.count(11) == 0 and sum(analytics.batches) == 9
+
+
+async def test_absurd_token_counts_are_stored_clamped_and_large_ones_exactly(analytics: SpyAnalytics) -> None:
+    writer = RecordWriter(analytics, capacity=100)
+    writer.submit(make_record(1, input_tokens=3_000_000_000, output_tokens=2**31))  # INTEGER overflowed on these
+    writer.submit(make_record(2, input_tokens=10**30, output_tokens=-5))  # beyond int64, and negative
+    writer.submit(make_record(3))
+    await writer.flush()
+    rows = {row["request_id"]: row for row in await analytics.call(analytics.recent_requests, 10, 0)}
+    assert (rows["req-00001"]["input_tokens"], rows["req-00001"]["output_tokens"]) == (3_000_000_000, 2**31)
+    assert (rows["req-00002"]["input_tokens"], rows["req-00002"]["output_tokens"]) == (MAX_TOKEN_COUNT, 0)
+    assert rows["req-00003"]["input_tokens"] == 13 and writer.dropped == 0
+
+
+def test_an_older_file_is_migrated_in_place(tmp_path: Any) -> None:
+    path = str(tmp_path / "old.duckdb")
+    old = duckdb.connect(path)
+    old.execute(  # the first release's request_log: INTEGER token counts, no later columns
+        "CREATE TABLE request_log (timestamp TIMESTAMPTZ NOT NULL, request_id VARCHAR NOT NULL, tenant_id VARCHAR"
+        " NOT NULL, api_key_id VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, mode VARCHAR NOT NULL, model_id"
+        " VARCHAR NOT NULL, provider_id VARCHAR NOT NULL, status INTEGER NOT NULL, error_class VARCHAR NOT NULL,"
+        " error_message VARCHAR NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,"
+        " cost_usd DOUBLE NOT NULL, latency_ms DOUBLE NOT NULL, escalations INTEGER NOT NULL, routing_reason"
+        " VARCHAR NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO request_log VALUES (to_timestamp(1700000000), 'old-1', 'default', 'k', 'chat', 'normal',"
+        " 'gpt-test', 'fake', 200, '', '', 7, 3, 0.5, 10.0, 0, 'score')"
+    )
+    old.close()
+    store = AnalyticsStore(path)
+    store.open()
+    try:
+        types = dict(
+            store.db.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'request_log'"
+            ).fetchall()
+        )
+        assert types["input_tokens"] == types["output_tokens"] == "BIGINT"
+        assert types["client_request_id"] == types["feedback_comment"] == "VARCHAR"
+        store.write_requests([make_record(1, input_tokens=3_000_000_000, client_request_id="mine-1")])
+        rows = {row["request_id"]: row for row in store.recent_requests(10, 0)}
+        assert (rows["old-1"]["input_tokens"], rows["old-1"]["cost_usd"], rows["old-1"]["client_request_id"]) == (
+            7,
+            0.5,
+            "",
+        )
+        assert (rows["req-00001"]["input_tokens"], rows["req-00001"]["client_request_id"]) == (3_000_000_000, "mine-1")
+    finally:
+        store.close()
+
+
+async def test_feedback_reads_and_updates_only_the_keys_own_row_in_the_range(analytics: SpyAnalytics) -> None:
+    # Rows written before request ids were ours may share an id across keys: each key reaches only its own.
+    analytics.write_requests(
+        [
+            make_record(1, request_id="shared-2", api_key_id="key-a", reward=0.8),
+            make_record(2, request_id="shared-2", api_key_id="key-b", reward=0.7),
+        ]
+    )
+    found = await analytics.read(rewarded_request, "key-b", "shared-2", BASE_TS)
+    assert found is not None and found.reward == 0.7 and found.feedback_score is None
+    assert await analytics.read(rewarded_request, "key-c", "shared-2", BASE_TS) is None
+    assert await analytics.read(rewarded_request, "key-b", "shared-2", BASE_TS + 3) is None  # before the range
+    changed = await analytics.call(analytics.set_feedback, "key-b", "shared-2", BASE_TS, 0.5, 0.1, "meh")
+    assert changed == 1
+    assert await analytics.call(analytics.set_feedback, "key-a", "shared-2", BASE_TS + 3, 0.5, 0.1, None) == 0
+    rows = {row["api_key_id"]: row for row in await analytics.call(analytics.recent_requests, 10, 0)}
+    assert (rows["key-a"]["reward"], rows["key-a"]["feedback_score"], rows["key-a"]["feedback_comment"]) == (
+        0.8,
+        None,
+        None,
+    )
+    assert (rows["key-b"]["reward"], rows["key-b"]["feedback_score"], rows["key-b"]["feedback_comment"]) == (
+        0.5,
+        0.1,
+        "meh",
+    )

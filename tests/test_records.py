@@ -32,10 +32,11 @@ async def test_exactly_one_record_per_request_including_failures(make_hub) -> No
     assert statuses == {"ok": 200, "no-key": 401, "bad": 400, "no-model": 422, "escalated": 200, "limited": 429}
 
     logs = await hub.logs()
-    per_id = Counter(row["request_id"] for row in logs)
+    per_id = Counter(row["client_request_id"] for row in logs)  # the ids sent; each row has its own id too
     for name in statuses:
         assert per_id[name] == 1, (name, per_id)
-    by_id = {row["request_id"]: row for row in logs}
+    assert len({row["request_id"] for row in logs}) == len(logs)
+    by_id = {row["client_request_id"]: row for row in logs}
     assert by_id["ok"]["status"] == 200 and by_id["ok"]["model_id"] in ("primary", "backup")
     assert by_id["no-key"]["status"] == 401 and by_id["no-key"]["error_class"] == "unauthorized"
     assert by_id["bad"]["status"] == 400

@@ -9,6 +9,7 @@ from aiohttp import web
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import ClientDisconnected, TokenHubError
 from pipeline.types import ChatRequest, StreamDelta
+from pipeline.web import id_headers
 
 
 class EdgeSink(Protocol):
@@ -64,7 +65,7 @@ class SseWriter:
         served = ctx.served_by
         assert served is not None
         headers = self.response.headers
-        headers["X-Request-Id"] = ctx.request_id  # the edge middleware's copy would come too late
+        headers.update(id_headers(self._request))  # the edge middleware's copy would come too late
         headers["X-Negotiated-Model"] = served.model.id
         headers["X-TokenHub-Attempts"] = attempts_header(ctx)
         headers["X-Provider"] = served.model.provider_id

@@ -7,7 +7,7 @@ from aiohttp import web
 from pipeline.context import RequestContext
 from pipeline.services import Services
 from pipeline.types import ChatRequest
-from pipeline.web import REQUEST_ID, TrustedNets, client_ip, presented_key
+from pipeline.web import CLIENT_REQUEST_ID, REQUEST_ID, TrustedNets, client_ip, presented_key
 
 __all__ = ["new_context"]
 
@@ -27,4 +27,5 @@ def new_context(
         presented_key=bool(key),
         api_key=api_key,
         tenant_id=api_key.tenant_id if api_key else "default",
+        client_request_id=request[CLIENT_REQUEST_ID],
     )

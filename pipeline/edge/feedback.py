@@ -1,5 +1,11 @@
 """POST /v1/feedback: the client's judgement of an answer, folded into that request's reward so the bandit
-learns quality, not only cost and latency. Only the API key that made the request may rate it."""
+learns quality, not only cost and latency.
+
+A key finds only its own requests: every look-up and update is by (API key id, request id), so another
+key's request is as unknown as one that never existed. The request id carries its start time, which
+bounds the request-log scan to the rows since then (and ends the feedback window). Callers are
+rate-limited per IP before the key is checked, and per key after.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +18,19 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from pipeline.edge.wire import Strict, invalid_request
-from pipeline.errors import Conflict, Forbidden, NotFound, Unauthorized
+from pipeline.errors import Conflict, NotFound, RateLimited, Unauthorized
 from pipeline.services import Services
 from pipeline.types import ApiKeyInfo, RequestRecord
-from pipeline.web import REQUEST_ID, presented_key, read_body
+from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks
 from stages.bandit import QUALITY_SHARE, token_bucket
+from stages.rate_limit import TokenBuckets
 from store.reward_queries import rewarded_request
+
+__all__ = ["FeedbackEndpoint"]
+
+# The row's timestamp is taken when the request ends, after the id's start time; the margin covers a wall
+# clock stepped back in between.
+CLOCK_MARGIN_SECS = 300.0
 
 
 class FeedbackIn(Strict):
@@ -30,7 +43,6 @@ class FeedbackIn(Strict):
 class _Rated:
     """What feedback needs to know about the rated request, from memory or from the request log."""
 
-    owner: str
     status: int
     model_id: str
     reward: float  # NaN when the request earned none
@@ -42,47 +54,69 @@ class _Rated:
 class FeedbackEndpoint:
     def __init__(self, services: Services) -> None:
         self._services = services
+        settings = services.settings
+        self._trusted = trusted_networks(services)
+        rate, burst = settings.feedback_rate_limit_rps, settings.feedback_rate_limit_burst
+        self._by_ip = TokenBuckets(rate, burst)
+        self._by_key = TokenBuckets(rate, burst)
+        self._window = settings.feedback_window_secs
 
     async def handle(self, request: web.Request) -> web.Response:
         services = self._services
+        self._limit(self._by_ip, client_ip(request, self._trusted))  # before the key: guessing keys costs too
         key = _caller(services, presented_key(request))
-        raw = await read_body(request, 64 * 1024, max_depth=self._services.settings.max_json_depth)
+        self._limit(self._by_key, key.id)
+        raw = await read_body(request, 64 * 1024, max_depth=services.settings.max_json_depth)
         try:
             body = FeedbackIn.model_validate_json(raw)
         except ValidationError as exc:
             raise invalid_request(exc) from None
-        rated = await self._find(body.request_id)
-        if rated.owner != key.id:
-            raise Forbidden("this request was made with another API key", field="request_id")
+        since = self._since(body.request_id)
+        rated = await self._find(key.id, body.request_id, since)
         if rated.status >= 400 or math.isnan(rated.reward) or not rated.model_id:
             raise Conflict("only a request that a model answered can be rated", field="request_id")
         # The answer's share of the reward was the previous score (1 without feedback); the score replaces it.
         previous = 1.0 if math.isnan(rated.score) else rated.score
         new = round(rated.reward + QUALITY_SHARE * (body.score - previous), 6)
         if rated.record is not None:  # a record still in the writer's queue is written with these values
-            rated.record.reward, rated.record.feedback_score = new, body.score
+            record = rated.record
+            record.reward, record.feedback_score, record.feedback_comment = new, body.score, body.comment
         services.bandit.revise(rated.model_id, rated.bucket, rated.reward, new)
-        await services.analytics.call(services.analytics.set_feedback, body.request_id, new, body.score, body.comment)
-        return web.json_response(
-            {"request_id": body.request_id, "score": body.score, "reward": new},
-            headers={"X-Request-Id": request[REQUEST_ID]},
-        )
+        analytics = services.analytics
+        await analytics.call(analytics.set_feedback, key.id, body.request_id, since, new, body.score, body.comment)
+        return web.json_response({"request_id": body.request_id, "score": body.score, "reward": new})
 
-    async def _find(self, request_id: str) -> _Rated:
-        recent = self._services.recent_requests.get(request_id)
+    def _limit(self, buckets: TokenBuckets, caller: str) -> None:
+        if wait := buckets.take(caller):
+            self._services.metrics.rate_limited.inc()
+            raise RateLimited("feedback rate limit exceeded", retry_after=wait)
+
+    def _since(self, request_id: str) -> float:
+        """The earliest timestamp the request's row can have; rejects ids that are not ours or too old."""
+        started = request_id_started(request_id)
+        if started is None:
+            raise NotFound(f"no request {request_id!r} made with this key is known", field="request_id")
+        if started < time.time() - self._window:
+            raise Conflict(
+                f"request {request_id!r} is older than the feedback window ({self._window:g} s)", field="request_id"
+            )
+        return started - CLOCK_MARGIN_SECS
+
+    async def _find(self, api_key_id: str, request_id: str, since: float) -> _Rated:
+        recent = self._services.recent_requests.get(api_key_id, request_id)
         if recent is not None:
             r, bucket = recent
-            return _Rated(r.api_key_id, r.status, r.model_id, r.reward, r.feedback_score, bucket, r)
-        row = await self._services.analytics.read(rewarded_request, request_id)  # older: the request log
+            return _Rated(r.status, r.model_id, r.reward, r.feedback_score, bucket, r)
+        # Older: the request log, this key's rows since the request started.
+        row = await self._services.analytics.read(rewarded_request, api_key_id, request_id, since)
         if row is None:
-            raise NotFound(f"no request {request_id!r} is known", field="request_id")
+            raise NotFound(f"no request {request_id!r} made with this key is known", field="request_id")
         return _Rated(
-            row["api_key_id"],
-            row["status"],
-            row["model_id"],
-            math.nan if row["reward"] is None else row["reward"],
-            math.nan if row["feedback_score"] is None else row["feedback_score"],
-            token_bucket(row["input_tokens"]),
+            row.status,
+            row.model_id,
+            math.nan if row.reward is None else row.reward,
+            math.nan if row.feedback_score is None else row.feedback_score,
+            token_bucket(row.input_tokens),
             None,
         )
 

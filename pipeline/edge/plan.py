@@ -15,7 +15,7 @@ from pipeline.edge.plan_codec import decode_plan, plan_envelope
 from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
-from pipeline.web import read_body, trusted_networks
+from pipeline.web import id_headers, read_body, trusted_networks
 
 
 class PlanEndpoint:
@@ -51,7 +51,7 @@ class PlanEndpoint:
     async def _stream(self, request: web.Request, ctx: RequestContext, chain: Any) -> web.StreamResponse:
         """Step events as they happen: step_started, step_completed, then plan (the envelope) or error."""
         writer = SseWriter(request)
-        writer.response.headers["X-Request-Id"] = ctx.request_id
+        writer.response.headers.update(id_headers(request))
 
         async def send(event: str, data: dict[str, Any]) -> None:
             if not writer.opened:
