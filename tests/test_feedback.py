@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.logging import configure_logging
+from pipeline.logging import RequestLines, configure_logging
 from pipeline.web import new_request_id, request_id_started
+from stages.sinks.log_line import LogLineSink
 from tests.conftest import Hub
 
 OUR_ID = re.compile(r"th-[0-9a-f]{12}-[0-9a-f]{24}")
@@ -53,6 +54,7 @@ async def test_a_client_id_is_correlation_only_and_cannot_reach_another_keys_row
     key_a, key_b = await _setup(hub)
     out = io.BytesIO()
     stream = configure_logging("info", stream=out)
+    hub.services.recorder.add(LogLineSink(RequestLines(stream, level="info")))  # what `tokenhub serve` wires
     try:
         _, _, resp_a = await hub.chat(key_a, headers={"X-Request-Id": "shared-2"})
         _, _, resp_b = await hub.chat(key_b, headers={"X-Request-Id": "shared-2"})
