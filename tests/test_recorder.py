@@ -55,12 +55,14 @@ async def test_a_failing_sink_is_counted_and_stops_neither_the_others_nor_the_re
     collect = Collect()
     hub.services.recorder.add(Boom(), before="learning")  # first: every real sink runs after it
     hub.services.recorder.add(collect)
-    status, body, _ = await hub.chat(key, headers={"X-Request-Id": "survives-boom"})
+    status, body, resp = await hub.chat(key, headers={"X-Request-Id": "survives-boom"})
     assert status == 200 and body["response"]["choices"][0]["message"]["content"] == "reply from gpt-test"
+    request_id = resp.headers["X-Request-Id"]
     await hub.services.records.flush()
-    [row] = [r for r in await hub.logs() if r["request_id"] == "survives-boom"]
+    [row] = [r for r in await hub.logs() if r["request_id"] == request_id]
+    assert row["client_request_id"] == "survives-boom"
     assert row["status"] == 200 and row["attempts"] == "gpt-test=ok" and row["cost_usd"] > 0  # learning ran too
-    assert [r.request_id for r in collect.records] == ["survives-boom"]
+    assert [r.request_id for r in collect.records] == [request_id]
     metrics = await (await hub.client.get("/metrics")).text()
     assert 'tokenhub_record_sink_failures_total{sink="boom"} 1.0' in metrics
     assert 'tokenhub_requests_total{mode="normal",model="gpt-test",provider="fake",status="ok"} 1.0' in metrics
@@ -74,10 +76,10 @@ async def test_requests_rejected_at_the_edge_reach_the_same_sinks(ready_hub: tup
     bad_chat = await hub.client.post("/v1/chat", data=b"{not json", headers={**auth, "X-Request-Id": "bad-chat"})
     bad_plan = await hub.client.post("/v1/plan", json={"request": {}}, headers={**auth, "X-Request-Id": "bad-plan"})
     assert (bad_chat.status, bad_plan.status) == (400, 400)
-    assert (await bad_chat.json())["error"]["request_id"] == "bad-chat"
-    assert [(r.request_id, r.endpoint, r.status) for r in collect.records] == [
-        ("bad-chat", "chat", 400),
-        ("bad-plan", "plan", 400),
+    assert (await bad_chat.json())["error"]["request_id"] == bad_chat.headers["X-Request-Id"]
+    assert [(r.request_id, r.client_request_id, r.endpoint, r.status) for r in collect.records] == [
+        (bad_chat.headers["X-Request-Id"], "bad-chat", "chat", 400),
+        (bad_plan.headers["X-Request-Id"], "bad-plan", "plan", 400),
     ]
     key_id = hub.services.identify(key).id  # the edge resolves the key (it picks the tenant) before decoding
     assert all(r.api_key_id == key_id and r.model_id == "" and r.cost_usd == 0 for r in collect.records)
@@ -95,12 +97,13 @@ async def test_request_lines_go_to_the_writer_the_app_is_given(
     await hub.add_provider()
     await hub.add_model("gpt-test", input_per_1k=0.001, output_per_1k=0.002)
     key = await hub.new_key()
-    status, _, _ = await hub.chat(key, headers={"X-Request-Id": "line-1"})
+    status, _, resp = await hub.chat(key, headers={"X-Request-Id": "line-1"})
     assert status == 200
     stream.close()
     lines = [json.loads(line) for line in out.getvalue().decode().splitlines()]
     [line] = [line for line in lines if line.get("event") == "request"]
-    assert line["request_id"] == "line-1" and line["status"] == 200 and line["model"] == "gpt-test"
+    assert line["request_id"] == resp.headers["X-Request-Id"] and line["client_request_id"] == "line-1"
+    assert line["status"] == 200 and line["model"] == "gpt-test"
     assert (line["input_tokens"], line["output_tokens"], line["level"]) == (10, 5, "info")
     assert line["cost_usd"] == pytest.approx(10 / 1000 * 0.001 + 5 / 1000 * 0.002)
     assert key not in out.getvalue().decode() and "sk-test-secret" not in out.getvalue().decode()
