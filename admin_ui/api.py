@@ -71,6 +71,7 @@ class ModelIn(_Body):
     provider_id: IdStr
     weight: Annotated[int, Field(ge=0, le=10)] = 5
     max_context_tokens: Annotated[int, Field(ge=0)] = 0
+    max_output_tokens: Annotated[int, Field(ge=0)] = 0
     input_per_1k: Annotated[float, Field(ge=0)] = 0.0
     output_per_1k: Annotated[float, Field(ge=0)] = 0.0
     enabled: bool = True
@@ -82,6 +83,7 @@ class ModelIn(_Body):
 class ModelPatch(_Body):
     weight: Annotated[int, Field(ge=0, le=10)] | None = None
     max_context_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=0)] | None = None
     input_per_1k: Annotated[float, Field(ge=0)] | None = None
     output_per_1k: Annotated[float, Field(ge=0)] | None = None
     enabled: bool | None = None
@@ -277,6 +279,7 @@ def _model_view(m: ModelInfo) -> dict[str, Any]:
         "provider_id": m.provider_id,
         "weight": m.weight,
         "max_context_tokens": m.max_context_tokens,
+        "max_output_tokens": m.max_output_tokens,
         "input_per_1k": m.input_per_1k,
         "output_per_1k": m.output_per_1k,
         "enabled": m.enabled,

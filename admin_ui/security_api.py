@@ -4,7 +4,6 @@ on the admin sub-app, so every current and future route gets them), the vault en
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from admin_ui.api import _Body, _services, read_model
 from admin_ui.params import int_param, str_param, time_param
 from pipeline.errors import InvalidRequest, RateLimited, TokenHubError, VaultRefused
 from pipeline.services import Services
-from pipeline.web import PIPELINES, RAW_BODY, REQUEST_ID, Handler, client_ip
+from pipeline.web import PIPELINES, RAW_BODY, REQUEST_ID, Handler, TrustedProxies, client_ip
 from stages.rate_limit import TokenBuckets
 from store import audit, vault_store
 from store.vault import VaultError
@@ -44,7 +43,7 @@ class _Guards:
 
     admin: TokenBuckets
     passwords: TokenBuckets
-    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    trusted: TrustedProxies
     rejected: Counter
 
 
@@ -62,7 +61,7 @@ def _guards(request: web.Request) -> _Guards:
             _Guards(
                 admin=TokenBuckets(settings.admin_rate_limit_rps, settings.admin_rate_limit_burst),
                 passwords=TokenBuckets(attempts / 60.0, attempts),
-                trusted=tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies),
+                trusted=TrustedProxies.from_settings(settings),
                 rejected=Counter(
                     "tokenhub_admin_rate_limited",
                     "Admin API requests rejected by the per-IP admin limiter",
