@@ -64,7 +64,16 @@ class Policy:
         tokens = estimate_input_tokens(request.messages, request.estimated_input_tokens)
         key_left = key_budget_left(services.key_ledger, ctx.api_key, time.time())  # 429 once spent (plan steps)
         max_tokens, n = requested_output(request.parameters)
-        constraints = Constraints(mode, budget, min_weight, tokens, request.max_item_tokens, max_tokens, n, key_left)
+        constraints = Constraints(
+            mode,
+            budget,
+            min_weight,
+            tokens,
+            request.max_item_tokens,
+            max_tokens=max_tokens,
+            n=n,
+            key_budget_usd=key_left,
+        )
 
         health, adapters, skips = services.health, services.adapters, services.metrics.provider_skips
         kind = model_kind(request.operation)
