@@ -28,6 +28,7 @@ class ModelIn(Body):
     provider_id: IdStr
     weight: Weight = 5
     max_context_tokens: Annotated[int, Field(ge=0)] = 0
+    max_output_tokens: Annotated[int, Field(ge=0)] = 0
     input_per_1k: NonNegative = 0.0
     output_per_1k: NonNegative = 0.0
     enabled: bool = True
@@ -39,6 +40,7 @@ class ModelIn(Body):
 class ModelPatch(Body):
     weight: Weight | None = None
     max_context_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_output_tokens: Annotated[int, Field(ge=0)] | None = None
     input_per_1k: NonNegative | None = None
     output_per_1k: NonNegative | None = None
     enabled: bool | None = None
@@ -128,6 +130,7 @@ def model_view(m: ModelInfo) -> dict[str, Any]:
         "provider_id": m.provider_id,
         "weight": m.weight,
         "max_context_tokens": m.max_context_tokens,
+        "max_output_tokens": m.max_output_tokens,
         "input_per_1k": m.input_per_1k,
         "output_per_1k": m.output_per_1k,
         "enabled": m.enabled,

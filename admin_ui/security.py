@@ -13,7 +13,7 @@ from prometheus_client import Counter
 
 from pipeline.errors import InvalidRequest, RateLimited
 from pipeline.services import Services
-from pipeline.web import Handler, TrustedNets, client_ip, trusted_networks
+from pipeline.web import Handler, TrustedProxies, client_ip, trusted_networks
 from stages.rate_limit import TokenBuckets
 
 __all__ = ["GUARDS", "Guards", "admin_ip", "admin_rate_limit", "password_attempt", "validate_path_params"]
@@ -28,7 +28,7 @@ class Guards:
 
     admin: TokenBuckets
     passwords: TokenBuckets
-    trusted: TrustedNets
+    trusted: TrustedProxies
     rejected: Counter
 
     @classmethod

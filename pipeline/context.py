@@ -85,6 +85,7 @@ class RequestContext:
     policy: Policy = field(default_factory=Policy)
     # Identity: resolved at the edge (it picks the tenant pipeline), enforced by the auth stage.
     presented_key: bool = False
+    ip_admitted: bool = False  # the per-IP rate limit already counted this request (the edge, before the body)
     api_key: ApiKeyInfo | None = None
     tenant_id: str = "default"
     started_at: float = field(default_factory=time.perf_counter)

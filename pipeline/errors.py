@@ -97,16 +97,25 @@ class VaultLocked(NoEligibleModel):
 
 
 class BudgetExceeded(TokenHubError):
-    """429: the API key's month-to-date spend has reached its monthly budget."""
+    """429: the API key's month-to-date spend has reached its monthly budget, or (`too_costly`) what is left
+    of it cannot cover this request's estimated cost on any model that could serve it."""
 
     status = 429
     type = "monthly_budget_exceeded"
 
-    def __init__(self, *, budget_usd: float, spent_usd: float):
-        super().__init__(
-            f"monthly budget exceeded: this API key has spent ${spent_usd:.6f} of its ${budget_usd:.2f} budget"
-            " for the current UTC calendar month; an admin can raise the budget or reset the spend"
-        )
+    def __init__(self, *, budget_usd: float, spent_usd: float, too_costly: bool = False):
+        if too_costly:
+            reason = (
+                f"this API key has ${budget_usd - spent_usd:.6f} left of its ${budget_usd:.2f} budget for the"
+                " current UTC calendar month, less than this request's estimated cost on any model that could"
+                " serve it (a lower max_tokens or n lowers the estimate)"
+            )
+        else:
+            reason = (
+                f"this API key has spent ${spent_usd:.6f} of its ${budget_usd:.2f} budget"
+                " for the current UTC calendar month"
+            )
+        super().__init__(f"monthly budget exceeded: {reason}; an admin can raise the budget or reset the spend")
         self.budget_usd = budget_usd
         self.spent_usd = spent_usd
 

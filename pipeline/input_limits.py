@@ -1,14 +1,18 @@
 """Caps on hostile input that the JSON parser and the body-size limit do not cover: nesting depth (checked
-on the raw bytes before parsing) and message content length (checked once after any codec decoded)."""
+on the raw bytes before parsing), the number of messages (checked on the raw structure before any model
+validates them) and message content length (checked once after any codec decoded)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import orjson
 
 from pipeline.errors import InvalidRequest
 from pipeline.types import Message
+
+__all__ = ["check_content", "check_json_depth", "check_message_count"]
 
 _STEP = np.zeros(256, dtype=np.int8)  # +1 opens a level, -1 closes one
 _STEP[list(b"[{")] = 1
@@ -32,6 +36,29 @@ def check_json_depth(raw: bytes, limit: int) -> None:
     steps[(np.cumsum(chars == ord('"'), dtype=np.int32) & 1).astype(bool)] = 0
     if len(steps) and int(np.cumsum(steps, dtype=np.int32).max()) > limit:
         raise InvalidRequest(f"JSON nesting is deeper than {limit} levels", field="body")
+
+
+def check_message_count(raw: bytes, limit: int, path: tuple[str, ...]) -> None:
+    """400 when the body's message array (at `path`, e.g. ("request", "messages")) has more than ``limit``
+    entries, checked before pydantic validates them: it would validate, and report on, every entry of a huge
+    array (measured: 0.5 s for 160 000 tiny messages in 2 MiB, 3.4 s for 500 000 numbers in 1 MB).
+
+    An array of N entries holds N - 1 commas, so a body with fewer commas than the limit (the usual one)
+    returns at once. Otherwise the bytes are parsed once in C (orjson: ~45 ms for those 2 MiB) and the
+    array's length read. Malformed JSON and other shapes are left to the codec, which names the error.
+    """
+    if raw.count(b",") < limit:
+        return
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return
+    for name in path:
+        if not isinstance(value, dict):
+            return
+        value = value.get(name)
+    if isinstance(value, list) and len(value) > limit:
+        raise InvalidRequest(f"too many messages: {len(value)} > {limit}", field=".".join(path))
 
 
 def check_content(messages: Sequence[Message], *, max_chars: int, max_total_chars: int, field: str) -> None:

@@ -44,6 +44,9 @@ class Settings(BaseModel):
     rate_limit_rps: float = Field(60.0, gt=0)
     rate_limit_burst: int = Field(120, gt=0)
     trusted_proxies: tuple[str, ...] = ()
+    trust_x_real_ip: bool = Field(
+        False, description="believe X-Real-IP from a trusted proxy (only one that sets it, replacing the client's)"
+    )
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_messages: int = Field(1000, gt=0)
     record_queue_size: int = Field(10_000, gt=0)

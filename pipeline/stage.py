@@ -9,7 +9,7 @@ callable chain. Chains hold no per-request state, so a stage may call ``call_nex
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -161,3 +161,11 @@ def build_chain(steps: Sequence[StageStep], registry: StageRegistry, services: S
 def _link(stage: Stage, call_next: Next) -> Next:
     # A partial, not a wrapper coroutine: one frame fewer per stage on every request.
     return functools.partial(stage, call_next=call_next)
+
+
+def stages_in(chain: Next) -> Iterator[Stage]:
+    """The stage instances of a chain build_chain made, outermost first (the edge finds its rate limiter)."""
+    link = chain
+    while isinstance(link, functools.partial):
+        yield link.func
+        link = link.keywords["call_next"]

@@ -95,6 +95,7 @@ class ModelInfo:
     provider_id: str
     weight: int = 1
     max_context_tokens: int = 0
+    max_output_tokens: int = 0  # the most a reply can hold (0 = unknown): bounds the cost estimate
     input_per_1k: float = 0.0
     output_per_1k: float = 0.0
     enabled: bool = True

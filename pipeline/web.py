@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from pipeline.errors import PayloadTooLarge, TokenHubError
 from pipeline.input_limits import check_json_depth
 from pipeline.services import Services
+from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
 
 log = structlog.get_logger("tokenhub.http")
@@ -89,38 +91,43 @@ def id_headers(request: web.Request) -> dict[str, str]:
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-TrustedNets = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+@dataclass(frozen=True, slots=True)
+class TrustedProxies:
+    """The peers whose forwarding headers are believed (TOKENHUB_TRUSTED_PROXIES), and whether X-Real-IP is
+    one of those headers (TOKENHUB_TRUST_X_REAL_IP: only for a proxy that sets it, replacing the client's)."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    real_ip: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrustedProxies:
+        networks = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+        return cls(networks, settings.trust_x_real_ip)
+
+    def __contains__(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
 
 
-def client_ip(request: web.Request, trusted: TrustedNets) -> str:
+def client_ip(request: web.Request, trusted: TrustedProxies) -> str:
     """The peer's host (no port). Forwarding headers count only when the peer is a trusted proxy."""
     peer = request.remote or ""
-    if not trusted or not peer:
+    if not trusted.networks or peer not in trusted:
         return peer
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return peer
-    if not any(address in net for net in trusted):
-        return peer
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded:
-        # Each proxy appends the address it saw, so only the right end is trustworthy: skip our own
-        # proxies from the right; the first other hop is the client (the left end is whatever it sent).
-        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
-        for hop in reversed(hops):
-            if not _is_trusted(hop, trusted):
-                return hop[:64]
-        return hops[0][:64] if hops else peer
-    return request.headers.get("X-Real-IP", "").strip()[:64] or peer
-
-
-def _is_trusted(hop: str, trusted: TrustedNets) -> bool:
-    try:
-        address = ipaddress.ip_address(hop)
-    except ValueError:
-        return False
-    return any(address in net for net in trusted)
+    if trusted.real_ip and (real := request.headers.getall("X-Real-IP", [])):
+        return real[-1].strip()[:64] or peer  # the last line: the one our proxy set, if it appended
+    # Every X-Forwarded-For line, in order: a proxy may append its own line instead of extending the
+    # client's, and the right end is what our proxies saw. Skip our own proxies from the right; the first
+    # other hop is the client (whatever the client wrote at the left end chooses nothing).
+    hops = [hop.strip() for line in request.headers.getall("X-Forwarded-For", []) for hop in line.split(",")]
+    hops = [hop for hop in hops if hop]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop[:64]
+    return hops[0][:64] if hops else peer
 
 
 def presented_key(request: web.Request) -> str:
@@ -141,5 +148,5 @@ async def read_body(request: web.Request, limit: int, *, max_depth: int) -> byte
     return body
 
 
-def trusted_networks(services: Services) -> TrustedNets:
-    return tuple(ipaddress.ip_network(p, strict=False) for p in services.settings.trusted_proxies)
+def trusted_networks(services: Services) -> TrustedProxies:
+    return TrustedProxies.from_settings(services.settings)

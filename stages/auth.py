@@ -1,7 +1,10 @@
 """auth: admits a request for its API key. The key must exist, be enabled, not be expired and carry the
 endpoint's scope (401 / 403); its month-to-date spend must be under its monthly budget and its
 per-minute request and token limits not exhausted (429); and the request's content must fit the input
-caps (400). Every pipeline must contain this stage, so these checks hold for every endpoint."""
+caps (400). Every pipeline must contain this stage, so these checks hold for every endpoint.
+
+The identity checks (`check_key`) need no body, so the HTTP edge also runs them before it reads one;
+`key_budget_left` is what policy filters models by, so no model the key cannot afford is dispatched."""
 
 from __future__ import annotations
 
@@ -12,10 +15,38 @@ from pipeline.context import RequestContext
 from pipeline.errors import BudgetExceeded, Forbidden, RateLimited, Unauthorized
 from pipeline.input_limits import check_content
 from pipeline.stage import Next, StageOptions, StageSpec
+from pipeline.types import ApiKeyInfo
 from stages.scoring import estimate_input_tokens
+from store.key_ledger import KeyLedger
 
 if TYPE_CHECKING:
     from pipeline.services import Services
+
+__all__ = ["SPEC", "Auth", "check_key", "key_budget_left"]
+
+
+def check_key(ctx: RequestContext, now: float) -> ApiKeyInfo:
+    """The request's key when it may use this endpoint: 401 missing, unknown, disabled or expired; 403 scope."""
+    key = ctx.api_key
+    if not ctx.presented_key:
+        raise Unauthorized("authorization required: send 'Authorization: Bearer tokenhub_...'")
+    if key is None or not key.enabled:
+        raise Unauthorized("invalid api key")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise Unauthorized("api key expired")
+    if key.scopes and ctx.scope not in key.scopes:
+        raise Forbidden(f"insufficient scope: this endpoint needs '{ctx.scope}'")
+    return key
+
+
+def key_budget_left(ledger: KeyLedger, key: ApiKeyInfo | None, now: float) -> float:
+    """What the key may still spend this month (0.0 = it has no monthly budget); 429 once it is spent."""
+    if key is None or key.monthly_budget_usd <= 0:
+        return 0.0
+    spent = ledger.spent(key.id, now)
+    if spent >= key.monthly_budget_usd:
+        raise BudgetExceeded(budget_usd=key.monthly_budget_usd, spent_usd=spent)
+    return key.monthly_budget_usd - spent
 
 
 class AuthOptions(StageOptions):
@@ -31,25 +62,14 @@ class Auth:
         self._max_total_chars = settings.max_total_content_chars
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
-        key = ctx.api_key
-        if not ctx.presented_key:
-            raise Unauthorized("authorization required: send 'Authorization: Bearer tokenhub_...'")
-        if key is None or not key.enabled:
-            raise Unauthorized("invalid api key")
         now = self._clock()
-        if key.expires_at is not None and key.expires_at <= now:
-            raise Unauthorized("api key expired")
-        if key.scopes and ctx.scope not in key.scopes:
-            raise Forbidden(f"insufficient scope: this endpoint needs '{ctx.scope}'")
+        key = check_key(ctx, now)
         services = self._services
         request = ctx.request
         check_content(
             request.messages, max_chars=self._max_chars, max_total_chars=self._max_total_chars, field="messages"
         )
-        if key.monthly_budget_usd > 0:
-            spent = services.key_ledger.spent(key.id, now)
-            if spent >= key.monthly_budget_usd:
-                raise BudgetExceeded(budget_usd=key.monthly_budget_usd, spent_usd=spent)
+        key_budget_left(services.key_ledger, key, now)
         if key.rate_limit_rpm or key.rate_limit_tpm:
             wait, what = services.key_limits.admit(
                 key, ctx.request_id, lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)

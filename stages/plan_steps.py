@@ -1,7 +1,9 @@
 """One /v1/plan step: a child request through the rest of the tenant's chain, recorded as its own row.
 
 The step runner also owns the plan's budget: each step may spend only what is left, so the policy stage's
-own budget filter is what stops a plan that cannot afford its next step.
+own budget filter is what stops a plan that cannot afford its next step. The API key's monthly budget is
+checked again for every step the same way (policy refuses a step the key can no longer afford, with what the
+earlier steps spent already counted): after the first step that stops the plan like its own budget does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.answer import answer_text
 from pipeline.context import Policy, RequestContext
-from pipeline.errors import NoEligibleModel
+from pipeline.errors import BudgetExceeded, NoEligibleModel
 from pipeline.stage import Next
 from pipeline.types import ChatRequest, Message
 from stages.record import recorded
@@ -107,6 +109,10 @@ class StepRunner:
                     f"${self.budget_usd:g} budget"
                 ) from None
             raise
+        except BudgetExceeded as exc:
+            if not self.steps:
+                raise  # nothing done yet: the key's own 429, as for any request
+            raise BudgetExhausted(f"step {index} ({role}): {exc.message}") from None
         result, served = child.result, child.served_by
         assert result is not None and served is not None
         usage = result.usage

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from pipeline.context import Candidate, RequestContext, RoutingDecision
-from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound, VaultLocked
+from pipeline.errors import BudgetExceeded, InvalidRequest, NoEligibleModel, NotFound, TokenHubError, VaultLocked
 from pipeline.model_ids import resolve_model_id
 from pipeline.modes import Mode
 from pipeline.stage import Next, StageOptions, StageSpec
-from pipeline.types import AliasInfo, ModelInfo
+from pipeline.types import AliasInfo, ApiKeyInfo, ModelInfo
 from stages.aliases import AliasChooser
+from stages.auth import key_budget_left
 from stages.bandit import Bandit, thompson_order, token_bucket
 from stages.scoring import (
     CLIENT_CONSTRAINTS,
@@ -23,6 +24,7 @@ from stages.scoring import (
     exclusion_reason,
     model_kind,
     rank,
+    requested_output,
 )
 
 if TYPE_CHECKING:
@@ -60,7 +62,18 @@ class Policy:
         request = ctx.request
         alias = self._resolve_alias(ctx)  # before eligibility: the chosen variant is then an ordinary hint
         tokens = estimate_input_tokens(request.messages, request.estimated_input_tokens)
-        constraints = Constraints(mode, budget, min_weight, tokens, request.max_item_tokens)
+        key_left = key_budget_left(services.key_ledger, ctx.api_key, time.time())  # 429 once spent (plan steps)
+        max_tokens, n = requested_output(request.parameters)
+        constraints = Constraints(
+            mode,
+            budget,
+            min_weight,
+            tokens,
+            request.max_item_tokens,
+            max_tokens=max_tokens,
+            n=n,
+            key_budget_usd=key_left,
+        )
 
         health, adapters, skips = services.health, services.adapters, services.metrics.provider_skips
         kind = model_kind(request.operation)
@@ -82,7 +95,7 @@ class Policy:
                 exclusions[model.id] = reason
                 skips.labels(provider=model.provider_id, reason=reason).inc()
         if kind != "chat" and request.model_hint:
-            eligible = self._pinned(request.model_hint, kind, eligible, exclusions, constraints)
+            eligible = self._pinned(request.model_hint, kind, eligible, exclusions, constraints, ctx.api_key)
         models = services.snapshot.models
         if not eligible and models and all(m.kind != kind for m in models.values()):  # only other kinds exist
             raise NoEligibleModel(
@@ -91,7 +104,7 @@ class Policy:
                 client_constraint=False,
             )
         if not eligible:
-            raise _no_eligible(exclusions, constraints)
+            raise _no_eligible(exclusions, constraints, ctx.api_key)
 
         def stats(provider_id: str) -> ProviderStats:
             h = health.get(provider_id)
@@ -169,7 +182,13 @@ class Policy:
         return placed, note + (f" (skipped {', '.join(skipped)})" if skipped else "")
 
     def _pinned(
-        self, hint: str, kind: str, eligible: list[ModelInfo], exclusions: dict[str, str], c: Constraints
+        self,
+        hint: str,
+        kind: str,
+        eligible: list[ModelInfo],
+        exclusions: dict[str, str],
+        c: Constraints,
+        key: ApiKeyInfo | None,
     ) -> list[ModelInfo]:
         """Outside chat a named model is a requirement, not a preference: embeddings of two models are not
         comparable, so no other model may answer in its place."""
@@ -186,7 +205,7 @@ class Policy:
             )
         chosen = [m for m in eligible if m.id == model_id]
         if not chosen:
-            raise _no_eligible({model_id: exclusions.get(model_id, "not eligible")}, c)
+            raise _no_eligible({model_id: exclusions.get(model_id, "not eligible")}, c, key)
         return chosen
 
     def _apply_hint(self, hint: str, candidates: list[Candidate], exclusions: dict[str, str]) -> str:
@@ -221,7 +240,13 @@ def _describe_directives(applied: dict[str, Any]) -> str:
     return f"@@tokenhub {settings}" + (f" (ignored: {', '.join(ignored)})" if ignored else "")
 
 
-def _no_eligible(exclusions: dict[str, str], c: Constraints) -> NoEligibleModel:
+def _no_eligible(exclusions: dict[str, str], c: Constraints, key: ApiKeyInfo | None) -> TokenHubError:
+    if key is not None and "key_budget_exceeded" in exclusions.values():
+        # A model could serve it, but not within what the key has left this month: the key's 429.
+        left = c.key_budget_usd
+        return BudgetExceeded(
+            budget_usd=key.monthly_budget_usd, spent_usd=key.monthly_budget_usd - left, too_costly=True
+        )
     if "vault_locked" in exclusions.values():  # unlocking the vault may be all it takes: say so
         locked = sorted(m for m, why in exclusions.items() if why == "vault_locked")
         return VaultLocked(

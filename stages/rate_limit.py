@@ -1,4 +1,10 @@
-"""rate_limit: a per-client-IP token bucket that rejects before any other work is done."""
+"""rate_limit: a per-client-IP token bucket that rejects before any other work is done.
+
+The HTTP edge takes the token through `admit` before it reads or decodes the body (so invalid and
+unauthenticated requests are counted too, and a flood costs no parsing); the stage then lets that request
+pass without counting it twice. A tenant's own options (rps, burst) apply at the edge as well, because the
+edge uses the stage instance of the tenant's chain; a chain without this stage has no per-IP limit.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from pipeline.stage import Next, StageOptions, StageSpec
 
 if TYPE_CHECKING:
     from pipeline.services import Services
+
+__all__ = ["SPEC", "RateLimit", "TokenBuckets"]
 
 MAX_KEYS = 100_000
 IDLE_EVICT_SECS = 600.0
@@ -82,10 +90,17 @@ class RateLimit:
         self._buckets = TokenBuckets(options.rps or settings.rate_limit_rps, options.burst or settings.rate_limit_burst)
         self._rejected = services.metrics.rate_limited
 
-    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+    def admit(self, ctx: RequestContext) -> None:
+        """Take the request's token, once per request: 429 with Retry-After when the client's bucket is empty."""
+        if ctx.ip_admitted:
+            return
+        ctx.ip_admitted = True
         if wait := self._buckets.take(ctx.client_ip):
             self._rejected.inc()
             raise RateLimited("rate limit exceeded", retry_after=wait)
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        self.admit(ctx)
         await call_next(ctx)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pipeline.context import Candidate
 from pipeline.types import Message, ModelInfo
 
-OUTPUT_TOKENS_ESTIMATE = 512
+OUTPUT_TOKENS_ESTIMATE = 512  # per choice, when neither the request nor the model caps the output
 CONTEXT_HEADROOM_PERCENT = 115  # a model needs 15 % more window than the estimated input
 
 # (cost, latency, failure, weight); lower score is better, weight is subtracted.
@@ -20,7 +21,7 @@ MODE_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
     "adversarial": (0.10, 0.10, 0.20, 0.60),
 }
 # Reasons an exclusion is the request's own doing (retrying the same request cannot help).
-CLIENT_CONSTRAINTS = frozenset({"budget_exceeded", "context_overflow", "weight_below_minimum"})
+CLIENT_CONSTRAINTS = frozenset({"budget_exceeded", "key_budget_exceeded", "context_overflow", "weight_below_minimum"})
 # The model kind each request operation needs: a chat request never reaches an embedding model, nor the reverse.
 OPERATION_KINDS = {"chat": "chat", "embeddings": "embedding"}
 
@@ -35,8 +36,31 @@ def estimate_input_tokens(messages: Sequence[Message], explicit: int = 0) -> int
     return sum(len(m.content.encode()) // 4 for m in messages)
 
 
-def estimate_cost(model: ModelInfo, input_tokens: int) -> float:
-    return model.cost_usd(input_tokens, OUTPUT_TOKENS_ESTIMATE)
+def requested_output(parameters: Mapping[str, Any]) -> tuple[int, int]:
+    """(max tokens per choice, choices) the client asked for; (0, 1) when it set no cap. The OpenAI names:
+    `max_completion_tokens` wins over `max_tokens` (as the adapters send it); `n` choices each get that many.
+    Native `parameters` are not typed at the edge, so anything but a positive integer counts as unset."""
+    per_choice = _positive_int(parameters.get("max_completion_tokens")) or _positive_int(parameters.get("max_tokens"))
+    return per_choice, _positive_int(parameters.get("n")) or 1
+
+
+def estimate_output_tokens(model: ModelInfo, max_tokens: int = 0, n: int = 1) -> int:
+    """The most output the request can be billed for on this model: the client's cap (clipped to the model's
+    own output cap) times the choices; without a client cap, the model's cap, else OUTPUT_TOKENS_ESTIMATE."""
+    cap = model.max_output_tokens
+    if max_tokens > 0:
+        per_choice = min(max_tokens, cap) if cap > 0 else max_tokens
+    else:
+        per_choice = cap if cap > 0 else OUTPUT_TOKENS_ESTIMATE
+    return per_choice * max(1, n)
+
+
+def estimate_cost(model: ModelInfo, input_tokens: int, max_tokens: int = 0, n: int = 1) -> float:
+    return model.cost_usd(input_tokens, estimate_output_tokens(model, max_tokens, n))
+
+
+def _positive_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +76,13 @@ class Constraints:
     min_weight: int
     input_tokens: int
     context_tokens: int = 0  # what one model window must hold (0 = input_tokens); embeddings: the longest input
+    max_tokens: int = 0  # the client's output cap per choice (0 = none given): see estimate_output_tokens
+    n: int = 1  # choices asked for
+    key_budget_usd: float = 0.0  # what the API key may still spend this month (0 = the key has no budget)
+
+    def cost(self, model: ModelInfo) -> float:
+        """The request's estimated cost on `model`: what the budgets are checked against."""
+        return estimate_cost(model, self.input_tokens, self.max_tokens, self.n)
 
 
 def exclusion_reason(
@@ -77,8 +108,12 @@ def exclusion_reason(
         return "unsupported_operation"
     if reason := unavailable(model.provider_id):
         return reason
-    if c.max_budget_usd > 0 and estimate_cost(model, c.input_tokens) > c.max_budget_usd:
-        return "budget_exceeded"
+    if c.max_budget_usd > 0 or c.key_budget_usd > 0:
+        cost = c.cost(model)
+        if c.max_budget_usd > 0 and cost > c.max_budget_usd:
+            return "budget_exceeded"
+        if c.key_budget_usd > 0 and cost > c.key_budget_usd:
+            return "key_budget_exceeded"
     return None
 
 
@@ -111,7 +146,7 @@ def _raw(
     max_cost = max_latency = max_errors = max_weight = 0.0
     for model in models:
         s = stats(model.provider_id)
-        cost = estimate_cost(model, c.input_tokens)
+        cost = c.cost(model)
         rows.append((model, cost, s.latency_ms, s.error_rate))
         max_cost = max(max_cost, cost)
         max_latency = max(max_latency, s.latency_ms)

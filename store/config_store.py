@@ -207,13 +207,13 @@ class ConfigStore:
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, kind, upstream_model, fallbacks, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " enabled, kind, upstream_model, fallbacks, max_output_tokens, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
                 " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
                 " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
-                " updated_at=excluded.updated_at",
+                " max_output_tokens=excluded.max_output_tokens, updated_at=excluded.updated_at",
                 (
                     model.id,
                     model.provider_id,
@@ -225,6 +225,7 @@ class ConfigStore:
                     model.kind,
                     model.upstream_model,
                     json.dumps(list(model.fallbacks)),
+                    model.max_output_tokens,
                     now,
                     now,
                 ),
@@ -324,6 +325,7 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         provider_id=row["provider_id"],
         weight=row["weight"],
         max_context_tokens=row["max_context_tokens"],
+        max_output_tokens=row["max_output_tokens"],
         input_per_1k=row["input_per_1k"],
         output_per_1k=row["output_per_1k"],
         enabled=bool(row["enabled"]),

@@ -134,6 +134,11 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        "model_max_output_tokens",
+        "ALTER TABLE models ADD COLUMN max_output_tokens INTEGER NOT NULL DEFAULT 0;",
+    ),
 )
 
 

@@ -16,6 +16,9 @@ from tests.conftest import Hub
 from tests.fakes.clock import FakeClock
 
 COST_PER_REQUEST = 10 / 1000 * 0.001 + 5 / 1000 * 0.002  # the fake's usage at ready_hub's prices
+# A request capped at one output token: its estimate (~$0.000003) fits budgets of a few requests, while the
+# fake still reports 5 output tokens, so the recorded cost exceeds the estimate (the overshoot budgets allow).
+TINY = {"parameters": {"max_tokens": 1}}
 
 
 async def _key(hub: Hub, **fields: Any) -> tuple[str, str]:
@@ -104,10 +107,10 @@ async def test_monthly_budget_is_enforced_and_can_be_reset(ready_hub: tuple[Hub,
     hub, _ = ready_hub
     budget = COST_PER_REQUEST * 1.5
     key, key_id = await _key(hub, monthly_budget_usd=budget)
-    assert (await hub.chat(key))[0] == 200
-    assert (await hub.chat(key))[0] == 200  # spend 1.0 x cost < budget: allowed, and it ends at 2 x cost
+    assert (await hub.chat(key, **TINY))[0] == 200
+    assert (await hub.chat(key, **TINY))[0] == 200  # 0.5 x cost left covers the estimate; it ends at 2 x cost
     served = len(hub.fake.requests)
-    status, body, resp = await hub.chat(key)
+    status, body, resp = await hub.chat(key, **TINY)
     assert status == 429 and body["error"]["type"] == "monthly_budget_exceeded"
     assert body["error"]["budget_usd"] == budget
     assert body["error"]["spent_usd"] == pytest.approx(2 * COST_PER_REQUEST)
@@ -125,7 +128,7 @@ async def test_monthly_budget_is_enforced_and_can_be_reset(ready_hub: tuple[Hub,
     assert listed["current_spend_usd"] == pytest.approx(2 * COST_PER_REQUEST)
 
     await hub.admin("POST", f"/apikeys/{key_id}/paid", expect=200)
-    assert (await hub.chat(key))[0] == 200
+    assert (await hub.chat(key, **TINY))[0] == 200
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"monthly_budget_usd": 0}, expect=200)  # 0 = no budget
     for _ in range(3):
         assert (await hub.chat(key))[0] == 200
@@ -136,8 +139,8 @@ async def test_spend_survives_a_restart_through_the_request_log(make_hub: Any) -
     await hub.add_provider()
     await hub.add_model("gpt-test", input_per_1k=0.001, output_per_1k=0.002)
     key, _ = await _key(hub, monthly_budget_usd=COST_PER_REQUEST * 1.5)
-    assert (await hub.chat(key))[0] == 200
-    assert (await hub.chat(key))[0] == 200
+    assert (await hub.chat(key, **TINY))[0] == 200
+    assert (await hub.chat(key, **TINY))[0] == 200
     await hub.client.close()  # shutdown drains the record queue into DuckDB
     again = await make_hub()
     status, body, _ = await again.chat(key)

@@ -11,7 +11,7 @@ from tests.fakes.openai_fake import Fail
 
 
 async def test_exactly_one_record_per_request_including_failures(make_hub) -> None:  # type: ignore[no-untyped-def]
-    hub: Hub = await make_hub(rate_limit_rps=0.01, rate_limit_burst=4)
+    hub: Hub = await make_hub(rate_limit_rps=0.01, rate_limit_burst=5)
     await hub.add_provider()
     await hub.add_model("primary", weight=5, input_per_1k=0.0001, output_per_1k=0.0001)
     await hub.add_model("backup", weight=5, input_per_1k=0.001, output_per_1k=0.001)
@@ -23,12 +23,12 @@ async def test_exactly_one_record_per_request_including_failures(make_hub) -> No
     statuses = {
         "ok": (await hub.chat(key, policy={"mode": "cheap"}, headers=rid("ok")))[0],
         "no-key": (await hub.chat(None, headers=rid("no-key")))[0],
-        "bad": (await hub.chat(key, [], headers=rid("bad")))[0],  # rejected while decoding: no token used
+        "bad": (await hub.chat(key, [], headers=rid("bad")))[0],  # rejected while decoding: its token is used too
         "no-model": (await hub.chat(key, policy={"max_budget_usd": 1e-9}, headers=rid("no-model")))[0],
     }
     hub.fake.script("primary", Fail(500), Fail(500), Fail(500))  # retried, then escalated to backup
     statuses["escalated"] = (await hub.chat(key, policy={"mode": "cheap"}, headers=rid("escalated")))[0]
-    statuses["limited"] = (await hub.chat(key, headers=rid("limited")))[0]  # the burst of 4 is spent
+    statuses["limited"] = (await hub.chat(key, headers=rid("limited")))[0]  # the burst of 5 is spent
     assert statuses == {"ok": 200, "no-key": 401, "bad": 400, "no-model": 422, "escalated": 200, "limited": 429}
 
     logs = await hub.logs()

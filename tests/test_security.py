@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from pipeline.cli import main
 from tests.conftest import ADMIN_TOKEN, Hub
@@ -122,8 +123,62 @@ async def test_forwarding_headers_from_a_trusted_proxy_name_the_client(make_hub:
     assert (await hub.chat(key, headers={"X-Forwarded-For": "1.1.1.1, 198.51.100.5, 10.0.0.2"}))[0] == 200
     assert (await hub.chat(key, headers={"X-Forwarded-For": "2.2.2.2, 198.51.100.5"}))[0] == 429  # same client
     assert (await hub.chat(key, headers={"X-Forwarded-For": "198.51.100.6"}))[0] == 200  # another client
+    resp = await hub.client.put("/admin/v1/routing-config", json={}, headers={**ADMIN, "X-Forwarded-For": "192.0.2.9"})
+    assert resp.status == 200
+    assert (await hub.admin("GET", "/audit"))["logs"][0]["client_ip"] == "192.0.2.9"
+
+
+async def _chat_with(hub: Hub, key: str, headers: list[tuple[str, str]]) -> tuple[int, dict[str, Any]]:
+    """A chat whose headers may repeat a name (each pair is its own header line)."""
+    body = {"request": {"messages": [{"role": "user", "content": "hi"}]}}
+    resp = await hub.client.post(
+        "/v1/chat", json=body, headers=CIMultiDict([("Authorization", f"Bearer {key}"), *headers])
+    )
+    return resp.status, await resp.json()
+
+
+async def test_every_forwarded_for_line_is_read_from_the_right(make_hub: Any) -> None:
+    """A proxy that adds its own X-Forwarded-For line (instead of extending the client's) must not let the
+    client's line choose the bucket: the lines are joined in order and walked from the right."""
+    hub = await make_hub(rate_limit_rps=0.001, rate_limit_burst=1, trusted_proxies="127.0.0.1")
+    await hub.add_provider()
+    await hub.add_model("gpt-test")
+    key = await hub.new_key()
+    proxy_line = ("X-Forwarded-For", "198.51.100.5")
+    status, body = await _chat_with(hub, key, [("X-Forwarded-For", "203.0.113.1"), proxy_line])
+    assert status == 200, body
+    status, body = await _chat_with(hub, key, [("X-Forwarded-For", "203.0.113.2, 10.9.9.9"), proxy_line])
+    assert status == 429 and body["error"]["type"] == "rate_limited"  # the same client, whatever it wrote
+    status, body = await _chat_with(hub, key, [("X-Forwarded-For", "203.0.113.1"), ("X-Forwarded-For", "198.51.100.6")])
+    assert status == 200, body  # another client behind the proxy: its own bucket
+    rows = {row["request_id"]: row["status"] for row in await hub.logs()}
+    assert sorted(rows.values()) == [200, 200, 429]
+
+
+async def test_x_real_ip_is_ignored_unless_configured(make_hub: Any) -> None:
+    hub = await make_hub(rate_limit_rps=0.001, rate_limit_burst=1, trusted_proxies="127.0.0.1")
+    await hub.add_provider()
+    await hub.add_model("gpt-test")
+    key = await hub.new_key()
+    # From a trusted proxy, but the proxy may pass on what the client sent: the peer's bucket for both.
     assert (await hub.chat(key, headers={"X-Real-IP": "198.51.100.7"}))[0] == 200
-    await hub.admin("PUT", "/routing-config", {}, expect=200)
+    status, body, _ = await hub.chat(key, headers={"X-Real-IP": "198.51.100.8"})
+    assert status == 429 and body["error"]["type"] == "rate_limited"
+    resp = await hub.client.put("/admin/v1/routing-config", json={}, headers={**ADMIN, "X-Real-IP": "192.0.2.9"})
+    assert resp.status == 200
+    assert (await hub.admin("GET", "/audit"))["logs"][0]["client_ip"] == "127.0.0.1"
+
+
+async def test_x_real_ip_from_a_trusted_proxy_is_believed_when_configured(make_hub: Any) -> None:
+    hub = await make_hub(rate_limit_rps=0.001, rate_limit_burst=1, trusted_proxies="127.0.0.1", trust_x_real_ip=True)
+    await hub.add_provider()
+    await hub.add_model("gpt-test")
+    key = await hub.new_key()
+    assert (await hub.chat(key, headers={"X-Real-IP": "198.51.100.7"}))[0] == 200
+    assert (await hub.chat(key, headers={"X-Real-IP": "198.51.100.8"}))[0] == 200  # another client
+    # X-Real-IP, the header the proxy sets, wins over X-Forwarded-For
+    reused = {"X-Real-IP": "198.51.100.7", "X-Forwarded-For": "203.0.113.50"}
+    assert (await hub.chat(key, headers=reused))[0] == 429
     resp = await hub.client.put("/admin/v1/routing-config", json={}, headers={**ADMIN, "X-Real-IP": "192.0.2.9"})
     assert resp.status == 200
     assert (await hub.admin("GET", "/audit"))["logs"][0]["client_ip"] == "192.0.2.9"

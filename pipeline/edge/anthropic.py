@@ -14,6 +14,7 @@ from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.wire import PolicyIn, Strict, invalid_request
 from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, Message, StreamDelta
 
@@ -103,6 +104,7 @@ class AnthropicCodec:
 
 
 def decode_messages(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
+    check_message_count(raw, max_messages, ("messages",))
     try:
         body = MessagesBody.model_validate_json(raw)
     except ValidationError as exc:

@@ -12,6 +12,7 @@ from pipeline.context import Policy, RequestContext
 from pipeline.edge.openai import OpenAIStreamSink
 from pipeline.edge.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
 from pipeline.errors import TokenHubError
+from pipeline.input_limits import check_message_count
 from pipeline.output_format import OutputFormat
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
@@ -61,6 +62,7 @@ class NativeCodec:
 
 
 def decode_chat(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
+    check_message_count(raw, max_messages, ("request", "messages"))
     try:
         body = ChatBody.model_validate_json(raw)
     except ValidationError as exc:

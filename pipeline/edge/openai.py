@@ -14,6 +14,7 @@ from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, StreamDelta
 
@@ -89,6 +90,7 @@ class OpenAICodec:
     strict_model = True
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
+        check_message_count(raw, max_messages, ("messages",))
         try:
             body = CompletionsBody.model_validate_json(raw)
         except ValidationError as exc:

@@ -11,6 +11,7 @@ from pipeline.context import PlanSpec, Policy, RequestContext
 from pipeline.edge.native import RequestIn, chat_request, policy_from
 from pipeline.edge.wire import PolicyIn, Strict, invalid_request
 from pipeline.errors import InvalidRequest
+from pipeline.input_limits import check_message_count
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
 
@@ -35,6 +36,7 @@ class PlanBody(Strict):
 
 
 def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, PlanSpec]:
+    check_message_count(raw, max_messages, ("request", "messages"))
     try:
         body = PlanBody.model_validate_json(raw)
     except ValidationError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.edge.codec import Codec, attempts_header
-from pipeline.edge.context import new_context
+from pipeline.edge.context import admit_before_body, new_context
 from pipeline.errors import ClientDisconnected, NotFound, TokenHubError
 from pipeline.model_ids import resolve_model_id
 from pipeline.services import Services
@@ -29,20 +29,22 @@ class RoutedEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services, codec = self._services, self._codec
         ctx = new_context(request, services, self._trusted, scope=codec.scope, endpoint=codec.endpoint)
+        chain = self._pipelines.chain_for(ctx.tenant_id)
         # Log lines name the request id explicitly: binding a context variable per request costs more.
         try:
+            admit_before_body(ctx, chain)
             raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
             ctx.request, ctx.policy = codec.decode(raw, max_messages=services.settings.max_messages)
             if codec.strict_model:
                 check_model_known(services, ctx.request.model_hint)
         except TokenHubError as exc:
-            # Rejected before any stage ran: nothing dispatched, still recorded exactly once.
+            # Rejected before the pipeline ran: nothing dispatched, still recorded exactly once.
             ctx.error = exc
             services.recorder.emit(ctx)
             return self._error(exc, ctx.request_id)
         sink = ctx.sink = codec.stream_sink(request, ctx) if ctx.request.stream else None
         try:
-            await self._pipelines.chain_for(ctx.tenant_id)(ctx)
+            await chain(ctx)
         except ClientDisconnected:
             return sink.response if sink is not None and sink.opened else web.Response(status=499)
         except TokenHubError as exc:
