@@ -106,13 +106,14 @@ class BudgetExceeded(TokenHubError):
     def __init__(self, *, budget_usd: float, spent_usd: float, too_costly: bool = False):
         if too_costly:
             reason = (
-                f"this API key has ${budget_usd - spent_usd:.6f} left of its ${budget_usd:.2f} budget for the"
-                " current UTC calendar month, less than this request's estimated cost on any model that could"
+                f"this API key has spent ${spent_usd:.6f} and has ${budget_usd - spent_usd:.6f} left of its"
+                f" {_usd(budget_usd)} budget for the current UTC calendar month, less than this request's"
+                " estimated cost on any model that could"
                 " serve it (a lower max_tokens or n lowers the estimate)"
             )
         else:
             reason = (
-                f"this API key has spent ${spent_usd:.6f} of its ${budget_usd:.2f} budget"
+                f"this API key has spent ${spent_usd:.6f} of its {_usd(budget_usd)} budget"
                 " for the current UTC calendar month"
             )
         super().__init__(f"monthly budget exceeded: {reason}; an admin can raise the budget or reset the spend")
@@ -121,6 +122,11 @@ class BudgetExceeded(TokenHubError):
 
     def extra(self) -> dict[str, Any]:
         return {"budget_usd": self.budget_usd, "spent_usd": round(self.spent_usd, 6)}
+
+
+def _usd(amount: float) -> str:
+    """Dollars with cents, or with micro-dollars for budgets under a dollar (a $0.0025 budget is not $0.00)."""
+    return f"${amount:.2f}" if amount >= 1 else f"${amount:.6f}"
 
 
 class UpstreamFailed(TokenHubError):
