@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from pipeline.context import RequestContext
-from pipeline.stage import Next, StageSpec
+from pipeline.stage import Next, StageOptions, StageSpec
 from stages.aliases import AliasChooser
 from stages.router import RoutingOptions
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["SPEC", "Policy", "PolicyOptions", "policy_options_of"]
 
 
-class PolicyOptions(RoutingOptions):
+class PolicyOptions(RoutingOptions, StageOptions):
     """The policy stage's options are the Router's routing options."""
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.context import Candidate, Policy, RoutingDecision
 from pipeline.errors import InvalidRequest, NoEligibleModel, NotFound, VaultLocked
@@ -25,7 +25,6 @@ from pipeline.metrics import Metrics
 from pipeline.model_ids import resolve_model_id
 from pipeline.modes import Mode
 from pipeline.settings import Settings
-from pipeline.stage import StageOptions
 from pipeline.types import AliasInfo, ChatRequest, ModelInfo
 from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
@@ -52,8 +51,12 @@ _UNKNOWN_PROVIDER = ProviderHealth()  # never called yet: no latency, no errors
 OPERATION_METHODS = {"embeddings": "embed"}
 
 
-class RoutingOptions(StageOptions):
-    """What a tenant's pipeline sets for routing (the policy stage's options)."""
+class RoutingOptions(BaseModel):
+    """What a tenant's pipeline sets for routing (the policy stage's options). Validated like any stage's
+    options; a plain model here because the Router, which the services build, must not import the stage
+    machinery (that imports the services)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode | None = Field(None, description="pin every request to this mode (overrides body and directives)")
     default_mode: Mode | None = Field(None, description="mode when the request names none")
@@ -96,7 +99,10 @@ class Router:
     def limits(self, policy: Policy, options: RoutingOptions = DEFAULT_OPTIONS) -> Limits:
         """Request policy, then the tenant's options (a pinned mode wins, a budget ceiling caps), then the
         stored routing defaults, then the settings."""
-        routing, settings = self._table().snapshot.routing, self._settings
+        return self._limits(policy, options, self._table().snapshot)
+
+    def _limits(self, policy: Policy, options: RoutingOptions, snapshot: ConfigSnapshot) -> Limits:
+        routing, settings = snapshot.routing, self._settings
         mode = options.mode or policy.mode or options.default_mode or routing.mode or settings.default_mode
         budget = policy.max_budget_usd or routing.max_budget_usd or settings.default_max_budget_usd
         if options.max_budget_usd is not None:
@@ -125,7 +131,7 @@ class Router:
         False leaves the skip counters alone; `explore` False keeps the ranked order (plan vote ranking)."""
         table = self._table()
         snapshot = table.snapshot
-        limits = self.limits(policy, options)
+        limits = self._limits(policy, options, snapshot)
         hint, alias = request.model_hint, None
         found = snapshot.aliases.get(hint) if hint else None
         if found is not None and found.enabled:  # before eligibility: the variant is then an ordinary hint
