@@ -170,13 +170,14 @@ def softmax_rank(count: int, temperature: float, draw: float) -> int:
     rank 0. `draw` is a uniform number in [0, 1)."""
     if temperature <= 0 or count < 2:
         return 0
-    weights = [math.exp(-i / temperature) for i in range(count)]
+    # Ranks past 30 T weigh under e^-30 of the top: leave them out rather than pay an exp() each per request.
+    weights = [math.exp(-i / temperature) for i in range(min(count, math.ceil(30 * temperature) + 1))]
     target = draw * sum(weights)
     for index, weight in enumerate(weights):
         target -= weight
         if target < 0:
             return index
-    return count - 1  # float rounding at the very end of the range
+    return len(weights) - 1  # float rounding at the very end of the range
 
 
 def _norm(value: float, maximum: float) -> float:
