@@ -1,11 +1,10 @@
-"""Background prober for pooled providers (vLLM): each endpoint's health URL flips it up or down, its model
-list discovers the models the deployment serves. Runs at start-up and then every interval, off the request
-path; one bad endpoint or a bad answer never stops it."""
+"""Background prober for pooled providers (vLLM): `/health` flips each endpoint up or down, `/v1/models` discovers
+the models a deployment serves. `run_once` is one round; the services run it at start-up and then every
+interval on the periodic helper, off the request path; one bad endpoint or a bad answer never stops it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -65,36 +64,16 @@ class VLLMProber:
         self._http = http
         self._providers = providers  # read each cycle: providers come and go with admin writes
         self._on_models = on_models
-        self._interval = interval
+        self.interval = interval  # how often the services schedule `run_once`
         # a probe must finish well within a cycle, but a tiny test interval must not make probes flaky
         seconds = timeout if timeout is not None else min(5.0, max(interval, 1.0))
         self._timeout = aiohttp.ClientTimeout(total=seconds)
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
         self.cycles = 0
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="vllm-prober")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception:  # never let one bad cycle end probing for good
-                log.exception("vllm_probe_cycle_failed")
-            await asyncio.sleep(self._interval)
 
     async def run_once(self) -> None:
         """Probe every endpoint of every pooled provider, then refresh each one's discovered models."""
-        async with self._lock:  # the loop and an explicit call (tests, start-up) never interleave
+        async with self._lock:  # the periodic round and an explicit call (tests, admin) never interleave
             pooled = [p for p in self._providers() if isinstance(p, PooledProvider)]
             results = await asyncio.gather(*(self._cycle(p) for p in pooled), return_exceptions=True)
             for provider, result in zip(pooled, results, strict=True):

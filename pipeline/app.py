@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
@@ -21,7 +19,7 @@ from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import healthz, list_models, metrics
-from pipeline.events import heartbeat
+from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
 from pipeline.registry import default_registry
@@ -96,40 +94,10 @@ async def _end_event_streams(app: web.Application) -> None:
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start the services' components in order; stop them in reverse. aiohttp runs the part after `yield`
+    once in-flight requests have drained, so the record writer's stop flushes everything they recorded."""
     services = app[SERVICES]
-    await services.http.start()
-    services.records.start()
-    await services.housekeeping.start()  # seeds per-key spend from the request log before serving
-    services.retention.start()
-    services.vllm_prober.start()  # its first cycle probes and discovers at once, without delaying start-up
-    services.health_prober.start()
-    services.bandit_refresher.start()  # its first pass rebuilds the posteriors from the request log
-    beats = asyncio.create_task(
-        heartbeat(
-            services.events,
-            services.settings.events_heartbeat_secs,
-            describe=lambda: _heartbeat_reason(services),
-            on_beat=services.metrics.heartbeats.inc,
-        ),
-        name="events-heartbeat",
-    )
+    await start_all(services.components)
     yield
-    beats.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await beats
-    await services.retention.stop()
-    await services.vllm_prober.stop()
-    await services.health_prober.stop()
-    await services.bandit_refresher.stop()
-    # In-flight requests have finished (aiohttp drains them first); now flush what they recorded.
-    await services.records.stop()
-    await services.housekeeping.stop()  # last batch of API-key last-used times
-    await services.http.close()
-    services.analytics.close()
-    services.config.close()
+    await stop_all(services.components)
     log.info("stopped", records_written=services.records.written)
-
-
-def _heartbeat_reason(services: Services) -> str:
-    enabled = sum(1 for model in services.snapshot.models.values() if model.enabled)
-    return f"providers={len(services.adapters)} models={enabled}"

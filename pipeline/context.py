@@ -50,6 +50,8 @@ class RoutingDecision:
     deadline: float = 0.0  # monotonic seconds; the whole escalate/dispatch loop must finish by then
     latency_budget_ms: int = 0  # the max_latency_ms the deadline came from (the reward's latency scale)
     fallbacks: tuple[str, ...] = ()  # the first candidate's explicit fallback chain, placed right after it
+    alias_from: str = ""  # the alias the request named, replaced by one of its variants ...
+    model_hint: str = ""  # ... this one (the hint after alias resolution)
 
 
 @dataclass(slots=True)

@@ -116,12 +116,3 @@ class EventBus:
         subscriber.close(dropped=True)
         self._on_dropped()
         log.warning("event_subscriber_dropped", reason="buffer full", buffer=self._buffer)
-
-
-async def heartbeat(bus: EventBus, interval: float, describe: Callable[[], str], on_beat: Callable[[], None]) -> None:
-    """Publish a ``heartbeat`` event every ``interval`` seconds: it keeps idle SSE connections alive
-    and lets a client tell a quiet server from a dead one."""
-    while True:
-        await asyncio.sleep(interval)
-        on_beat()
-        bus.publish("heartbeat", reason=describe())

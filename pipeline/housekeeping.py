@@ -1,45 +1,58 @@
 """Security housekeeping in the background: API-key last-used times flushed to SQLite in one batch every
 few seconds (and at shutdown), the vault locked once it has been idle for its auto-lock time, and, at
-start-up, each key's month-to-date spend read from the DuckDB request log."""
+start-up, each key's month-to-date spend read from the DuckDB request log.
+
+A start/stop component; its rounds run on the periodic helper. It is handed exactly what it touches (no
+`Services`), so it imports nothing from the composition root."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
 import structlog
 
+from pipeline.periodic import Periodic
 from store import api_keys
-from store.key_ledger import month_spend
+from store.analytics import AnalyticsStore
+from store.config_store import ConfigStore
+from store.key_ledger import KeyLedger, month_spend
+from store.vault import Vault
 
-if TYPE_CHECKING:
-    from pipeline.services import Services
+__all__ = ["Housekeeping"]
 
 log = structlog.get_logger("tokenhub.housekeeping")
 INTERVAL_SECS = 5.0
 
 
 class Housekeeping:
-    def __init__(self, services: Services, *, interval_secs: float = INTERVAL_SECS) -> None:
-        self._services = services
-        self._interval = interval_secs
-        self._task: asyncio.Task[None] | None = None
+    name = "security-housekeeping"
+
+    def __init__(
+        self,
+        *,
+        config: ConfigStore,
+        analytics: AnalyticsStore,
+        ledger: KeyLedger,
+        vault: Vault,
+        reload_config: Callable[[], Awaitable[None]],
+        interval_secs: float = INTERVAL_SECS,
+    ) -> None:
+        self._config = config
+        self._analytics = analytics
+        self._ledger = ledger
+        self._vault = vault
+        self._reload_config = reload_config
+        self._periodic = Periodic(self.name, interval_secs, self.tick, first_run_now=False)
 
     async def start(self) -> None:
-        services = self._services
-        resets = await services.config.call(api_keys.budget_resets, services.config.db)
-        ledger = services.key_ledger
-        ledger.seed(await services.analytics.read(month_spend, ledger.month_start, resets))
-        self._task = asyncio.create_task(self._run(), name="security-housekeeping")
+        """Seed per-key spend from the request log (before serving), then start the rounds."""
+        resets = await self._config.call(api_keys.budget_resets, self._config.db)
+        self._ledger.seed(await self._analytics.read(month_spend, self._ledger.month_start, resets))
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self.flush_last_used()
+        await self._periodic.stop()
+        await self.flush_last_used()  # the last batch of last-used times
 
     async def tick(self) -> None:
         """One round; tests call it directly with a controlled clock."""
@@ -47,26 +60,17 @@ class Housekeeping:
         await self.lock_idle_vault()
 
     async def flush_last_used(self) -> None:
-        services = self._services
-        pending = services.key_ledger.take_last_used()
+        pending = self._ledger.take_last_used()
         if not pending:
             return
         try:
-            await services.config.call(api_keys.record_last_used, services.config.db, pending)
+            await self._config.call(api_keys.record_last_used, self._config.db, pending)
         except Exception as exc:  # keep them for the next round rather than lose them
-            services.key_ledger.restore_last_used(pending)
+            self._ledger.restore_last_used(pending)
             log.warning("last_used_flush_failed", keys=len(pending), error=type(exc).__name__)
 
     async def lock_idle_vault(self) -> None:
-        services = self._services
-        if services.vault.idle_expired() and services.vault.lock():
-            log.info("vault_locked", reason="idle", idle_secs=services.vault.auto_lock_secs)
-            await services.reload_config()  # vault-held keys leave the adapters
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("housekeeping_failed")
+        vault = self._vault
+        if vault.idle_expired() and vault.lock():
+            log.info("vault_locked", reason="idle", idle_secs=vault.auto_lock_secs)
+            await self._reload_config()  # vault-held keys leave the adapters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -13,8 +14,10 @@ from adapters.registry import build_provider
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
+from pipeline.lifecycle import Component, Hooks
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
+from pipeline.periodic import Periodic
 from pipeline.settings import Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
@@ -23,6 +26,8 @@ from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
 from stages.learning import BanditRefresher, RecentRequests
 from stages.recorder import Recorder
+from stages.router import Router
+from stages.routing_table import RoutingTable, build_table
 from stages.sinks.events import EventsSink
 from stages.sinks.key_accounting import KeyAccountingSink
 from stages.sinks.learning import LearningSink
@@ -41,10 +46,13 @@ log = structlog.get_logger("tokenhub.services")
 ENV_PROVIDER_ID = "openai"
 ENV_ANTHROPIC_PROVIDER_ID = "anthropic"
 ENV_VLLM_PROVIDER_ID = "vllm"
-DISCOVERED_MODEL_WEIGHT = 5
 
 
 class Services:
+    """The shared services. Configuration the request path reads lives in one immutable `RoutingTable`,
+    swapped whole (`self.routing`); `snapshot`, `adapters`, ... are read-only views of the current one.
+    `components` is start-up and shutdown as data: started in order, stopped in reverse (pipeline/app.py)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -65,7 +73,7 @@ class Services:
         self.health = HealthTracker(on_change=self._health_changed, cooldown_secs=settings.breaker_cooldown_secs)
         self.bandit = Bandit(half_life_secs=settings.bandit_half_life_secs, seed=settings.bandit_seed or None)
         self.recent_requests = RecentRequests()
-        self.bandit_refresher = BanditRefresher(self.bandit, analytics, interval_secs=settings.bandit_refresh_secs)
+        self.bandit_refresher = BanditRefresher(self.bandit, analytics)
         self.records = RecordWriter(
             analytics,
             capacity=settings.record_queue_size,
@@ -82,8 +90,6 @@ class Services:
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.vault = _open_vault(settings, config)
-        self.vault_locked_providers: frozenset[str] = frozenset()  # key in the locked vault: not routable
-        self.vault_backed: frozenset[str] = frozenset()  # routable with a key read from the vault
         # What happens after each request, in order (learning sets the record's reward before it is queued).
         self.recorder = Recorder(
             [
@@ -96,25 +102,83 @@ class Services:
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
-        self.housekeeping = Housekeeping(self)
+        self.housekeeping = Housekeeping(
+            config=config,
+            analytics=analytics,
+            ledger=self.key_ledger,
+            vault=self.vault,
+            reload_config=self.reload_config,
+        )
         for provider in self.env_providers.values():
             # A row (without the key) so models can reference the provider; the key stays in memory.
             config.upsert_provider(dataclasses.replace(provider, api_key=""), api_key=None)
-        self.snapshot: ConfigSnapshot = config.load_snapshot()
-        self.stored_snapshot = self.snapshot  # as in SQLite; `snapshot` adds the discovered vLLM models
-        self.discovered: dict[str, tuple[DiscoveredModel, ...]] = {}  # provider id -> its /v1/models answer
-        self.providers: dict[str, ProviderInfo] = {}
-        self.adapters: dict[str, Provider] = {}
-        self._apply(self.snapshot)
+        self.routing: RoutingTable = build_table(config.load_snapshot(), self.env_providers, None, self._make_adapter)
+        self.router = Router(
+            lambda: self.routing, health=self.health, bandit=self.bandit, settings=settings, metrics=metrics
+        )
         self.vllm_prober = VLLMProber(
             http,
             lambda: self.adapters.values(),
             self.set_discovered_models,
             interval=settings.vllm_probe_interval_secs,
         )
-        self.health_prober = HealthProber(
-            http, self.health, lambda: list(self.adapters.values()), interval_secs=settings.health_probe_interval_secs
-        )
+        self.health_prober = HealthProber(http, self.health, lambda: list(self.adapters.values()))
+        retention = self.retention
+        # Every background job, on the one periodic helper (an interval of 0 turns a job off).
+        self.jobs: list[Periodic] = [
+            Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False),
+            Periodic("prune-log", retention.request_log_every, retention.prune_request_log, first_run_now=False),
+            Periodic("vllm-prober", settings.vllm_probe_interval_secs, self.vllm_prober.run_once),
+            Periodic("health-prober", settings.health_probe_interval_secs, self.health_prober.run_once),
+            # its first run rebuilds the posteriors from the request log
+            Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
+            Periodic("events-heartbeat", settings.events_heartbeat_secs, self._heartbeat, first_run_now=False),
+        ]
+        # Started in this order, stopped in reverse: the stores close last; the record writer stops (and
+        # flushes) after the jobs and after aiohttp has drained in-flight requests; housekeeping seeds
+        # per-key spend before serving and flushes the last key last-used times at stop.
+        self.components: list[Component] = [
+            Hooks("stores", on_stop=self._close_stores),
+            Hooks("http", self.http.start, self.http.close),
+            self.housekeeping,
+            Hooks("record-writer", self.records.start, self.records.stop),
+            *self.jobs,
+        ]
+
+    # --- the current routing table, read-only --------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> ConfigSnapshot:
+        """What routing reads: the stored snapshot plus the discovered vLLM models."""
+        return self.routing.snapshot
+
+    @property
+    def stored_snapshot(self) -> ConfigSnapshot:
+        return self.routing.stored
+
+    @property
+    def providers(self) -> Mapping[str, ProviderInfo]:
+        return self.routing.providers
+
+    @property
+    def adapters(self) -> Mapping[str, Provider]:
+        return self.routing.adapters
+
+    @property
+    def discovered(self) -> Mapping[str, tuple[DiscoveredModel, ...]]:
+        return self.routing.discovered
+
+    @property
+    def discovered_models(self) -> dict[str, ModelInfo]:
+        return self.routing.discovered_models
+
+    @property
+    def vault_locked_providers(self) -> frozenset[str]:
+        return self.routing.vault_locked
+
+    @property
+    def vault_backed(self) -> frozenset[str]:
+        return self.routing.vault_backed
 
     @property
     def env_providers(self) -> dict[str, ProviderInfo]:
@@ -142,61 +206,30 @@ class Services:
         )
 
     async def reload_config(self) -> None:
-        """Re-read SQLite after an admin write has committed and swap the request path's snapshot."""
+        """Re-read SQLite after an admin write has committed and swap the request path's routing table."""
         snapshot = await self.config.call(self.config.load_snapshot)
-        self._apply(snapshot)
-
-    def _apply(self, snapshot: ConfigSnapshot) -> None:
-        providers = {**snapshot.providers, **self.env_providers}  # environment wins, as in the original
-        adapters: dict[str, Provider] = {}
-        locked: set[str] = set()
-        for provider in providers.values():
-            if not provider.enabled:
-                continue
-            if provider.key_in_vault and not provider.api_key:
-                locked.add(provider.id)  # no adapter until the vault is unlocked; policy says vault_locked
-                continue
-            current = self.adapters.get(provider.id)
-            if current is not None and current.provider == provider:
-                adapters[provider.id] = current  # unchanged: keep it
-                continue
-            try:
-                adapters[provider.id] = build_provider(provider, self.http, self.retry)
-            except ValueError as exc:
-                log.warning("provider_skipped", provider_id=provider.id, reason=str(exc))
-        self.providers = providers
-        self.adapters = adapters
-        self.vault_locked_providers = frozenset(locked)
-        self.vault_backed = frozenset(p.id for p in providers.values() if p.key_in_vault and p.id in adapters)
-        self.discovered = {p: models for p, models in self.discovered.items() if p in adapters}
-        self.stored_snapshot = snapshot
-        self.snapshot = self._with_discovered(snapshot)
+        self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter)
 
     def set_discovered_models(self, provider_id: str, models: tuple[DiscoveredModel, ...]) -> None:
-        """The prober's latest model list for a vLLM provider; swaps the request path's snapshot if it changed."""
-        if provider_id not in self.adapters or self.discovered.get(provider_id) == models:
+        """The prober's latest model list for a vLLM provider; swaps the routing table if it changed."""
+        table = self.routing.with_discovered(provider_id, models)
+        if table is None:
             return
-        self.discovered[provider_id] = models
-        self.snapshot = self._with_discovered(self.stored_snapshot)
+        self.routing = table
         log.info("vllm_models_discovered", provider_id=provider_id, models=[m.id for m in models])
 
-    @property
-    def discovered_models(self) -> dict[str, ModelInfo]:
-        """The models routable only because a vLLM endpoint lists them (in memory, never in SQLite)."""
-        stored = self.stored_snapshot.models
-        return {model_id: m for model_id, m in self.snapshot.models.items() if model_id not in stored}
+    def _make_adapter(self, provider: ProviderInfo) -> Provider:
+        return build_provider(provider, self.http, self.retry)
 
-    def _with_discovered(self, stored: ConfigSnapshot) -> ConfigSnapshot:
-        """The stored snapshot plus discovered models: chat kind, weight 5, free, window from max_model_len.
-        A stored model with the same id wins (an admin registers one to set prices, weight or kind)."""
-        found: dict[str, ModelInfo] = {}
-        for provider_id, models in sorted(self.discovered.items()):
-            for m in models:
-                if m.id not in stored.models and m.id not in found:
-                    found[m.id] = ModelInfo(
-                        m.id, provider_id, weight=DISCOVERED_MODEL_WEIGHT, max_context_tokens=m.max_model_len
-                    )
-        return dataclasses.replace(stored, models={**stored.models, **found}) if found else stored
+    async def _heartbeat(self) -> None:
+        """A `heartbeat` event keeps idle SSE connections alive and tells a quiet server from a dead one."""
+        self.metrics.heartbeats.inc()
+        enabled = sum(1 for model in self.snapshot.models.values() if model.enabled)
+        self.events.publish("heartbeat", reason=f"providers={len(self.adapters)} models={enabled}")
+
+    def _close_stores(self) -> None:
+        self.analytics.close()
+        self.config.close()
 
     def identify(self, presented: str) -> ApiKeyInfo | None:
         """The API key record for a presented key, or None. A dict lookup on the snapshot: no I/O."""

@@ -39,6 +39,7 @@ class Settings(BaseModel):
     default_mode: str = "normal"
     default_max_budget_usd: float = Field(0.05, ge=0, le=100)
     default_max_latency_ms: int = Field(120_000, gt=0, le=300_000)
+    exploration_temp: float = Field(0.3, ge=0, le=100, description="softmax exploration over ranks; 0 = off")
     provider_timeout_secs: float = Field(30.0, gt=0)
     provider_max_retries: int = Field(2, ge=0, le=10)
     rate_limit_rps: float = Field(60.0, gt=0)

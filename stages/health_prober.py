@@ -1,7 +1,8 @@
 """Proactive provider probes (routing.md §11): a down provider is noticed, and a recovered one readmitted,
 without waiting for client traffic to stumble on it.
 
-Every interval each provider's health endpoint is fetched (GET, no credentials, 5 s timeout) concurrently.
+Each round (the services run it on the periodic helper) every provider's health endpoint is fetched (GET,
+no credentials, 5 s timeout) concurrently.
 2xx, 401 and 405 prove the provider is reachable and answering (an unauthenticated GET of a chat route is
 expected to be refused); anything else, or no answer, counts as an error. Results feed the health tracker,
 so a probe success closes a half-open breaker.
@@ -19,7 +20,6 @@ import structlog
 from adapters.errors import excerpt
 from adapters.http import HttpClient
 from adapters.provider import Provider
-from pipeline.periodic import Periodic
 from stages.health import HealthTracker
 
 log = structlog.get_logger("tokenhub.prober")
@@ -33,19 +33,10 @@ class HealthProber:
         http: HttpClient,
         health: HealthTracker,
         adapters: Callable[[], Iterable[Provider]],
-        *,
-        interval_secs: float,
     ) -> None:
         self._http = http
         self._health = health
         self._adapters = adapters
-        self._periodic = Periodic("health-prober", interval_secs, self.run_once)
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    async def stop(self) -> None:
-        await self._periodic.stop()
 
     async def run_once(self) -> None:
         """Probe every provider once, concurrently."""

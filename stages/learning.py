@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import structlog
 
 from pipeline.context import RequestContext
-from pipeline.periodic import Periodic
 from pipeline.types import RequestRecord
 from stages.bandit import Bandit, base_reward, reward, token_bucket
 from store.analytics import AnalyticsStore
@@ -72,19 +71,12 @@ def evidence(rows: list[Evidence]) -> Iterator[tuple[str, int, float, float]]:
 
 
 class BanditRefresher:
-    """Rebuilds the posteriors from the request log at start-up and every interval, so a restart loses
-    nothing and the in-memory updates never drift from what was recorded."""
+    """Rebuilds the posteriors from the request log; the services run it at start-up and every interval on
+    the periodic helper, so a restart loses nothing and the in-memory updates never drift from the log."""
 
-    def __init__(self, bandit: Bandit, analytics: AnalyticsStore, *, interval_secs: float) -> None:
+    def __init__(self, bandit: Bandit, analytics: AnalyticsStore) -> None:
         self._bandit = bandit
         self._analytics = analytics
-        self._periodic = Periodic("bandit-refresh", interval_secs, self.refresh_once)
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    async def stop(self) -> None:
-        await self._periodic.stop()
 
     async def refresh_once(self) -> int:
         since = time.time() - HORIZON_HALF_LIVES * self._bandit.half_life

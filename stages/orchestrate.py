@@ -2,10 +2,14 @@
 
 For every other request it only passes through. Each step is a child request (its own request id, linked to
 the plan's by `parent_request_id`) recorded as its own request-log row; the plan's budget covers them all.
+The plan routes under its tenant's routing options, the options of the policy step of the same tenant
+pipeline: each step goes through that policy stage, and the plan's budget and the vote's ranking of voters
+come from the same Router with the same options.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -17,8 +21,8 @@ from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ChatRequest
 from stages.plan_modes import InProcessOrchestrator, Orchestrator
 from stages.plan_steps import StepRunner
-from stages.policy import Policy as PolicyStage
-from stages.policy import PolicyOptions
+from stages.policy import policy_options_of
+from stages.router import RoutingOptions
 
 if TYPE_CHECKING:
     from pipeline.services import Services
@@ -31,8 +35,8 @@ class OrchestrateOptions(StageOptions):
 class Orchestrate:
     def __init__(self, services: Services, options: OrchestrateOptions) -> None:
         self._services = services
-        self._ranker = PolicyStage(services, PolicyOptions())
-        self.orchestrator: Orchestrator = InProcessOrchestrator(self._rank, max_parallel=options.max_parallel_steps)
+        self._router = services.router
+        self.orchestrator: Orchestrator = InProcessOrchestrator(max_parallel=options.max_parallel_steps)
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         plan = ctx.plan
@@ -40,14 +44,12 @@ class Orchestrate:
             await call_next(ctx)
             return
         services = self._services
-        budget = (
-            ctx.policy.max_budget_usd
-            or services.snapshot.routing.max_budget_usd
-            or services.settings.default_max_budget_usd
-        )
+        routing = policy_options_of(services.snapshot.pipelines.get(ctx.tenant_id))
+        budget = self._router.limits(ctx.policy, routing).max_budget_usd  # a tenant's ceiling caps the whole plan
         runner = StepRunner(services, ctx, call_next, budget_usd=budget, on_event=ctx.plan_events or _ignore)
         ctx.policy.mode = plan.mode or "planning"  # the plan's own row names its orchestration mode
-        outcome = await self.orchestrator.run(plan, ctx.request, runner)
+        rank = functools.partial(self._rank, routing, ctx.request_id)
+        outcome = await self.orchestrator.run(plan, ctx.request, runner, rank)
         ctx.plan_outcome = outcome
         ctx.plan_steps = runner.steps
         ctx.routing_reason = (
@@ -59,14 +61,22 @@ class Orchestrate:
             validate_output(plan.output_schema, outcome.composite)
 
     def _rank(
-        self, question: ChatRequest, mode: str, min_weight: int, budget: float, excluded: frozenset[str]
+        self,
+        routing: RoutingOptions,
+        request_id: str,
+        question: ChatRequest,
+        mode: str,
+        min_weight: int,
+        budget: float,
+        excluded: frozenset[str],
     ) -> list[str]:
-        """Models a vote may use, best first, by the same eligibility and scoring as any request."""
-        probe = RequestContext(
-            request_id="rank", scope="plan", client_ip="", request=question, policy=Policy(mode, budget, 0, min_weight)
-        )
+        """Models a vote may use, best first: the Router's decision under the tenant's options, in ranked
+        order (no exploration) and without counting skips (each voter's own step is a real decision)."""
+        policy = Policy(mode, budget, 0, min_weight)
         try:
-            decision = self._ranker.decide(probe)
+            decision = self._router.decide(
+                question, policy, routing, request_id=request_id, observe=False, explore=False
+            )
         except NoEligibleModel:
             return []
         return [c.model.id for c in decision.candidates if c.model.id not in excluded]

@@ -38,7 +38,7 @@ class PlanOutcome:
 
 
 class Orchestrator(Protocol):
-    async def run(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner) -> PlanOutcome: ...
+    async def run(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, rank: Ranker) -> PlanOutcome: ...
 
 
 def user_text(request: ChatRequest) -> str:
@@ -50,16 +50,16 @@ def _prompt(system: str, user: str) -> list[Message]:
 
 
 class InProcessOrchestrator:
-    def __init__(self, rank: Ranker, *, max_parallel: int) -> None:
-        self._rank = rank
+    def __init__(self, *, max_parallel: int) -> None:
         self._max_parallel = max_parallel
 
-    async def run(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner) -> PlanOutcome:
+    async def run(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, rank: Ranker) -> PlanOutcome:
+        """Run the plan; `rank` orders the models a vote may use, under the plan's tenant's routing options."""
         mode = spec.mode
         if mode == "adversarial":
             return await self._adversarial(spec, question, steps)
         if mode == "vote":
-            return await self._vote(spec, question, steps)
+            return await self._vote(spec, question, steps, rank)
         if mode == "refine":
             return await self._refine(spec, question, steps)
         first = await _first_step(
@@ -129,9 +129,9 @@ class InProcessOrchestrator:
             outcome.stop_reason = str(exc)
         return outcome
 
-    async def _vote(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner) -> PlanOutcome:
+    async def _vote(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, rank: Ranker) -> PlanOutcome:
         excluded = frozenset({spec.review_model_id}) if spec.review_model_id else frozenset()
-        ranked = self._rank(question, "normal", spec.primary_min_weight, steps.remaining_usd, excluded)
+        ranked = rank(question, "normal", spec.primary_min_weight, steps.remaining_usd, excluded)
         if not ranked:
             raise NoEligibleModel("no eligible models for vote", client_constraint=False)
         voters = ranked[: spec.iterations if spec.iterations >= 2 else 3]

@@ -1,7 +1,9 @@
-"""Routing maths: token and cost estimates, eligibility, and the per-mode multi-objective score."""
+"""Routing maths: token and cost estimates, eligibility, the per-mode multi-objective score, and softmax
+exploration over the ranked list."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +197,22 @@ def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], Pro
     if len(ranked) > 1:
         ranked.sort(key=lambda cand: (cand.score, cand.model.id))
     return ranked
+
+
+def softmax_rank(count: int, temperature: float, draw: float) -> int:
+    """The rank exploration picks from a ranked list of `count` (routing.md §7): rank i (0-based) weighs
+    exp(-i / T), so with T = 0.3 the top is picked about 96 % of the time. T <= 0 or a single candidate:
+    rank 0. `draw` is a uniform number in [0, 1)."""
+    if temperature <= 0 or count < 2:
+        return 0
+    # Ranks past 30 T weigh under e^-30 of the top: leave them out rather than pay an exp() each per request.
+    weights = [math.exp(-i / temperature) for i in range(min(count, math.ceil(30 * temperature) + 1))]
+    target = draw * sum(weights)
+    for index, weight in enumerate(weights):
+        target -= weight
+        if target < 0:
+            return index
+    return len(weights) - 1  # float rounding at the very end of the range
 
 
 def _norm(value: float, maximum: float) -> float:

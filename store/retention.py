@@ -1,16 +1,15 @@
-"""Retention: how long time-series points and request-log rows are kept, and the background prune.
+"""Retention: how long time-series points and request-log rows are kept, and the two prunes.
 
-The time-series retention can be changed at runtime (``PUT /admin/v1/tsdb/retention``); like the
-original it lives in memory and a restart goes back to the configured value. Prunes run on the DuckDB
-writer thread, so they never race a batch insert.
+The services run each prune on the periodic helper every `tsdb_every` / `request_log_every` seconds,
+the first one interval after start-up (spec: hourly and every 6 hours). The time-series retention can be
+changed at runtime (``PUT /admin/v1/tsdb/retention``); like the original it lives in memory and a restart
+goes back to the configured value. Prunes run on the DuckDB writer thread, so they never race a batch insert.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -39,9 +38,9 @@ class Retention:
         self._analytics = analytics
         self.tsdb_days = tsdb_days
         self.request_log_days = request_log_days
-        self._every = {"tsdb_points": tsdb_every, "request_log": request_log_every}
+        self.tsdb_every = tsdb_every
+        self.request_log_every = request_log_every
         self._clock = clock
-        self._tasks: list[asyncio.Task[None]] = []
 
     def set_tsdb_days(self, days: int) -> None:
         if days < 1:
@@ -58,30 +57,8 @@ class Retention:
     async def prune_request_log(self) -> int:
         return await self._prune("request_log", prune_requests, self.request_log_days)
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._every_interval("tsdb_points", self.prune_tsdb), name="prune-tsdb"),
-            asyncio.create_task(self._every_interval("request_log", self.prune_request_log), name="prune-log"),
-        ]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
     async def _prune(self, table: str, fn: Callable[..., int], days: int) -> int:
         cutoff = self.cutoff(days)
         deleted = await self._analytics.call(fn, self._analytics.db, cutoff)
         log.info("pruned", table=table, deleted=deleted, older_than=cutoff.isoformat(), retention_days=days)
         return deleted
-
-    async def _every_interval(self, table: str, job: Callable[[], Awaitable[int]]) -> None:
-        while True:
-            await asyncio.sleep(self._every[table])
-            try:
-                await job()
-            except Exception:  # a failed prune is retried next interval; the task must not die
-                log.exception("prune_failed", table=table)

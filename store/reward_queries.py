@@ -44,11 +44,13 @@ def rewarded_request(cursor: Cursor, api_key_id: str, request_id: str, since: fl
     return RatedRow(*rows[0]) if rows else None
 
 
-def recent_rewards(cursor: Cursor, limit: int) -> list[dict[str, Any]]:
+def recent_rewards(cursor: Cursor, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """Rewarded requests, newest first (GET /admin/v1/rewards)."""
     cursor.execute(
-        "SELECT timestamp, request_id, model_id, mode, status, reward, feedback_score FROM request_log "
-        "WHERE reward IS NOT NULL ORDER BY timestamp DESC LIMIT ?",
-        [limit],
+        "SELECT timestamp, request_id, model_id, provider_id, mode, input_tokens, latency_ms, cost_usd, status, "
+        "error_class, reward, feedback_score FROM request_log "
+        "WHERE reward IS NOT NULL ORDER BY timestamp DESC LIMIT ? OFFSET ?",
+        [limit, offset],
     )
     names = [d[0] for d in cursor.description]
     out = []

@@ -101,6 +101,7 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_VAULT_KDF_MEMORY_KIB": "64",
             "TOKENHUB_VAULT_KDF_PARALLELISM": "1",
             "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",  # tests drive health themselves; probes would race them
+            "TOKENHUB_EXPLORATION_TEMP": "0",  # routing tests expect the top-ranked model; exploration has its own
         }
         settings = load_settings(env, **overrides)
         client = await aiohttp_client(create_app(settings))

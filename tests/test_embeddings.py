@@ -121,12 +121,26 @@ async def test_unknown_model_is_not_found(hub: Hub) -> None:
     assert hub.fake.requests == []
 
 
-async def test_chat_model_named_for_embeddings_is_a_clear_400(hub: Hub) -> None:
+async def test_a_named_model_is_forwarded_to_its_provider_whatever_its_kind(hub: Hub) -> None:
+    # The caller chose the model: as in the original, it goes to that model's provider; kinds only keep
+    # TokenHub's own choice (model "auto") within embedding models.
     key = await _setup(hub)
     async with _async_client(hub, key) as client:
-        with pytest.raises(openai.BadRequestError) as caught:
-            await client.embeddings.create(model="gpt-test", input="x")
-    assert "'gpt-test' is a chat model" in caught.value.message and "embedding" in caught.value.message
+        result = await client.embeddings.create(model="gpt-test", input="x")
+    assert result.model == "gpt-test"
+    assert result.data[0].embedding == FakeOpenAI.embedding_of("gpt-test", "x")
+    assert _paths(hub.fake) == [("/v1/embeddings", "gpt-test")]
+
+
+async def test_a_named_model_whose_provider_cannot_embed_is_a_clear_400(hub: Hub) -> None:
+    key = await _setup(hub)
+    body = {"id": "claude", "type": "anthropic", "base_url": hub.fake.base_url, "api_key": "sk-ant-x"}
+    await hub.admin("POST", "/providers", body, expect=201)
+    await hub.add_model("claude-chat", "claude")
+    status, answer = await _post(hub, key, {"model": "claude-chat", "input": "x"})
+    assert status == 400, answer
+    assert answer["error"]["param"] == "model"
+    assert "'claude-chat' is served by provider 'claude', which cannot do embeddings" in answer["error"]["message"]
     assert hub.fake.requests == []
 
 

@@ -182,7 +182,12 @@ async def test_posteriors_survive_a_restart(make_hub: Any) -> None:
 
 async def test_simulate_explains_and_agrees_with_the_real_decision(make_hub: Any) -> None:
     hub = await make_hub(bandit_seed=42)
-    key = await _setup(hub, "a", "b", "c")
+    await hub.add_provider()
+    # Models that differ, so each mode has its own winner and agreement cannot come from the id tie-break.
+    await hub.add_model("frugal", weight=2, input_per_1k=0.0001, output_per_1k=0.0001)
+    await hub.add_model("middle", weight=5, input_per_1k=0.002, output_per_1k=0.002)
+    await hub.add_model("premium", weight=10, input_per_1k=0.01, output_per_1k=0.01)
+    key = await hub.new_key()
     body = {"request": {"messages": [{"role": "user", "content": "hi"}]}, "policy": {"mode": "thompson"}}
     simulated = await hub.admin("POST", "/routing/simulate", {**body, "seed": 42})
     again = await hub.admin("POST", "/routing/simulate", {**body, "seed": 42})
@@ -191,10 +196,11 @@ async def test_simulate_explains_and_agrees_with_the_real_decision(make_hub: Any
     assert all(0 <= c["bandit_sample"] <= 1 for c in simulated["candidates"])
     _, real, _ = await hub.chat(key, policy={"mode": "thompson"})  # the live sampler's first draws, seed 42
     assert real["negotiated_model"] == simulated["candidates"][0]["model_id"]
-    for mode in ("cheap", "high_confidence"):
+    for mode, winner in (("cheap", "frugal"), ("high_confidence", "premium")):
         plan = await hub.admin("POST", "/routing/simulate", {**body, "policy": {"mode": mode}})
         _, real, _ = await hub.chat(key, policy={"mode": mode})
-        assert real["negotiated_model"] == plan["candidates"][0]["model_id"]
+        assert plan["candidates"][0]["model_id"] == real["negotiated_model"] == winner
+        assert plan["decision"]["model_id"] == winner
         assert plan["reason"].split(":")[0] in real["routing_reason"]
     sent = len(hub.fake.requests)
     await hub.admin("POST", "/routing/simulate", body)

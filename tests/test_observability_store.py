@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from pipeline.periodic import Periodic
 from store import record_writer
 from store.analytics import REQUEST_LOG_COLUMNS, AnalyticsStore
 from store.record_writer import RecordWriter
@@ -156,7 +157,8 @@ async def test_background_prune_runs_on_its_interval(store: AnalyticsStore) -> N
     old = datetime.now(UTC) - timedelta(days=10)
     await store.call(write_points, store.db, [Point(old, "latency", 1.0), Point(datetime.now(UTC), "latency", 2.0)])
     retention = Retention(store, tsdb_days=7, request_log_days=90, tsdb_every=0.02, request_log_every=3600)
-    retention.start()
+    job = Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False)
+    await job.start()
     try:
         for _ in range(200):
             if len(points(await series(store, metric="latency"))) == 1:
@@ -164,7 +166,7 @@ async def test_background_prune_runs_on_its_interval(store: AnalyticsStore) -> N
             await asyncio.sleep(0.01)
         assert [v for _, v in points(await series(store, metric="latency"))] == [2.0]
     finally:
-        await retention.stop()
+        await job.stop()
 
 
 async def test_prune_points_counts_deleted_rows(store: AnalyticsStore) -> None:

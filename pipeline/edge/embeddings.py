@@ -1,7 +1,8 @@
 """OpenAI-compatible embeddings: POST /v1/embeddings, through the same tenant pipeline as chat.
 
 The body's inputs go to the provider as given (in `parameters`); TokenHub only validates them and estimates
-their tokens for routing. Routed only to models of kind "embedding" (stages/policy.py). Never streamed.
+their tokens for routing. With `auto` TokenHub picks among models of kind "embedding"; a named model goes to
+its own provider (stages/router.py). Never streamed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,389 @@
+"""The Router: the one routing decision, used by the policy stage, by plan orchestration and by the admin
+simulator.
+
+`decide` resolves the effective limits (request policy, tenant options, routing defaults, settings), an
+alias to one of its variants, eligibility, the per-mode ranking (or the bandit's draws in thompson mode),
+softmax exploration, the model hint and the fallback chain, and explains all of it in the reason. It reads
+the current routing table, the health tracker and the bandit; it does no I/O. Its only side effects are
+the skip counters and the draws of the live samplers, and a simulation turns both off (`observe=False`,
+its own `bandit` view and `rng`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.provider import Provider
+from pipeline.context import Candidate, Policy, RoutingDecision
+from pipeline.errors import BudgetExceeded, InvalidRequest, NoEligibleModel, NotFound, TokenHubError, VaultLocked
+from pipeline.metrics import Metrics
+from pipeline.model_ids import resolve_model_id
+from pipeline.modes import Mode
+from pipeline.settings import Settings
+from pipeline.types import AliasInfo, ChatRequest, ModelInfo
+from stages.aliases import AliasChooser
+from stages.bandit import Bandit, thompson_order, token_bucket
+from stages.health import HealthTracker, ProviderHealth
+from stages.routing_table import RoutingTable
+from stages.scoring import (
+    CLIENT_CONSTRAINTS,
+    Constraints,
+    ProviderStats,
+    ScoreParts,
+    estimate_input_tokens,
+    exclusion_reason,
+    model_kind,
+    rank,
+    requested_output,
+    score_parts,
+    softmax_rank,
+)
+from store.config_store import ConfigSnapshot
+
+__all__ = ["DEFAULT_OPTIONS", "Limits", "Router", "RoutingOptions"]
+
+_UNKNOWN_PROVIDER = ProviderHealth()  # never called yet: no latency, no errors
+# Every adapter chats; another operation needs the adapter method that does it.
+
+
+class RoutingOptions(BaseModel):
+    """What a tenant's pipeline sets for routing (the policy stage's options). Validated like any stage's
+    options; a plain model here because the Router, which the services build, must not import the stage
+    machinery (that imports the services)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode | None = Field(None, description="pin every request to this mode (overrides body and directives)")
+    default_mode: Mode | None = Field(None, description="mode when the request names none")
+    max_budget_usd: float | None = Field(None, ge=0, le=100, description="ceiling on the per-request budget")
+    min_weight: int | None = Field(None, ge=0, le=10, description="floor on the model weight")
+
+
+DEFAULT_OPTIONS = RoutingOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The effective routing policy of one request, after every layer has had its say."""
+
+    mode: str
+    max_budget_usd: float  # 0 = no budget filter
+    max_latency_ms: int
+    min_weight: int
+
+
+class Router:
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable],
+        *,
+        health: HealthTracker,
+        bandit: Bandit,
+        settings: Settings,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._table = table  # read at every decision: the services swap the table on reload
+        self._health = health
+        self._bandit = bandit
+        self._settings = settings
+        self._skips = metrics.provider_skips
+        self.temperature = settings.exploration_temp
+        self._rng = rng or random.Random(settings.bandit_seed or None)
+
+    def limits(self, policy: Policy, options: RoutingOptions = DEFAULT_OPTIONS) -> Limits:
+        """Request policy, then the tenant's options (a pinned mode wins, a budget ceiling caps), then the
+        stored routing defaults, then the settings."""
+        return self._limits(policy, options, self._table().snapshot)
+
+    def _limits(self, policy: Policy, options: RoutingOptions, snapshot: ConfigSnapshot) -> Limits:
+        routing, settings = snapshot.routing, self._settings
+        mode = options.mode or policy.mode or options.default_mode or routing.mode or settings.default_mode
+        budget = policy.max_budget_usd or routing.max_budget_usd or settings.default_max_budget_usd
+        if options.max_budget_usd is not None:
+            budget = min(budget, options.max_budget_usd) if budget else options.max_budget_usd
+        latency_ms = policy.max_latency_ms or routing.max_latency_ms or settings.default_max_latency_ms
+        return Limits(mode, budget, latency_ms, max(policy.min_weight, options.min_weight or 0))
+
+    def decide(
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        options: RoutingOptions = DEFAULT_OPTIONS,
+        *,
+        request_id: str = "",
+        api_key_id: str = "",
+        key_budget_usd: float = 0.0,
+        key_left_usd: float = 0.0,
+        only_models: frozenset[str] | None = None,
+        directives: Mapping[str, Any] | None = None,
+        aliases: AliasChooser | None = None,
+        bandit: Bandit | None = None,
+        rng: random.Random | None = None,
+        observe: bool = True,
+        explore: bool = True,
+    ) -> RoutingDecision:
+        """The ranked candidates for `request` and why. `aliases` holds the caller's round-robin counters
+        (a fresh chooser when None); `bandit` and `rng` replace the live samplers (simulation); `observe`
+        False leaves the skip counters alone; `explore` False keeps the ranked order (plan vote ranking).
+        `key_budget_usd` / `key_left_usd`: the API key's monthly budget and what is left of it (0 = none): a
+        model whose estimated cost does not fit is not eligible."""
+        table = self._table()
+        snapshot = table.snapshot
+        limits = self._limits(policy, options, snapshot)
+        hint, alias = request.model_hint, None
+        found = snapshot.aliases.get(hint) if hint else None
+        if found is not None and found.enabled:  # before eligibility: the variant is then an ordinary hint
+            alias = found
+            hint = (aliases or AliasChooser()).choose(found, request_id=request_id, api_key_id=api_key_id).model_id
+        tokens = estimate_input_tokens(request.messages, request.estimated_input_tokens)
+        max_tokens, n = requested_output(request.parameters)
+        constraints = Constraints(
+            limits.mode,
+            limits.max_budget_usd,
+            limits.min_weight,
+            tokens,
+            request.max_item_tokens,
+            max_tokens=max_tokens,
+            n=n,
+            key_budget_usd=key_left_usd,
+        )
+        kind = model_kind(request.operation)
+        if kind != "chat" and hint:
+            eligible, exclusions = self._named(hint, request.operation, table, constraints, observe)
+        else:
+            eligible, exclusions = self._eligible(request.operation, table, constraints, only_models, observe)
+        if not eligible:
+            raise _no_eligible(exclusions, constraints, key_budget_usd)
+
+        candidates = rank(eligible, constraints, self._stats())
+        if limits.mode == "thompson":  # the bandit's draws decide the order; the scores above stay for explanation
+            candidates = thompson_order(candidates, bandit or self._bandit, token_bucket(tokens))
+        hint_note = _apply_hint(hint, candidates, exclusions, snapshot)
+        explored = 0
+        if explore and hint_note != "hint" and limits.mode != "thompson" and len(candidates) > 1 and self.temperature:
+            explored = softmax_rank(len(candidates), self.temperature, (rng or self._rng).random())
+            if explored:
+                candidates.insert(0, candidates.pop(explored))
+        fallbacks, chain_note = _place_fallbacks(candidates, hint, hint_note == "hint", alias, exclusions, snapshot)
+        first = candidates[0]
+        code = "routed-hint-exact" if hint_note == "hint" else f"routed-weight-{first.model.weight}"
+        if fallbacks and first.model.id == fallbacks[0]:
+            how = "first of the fallback chain"
+        elif explored:
+            how = f"explored at rank {explored + 1} (softmax, temperature {self.temperature:g})"
+        else:
+            how = "ranked first"
+        reason = (
+            f"{code}: {first.model.id} {how} of {len(candidates)} eligible in {limits.mode} mode"
+            f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {first.model.weight})"
+        )
+        if alias is not None:
+            reason += f"; alias {alias.name} -> {hint}"
+        if hint_note and hint_note != "hint":
+            reason += f"; {hint_note}"
+        if chain_note:
+            reason += f"; {chain_note}"
+        if directives:
+            reason += "; " + _describe_directives(directives)
+        if exclusions:
+            reason += "; excluded " + ", ".join(f"{m} ({why})" for m, why in sorted(exclusions.items()))
+        return RoutingDecision(
+            mode=limits.mode,
+            candidates=candidates,
+            estimated_input_tokens=tokens,
+            reason=reason,
+            exclusions=exclusions,
+            deadline=time.monotonic() + limits.max_latency_ms / 1000,
+            latency_budget_ms=limits.max_latency_ms,
+            fallbacks=fallbacks,
+            alias_from=alias.name if alias is not None else "",
+            model_hint=hint if alias is not None else "",
+        )
+
+    def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
+        """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
+        constraints = Constraints(decision.mode, 0, 0, decision.estimated_input_tokens)
+        models = [c.model for c in decision.candidates]
+        parts = {p.model.id: p for p in score_parts(models, constraints, self._stats())}
+        return [parts[model.id] for model in models]
+
+    def _stats(self) -> Callable[[str], ProviderStats]:
+        # A read-only view: looking a provider up must not create a health entry (simulation touches nothing).
+        known = self._health.snapshot()
+
+        def stats(provider_id: str) -> ProviderStats:
+            h = known.get(provider_id, _UNKNOWN_PROVIDER)
+            return ProviderStats(h.avg_latency_ms, h.error_rate)
+
+        return stats
+
+    def _eligible(
+        self,
+        operation: str,
+        table: RoutingTable,
+        constraints: Constraints,
+        only_models: frozenset[str] | None,
+        observe: bool,
+    ) -> tuple[list[ModelInfo], dict[str, str]]:
+        """TokenHub chooses: every model of the operation's kind (within a plan step's pin) is a candidate."""
+        kind = model_kind(operation)
+        adapters, unavailable = table.adapters, self._health.unavailable_reason
+        supports = _supports(adapters, operation)
+        eligible: list[ModelInfo] = []
+        exclusions: dict[str, str] = {}
+        models = table.snapshot.models
+        for model in models.values():
+            if model.kind != kind:
+                continue  # another operation's model: not a candidate at all (and no skip metric per request)
+            if only_models is not None and model.id not in only_models:
+                continue  # a plan step pinned to other models: not a candidate at all
+            reason = exclusion_reason(model, constraints, adapters.__contains__, unavailable, supports)
+            if reason == "no_adapter" and model.provider_id in table.vault_locked:
+                reason = "vault_locked"  # its provider key waits in the locked vault
+            if reason is None:
+                eligible.append(model)
+            else:
+                exclusions[model.id] = reason
+                if observe:
+                    self._skips.labels(provider=model.provider_id, reason=reason).inc()
+        if not eligible and models and all(m.kind != kind for m in models.values()):  # only other kinds exist
+            raise NoEligibleModel(
+                f"no model of kind {kind!r} is registered: add one with POST /admin/v1/models"
+                f' {{..., "kind": "{kind}"}}',
+                client_constraint=False,
+            )
+        return eligible, exclusions
+
+    def _named(
+        self, hint: str, operation: str, table: RoutingTable, constraints: Constraints, observe: bool
+    ) -> tuple[list[ModelInfo], dict[str, str]]:
+        """Outside chat a named model is the caller's choice and a requirement: it is forwarded to that
+        model's provider whatever its kind, and no other model answers in its place (embeddings of two
+        models are not comparable)."""
+        models = table.snapshot.models
+        model_id = resolve_model_id(hint.strip(), models)
+        if model_id is None:  # the edge answers 404 first; this covers a model deleted since
+            raise NotFound(f"model {hint!r} does not exist", field="model")
+        model = models[model_id]
+        adapters = table.adapters
+        supports = _supports(adapters, operation)
+        reason = exclusion_reason(model, constraints, adapters.__contains__, self._health.unavailable_reason, supports)
+        if reason is None:
+            return [model], {}
+        if reason == "unsupported_operation":
+            raise InvalidRequest(
+                f"model {model_id!r} is served by provider {model.provider_id!r}, which cannot do {operation}",
+                field="model",
+            )
+        if reason == "no_adapter" and model.provider_id in table.vault_locked:
+            reason = "vault_locked"
+        if observe:
+            self._skips.labels(provider=model.provider_id, reason=reason).inc()
+        return [], {model_id: reason}
+
+
+def _supports(adapters: Mapping[str, Provider], operation: str) -> Callable[[str], bool] | None:
+    """Whether a provider can do the operation, from its type's capabilities (None for chat: every provider
+    chats)."""
+    if operation != "embeddings":
+        return None
+
+    def embeds(provider_id: str) -> bool:
+        adapter = adapters.get(provider_id)
+        return adapter is not None and adapter.capabilities.embeddings
+
+    return embeds
+
+
+def _apply_hint(hint: str, candidates: list[Candidate], exclusions: dict[str, str], snapshot: ConfigSnapshot) -> str:
+    """Move an eligible hinted model to the front. Returns "hint" when honoured, a note when not."""
+    hint = hint.strip()
+    if not hint:
+        return ""
+    models = snapshot.models
+    hint = resolve_model_id(hint, models) or hint
+    for index, candidate in enumerate(candidates):
+        if candidate.model.id == hint:
+            candidates.insert(0, candidates.pop(index))
+            return "hint"
+    other = models.get(hint)  # registered, but maybe of another kind (an embedding model named for chat)
+    other_kind = other is not None and other.kind != candidates[0].model.kind
+    why = exclusions.get(hint) or (f"{other.kind} model" if other is not None and other_kind else "not registered")
+    return f"model_hint {hint!r} ignored ({why})"
+
+
+def _place_fallbacks(
+    candidates: list[Candidate],
+    hint: str,
+    hinted: bool,
+    alias: AliasInfo | None,
+    exclusions: dict[str, str],
+    snapshot: ConfigSnapshot,
+) -> tuple[tuple[str, ...], str]:
+    """Put the explicit fallback chain right after the first choice, before the rest of the scored list.
+    The chain is the alias's, else the named model's, else the first candidate's. A named model that
+    cannot serve still lends its chain, which then goes first. Returns (ids placed, a note for the reason)."""
+    models = snapshot.models
+    hint_id = resolve_model_id(hint.strip(), models) if hint.strip() else None
+    named = models.get(hint_id) if hint_id else None
+    chain = (alias.fallbacks if alias is not None else ()) or (named.fallbacks if named is not None else ())
+    start = 1 if hinted else 0
+    placed = _move_after(candidates, chain, start) if chain else ()
+    if not placed and start == 0:  # nothing usable in the named chain: the first candidate's own chain
+        chain, start = candidates[0].model.fallbacks, 1
+        placed = _move_after(candidates, chain, start) if chain else ()
+    if not chain:
+        return (), ""
+    head = candidates[0].model.id if start else (hint_id or hint)
+    skipped = [f"{m}: {exclusions.get(m, 'not eligible')}" for m in chain if m not in placed and m != head]
+    note = f"fallbacks after {head}: {', '.join(placed) or 'none eligible'}"
+    return placed, note + (f" (skipped {', '.join(skipped)})" if skipped else "")
+
+
+def _move_after(candidates: list[Candidate], chain: tuple[str, ...], start: int) -> tuple[str, ...]:
+    """Move the eligible models of `chain`, in chain order, to position `start` (in place); their ids."""
+    pool = {c.model.id: c for c in candidates[start:]}
+    placed = [pool.pop(model_id) for model_id in chain if model_id in pool]
+    if placed:
+        candidates[start:] = placed + [c for c in candidates[start:] if c.model.id in pool]
+    return tuple(c.model.id for c in placed)
+
+
+def _describe_directives(applied: Mapping[str, Any]) -> str:
+    settings = " ".join(f"{k}={v}" for k, v in applied.items() if k != "ignored")
+    ignored = applied.get("ignored") or []
+    return f"@@tokenhub {settings}" + (f" (ignored: {', '.join(ignored)})" if ignored else "")
+
+
+def _no_eligible(exclusions: dict[str, str], c: Constraints, key_budget_usd: float) -> TokenHubError:
+    if key_budget_usd and "key_budget_exceeded" in exclusions.values():
+        # A model could serve it, but not within what the key has left this month: the key's 429.
+        spent = key_budget_usd - c.key_budget_usd
+        return BudgetExceeded(budget_usd=key_budget_usd, spent_usd=spent, too_costly=True)
+    if "vault_locked" in exclusions.values():  # unlocking the vault may be all it takes: say so
+        locked = sorted(m for m, why in exclusions.items() if why == "vault_locked")
+        return VaultLocked(
+            f"the vault is locked: {', '.join(locked)} need a provider key kept in it; an admin unlocks it"
+            " (POST /admin/v1/vault/unlock)",
+            exclusions=exclusions,
+        )
+    if not exclusions:
+        return NoEligibleModel(
+            "no models are registered: add a provider and a model through /admin/v1 (see GET /healthz)",
+            client_constraint=False,
+        )
+    details = ", ".join(f"{m}: {why}" for m, why in sorted(exclusions.items()))
+    client = all(why in CLIENT_CONSTRAINTS for why in exclusions.values())
+    hint = (
+        f" (budget ${c.max_budget_usd:g}, ~{c.input_tokens} input tokens, min_weight {c.min_weight})" if client else ""
+    )
+    return NoEligibleModel(
+        f"no eligible model for this request{hint}: {details}", client_constraint=client, exclusions=exclusions
+    )
