@@ -27,7 +27,7 @@ import structlog
 from pipeline.types import RequestRecord
 from store.rollup import rollup
 
-__all__ = ["MAX_TOKEN_COUNT", "REQUEST_LOG_COLUMNS", "AnalyticsStore", "Cursor"]
+__all__ = ["MAX_TOKEN_COUNT", "REQUEST_LOG_COLUMNS", "AnalyticsStore", "Cursor", "log_rows"]
 
 log = structlog.get_logger("tokenhub.analytics")
 T = TypeVar("T")
@@ -237,17 +237,22 @@ class AnalyticsStore:
             f"SELECT {', '.join(_COLUMNS)} FROM request_log ORDER BY timestamp DESC LIMIT ? OFFSET ?",
             [limit, offset],
         )
-        names = [d[0] for d in cursor.description]
-        out = []
-        for row in cursor.fetchall():
-            item = dict(zip(names, row, strict=True))
-            item["timestamp"] = item["timestamp"].isoformat()
-            out.append(item)
-        return out
+        return log_rows(cursor)
 
     def count_requests(self) -> int:
         # fetchall, not fetchone: DuckDB refuses other work on a connection with an unfinished result.
         return int(self.db.execute("SELECT count(*) FROM request_log").fetchall()[0][0])
+
+
+def log_rows(cursor: Cursor) -> list[dict[str, Any]]:
+    """A request-log query's rows as JSON-ready dicts (the timestamp in ISO 8601)."""
+    names = [d[0] for d in cursor.description]
+    rows = []
+    for row in cursor.fetchall():
+        item = dict(zip(names, row, strict=True))
+        item["timestamp"] = item["timestamp"].isoformat()
+        rows.append(item)
+    return rows
 
 
 def _token_counts(values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from store.analytics import REQUEST_LOG_COLUMNS, Cursor
+from store.analytics import REQUEST_LOG_COLUMNS, Cursor, log_rows
 
 STATS_WINDOWS: dict[str, timedelta] = {
     "1m": timedelta(minutes=1),
@@ -69,13 +69,7 @@ def query_logs(db: Cursor, where: LogFilter, limit: int, offset: int) -> dict[st
         " ORDER BY timestamp DESC, request_id LIMIT ? OFFSET ?",
         [*params, limit, offset],
     )
-    names = [d[0] for d in cursor.description]
-    logs = []
-    for row in cursor.fetchall():
-        item = dict(zip(names, row, strict=True))
-        item["timestamp"] = item["timestamp"].isoformat()
-        logs.append(item)
-    return {"logs": logs, "total": total}
+    return {"logs": log_rows(cursor), "total": total}
 
 
 # GROUPING() bits, most significant first: model_id, provider_id, api_key_id, mode. A set bit means the

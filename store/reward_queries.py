@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from store.analytics import Cursor
+from store.analytics import Cursor, log_rows
 
 __all__ = ["Evidence", "RatedRow", "recent_rewards", "reward_evidence", "rewarded_request"]
 
@@ -52,10 +52,4 @@ def recent_rewards(cursor: Cursor, limit: int, offset: int = 0) -> list[dict[str
         "WHERE reward IS NOT NULL ORDER BY timestamp DESC LIMIT ? OFFSET ?",
         [limit, offset],
     )
-    names = [d[0] for d in cursor.description]
-    out = []
-    for row in cursor.fetchall():
-        item = dict(zip(names, row, strict=True))
-        item["timestamp"] = item["timestamp"].isoformat()
-        out.append(item)
-    return out
+    return log_rows(cursor)
