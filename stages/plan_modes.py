@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -238,7 +238,7 @@ class InProcessOrchestrator:
         return outcome
 
 
-async def _phase(name: str, step: Any) -> StepResult:
+async def _phase(name: str, step: Awaitable[StepResult]) -> StepResult:
     """Name the phase in a failing step's error, so the client knows which part of the plan broke."""
     try:
         return await step
@@ -248,7 +248,7 @@ async def _phase(name: str, step: Any) -> StepResult:
         raise
 
 
-async def _first_step(step: Any) -> StepResult:
+async def _first_step(step: Awaitable[StepResult]) -> StepResult:
     """A plan that cannot afford even its first step is the request's own constraint: 422, nothing done."""
     try:
         return await step

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from adapters.errors import ProviderError
 from adapters.provider import Provider
@@ -113,7 +112,7 @@ def _charge(ctx: RequestContext, candidate: Candidate, usage: Usage, started: fl
     ctx.cost_usd = round(candidate.model.cost_usd(usage.input_tokens, usage.output_tokens), 10)
 
 
-async def _until_first_token(deltas: Any, seconds: float) -> list[StreamDelta]:
+async def _until_first_token(deltas: AsyncIterator[StreamDelta], seconds: float) -> list[StreamDelta]:
     """Deltas up to and including the first that carries a token; a late, cut or empty stream is a
     ProviderError so escalate can fail over."""
     pending: list[StreamDelta] = []

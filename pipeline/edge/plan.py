@@ -14,6 +14,7 @@ from pipeline.edge.context import admit_before_body, new_context
 from pipeline.edge.plan_codec import decode_plan, plan_envelope
 from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
 from pipeline.services import Services
+from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
 from pipeline.web import id_headers, read_body, trusted_networks
 
@@ -49,7 +50,7 @@ class PlanEndpoint:
             return _error(exc, ctx.request_id)
         return web.json_response(plan_envelope(ctx), dumps=_dumps)
 
-    async def _stream(self, request: web.Request, ctx: RequestContext, chain: Any) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, ctx: RequestContext, chain: Next) -> web.StreamResponse:
         """Step events as they happen: step_started, step_completed, then plan (the envelope) or error."""
         writer = SseWriter(request)
         writer.response.headers.update(id_headers(request))
