@@ -97,6 +97,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services.retention.start()
     services.vllm_prober.start()  # its first cycle probes and discovers at once, without delaying start-up
     services.health_prober.start()
+    services.pricing.start()  # its first round runs now, in the background
     services.bandit_refresher.start()  # its first pass rebuilds the posteriors from the request log
     beats = asyncio.create_task(
         heartbeat(
@@ -114,6 +115,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await services.retention.stop()
     await services.vllm_prober.stop()
     await services.health_prober.stop()
+    await services.pricing.stop()
     await services.bandit_refresher.stop()
     # In-flight requests have finished (aiohttp drains them first); now flush what they recorded.
     await services.records.stop()

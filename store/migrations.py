@@ -134,6 +134,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        "model_pricing_source",
+        # 'manual': set by an admin (a non-zero manual price is never refreshed); 'litellm': from the
+        # price table (store/pricing.py). Existing rows count as manual, as the original defaults them.
+        """
+        ALTER TABLE models ADD COLUMN pricing_source TEXT NOT NULL DEFAULT 'manual';
+        """,
+    ),
 )
 
 

@@ -16,7 +16,7 @@ from pipeline.settings import load_settings
 from pipeline.web import SERVICES
 from tests.fakes.openai_fake import FakeOpenAI
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -100,6 +100,7 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_VAULT_KDF_TIME_COST": "1",
             "TOKENHUB_VAULT_KDF_MEMORY_KIB": "64",
             "TOKENHUB_VAULT_KDF_PARALLELISM": "1",
+            "TOKENHUB_VAULT_KDF_ALLOW_WEAK": "true",
             "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",  # tests drive health themselves; probes would race them
         }
         settings = load_settings(env, **overrides)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.openai_fake import FakeOpenAI, Hang
 
-ADMIN = "cli-admin-token-0123456789"
+ADMIN = "cli-admin-token-0123456789abcdef"
 
 
 def _free_port() -> int:

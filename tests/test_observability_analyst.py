@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Hub
+from tests.conftest import ADMIN_TOKEN, Hub
 
 # Each must be refused (400) whatever it would do: read or write files, reach the network, load
 # extensions, change settings, write data, or run more than one statement.
@@ -82,7 +82,7 @@ FORBIDDEN = [
 
 
 async def query(hub: Hub, sql: Any, **extra: Any) -> tuple[int, Any]:
-    headers = {"Authorization": "Bearer test-admin-token-0123456789"}
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     resp = await hub.client.post("/admin/v1/analytics/query", json={"sql": sql, **extra}, headers=headers)
     return resp.status, await resp.json()
 

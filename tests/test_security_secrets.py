@@ -18,7 +18,7 @@ import pytest
 from tests.fakes.openai_fake import Fail, FakeOpenAI
 from tests.test_cli import Server
 
-ADMIN = "secrets-admin-token-0123456789"
+ADMIN = "secrets-admin-token-0123456789abcdef"
 ENV_SECRET = "sk-env-4a6e2f9c1b7d3e5f"
 STORED_SECRET = "sk-stored-8d2c4b6a0e1f3957"
 STORED_SECRET_2 = "sk-stored-two-55aa77cc99ee"
@@ -72,6 +72,7 @@ async def test_no_secret_reaches_logs_bodies_events_metrics_or_stores(
         TOKENHUB_VAULT_KDF_TIME_COST="1",
         TOKENHUB_VAULT_KDF_MEMORY_KIB="64",
         TOKENHUB_VAULT_KDF_PARALLELISM="1",
+        TOKENHUB_VAULT_KDF_ALLOW_WEAK="true",
         TOKENHUB_VAULT_UNLOCK_ATTEMPTS_PER_MIN="100",
     )
     await server.start()

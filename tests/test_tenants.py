@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Hub
+from tests.conftest import ADMIN_TOKEN, Hub
 
 
 async def _setup(hub: Hub) -> tuple[str, str]:
@@ -97,7 +97,7 @@ async def test_invalid_pipelines_are_rejected_on_save(hub: Hub) -> None:
     resp = await hub.client.put(
         "/admin/v1/tenants/acme/pipeline",
         data=b"{nope",
-        headers={"Authorization": "Bearer test-admin-token-0123456789"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert resp.status == 400
     assert (await hub.admin("GET", "/tenants/acme/pipeline"))["custom"] is False  # nothing was saved
