@@ -129,7 +129,7 @@ def test_values_are_stripped() -> None:
         ("TOKENHUB_PRICING_REFRESH_INTERVAL_SECS", "0"),
         ("TOKENHUB_PRICING_REFRESH_INTERVAL_SECS", "10"),
         ("TOKENHUB_TSDB_RETENTION_DAYS", "800000"),
-        ("TOKENHUB_ANALYTICS_MEMORY_LIMIT_MB", "1"),
+        ("TOKENHUB_ANALYTICS_MEMORY_LIMIT_MIB", "1"),
         ("TOKENHUB_VAULT_KDF_ALLOW_WEAK", "perhaps"),
     ],
 )
