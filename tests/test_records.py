@@ -96,7 +96,7 @@ async def test_a_cancelled_request_is_recorded_as_cancelled(ready_hub: tuple[Hub
         api_key=hub.services.identify(key),
     )
     task = asyncio.create_task(hub.client.server.app[PIPELINES].chain_for("default")(ctx))
-    await asyncio.sleep(0.2)
+    await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)  # dispatched: the call is at the provider
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
