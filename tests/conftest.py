@@ -73,6 +73,22 @@ class Hub:
         resp = await self.client.post("/v1/chat", json=body, headers=all_headers)
         return resp.status, await resp.json(), resp
 
+    async def chat_ok(self, key: str | None, content: str = "hello", **kwargs: Any) -> dict[str, Any]:
+        """A served /v1/chat: 200 with the model that answered and its answer; returns the body."""
+        status, body, _ = await self.chat(key, content, **kwargs)
+        assert status == 200, body
+        assert body["negotiated_model"] and body["response"]["choices"][0]["message"]["content"], body
+        return body
+
+    async def chat_refused(
+        self, key: str | None, status: int, error_type: str, content: str = "hello", **kwargs: Any
+    ) -> dict[str, Any]:
+        """A refused /v1/chat: the status, the error type and a request id; returns the error object."""
+        got, body, _ = await self.chat(key, content, **kwargs)
+        error = body["error"]
+        assert (got, error["type"]) == (status, error_type) and error["message"] and error["request_id"], body
+        return error
+
     async def logs(self) -> list[dict[str, Any]]:
         return (await self.admin("GET", "/logs?limit=1000"))["logs"]
 

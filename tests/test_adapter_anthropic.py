@@ -378,7 +378,7 @@ async def test_usage_missing_is_none(fake: FakeAnthropic, http: HttpClient) -> N
 async def test_health_endpoint_answers_405_to_get(fake: FakeAnthropic, http: HttpClient) -> None:
     adapter = make_adapter(fake.base_url, http)
     async with http.session.get(adapter.health_endpoint()) as resp:
-        assert resp.status == 405
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"  # the API answers: it is up
 
 
 def test_registry_builds_the_anthropic_adapter(http: HttpClient) -> None:

@@ -250,7 +250,8 @@ async def test_chat_with_only_embedding_models_is_refused(hub: Hub) -> None:
 async def test_embeddings_never_route_to_a_chat_model(hub: Hub) -> None:
     key = await _setup(hub)
     for _ in range(3):
-        assert (await _post(hub, key, {"model": "auto", "input": "x"}))[0] == 200
+        status, answer = await _post(hub, key, {"model": "auto", "input": "x"})
+        assert status == 200 and answer["model"] == EMB and len(answer["data"]) == 1, answer
     assert _paths(hub.fake) == [("/v1/embeddings", EMB)] * 3
 
 

@@ -95,8 +95,8 @@ async def test_breaker_opens_then_a_recovered_provider_gets_traffic_back(make_hu
         key = await hub.new_key()
         hub.fake.script("cheap-flaky", *[Fail(503)] * 5)
         for _ in range(5):
-            status, _, _ = await _cheap(hub, key)
-            assert status == 200
+            status, answer, _ = await _cheap(hub, key)
+            assert status == 200 and answer["negotiated_model"] == "dear-steady"  # failed over each time
         assert hub.services.health.breaker_state("flaky") == "open"
         calls = hub.fake.calls("cheap-flaky")
         status, answer, _ = await _cheap(hub, key)  # open: skipped without a call

@@ -151,7 +151,7 @@ def outside_data_dir(root: Path) -> list[str]:
 async def busy_hub(ready_hub: tuple[Hub, str]) -> Hub:
     hub, key = ready_hub
     for i in range(3):
-        assert (await hub.chat(key, headers={"X-Request-Id": f"q-{i}"}))[0] == 200
+        await hub.chat_ok(key, headers={"X-Request-Id": f"q-{i}"})
     await hub.services.records.flush()
     return hub
 
@@ -193,8 +193,10 @@ async def test_refusals_say_why(busy_hub: Hub) -> None:
     status, body = await query(busy_hub, "SELECT nope FROM request_log")
     assert status == 400 and body["error"]["type"] == "query_failed"
     for bad in (None, 42, ["SELECT 1"]):
-        assert (await query(busy_hub, bad))[0] == 400
-    assert (await query(busy_hub, "SELECT 1", max_rows=0))[0] == 400
+        status, body = await query(busy_hub, bad)
+        assert status == 400 and (body["error"]["type"], body["error"]["field"]) == ("invalid_request", "sql")
+    status, body = await query(busy_hub, "SELECT 1", max_rows=0)
+    assert status == 400 and (body["error"]["type"], body["error"]["field"]) == ("invalid_request", "max_rows")
 
 
 async def test_selects_over_the_request_log_and_time_series(busy_hub: Hub) -> None:

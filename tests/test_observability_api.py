@@ -76,7 +76,7 @@ async def test_nothing_accepted_is_lost_on_a_graceful_stop(make_hub: Callable[..
 async def test_metrics_text_parses_and_counts_match(ready_hub: tuple[Hub, str]) -> None:
     hub, key = ready_hub
     for _ in range(3):
-        assert (await hub.chat(key, policy={"mode": "cheap"}))[0] == 200
+        await hub.chat_ok(key, policy={"mode": "cheap"})
     await hub.chat(None)
     await hub.chat(None)
     hub.fake.script("gpt-test", Fail(400))  # a fatal provider error: not retried, the request fails

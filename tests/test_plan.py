@@ -154,7 +154,7 @@ async def test_output_schema_mismatch_is_a_clear_error(hub: Hub) -> None:
     assert body["error"]["type"] == "output_schema_mismatch" and "initial_plan" in body["error"]["message"]
     ok_schema = {"type": "object", "required": ["initial_plan"]}
     resp, body = await _plan(hub, key, {"mode": "adversarial", "return_plan_only": True, "output_schema": ok_schema})
-    assert resp.status == 200
+    assert resp.status == 200 and body["response"]["initial_plan"] == "PLAN[planner]", body
 
 
 @pytest.mark.parametrize(

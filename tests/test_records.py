@@ -71,7 +71,7 @@ async def test_record_queue_is_drained_on_shutdown(make_hub, tmp_path) -> None: 
     await hub.add_model("gpt-test")
     key = await hub.new_key()
     for _ in range(25):
-        assert (await hub.chat(key))[0] == 200
+        await hub.chat_ok(key)
     await hub.client.close()  # runs the app's cleanup: drain the queue, close DuckDB
     db = duckdb.connect(str(tmp_path / "data" / "tokenhub.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM request_log WHERE status = 200").fetchone() == (25,)

@@ -272,7 +272,7 @@ async def test_vault_setup_over_http_then_lock_gives_503_vault_locked_in_every_s
     assert status["initialized"] is False and status["locked"] is True
     body = await _unlock(hub)
     assert body["initialized"] is True and body["migrated_provider_keys"] == 1
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     assert hub.fake.requests[-1]["headers"]["Authorization"] == f"Bearer {PROVIDER_KEY}"  # from the vault
 
     assert (await hub.admin("POST", "/vault/lock", expect=200))["already_locked"] is False
@@ -302,7 +302,7 @@ async def test_vault_setup_over_http_then_lock_gives_503_vault_locked_in_every_s
     await hub.admin("PATCH", "/providers/fake", {"enabled": True}, expect=200)
 
     await _unlock(hub)  # unlocking rebuilds the adapters
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
 
 
 async def test_environment_providers_keep_working_while_the_vault_is_locked(make_hub: Any, fake: Any) -> None:
@@ -361,11 +361,11 @@ async def test_rotation_over_http(make_hub: Any) -> None:
         "POST", "/vault/rotate", {"old_password": PASSWORD, "new_password": NEW_PASSWORD}, expect=200
     )
     assert body["resealed_secrets"] == 1
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     await hub.admin("POST", "/vault/lock", expect=200)
     await _unlock(hub, PASSWORD, expect=401)
     await _unlock(hub, NEW_PASSWORD)
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
 
 
 async def test_auto_lock_drops_vault_keys_and_use_postpones_it(ready_hub: tuple[Hub, str]) -> None:
