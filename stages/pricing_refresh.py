@@ -160,6 +160,8 @@ class PricingRefresher:
                 return await asyncio.to_thread(_read_file, Path(source), self._max_bytes)
         except TimeoutError:
             raise FetchFailed(f"no complete answer within {self._timeout:g} s") from None
+        except aiohttp.ClientConnectionError as exc:  # its text would carry the URL: name the kind only
+            raise FetchFailed(f"connection failed: {type(exc).__name__}") from None
         except aiohttp.ClientError as exc:
             raise FetchFailed(f"request failed: {type(exc).__name__}") from None
         except OSError as exc:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,7 @@ def _refresher(hub: Hub, source: str, **limits: Any) -> PricingRefresher:
     )
 
 
-async def test_the_fetch_is_bounded_in_size_and_time(make_hub: Any, prices: PriceServer) -> None:
+async def test_the_fetch_is_bounded_and_its_failures_keep_the_prices(make_hub: Any, prices: PriceServer) -> None:
     hub = await _hub_with_models(make_hub, prices.url)
     size = len(prices.body)
     result = await _refresher(hub, prices.url, max_bytes=256).run_once()
@@ -260,6 +261,11 @@ async def test_the_fetch_is_bounded_in_size_and_time(make_hub: Any, prices: Pric
     assert not result.ok and result.error == "no complete answer within 0.2 s"
     assert _prices_of(hub)["gpt-a"] == (0.0, 0.0, 0)  # nothing applied by any of them
     prices.hold = None
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/prices.json"
+    result = await _refresher(hub, dead).run_once()
+    assert not result.ok and result.error == "connection failed: ClientConnectorError"
     assert (await _refresher(hub, prices.url, max_bytes=size).run_once()).ok  # exactly at the limit is fine
     assert _prices_of(hub)["gpt-a"] == (0.0025, 0.01, 128000)
 
