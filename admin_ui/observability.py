@@ -20,6 +20,7 @@ from admin_ui.params import choice_param, int_param, str_param, time_param
 from pipeline.errors import InvalidRequest, QueryError
 from pipeline.events import sse_frame
 from pipeline.services import Services
+from pipeline.settings import MAX_TSDB_RETENTION_DAYS
 from pipeline.web import REQUEST_ID
 from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, run_query
 from store.request_queries import LogFilter, query_logs, request_stats, request_trends
@@ -137,9 +138,10 @@ async def put_retention(request: web.Request) -> web.Response:
     body = await read_json(request)
     days = body.get("days") if isinstance(body, dict) else None
     if isinstance(days, bool) or not isinstance(days, int):
-        raise InvalidRequest('body must be {"days": <integer >= 1>}', field="days")
-    if days < 1:
-        raise InvalidRequest("days must be >= 1", field="days")
+        raise InvalidRequest(f'body must be {{"days": <integer 1..{MAX_TSDB_RETENTION_DAYS}>}}', field="days")
+    if not 1 <= days <= MAX_TSDB_RETENTION_DAYS:
+        # A cutoff before year 1 overflows and every later prune fails: ten years is the ceiling.
+        raise InvalidRequest(f"days must be between 1 and {MAX_TSDB_RETENTION_DAYS}", field="days")
     services.retention.set_tsdb_days(days)
     return _json({"ok": True, "retention_days": days})
 
@@ -171,6 +173,7 @@ async def analytics_query(request: web.Request) -> web.Response:
                 db,
                 sql,
                 max_rows=max_rows,
+                max_bytes=settings.analytics_query_max_bytes,
                 timeout=settings.analytics_query_timeout_secs,
                 new_cursor=analytics.new_cursor,
             )

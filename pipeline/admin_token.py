@@ -6,17 +6,29 @@ import os
 import secrets
 from pathlib import Path
 
+__all__ = ["MIN_ADMIN_TOKEN_CHARS", "TOKEN_FILE", "WeakAdminToken", "read_admin_token", "resolve_admin_token"]
+
 TOKEN_FILE = ".admin-token"
+# 32 hex characters are 128 bits: a token shorter than that is guessable faster than anything else we guard.
+MIN_ADMIN_TOKEN_CHARS = 32
+
+
+class WeakAdminToken(ValueError):
+    """A configured or stored admin token is too short to stand between the network and the admin API."""
 
 
 def resolve_admin_token(configured: str, data_dir: Path) -> tuple[str, bool]:
-    """Returns (token, generated_now). A generated token is persisted with mode 0600 so restarts keep it."""
+    """Returns (token, generated_now). A generated token is persisted with mode 0600 so restarts keep it.
+    Raises WeakAdminToken for a token shorter than MIN_ADMIN_TOKEN_CHARS (settings check the variable; a
+    hand-edited token file is checked here)."""
     if configured:
+        _check(configured, "TOKENHUB_ADMIN_TOKEN")
         return configured, False
     path = data_dir / TOKEN_FILE
     if path.exists():
         token = path.read_text().strip()
         if token:
+            _check(token, str(path))
             return token, False
     token = secrets.token_hex(32)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -36,3 +48,11 @@ def read_admin_token(configured: str, data_dir: Path) -> tuple[str, str] | None:
         if token:
             return token, str(path)
     return None
+
+
+def _check(token: str, source: str) -> None:
+    if len(token) < MIN_ADMIN_TOKEN_CHARS:
+        raise WeakAdminToken(
+            f"the admin token from {source} has {len(token)} characters; at least {MIN_ADMIN_TOKEN_CHARS} are"
+            " required (e.g. `openssl rand -hex 32`; delete the token file to have one generated)"
+        )

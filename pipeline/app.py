@@ -43,7 +43,11 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
     applied = config.open()
     if applied:
         log.info("sqlite_migrated", versions=applied, path=str(settings.sqlite_path))
-    analytics = AnalyticsStore(settings.analytics_path)
+    analytics = AnalyticsStore(
+        settings.analytics_path,
+        memory_limit_mib=settings.analytics_memory_limit_mib,
+        temp_limit_mib=settings.analytics_temp_limit_mib,
+    )
     analytics.open()
     return Services(
         settings, config=config, analytics=analytics, metrics=Metrics(), http=HttpClient(), request_lines=request_lines
@@ -75,7 +79,8 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
     app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
     app.router.add_post("/v1/messages", RoutedEndpoint(services, pipelines, AnthropicCodec()).handle)
-    app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, EmbeddingsCodec()).handle)
+    embeddings = EmbeddingsCodec(max_chars=settings.max_content_chars, max_total_chars=settings.max_total_content_chars)
+    app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, embeddings).handle)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)

@@ -25,6 +25,7 @@ from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
 from stages.learning import BanditRefresher, RecentRequests
+from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
 from stages.router import Router
 from stages.routing_table import RoutingTable, build_table
@@ -123,13 +124,23 @@ class Services:
             interval=settings.vllm_probe_interval_secs,
         )
         self.health_prober = HealthProber(http, self.health, lambda: list(self.adapters.values()))
+        self.pricing = PricingRefresher(
+            source=settings.pricing_url if settings.pricing_refresh_enabled else "",
+            http=http,
+            config=config,
+            reload=self.reload_config,
+            registry=metrics.registry,
+        )
+        probe_secs = 0.0 if settings.health_probe_disabled else settings.health_probe_interval_secs
+        pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
         # Every background job, on the one periodic helper (an interval of 0 turns a job off).
         self.jobs: list[Periodic] = [
             Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False),
             Periodic("prune-log", retention.request_log_every, retention.prune_request_log, first_run_now=False),
             Periodic("vllm-prober", settings.vllm_probe_interval_secs, self.vllm_prober.run_once),
-            Periodic("health-prober", settings.health_probe_interval_secs, self.health_prober.run_once),
+            Periodic("health-prober", probe_secs, self.health_prober.run_once),
+            Periodic("pricing-refresh", pricing_secs if self.pricing.source else 0.0, self.pricing.run_once),
             # its first run rebuilds the posteriors from the request log
             Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
             Periodic("events-heartbeat", settings.events_heartbeat_secs, self._heartbeat, first_run_now=False),
@@ -265,6 +276,16 @@ def _open_vault(settings: Settings, config: ConfigStore) -> Vault:
     """The vault, attached to the config store when enabled; unlocked now when TOKENHUB_VAULT_PASSWORD is
     set (a wrong password stops start-up). Headless vaults never auto-lock: nobody would unlock them."""
     params = KdfParams(settings.vault_kdf_time_cost, settings.vault_kdf_memory_kib, settings.vault_kdf_parallelism)
+    if settings.vault_enabled:
+        try:
+            params.check()
+        except ValueError as exc:
+            raise RuntimeError(f"TOKENHUB_VAULT_KDF_*: {exc}") from None
+        if params.weak and not settings.vault_kdf_allow_weak:
+            raise RuntimeError(
+                "TOKENHUB_VAULT_KDF_*: these Argon2id parameters are below OWASP's minimum (e.g. 19456 KiB with"
+                " 2 passes); use the defaults, or set TOKENHUB_VAULT_KDF_ALLOW_WEAK=true for tests only"
+            )
     if params != KdfParams():
         log.warning("vault_kdf_parameters_changed", time_cost=params.time_cost, memory_kib=params.memory_kib)
     auto_lock = 0.0 if settings.vault_password else settings.vault_auto_lock_secs

@@ -15,12 +15,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline.admin_token import MIN_ADMIN_TOKEN_CHARS
 from pipeline.modes import ROUTING_MODES
 
+__all__ = ["MAX_TSDB_RETENTION_DAYS", "PREFIX", "Settings", "SettingsError", "load_settings", "unknown_variables"]
+
 PREFIX = "TOKENHUB_"
+MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 
-
-SECRET_SETTINGS = frozenset({"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password"})
+# pricing_url may carry credentials (user:token@host, ?token=...): never echoed in an error.
+SECRET_SETTINGS = frozenset(
+    {"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password", "pricing_url"}
+)
 
 
 class SettingsError(ValueError):
@@ -52,15 +58,28 @@ class Settings(BaseModel):
     max_messages: int = Field(1000, gt=0)
     record_queue_size: int = Field(10_000, gt=0)
     shutdown_drain_secs: float = Field(30.0, ge=0)
-    tsdb_retention_days: int = Field(7, ge=1, le=3650, description="time-series points kept; PUT /tsdb/retention")
+    tsdb_retention_days: int = Field(
+        7, ge=1, le=MAX_TSDB_RETENTION_DAYS, description="time-series points kept; PUT /tsdb/retention"
+    )
     request_log_retention_days: int = Field(90, ge=1, le=36500, description="request-log rows kept")
     analytics_query_timeout_secs: float = Field(10.0, gt=0, le=300, description="analyst SQL time limit")
     analytics_query_max_rows: int = Field(10_000, gt=0, le=1_000_000, description="analyst SQL row cap")
+    analytics_query_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1024**3, description="analyst SQL result cap (bytes of JSON, about)"
+    )
+    analytics_memory_limit_mib: int = Field(1024, ge=64, le=1024 * 1024, description="DuckDB memory_limit")
+    analytics_temp_limit_mib: int = Field(
+        4096, ge=0, le=1024 * 1024, description="DuckDB max_temp_directory_size (spill to disk); 0 = no spilling"
+    )
     events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
     stream_first_token_secs: float = Field(30.0, gt=0, description="a stream fails over if no token comes by then")
     stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
     breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
     health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
+    health_probe_disabled: bool = Field(False, description="exactly 'true' turns the proactive prober off")
+    pricing_refresh_enabled: bool = Field(True, description="refresh prices from TOKENHUB_PRICING_URL, if set")
+    pricing_refresh_interval_secs: float = Field(3600.0, ge=60, le=7 * 86400, description="price refresh period")
+    pricing_url: str = Field("", repr=False, description="LiteLLM price table: http(s) URL or local file; '' = off")
     bandit_half_life_secs: float = Field(3600.0, gt=0, description="Thompson evidence loses half its weight in this")
     bandit_refresh_secs: float = Field(300.0, gt=0, description="rebuild the posteriors from the request log")
     bandit_seed: int = Field(0, ge=0, description="seed of the bandit's sampler; 0 = random")
@@ -93,12 +112,41 @@ class Settings(BaseModel):
     vault_kdf_time_cost: int = Field(3, ge=1, le=100)
     vault_kdf_memory_kib: int = Field(65536, ge=64, le=4 * 1024 * 1024)
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
+    # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
+    vault_kdf_allow_weak: bool = False
 
     @field_validator("default_mode")
     @classmethod
     def _known_mode(cls, value: str) -> str:
         if value not in ROUTING_MODES:
             raise ValueError(f"must be one of {', '.join(ROUTING_MODES)}")
+        return value
+
+    @field_validator("health_probe_disabled", mode="before")
+    @classmethod
+    def _exactly_true(cls, value: Any) -> Any:
+        # The original's rule: exactly "true" disables. Anything else that is not "false" is a typo
+        # ("TRUE", "1", "yes") that would silently keep probing: refuse it.
+        if isinstance(value, str) and value not in ("true", "false"):
+            raise ValueError("must be exactly 'true' or 'false'")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_length(cls, value: str) -> str:
+        if value and len(value) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_ADMIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`), or unset to"
+                " have one generated"
+            )
+        return value
+
+    @field_validator("pricing_url")
+    @classmethod
+    def _pricing_source(cls, value: str) -> str:
+        scheme, sep, _rest = value.partition("://")
+        if sep and scheme.lower() not in ("http", "https"):
+            raise ValueError("expected an http(s) URL or a local file path")
         return value
 
     @field_validator("listen_addr")

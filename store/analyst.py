@@ -5,12 +5,14 @@
    EXPLAIN and every DDL/DML statement are refused here.
 2. DuckDB's own syntax tree (``json_serialize_sql``): every table function must be on an allow list (so
    ``checkpoint()``, ``query('...')`` or ``arrow_scan(<pointer>)`` are refused, not just file readers),
-   and a few side-effecting scalar functions are refused.
+   and a few scalar functions are refused: side-effecting ones, and those that read the server's
+   environment or configuration (``getenv``, ``current_setting``: paths, limits, the home directory).
 3. Execution: a fresh connection inside a READ ONLY transaction, on a database opened with external
    access disabled and its configuration locked (store/analytics.py): even a query that slipped past
    1 and 2 cannot write, read a file, reach the network, load an extension or change a setting.
-4. Limits: at most ``max_rows`` rows are fetched (the limit is pushed into the plan), and the query is
-   interrupted after ``timeout`` seconds.
+4. Limits: at most ``max_rows`` rows and about ``max_bytes`` bytes of JSON are fetched (the row limit is
+   pushed into the plan), the query is interrupted after ``timeout`` seconds, and the database's
+   ``memory_limit`` and ``max_temp_directory_size`` (store/analytics.py) bound what any query may hold.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
+import orjson
 
 from store.analytics import Cursor
 
+__all__ = ["QueryFailed", "QueryRefused", "QueryTimedOut", "check_statement", "run_query"]
+
 MAX_SQL_CHARS = 100_000
+FETCH_BATCH = 1024
+_PATH_CHARS = "/\\:."  # a table name with one of these is a file path or URL (schemas are parsed apart)
 ALLOWED_TABLE_FUNCTIONS = frozenset(
     {
         "range",
@@ -50,7 +57,9 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
         "icu_calendar_names",
     }
 )
-DENIED_FUNCTIONS = frozenset({"nextval", "currval", "setseed", "getenv", "query", "query_table"})
+DENIED_FUNCTIONS = frozenset(
+    {"nextval", "currval", "setseed", "getenv", "query", "query_table", "current_setting", "getvariable"}
+)
 
 
 class QueryRefused(Exception):
@@ -86,7 +95,11 @@ def check_statement(db: Cursor, sql: str) -> None:
         raise QueryRefused(f"this SELECT cannot be checked, so it is refused: {tree.get('error_message', '')}")
     table_functions: set[str] = set()
     functions: set[str] = set()
-    _collect(tree, table_functions, functions)
+    tables: set[str] = set()
+    _collect(tree, table_functions, functions, tables)
+    if paths := sorted(name for name in tables if any(c in name for c in _PATH_CHARS)):
+        # FROM 'file.csv' is a replacement scan: DuckDB would read the file if it could.
+        raise QueryRefused(f"table name(s) that look like files or URLs are not allowed: {', '.join(paths)}")
     if refused := sorted(table_functions - ALLOWED_TABLE_FUNCTIONS):
         raise QueryRefused(
             f"table function(s) not allowed: {', '.join(refused)}; analyst queries read the request_log and "
@@ -97,7 +110,13 @@ def check_statement(db: Cursor, sql: str) -> None:
 
 
 def run_query(
-    db: Cursor, sql: str, *, max_rows: int, timeout: float, new_cursor: Callable[[], Cursor]
+    db: Cursor,
+    sql: str,
+    *,
+    max_rows: int,
+    max_bytes: int,
+    timeout: float,
+    new_cursor: Callable[[], Cursor],
 ) -> dict[str, Any]:
     """Check, then run ``sql`` on a fresh read-only connection. Runs on a reader thread."""
     check_statement(db, sql)
@@ -111,9 +130,14 @@ def run_query(
         columns = [
             {"name": name, "type": str(kind)} for name, kind in zip(relation.columns, relation.types, strict=True)
         ]
-        rows = relation.limit(max_rows + 1).fetchall()
+        rows, truncated_by = _fetch(relation.limit(max_rows + 1), max_rows, max_bytes)
     except duckdb.InterruptException:
         raise QueryTimedOut(f"the query ran longer than the {timeout:g} s limit and was stopped") from None
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryFailed(
+            f"the query needs more memory than the analytics limit allows ({_first_line(exc)}); aggregate more"
+            " or select fewer rows"
+        ) from None
     except duckdb.PermissionException as exc:
         raise QueryRefused(f"file, network and extension access are disabled: {_first_line(exc)}") from None
     except duckdb.Error as exc:
@@ -123,14 +147,30 @@ def run_query(
         conn.close()  # also ends the read-only transaction
     return {
         "columns": columns,
-        "rows": [list(row) for row in rows[:max_rows]],
-        "row_count": min(len(rows), max_rows),
-        "truncated": len(rows) > max_rows,
+        "rows": [list(row) for row in rows],
+        "row_count": len(rows),
+        "truncated": truncated_by is not None,
+        "truncated_by": truncated_by,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
 
 
-def _collect(node: Any, table_functions: set[str], functions: set[str]) -> None:
+def _fetch(relation: duckdb.DuckDBPyRelation, max_rows: int, max_bytes: int) -> tuple[list[Any], str | None]:
+    """Rows in batches until ``max_rows`` or about ``max_bytes`` of JSON (each row measured as the answer
+    will encode it, near enough): (rows, None | "rows" | "bytes")."""
+    rows: list[Any] = []
+    size = 0
+    for row in relation.iter_rows(FETCH_BATCH):
+        if len(rows) == max_rows:
+            return rows, "rows"
+        size += len(orjson.dumps(row, default=str))
+        if size > max_bytes:
+            return rows, "bytes"
+        rows.append(row)
+    return rows, None
+
+
+def _collect(node: Any, table_functions: set[str], functions: set[str], tables: set[str]) -> None:
     if isinstance(node, dict):
         name = node.get("function_name")
         if isinstance(name, str):
@@ -138,11 +178,13 @@ def _collect(node: Any, table_functions: set[str], functions: set[str]) -> None:
         if node.get("type") == "TABLE_FUNCTION":
             inner = node.get("function") or {}
             table_functions.add(str(inner.get("function_name", "")).lower())
+        elif node.get("type") == "BASE_TABLE":
+            tables.add(str(node.get("table_name", "")))
         for value in node.values():
-            _collect(value, table_functions, functions)
+            _collect(value, table_functions, functions, tables)
     elif isinstance(node, list):
         for value in node:
-            _collect(value, table_functions, functions)
+            _collect(value, table_functions, functions, tables)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -124,8 +124,12 @@ _SANDBOX = {
 
 
 class AnalyticsStore:
-    def __init__(self, path: str, *, readers: int = 2) -> None:
+    def __init__(
+        self, path: str, *, readers: int = 2, memory_limit_mib: int = 1024, temp_limit_mib: int = 4096
+    ) -> None:
         self._path = path
+        # Bounds for every connection, analyst queries included: memory, then what may spill to disk.
+        self._limits = {"memory_limit": f"{memory_limit_mib}MiB", "max_temp_directory_size": f"{temp_limit_mib}MiB"}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
         self._readers = ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="duckdb-read", initializer=self._init_reader
@@ -138,7 +142,7 @@ class AnalyticsStore:
     def open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        conn = duckdb.connect(self._path, config=_SANDBOX)
+        conn = duckdb.connect(self._path, config={**_SANDBOX, **self._limits})
         conn.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: every cursor buckets hours and days in UTC
         conn.execute("SET lock_configuration = true")  # from here on no connection can change a setting
         for statement in _SCHEMA:

@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
 from store import vault_store
 from store.migrations import migrate
-from store.secret_box import SecretBox
+from store.secret_box import SecretBox, upgrade_legacy_seals
 from store.vault import Vault, provider_vault_keys, store_provider_key
+from store.vault_store import provider_key_name
 
 T = TypeVar("T")
 KEY_PREFIX = "tokenhub_"
@@ -85,7 +86,9 @@ class ConfigStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         self._conn = conn
-        return migrate(conn)
+        applied = migrate(conn)
+        upgrade_legacy_seals(conn, self._box)
+        return applied
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)  # let queued work finish before the connection goes
@@ -114,7 +117,8 @@ class ConfigStore:
                 type=row["type"],
                 base_url=row["base_url"],
                 enabled=bool(row["enabled"]),
-                api_key=in_vault.get(row["id"]) or self._box.open(row["api_key_sealed"]),
+                api_key=in_vault.get(row["id"])
+                or self._box.open(row["api_key_sealed"], context=provider_key_name(row["id"])),
                 key_in_vault=row["id"] in in_vault,
             )
             for row in db.execute("SELECT * FROM providers")
@@ -160,7 +164,7 @@ class ConfigStore:
             elif api_key is not None:
                 db.execute(
                     "UPDATE providers SET api_key_sealed = ? WHERE id = ?",
-                    (self._box.seal(api_key), provider.id),
+                    (self._box.seal(api_key, context=provider_key_name(provider.id)), provider.id),
                 )
 
     def list_providers(self) -> list[dict[str, Any]]:
@@ -203,6 +207,8 @@ class ConfigStore:
 
     # --- models ----------------------------------------------------------------------------------
     def upsert_model(self, model: ModelInfo) -> None:
+        """Create or replace a model. Prices written here are an admin's: a new row, or a changed price,
+        is ``pricing_source = 'manual'`` (store/pricing.py leaves non-zero manual prices alone)."""
         now = time.time()
         with self.db as db:
             db.execute(
@@ -213,7 +219,9 @@ class ConfigStore:
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
                 " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
-                " max_output_tokens=excluded.max_output_tokens, updated_at=excluded.updated_at",
+                " max_output_tokens=excluded.max_output_tokens, updated_at=excluded.updated_at,"
+                " pricing_source=CASE WHEN models.input_per_1k = excluded.input_per_1k"
+                " AND models.output_per_1k = excluded.output_per_1k THEN models.pricing_source ELSE 'manual' END",
                 (
                     model.id,
                     model.provider_id,

@@ -139,6 +139,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         "model_max_output_tokens",
         "ALTER TABLE models ADD COLUMN max_output_tokens INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        7,
+        "model_pricing_source",
+        # 'manual': set by an admin (a non-zero manual price is never refreshed); 'litellm': from the
+        # price table (store/pricing.py). Existing rows count as manual, as the original defaults them.
+        """
+        ALTER TABLE models ADD COLUMN pricing_source TEXT NOT NULL DEFAULT 'manual';
+        """,
+    ),
 )
 
 

@@ -17,11 +17,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from store import vault_store
+from store.secret_box import SecretBox
 from store.vault_crypto import (
     KdfParams,
     SealBroken,
@@ -34,12 +35,38 @@ from store.vault_crypto import (
 )
 from store.vault_store import VaultCorrupted, VaultHeader
 
-if TYPE_CHECKING:
-    from store.config_store import ConfigStore
+__all__ = [
+    "ConfigThread",
+    "PasswordRejected",
+    "UnlockOutcome",
+    "Vault",
+    "VaultDamaged",
+    "VaultDisabled",
+    "VaultError",
+    "VaultLockedError",
+    "WrongPassword",
+    "provider_vault_keys",
+    "store_provider_key",
+]
 
 log = structlog.get_logger("tokenhub.vault")
 MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
+T = TypeVar("T")
+
+
+class ConfigThread(Protocol):
+    """What the vault needs of the configuration store (store/config_store.py's ConfigStore): its SQLite
+    connection, the thread that may use it, and the key-file seal keys are moved out of. A protocol, so
+    the store can import the vault without the vault importing the store."""
+
+    @property
+    def db(self) -> sqlite3.Connection: ...
+
+    @property
+    def secret_box(self) -> SecretBox: ...
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
 
 
 class VaultError(Exception):
@@ -100,9 +127,19 @@ class Vault:
     def load(self, db: sqlite3.Connection) -> None:
         """Learn whether a vault exists (at start-up). A damaged header still counts as existing."""
         try:
-            self.initialized = vault_store.load_header(db) is not None
+            header = vault_store.load_header(db)
         except VaultCorrupted:
             self.initialized = True
+            return
+        self.initialized = header is not None
+        if header is not None and header.params.weak:
+            # Made with test-strength parameters: usable, but the next rotation should re-derive the key.
+            log.warning(
+                "vault_kdf_weak",
+                time_cost=header.params.time_cost,
+                memory_kib=header.params.memory_kib,
+                fix="POST /admin/v1/vault/rotate re-seals under the configured parameters",
+            )
 
     def touch(self) -> None:
         """Mark the vault as in use: postpones the auto-lock."""
@@ -150,7 +187,7 @@ class Vault:
         return key
 
     # --- unlock ------------------------------------------------------------------------------------
-    async def unlock(self, password: str, config: ConfigStore) -> UnlockOutcome:
+    async def unlock(self, password: str, config: ConfigThread) -> UnlockOutcome:
         self._check_password(password)
         loop = asyncio.get_running_loop()
         async with self._busy:
@@ -164,7 +201,7 @@ class Vault:
             self._install(key)
             return UnlockOutcome(False, 0)
 
-    def unlock_blocking(self, password: str, config: ConfigStore) -> UnlockOutcome:
+    def unlock_blocking(self, password: str, config: ConfigThread) -> UnlockOutcome:
         """Start-up (TOKENHUB_VAULT_PASSWORD): the same steps, before the server serves anything."""
         self._check_password(password)
         header, blobs = _read_all(config.db)
@@ -174,7 +211,7 @@ class Vault:
         self._install(_open_vault(password, header, blobs))
         return UnlockOutcome(False, 0)
 
-    def _create(self, config: ConfigStore, key: bytearray, salt: bytes) -> int:
+    def _create(self, config: ConfigThread, key: bytearray, salt: bytes) -> int:
         """On the store thread: create the vault and move the key-file-sealed provider keys into it."""
         db = config.db
         if vault_store.load_header(db) is not None:  # another unlock created it meanwhile
@@ -183,7 +220,7 @@ class Vault:
         for provider_id, sealed in vault_store.sealed_provider_keys(db).items():
             name = vault_store.provider_key_name(provider_id)
             try:
-                plaintext = config.secret_box.open(sealed)
+                plaintext = config.secret_box.open(sealed, context=name)
             except ValueError:
                 log.warning("sealed_provider_key_unreadable", provider_id=provider_id)
                 continue
@@ -207,7 +244,7 @@ class Vault:
             raise PasswordRejected(f"the password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long")
 
     # --- rotation ----------------------------------------------------------------------------------
-    async def rotate(self, old_password: str, new_password: str, config: ConfigStore) -> int:
+    async def rotate(self, old_password: str, new_password: str, config: ConfigThread) -> int:
         """Re-seal every secret under a key derived from the new password, in one SQLite transaction.
         Returns how many secrets were re-sealed. The vault must be unlocked and ``old_password`` right."""
         if not self.enabled:

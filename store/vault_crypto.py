@@ -20,6 +20,14 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 CANARY_NAME = "__canary__"  # a known value sealed under the key: proves a password right before any use
 CANARY_VALUE = b"tokenhub-vault-canary-v1"
+# Bounds on Argon2id parameters, for the settings and for a vault header read from SQLite: a header
+# edited to ask for terabytes of memory or millions of passes must not take the server down at unlock.
+KDF_MAX_TIME_COST = 100
+KDF_MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
+KDF_MAX_PARALLELISM = 64
+KDF_MIN_MEMORY_KIB = 64
+# OWASP's Argon2id minimums as (memory KiB, passes): meeting any one pair is strong enough.
+KDF_FLOOR = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
 
 
 class SealBroken(ValueError):
@@ -46,15 +54,32 @@ class KdfParams:
             }
         )
 
+    @property
+    def weak(self) -> bool:
+        """Below every one of OWASP's Argon2id minimums (fine for tests, not for a real password)."""
+        return not any(self.memory_kib >= memory and self.time_cost >= passes for memory, passes in KDF_FLOOR)
+
+    def check(self) -> None:
+        """Raises ValueError unless the parameters are integers within the bounds Argon2id and we accept."""
+        values = (self.time_cost, self.memory_kib, self.parallelism)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError("key derivation parameters must be integers")
+        if not 1 <= self.time_cost <= KDF_MAX_TIME_COST:
+            raise ValueError(f"time cost {self.time_cost} is outside 1..{KDF_MAX_TIME_COST}")
+        if not 1 <= self.parallelism <= KDF_MAX_PARALLELISM:
+            raise ValueError(f"parallelism {self.parallelism} is outside 1..{KDF_MAX_PARALLELISM}")
+        low = max(KDF_MIN_MEMORY_KIB, 8 * self.parallelism)  # Argon2 needs 8 KiB per lane
+        if not low <= self.memory_kib <= KDF_MAX_MEMORY_KIB:
+            raise ValueError(f"memory {self.memory_kib} KiB is outside {low}..{KDF_MAX_MEMORY_KIB}")
+
     @classmethod
     def from_json(cls, text: str) -> KdfParams:
-        """Raises ValueError when the stored parameters are not a well-formed Argon2id description."""
+        """Raises ValueError when the stored parameters are not a well-formed, bounded Argon2id description."""
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("alg") != "argon2id" or data.get("v") != ARGON2_VERSION:
             raise ValueError("unsupported key derivation parameters")
         params = cls(time_cost=data["t"], memory_kib=data["m"], parallelism=data["p"])
-        if not all(isinstance(v, int) and v > 0 for v in (params.time_cost, params.memory_kib, params.parallelism)):
-            raise ValueError("key derivation parameters must be positive integers")
+        params.check()
         return params
 
 

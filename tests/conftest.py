@@ -16,7 +16,7 @@ from pipeline.settings import load_settings
 from pipeline.web import SERVICES
 from tests.fakes.openai_fake import FakeOpenAI
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,6 +73,22 @@ class Hub:
         resp = await self.client.post("/v1/chat", json=body, headers=all_headers)
         return resp.status, await resp.json(), resp
 
+    async def chat_ok(self, key: str | None, content: str = "hello", **kwargs: Any) -> dict[str, Any]:
+        """A served /v1/chat: 200 with the model that answered and its answer; returns the body."""
+        status, body, _ = await self.chat(key, content, **kwargs)
+        assert status == 200, body
+        assert body["negotiated_model"] and body["response"]["choices"][0]["message"]["content"], body
+        return body
+
+    async def chat_refused(
+        self, key: str | None, status: int, error_type: str, content: str = "hello", **kwargs: Any
+    ) -> dict[str, Any]:
+        """A refused /v1/chat: the status, the error type and a request id; returns the error object."""
+        got, body, _ = await self.chat(key, content, **kwargs)
+        error = body["error"]
+        assert (got, error["type"]) == (status, error_type) and error["message"] and error["request_id"], body
+        return error
+
     async def logs(self) -> list[dict[str, Any]]:
         return (await self.admin("GET", "/logs?limit=1000"))["logs"]
 
@@ -100,6 +116,7 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_VAULT_KDF_TIME_COST": "1",
             "TOKENHUB_VAULT_KDF_MEMORY_KIB": "64",
             "TOKENHUB_VAULT_KDF_PARALLELISM": "1",
+            "TOKENHUB_VAULT_KDF_ALLOW_WEAK": "true",
             "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",  # tests drive health themselves; probes would race them
             "TOKENHUB_EXPLORATION_TEMP": "0",  # routing tests expect the top-ranked model; exploration has its own
         }

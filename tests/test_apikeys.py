@@ -42,7 +42,7 @@ async def test_key_lifecycle_end_to_end(ready_hub: tuple[Hub, str], tmp_path: Pa
     assert row[0] == hashlib.sha256(key.encode()).hexdigest()
 
     # use: last_used_at is known at once (memory), and reaches SQLite with the next batched flush
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     mine = next(k for k in (await hub.admin("GET", "/apikeys"))["keys"] if k["id"] == key_id)
     assert mine["last_used_at"] is not None
     assert _db(tmp_path).execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0] is None
@@ -55,13 +55,13 @@ async def test_key_lifecycle_end_to_end(ready_hub: tuple[Hub, str], tmp_path: Pa
     assert new_key != key and rotated["id"] == key_id and rotated["name"] == "ci" and rotated["scopes"] == ["chat"]
     status, body, _ = await hub.chat(key)
     assert status == 401 and body["error"]["message"] == "invalid api key"
-    assert (await hub.chat(new_key))[0] == 200
+    await hub.chat_ok(new_key)
 
     # disable / enable
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"enabled": False}, expect=200)
-    assert (await hub.chat(new_key))[0] == 401
+    await hub.chat_refused(new_key, 401, "unauthorized")
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"enabled": True, "name": "ci-2"}, expect=200)
-    assert (await hub.chat(new_key))[0] == 200
+    await hub.chat_ok(new_key)
 
     # scopes
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"scopes": ["embeddings"]}, expect=200)
@@ -75,11 +75,11 @@ async def test_key_lifecycle_end_to_end(ready_hub: tuple[Hub, str], tmp_path: Pa
     assert status == 401 and body["error"]["message"] == "api key expired"
     lifted = await hub.admin("PATCH", f"/apikeys/{key_id}", {"expires_in": None}, expect=200)
     assert lifted["expires_at"] is None
-    assert (await hub.chat(new_key))[0] == 200
+    await hub.chat_ok(new_key)
 
     # revoke
     await hub.admin("DELETE", f"/apikeys/{key_id}", expect=200)
-    assert (await hub.chat(new_key))[0] == 401
+    await hub.chat_refused(new_key, 401, "unauthorized")
     await hub.admin("POST", f"/apikeys/{key_id}/rotate", expect=404)
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"enabled": True}, expect=404)
 
@@ -107,8 +107,8 @@ async def test_monthly_budget_is_enforced_and_can_be_reset(ready_hub: tuple[Hub,
     hub, _ = ready_hub
     budget = COST_PER_REQUEST * 1.5
     key, key_id = await _key(hub, monthly_budget_usd=budget)
-    assert (await hub.chat(key, **TINY))[0] == 200
-    assert (await hub.chat(key, **TINY))[0] == 200  # 0.5 x cost left covers the estimate; it ends at 2 x cost
+    await hub.chat_ok(key, **TINY)
+    await hub.chat_ok(key, **TINY)  # 0.5 x cost left covers the estimate; it ends at 2 x cost
     served = len(hub.fake.requests)
     status, body, resp = await hub.chat(key, **TINY)
     assert status == 429 and body["error"]["type"] == "monthly_budget_exceeded"
@@ -128,10 +128,10 @@ async def test_monthly_budget_is_enforced_and_can_be_reset(ready_hub: tuple[Hub,
     assert listed["current_spend_usd"] == pytest.approx(2 * COST_PER_REQUEST)
 
     await hub.admin("POST", f"/apikeys/{key_id}/paid", expect=200)
-    assert (await hub.chat(key, **TINY))[0] == 200
+    await hub.chat_ok(key, **TINY)
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"monthly_budget_usd": 0}, expect=200)  # 0 = no budget
     for _ in range(3):
-        assert (await hub.chat(key))[0] == 200
+        await hub.chat_ok(key)
 
 
 async def test_spend_survives_a_restart_through_the_request_log(make_hub: Any) -> None:
@@ -139,8 +139,8 @@ async def test_spend_survives_a_restart_through_the_request_log(make_hub: Any) -
     await hub.add_provider()
     await hub.add_model("gpt-test", input_per_1k=0.001, output_per_1k=0.002)
     key, _ = await _key(hub, monthly_budget_usd=COST_PER_REQUEST * 1.5)
-    assert (await hub.chat(key, **TINY))[0] == 200
-    assert (await hub.chat(key, **TINY))[0] == 200
+    await hub.chat_ok(key, **TINY)
+    await hub.chat_ok(key, **TINY)
     await hub.client.close()  # shutdown drains the record queue into DuckDB
     again = await make_hub()
     status, body, _ = await again.chat(key)
@@ -153,17 +153,17 @@ async def test_per_key_requests_per_minute(ready_hub: tuple[Hub, str]) -> None:
     hub.services.key_limits.clock = clock
     key, key_id = await _key(hub, rate_limit_rpm=2)
     other, _ = await _key(hub)
-    assert (await hub.chat(key))[0] == 200
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
+    await hub.chat_ok(key)
     status, body, resp = await hub.chat(key)
     assert status == 429 and body["error"]["message"] == "api key rate limit exceeded: 2 requests per minute"
     assert int(resp.headers["Retry-After"]) == 30  # one request comes back every 30 s
     assert (await hub.chat(other))[0] == 200  # another key is not affected
     clock.advance(30)
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     await hub.admin("PATCH", f"/apikeys/{key_id}", {"rate_limit_rpm": 0}, expect=200)
     for _ in range(3):
-        assert (await hub.chat(key))[0] == 200
+        await hub.chat_ok(key)
 
 
 async def test_per_key_tokens_per_minute_charges_the_estimate_then_the_actual(ready_hub: tuple[Hub, str]) -> None:
@@ -173,7 +173,7 @@ async def test_per_key_tokens_per_minute_charges_the_estimate_then_the_actual(re
     key, _ = await _key(hub, rate_limit_tpm=60)
     # ~100 estimated input tokens: admitted (the bucket was positive); actual usage is 15 tokens,
     # so once recorded the bucket holds 60 - 15 = 45 again.
-    assert (await hub.chat(key, "x" * 400))[0] == 200
+    await hub.chat_ok(key, "x" * 400)
     assert (await hub.chat(key, "x" * 400))[0] == 200  # 45 > 0: admitted, settles at 30
     assert (await hub.chat(key, "x" * 400))[0] == 200  # settles at 15
     assert (await hub.chat(key, "x" * 400))[0] == 200  # settles at 0
@@ -181,7 +181,7 @@ async def test_per_key_tokens_per_minute_charges_the_estimate_then_the_actual(re
     assert status == 429 and "60 tokens per minute" in body["error"]["message"]
     assert int(resp.headers["Retry-After"]) == 1
     clock.advance(1)  # one token per second
-    assert (await hub.chat(key, "x" * 400))[0] == 200
+    await hub.chat_ok(key, "x" * 400)
 
 
 async def test_last_used_times_are_flushed_at_shutdown(make_hub: Any, tmp_path: Path) -> None:
@@ -190,7 +190,7 @@ async def test_last_used_times_are_flushed_at_shutdown(make_hub: Any, tmp_path: 
     await hub.add_model("gpt-test")
     key, key_id = await _key(hub)
     before = time.time()
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     await hub.client.close()
     last_used = _db(tmp_path).execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0]
     assert last_used is not None and last_used >= before

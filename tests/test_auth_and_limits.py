@@ -24,8 +24,8 @@ async def test_unknown_key_is_401(ready_hub: tuple[Hub, str]) -> None:
 
 async def test_x_api_key_header_is_accepted(ready_hub: tuple[Hub, str]) -> None:
     hub, key = ready_hub
-    status, _, _ = await hub.chat(None, headers={"x-api-key": key})
-    assert status == 200
+    body = await hub.chat_ok(None, headers={"x-api-key": key})
+    assert body["negotiated_model"] == "gpt-test"
 
 
 async def test_missing_scope_is_403(ready_hub: tuple[Hub, str]) -> None:
@@ -38,11 +38,11 @@ async def test_missing_scope_is_403(ready_hub: tuple[Hub, str]) -> None:
 
 async def test_revocation_applies_to_the_next_request(ready_hub: tuple[Hub, str]) -> None:
     hub, key = ready_hub
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     keys = await hub.admin("GET", "/apikeys")
     key_id = keys["keys"][0]["id"]
     await hub.admin("DELETE", f"/apikeys/{key_id}", expect=200)
-    assert (await hub.chat(key))[0] == 401
+    await hub.chat_refused(key, 401, "unauthorized")
     await hub.admin("DELETE", f"/apikeys/{key_id}", expect=404)
 
 
@@ -72,9 +72,9 @@ async def test_admin_requires_the_admin_token(hub: Hub) -> None:
     resp = await hub.client.get("/admin/v1/providers")
     assert resp.status == 401 and (await resp.json())["error"]["request_id"]
     resp = await hub.client.get("/admin/v1/providers", headers={"Authorization": "Bearer wrong"})
-    assert resp.status == 401
+    assert resp.status == 401 and (await resp.json())["error"]["type"] == "unauthorized"
     resp = await hub.client.get("/admin/v1/providers", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert resp.status == 200
+    assert resp.status == 200 and (await resp.json())["items"] == []
 
 
 async def test_rate_limit_is_429_with_retry_after(make_hub) -> None:  # type: ignore[no-untyped-def]
@@ -95,7 +95,7 @@ async def test_rate_limit_is_429_with_retry_after(make_hub) -> None:  # type: ig
 
 async def test_rate_limit_runs_before_auth(make_hub) -> None:  # type: ignore[no-untyped-def]
     hub = await make_hub(rate_limit_rps=0.1, rate_limit_burst=1)
-    assert (await hub.chat(None))[0] == 401
+    await hub.chat_refused(None, 401, "unauthorized")
     assert (await hub.chat(None))[0] == 429  # an unauthenticated flood is cut off cheaply
 
 

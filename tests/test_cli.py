@@ -18,7 +18,7 @@ import pytest
 
 from tests.fakes.openai_fake import FakeOpenAI, Hang
 
-ADMIN = "cli-admin-token-0123456789"
+ADMIN = "cli-admin-token-0123456789abcdef"
 
 
 def _free_port() -> int:
@@ -140,7 +140,7 @@ async def test_sigterm_finishes_in_flight_requests_and_drains_records(
         fake_upstream.script("slow", Hang(1.0))
         body = {"request": {"messages": [{"role": "user", "content": "slow one"}]}}
         in_flight = asyncio.create_task(session.post("/v1/chat", json=body, headers={"Authorization": f"Bearer {key}"}))
-        await asyncio.sleep(0.4)
+        await fake_upstream.wait_until(lambda: fake_upstream.in_flight == 1)  # at the provider: in flight
         server.terminate()
         resp = await in_flight
         assert resp.status == 200

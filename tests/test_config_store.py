@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from store import api_keys
@@ -96,7 +98,7 @@ async def test_call_runs_on_the_store_thread(store: ConfigStore) -> None:
 def test_provider_api_key_sealed_at_rest_and_opened_in_snapshot(store: ConfigStore, db_path: Path) -> None:
     add_provider(store)
     sealed = store.db.execute("SELECT api_key_sealed FROM providers WHERE id = 'p1'").fetchone()[0]
-    assert sealed.startswith("gcm1:")
+    assert sealed.startswith("gcm2:")
     assert PROVIDER_KEY not in sealed
     on_disk = raw_bytes(db_path)
     assert sealed.encode() in on_disk  # the check below looks at the bytes that hold the row
@@ -138,20 +140,64 @@ def test_a_different_secret_box_cannot_open_the_key(store: ConfigStore, db_path:
 
 def test_secret_box_round_trip_and_fresh_nonce() -> None:
     box = SecretBox(secrets.token_bytes(32))
-    a, b = box.seal("same"), box.seal("same")
+    a, b = box.seal("same", context="n"), box.seal("same", context="n")
     assert a != b
-    assert box.open(a) == box.open(b) == "same"
-    assert box.seal("") == ""
-    assert box.open("") == ""
+    assert box.open(a, context="n") == box.open(b, context="n") == "same"
+    assert box.seal("", context="n") == ""
+    assert box.open("", context="n") == ""
     with pytest.raises(SecretBoxError):
-        box.open("plain:abc")
+        box.open("plain:abc", context="n")
+    with pytest.raises(SecretBoxError):
+        box.open("gcm2:!!not base64!!", context="n")
+
+
+def test_a_sealed_key_copied_onto_another_provider_does_not_open(store: ConfigStore) -> None:
+    """The provider's name is bound as associated data: p1's sealed key pasted into p2's row (by anyone
+    with write access to the database) no longer hands p2 p1's key."""
+    add_provider(store, "p1")
+    add_provider(store, "p2", api_key="sk-p2-key")
+    sealed_p1 = store.db.execute("SELECT api_key_sealed FROM providers WHERE id = 'p1'").fetchone()[0]
+    with store.db as db:
+        db.execute("UPDATE providers SET api_key_sealed = ? WHERE id = 'p2'", (sealed_p1,))
+    with pytest.raises(SecretBoxError, match="another provider"):
+        store.load_snapshot()
+
+
+def test_keys_sealed_before_names_were_bound_are_upgraded_once_on_open(
+    store: ConfigStore, box: SecretBox, db_path: Path
+) -> None:
+    add_provider(store, "p1")
+    add_provider(store, "p2", api_key="sk-p2-key")
+    legacy = {pid: _legacy_seal(key) for pid, key in (("p1", PROVIDER_KEY), ("p2", "sk-p2-key"))}
+    with store.db as db:  # as an older release wrote them: no associated data, prefix gcm1
+        for pid, sealed in legacy.items():
+            db.execute("UPDATE providers SET api_key_sealed = ? WHERE id = ?", (sealed, pid))
+    with pytest.raises(SecretBoxError, match="not upgraded"):  # never read without the upgrade
+        store.load_snapshot()
+    store.close()
+    reopened = ConfigStore(db_path, box)
+    reopened.open()
+    try:
+        rows = dict(reopened.db.execute("SELECT id, api_key_sealed FROM providers").fetchall())
+        assert all(value.startswith("gcm2:") for value in rows.values())
+        providers = reopened.load_snapshot().providers
+        assert (providers["p1"].api_key, providers["p2"].api_key) == (PROVIDER_KEY, "sk-p2-key")
+    finally:
+        reopened.close()
+
+
+def _legacy_seal(plaintext: str) -> str:
+    """The seal of releases before names were bound, under the `box` fixture's key."""
+    nonce = secrets.token_bytes(12)
+    raw = nonce + AESGCM(b"k" * 32).encrypt(nonce, plaintext.encode(), None)
+    return "gcm1:" + base64.b64encode(raw).decode()
 
 
 def test_secret_box_key_file_created_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "secret.key"
-    sealed = SecretBox.from_key_file(path).seal("v")
+    sealed = SecretBox.from_key_file(path).seal("v", context="n")
     assert path.stat().st_mode & 0o777 == 0o600
-    assert SecretBox.from_key_file(path).open(sealed) == "v"
+    assert SecretBox.from_key_file(path).open(sealed, context="n") == "v"
     path.write_bytes(b"short")
     with pytest.raises(SecretBoxError, match="32 bytes"):
         SecretBox.from_key_file(path)

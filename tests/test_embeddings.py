@@ -169,6 +169,28 @@ async def test_bad_input_is_a_400_naming_the_field(hub: Hub, body: Any, field: s
     assert hub.fake.requests == []
 
 
+@pytest.mark.parametrize(
+    ("value", "field", "message"),
+    [
+        ("x" * 101, "input", "input has 101 characters; the limit is 100"),
+        (["ok", "y" * 101], "input.1", "input.1 has 101 characters; the limit is 100"),
+        (["z" * 100, "z" * 100, "z" * 51], "input", "the inputs hold 251 characters; the limit is 250"),
+        ([7] * 26, "input", "input has 104 characters; the limit is 100"),  # a token id weighs 4 characters
+        ([[7] * 20, [7] * 20, [7] * 23], "input", "the inputs hold 252 characters; the limit is 250"),
+    ],
+)
+async def test_the_content_caps_apply_to_embeddings_input(make_hub: Any, value: Any, field: str, message: str) -> None:
+    hub = await make_hub(max_content_chars=100, max_total_content_chars=250)
+    key = await _setup(hub)
+    status, answer = await _post(hub, key, {"model": EMB, "input": value})
+    assert status == 400, answer
+    error = answer["error"]
+    assert (error["type"], error["param"], error["message"]) == ("invalid_request_error", field, message)
+    assert hub.fake.requests == []  # nothing reached the provider
+    status, answer = await _post(hub, key, {"model": EMB, "input": ["x" * 100, "y" * 100, "z" * 50]})
+    assert status == 200 and len(answer["data"]) == 3  # exactly at both caps is fine
+
+
 async def test_key_without_the_embeddings_scope_is_forbidden(hub: Hub) -> None:
     key = await _setup(hub, scopes=("chat",))
     async with _async_client(hub, key) as client:
@@ -242,7 +264,8 @@ async def test_chat_with_only_embedding_models_is_refused(hub: Hub) -> None:
 async def test_embeddings_never_route_to_a_chat_model(hub: Hub) -> None:
     key = await _setup(hub)
     for _ in range(3):
-        assert (await _post(hub, key, {"model": "auto", "input": "x"}))[0] == 200
+        status, answer = await _post(hub, key, {"model": "auto", "input": "x"})
+        assert status == 200 and answer["model"] == EMB and len(answer["data"]) == 1, answer
     assert _paths(hub.fake) == [("/v1/embeddings", EMB)] * 3
 
 

@@ -63,7 +63,7 @@ async def test_engine_models_follows_health_and_the_breaker(hub: Hub) -> None:
     key = await hub.new_key()
     hub.fake.script("flaky", *[Fail(401)] * 5)
     for _ in range(5):  # five consecutive errors open the provider's breaker
-        assert (await hub.chat(key))[0] == 502
+        await hub.chat_refused(key, 502, "upstream_error")
 
     model = (await _view(hub))["models"][0]
     assert model["eligible"] is False and model["unavailable"] == "health_down"

@@ -76,7 +76,7 @@ async def test_nothing_accepted_is_lost_on_a_graceful_stop(make_hub: Callable[..
 async def test_metrics_text_parses_and_counts_match(ready_hub: tuple[Hub, str]) -> None:
     hub, key = ready_hub
     for _ in range(3):
-        assert (await hub.chat(key, policy={"mode": "cheap"}))[0] == 200
+        await hub.chat_ok(key, policy={"mode": "cheap"})
     await hub.chat(None)
     await hub.chat(None)
     hub.fake.script("gpt-test", Fail(400))  # a fatal provider error: not retried, the request fails
@@ -190,10 +190,18 @@ async def test_tsdb_query_validation_and_retention_endpoints(hub: Hub) -> None:
     }
 
     assert (await hub.admin("GET", "/tsdb/retention", expect=200))["retention_days"] == 7  # the spec's default
-    for bad in ({"days": 0}, {"days": -3}):
-        assert (await hub.admin("PUT", "/tsdb/retention", bad, expect=400))["error"]["message"] == "days must be >= 1"
+    for bad in ({"days": 0}, {"days": -3}, {"days": 800_000}, {"days": 3651}):
+        error = (await hub.admin("PUT", "/tsdb/retention", bad, expect=400))["error"]
+        assert (error["message"], error["field"]) == ("days must be between 1 and 3650", "days")
     for bad in ({"days": "3"}, {"days": 2.5}, {}, [1]):
-        await hub.admin("PUT", "/tsdb/retention", bad, expect=400)
+        error = (await hub.admin("PUT", "/tsdb/retention", bad, expect=400))["error"]
+        assert error["message"] == 'body must be {"days": <integer 1..3650>}'
+    assert (await hub.admin("GET", "/tsdb/retention", expect=200))["retention_days"] == 7  # nothing changed
+    assert await hub.admin("PUT", "/tsdb/retention", {"days": 3650}, expect=200) == {
+        "ok": True,
+        "retention_days": 3650,
+    }
+    assert (await hub.admin("POST", "/tsdb/prune", expect=200))["retention_days"] == 3650  # the prune still works
     assert await hub.admin("PUT", "/tsdb/retention", {"days": 2}, expect=200) == {"ok": True, "retention_days": 2}
 
     analytics = hub.services.analytics

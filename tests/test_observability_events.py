@@ -131,11 +131,12 @@ async def test_heartbeats_keep_idle_streams_alive(make_hub: Callable[..., Any]) 
 
 
 async def test_shutdown_ends_open_streams_promptly(hub: Hub) -> None:
-    stream = await subscribe(hub)
+    stream = await subscribe(hub)  # "connected" has been read: the server holds an open stream
+    assert hub.services.events.subscribers == 1
     reader = asyncio.create_task(stream.response.content.read())
-    await asyncio.sleep(0.05)
     await asyncio.wait_for(hub.client.server.close(), 5)  # would wait the whole drain timeout otherwise
-    assert await asyncio.wait_for(reader, 5) == b""
+    assert await asyncio.wait_for(reader, 5) == b""  # the stream ended cleanly, nothing after "connected"
+    assert hub.services.events.subscribers == 0
 
 
 async def test_a_slow_subscriber_is_dropped_and_never_blocks_publishing() -> None:

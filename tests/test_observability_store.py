@@ -19,7 +19,7 @@ from store.record_writer import RecordWriter
 from store.request_queries import LogFilter, query_logs, request_stats, request_trends
 from store.retention import Retention
 from store.tsdb import Point, SeriesQuery, list_metrics, prune_points, query_series, write_points
-from tests.test_record_writer import SpyAnalytics, make_record, wait_for
+from tests.test_record_writer import SpyAnalytics, make_record
 
 T0 = 1_700_000_000  # unix seconds, a multiple of every step used below
 START = datetime.fromtimestamp(T0, tz=UTC)
@@ -156,17 +156,33 @@ async def test_prune_deletes_exactly_what_is_older_than_the_retention(store: Ana
 async def test_background_prune_runs_on_its_interval(store: AnalyticsStore) -> None:
     old = datetime.now(UTC) - timedelta(days=10)
     await store.call(write_points, store.db, [Point(old, "latency", 1.0), Point(datetime.now(UTC), "latency", 2.0)])
-    retention = Retention(store, tsdb_days=7, request_log_days=90, tsdb_every=0.02, request_log_every=3600)
+    watched = _SignallingStore(store)
+    retention = Retention(watched, tsdb_days=7, request_log_days=90, tsdb_every=0.02, request_log_every=3600)  # type: ignore[arg-type]
     job = Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False)
     await job.start()
     try:
-        for _ in range(200):
-            if len(points(await series(store, metric="latency"))) == 1:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(watched.ran.wait(), 30)  # the first background prune has run (a hang guard)
         assert [v for _, v in points(await series(store, metric="latency"))] == [2.0]
     finally:
         await job.stop()
+
+
+class _SignallingStore:
+    """The store as Retention sees it (``db`` and ``call``), setting ``ran`` after each writer-thread job:
+    the test waits on the prune itself instead of polling for its effect."""
+
+    def __init__(self, store: AnalyticsStore) -> None:
+        self._store = store
+        self.ran = asyncio.Event()
+
+    @property
+    def db(self) -> Any:
+        return self._store.db
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        result = await self._store.call(fn, *args)
+        self.ran.set()
+        return result
 
 
 async def test_prune_points_counts_deleted_rows(store: AnalyticsStore) -> None:
@@ -332,18 +348,21 @@ async def test_a_queue_that_stays_full_is_written_back_to_back() -> None:
     # Under sustained load the queue can hold a full batch after a flush without ever crossing the batch
     # size from below; the writer used to sleep its whole interval then (capping it near 10,000 rows/s).
     analytics = SpyAnalytics(":memory:")
+    analytics.loop = asyncio.get_running_loop()
     analytics.open()
     analytics.release = threading.Event()
-    writer = RecordWriter(analytics, capacity=1000, batch_size=10, flush_interval=5.0)
+    # An hour's interval: sleeping it even once would end in the guard below, ~100x sooner.
+    writer = RecordWriter(analytics, capacity=1000, batch_size=10, flush_interval=3600.0)
     writer.start()
     try:
         for i in range(50):
             writer.submit(make_record(i))
-        await wait_for(analytics.started.is_set)  # the first batch is being written
+        await analytics.until(analytics.started.is_set)  # the first batch is being written
         for i in range(50, 100):
             writer.submit(make_record(i))  # 40 + 50 pending: never drops below the batch size
         analytics.release.set()
-        await wait_for(lambda: writer.written == 100, timeout=2.0)
+        await asyncio.wait_for(analytics.until(lambda: sum(analytics.batches) == 100), 30)
+        assert analytics.batches == [10] * 10
     finally:
         analytics.release.set()
         await writer.stop()

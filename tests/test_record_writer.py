@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -44,7 +43,8 @@ def make_record(i: int = 0, **fields: Any) -> RequestRecord:
 
 
 class SpyAnalytics(AnalyticsStore):
-    """Records the size of each batch handed to DuckDB; optionally fails or blocks the write."""
+    """Records the size of each batch handed to DuckDB; optionally fails or blocks the write. Each change
+    wakes ``until`` on the event loop, so tests wait on the writes themselves, not on a clock."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
@@ -53,9 +53,12 @@ class SpyAnalytics(AnalyticsStore):
         self.started = threading.Event()
         self.release: threading.Event | None = None
         self.finished = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
 
     def write_requests(self, records: Sequence[RequestRecord]) -> None:
         self.started.set()
+        self._notify()
         if self.release is not None:
             self.release.wait(timeout=5)
         if self.fail:
@@ -63,11 +66,25 @@ class SpyAnalytics(AnalyticsStore):
         super().write_requests(records)
         self.batches.append(len(records))
         self.finished.set()
+        self._notify()
+
+    def _notify(self) -> None:  # on the DuckDB thread, after the state changed
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._changed.set)
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` (over this spy's state) holds."""
+        while True:
+            self._changed.clear()
+            if predicate():
+                return
+            await self._changed.wait()
 
 
 @pytest.fixture
 async def analytics() -> AsyncIterator[SpyAnalytics]:
     store = SpyAnalytics(":memory:")
+    store.loop = asyncio.get_running_loop()
     store.open()
     yield store
     if store.release is not None:
@@ -79,20 +96,12 @@ async def count(analytics: AnalyticsStore) -> int:
     return await analytics.call(analytics.count_requests)
 
 
-async def wait_for(predicate: Any, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 async def test_records_written_in_batches(analytics: SpyAnalytics) -> None:
     writer = RecordWriter(analytics, capacity=100, batch_size=10, flush_interval=0.01)
     writer.start()
     try:
         assert all(writer.submit(make_record(i)) for i in range(25))
-        await wait_for(lambda: writer.written == 25)
+        await analytics.until(lambda: sum(analytics.batches) == 25)
         assert analytics.batches == [10, 10, 5]
         assert await count(analytics) == 25
     finally:
@@ -104,7 +113,7 @@ async def test_a_lone_record_is_written_after_the_flush_interval(analytics: SpyA
     writer.start()
     try:
         writer.submit(make_record())
-        await wait_for(lambda: writer.written == 1, timeout=1.0)
+        await analytics.until(lambda: bool(analytics.batches))  # no flush() and no stop(): the interval did it
         assert analytics.batches == [1]
     finally:
         await writer.stop()
@@ -136,9 +145,10 @@ async def test_stop_waits_for_the_batch_in_flight(analytics: SpyAnalytics) -> No
     writer.start()
     for i in range(5):
         writer.submit(make_record(i))
-    await wait_for(analytics.started.is_set)  # the batch is being written on the DuckDB thread
+    await analytics.until(analytics.started.is_set)  # the batch is being written on the DuckDB thread
     stopping = asyncio.create_task(writer.stop())
-    await asyncio.sleep(0.05)
+    for _ in range(20):  # give stop() every chance to return early: it cannot, the write is held
+        await asyncio.sleep(0)
     returned_before_the_write_finished = stopping.done()
     analytics.release.set()
     await stopping
@@ -250,11 +260,11 @@ async def test_flush_writes_only_what_was_pending_when_it_started(analytics: Spy
     for i in range(5):
         writer.submit(make_record(i))
     flushing = asyncio.create_task(writer.flush())
-    await wait_for(analytics.started.is_set)
+    await analytics.until(analytics.started.is_set)
     for i in range(5, 10):
         writer.submit(make_record(i))  # arrive while the first batch is being written
     analytics.release.set()
-    await asyncio.wait_for(flushing, 2)
+    await flushing
     assert analytics.batches == [5]
     await writer.flush()
     assert analytics.batches == [5, 5]

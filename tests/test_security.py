@@ -260,7 +260,7 @@ async def test_hostile_bodies_are_refused_with_json_errors_and_nothing_dispatche
         assert resp.status == status, (path, status, data)
         assert words in str(data) and resp.headers["X-Request-Id"] in str(data), (path, data)
     # strings full of brackets are not nesting
-    assert (await hub.chat(key, "[" * 500 + "{" * 400))[0] == 200
+    await hub.chat_ok(key, "[" * 500 + "{" * 400)
     assert len(hub.fake.requests) == 1
     logs = await hub.logs()
     refused = [row for row in logs if row["status"] >= 400]
@@ -278,7 +278,8 @@ async def test_path_parameters_are_validated(hub: Hub) -> None:
         assert resp.status == 400 and body["error"]["field"] in ("id",), (path, body)
     long_id = "a" * 300
     resp = await hub.client.patch(f"/admin/v1/apikeys/{long_id}", json={"enabled": True}, headers=ADMIN)
-    assert resp.status == 400
+    body = await resp.json()
+    assert resp.status == 400 and body["error"]["type"] == "invalid_request" and body["error"]["field"] == "id"
 
 
 async def test_oversized_headers_are_refused_by_the_parser(make_hub: Any) -> None:
@@ -303,11 +304,27 @@ def test_admin_token_command_prints_the_stored_token(
     assert main(["admin-token", "--data-dir", str(data)]) == 1
     assert "start the server once" in capsys.readouterr().err
     data.mkdir()
-    (data / ".admin-token").write_text("stored-token-0123456789\n")
+    (data / ".admin-token").write_text("stored-token-0123456789abcdef012345\n")
     assert main(["admin-token", "--data-dir", str(data)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "stored-token-0123456789\n" and ".admin-token" in captured.err
-    monkeypatch.setenv("TOKENHUB_ADMIN_TOKEN", "env-token-0123456789")
+    assert captured.out == "stored-token-0123456789abcdef012345\n" and ".admin-token" in captured.err
+    monkeypatch.setenv("TOKENHUB_ADMIN_TOKEN", "env-token-0123456789abcdef0123456789")
     assert main(["admin-token", "--data-dir", str(data)]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "env-token-0123456789\n" and "TOKENHUB_ADMIN_TOKEN" in captured.err
+    assert captured.out == "env-token-0123456789abcdef0123456789\n" and "TOKENHUB_ADMIN_TOKEN" in captured.err
+
+
+async def test_a_short_admin_token_in_the_token_file_stops_start_up(make_hub: Any, tmp_path: Path) -> None:
+    data = tmp_path / "short"
+    data.mkdir()
+    (data / ".admin-token").write_text("hand-made-token\n")
+    with pytest.raises(ValueError, match="has 15 characters; at least 32") as caught:
+        await make_hub(admin_token="", data_dir=data)
+    assert "hand-made-token" not in str(caught.value)
+    # A start-up that failed leaves its stores to the process's exit: the next start gets its own data dir.
+    enough = tmp_path / "enough"
+    enough.mkdir()
+    (enough / ".admin-token").write_text("g" * 32 + "\n")
+    hub = await make_hub(admin_token="", data_dir=enough)
+    resp = await hub.client.get("/admin/v1/providers", headers={"Authorization": "Bearer " + "g" * 32})
+    assert resp.status == 200 and (await resp.json())["items"] == []

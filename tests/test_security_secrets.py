@@ -18,7 +18,7 @@ import pytest
 from tests.fakes.openai_fake import Fail, FakeOpenAI
 from tests.test_cli import Server
 
-ADMIN = "secrets-admin-token-0123456789"
+ADMIN = "secrets-admin-token-0123456789abcdef"
 ENV_SECRET = "sk-env-4a6e2f9c1b7d3e5f"
 STORED_SECRET = "sk-stored-8d2c4b6a0e1f3957"
 STORED_SECRET_2 = "sk-stored-two-55aa77cc99ee"
@@ -53,10 +53,18 @@ class Run:
                 return resp.status, text
 
 
-async def _collect_events(session: aiohttp.ClientSession, url: str, sink: list[bytes]) -> None:
+async def _collect_events(
+    session: aiohttp.ClientSession, url: str, sink: list[bytes], connected: asyncio.Event, done: asyncio.Event
+) -> None:
+    """Every SSE byte into ``sink``; ``connected`` once the stream is open, ``done`` once the last admin
+    action of the test (the lock after the rotation) has arrived."""
     async with session.get(f"{url}/admin/v1/events", headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
         async for chunk in resp.content.iter_any():
             sink.append(chunk)
+            connected.set()
+            seen = b"".join(sink)
+            if seen.rfind(b"lock_vault") > seen.find(b"rotate_vault") >= 0:
+                done.set()
 
 
 async def test_no_secret_reaches_logs_bodies_events_metrics_or_stores(
@@ -72,6 +80,7 @@ async def test_no_secret_reaches_logs_bodies_events_metrics_or_stores(
         TOKENHUB_VAULT_KDF_TIME_COST="1",
         TOKENHUB_VAULT_KDF_MEMORY_KIB="64",
         TOKENHUB_VAULT_KDF_PARALLELISM="1",
+        TOKENHUB_VAULT_KDF_ALLOW_WEAK="true",
         TOKENHUB_VAULT_UNLOCK_ATTEMPTS_PER_MIN="100",
     )
     await server.start()
@@ -79,7 +88,9 @@ async def test_no_secret_reaches_logs_bodies_events_metrics_or_stores(
     secrets: list[str] = [ADMIN, ENV_SECRET, STORED_SECRET, STORED_SECRET_2, VAULT_PASSWORD, NEW_VAULT_PASSWORD]
     try:
         async with aiohttp.ClientSession() as session:
-            listener = asyncio.create_task(_collect_events(session, server.url, events))
+            connected, done = asyncio.Event(), asyncio.Event()
+            listener = asyncio.create_task(_collect_events(session, server.url, events, connected, done))
+            await connected.wait()  # subscribed before the first change: no event is missed
             run = Run(session, server.url)
             base = fake_upstream.base_url
             assert (
@@ -138,7 +149,7 @@ async def test_no_secret_reaches_logs_bodies_events_metrics_or_stores(
                 assert (await run.call("GET", path))[0] in (200, 503), path
             audit = (await run.call("GET", "/admin/v1/audit?limit=1000"))[1]["logs"]
             assert {"unlock_vault", "rotate_vault", "create_api_key", "patch_provider"} <= {e["action"] for e in audit}
-            await asyncio.sleep(0.3)
+            await asyncio.wait_for(done.wait(), 30)  # a bound against a hang, not a timing claim
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener

@@ -9,7 +9,7 @@ import pytest
 from pipeline.modes import ROUTING_MODES
 from pipeline.settings import SettingsError, load_settings, unknown_variables
 
-ADMIN = "adm-s3cr3t-token-value-42"
+ADMIN = "adm-s3cr3t-token-value-42-0123456789"
 OPENAI = "sk-live-very-secret-key-0042"
 
 
@@ -122,6 +122,15 @@ def test_values_are_stripped() -> None:
         ("TOKENHUB_LOG_LEVEL", "verbose"),
         ("TOKENHUB_MAX_BODY_BYTES", "0"),
         ("TOKENHUB_RECORD_QUEUE_SIZE", "many"),
+        ("TOKENHUB_HEALTH_PROBE_DISABLED", "TRUE"),  # the original's rule is exactly "true"
+        ("TOKENHUB_HEALTH_PROBE_DISABLED", "1"),
+        ("TOKENHUB_HEALTH_PROBE_DISABLED", "yes"),
+        ("TOKENHUB_PRICING_REFRESH_ENABLED", "maybe"),
+        ("TOKENHUB_PRICING_REFRESH_INTERVAL_SECS", "0"),
+        ("TOKENHUB_PRICING_REFRESH_INTERVAL_SECS", "10"),
+        ("TOKENHUB_TSDB_RETENTION_DAYS", "800000"),
+        ("TOKENHUB_ANALYTICS_MEMORY_LIMIT_MIB", "1"),
+        ("TOKENHUB_VAULT_KDF_ALLOW_WEAK", "perhaps"),
     ],
 )
 def test_invalid_value_raises_naming_the_variable(variable: str, value: str) -> None:
@@ -185,6 +194,45 @@ def test_secrets_never_appear_in_repr() -> None:
         assert ADMIN not in text
         assert OPENAI not in text
         assert "rate_limit_rps" in text  # the repr is not simply empty
+
+
+def test_health_probe_switch_and_pricing_refresh_settings() -> None:
+    s = load_settings({})
+    assert s.health_probe_disabled is False
+    assert (s.pricing_refresh_enabled, s.pricing_refresh_interval_secs, s.pricing_url) == (True, 3600.0, "")
+    assert load_settings({"TOKENHUB_HEALTH_PROBE_DISABLED": "true"}).health_probe_disabled is True
+    assert load_settings({"TOKENHUB_HEALTH_PROBE_DISABLED": "false"}).health_probe_disabled is False
+    s = load_settings(
+        {
+            "TOKENHUB_PRICING_REFRESH_ENABLED": "false",
+            "TOKENHUB_PRICING_REFRESH_INTERVAL_SECS": "600",
+            "TOKENHUB_PRICING_URL": "/srv/prices.json",
+        }
+    )
+    assert (s.pricing_refresh_enabled, s.pricing_refresh_interval_secs, s.pricing_url) == (
+        False,
+        600.0,
+        "/srv/prices.json",
+    )
+    assert load_settings({"TOKENHUB_PRICING_URL": "https://h.example/p.json"}).pricing_url == "https://h.example/p.json"
+
+
+def test_a_pricing_url_of_another_scheme_is_refused_without_echoing_it() -> None:
+    url = "ftp://user:pr1c3-t0ken@h.example/p.json"
+    with pytest.raises(SettingsError) as info:
+        load_settings({"TOKENHUB_PRICING_URL": url})
+    message = str(info.value)
+    assert "TOKENHUB_PRICING_URL=<hidden>" in message and "http(s) URL or a local file path" in message
+    assert "pr1c3-t0ken" not in message
+
+
+def test_a_short_admin_token_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"TOKENHUB_ADMIN_TOKEN": "short-but-secret-token"})
+    message = str(info.value)
+    assert "TOKENHUB_ADMIN_TOKEN=<hidden>" in message and "at least 32 characters" in message
+    assert "short-but-secret-token" not in message
+    assert load_settings({"TOKENHUB_ADMIN_TOKEN": "x" * 32}).admin_token == "x" * 32
 
 
 def test_db_dsn_file_uri_form() -> None:

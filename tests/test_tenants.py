@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Hub
+from tests.conftest import ADMIN_TOKEN, Hub
 
 
 async def _setup(hub: Hub) -> tuple[str, str]:
@@ -75,8 +75,8 @@ async def test_tenant_rate_limit_is_its_own(hub: Hub) -> None:
         {"stage": "dispatch"},
     ]
     await hub.admin("PUT", "/tenants/acme/pipeline", definition, expect=200)
-    assert (await hub.chat(acme_key))[0] == 200
-    assert (await hub.chat(acme_key))[0] == 429
+    await hub.chat_ok(acme_key)
+    await hub.chat_refused(acme_key, 429, "rate_limited")
     assert (await hub.chat(default_key))[0] == 200  # the default tenant's limiter is untouched
 
 
@@ -97,9 +97,10 @@ async def test_invalid_pipelines_are_rejected_on_save(hub: Hub) -> None:
     resp = await hub.client.put(
         "/admin/v1/tenants/acme/pipeline",
         data=b"{nope",
-        headers={"Authorization": "Bearer test-admin-token-0123456789"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
-    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert resp.status == 400 and error["type"] == "invalid_request" and "malformed JSON" in error["message"]
     assert (await hub.admin("GET", "/tenants/acme/pipeline"))["custom"] is False  # nothing was saved
     await hub.admin("PUT", "/tenants/ghost/pipeline", [{"stage": "auth"}], expect=404)
 

@@ -141,6 +141,57 @@ def test_damaged_header_is_a_clear_error(store: ConfigStore) -> None:
     assert not vault.unlocked
 
 
+@pytest.mark.parametrize(
+    ("t", "m", "p"),
+    [
+        (1, 2**40, 1),  # a terabyte of memory: unlock would take the server down
+        (10**7, 64, 1),  # ten million passes: unlock would never end
+        (1, 64, 10**4),  # ten thousand lanes
+        (1, 8, 4),  # less memory than Argon2id's 8 KiB per lane
+        (True, 64, 1),  # not an integer
+    ],
+)
+def test_unbounded_kdf_parameters_in_the_header_are_refused_before_any_derivation(
+    store: ConfigStore, t: object, m: object, p: object
+) -> None:
+    _vault(store).unlock_blocking(PASSWORD, store)
+    kdf = f'{{"alg": "argon2id", "v": 19, "t": {str(t).lower()}, "m": {m}, "p": {p}}}'
+    with store.db as db:
+        db.execute("UPDATE vault SET kdf = ?", (kdf,))
+    vault = _vault(store)
+    with pytest.raises(VaultDamaged, match=r"outside|integers"):
+        vault.unlock_blocking(PASSWORD, store)
+    assert not vault.unlocked
+
+
+def test_weak_kdf_parameters_follow_owasp_minimums() -> None:
+    assert KdfParams().weak is False  # the defaults: 3 passes, 64 MiB
+    assert KdfParams(time_cost=2, memory_kib=19456, parallelism=1).weak is False
+    assert KdfParams(time_cost=1, memory_kib=47104, parallelism=1).weak is False
+    assert KdfParams(time_cost=1, memory_kib=19456, parallelism=1).weak is True
+    assert CHEAP.weak is True
+
+
+async def test_a_weak_production_kdf_stops_start_up_unless_allowed_for_tests(make_hub: Any, tmp_path: Path) -> None:
+    # A start-up that fails leaves its stores to the process's exit: each attempt gets its own data dir.
+    with pytest.raises(RuntimeError, match="OWASP") as caught:
+        await make_hub(vault_kdf_allow_weak=False, data_dir=tmp_path / "weak")
+    assert "TOKENHUB_VAULT_KDF_ALLOW_WEAK" in str(caught.value)
+    with pytest.raises(RuntimeError, match="memory 64 KiB is outside 128"):  # 16 lanes need 128 KiB
+        await make_hub(vault_kdf_parallelism=16, data_dir=tmp_path / "lanes")
+    # no vault: no password to protect
+    hub = await make_hub(vault_kdf_allow_weak=False, vault_enabled=False, data_dir=tmp_path / "off")
+    assert hub.services.vault.enabled is False
+    strong = await make_hub(
+        vault_kdf_allow_weak=False,
+        vault_kdf_time_cost=2,
+        vault_kdf_memory_kib=19456,
+        vault_kdf_parallelism=1,
+        data_dir=tmp_path / "strong",
+    )
+    assert strong.services.vault.params == KdfParams(2, 19456, 1)
+
+
 async def test_rotation_reseals_everything_under_the_new_password(store: ConfigStore) -> None:
     vault = _vault(store)
     await vault.unlock(PASSWORD, store)
@@ -221,7 +272,7 @@ async def test_vault_setup_over_http_then_lock_gives_503_vault_locked_in_every_s
     assert status["initialized"] is False and status["locked"] is True
     body = await _unlock(hub)
     assert body["initialized"] is True and body["migrated_provider_keys"] == 1
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     assert hub.fake.requests[-1]["headers"]["Authorization"] == f"Bearer {PROVIDER_KEY}"  # from the vault
 
     assert (await hub.admin("POST", "/vault/lock", expect=200))["already_locked"] is False
@@ -251,7 +302,7 @@ async def test_vault_setup_over_http_then_lock_gives_503_vault_locked_in_every_s
     await hub.admin("PATCH", "/providers/fake", {"enabled": True}, expect=200)
 
     await _unlock(hub)  # unlocking rebuilds the adapters
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
 
 
 async def test_environment_providers_keep_working_while_the_vault_is_locked(make_hub: Any, fake: Any) -> None:
@@ -310,11 +361,11 @@ async def test_rotation_over_http(make_hub: Any) -> None:
         "POST", "/vault/rotate", {"old_password": PASSWORD, "new_password": NEW_PASSWORD}, expect=200
     )
     assert body["resealed_secrets"] == 1
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
     await hub.admin("POST", "/vault/lock", expect=200)
     await _unlock(hub, PASSWORD, expect=401)
     await _unlock(hub, NEW_PASSWORD)
-    assert (await hub.chat(key))[0] == 200
+    await hub.chat_ok(key)
 
 
 async def test_auto_lock_drops_vault_keys_and_use_postpones_it(ready_hub: tuple[Hub, str]) -> None:

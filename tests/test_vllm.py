@@ -3,7 +3,6 @@ streaming, embeddings, and the adapter's error classification."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -58,6 +57,12 @@ async def complete(hub: Hub, key: str, model: str = "auto", **extra: Any) -> tup
     return resp.status, await resp.json()
 
 
+async def served(hub: Hub, key: str, model: str = "auto", *, by: str = "llama") -> None:
+    """Asking for ``model`` gets a 200 chat.completion from ``by``, with its answer."""
+    status, body = await complete(hub, key, model)
+    assert status == 200 and body["model"] == by and body["choices"][0]["message"]["content"], body
+
+
 def chat_calls(fake: FakeOpenAI) -> int:
     return sum(1 for r in fake.requests if r.get("path") == "/v1/chat/completions")
 
@@ -102,7 +107,7 @@ async def test_failed_endpoint_is_skipped_until_its_probe_succeeds(make_hub: Any
         assert status == 200 and body["model"] == "llama"
         assert (chat_calls(a), chat_calls(b)) == (2, 1)
         for _ in range(4):
-            assert (await complete(hub, key))[0] == 200
+            await served(hub, key)
         assert chat_calls(b) == 1  # skipped while down
         await hub.services.vllm_prober.run_once()
         assert chat_calls(b) == 1 and not adapter_of(hub).endpoints[1].healthy  # its probe still fails
@@ -110,7 +115,7 @@ async def test_failed_endpoint_is_skipped_until_its_probe_succeeds(make_hub: Any
         await hub.services.vllm_prober.run_once()
         assert adapter_of(hub).endpoints[1].healthy
         for _ in range(4):
-            assert (await complete(hub, key))[0] == 200
+            await served(hub, key)
         assert (chat_calls(a), chat_calls(b)) == (8, 3)  # shared again
 
 
@@ -138,7 +143,7 @@ async def test_every_endpoint_down_is_tried_anyway(make_hub: Any) -> None:
         await hub.services.vllm_prober.run_once()
         assert not any(e.healthy for e in adapter_of(hub).endpoints)
         for _ in range(4):
-            assert (await complete(hub, key))[0] == 200
+            await served(hub, key)
         assert (chat_calls(a), chat_calls(b)) == (2, 2)
 
 
@@ -156,11 +161,8 @@ async def test_prober_loop_survives_dead_endpoints_and_keeps_cycling(make_hub: A
     async with endpoints("llama", count=1) as (a,):
         hub = await make_hub(vllm_endpoints=f"{dead_url()},{a.base_url}", vllm_probe_interval_secs=0.05)
         prober = hub.services.vllm_prober
-        for _ in range(100):
-            if prober.cycles >= 3:
-                break
-            await asyncio.sleep(0.05)
-        assert prober.cycles >= 3 and a.health_checks >= 3
+        await a.wait_until(lambda: a.health_checks >= 4)  # one probe a cycle: the 4th means 3 cycles are done
+        assert prober.cycles >= 3
         assert [e.healthy for e in adapter_of(hub).endpoints] == [False, True]
         assert "llama" in hub.services.snapshot.models  # discovered from the live endpoint
 
@@ -244,8 +246,7 @@ async def test_admin_registered_vllm_provider_with_several_urls(make_hub: Any) -
         await hub.services.vllm_prober.run_once()
         key = await hub.new_key()
         for _ in range(2):
-            status, body = await complete(hub, key, "mistral")
-            assert status == 200
+            await served(hub, key, "mistral", by="mistral")
         assert (chat_calls(a), chat_calls(b)) == (1, 1)
 
 

@@ -1,8 +1,10 @@
 """OpenAI-compatible embeddings: POST /v1/embeddings, through the same tenant pipeline as chat.
 
-The body's inputs go to the provider as given (in `parameters`); TokenHub only validates them and estimates
-their tokens for routing. With `auto` TokenHub picks among models of kind "embedding"; a named model goes to
-its own provider (stages/router.py). Never streamed.
+The body's inputs go to the provider as given (in `parameters`); TokenHub only validates them, holds them
+to the content caps chat messages have (TOKENHUB_MAX_CONTENT_CHARS per input, TOKENHUB_MAX_TOTAL_CONTENT_CHARS
+per request; a token id counts as 4 characters, the ratio of the token estimate), and estimates their tokens
+for routing. With `auto` TokenHub picks among models of kind "embedding"; a named model goes to its own
+provider (stages/router.py). Never streamed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from pipeline.errors import InvalidRequest, TokenHubError
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest
 
+__all__ = ["EmbeddingsCodec", "measure_input"]
+
 MAX_INPUTS = 2048  # OpenAI's own limit per request
+CHARS_PER_TOKEN_ID = 4  # what a token id weighs against the character caps (the estimate's bytes/4)
 
 # Forwarded to the provider when present.
 FORWARDED = ("encoding_format", "dimensions", "user")
@@ -44,12 +49,15 @@ def _text_tokens(text: str) -> int:
     return -(-len(text.encode()) // 4)  # bytes/4 rounded up, like the chat estimate
 
 
-def measure_input(value: Any) -> tuple[int, int]:
+def measure_input(value: Any, *, max_chars: int, max_total_chars: int) -> tuple[int, int]:
     """Validate `input` and return (estimated tokens in total, estimated tokens of the longest input).
-    Accepted: a string, a list of strings, a list of token ids, or a list of token-id lists; none empty."""
+    Accepted: a string, a list of strings, a list of token ids, or a list of token-id lists; none empty,
+    none over ``max_chars`` and all together not over ``max_total_chars`` (characters; a token id is 4)."""
     if isinstance(value, str):
         if not value:
             raise InvalidRequest("input must not be an empty string", field="input")
+        _check_size(len(value), max_chars, "input")
+        _check_total(len(value), max_total_chars)
         tokens = _text_tokens(value)
         return tokens, tokens
     if not isinstance(value, list) or not value:
@@ -61,16 +69,34 @@ def measure_input(value: Any) -> tuple[int, int]:
         raise InvalidRequest(f"too many inputs: {len(value)} > {MAX_INPUTS}", field="input")
     first = value[0]
     if isinstance(first, str):
-        sizes = [_text_tokens(_item(item, i, str)) for i, item in enumerate(value)]
+        texts = [_item(item, i, str) for i, item in enumerate(value)]
+        chars = [len(text) for text in texts]
+        sizes = [_text_tokens(text) for text in texts]
     elif _is_token_id(first):
         if not all(_is_token_id(item) for item in value):
             raise InvalidRequest("input: a token-id list must hold only non-negative integers", field="input")
+        _check_size(len(value) * CHARS_PER_TOKEN_ID, max_chars, "input")
+        _check_total(len(value) * CHARS_PER_TOKEN_ID, max_total_chars)
         return len(value), len(value)
     elif isinstance(first, list):
         sizes = [len(_item(item, i, list)) for i, item in enumerate(value)]
+        chars = [size * CHARS_PER_TOKEN_ID for size in sizes]
     else:
         raise InvalidRequest("input: list items must be strings, token ids or token-id lists", field="input.0")
+    for index, size in enumerate(chars):
+        _check_size(size, max_chars, f"input.{index}")
+    _check_total(sum(chars), max_total_chars)
     return sum(sizes), max(sizes)
+
+
+def _check_size(chars: int, limit: int, field: str) -> None:
+    if chars > limit:
+        raise InvalidRequest(f"{field} has {chars} characters; the limit is {limit}", field=field)
+
+
+def _check_total(chars: int, limit: int) -> None:
+    if chars > limit:
+        raise InvalidRequest(f"the inputs hold {chars} characters; the limit is {limit}", field="input")
 
 
 def _item(item: Any, index: int, kind: type) -> Any:
@@ -89,12 +115,16 @@ class EmbeddingsCodec:
     scope = "embeddings"
     strict_model = True  # an unknown model is a 404, as OpenAI answers
 
+    def __init__(self, *, max_chars: int, max_total_chars: int) -> None:
+        self._max_chars = max_chars  # per input
+        self._max_total_chars = max_total_chars  # all inputs of a request
+
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         try:
             body = EmbeddingsBody.model_validate_json(raw)
         except ValidationError as exc:
             raise invalid_request(exc) from None
-        total, longest = measure_input(body.input)
+        total, longest = measure_input(body.input, max_chars=self._max_chars, max_total_chars=self._max_total_chars)
         parameters: dict[str, Any] = {"input": body.input}
         parameters.update({name: value for name in FORWARDED if (value := getattr(body, name)) is not None})
         model = body.model.strip()

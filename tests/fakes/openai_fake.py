@@ -112,6 +112,7 @@ class FakeOpenAI:
         self.in_flight = 0  # chat calls being answered right now, and the most at once
         self.max_in_flight = 0
         self.cancelled = 0  # chat calls whose client went away before the answer
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         # Optional: content for unscripted-content replies, from (model, request body); e.g. answer by role.
         self.responder: Callable[[str, dict[str, Any]], str] | None = None
         self._runner: web.AppRunner | None = None
@@ -166,6 +167,28 @@ class FakeOpenAI:
     def calls(self, model_id: str) -> int:
         return sum(1 for r in self.requests if r["model"] == model_id)
 
+    def wait_until(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
+        """Resolves once ``predicate()`` holds, re-checked whenever a chat call starts or ends (in_flight,
+        cancelled, requests) and on every health check: tests wait on the fake's own state changes
+        instead of polling a clock."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if predicate():
+            future.set_result(None)
+        else:
+            self._waiters.append((predicate, future))
+        return future
+
+    def _changed(self) -> None:
+        still: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        for predicate, future in self._waiters:
+            if future.done():
+                continue
+            if predicate():
+                future.set_result(None)
+            else:
+                still.append((predicate, future))
+        self._waiters = still
+
     def reset(self) -> None:
         self._scripts.clear()
         self.requests.clear()
@@ -182,6 +205,7 @@ class FakeOpenAI:
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1
+        self._changed()
         return web.Response(status=200 if self.healthy else 503)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
@@ -241,6 +265,7 @@ class FakeOpenAI:
         behaviour: Behaviour = script.popleft() if script else Reply()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self._changed()
         try:
             return await self._perform(behaviour, model, request)
         except asyncio.CancelledError:
@@ -248,6 +273,7 @@ class FakeOpenAI:
             raise
         finally:
             self.in_flight -= 1
+            self._changed()
 
     async def _perform(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
         streaming = bool(request.get(_BODY, {}).get("stream"))
