@@ -31,6 +31,8 @@ from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.secret_box import SecretBox
 
+__all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "build_services", "create_app"]
+
 log = structlog.get_logger("tokenhub.app")
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)

@@ -17,6 +17,8 @@ from pipeline.logging import RequestLines, configure_logging
 from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
 from pipeline.web import SERVICES
 
+__all__ = ["DESCRIPTION", "admin_token_command", "main", "serve_command"]
+
 DESCRIPTION = """TokenHub: an LLM routing proxy.
 
 Every chat request runs through a pipeline of stages (rate_limit -> auth -> directives -> policy ->

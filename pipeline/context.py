@@ -9,6 +9,8 @@ from typing import Any, Protocol
 from pipeline.errors import TokenHubError
 from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo, StreamDelta
 
+__all__ = ["Attempt", "Candidate", "PlanSpec", "Policy", "RequestContext", "RoutingDecision", "StreamSink"]
+
 
 class StreamSink(Protocol):
     """Where a streamed answer goes: the edge's encoder for the client's wire format. Dispatch opens it

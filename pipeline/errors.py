@@ -4,6 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "BudgetExceeded",
+    "ClientDisconnected",
+    "Conflict",
+    "DeadlineExceeded",
+    "DiscoveryFailed",
+    "Forbidden",
+    "InternalError",
+    "InvalidRequest",
+    "NoEligibleModel",
+    "NotFound",
+    "OutputSchemaMismatch",
+    "PayloadTooLarge",
+    "PipelineConfigError",
+    "PlanPipelineMissing",
+    "QueryError",
+    "RateLimited",
+    "RequestCancelled",
+    "StreamBroken",
+    "TokenHubError",
+    "Unauthorized",
+    "UpstreamFailed",
+    "UpstreamRejected",
+    "VaultLocked",
+    "VaultRefused",
+]
+
 
 class TokenHubError(Exception):
     """Base of every error a client may see. Never carries a traceback or a secret to the client."""

@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 import structlog
 
+__all__ = ["SUBSCRIBER_BUFFER", "EventBus", "Subscriber", "sse_frame"]
+
 log = structlog.get_logger("tokenhub.events")
 SUBSCRIBER_BUFFER = 64  # events; the original's per-subscriber channel size
 

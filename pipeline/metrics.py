@@ -12,6 +12,8 @@ from prometheus_client.registry import Collector
 
 from pipeline.types import RequestRecord
 
+__all__ = ["HEALTH_STATE_VALUES", "LATENCY_BUCKETS_MS", "OVERHEAD_BUCKETS_MS", "Metrics"]
+
 # The original stopped at 5120 ms, so a 10 s p95 alert could never fire; extended to ~80 s.
 LATENCY_BUCKETS_MS = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 20480, 40960, 81920)
 # TokenHub's own share of a request is a few milliseconds when all is well; the top buckets catch stalls.

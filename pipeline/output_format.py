@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+__all__ = ["OutputFormat", "json_candidate", "parse_answer_json", "shape_text"]
+
 _THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
 _JSON_FENCE = re.compile(r"```json\s*(.*?)(?:```|$)", re.DOTALL)
 _TEXT_MARKUP = re.compile(r"\*\*|\*|`")

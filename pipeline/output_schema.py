@@ -9,6 +9,8 @@ from jsonschema.validators import validator_for
 
 from pipeline.errors import InvalidRequest, OutputSchemaMismatch
 
+__all__ = ["check_schema", "validate_output"]
+
 
 def check_schema(schema: Any, field: str) -> Any:
     """The schema itself must be a JSON Schema object; a broken one is the client's 400, before any spend."""

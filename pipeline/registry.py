@@ -7,6 +7,8 @@ from typing import Any
 from pipeline.stage import StageRegistry
 from stages import auth, directives, dispatch, escalate, orchestrate, policy, rate_limit, record, shape
 
+__all__ = ["DEFAULT_PIPELINE", "default_registry"]
+
 DEFAULT_PIPELINE: list[dict[str, Any]] = [
     {"stage": "record"},
     {"stage": "rate_limit"},

@@ -43,6 +43,8 @@ from store.retention import Retention
 from store.vault import Vault, VaultError
 from store.vault_crypto import KdfParams
 
+__all__ = ["ENV_ANTHROPIC_PROVIDER_ID", "ENV_PROVIDER_ID", "ENV_VLLM_PROVIDER_ID", "Services"]
+
 log = structlog.get_logger("tokenhub.services")
 ENV_PROVIDER_ID = "openai"
 ENV_ANTHROPIC_PROVIDER_ID = "anthropic"

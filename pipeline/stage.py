@@ -21,6 +21,18 @@ from pipeline.errors import PipelineConfigError
 if TYPE_CHECKING:
     from pipeline.services import Services
 
+__all__ = [
+    "Next",
+    "Stage",
+    "StageOptions",
+    "StageRegistry",
+    "StageSpec",
+    "StageStep",
+    "build_chain",
+    "parse_definition",
+    "stages_in",
+]
+
 Next = Callable[[RequestContext], Awaitable[None]]
 
 

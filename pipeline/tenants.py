@@ -14,6 +14,8 @@ from pipeline.stage import Next, StageRegistry, StageStep, build_chain, parse_de
 if TYPE_CHECKING:
     from pipeline.services import Services
 
+__all__ = ["TenantPipelines"]
+
 log = structlog.get_logger("tokenhub.pipelines")
 
 

@@ -10,6 +10,22 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+__all__ = [
+    "ALIAS_STICKY_BY",
+    "AliasInfo",
+    "AliasVariant",
+    "ApiKeyInfo",
+    "ChatRequest",
+    "ChatResult",
+    "ErrorClass",
+    "Message",
+    "ModelInfo",
+    "ProviderInfo",
+    "RequestRecord",
+    "StreamDelta",
+    "Usage",
+]
+
 
 class ErrorClass(StrEnum):
     CONTEXT_OVERFLOW = "context_overflow"

@@ -18,6 +18,26 @@ from pipeline.services import Services
 from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
 
+__all__ = [
+    "CLIENT_REQUEST_ID",
+    "PIPELINES",
+    "RAW_BODY",
+    "REQUEST_ID",
+    "SERVICES",
+    "Handler",
+    "TrustedProxies",
+    "client_ip",
+    "client_request_id",
+    "error_response",
+    "id_headers",
+    "new_request_id",
+    "presented_key",
+    "read_body",
+    "request_id_and_errors",
+    "request_id_started",
+    "trusted_networks",
+]
+
 log = structlog.get_logger("tokenhub.http")
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 PIPELINES: web.AppKey[TenantPipelines] = web.AppKey("pipelines", TenantPipelines)

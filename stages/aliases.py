@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 from pipeline.types import AliasInfo, AliasVariant
 
+__all__ = ["AliasChooser", "fnv1a_32", "variant_for_bucket"]
+
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 

@@ -17,6 +17,17 @@ import numpy as np
 
 from pipeline.context import Candidate
 
+__all__ = [
+    "COST_SCALE_USD",
+    "QUALITY_SHARE",
+    "Arm",
+    "Bandit",
+    "base_reward",
+    "reward",
+    "thompson_order",
+    "token_bucket",
+]
+
 # Reward (routing.md §5): failures earn 0; successes 0.3 for cheapness, 0.3 for speed, 0.4 for the answer.
 # Without client feedback the answer's share is granted in full; `POST /v1/feedback` replaces it by 0.4 x score.
 COST_SCALE_USD = 0.10

@@ -14,6 +14,16 @@ from typing import Any
 
 from pipeline.types import Message
 
+__all__ = [
+    "END_MARKER",
+    "MARKER",
+    "SCAN_WINDOW_BYTES",
+    "DirectiveError",
+    "Directives",
+    "parse_directives",
+    "strip_directives",
+]
+
 MARKER = "@@tokenhub"
 END_MARKER = "@@end"
 SCAN_WINDOW_BYTES = 2048

@@ -14,6 +14,8 @@ from stages.directive_syntax import DirectiveError, parse_directives, strip_dire
 if TYPE_CHECKING:
     from pipeline.services import Services
 
+__all__ = ["SPEC", "Directives", "DirectivesOptions"]
+
 
 class DirectivesOptions(StageOptions):
     pass

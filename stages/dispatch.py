@@ -15,6 +15,8 @@ from stages.stream_relay import relay_stream
 if TYPE_CHECKING:
     from pipeline.services import Services
 
+__all__ = ["SPEC", "Dispatch", "DispatchFailed", "DispatchOptions"]
+
 
 class DispatchFailed(UpstreamFailed):
     """One provider call failed; escalate decides what to try next, otherwise the client gets a 502."""

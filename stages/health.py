@@ -15,6 +15,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+__all__ = [
+    "DEGRADED_AFTER",
+    "DOWN_AFTER",
+    "DOWN_COOLDOWN_SECS",
+    "TRIAL_TIMEOUT_SECS",
+    "HealthTracker",
+    "ProviderHealth",
+    "StateChange",
+]
+
 DEGRADED_AFTER = 2
 DOWN_AFTER = 5
 DOWN_COOLDOWN_SECS = 15.0

@@ -22,6 +22,8 @@ from adapters.http import HttpClient
 from adapters.provider import Provider
 from stages.health import HealthTracker
 
+__all__ = ["HEALTHY_STATUSES", "PROBE_TIMEOUT", "HealthProber"]
+
 log = structlog.get_logger("tokenhub.prober")
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 HEALTHY_STATUSES = frozenset({401, 405})

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from pipeline.types import ApiKeyInfo
 
+__all__ = ["MAX_IN_FLIGHT", "KeyLimits"]
+
 MAX_IN_FLIGHT = 100_000  # charged-but-unsettled requests remembered (a bound, not a working limit)
 
 

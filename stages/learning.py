@@ -15,6 +15,8 @@ from stages.bandit import Bandit, base_reward, reward, token_bucket
 from store.analytics import AnalyticsStore
 from store.reward_queries import Evidence, reward_evidence
 
+__all__ = ["HORIZON_HALF_LIVES", "BanditRefresher", "RecentRequests", "evidence", "learn"]
+
 log = structlog.get_logger("tokenhub.bandit")
 # Evidence older than this many half-lives weighs under 0.1 %: not worth reading back.
 HORIZON_HALF_LIVES = 10

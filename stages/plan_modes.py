@@ -18,6 +18,20 @@ from pipeline.errors import NoEligibleModel, TokenHubError, UpstreamFailed
 from pipeline.types import ChatRequest, Message
 from stages.plan_steps import BudgetExhausted, StepResult, StepRunner
 
+__all__ = [
+    "CRITIQUE_SYSTEM",
+    "IMPROVE_SYSTEM",
+    "JUDGE_SYSTEM",
+    "PLAN_SYSTEM",
+    "REFINE_PLAN_SYSTEM",
+    "InProcessOrchestrator",
+    "Orchestrator",
+    "PlanOutcome",
+    "Ranker",
+    "parse_choice",
+    "user_text",
+]
+
 PLAN_SYSTEM = "You are a planning assistant. Produce a detailed plan for the user's request."
 CRITIQUE_SYSTEM = "You are a critical reviewer. Analyse the plan and give constructive criticism."
 REFINE_PLAN_SYSTEM = "You are a planning assistant. Refine the plan using the critique."

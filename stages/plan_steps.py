@@ -23,6 +23,8 @@ from stages.record import recorded
 if TYPE_CHECKING:
     from pipeline.services import Services
 
+__all__ = ["BudgetExhausted", "EventSink", "StepResult", "StepRunner"]
+
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 

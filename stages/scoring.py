@@ -11,6 +11,27 @@ from typing import Any
 from pipeline.context import Candidate
 from pipeline.types import Message, ModelInfo
 
+__all__ = [
+    "CLIENT_CONSTRAINTS",
+    "CONTEXT_HEADROOM_PERCENT",
+    "MODE_WEIGHTS",
+    "OPERATION_KINDS",
+    "OUTPUT_TOKENS_ESTIMATE",
+    "Constraints",
+    "ProviderStats",
+    "RawRows",
+    "ScoreParts",
+    "estimate_cost",
+    "estimate_input_tokens",
+    "estimate_output_tokens",
+    "exclusion_reason",
+    "model_kind",
+    "rank",
+    "requested_output",
+    "score_parts",
+    "softmax_rank",
+]
+
 OUTPUT_TOKENS_ESTIMATE = 512  # per choice, when neither the request nor the model caps the output
 CONTEXT_HEADROOM_PERCENT = 115  # a model needs 15 % more window than the estimated input
 

@@ -22,6 +22,8 @@ from pipeline.context import Candidate, RequestContext, StreamSink
 from pipeline.errors import StreamBroken
 from pipeline.types import ChatResult, ErrorClass, StreamDelta, Usage
 
+__all__ = ["relay_stream"]
+
 
 class _Tally:
     """What the stream carried, for usage when the upstream reports none (chars/4, like the input estimate)."""

@@ -24,6 +24,16 @@ from store.secret_box import SecretBox, upgrade_legacy_seals
 from store.vault import Vault, provider_vault_keys, store_provider_key
 from store.vault_store import provider_key_name
 
+__all__ = [
+    "DEFAULT_TENANT",
+    "KEY_PREFIX",
+    "ConfigSnapshot",
+    "ConfigStore",
+    "RoutingDefaults",
+    "TenantRecord",
+    "key_digest",
+]
+
 T = TypeVar("T")
 KEY_PREFIX = "tokenhub_"
 DEFAULT_TENANT = "default"

@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+__all__ = ["KeyLedger", "month_bounds", "month_spend"]
+
 
 def month_bounds(ts: float) -> tuple[float, float]:
     """(start of ts's UTC month, start of the next one) as unix seconds."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+__all__ = ["MIGRATIONS", "migrate"]
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
         1,

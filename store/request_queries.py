@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from store.analytics import REQUEST_LOG_COLUMNS, Cursor, log_rows
 
+__all__ = ["STATS_WINDOWS", "Bucket", "LogFilter", "query_logs", "request_stats", "request_trends"]
+
 STATS_WINDOWS: dict[str, timedelta] = {
     "1m": timedelta(minutes=1),
     "5m": timedelta(minutes=5),

@@ -17,6 +17,8 @@ import structlog
 from store.analytics import AnalyticsStore
 from store.tsdb import prune_points, prune_requests
 
+__all__ = ["REQUEST_LOG_PRUNE_EVERY_SECS", "TSDB_PRUNE_EVERY_SECS", "Retention"]
+
 log = structlog.get_logger("tokenhub.retention")
 TSDB_PRUNE_EVERY_SECS = 3600.0  # spec: hourly, first run after an hour
 REQUEST_LOG_PRUNE_EVERY_SECS = 6 * 3600.0  # spec: every 6 hours, first run after 6 hours

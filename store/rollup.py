@@ -21,6 +21,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+__all__ = ["rollup"]
+
 
 def rollup(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Columns for ``tsdb_points`` (``second`` as unix seconds) from a batch's record columns."""

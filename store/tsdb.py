@@ -15,6 +15,19 @@ from typing import Any, Literal
 
 from store.analytics import Cursor
 
+__all__ = [
+    "AGGREGATES",
+    "Aggregate",
+    "Point",
+    "SeriesQuery",
+    "list_metrics",
+    "prune_points",
+    "prune_requests",
+    "query_series",
+    "rfc3339_ms",
+    "write_points",
+]
+
 Aggregate = Literal["avg", "sum", "count", "min", "max"]
 AGGREGATES: dict[str, str] = {
     "avg": "sum(value) / sum(samples)",

@@ -14,6 +14,28 @@ from argon2.low_level import ARGON2_VERSION, Type, hash_secret_raw
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+__all__ = [
+    "CANARY_NAME",
+    "CANARY_VALUE",
+    "KDF_FLOOR",
+    "KDF_MAX_MEMORY_KIB",
+    "KDF_MAX_PARALLELISM",
+    "KDF_MAX_TIME_COST",
+    "KDF_MIN_MEMORY_KIB",
+    "KEY_BYTES",
+    "NONCE_BYTES",
+    "SALT_BYTES",
+    "TAG_BYTES",
+    "KdfParams",
+    "SealBroken",
+    "canary_matches",
+    "derive_key",
+    "new_salt",
+    "open_sealed",
+    "seal",
+    "seal_canary",
+]
+
 KEY_BYTES = 32  # AES-256
 SALT_BYTES = 16
 NONCE_BYTES = 12

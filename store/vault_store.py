@@ -12,6 +12,23 @@ from dataclasses import dataclass
 
 from store.vault_crypto import KdfParams
 
+__all__ = [
+    "PROVIDER_KEY_PREFIX",
+    "PROVIDER_KEY_SUFFIX",
+    "VaultCorrupted",
+    "VaultHeader",
+    "create",
+    "delete_secret",
+    "load_header",
+    "load_secrets",
+    "provider_id_of",
+    "provider_key_name",
+    "rewrite",
+    "sealed_provider_keys",
+    "secret_names",
+    "write_secret",
+]
+
 PROVIDER_KEY_PREFIX = "provider:"
 PROVIDER_KEY_SUFFIX = ":api_key"
 

@@ -11,6 +11,8 @@ from pipeline.errors import ClientDisconnected, TokenHubError
 from pipeline.types import ChatRequest, StreamDelta
 from pipeline.web import id_headers
 
+__all__ = ["Codec", "EdgeSink", "SseWriter", "attempts_header"]
+
 
 class EdgeSink(Protocol):
     """A StreamSink that also ends the client's stream, successfully or with an error event."""

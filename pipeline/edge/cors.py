@@ -17,6 +17,16 @@ from aiohttp import web
 from pipeline.errors import Forbidden
 from pipeline.web import Handler
 
+__all__ = [
+    "ALLOW_METHODS",
+    "DEFAULT_ALLOW_HEADERS",
+    "EXPOSE_HEADERS",
+    "MAX_AGE_SECS",
+    "MAX_REQUESTED_HEADERS",
+    "Cors",
+    "setup_cors",
+]
+
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 DEFAULT_ALLOW_HEADERS = (
     "Accept, Authorization, Content-Type, X-Request-Id, x-api-key, Idempotency-Key, anthropic-version, anthropic-beta"

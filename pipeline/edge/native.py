@@ -17,6 +17,17 @@ from pipeline.output_format import OutputFormat
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
 
+__all__ = [
+    "ChatBody",
+    "NativeCodec",
+    "OutputFormatIn",
+    "RequestIn",
+    "chat_request",
+    "decode_chat",
+    "encode_chat",
+    "policy_from",
+]
+
 
 class RequestIn(Strict):
     id: str = ""

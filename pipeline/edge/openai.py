@@ -18,6 +18,16 @@ from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, StreamDelta
 
+__all__ = [
+    "FORWARDED",
+    "CompletionsBody",
+    "OpenAICodec",
+    "OpenAIStreamSink",
+    "StreamOptions",
+    "completion_body",
+    "openai_error",
+]
+
 # Values of `model` that mean "TokenHub chooses".
 
 # Forwarded to the provider as given (the adapter maps or drops what its provider does not support).

@@ -18,6 +18,8 @@ from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
 from pipeline.web import id_headers, read_body, trusted_networks
 
+__all__ = ["PlanEndpoint"]
+
 
 class PlanEndpoint:
     def __init__(self, services: Services, pipelines: TenantPipelines) -> None:

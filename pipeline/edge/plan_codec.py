@@ -15,6 +15,8 @@ from pipeline.input_limits import check_message_count
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
 
+__all__ = ["OrchestrationIn", "PlanBody", "decode_plan", "plan_envelope"]
+
 
 class OrchestrationIn(Strict):
     mode: Literal["", "planning", "adversarial", "vote", "refine"] = ""

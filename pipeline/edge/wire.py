@@ -10,6 +10,8 @@ from pipeline.errors import InvalidRequest
 from pipeline.modes import Mode
 from pipeline.types import Message
 
+__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "invalid_request", "text_of", "to_messages"]
+
 
 class Strict(BaseModel):
     # Wrong types are errors ("5" is not a number); unknown fields are ignored, as the original does.
