@@ -131,6 +131,7 @@ def model_view(m: ModelInfo) -> dict[str, Any]:
         "weight": m.weight,
         "max_context_tokens": m.max_context_tokens,
         "max_output_tokens": m.max_output_tokens,
+        "pricing_source": m.pricing_source,
         "input_per_1k": m.input_per_1k,
         "output_per_1k": m.output_per_1k,
         "enabled": m.enabled,

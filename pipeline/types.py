@@ -120,6 +120,9 @@ class ModelInfo:
     # may be sent as one upstream name to different providers.
     upstream_model: str = ""
     fallbacks: tuple[str, ...] = ()  # model ids escalate tries next, in order, when this one fails first
+    # Where the prices came from: "manual" (an admin) or "litellm" (the pricing refresh). Read-only here:
+    # the store sets it (an admin's price change makes it manual again).
+    pricing_source: str = "manual"
 
     @property
     def sent_as(self) -> str:

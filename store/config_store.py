@@ -350,6 +350,7 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         kind=row["kind"],
         upstream_model=row["upstream_model"],
         fallbacks=tuple(_id_list(row["fallbacks"])),
+        pricing_source=row["pricing_source"],
     )
 
 

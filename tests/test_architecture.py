@@ -130,3 +130,15 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_no_module_imports_a_higher_layer(module: str) -> None:
     upward = sorted(dep for dep in GRAPH[module] if _layer(dep) > _layer(module))
     assert upward == [], f"{module} (layer {_layer(module)}) imports {upward}"
+
+
+def test_every_package_ships_in_the_distribution() -> None:
+    """A subpackage missing from pyproject's package list works in the editable install and breaks a wheel."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = set(find_packages(str(ROOT), include=include))
+    on_disk = {_module_name(init) for package in PACKAGES for init in (ROOT / package).rglob("__init__.py")}
+    assert on_disk <= found

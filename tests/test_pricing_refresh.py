@@ -180,6 +180,7 @@ async def test_refresh_from_a_url_updates_stored_prices_and_the_request_path(
         "gpt-v": "manual",
         "gpt-unlisted": "manual",
     }
+    assert {m: listed[m]["pricing_source"] for m in ("gpt-a", "gpt-b")} == {"gpt-a": "litellm", "gpt-b": "manual"}
     # The next request is priced with the refreshed table: 10 tokens in, 5 out at gpt-a's prices.
     key = await hub.new_key()
     status, body, _ = await hub.chat(key, model_hint="gpt-a")
