@@ -64,7 +64,7 @@ async def engine_models(request: web.Request) -> web.Response:
 def _engine_view(services: Services, model: ModelInfo, aliases: list[str]) -> dict[str, Any]:
     provider = services.providers.get(model.provider_id)
     health = services.health.snapshot().get(model.provider_id)  # read-only: `get` would create an entry
-    unavailable = _unavailable(services, model)
+    unavailable = services.router.unavailable(model)
     return {
         "id": model.id,
         "provider_id": model.provider_id,
@@ -88,17 +88,6 @@ def _engine_view(services: Services, model: ModelInfo, aliases: list[str]) -> di
         "fallbacks": list(model.fallbacks),
         "aliases": aliases,
     }
-
-
-def _unavailable(services: Services, model: ModelInfo) -> str | None:
-    """The request-independent part of policy's eligibility, with the same reason names."""
-    if not model.enabled:
-        return "disabled"
-    if model.provider_id not in services.adapters:
-        return "vault_locked" if model.provider_id in services.vault_locked_providers else "no_adapter"
-    if model.kind == "embedding" and not services.adapters[model.provider_id].capabilities.embeddings:
-        return "unsupported_operation"
-    return services.health.unavailable_reason(model.provider_id)
 
 
 # --- discovery -------------------------------------------------------------------------------------

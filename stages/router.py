@@ -207,6 +207,19 @@ class Router:
             model_hint=hint if alias is not None else "",
         )
 
+    def unavailable(self, model: ModelInfo) -> str | None:
+        """Why `model` can serve no request right now, whatever the request's budget, context or weight (the
+        admin's engine view), with the reason names of eligibility; None when it can."""
+        table = self._table()
+        if not model.enabled:
+            return "disabled"
+        if model.provider_id not in table.adapters:
+            return "vault_locked" if model.provider_id in table.vault_locked else "no_adapter"
+        supports = _supports(table.adapters, "embeddings" if model.kind == "embedding" else "chat")
+        if supports is not None and not supports(model.provider_id):
+            return "unsupported_operation"
+        return self._health.unavailable_reason(model.provider_id)
+
     def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
         """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
         constraints = Constraints(decision.mode, 0, 0, decision.estimated_input_tokens)
