@@ -85,7 +85,9 @@ class StepRunner:
         chain's own errors (UpstreamFailed, ...) when the step fails."""
         index = next(self._counter)
         budget = self.remaining_usd if budget_usd is None else budget_usd
-        if budget <= 0:
+        if self.budget_usd <= 0:  # the plan has no budget (it resolved to 0, "no budget filter"): nor its steps
+            budget = max(budget_usd or 0.0, 0.0)
+        elif budget <= 0:
             raise BudgetExhausted(f"the plan's budget (${self.budget_usd:g}) is spent before step {index} ({role})")
         parent = self._parent
         child = RequestContext(

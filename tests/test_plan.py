@@ -139,6 +139,17 @@ async def test_the_budget_stops_the_plan_and_returns_what_was_done(hub: Hub) -> 
     assert body["total_cost_usd"] <= 0.011
 
 
+async def test_a_plan_without_a_budget_runs_every_step(make_hub: Any) -> None:
+    """A budget that resolves to 0 is "no budget filter", for a plan as for a chat (it stopped every plan
+    before its first step)."""
+    hub = await make_hub(default_max_budget_usd=0)
+    key = await _setup(hub, "planner", "critic")
+    resp, body = await _plan(hub, key, {"mode": "adversarial", "iterations": 1, "review_model_id": "critic"})
+    assert resp.status == 200, body
+    assert [s["role"] for s in body["steps"]] == ["plan", "critique", "refine"] and body["complete"] is True
+    assert body["total_cost_usd"] > 0
+
+
 async def test_a_budget_too_small_for_the_first_step_is_422(hub: Hub) -> None:
     key = await _setup(hub, "planner", price=0.01)
     resp, body = await _plan(hub, key, {"mode": "adversarial"}, policy={"max_budget_usd": 0.001})
