@@ -97,6 +97,24 @@ async def test_tenant_rate_limit_applies_at_the_edge_and_counts_each_request_onc
     assert len(hub.fake.requests) == 2 + 1 + 3
 
 
+async def test_a_changed_pipeline_changes_the_checks_before_the_body(make_hub: Any) -> None:
+    """The edge finds a chain's checks once; a saved pipeline is a new chain, so its limit applies at once."""
+    hub = await make_hub(rate_limit_rps=0.001, rate_limit_burst=1)
+    await _setup(hub)
+    await hub.admin("POST", "/tenants", {"id": "acme", "name": "acme"}, expect=201)
+    acme = await hub.new_key(tenant_id="acme")
+    chat = orjson.dumps(CHAT)
+    unlimited = [{"stage": "auth"}, {"stage": "policy"}, {"stage": "dispatch"}]
+    await hub.admin("PUT", "/tenants/acme/pipeline", unlimited, expect=200)
+    for _ in range(3):
+        assert (await _post(hub, "/v1/chat", chat, acme))[0] == 200
+    limited = [{"stage": "rate_limit", "with": {"rps": 0.001, "burst": 1}}, *unlimited]
+    await hub.admin("PUT", "/tenants/acme/pipeline", limited, expect=200)
+    assert (await _post(hub, "/v1/chat", chat, acme))[0] == 200
+    status, body, _ = await _post(hub, "/v1/chat", chat, acme)
+    assert status == 429 and body["error"]["type"] == "rate_limited"
+
+
 # --- the message-count cap, on the raw structure ----------------------------------------------------
 NUMBERS = [1] * 5000  # not messages at all: validating each would report 5 000 errors
 BODIES = [

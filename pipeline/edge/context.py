@@ -4,6 +4,8 @@ checks that need no body (run before it is read)."""
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 
@@ -15,7 +17,9 @@ from pipeline.web import CLIENT_REQUEST_ID, REQUEST_ID, TrustedProxies, client_i
 from stages.auth import Auth, check_key
 from stages.rate_limit import RateLimit
 
-__all__ = ["admit_before_body", "new_context"]
+__all__ = ["BeforeBody", "new_context"]
+
+Check = Callable[[RequestContext], None]
 
 
 def new_context(
@@ -37,13 +41,31 @@ def new_context(
     )
 
 
-def admit_before_body(ctx: RequestContext, chain: Next) -> None:
-    """Before the body is read or parsed, in the order of the tenant's chain: its per-IP rate limit (the
-    stage's own buckets and options, so the stage does not count the request again) and the key check of
-    its auth stage (401 missing or unknown, 403 scope). Invalid bodies then count against the limit, and a
-    request without a valid key costs no parsing."""
+class BeforeBody:
+    """The checks a tenant chain runs before the body is read or parsed, in the chain's order: its per-IP rate
+    limit (the stage's own buckets and options, so the stage does not count the request again) and the key
+    check of its auth stage (401 missing or unknown, 403 scope). Invalid bodies then count against the limit,
+    and a request without a valid key costs no parsing. The checks are found once per chain (a chain is
+    rebuilt when its configuration changes, and the cache forgets the old one with it)."""
+
+    def __init__(self) -> None:
+        self._checks: weakref.WeakKeyDictionary[Next, tuple[Check, ...]] = weakref.WeakKeyDictionary()
+
+    def __call__(self, ctx: RequestContext, chain: Next) -> None:
+        checks = self._checks.get(chain)
+        if checks is None:
+            checks = self._checks[chain] = tuple(_checks_of(chain))
+        for check in checks:
+            check(ctx)
+
+
+def _checks_of(chain: Next) -> Iterator[Check]:
     for stage in stages_in(chain):
         if isinstance(stage, RateLimit):
-            stage.admit(ctx)
+            yield stage.admit
         elif isinstance(stage, Auth):
-            check_key(ctx, time.time())
+            yield _check_key_now
+
+
+def _check_key_now(ctx: RequestContext) -> None:
+    check_key(ctx, time.time())

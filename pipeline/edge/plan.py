@@ -10,7 +10,7 @@ from aiohttp import web
 
 from pipeline.context import RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.context import admit_before_body, new_context
+from pipeline.edge.context import BeforeBody, new_context
 from pipeline.edge.plan_codec import decode_plan, plan_envelope
 from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
 from pipeline.services import Services
@@ -26,13 +26,14 @@ class PlanEndpoint:
         self._services = services
         self._pipelines = pipelines
         self._trusted = trusted_networks(services)
+        self._before_body = BeforeBody()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services = self._services
         ctx = new_context(request, services, self._trusted, scope="plan", endpoint="plan")
         chain = self._pipelines.chain_for(ctx.tenant_id)
         try:
-            admit_before_body(ctx, chain)
+            self._before_body(ctx, chain)
             raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
             ctx.request, ctx.policy, ctx.plan = decode_plan(raw, max_messages=services.settings.max_messages)
             if not self._pipelines.has_stage(ctx.tenant_id, "orchestrate"):

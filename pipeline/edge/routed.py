@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.edge.codec import Codec, attempts_header
-from pipeline.edge.context import admit_before_body, new_context
+from pipeline.edge.context import BeforeBody, new_context
 from pipeline.errors import ClientDisconnected, NotFound, TokenHubError
 from pipeline.model_ids import resolve_model_id
 from pipeline.services import Services
@@ -25,6 +25,7 @@ class RoutedEndpoint:
         self._pipelines = pipelines
         self._codec = codec
         self._trusted = trusted_networks(services)
+        self._before_body = BeforeBody()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services, codec = self._services, self._codec
@@ -32,7 +33,7 @@ class RoutedEndpoint:
         chain = self._pipelines.chain_for(ctx.tenant_id)
         # Log lines name the request id explicitly: binding a context variable per request costs more.
         try:
-            admit_before_body(ctx, chain)
+            self._before_body(ctx, chain)
             raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
             ctx.request, ctx.policy = codec.decode(raw, max_messages=services.settings.max_messages)
             if codec.strict_model:
