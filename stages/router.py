@@ -49,7 +49,6 @@ from store.config_store import ConfigSnapshot
 __all__ = ["DEFAULT_OPTIONS", "Limits", "Router", "RoutingOptions"]
 
 _UNKNOWN_PROVIDER = ProviderHealth()  # never called yet: no latency, no errors
-# Every adapter chats; another operation needs the adapter method that does it.
 
 
 class RoutingOptions(BaseModel):
