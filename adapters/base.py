@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from adapters.endpoints import normalize_base_url
 from adapters.errors import ProviderError
 from adapters.failures import FailureRules
-from adapters.http import HttpClient, RetryHook, RetryPolicy, Route
+from adapters.http import CallOptions, HttpClient, RetryHook, RetryPolicy, Route
 from adapters.provider import Capabilities, ProviderType
 from adapters.stream import ChunkParser, UpstreamStream
 from adapters.usage import parse_usage
@@ -76,6 +76,17 @@ class HttpAdapter:
     def model_list_urls(self) -> tuple[str, ...]:
         return (self.base_url + self.models_path,)
 
+    def _call_options(self, request_id: str, deadline: float, attempt_timeout: float) -> CallOptions:
+        """What every call through the shared HTTP helper carries: auth, limits, classification, retries."""
+        return {
+            "headers": self.headers(request_id),
+            "deadline": deadline,
+            "attempt_timeout": attempt_timeout,
+            "classify": self.classify,
+            "retry": self._retry,
+            "secret": self._key,
+        }
+
     def _target(self, path: str) -> str | Route:
         """Where a call to `path` goes: the one base URL here; a pooled adapter returns a Route over its
         endpoints instead, and the shared retry loop walks it."""
@@ -114,12 +125,7 @@ class HttpAdapter:
         response = await self._http.open_stream(
             self._target(self.chat_path),
             self.build_stream_payload(model_id, request),
-            headers=self.headers(request_id),
-            deadline=deadline,
-            attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
+            **self._call_options(request_id, deadline, attempt_timeout),
         )
         return UpstreamStream(
             response,
@@ -144,12 +150,7 @@ class HttpAdapter:
         body, raw, latency_ms = await self._http.post_json(
             self._target(path),
             payload,
-            headers=self.headers(request_id),
-            deadline=deadline,
-            attempt_timeout=attempt_timeout,
-            classify=self.classify,
-            retry=self._retry,
-            secret=self._key,
             on_retry=on_retry,
+            **self._call_options(request_id, deadline, attempt_timeout),
         )
         return ChatResult(body=body, usage=parse_usage(body), latency_ms=latency_ms, raw=raw, format=self.result_format)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import aiohttp
 import orjson
@@ -23,7 +23,7 @@ import orjson
 from adapters.errors import ProviderError, excerpt
 from pipeline.types import ErrorClass
 
-__all__ = ["Classifier", "HttpClient", "RetryHook", "RetryPolicy", "Route", "parse_retry_after"]
+__all__ = ["CallOptions", "Classifier", "HttpClient", "RetryHook", "RetryPolicy", "Route", "parse_retry_after"]
 
 Classifier = Callable[[int, str, Mapping[str, str]], ProviderError]
 RetryHook = Callable[[int, ProviderError, float], None]
@@ -54,6 +54,17 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         backoff = self.base_delay * self.multiplier**attempt * rng.uniform(*self.jitter)
         return max(backoff, retry_after or 0.0)
+
+
+class CallOptions(TypedDict):
+    """The keyword arguments every provider call gives `post_json` and `open_stream`."""
+
+    headers: dict[str, str]
+    deadline: float
+    attempt_timeout: float
+    classify: Classifier
+    retry: RetryPolicy
+    secret: str
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
