@@ -49,6 +49,7 @@ from store.config_store import ConfigSnapshot
 __all__ = ["DEFAULT_OPTIONS", "Limits", "Router", "RoutingOptions"]
 
 _UNKNOWN_PROVIDER = ProviderHealth()  # never called yet: no latency, no errors
+_NO_LIMITS = Constraints("normal", 0, 0, 0)  # no budget, weight or context to meet: what any request needs
 
 
 class RoutingOptions(BaseModel):
@@ -210,14 +211,18 @@ class Router:
         """Why `model` can serve no request right now, whatever the request's budget, context or weight (the
         admin's engine view), with the reason names of eligibility; None when it can."""
         table = self._table()
-        if not model.enabled:
-            return "disabled"
-        if model.provider_id not in table.adapters:
-            return "vault_locked" if model.provider_id in table.vault_locked else "no_adapter"
         supports = _supports(table.adapters, "embeddings" if model.kind == "embedding" else "chat")
-        if supports is not None and not supports(model.provider_id):
-            return "unsupported_operation"
-        return self._health.unavailable_reason(model.provider_id)
+        return self._exclusion(model, _NO_LIMITS, table, supports)
+
+    def _exclusion(
+        self, model: ModelInfo, constraints: Constraints, table: RoutingTable, supports: Callable[[str], bool] | None
+    ) -> str | None:
+        """Eligibility's reason (scoring.exclusion_reason), naming a provider whose key waits in the locked
+        vault `vault_locked` rather than `no_adapter`."""
+        reason = exclusion_reason(
+            model, constraints, table.adapters.__contains__, self._health.unavailable_reason, supports
+        )
+        return "vault_locked" if reason == "no_adapter" and model.provider_id in table.vault_locked else reason
 
     def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
         """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
@@ -246,8 +251,7 @@ class Router:
     ) -> tuple[list[ModelInfo], dict[str, str]]:
         """TokenHub chooses: every model of the operation's kind (within a plan step's pin) is a candidate."""
         kind = model_kind(operation)
-        adapters, unavailable = table.adapters, self._health.unavailable_reason
-        supports = _supports(adapters, operation)
+        supports = _supports(table.adapters, operation)
         eligible: list[ModelInfo] = []
         exclusions: dict[str, str] = {}
         models = table.snapshot.models
@@ -256,9 +260,7 @@ class Router:
                 continue  # another operation's model: not a candidate at all (and no skip metric per request)
             if only_models is not None and model.id not in only_models:
                 continue  # a plan step pinned to other models: not a candidate at all
-            reason = exclusion_reason(model, constraints, adapters.__contains__, unavailable, supports)
-            if reason == "no_adapter" and model.provider_id in table.vault_locked:
-                reason = "vault_locked"  # its provider key waits in the locked vault
+            reason = self._exclusion(model, constraints, table, supports)
             if reason is None:
                 eligible.append(model)
             else:
@@ -284,9 +286,7 @@ class Router:
         if model_id is None:  # the edge answers 404 first; this covers a model deleted since
             raise NotFound(f"model {hint!r} does not exist", field="model")
         model = models[model_id]
-        adapters = table.adapters
-        supports = _supports(adapters, operation)
-        reason = exclusion_reason(model, constraints, adapters.__contains__, self._health.unavailable_reason, supports)
+        reason = self._exclusion(model, constraints, table, _supports(table.adapters, operation))
         if reason is None:
             return [model], {}
         if reason == "unsupported_operation":
@@ -294,8 +294,6 @@ class Router:
                 f"model {model_id!r} is served by provider {model.provider_id!r}, which cannot do {operation}",
                 field="model",
             )
-        if reason == "no_adapter" and model.provider_id in table.vault_locked:
-            reason = "vault_locked"
         if observe:
             self._skips.labels(provider=model.provider_id, reason=reason).inc()
         return [], {model_id: reason}
