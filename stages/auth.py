@@ -22,18 +22,23 @@ from store.key_ledger import KeyLedger
 if TYPE_CHECKING:
     from pipeline.services import Services
 
-__all__ = ["SPEC", "Auth", "check_key", "key_budget_left"]
+__all__ = ["SPEC", "Auth", "check_key", "key_budget_left", "key_in_force"]
 
 
-def check_key(ctx: RequestContext, now: float) -> ApiKeyInfo:
-    """The request's key when it may use this endpoint: 401 missing, unknown, disabled or expired; 403 scope."""
-    key = ctx.api_key
-    if not ctx.presented_key:
+def key_in_force(presented: bool, key: ApiKeyInfo | None, now: float) -> ApiKeyInfo:
+    """The presented key's record when it is usable at all: 401 missing, unknown, disabled or expired."""
+    if not presented:
         raise Unauthorized("authorization required: send 'Authorization: Bearer tokenhub_...'")
     if key is None or not key.enabled:
         raise Unauthorized("invalid api key")
     if key.expires_at is not None and key.expires_at <= now:
         raise Unauthorized("api key expired")
+    return key
+
+
+def check_key(ctx: RequestContext, now: float) -> ApiKeyInfo:
+    """The request's key when it may use this endpoint: `key_in_force`, and 403 without the endpoint's scope."""
+    key = key_in_force(ctx.presented_key, ctx.api_key, now)
     if key.scopes and ctx.scope not in key.scopes:
         raise Forbidden(f"insufficient scope: this endpoint needs '{ctx.scope}'")
     return key

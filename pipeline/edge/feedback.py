@@ -18,10 +18,11 @@ from aiohttp import web
 from pydantic import Field, ValidationError
 
 from pipeline.edge.wire import Strict, invalid_request
-from pipeline.errors import Conflict, NotFound, RateLimited, Unauthorized
+from pipeline.errors import Conflict, NotFound, RateLimited
 from pipeline.services import Services
-from pipeline.types import ApiKeyInfo, RequestRecord
+from pipeline.types import RequestRecord
 from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks
+from stages.auth import key_in_force
 from stages.bandit import QUALITY_SHARE, token_bucket
 from stages.rate_limit import TokenBuckets
 from store.reward_queries import rewarded_request
@@ -64,7 +65,8 @@ class FeedbackEndpoint:
     async def handle(self, request: web.Request) -> web.Response:
         services = self._services
         self._limit(self._by_ip, client_ip(request, self._trusted))  # before the key: guessing keys costs too
-        key = _caller(services, presented_key(request))
+        presented = presented_key(request)
+        key = key_in_force(bool(presented), services.identify(presented), time.time())
         self._limit(self._by_key, key.id)
         raw = await read_body(request, 64 * 1024, max_depth=services.settings.max_json_depth)
         try:
@@ -119,14 +121,3 @@ class FeedbackEndpoint:
             token_bucket(row.input_tokens),
             None,
         )
-
-
-def _caller(services: Services, presented: str) -> ApiKeyInfo:
-    if not presented:
-        raise Unauthorized("authorization required: send 'Authorization: Bearer tokenhub_...'")
-    key = services.identify(presented)
-    if key is None or not key.enabled:
-        raise Unauthorized("invalid api key")
-    if key.expires_at is not None and key.expires_at <= time.time():
-        raise Unauthorized("api key expired")
-    return key

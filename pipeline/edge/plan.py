@@ -16,7 +16,7 @@ from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubErr
 from pipeline.services import Services
 from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
-from pipeline.web import id_headers, read_body, trusted_networks
+from pipeline.web import error_response, id_headers, read_body, trusted_networks
 
 __all__ = ["PlanEndpoint"]
 
@@ -44,13 +44,13 @@ class PlanEndpoint:
         except TokenHubError as exc:
             ctx.error = exc
             services.recorder.emit(ctx)
-            return _error(exc, ctx.request_id)
+            return error_response(exc, ctx.request_id)
         if ctx.request.stream:
             return await self._stream(request, ctx, chain)
         try:
             await chain(ctx)
         except TokenHubError as exc:
-            return _error(exc, ctx.request_id)
+            return error_response(exc, ctx.request_id)
         return web.json_response(plan_envelope(ctx), dumps=_dumps)
 
     async def _stream(self, request: web.Request, ctx: RequestContext, chain: Next) -> web.StreamResponse:
@@ -70,7 +70,7 @@ class PlanEndpoint:
             return writer.response if writer.opened else web.Response(status=499)
         except TokenHubError as exc:
             if not writer.opened:
-                return _error(exc, ctx.request_id)
+                return error_response(exc, ctx.request_id)
             await writer.end(_event("error", exc.body(ctx.request_id)))
             return writer.response
         await send("plan", plan_envelope(ctx))
@@ -84,9 +84,3 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
-
-
-def _error(exc: TokenHubError, request_id: str) -> web.Response:
-    return web.json_response(
-        exc.body(request_id), status=exc.status, headers={**exc.headers, "X-Request-Id": request_id}
-    )
