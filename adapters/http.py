@@ -23,10 +23,21 @@ import orjson
 from adapters.errors import ProviderError, excerpt
 from pipeline.types import ErrorClass
 
-__all__ = ["CallOptions", "Classifier", "HttpClient", "RetryHook", "RetryPolicy", "Route", "parse_retry_after"]
+__all__ = [
+    "BodyTooLarge",
+    "CallOptions",
+    "Classifier",
+    "HttpClient",
+    "RetryHook",
+    "RetryPolicy",
+    "Route",
+    "parse_retry_after",
+    "read_capped",
+]
 
 Classifier = Callable[[int, str, Mapping[str, str]], ProviderError]
 RetryHook = Callable[[int, ProviderError, float], None]
+_READ_CHUNK = 64 * 1024
 
 _TRANSIENT = ErrorClass.TRANSIENT
 T = TypeVar("T")
@@ -65,6 +76,29 @@ class CallOptions(TypedDict):
     classify: Classifier
     retry: RetryPolicy
     secret: str
+
+
+class BodyTooLarge(ValueError):
+    """A response body over the reader's cap; `declared` is its Content-Length when that said so first."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        super().__init__(f"the body is over the {limit}-byte limit")
+        self.limit = limit
+        self.declared = declared
+
+
+async def read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The whole body of `response`, read to its end (one `read(n)` returns only what has arrived so far),
+    refusing more than `max_bytes` with BodyTooLarge, before reading when Content-Length already says so."""
+    declared = response.content_length
+    if declared is not None and declared > max_bytes:
+        raise BodyTooLarge(max_bytes, declared)
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_READ_CHUNK):
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyTooLarge(max_bytes)
+    return bytes(body)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -15,7 +15,7 @@ import structlog
 
 from adapters.endpoints import Endpoint
 from adapters.errors import excerpt
-from adapters.http import HttpClient
+from adapters.http import HttpClient, read_capped
 from adapters.provider import PooledProvider, Provider
 
 __all__ = ["DiscoveredModel", "VLLMProber", "parse_model_list"]
@@ -118,12 +118,9 @@ class VLLMProber:
             async with self._http.session.get(
                 endpoint.models_url, headers=provider.headers(), timeout=self._timeout
             ) as resp:
-                raw = await resp.content.read(_MAX_LIST_BYTES + 1)
-                status = resp.status
-            if status != 200:
-                raise ValueError(f"HTTP {status}")
-            if len(raw) > _MAX_LIST_BYTES:
-                raise ValueError("model list too large")
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status}")
+                raw = await read_capped(resp, _MAX_LIST_BYTES)  # BodyTooLarge is a ValueError
             return parse_model_list(orjson.loads(raw))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             detail = excerpt(str(exc) or type(exc).__name__)

@@ -7,6 +7,7 @@ GET /providers/{id}/discover    the provider's own model list, marking what is a
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from adapters.errors import excerpt
+from adapters.http import BodyTooLarge, read_capped
 from adapters.registry import build_provider
 from admin_ui.aliases import alias_view
 from admin_ui.common import get_services
@@ -143,19 +145,21 @@ async def _fetch_model_list(services: Services, provider: ProviderInfo) -> Any:
 
 async def _get_json(services: Services, url: str, headers: dict[str, str], provider: ProviderInfo) -> Any:
     secret = provider.api_key
+    raw: bytes | None = None  # None: the body was over the size limit
     try:
         async with services.http.session.get(url, headers=headers, timeout=DISCOVER_TIMEOUT) as resp:
-            raw = await resp.content.read(_MAX_LIST_BYTES + 1)
             status = resp.status
+            with contextlib.suppress(BodyTooLarge):
+                raw = await read_capped(resp, _MAX_LIST_BYTES)
     except TimeoutError:
         raise DiscoveryFailed(f"provider {provider.id!r} did not answer within 10 s") from None
     except (aiohttp.ClientError, OSError) as exc:
         detail = excerpt(str(exc) or type(exc).__name__, secret)
         raise DiscoveryFailed(f"provider {provider.id!r} is unreachable: {detail}") from None
     if status != 200:
-        body = excerpt(raw.decode(errors="replace"), secret)
+        body = excerpt(raw.decode(errors="replace"), secret) if raw is not None else "(an oversized body)"
         raise DiscoveryFailed(f"provider {provider.id!r} returned HTTP {status}: {body}", upstream_status=status)
-    if len(raw) > _MAX_LIST_BYTES:
+    if raw is None:
         raise DiscoveryFailed(f"provider {provider.id!r} sent a model list larger than {_MAX_LIST_BYTES} bytes")
     try:
         return orjson.loads(raw)

@@ -23,7 +23,7 @@ import aiohttp
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from adapters.http import HttpClient
+from adapters.http import BodyTooLarge, HttpClient, read_capped
 from store.config_store import ConfigStore
 from store.pricing import PriceTableError, apply_prices, parse_price_table
 
@@ -32,7 +32,6 @@ __all__ = ["FETCH_TIMEOUT_SECS", "MAX_TABLE_BYTES", "PricingRefresher", "Refresh
 LOGGER = "tokenhub.pricing"
 FETCH_TIMEOUT_SECS = 30.0  # the original's timeout for the whole fetch
 MAX_TABLE_BYTES = 32 * 1024 * 1024  # LiteLLM's table is ~1.5 MB; 20x headroom, then it is refused
-_CHUNK = 64 * 1024
 
 
 class FetchFailed(Exception):
@@ -161,14 +160,11 @@ class PricingRefresher:
         async with self._http.session.get(url, allow_redirects=True, max_redirects=3) as resp:
             if resp.status != 200:
                 raise FetchFailed(f"HTTP {resp.status}")
-            if resp.content_length is not None and resp.content_length > self._max_bytes:
-                raise FetchFailed(f"the table is {resp.content_length} bytes, over the {self._max_bytes}-byte limit")
-            body = bytearray()
-            async for chunk in resp.content.iter_chunked(_CHUNK):
-                body += chunk
-                if len(body) > self._max_bytes:
-                    raise FetchFailed(f"the table is over the {self._max_bytes}-byte limit")
-            return bytes(body)
+            try:
+                return await read_capped(resp, self._max_bytes)
+            except BodyTooLarge as exc:
+                size = f"{exc.declared} bytes, " if exc.declared is not None else ""
+                raise FetchFailed(f"the table is {size}over the {self._max_bytes}-byte limit") from None
 
 
 def _log() -> structlog.stdlib.BoundLogger:

@@ -4,6 +4,7 @@ never appears in an answer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ class ListServer:
         self.status = 200
         self.body: Any = {"data": [{"id": "listed-model"}]}
         self.raw: bytes | None = None
+        self.piece_size = 0  # > 0: the body goes out in pieces of this size, each flushed on its own
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -36,7 +38,16 @@ class ListServer:
         self.paths.append(request.path_qs)
         if self.raw is not None:
             return web.Response(body=self.raw, status=self.status, content_type="text/plain")
-        return web.json_response(self.body, status=self.status)
+        if not self.piece_size:
+            return web.json_response(self.body, status=self.status)
+        body = json.dumps(self.body).encode()
+        resp = web.StreamResponse(status=self.status, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for start in range(0, len(body), self.piece_size):
+            await resp.write(body[start : start + self.piece_size])
+            await asyncio.sleep(0.001)  # let each piece reach the client before the next: a real slow network
+        await resp.write_eof()
+        return resp
 
     async def __aenter__(self) -> ListServer:
         app = web.Application()
@@ -135,6 +146,15 @@ async def test_a_disabled_provider_can_still_be_asked(hub: Hub, lister: ListServ
     await hub.add_provider("off", base_url=lister.base_url, enabled=False)
     data, _ = await _discover(hub, "off", expect=200)
     assert [m["id"] for m in data["models"]] == ["listed-model"]
+
+
+async def test_a_long_list_arriving_in_pieces_is_read_whole(hub: Hub, lister: ListServer) -> None:
+    """The body is read to its end, not just what the first read happened to find buffered."""
+    lister.body = {"data": [{"id": f"model-{i:05d}", "context_length": 8192} for i in range(2000)]}
+    lister.piece_size = 4096
+    await hub.add_provider("oa", base_url=lister.base_url)
+    data, _ = await _discover(hub, "oa", expect=200)
+    assert len(data["models"]) == 2000 and data["models"][-1]["id"] == "model-01999"
 
 
 async def test_a_bare_list_and_junk_entries(hub: Hub, lister: ListServer) -> None:
