@@ -185,6 +185,18 @@ async def test_upstream_errors_are_a_clear_502(
         assert "[redacted]" in data["error"]["message"]  # the upstream echoed the key: scrubbed
 
 
+@pytest.mark.parametrize(
+    ("status", "message"), [(200, "larger than 4194304 bytes"), (500, "HTTP 500: (an oversized body)")]
+)
+async def test_an_oversized_answer_is_refused_without_parsing_it(
+    hub: Hub, lister: ListServer, status: int, message: str
+) -> None:
+    lister.status, lister.raw = status, b"[" + b" " * (4 * 1024 * 1024) + b"]"
+    await hub.add_provider("oa", base_url=lister.base_url)
+    data, _ = await _discover(hub, "oa", expect=502)
+    assert data["error"]["type"] == "discovery_failed" and message in data["error"]["message"], data
+
+
 async def test_an_unreachable_provider_is_a_502_and_unknown_is_a_404(hub: Hub) -> None:
     await hub.add_provider("gone", base_url=f"http://127.0.0.1:{_closed_port()}")
     data, _ = await _discover(hub, "gone", expect=502)
