@@ -112,3 +112,12 @@ class RequestContext:
     plan_events: Any = None  # /v1/plan with stream: an async (event, data) callback for step progress
     plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)
     plan_steps: list[Any] = field(default_factory=list)  # /v1/plan: every step's StepResult, in order
+
+    def charge(self, candidate: Candidate, result: ChatResult) -> None:
+        """What `candidate`'s call returned, and its price: the usage at the model's prices (the routing
+        estimate when the provider reported no usage). A stream that ended early is charged the same way."""
+        usage = result.usage
+        model = candidate.model
+        cost = model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else candidate.estimated_cost_usd
+        self.result = result
+        self.cost_usd = round(cost, 10)  # drop float noise such as 7.500000000000001e-05

@@ -90,11 +90,8 @@ class Dispatch:
         services.health.success(model.provider_id, result.latency_ms)
         self._count_attempt(model.provider_id, "ok")
         ctx.attempts.append(Attempt(model.id, model.provider_id, "", "", result.latency_ms))
-        ctx.result = result
         ctx.served_by = candidate
-        usage = result.usage
-        cost = model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else candidate.estimated_cost_usd
-        ctx.cost_usd = round(cost, 10)  # drop float noise such as 7.500000000000001e-05
+        ctx.charge(candidate, result)
         await call_next(ctx)
 
     def _failed(

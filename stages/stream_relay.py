@@ -99,19 +99,14 @@ async def relay_stream(
             raise StreamBroken(f"the upstream stream broke: {exc.message}", cause_class=str(exc.error_class)) from exc
     except BaseException:
         if serving:  # charged before anything else can fail or be cancelled
-            _charge(ctx, candidate, tally.final_usage(decision.estimated_input_tokens), started)
+            usage = tally.final_usage(decision.estimated_input_tokens)
+            ctx.charge(candidate, ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000))
         upstream.close()
         await deltas.aclose()
         raise
     upstream.release()
     usage = tally.final_usage(decision.estimated_input_tokens)
     return ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
-
-
-def _charge(ctx: RequestContext, candidate: Candidate, usage: Usage, started: float) -> None:
-    """Put what an unfinished stream used on the context, priced like a finished one (dispatch)."""
-    ctx.result = ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
-    ctx.cost_usd = round(candidate.model.cost_usd(usage.input_tokens, usage.output_tokens), 10)
 
 
 async def _until_first_token(deltas: AsyncIterator[StreamDelta], seconds: float) -> list[StreamDelta]:
