@@ -13,7 +13,7 @@ from typing import Annotated, Literal, ParamSpec, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
-from pipeline.errors import Conflict, InvalidRequest, VaultLocked
+from pipeline.errors import Conflict, InvalidRequest, VaultLocked, invalid_request
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body
@@ -79,11 +79,7 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        if err["type"] == "json_invalid":
-            raise InvalidRequest(f"malformed JSON: {err['ctx'].get('error', '')}", field="body") from None
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        raise InvalidRequest(f"{field}: {err['msg']}", field=field) from None
+        raise invalid_request(exc) from None
 
 
 async def read_json(request: web.Request) -> JsonValue:

@@ -17,8 +17,8 @@ from admin_ui.common import get_services as _services
 from admin_ui.params import int_param
 from pipeline.context import Policy, RequestContext, RoutingDecision
 from pipeline.edge.native import decode_chat
-from pipeline.edge.wire import Strict, invalid_request
-from pipeline.errors import NoEligibleModel
+from pipeline.edge.wire import Strict
+from pipeline.errors import NoEligibleModel, invalid_request
 from pipeline.modes import OptionalMode
 from pipeline.services import Services
 from pipeline.types import ChatRequest

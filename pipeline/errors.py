@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 __all__ = [
     "BudgetExceeded",
     "ClientDisconnected",
@@ -29,6 +31,7 @@ __all__ = [
     "UpstreamRejected",
     "VaultLocked",
     "VaultRefused",
+    "invalid_request",
 ]
 
 
@@ -262,3 +265,14 @@ class VaultRefused(TokenHubError):
         super().__init__(f"unlock failed: {message}" if kind == "unlock_failed" else message)
         self.type = kind
         self.status = status
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """The first validation error as a 400 naming the field."""
+    err = exc.errors(include_url=False)[0]
+    if err["type"] == "json_invalid":
+        return InvalidRequest(f"malformed JSON: {err['ctx'].get('error', 'invalid')}", field="body")
+    if err["type"] == "model_type" and not err["loc"]:
+        return InvalidRequest("the body must be a JSON object", field="body")
+    field = ".".join(str(part) for part in err["loc"]) or "body"
+    return InvalidRequest(f"{field}: {err['msg']}", field=field)

@@ -12,8 +12,8 @@ from pydantic import Field, ValidationError
 from adapters.anthropic_format import openai_to_anthropic_message, stop_reason_for
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import PolicyIn, Strict, invalid_request
-from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.edge.wire import PolicyIn, Strict
+from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, Message, StreamDelta

@@ -18,8 +18,8 @@ from pydantic import Field, ValidationError
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import EdgeSink
 from pipeline.edge.openai import openai_error
-from pipeline.edge.wire import PolicyIn, Strict, invalid_request
-from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.edge.wire import PolicyIn, Strict
+from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest
 

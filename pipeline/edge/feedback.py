@@ -17,8 +17,8 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from pipeline.edge.wire import Strict, invalid_request
-from pipeline.errors import Conflict, NotFound, RateLimited
+from pipeline.edge.wire import Strict
+from pipeline.errors import Conflict, NotFound, RateLimited, invalid_request
 from pipeline.services import Services
 from pipeline.types import RequestRecord
 from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks

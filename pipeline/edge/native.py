@@ -10,8 +10,8 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.openai import OpenAIStreamSink
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
-from pipeline.errors import TokenHubError
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
+from pipeline.errors import TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.output_format import OutputFormat
 from pipeline.output_schema import check_schema

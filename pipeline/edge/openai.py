@@ -12,8 +12,8 @@ from pydantic import Field, ValidationError
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, invalid_request, to_messages
-from pipeline.errors import InvalidRequest, TokenHubError
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
+from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, StreamDelta

@@ -9,8 +9,8 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import PlanSpec, Policy, RequestContext
 from pipeline.edge.native import RequestIn, chat_request, policy_from
-from pipeline.edge.wire import PolicyIn, Strict, invalid_request
-from pipeline.errors import InvalidRequest
+from pipeline.edge.wire import PolicyIn, Strict
+from pipeline.errors import InvalidRequest, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import InvalidRequest
 from pipeline.modes import Mode
 from pipeline.types import Message
 
-__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "invalid_request", "text_of", "to_messages"]
+__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "text_of", "to_messages"]
 
 
 class Strict(BaseModel):
@@ -72,14 +72,3 @@ def text_of(content: str | list[ContentPart] | None, field: str) -> str:
         if part.type != "text":
             raise InvalidRequest(f"content parts of type {part.type!r} are not supported", field=f"{field}.{index}")
     return "".join(part.text or "" for part in content)
-
-
-def invalid_request(exc: ValidationError) -> InvalidRequest:
-    """The first validation error as a 400 naming the field."""
-    err = exc.errors(include_url=False)[0]
-    if err["type"] == "json_invalid":
-        return InvalidRequest(f"malformed JSON: {err['ctx'].get('error', 'invalid')}", field="body")
-    if err["type"] == "model_type" and not err["loc"]:
-        return InvalidRequest("the body must be a JSON object", field="body")
-    field = ".".join(str(part) for part in err["loc"]) or "body"
-    return InvalidRequest(f"{field}: {err['msg']}", field=field)
