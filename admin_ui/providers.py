@@ -25,7 +25,6 @@ __all__ = [
     "CredStore",
     "create_provider",
     "delete_provider",
-    "key_home",
     "key_to_write",
     "list_providers",
     "patch_provider",
@@ -65,7 +64,7 @@ async def create_provider(request: web.Request) -> web.Response:
     services = get_services(request)
     existing = await services.config.call(services.config.provider_record, body.id)  # POST replaces a provider
     current = existing["cred_store"] if existing is not None else "none"
-    api_key = key_to_write(body.cred_store, body.api_key, current, services.vault)
+    api_key = key_to_write(body.cred_store, body.api_key, current, services.config.key_home, services.vault)
     provider = ProviderInfo(body.id, body.type, normalize_base_url(body.base_url), body.enabled)
     view = await _save(request, provider, api_key)
     return web.json_response({"ok": True, "cred_store": view["cred_store"], "provider": view}, status=201)
@@ -78,7 +77,9 @@ async def patch_provider(request: web.Request) -> web.Response:
     current = await services.config.call(services.config.provider_record, provider_id)
     if current is None:
         raise NotFound(f"provider {provider_id!r} not found")
-    api_key = key_to_write(body.cred_store, body.api_key, current["cred_store"], services.vault)
+    api_key = key_to_write(
+        body.cred_store, body.api_key, current["cred_store"], services.config.key_home, services.vault
+    )
     updated = ProviderInfo(
         provider_id,
         body.type or current["type"],
@@ -94,15 +95,11 @@ async def delete_provider(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "deleted": deleted})
 
 
-def key_home(vault: Vault) -> CredStore:
-    """Where a key written now is kept (the config store's rule): the vault once it is set up."""
-    return "vault" if vault.enabled and vault.initialized else "sealed"
-
-
-def key_to_write(requested: CredStore | None, api_key: str | None, current: str, vault: Vault) -> str | None:
+def key_to_write(requested: CredStore | None, api_key: str | None, current: str, home: str, vault: Vault) -> str | None:
     """The ``api_key`` argument for the store (None keeps the stored key, "" removes it), or a 400 when
-    ``cred_store`` asks for something the vault's state cannot give. Without ``cred_store`` the key goes
-    where keys go now (a locked vault refuses it later, with nothing written)."""
+    ``cred_store`` asks for something the vault's state cannot give. ``home`` is where keys go now (the config
+    store's ``key_home``); without ``cred_store`` the key goes there (a locked vault refuses it later, with
+    nothing written)."""
     if requested is None:
         return api_key
     if requested == "none":
@@ -113,7 +110,6 @@ def key_to_write(requested: CredStore | None, api_key: str | None, current: str,
         raise _refuse(f"cred_store {requested!r} keeps a key: api_key must not be empty")
     if api_key is None and current == requested:
         return None  # already kept there: nothing to write, even while the vault is locked
-    home = key_home(vault)
     if requested == "vault" and not vault.enabled:
         raise _refuse(
             "cred_store 'vault': the vault is disabled (TOKENHUB_VAULT_ENABLED=false); keys are sealed with the"

@@ -155,6 +155,12 @@ class ConfigStore:
         return ConfigSnapshot(self._version, providers, models, routing, tenants, pipelines, keys, aliases)
 
     # --- providers -------------------------------------------------------------------------------
+    @property
+    def key_home(self) -> str:
+        """Where a provider key written now is kept: the vault once it is attached (enabled) and set up,
+        else sealed with the key file."""
+        return "vault" if self.vault is not None and self.vault.initialized else "sealed"
+
     def upsert_provider(self, provider: ProviderInfo, *, api_key: str | None) -> None:
         """Create or replace a provider; ``api_key=None`` keeps the stored key, ``""`` removes it from
         wherever it is kept (the vault, even a disabled one, and the key-file seal)."""
@@ -169,7 +175,7 @@ class ConfigStore:
             if api_key == "":
                 vault_store.delete_secret(db, vault_store.provider_key_name(provider.id))
                 db.execute("UPDATE providers SET api_key_sealed = '' WHERE id = ?", (provider.id,))
-            elif api_key is not None and self.vault is not None and self.vault.initialized:
+            elif api_key is not None and self.key_home == "vault":
                 store_provider_key(db, self.vault, provider.id, api_key)  # raises while the vault is locked
             elif api_key is not None:
                 db.execute(
