@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint format bench-writer bench-routing clean
+.PHONY: help run test lint format system-deps bench-writer bench-routing clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,7 +23,10 @@ lint: $(VENV)/.installed  ## ruff check + format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint  ## lint, then the whole pytest suite
+system-deps:  ## install the system packages the tests drive (Debian's chromium, promtool) when missing
+	scripts/system-deps.sh
+
+test: system-deps lint  ## lint, then the whole pytest suite
 	$(BIN)/python -m pytest -q
 
 format: $(VENV)/.installed  ## apply ruff fixes and formatting

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond Python: Debian's chromium (the admin UI's browser tests drive
+# it headless; never a browser download) and promtool (from the prometheus package: checks and unit-tests
+# the alert rules). Installs only what is missing; needs root or passwordless sudo on a fresh machine.
+set -euo pipefail
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v promtool >/dev/null || missing+=(prometheus)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
