@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint format system-deps bench-writer bench-routing clean
+.PHONY: help run test lint format vendor system-deps bench-writer bench-routing clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,6 +22,9 @@ run: $(VENV)/.installed  ## start TokenHub on :8080 (data in ./data; override wi
 lint: $(VENV)/.installed  ## ruff check + format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+vendor:  ## re-copy the admin UI's pinned front-end libraries (package.json) into admin_ui/static/vendor/
+	scripts/vendor-ui.sh
 
 system-deps:  ## install the system packages the tests drive (Debian's chromium, promtool) when missing
 	scripts/system-deps.sh

@@ -93,6 +93,9 @@ class Settings(BaseModel):
     # --- security (docs/security.md) ---
     admin_rate_limit_rps: float = Field(30.0, gt=0, description="per-IP rate for /admin/v1/*")
     admin_rate_limit_burst: int = Field(60, gt=0, description="per-IP burst for /admin/v1/*")
+    admin_session_ttl_secs: float = Field(
+        8 * 3600.0, ge=60, le=30 * 86400, description="how long an admin UI sign-in lasts (the cookie's life)"
+    )
     feedback_rate_limit_rps: float = Field(10.0, gt=0, description="per-IP and per-key rate for /v1/feedback")
     feedback_rate_limit_burst: int = Field(100, gt=0, description="per-IP and per-key burst for /v1/feedback")
     feedback_window_secs: float = Field(
