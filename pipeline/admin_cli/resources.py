@@ -127,7 +127,7 @@ RESOURCES: dict[str, Resource] = {
     "pipelines": Resource(
         "per-tenant pipelines of stages",
         (
-            Command("get", "GET", "/tenants/{tenant}/pipeline", "show a tenant's pipeline"),
+            Command("get", "GET", "/tenants/{tenant}/pipeline", "show a tenant's pipeline", columns=("stage", "with")),
             Command(
                 "set", "PUT", "/tenants/{tenant}/pipeline", 'set a tenant\'s pipeline (BODY: {"stages": [...]})', "json"
             ),
