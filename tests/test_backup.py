@@ -7,6 +7,8 @@ import asyncio
 import json
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ import aiohttp
 import duckdb
 
 from tests.conftest import ADMIN_TOKEN, Hub
+from tests.test_cli import ADMIN as CLI_ADMIN
+from tests.test_cli import Server
 
 
 async def _populate(hub: Hub) -> str:
@@ -177,3 +181,24 @@ async def test_backup_endpoint_needs_the_admin_token(hub: Hub) -> None:
         async with session.post(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as ok:
             assert ok.status == 200 and ok.headers["Content-Type"] == "application/x-tar"
             assert len(await ok.read()) == int(ok.headers["Content-Length"])
+
+
+async def test_the_cli_finds_a_local_server_through_its_lock_file(tmp_path: Path) -> None:
+    """`tokenhub backup --data-dir DIR` with no URL: the server's lock file says where it listens."""
+    server = Server(tmp_path / "data", TOKENHUB_ADMIN_TOKEN=CLI_ADMIN)
+    await server.start()
+    try:
+        env = {k: v for k, v in server.env.items() if k != "TOKENHUB_LISTEN_ADDR"}  # not the way it is found
+        argv = [sys.executable, "-m", "pipeline", "backup", "--data-dir", str(tmp_path / "data")]
+        done = await asyncio.to_thread(
+            subprocess.run, [*argv, "--to", str(tmp_path / "b")], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "(online)" in done.stdout, done.stderr
+        restore = [sys.executable, "-m", "pipeline", "restore", done.stdout.split()[1], "--data-dir"]
+        refused = await asyncio.to_thread(
+            subprocess.run, [*restore, str(tmp_path / "data")], env=env, capture_output=True, text=True
+        )
+        assert refused.returncode == 1 and f"listening on 127.0.0.1:{server.port}" in refused.stderr
+    finally:
+        code, _, err = await server.stop()
+    assert code == 0, err
