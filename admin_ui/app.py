@@ -16,6 +16,7 @@ from admin_ui import (
     aliases,
     api_keys,
     audit,
+    backup,
     engine,
     health,
     learning,
@@ -99,6 +100,8 @@ ROUTES: list[web.RouteDef] = [
     web.post("/vault/lock", vault.lock_vault),
     web.post("/vault/rotate", vault.rotate_vault),
     web.get("/audit", audit.list_audit),
+    # backups (tokenhub backup is the client)
+    web.post("/backup", backup.create_backup),
 ]
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from adapters.http import HttpClient
 from admin_ui.app import ADMIN_PREFIX, admin_app
 from pipeline.admin_token import resolve_admin_token
+from pipeline.data_lock import DataDirLock
 from pipeline.edge.anthropic import AnthropicCodec
 from pipeline.edge.cors import setup_cors
 from pipeline.edge.embeddings import EmbeddingsCodec
@@ -36,6 +37,7 @@ __all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "build_services", "create_app
 log = structlog.get_logger("tokenhub.app")
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
+DATA_LOCK: web.AppKey[DataDirLock] = web.AppKey("data_lock", DataDirLock)
 
 
 def build_services(settings: Settings, request_lines: RequestLines | None = None) -> Services:
@@ -58,10 +60,16 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
 
 def create_app(settings: Settings, *, request_lines: RequestLines | None = None) -> web.Application:
     """`request_lines` writes the one log line per request (the CLI builds it on its log stream); without
-    it no request lines are written."""
-    services = build_services(settings, request_lines)
+    it no request lines are written. Raises DataDirInUse when another process holds the data directory."""
+    # Before any file is opened: a second server, or a restore, must not share the databases.
+    lock = DataDirLock.acquire(settings.data_dir, role="server", listen=settings.listen_addr)
+    try:
+        services = build_services(settings, request_lines)
+        token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
+    except BaseException:
+        lock.release()
+        raise
     pipelines = TenantPipelines(default_registry(), services)
-    token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
 
     app = web.Application(
         middlewares=[request_id_and_errors],
@@ -78,6 +86,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app[PIPELINES] = pipelines
     app[ADMIN_TOKEN] = token
     app[ADMIN_TOKEN_GENERATED] = generated
+    app[DATA_LOCK] = lock
     app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
     app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
     app.router.add_post("/v1/messages", RoutedEndpoint(services, pipelines, AnthropicCodec()).handle)
@@ -107,4 +116,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await start_all(services.components)
     yield
     await stop_all(services.components)
+    app[DATA_LOCK].release()
     log.info("stopped", records_written=services.records.written)

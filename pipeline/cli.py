@@ -11,8 +11,11 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
+from pipeline.admin_cli import add_admin_command
 from pipeline.admin_token import TOKEN_FILE, read_admin_token
 from pipeline.app import ADMIN_TOKEN, ADMIN_TOKEN_GENERATED, create_app
+from pipeline.backup_cli import add_backup_commands
+from pipeline.completion import add_completion_command
 from pipeline.logging import RequestLines, configure_logging
 from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
 from pipeline.web import SERVICES
@@ -38,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", choices=["debug", "info", "warn", "error"], help="TOKENHUB_LOG_LEVEL")
     token = commands.add_parser("admin-token", help="print the admin token the server uses (generated or configured)")
     token.add_argument("--data-dir", metavar="DIR", help="where the server keeps its data (TOKENHUB_DATA_DIR)")
+    add_backup_commands(commands)
+    add_admin_command(commands)
+    add_completion_command(commands, parser)  # last: it completes every command registered before it
     args = parser.parse_args(argv)
+    if hasattr(args, "run"):  # commands that carry their own handler
+        return int(args.run(args))
     if args.command == "admin-token":
         return admin_token_command(data_dir=args.data_dir)
     if args.command in (None, "serve"):

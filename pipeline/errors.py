@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 __all__ = [
+    "BackupFailed",
     "BudgetExceeded",
     "ClientDisconnected",
     "Conflict",
@@ -234,6 +235,13 @@ class UpstreamRejected(TokenHubError):
 class DeadlineExceeded(TokenHubError):
     status = 504
     type = "deadline_exceeded"
+
+
+class BackupFailed(TokenHubError):
+    """503: a backup could not be taken now (e.g. the analytics database stayed busy); nothing was kept."""
+
+    status = 503
+    type = "backup_failed"
 
 
 class QueryError(TokenHubError):

@@ -18,9 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.admin_token import MIN_ADMIN_TOKEN_CHARS
 from pipeline.modes import ROUTING_MODES
 
-__all__ = ["MAX_TSDB_RETENTION_DAYS", "PREFIX", "Settings", "SettingsError", "load_settings", "unknown_variables"]
+__all__ = [
+    "CLIENT_VARIABLES",
+    "MAX_TSDB_RETENTION_DAYS",
+    "PREFIX",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "unknown_variables",
+]
 
 PREFIX = "TOKENHUB_"
+# Read by the command-line clients (`tokenhub admin`, `tokenhub backup`), not by the server: not typos.
+CLIENT_VARIABLES = frozenset({"TOKENHUB_URL"})
 MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 
 # pricing_url may carry credentials (user:token@host, ?token=...): never echoed in an error.
@@ -117,6 +127,9 @@ class Settings(BaseModel):
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
     # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
     vault_kdf_allow_weak: bool = False
+    # --- backups (docs/backup.md): read by `tokenhub backup` ---
+    backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
+    backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")
 
     @field_validator("default_mode")
     @classmethod
@@ -236,5 +249,5 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """TOKENHUB_* variables that this version does not read (likely typos), for a start-up warning."""
     env = os.environ if environ is None else environ
-    known = {PREFIX + name.upper() for name in Settings.model_fields}
+    known = {PREFIX + name.upper() for name in Settings.model_fields} | CLIENT_VARIABLES
     return sorted(k for k in env if k.startswith(PREFIX) and k not in known)

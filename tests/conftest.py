@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,24 @@ async def ready_hub(hub: Hub) -> tuple[Hub, str]:
     await hub.add_provider()
     await hub.add_model("gpt-test", weight=5, input_per_1k=0.001, output_per_1k=0.002, max_context_tokens=8000)
     return hub, await hub.new_key()
+
+
+@pytest.fixture
+def cli(hub: Hub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Runs the `tokenhub` command line in-process against ``hub`` (on a thread: its HTTP client blocks);
+    returns (exit code, stdout, stderr)."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("TOKENHUB_URL", str(hub.client.make_url("")))
+    monkeypatch.setenv("TOKENHUB_ADMIN_TOKEN", ADMIN_TOKEN)
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = await asyncio.to_thread(main, list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
