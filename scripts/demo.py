@@ -97,6 +97,7 @@ class TokenHub:
     def __init__(self, host: str, port: int, data_dir: Path, config_file: Path) -> None:
         self.base_url = f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
         self.data_dir = data_dir
+        self.config_file = config_file
         self.admin_token = secrets.token_hex(24)
         self.log_path = data_dir / "tokenhub.log"
         env = dict(
@@ -147,7 +148,7 @@ class TokenHub:
                         return str(json.loads(keys_file.read_text())[KEY_NAME])
             await asyncio.sleep(0.2)
         raise DemoError(
-            f"TokenHub did not apply {CONFIG_FILE.relative_to(ROOT)} within {STARTUP_TIMEOUT:.0f} s (no healthy"
+            f"TokenHub did not apply {self.config_file} within {STARTUP_TIMEOUT:.0f} s (no healthy"
             f" /healthz or no {KEY_NAME!r} key in {keys_file}); does this version read TOKENHUB_CONFIG_FILE?\n"
             + self.log_tail()
         )
@@ -211,7 +212,7 @@ TokenHub demo: {url}  (configuration: {config}; TokenHub's log: {hub.log_path})
   live events  curl -sN {url}/admin/v1/events -H 'Authorization: Bearer {token}'
 What to look at: `thompson` traffic drifts to fader-turbo (cheap, fast, right) and away from flaky-fast;
 flaky-fast's failures fail over to another model (X-TokenHub-Attempts, tokenhub_provider_attempts_total);
-{degrade_after:g} s after its first call fader-turbo degrades to 90% errors: its breaker opens
+{degrade_after:.3g} s after its first call fader-turbo degrades to 90% errors: its breaker opens
 (tokenhub_provider_health_state 0, health_change events), traffic fails over, and the bandit moves away.
 Ctrl-C stops everything.
 """

@@ -219,6 +219,6 @@ def demo_lineup(degrade_after_secs: float) -> list[DemoProvider]:
             "fader",
             4,
             FakeModel("fader-turbo", 150, 0.01, 0.9, degrade_after_secs=degrade_after_secs),
-            f"cheap, fast and good until {degrade_after_secs:g} s after its first call, then 90% errors",
+            f"cheap, fast and good until {degrade_after_secs:.3g} s after its first call, then 90% errors",
         ),
     ]
