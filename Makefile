@@ -36,6 +36,10 @@ format: $(VENV)/.installed  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+.PHONY: demo
+demo: $(VENV)/.installed  ## TokenHub + five fake providers + traffic, no provider key needed (docs/demo.md; Ctrl-C stops)
+	$(BIN)/python scripts/demo.py run
+
 bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest into DuckDB (target >= 50,000 rows/s)
 	$(BIN)/python scripts/bench_writer.py
 

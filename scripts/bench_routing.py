@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from scripts.demo_fakes import FakeModel, FakeProvider  # noqa: E402
 from stages.bandit import base_reward, reward  # noqa: E402
 
 LATENCY_BUDGET_MS = 2000  # every request's max_latency_ms: the reward's latency scale
@@ -71,41 +71,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class FakeProvider:
-    def __init__(self, world: World, seed: int) -> None:
-        self.world = world
-        self._rng = random.Random(seed)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+def fake_for(world: World, seed: int) -> FakeProvider:
+    """The world's model, served by the fakes `make demo` uses too (scripts/demo_fakes.py)."""
+    model = FakeModel(
+        world.model,
+        world.latency_ms,
+        world.failure_rate,
+        world.quality,
+        input_tokens=INPUT_TOKENS,
+        output_tokens=OUTPUT_TOKENS,
+    )
+    return FakeProvider([model], seed=seed)
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", lambda _: web.json_response({"data": [{"id": self.world.model}]}))
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _chat(self, request: web.Request) -> web.Response:
-        w = self.world
-        await asyncio.sleep(w.latency_ms / 1000 * self._rng.uniform(0.8, 1.2))
-        if self._rng.random() < w.failure_rate:
-            return web.json_response({"error": {"message": "overloaded"}}, status=503)
-        return web.json_response(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "model": w.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS},
-            }
-        )
+def model_of(provider: FakeProvider) -> FakeModel:
+    """A fake's one model: mutable, so a run can degrade it while the server runs."""
+    return next(iter(provider.models.values()))
 
 
 class Hub:
@@ -170,17 +151,17 @@ async def run_policy(
 ) -> list[str]:
     """Send `count` requests for `policy`, rate each answer; returns the model that served each request."""
     rng = random.Random(seed)
-    quality = {p.world.model: p.world.quality for p in providers}
+    quality = {model_of(p).name: model_of(p).quality for p in providers}
     served: list[str] = [""] * count
     next_index = iter(range(count))
-    target = providers[[p.world.model for p in providers].index(oracle)]
+    target = model_of(providers[[model_of(p).name for p in providers].index(oracle)])
     degraded = False
 
     async def one(i: int) -> None:
         nonlocal degraded
         if degrade_at is not None and i >= degrade_at and not degraded:
             degraded = True
-            target.world.failure_rate, target.world.quality = 0.6, 0.2  # the best provider turns bad
+            target.failure_rate, target.quality = 0.6, 0.2  # the best provider turns bad
         body: dict = {
             "request": {"messages": [{"role": "user", "content": "Summarise the quarterly report."}]},
             "policy": {
@@ -233,7 +214,7 @@ def requests_to_move_away(served: list[str], model: str, start: int, window: int
 
 
 async def main(args: argparse.Namespace) -> int:
-    providers = [FakeProvider(World(**vars(w)), seed=i) for i, w in enumerate(WORLDS)]
+    providers = [fake_for(w, seed=i) for i, w in enumerate(WORLDS)]
     for p in providers:
         await p.start()
     oracle = max(WORLDS, key=World.expected_reward).model
@@ -243,19 +224,19 @@ async def main(args: argparse.Namespace) -> int:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             await hub.ready(session)
-            for p in providers:
-                pid = p.world.model.split("-")[0]
+            for p, world in zip(providers, WORLDS, strict=True):
+                pid = world.model.split("-")[0]
                 await hub.admin(session, "POST", "/providers", {"id": pid, "base_url": f"http://127.0.0.1:{p.port}"})
                 await hub.admin(
                     session,
                     "POST",
                     "/models",
                     {
-                        "id": p.world.model,
+                        "id": world.model,
                         "provider_id": pid,
                         "weight": 5,
-                        "input_per_1k": p.world.price_per_1k,
-                        "output_per_1k": p.world.price_per_1k,
+                        "input_per_1k": world.price_per_1k,
+                        "output_per_1k": world.price_per_1k,
                     },
                 )
             hub.key = (await hub.admin(session, "POST", "/apikeys", {"name": "bench"}))["key"]
@@ -274,7 +255,7 @@ async def main(args: argparse.Namespace) -> int:
                 )
             for policy in ("normal", "thompson"):
                 for p, w in zip(providers, WORLDS, strict=True):  # everyone healthy again
-                    p.world.failure_rate, p.world.quality = w.failure_rate, w.quality
+                    model_of(p).failure_rate, model_of(p).quality = w.failure_rate, w.quality
                 half = args.degrade_requests // 2
                 served = await run_policy(
                     hub, session, policy, "degrade", args.degrade_requests, oracle, providers, degrade_at=half, seed=9
