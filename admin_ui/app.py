@@ -18,6 +18,7 @@ from admin_ui import (
     aliases,
     api_keys,
     audit,
+    config_reload,
     engine,
     health,
     learning,
@@ -97,6 +98,8 @@ ROUTES: list[web.RouteDef] = [
     web.post("/vault/lock", vault.lock_vault),
     web.post("/vault/rotate", vault.rotate_vault),
     web.get("/audit", audit.list_audit),
+    # configuration as code (docs/config-file.md)
+    web.post("/config/reload", config_reload.reload_config_file),
 ]
 
 
