@@ -37,7 +37,7 @@ from store import api_keys, audit
 from store.config_store import DEFAULT_TENANT, ConfigSnapshot, ConfigStore, RoutingDefaults
 from store.vault import Vault
 
-__all__ = ["KINDS", "ConfigApplier", "apply_document"]
+__all__ = ["KINDS", "ApplyTarget", "ConfigApplier", "NoConfigFile", "apply_document"]
 
 log = structlog.get_logger("tokenhub.config_file")
 KINDS = ("providers", "models", "aliases", "routing", "tenants", "api_keys")
@@ -63,17 +63,17 @@ class _Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
+class ApplyTarget:
     """What the apply writes to and must not break."""
 
     store: ConfigStore
     vault: Vault
     env_providers: frozenset[str]
     pipelines: dict[str, list[dict[str, Any]]]  # tenant id -> validated definition
-    keys_file: Path
+    keys_file: Path | None  # None: a dry run (`tokenhub config check`), new keys are not saved anywhere
 
 
-def apply_document(doc: ConfigDocument, target: _Target) -> dict[str, Any]:
+def apply_document(doc: ConfigDocument, target: ApplyTarget) -> dict[str, Any]:
     """Check ``doc`` against the stored configuration and write it, all on the store's thread (so no admin
     write interleaves). Raises ConfigFileInvalid, having written nothing."""
     store = target.store
@@ -93,7 +93,7 @@ def apply_document(doc: ConfigDocument, target: _Target) -> dict[str, Any]:
         def write_all() -> None:
             for op in plan.ops:
                 op()
-            if plan.new_keys:  # inside the transaction: keys that cannot be saved are not created
+            if plan.new_keys and target.keys_file is not None:  # in the transaction: unsaved keys are not created
                 _save_new_keys(target.keys_file, plan.new_keys)
 
         store.atomically(write_all)
@@ -103,7 +103,7 @@ def apply_document(doc: ConfigDocument, target: _Target) -> dict[str, Any]:
         "changed": bool(plan.ops),
         "counts": plan.counts,
         "api_keys_created": sorted(plan.new_keys),
-        "keys_file": str(target.keys_file) if plan.new_keys else None,
+        "keys_file": str(target.keys_file) if plan.new_keys and target.keys_file else None,
         "touched_key_ids": plan.touched_keys,
     }
 
@@ -115,7 +115,7 @@ def _problem(plan: _Plan, doc: ConfigDocument, path: tuple[str | int, ...], exc:
         plan.problems.extend(doc.problem(path, exc).problems)
 
 
-def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, plan: _Plan) -> None:
+def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTarget, plan: _Plan) -> None:
     store = target.store
     records = {r["id"]: r for r in store.list_providers()}
     for index, body in enumerate(doc.body.providers):
@@ -150,7 +150,7 @@ def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: _Targe
         plan.count("providers", outcome, None if outcome == "unchanged" else upsert)
 
 
-def _plan_models_and_aliases(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, plan: _Plan) -> None:
+def _plan_models_and_aliases(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTarget, plan: _Plan) -> None:
     """Models and aliases are checked against the configuration the file produces (what it names, plus what
     stays), so a model may fall back to, and an alias point at, a model declared in the same file."""
     store, body = target.store, doc.body
@@ -189,7 +189,7 @@ def _plan_models_and_aliases(doc: ConfigDocument, current: ConfigSnapshot, targe
         plan.count("aliases", outcome, None if outcome == "unchanged" else _bind(store.upsert_alias, alias))
 
 
-def _plan_prune(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, plan: _Plan) -> None:
+def _plan_prune(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTarget, plan: _Plan) -> None:
     """What the file does not name goes, after every upsert: aliases (they name models), then models, then
     providers (the environment's stay: they are not the store's to remove)."""
     store, body = target.store, doc.body
@@ -201,7 +201,7 @@ def _plan_prune(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, p
         plan.count("providers", "deleted", _bind(store.delete_provider, provider_id))
 
 
-def _plan_routing(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, plan: _Plan) -> None:
+def _plan_routing(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTarget, plan: _Plan) -> None:
     routing = doc.body.routing
     if routing is None:
         return
@@ -210,7 +210,7 @@ def _plan_routing(doc: ConfigDocument, current: ConfigSnapshot, target: _Target,
     plan.count("routing", "unchanged" if same else "updated", None if same else _bind(target.store.set_routing, wanted))
 
 
-def _plan_tenants(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, plan: _Plan) -> None:
+def _plan_tenants(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTarget, plan: _Plan) -> None:
     store = target.store
     for tenant in doc.body.tenants:
         existing = current.tenants.get(tenant.id)
@@ -227,7 +227,7 @@ def _plan_tenants(doc: ConfigDocument, current: ConfigSnapshot, target: _Target,
         plan.ops.extend(ops)
 
 
-def _plan_api_keys(doc: ConfigDocument, current: ConfigSnapshot, target: _Target, plan: _Plan) -> None:
+def _plan_api_keys(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTarget, plan: _Plan) -> None:
     store = target.store
     tenants = set(current.tenants) | {t.id for t in doc.body.tenants} | {DEFAULT_TENANT}
     by_name: dict[str, list[dict[str, Any]]] = {}
@@ -380,9 +380,9 @@ class ConfigApplier:
         self._pipelines.refresh()
         return self._applied(summary, trigger)
 
-    def _target(self, doc: ConfigDocument) -> _Target:
+    def _target(self, doc: ConfigDocument) -> ApplyTarget:
         services = self._services
-        return _Target(
+        return ApplyTarget(
             store=services.config,
             vault=services.vault,
             env_providers=frozenset(services.env_providers),

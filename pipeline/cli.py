@@ -13,6 +13,7 @@ from aiohttp import web
 
 from pipeline.admin_token import TOKEN_FILE, read_admin_token
 from pipeline.app import ADMIN_TOKEN, ADMIN_TOKEN_GENERATED, StartupRefused, create_app, reload_on_sighup
+from pipeline.cli_config import add_config_command, config_command
 from pipeline.logging import RequestLines, configure_logging
 from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
 from pipeline.web import SERVICES
@@ -38,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", choices=["debug", "info", "warn", "error"], help="TOKENHUB_LOG_LEVEL")
     token = commands.add_parser("admin-token", help="print the admin token the server uses (generated or configured)")
     token.add_argument("--data-dir", metavar="DIR", help="where the server keeps its data (TOKENHUB_DATA_DIR)")
+    add_config_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "config":
+        return config_command(args)
     if args.command == "admin-token":
         return admin_token_command(data_dir=args.data_dir)
     if args.command in (None, "serve"):
