@@ -55,6 +55,7 @@ class _Plan:
     problems: list[dict[str, Any]] = field(default_factory=list)
     new_keys: dict[str, str] = field(default_factory=dict, repr=False)  # name -> plaintext, filled by the ops
     touched_keys: list[str] = field(default_factory=list)  # ids of existing keys whose limits changed
+    warnings: list[str] = field(default_factory=list)
 
     def count(self, kind: str, outcome: str, op: Op | None = None) -> None:
         self.counts[kind][outcome] += 1
@@ -104,6 +105,7 @@ def apply_document(doc: ConfigDocument, target: ApplyTarget) -> dict[str, Any]:
         "counts": plan.counts,
         "api_keys_created": sorted(plan.new_keys),
         "keys_file": str(target.keys_file) if plan.new_keys and target.keys_file else None,
+        "warnings": plan.warnings,
         "touched_key_ids": plan.touched_keys,
     }
 
@@ -125,6 +127,10 @@ def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyT
         resolved = doc.provider_keys.get(body.id)
         moving = body.cred_store is not None and body.cred_store != cred_store
         wanted = resolved if resolved is not None and (moving or stored is None or stored.api_key != resolved) else None
+        if wanted is not None and cred_store == "vault" and not moving and not target.vault.unlocked:
+            # Sealed under the locked vault: it cannot be compared, and a restart must not be refused for it.
+            plan.warnings.append(f"provider {body.id!r}: the vault is locked, its key was left as stored")
+            wanted = None
         ref = "api_key_env" if body.api_key_env else "api_key_file" if body.api_key_file else "api_key"
         try:
             api_key = key_to_write(body.cred_store, wanted, cred_store, store.key_home, target.vault)
@@ -291,27 +297,27 @@ def _update_key(store: ConfigStore, key_id: str, changes: dict[str, Any]) -> Non
 
 
 def _save_new_keys(path: Path, new_keys: dict[str, str]) -> None:
-    """Merge the new plaintexts into the keys file (JSON, name -> key), written whole with mode 0600."""
-    existing: dict[str, Any] = {}
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text() or "{}")
-        except (OSError, ValueError) as exc:
-            raise ConfigFileInvalid(
-                str(path), [{"line": None, "column": None, "path": "", "message": f"keys file unreadable: {exc}"}]
-            ) from None
+    """Merge the new plaintexts into the keys file (JSON, name -> key), written whole with mode 0600. Runs
+    inside the transaction: a file that cannot be written means the keys are not created."""
+    try:
+        existing = json.loads(path.read_text() or "{}") if path.exists() else {}
         if not isinstance(existing, dict):
-            existing = {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        json.dump({**existing, **new_keys}, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+            raise ValueError("not a JSON object")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            json.dump({**existing, **new_keys}, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        message = f"TOKENHUB_CONFIG_KEYS_FILE={path}: cannot save the new API keys ({reason}); nothing was changed"
+        problem = {"line": None, "column": None, "path": "api_keys", "message": message}
+        raise ConfigFileInvalid(str(path), [problem]) from None
 
 
 def _model(body: Any) -> ModelInfo:
@@ -417,6 +423,8 @@ class ConfigApplier:
             if n and outcome != "unchanged"
         )
         log.info("config_applied", file=summary["file"], trigger=trigger, changes=changes or "none")
+        for warning in summary["warnings"]:
+            log.warning("config_apply_warning", file=summary["file"], warning=warning)
         if summary["api_keys_created"]:
             log.info("config_api_keys_created", names=summary["api_keys_created"], written_to=summary["keys_file"])
         services.events.publish(
