@@ -11,7 +11,12 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from admin_ui.config_reload import sighup
+from pipeline.settings import SettingsError, load_settings, unknown_variables
+from pipeline.web import PIPELINES
+from tests.conftest import Hub
 from tests.test_cli import ADMIN, Server
 
 CONFIG = """\
@@ -117,3 +122,39 @@ def test_a_bad_config_file_stops_startup_naming_the_line(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert "line 2, column 14: providers[0].type" in result.stderr and "nothing was changed" in result.stderr
+
+
+async def test_sighup_rate_limits_reach_requests_and_the_admin_api(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    services = hub.services
+    await hub.chat_ok(key)
+    await hub.chat_ok(key)
+    strict = services.settings.model_copy(
+        update={
+            "rate_limit_rps": 0.01,
+            "rate_limit_burst": 1,
+            "admin_rate_limit_rps": 0.01,
+            "admin_rate_limit_burst": 2,
+        }
+    )
+    await sighup(services, hub.client.server.app[PIPELINES], lambda: strict)
+    assert services.settings.rate_limit_burst == 1 and services.settings.listen_addr == strict.listen_addr
+    await hub.chat_ok(key)
+    await hub.chat_refused(key, 429, "rate_limited")
+    await hub.admin("GET", "/models", expect=200)
+    await hub.admin("GET", "/models", expect=200)
+    await hub.admin("GET", "/models", expect=429)
+
+
+def test_the_env_file_fills_what_the_environment_does_not_set(tmp_path: Path) -> None:
+    env_file = tmp_path / "tokenhub.env"
+    env_file.write_text('# comment\n\nexport TOKENHUB_LOG_LEVEL="debug"\nTOKENHUB_RATE_LIMIT_RPS=7\n')
+    settings = load_settings({"TOKENHUB_ENV_FILE": str(env_file), "TOKENHUB_RATE_LIMIT_RPS": "9"})
+    assert (settings.log_level, settings.rate_limit_rps) == ("debug", 9.0)
+    env_file.write_text("TOKENHUB_LOG_LEVEL\n")
+    with pytest.raises(SettingsError, match="line 1: expected NAME=VALUE"):
+        load_settings({"TOKENHUB_ENV_FILE": str(env_file)})
+    with pytest.raises(SettingsError, match="cannot read it"):
+        load_settings({"TOKENHUB_ENV_FILE": str(tmp_path / "missing.env")})
+    variables = {"TOKENHUB_PROVIDER_OPENAI_MAIN_KEY": "x", "TOKENHUB_LOG_LEVL": "x", "TOKENHUB_CONFIG_FILE": "x"}
+    assert unknown_variables(variables) == ["TOKENHUB_LOG_LEVL"]  # export's key variables are not typos
