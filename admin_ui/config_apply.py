@@ -350,10 +350,10 @@ class ConfigApplier:
         refused: a half-configured server is worse than one that says which line to fix)."""
         settings = self._services.settings
         documents: list[Callable[[], ConfigDocument | None]] = []
-        if settings.credentials_path is not None:
-            documents.append(lambda: read_credentials_file(settings.credentials_path))  # type: ignore[arg-type]
+        if (credentials := settings.credentials_path) is not None:
+            documents.append(functools.partial(read_credentials_file, credentials))
         if settings.config_file:
-            documents.append(lambda: read_config_file(Path(settings.config_file)))
+            documents.append(functools.partial(read_config_file, Path(settings.config_file)))
         store = self._services.config
         for read in documents:
             try:

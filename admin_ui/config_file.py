@@ -131,12 +131,6 @@ class ConfigDocument:
     def problem(self, path: Sequence[PathPart], message: str) -> ConfigFileInvalid:
         return ConfigFileInvalid(self.file, [_problem(self.lines, path, message)])
 
-    def index_of(self, kind: str, key: str) -> int:
-        """The position of the object called ``key`` in the list ``kind`` (for an error's line)."""
-        items = getattr(self.body, kind)
-        attr = "name" if kind in ("aliases", "api_keys") else "id"
-        return next(i for i, item in enumerate(items) if getattr(item, attr) == key)
-
 
 def read_config_file(
     path: Path, *, resolve_secrets: bool = True, environ: dict[str, str] | None = None
