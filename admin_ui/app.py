@@ -17,6 +17,7 @@ from admin_ui import (
     api_keys,
     audit,
     backup,
+    config_reload,
     engine,
     health,
     learning,
@@ -102,6 +103,8 @@ ROUTES: list[web.RouteDef] = [
     web.get("/audit", audit.list_audit),
     # backups (tokenhub backup is the client)
     web.post("/backup", backup.create_backup),
+    # configuration as code (docs/config-file.md)
+    web.post("/config/reload", config_reload.reload_config_file),
 ]
 
 

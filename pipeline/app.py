@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
 
 from adapters.http import HttpClient
 from admin_ui.app import ADMIN_PREFIX, admin_app
+from admin_ui.config_apply import ConfigApplier
+from admin_ui.config_file import CredentialsFileUnsafe
+from admin_ui.config_reload import sighup
 from pipeline.admin_token import resolve_admin_token
 from pipeline.data_lock import DataDirLock
 from pipeline.edge.anthropic import AnthropicCodec
@@ -20,6 +25,7 @@ from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import healthz, list_models, metrics
+from pipeline.errors import ConfigFileInvalid
 from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
@@ -32,12 +38,16 @@ from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.secret_box import SecretBox
 
-__all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "build_services", "create_app"]
+__all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
 
 log = structlog.get_logger("tokenhub.app")
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
 DATA_LOCK: web.AppKey[DataDirLock] = web.AppKey("data_lock", DataDirLock)
+
+
+class StartupRefused(RuntimeError):
+    """A configuration file that cannot be applied: the message says which file and line."""
 
 
 def build_services(settings: Settings, request_lines: RequestLines | None = None) -> Services:
@@ -70,6 +80,17 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
+    try:
+        ConfigApplier(services, pipelines).apply_at_start()
+    except BaseException as exc:
+        services.config.close()
+        services.analytics.close()
+        lock.release()
+        if isinstance(exc, ConfigFileInvalid):
+            raise StartupRefused(exc.describe()) from None
+        if isinstance(exc, CredentialsFileUnsafe):
+            raise StartupRefused(str(exc)) from None
+        raise
 
     app = web.Application(
         middlewares=[request_id_and_errors],
@@ -101,6 +122,21 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app
+
+
+def reload_on_sighup(app: web.Application, reread: Callable[[], Settings]) -> None:
+    """`tokenhub serve`: SIGHUP re-reads the live settings and re-applies the config file (config_reload.py)."""
+    running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def on_signal() -> None:
+        task = asyncio.ensure_future(sighup(app[SERVICES], app[PIPELINES], reread))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def install(app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_signal)
+
+    app.on_startup.append(install)
 
 
 async def _end_event_streams(app: web.Application) -> None:

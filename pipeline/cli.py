@@ -13,8 +13,9 @@ from aiohttp import web
 
 from pipeline.admin_cli import add_admin_command
 from pipeline.admin_token import TOKEN_FILE, read_admin_token
-from pipeline.app import ADMIN_TOKEN, ADMIN_TOKEN_GENERATED, create_app
+from pipeline.app import ADMIN_TOKEN, ADMIN_TOKEN_GENERATED, StartupRefused, create_app, reload_on_sighup
 from pipeline.backup_cli import add_backup_commands
+from pipeline.cli_config import add_config_command
 from pipeline.completion import add_completion_command
 from pipeline.logging import RequestLines, configure_logging
 from pipeline.settings import Settings, SettingsError, load_settings, unknown_variables
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", choices=["debug", "info", "warn", "error"], help="TOKENHUB_LOG_LEVEL")
     token = commands.add_parser("admin-token", help="print the admin token the server uses (generated or configured)")
     token.add_argument("--data-dir", metavar="DIR", help="where the server keeps its data (TOKENHUB_DATA_DIR)")
+    add_config_command(commands)
     add_backup_commands(commands)
     add_admin_command(commands)
     add_completion_command(commands, parser)  # last: it completes every command registered before it
@@ -92,11 +94,17 @@ def serve_command(*, listen: str | None, data_dir: str | None, log_level: str | 
         log.warning("unknown_setting_ignored", variable=name)
     try:
         app = create_app(settings, request_lines=RequestLines(log_stream, level=settings.log_level))
+    except StartupRefused as exc:
+        log.error("startup_failed", error=str(exc))
+        log_stream.close()
+        print(f"tokenhub: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
         log.error("startup_failed", error=str(exc))
         log_stream.close()
         return 1
     _announce(app, settings)
+    reload_on_sighup(app, lambda: load_settings(listen_addr=listen, data_dir=data_dir, log_level=log_level))
     # Start-up objects live for the whole run: move them out of the collector's sight, and collect the
     # young generation less often (each request allocates a few hundred objects, almost none cyclic).
     # Measured: about +8 % throughput on the benchmark.

@@ -10,6 +10,7 @@ __all__ = [
     "BackupFailed",
     "BudgetExceeded",
     "ClientDisconnected",
+    "ConfigFileInvalid",
     "Conflict",
     "DeadlineExceeded",
     "DiscoveryFailed",
@@ -62,6 +63,29 @@ class TokenHubError(Exception):
 class InvalidRequest(TokenHubError):
     status = 400
     type = "invalid_request"
+
+
+class ConfigFileInvalid(InvalidRequest):
+    """A configuration file that cannot be applied (nothing was changed): each problem with its line."""
+
+    def __init__(self, file: str, problems: list[dict[str, Any]]) -> None:
+        first = problems[0]
+        where = f"line {first['line']}: " if first.get("line") else ""
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{file}: {where}{first['path'] or 'file'}: {first['message']}{more}", field=first["path"])
+        self.file = file
+        self.problems = problems
+
+    def extra(self) -> dict[str, Any]:
+        return {"file": self.file, "problems": self.problems}
+
+    def describe(self) -> str:
+        """Every problem, one a line, for a terminal or a log."""
+        lines = [f"{self.file}: the configuration is invalid, nothing was changed:"]
+        for p in self.problems:
+            where = f"line {p['line']}, column {p['column']}" if p.get("line") else "file"
+            lines.append(f"  {where}: {p['path'] or '(top level)'}: {p['message']}")
+        return "\n".join(lines)
 
 
 class PayloadTooLarge(TokenHubError):

@@ -20,11 +20,14 @@ from pipeline.modes import ROUTING_MODES
 
 __all__ = [
     "CLIENT_VARIABLES",
+    "HOT_SETTINGS",
     "MAX_TSDB_RETENTION_DAYS",
     "PREFIX",
     "Settings",
     "SettingsError",
     "load_settings",
+    "provider_key_variable",
+    "read_env_file",
     "unknown_variables",
 ]
 
@@ -37,6 +40,21 @@ MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 SECRET_SETTINGS = frozenset(
     {"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password", "pricing_url"}
 )
+
+
+# What SIGHUP re-reads and applies without a restart (spec config.md section 5); the rest needs a restart.
+HOT_SETTINGS = (
+    "log_level",
+    "rate_limit_rps",
+    "rate_limit_burst",
+    "admin_rate_limit_rps",
+    "admin_rate_limit_burst",
+    "default_mode",
+    "default_max_budget_usd",
+    "default_max_latency_ms",
+)
+# `tokenhub config export` names a provider's key TOKENHUB_PROVIDER_<ID>_KEY: not a setting, not a typo.
+_PROVIDER_KEY_VARIABLE = re.compile(rf"^{PREFIX}PROVIDER_[A-Z0-9_]+_KEY$")
 
 
 class SettingsError(ValueError):
@@ -130,6 +148,11 @@ class Settings(BaseModel):
     # --- backups (docs/backup.md): read by `tokenhub backup` ---
     backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
     backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")
+    # --- configuration files (docs/config-file.md) ---
+    config_file: str = Field("", description="YAML/JSON config as code, applied at start, on SIGHUP and reload")
+    config_keys_file: str = Field("", description="keys the config file created; default <data dir>/config-keys.json")
+    credentials_file: str = Field("~/.tokenhub/credentials", description="bootstrap providers and models (mode 0600)")
+    env_file: str = Field("", description="KEY=VALUE settings read at start and on SIGHUP; the environment wins")
 
     @field_validator("default_mode")
     @classmethod
@@ -224,10 +247,21 @@ class Settings(BaseModel):
     def analytics_path(self) -> str:
         return self.duckdb_path or str(self.data_dir / "tokenhub.duckdb")
 
+    @property
+    def config_keys_path(self) -> Path:
+        return Path(self.config_keys_file) if self.config_keys_file else self.data_dir / "config-keys.json"
+
+    @property
+    def credentials_path(self) -> Path | None:
+        return Path(self.credentials_file).expanduser() if self.credentials_file else None
+
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read ``TOKENHUB_*`` variables (empty = default), apply explicit overrides (CLI flags), validate."""
     env = os.environ if environ is None else environ
+    env_file = overrides.get("env_file") or env.get(PREFIX + "ENV_FILE", "").strip()
+    if env_file:
+        env = {**read_env_file(Path(env_file)), **env}  # the process environment wins
     values: dict[str, Any] = {}
     for name in Settings.model_fields:
         raw = env.get(PREFIX + name.upper(), "")
@@ -246,8 +280,35 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``export`` prefix, blank lines, ``#`` comments and quotes allowed), as a shell
+    or docker compose's env_file reads them; TOKENHUB_ENV_FILE names it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{PREFIX}ENV_FILE={path}: cannot read it ({exc.strerror})") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            raise SettingsError(f"{PREFIX}ENV_FILE={path}, line {number}: expected NAME=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def provider_key_variable(provider_id: str) -> str:
+    """The variable `tokenhub config export` names for a provider's key: TOKENHUB_PROVIDER_<ID>_KEY."""
+    return f"{PREFIX}PROVIDER_{re.sub(r'[^A-Z0-9]', '_', provider_id.upper())}_KEY"
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """TOKENHUB_* variables that this version does not read (likely typos), for a start-up warning."""
     env = os.environ if environ is None else environ
     known = {PREFIX + name.upper() for name in Settings.model_fields} | CLIENT_VARIABLES
-    return sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+    return sorted(k for k in env if k.startswith(PREFIX) and k not in known and not _PROVIDER_KEY_VARIABLE.match(k))

@@ -23,7 +23,14 @@ VOCABULARY = {
 # The shared services and the per-tenant chains, assembled from the layers below; the edge and the admin
 # API are handed them. Above them only the composition root, which builds and mounts everything.
 ASSEMBLY = {"pipeline.services", "pipeline.housekeeping", "pipeline.registry", "pipeline.tenants"}
-ROOT_MODULES = {"pipeline.app", "pipeline.cli", "pipeline.__main__", "pipeline.backup_cli", "pipeline.completion"}
+ROOT_MODULES = {
+    "pipeline.app",
+    "pipeline.cli",
+    "pipeline.cli_config",
+    "pipeline.__main__",
+    "pipeline.backup_cli",
+    "pipeline.completion",
+}
 
 
 def _module_name(path: Path) -> str:
