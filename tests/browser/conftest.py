@@ -1,7 +1,7 @@
 """Browser tests of the admin web UI: Debian's chromium, headless, driven by Playwright (never a browser
 download), against the real `tokenhub serve` process in front of a fake provider that is a real local server.
 
-One TokenHub per test module (start-up is about a second); one browser per session; a fresh signed-in browser
+One TokenHub and one browser per test module (each starts in about a second); a fresh signed-in browser
 context per test. Every test fails if the page wrote an error to the console or threw.
 Set TOKENHUB_UI_SCREENSHOTS=1 to (re)write the screenshots under docs/img/.
 """
@@ -162,8 +162,10 @@ class LiveHub:
         return self.call("POST", "/v1/chat", body, token=key)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module: while Playwright's sync API is open its event loop counts as running on this thread, and
+    the suite's asyncio tests (in other modules) could not start their own."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
     with sync_playwright() as pw:
