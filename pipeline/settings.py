@@ -114,6 +114,8 @@ class Settings(BaseModel):
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
     # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
     vault_kdf_allow_weak: bool = False
+    # --- `tokenhub healthcheck` (docs/deploy/docker.md) ---
+    healthcheck_url: str = Field("", description="URL the healthcheck probes; '' = /healthz on TOKENHUB_LISTEN_ADDR")
 
     @field_validator("default_mode")
     @classmethod
@@ -147,6 +149,13 @@ class Settings(BaseModel):
         scheme, sep, _rest = value.partition("://")
         if sep and scheme.lower() not in ("http", "https"):
             raise ValueError("expected an http(s) URL or a local file path")
+        return value
+
+    @field_validator("healthcheck_url")
+    @classmethod
+    def _healthcheck_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("expected an http(s) URL, e.g. 'http://127.0.0.1:8080/healthz'")
         return value
 
     @field_validator("listen_addr")
