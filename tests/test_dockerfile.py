@@ -53,7 +53,7 @@ def build_stage_copies() -> list[tuple[str, str]]:
     return pairs
 
 
-def _runtime() -> dict[str, list[str]]:
+def runtime_stage() -> dict[str, list[str]]:
     runtime: dict[str, list[str]] = {}
     for keyword, args in _stages()[-1]:
         runtime.setdefault(keyword, []).append(args)
@@ -63,7 +63,7 @@ def _runtime() -> dict[str, list[str]]:
 def test_the_runtime_stage_is_the_container_the_docs_describe() -> None:
     stages = _stages()
     assert len(stages) == 2 and stages[0][0][1].endswith("AS build")
-    runtime = _runtime()
+    runtime = runtime_stage()
     env = " ".join(runtime["ENV"])
     assert "TOKENHUB_LISTEN_ADDR=0.0.0.0:8080" in env and "TOKENHUB_DATA_DIR=/data" in env
     assert runtime["EXPOSE"] == ["8080"] and runtime["VOLUME"] == ['["/data"]']
@@ -77,7 +77,7 @@ def test_the_runtime_stage_is_the_container_the_docs_describe() -> None:
 
 
 def test_nothing_from_the_context_reaches_the_runtime_stage() -> None:
-    runtime = _runtime()
+    runtime = runtime_stage()
     assert "COPY" not in runtime and "ADD" not in runtime
     (install,) = [run for run in runtime["RUN"] if "pip install" in run]
     assert "from=build" in install and "--no-index" in install  # only the build stage's wheels
