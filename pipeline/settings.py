@@ -153,6 +153,8 @@ class Settings(BaseModel):
     config_keys_file: str = Field("", description="keys the config file created; default <data dir>/config-keys.json")
     credentials_file: str = Field("~/.tokenhub/credentials", description="bootstrap providers and models (mode 0600)")
     env_file: str = Field("", description="KEY=VALUE settings read at start and on SIGHUP; the environment wins")
+    # --- `tokenhub healthcheck` (docs/deploy/docker.md) ---
+    healthcheck_url: str = Field("", description="URL the healthcheck probes; '' = /healthz on TOKENHUB_LISTEN_ADDR")
 
     @field_validator("default_mode")
     @classmethod
@@ -186,6 +188,13 @@ class Settings(BaseModel):
         scheme, sep, _rest = value.partition("://")
         if sep and scheme.lower() not in ("http", "https"):
             raise ValueError("expected an http(s) URL or a local file path")
+        return value
+
+    @field_validator("healthcheck_url")
+    @classmethod
+    def _healthcheck_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("expected an http(s) URL, e.g. 'http://127.0.0.1:8080/healthz'")
         return value
 
     @field_validator("listen_addr")
