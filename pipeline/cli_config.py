@@ -12,17 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from admin_ui.config_apply import ApplyTarget, apply_document
-from admin_ui.config_export import export_config, render
-from admin_ui.config_file import check_pipelines, read_config_file
-from pipeline.errors import ConfigFileInvalid
-from pipeline.registry import default_registry
 from pipeline.settings import SettingsError, load_settings
-from pipeline.stage import parse_definition
-from store.config_store import ConfigStore
-from store.secret_box import SecretBox
-from store.vault import Vault
-from store.vault_crypto import KdfParams
 
 __all__ = ["add_config_command", "config_command"]
 
@@ -49,7 +39,15 @@ def config_command(args: argparse.Namespace) -> int:
     return _check(Path(args.file), resolve_secrets=not args.no_secrets)
 
 
+# The server's modules load in the command that needs them, not at import: every `tokenhub` command line
+# (`tokenhub healthcheck` every few seconds in a container) registers this one.
+
+
 def _export(data_dir: str | None, fmt: str | None, out: str | None) -> int:
+    from admin_ui.config_export import export_config, render
+    from store.config_store import ConfigStore
+    from store.secret_box import SecretBox
+
     try:
         settings = load_settings(data_dir=data_dir)
     except SettingsError as exc:
@@ -82,6 +80,16 @@ def _check(path: Path, *, resolve_secrets: bool) -> int:
     """Every server-side rule, references included, against an empty configuration: a file that names an
     object it does not declare (a provider added through the admin API) fails here though a server that
     has it would take it."""
+    from admin_ui.config_apply import ApplyTarget, apply_document
+    from admin_ui.config_file import check_pipelines, read_config_file
+    from pipeline.errors import ConfigFileInvalid
+    from pipeline.registry import default_registry
+    from pipeline.stage import parse_definition
+    from store.config_store import ConfigStore
+    from store.secret_box import SecretBox
+    from store.vault import Vault
+    from store.vault_crypto import KdfParams
+
     store = ConfigStore(":memory:", SecretBox(secrets.token_bytes(32)))
     store.open()
     try:

@@ -32,9 +32,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
+# duckdb is imported where it is used: every `tokenhub` command line (`tokenhub healthcheck` every few
+# seconds in a container) loads this module through `tokenhub backup`'s registration, and must stay light.
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
@@ -109,6 +112,8 @@ def copy_duckdb(conn: duckdb.DuckDBPyConnection, source: Path, dest: Path) -> Co
 
 
 def duckdb_rows(path: Path) -> dict[str, int]:
+    import duckdb
+
     db = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
     try:
         tables = [r[0] for r in db.execute("SELECT table_name FROM duckdb_tables() ORDER BY table_name").fetchall()]
@@ -118,6 +123,8 @@ def duckdb_rows(path: Path) -> dict[str, int]:
 
 
 def _checkpoint(conn: duckdb.DuckDBPyConnection) -> None:
+    import duckdb
+
     for _ in range(_CHECKPOINT_TRIES):
         try:
             conn.execute("CHECKPOINT")
@@ -155,7 +162,7 @@ def write_manifest(
             "tokenhub": _version(),
             "sqlite_schema": sqlite.schema_version,
             "sqlite": sqlite3.sqlite_version,
-            "duckdb": duckdb.__version__,
+            "duckdb": metadata.version("duckdb"),
         },
         "rows": {"sqlite": sqlite.rows, "duckdb": duckdb_copy.rows if duckdb_copy else {}},
         "secret_key_fingerprint": secret_key_fingerprint,
@@ -279,6 +286,8 @@ def backup_files(sqlite_path: Path, duckdb_path: str, key_file: Path, folder: Pa
         source.close()
     duck = None
     if duckdb_path != ":memory:" and Path(duckdb_path).is_file():
+        import duckdb
+
         conn = duckdb.connect(duckdb_path, config={"enable_external_access": False})
         try:
             duck = copy_duckdb(conn, Path(duckdb_path), folder / DUCKDB_FILE)
