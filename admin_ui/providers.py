@@ -57,7 +57,8 @@ async def list_providers(request: web.Request) -> web.Response:
     services = get_services(request)
     stored = await services.config.call(services.config.list_providers)
     shown, paging = page(request, stored)
-    return web.json_response({"items": [_view(services, record) for record in shown], **paging})
+    items = [_view(services, record) for record in shown]
+    return web.json_response({"items": items, **paging, "types": list(provider_type_names())})
 
 
 async def create_provider(request: web.Request) -> web.Response:

@@ -145,6 +145,8 @@ async def test_configuration_listings_page_on_the_server(hub: Hub) -> None:
         second = await hub.admin("GET", f"{path}?limit=1&offset=1", expect=200)
         assert [i[key] for i in second["items"]] == everything[1:2] and second["total"] == len(everything)
         assert (await hub.admin("GET", f"{path}?offset=99"))["items"] == []
+        if path == "/providers":  # the add form's choices
+            assert set(listed["types"]) == {"openai", "anthropic", "vllm"}
         for bad in ("limit=0", "limit=1001", "limit=x", "offset=-1"):
             error = (await hub.admin("GET", f"{path}?{bad}", expect=400))["error"]
             assert error["field"] == bad.split("=")[0], error
