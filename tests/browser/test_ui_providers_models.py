@@ -95,6 +95,10 @@ def test_raising_a_weight_inline_makes_the_simulator_choose_that_model(
     live_hub.admin("POST", "/models", {"id": "beta", "provider_id": "sim", "weight": 6, **prices}, expect=201)
     live_hub.admin("POST", "/models", {"id": "off", "provider_id": "sim", "enabled": False}, expect=201)
 
+    key = live_hub.admin("POST", "/apikeys", {"name": "ui-models"}, expect=201)["key"]
+    for _ in range(3):  # traffic for the leaderboard (beta: the higher weight wins)
+        assert live_hub.chat(key, "hello")[0] == 200
+
     page.goto("/admin/#/routing")
     assert chosen_by_simulator(page) == "beta"
     results = page.get_by_role("table", name="Candidates")
@@ -104,6 +108,9 @@ def test_raising_a_weight_inline_makes_the_simulator_choose_that_model(
     page.get_by_role("link", name="Models").click()
     board = page.get_by_role("table", name="Leaderboard")
     expect(board.get_by_role("row").filter(has_text="alpha")).to_be_visible()
+    beta = board.get_by_role("row").filter(has_text="beta")
+    expect(beta.locator("td[data-col=requests]")).to_have_text("3")  # from the request log
+    expect(beta.locator("td[data-col=reward]")).not_to_have_text("—")  # the bandit learned from them
     weight = page.get_by_label("Weight of alpha")
     weight.fill("11")
     weight.press("Enter")
@@ -133,8 +140,11 @@ def test_raising_a_weight_inline_makes_the_simulator_choose_that_model(
     expect(board.get_by_role("row").filter(has_text="gamma")).to_be_visible()
     page.get_by_role("button", name="Disable gamma").click()
     expect(board.get_by_role("row").filter(has_text="gamma")).to_contain_text("disabled")
+    board.evaluate("table => table.parentElement.scrollTo(0, 0)")  # the focused button scrolled it sideways
     screenshot(page, "models")
 
     assert chosen_by_simulator(page) == "alpha"
     expect(page.get_by_role("table", name="Candidates").locator("tr.chosen")).to_contain_text("alpha")
+    page.get_by_role("heading", name="Simulator").scroll_into_view_if_needed()
+    page.mouse.wheel(0, 250)
     screenshot(page, "routing")

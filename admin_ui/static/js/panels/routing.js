@@ -35,8 +35,11 @@ function RoutingConfig({ modes }) {
     default_max_budget_usd: 0,
     default_max_latency_ms: 0,
   });
+  const [ready, setReady] = useState(false);
   useEffect(() => {
-    if (config.data) setAll(pick(config.data, CONFIG_FIELDS));
+    if (!config.data) return;
+    setAll(pick(config.data, CONFIG_FIELDS));
+    setReady(true); // the form shows only once filled, so loading never overwrites what was typed
   }, [config.data]);
   const save = useAction(async () => {
     const body = {
@@ -58,7 +61,8 @@ function RoutingConfig({ modes }) {
     <h2 id="routing-defaults">Defaults</h2>
     <${ErrorBox} error=${config.error} />
     <${Loading} when=${config.loading && !config.data} />
-    <form onSubmit=${submit} novalidate aria-label="routing defaults">
+    ${ready &&
+    html`<form onSubmit=${submit} novalidate aria-label="routing defaults">
       <div class="form-grid">
         <${Field} label="Default mode" name="default-mode" type="select"
           options=${[{ value: "", label: "environment default" }, ...modes]} value=${values.default_mode}
@@ -78,7 +82,7 @@ function RoutingConfig({ modes }) {
           Requests get: mode <strong>${effective.mode || "—"}</strong>, budget ${usd(effective.max_budget_usd)},
           latency ${effective.max_latency_ms || "—"} ms</span>`}
       </div>
-    </form>
+    </form>`}
   </section>`;
 }
 
@@ -188,9 +192,8 @@ function SimulationResult({ result }) {
   return html`<div class="sim-result" aria-live="polite">
     ${chosen
       ? html`<${Notice} kind="good">
-          Chosen: <strong data-testid="chosen-model">${chosen}</strong> on ${result.decision.provider_id}, estimated
-          ${usd(result.decision.estimated_cost_usd)} — mode ${result.mode}, ${result.estimated_input_tokens} input
-          tokens (${result.token_bucket}).
+          Chosen: <strong data-testid="chosen-model">${chosen}</strong>
+          ${` on ${result.decision.provider_id}, estimated ${usd(result.decision.estimated_cost_usd)} — mode ${result.mode}, ${result.estimated_input_tokens} input tokens (${result.token_bucket}).`}
           <div class="muted">${result.decision.reason}</div>
         <//>`
       : html`<${Notice} kind="warn">${result.error}<//>`}
@@ -225,7 +228,7 @@ function SimulationResult({ result }) {
           )}
           ${excluded.map(
             ([id, reason]) => html`<tr key=${`x-${id}`} class="excluded">
-              <td class="num">—</td><td>${id}</td><td></td><td>excluded: <code>${reason}</code></td>
+              <td class="num">—</td><td>${id}</td><td></td><td class="nowrap-cell">excluded: <code>${reason}</code></td>
               <td colspan="6"></td>
             </tr>`,
           )}

@@ -95,20 +95,24 @@ function StepCard({ step, index, count, spec, error, onMove, onRemove, onOptions
   </li>`;
 }
 
-function PipelineEditor({ tenantId }) {
+function PipelineEditor({ tenantId, onChanged }) {
   const loaded = useLoad((signal) => api.get(`/tenants/${seg(tenantId)}/pipeline`, undefined, { signal }), [tenantId]);
   const catalogue = useLoad((signal) => api.get("/pipelines/stages", undefined, { signal }));
   const [steps, setSteps] = useState(null);
   const [adding, setAdding] = useState("");
   const [saved, setSaved] = useState("");
   const [reverting, setReverting] = useState(false);
+  const [custom, setCustom] = useState(false);
   useEffect(() => {
-    if (loaded.data) setSteps(withKeys(loaded.data.stages));
+    if (!loaded.data) return;
+    setSteps(withKeys(loaded.data.stages));
+    setCustom(loaded.data.custom);
   }, [loaded.data]);
   const save = useAction(async () => {
-    const answer = await api.put(`/tenants/${seg(tenantId)}/pipeline`, { stages: definitionOf(steps) });
-    setSteps(withKeys(answer.stages));
+    await api.put(`/tenants/${seg(tenantId)}/pipeline`, { stages: definitionOf(steps) });
+    loaded.reload(); // the definition as saved (record added when left out) becomes what "discard" returns to
     setSaved("Saved: the tenant's next request runs through this pipeline.");
+    onChanged();
   });
   const specs = Object.fromEntries((catalogue.data?.stages || []).map((s) => [s.stage, s]));
   const edit = (next) => {
@@ -139,7 +143,7 @@ function PipelineEditor({ tenantId }) {
   return html`<section aria-labelledby="pipeline-title">
     <header class="row">
       <h2 id="pipeline-title">Pipeline of ${tenantId}</h2>
-      <span class="badge">${loaded.data.custom ? "custom" : "default"}</span>
+      <span class="badge">${custom ? "custom" : "default"}</span>
     </header>
     <p class="muted">Outermost first: each stage runs around the ones below it. <code>record</code> comes first and
       <code>dispatch</code> last.</p>
@@ -172,7 +176,7 @@ function PipelineEditor({ tenantId }) {
     <div class="row">
       <button class="primary" onClick=${() => save.run()} disabled=${save.busy}>Save pipeline</button>
       <button onClick=${() => edit(withKeys(loaded.data.stages))}>Discard changes</button>
-      <button class="danger" onClick=${() => setReverting(true)} disabled=${!loaded.data.custom}>Revert to default</button>
+      <button class="danger" onClick=${() => setReverting(true)} disabled=${!custom}>Revert to default</button>
     </div>
     ${reverting &&
     html`<${ConfirmDialog}
@@ -182,6 +186,7 @@ function PipelineEditor({ tenantId }) {
         await api.del(`/tenants/${seg(tenantId)}/pipeline`);
         setSaved("");
         loaded.reload();
+        onChanged();
       }}
       onClose=${() => setReverting(false)}
     >
@@ -215,7 +220,7 @@ function TenantsPanel({ route }) {
     ${list.data &&
     html`<${Pager} offset=${offset} limit=${PAGE} count=${rows.length} total=${list.data.total} onPage=${setOffset} />`}
     <${CreateTenant} onCreated=${(id) => navigate("tenants", [id])} />
-    ${selected && html`<${PipelineEditor} key=${selected} tenantId=${selected} />`}
+    ${selected && html`<${PipelineEditor} key=${selected} tenantId=${selected} onChanged=${list.reload} />`}
   </section>`;
 }
 
