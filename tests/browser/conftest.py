@@ -162,7 +162,7 @@ class LiveHub:
         return self.call("POST", "/v1/chat", body, token=key)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not per session: Playwright's sync loop, left open, breaks later asyncio tests
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
