@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import Field
 
 from admin_ui.common import Body, FallbackIds, IdStr, commit, get_services, read_model
+from admin_ui.params import page
 from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.modes import AUTO_MODELS
 from pipeline.services import Services
@@ -69,8 +70,8 @@ async def list_aliases(request: web.Request) -> web.Response:
     services = get_services(request)
     aliases = await services.config.call(services.config.list_aliases)
     times = await services.config.call(services.config.alias_times)
-    items = [alias_view(a, times.get(a.name)) for a in aliases]
-    return web.json_response({"items": items, "total": len(items)})
+    shown, paging = page(request, aliases)
+    return web.json_response({"items": [alias_view(a, times.get(a.name)) for a in shown], **paging})
 
 
 async def get_alias(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from adapters.registry import provider_type
 from admin_ui.common import Body, FallbackIds, IdStr, UpstreamName, commit, get_services, read_model
+from admin_ui.params import page
 from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ModelInfo
@@ -54,8 +55,9 @@ class ModelPatch(Body):
 async def list_models(request: web.Request) -> web.Response:
     services = get_services(request)
     models = await services.config.call(services.config.list_models)
-    items = [{**model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in models]
-    return web.json_response({"items": items, "total": len(items)})
+    shown, paging = page(request, models)
+    items = [{**model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in shown]
+    return web.json_response({"items": items, **paging})
 
 
 async def create_model(request: web.Request) -> web.Response:

@@ -218,7 +218,16 @@ class ClientDisconnected(TokenHubError):
 
 
 class PipelineConfigError(ValueError):
-    """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built."""
+    """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built.
+
+    ``index`` is the position of the step at fault in the definition as submitted (None when the problem is
+    the pipeline as a whole, such as a missing required stage) and ``stage`` its name when known, so an
+    editor can show the error next to that step."""
+
+    def __init__(self, message: str, *, index: int | None = None, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.stage = stage
 
 
 class OutputSchemaMismatch(TokenHubError):

@@ -260,3 +260,35 @@ export function PageHead({ title, children }) {
     <div class="actions">${children}</div>
   </header>`;
 }
+
+// ---- added by ui-config
+/** The server's message when ApiError `error` concerns field `name` ("name", "name.x" or "name[0]"). */
+export function fieldError(error, name) {
+  const field = error?.field || "";
+  if (!field) return "";
+  return field === name || field.startsWith(`${name}.`) || field.startsWith(`${name}[`) ? error.message : "";
+}
+
+/** An ErrorBox for `error` unless one of the form's `fields` already shows it next to its input. */
+export function FormError({ error, fields = [] }) {
+  if (!error || fields.some((name) => fieldError(error, name))) return null;
+  return html`<${ErrorBox} error=${error} />`;
+}
+
+/** A yes/no question in a Dialog: `onConfirm` runs the action; its error stays in the dialog. */
+export function ConfirmDialog({ title, children, confirmLabel = "Confirm", danger = true, onConfirm, onClose }) {
+  const action = useAction(async () => {
+    await onConfirm();
+    onClose();
+  });
+  return html`<${Dialog} title=${title} onClose=${onClose}>
+    <div>${children}</div>
+    <${ErrorBox} error=${action.error} />
+    <div class="row dialog-actions">
+      <button class=${danger ? "danger" : "primary"} disabled=${action.busy} onClick=${() => action.run()}>
+        ${confirmLabel}
+      </button>
+      <button onClick=${onClose}>Cancel</button>
+    </div>
+  </${Dialog}>`;
+}
