@@ -19,7 +19,13 @@ def key(live_hub: LiveHub, fake: ThreadedFake) -> Iterator[str]:
     live_hub.admin(
         "POST",
         "/models",
-        {"id": "gpt-live", "provider_id": "fake", "weight": 5, "input_per_1k": 0.01, "output_per_1k": 0.02, "max_output_tokens": 100},
+        {
+            "id": "gpt-live",
+            "provider_id": "fake",
+            "input_per_1k": 0.01,
+            "output_per_1k": 0.02,
+            "max_output_tokens": 100,
+        },
         expect=201,
     )
     yield live_hub.admin("POST", "/apikeys", {"name": "live-client"}, expect=201)["key"]
