@@ -172,7 +172,7 @@ function TrendsPanel({ route }) {
         keyOf=${(r) => `${r.model_id || "(no model)"}`} value=${(r) => r.requests}
         yFormat=${(v) => (v == null ? "" : shortNumber(v))}
         columns=${[
-          { key: "model_id", label: "Model" },
+          { key: "model_id", label: "Model", render: (v) => v || "(no model)" },
           { key: "provider_id", label: "Provider" },
           { key: "requests", label: "Requests", num: true },
         ]} />
