@@ -52,7 +52,7 @@ function options({ series, height, yFormat, categories, width }) {
     height,
     cursor: { drag: { x: !categories, y: false } },
     legend: { live: true },
-    scales: { x: { time: !categories }, y: { range: (u, min, max) => [Math.min(0, min ?? 0), niceMax(max)] } },
+    scales: { x: { time: !categories, range: categories ? undefined : padSingle }, y: { range: (u, min, max) => [Math.min(0, min ?? 0), niceMax(max)] } },
     axes: [
       categories
         ? { values: (u, splits) => splits.map((i) => shorten(categories[i] ?? "")), gap: 4, size: 50 }
@@ -68,12 +68,25 @@ function options({ series, height, yFormat, categories, width }) {
         dash: s.dash,
         fill: categories ? `${s.stroke || colour(i)}aa` : s.fill,
         paths: bars || undefined,
-        points: { show: categories ? false : undefined },
+        points: { show: categories ? false : sparse },
         spanGaps: false,
         value: (u, v) => (v == null ? "—" : yFormat(v)),
       })),
     ],
   };
+}
+
+/** One point in time: uPlot stretches the axis over years (a day in ms read as seconds); show a minute either side. */
+function padSingle(u, min, max) {
+  const xs = u.data[0] || [];
+  return xs.length === 1 ? [xs[0] - 60, xs[0] + 60] : [min, max];
+}
+
+/** Dots on a line when its points are few (a lone bucket between gaps would otherwise not show at all). */
+function sparse(u, seriesIdx) {
+  let n = 0;
+  for (const v of u.data[seriesIdx] || []) if (v != null && ++n > 60) return false;
+  return true;
 }
 
 function niceMax(max) {

@@ -144,8 +144,8 @@ function LivePanel() {
     <${PageHead} title="Live">
       ${totals &&
       html`<p class="live-summary" role="status" data-requests-1m=${totals.requests} data-errors-1m=${totals.errors}>
-        ${totals.requests} requests in the last minute · ${totals.errors} errors · p95 ${ms(totals.p95)} ·
-        ${usd(totals.cost)}/min
+        ${`${totals.requests} requests in the last minute · ${totals.errors} errors · p95 ${ms(totals.p95)}`}
+        ${` · ${usd(totals.cost)}/min`}
       </p>`}
     <//>
     <${ErrorBox} error=${error} />

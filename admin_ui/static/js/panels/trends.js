@@ -129,7 +129,7 @@ function TrendsPanel({ route }) {
     <//>
     <${RangeBar} key=${key} range=${range} query=${route.query} />
     <p class="muted">${when(range.start)} – ${when(range.end)}, per ${range.bucket} (UTC buckets, shown in local time).
-      ${d && `Requests per model come from the time series, which keeps ${d.retention_days} days.`}</p>
+      ${d && ` Requests per model come from the time series, which keeps ${d.retention_days} days.`}</p>
     <${ErrorBox} error=${trends.error} />
     <${Loading} when=${trends.loading && !d} />
     ${d &&
