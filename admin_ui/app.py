@@ -92,6 +92,7 @@ ROUTES: list[web.RouteDef] = [
     web.put("/tsdb/retention", observability.put_retention),
     web.post("/tsdb/prune", observability.prune_tsdb),
     web.post("/analytics/query", observability.analytics_query),
+    web.get("/analytics/schema", observability.analytics_schema),
     web.get("/analytics/trends", observability.analytics_trends),
     web.get("/events", observability.events_stream),
     # vault and audit

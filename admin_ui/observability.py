@@ -22,12 +22,13 @@ from pipeline.events import sse_frame
 from pipeline.services import Services
 from pipeline.settings import MAX_TSDB_RETENTION_DAYS
 from pipeline.web import REQUEST_ID
-from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, run_query
+from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, analyst_schema, run_query
 from store.request_queries import LogFilter, query_logs, request_stats, request_trends
 from store.tsdb import AGGREGATES, SeriesQuery, list_metrics, query_series
 
 __all__ = [
     "analytics_query",
+    "analytics_schema",
     "analytics_trends",
     "events_stream",
     "get_retention",
@@ -185,6 +186,11 @@ async def analytics_query(request: web.Request) -> web.Response:
     except QueryTimedOut as exc:
         raise QueryError("query_timeout", str(exc)) from None
     return _json(result)
+
+
+async def analytics_schema(request: web.Request) -> web.Response:
+    """The tables and columns analyst SQL can read, from DuckDB's catalog (the console shows it beside the editor)."""
+    return _json(await _services(request).analytics.read(analyst_schema))
 
 
 async def analytics_trends(request: web.Request) -> web.Response:
