@@ -64,10 +64,12 @@ class LogFilter:
             clauses.append(f"{f.name} = ?")
             params.append(value)
         if self.search:
+            # Ids match exactly as typed; the message case-insensitively (ILIKE beats lower() on every row).
+            pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             clauses.append(
-                "(contains(request_id, ?) OR contains(client_request_id, ?) OR contains(lower(error_message), ?))"
+                "(contains(request_id, ?) OR contains(client_request_id, ?) OR error_message ILIKE ? ESCAPE '\\')"
             )
-            params.extend([self.search, self.search, self.search.lower()])
+            params.extend([self.search, self.search, pattern])
         if self.outcome is not None:
             clauses.append("status < 400" if self.outcome == "ok" else "status >= 400")
         if self.start is not None:

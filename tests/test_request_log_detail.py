@@ -59,6 +59,8 @@ async def test_text_search_matches_ids_and_error_messages(hub: Hub) -> None:
     errors = (await hub.admin("GET", "/logs?q=NON-EMPTY"))["logs"]
     assert len(errors) == 1 and errors[0]["status"] >= 400
     assert (await hub.admin("GET", "/logs?q=nothing-like-this"))["total"] == 0
+    for wildcard in ("%25", "_"):  # LIKE's wildcards are plain characters here
+        assert (await hub.admin("GET", f"/logs?q={wildcard}"))["total"] == 0
     assert (await hub.admin("GET", "/logs?q=" + "x" * 300, expect=400))["error"]["field"] == "q"
 
 

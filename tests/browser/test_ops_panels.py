@@ -34,7 +34,7 @@ def _chat(hub: LiveHub, key: str, **policy: Any) -> tuple[int, Any]:
 
 
 def _key_row(page: Page, name: str) -> Any:
-    return page.get_by_role("row").filter(has=page.get_by_role("cell", name=name, exact=True))
+    return page.get_by_role("row").filter(has=page.locator(".key-name", has_text=re.compile(f"^{name}$")))
 
 
 def test_a_new_key_is_shown_once_and_its_traffic_fills_the_request_log(
@@ -157,9 +157,10 @@ def test_rotate_disable_edit_revoke_a_key_and_see_it_all_in_the_audit_trail(
     row = _key_row(page, "ui-rotate")
     expect(row).to_contain_text("$0.0000015 of $12.50")  # the one request it served
     expect(row).to_contain_text("9,000 tpm")
+    page.locator(".table-wrap").evaluate("wrap => { wrap.scrollLeft = 0; }")  # the buttons clicked scrolled it
+    screenshot(page, "api-keys")
     page.get_by_role("button", name="Mark budget paid for ui-rotate").click()
     expect(row).to_contain_text("$0.00 of $12.50")  # the month's spend counts from now
-    screenshot(page, "api-keys")
     page.get_by_role("button", name="Revoke ui-rotate").click()
     page.get_by_role("dialog", name="Revoke ui-rotate").get_by_role("button", name="Revoke").click()
     expect(_key_row(page, "ui-rotate")).to_have_count(0)

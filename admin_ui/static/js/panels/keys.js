@@ -52,8 +52,11 @@ function KeysPanel({ route }) {
       rows=${rows}
       empty="No API key yet: create one to send traffic."
       columns=${[
-        { key: "name", label: "Name" },
-        { key: "key_prefix", label: "Prefix", render: (k) => html`<code>${k.key_prefix}…</code>` },
+        {
+          key: "name",
+          label: "Name",
+          render: (k) => html`<span class="key-name">${k.name}</span><br /><code>${k.key_prefix}…</code>`,
+        },
         { key: "tenant_id", label: "Tenant" },
         { key: "scopes", label: "Scopes", render: (k) => k.scopes.join(", ") },
         { key: "enabled", label: "State", render: (k) => html`<${Badge} state=${keyState(k)} />` },
@@ -116,7 +119,7 @@ function keyState(key) {
 function limits(key) {
   const rpm = key.rate_limit_rpm ? `${key.rate_limit_rpm.toLocaleString()} rpm` : "— rpm";
   const tpm = key.rate_limit_tpm ? `${key.rate_limit_tpm.toLocaleString()} tpm` : "— tpm";
-  return `${rpm} · ${tpm}`;
+  return html`<span class="nowrap">${rpm}</span><br /><span class="nowrap">${tpm}</span>`;
 }
 
 /** Month-to-date spend as a bar against the budget (a <meter>: its colour turns at 80 % and 100 %). */

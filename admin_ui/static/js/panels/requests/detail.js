@@ -5,7 +5,7 @@ import { href, navigate } from "../../router.js";
 import { ErrorBox, fmt, html, Loading, ms, PageHead, Table, useLoad, usd, when } from "../../ui.js";
 
 export function shortId(id) {
-  return id.length > 24 ? `${id.slice(0, 18)}…${id.slice(-4)}` : id;
+  return id.length > 24 ? `${id.slice(0, 15)}…${id.slice(-4)}` : id;
 }
 
 export function StatusBadge({ status }) {
