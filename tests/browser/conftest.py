@@ -1,7 +1,7 @@
 """Browser tests of the admin web UI: Debian's chromium, headless, driven by Playwright (never a browser
 download), against the real `tokenhub serve` process in front of a fake provider that is a real local server.
 
-One TokenHub per test module (start-up is about a second); one browser per session; a fresh signed-in browser
+One TokenHub and one browser per test module (start-up is about a second); a fresh signed-in browser
 context per test. Every test fails if the page wrote an error to the console or threw.
 Set TOKENHUB_UI_SCREENSHOTS=1 to (re)write the screenshots under docs/img/.
 """
@@ -162,7 +162,9 @@ class LiveHub:
         return self.call("POST", "/v1/chat", body, token=key)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: sync Playwright keeps an event loop running in the main thread while it is
+# open, and every async test collected after the browser tests would fail to start its own.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
