@@ -85,6 +85,7 @@ ROUTES: list[web.RouteDef] = [
     web.get("/pipelines/stages", tenants.list_stages),
     # observability
     web.get("/logs", observability.list_logs),
+    web.get("/logs/{request_id}", observability.get_log),
     web.get("/stats", observability.stats),
     web.get("/tsdb/query", observability.tsdb_query),
     web.get("/tsdb/metrics", observability.tsdb_metrics),

@@ -56,7 +56,8 @@ export async function request(method, path, { query, body, signal } = {}) {
   }
   if (!resp.ok) {
     const error = new ApiError(resp.status, data);
-    if (resp.status === 401 && path !== "/session") onSignedOut(error);
+    // Only the session's own refusal signs out: a wrong vault password is a 401 too (type unlock_failed).
+    if (resp.status === 401 && error.type === "unauthorized" && path !== "/session") onSignedOut(error);
     throw error;
   }
   return data;

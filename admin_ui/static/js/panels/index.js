@@ -2,13 +2,31 @@
 // default export is { id, title, group, view } where view({ route }) is a Preact component and
 // route = { path, query }.
 import aliases from "./aliases.js";
+import audit from "./audit.js";
 import analystConsole from "./console.js";
 import health from "./health.js";
+import keys from "./keys.js";
 import live from "./live.js";
 import models from "./models.js";
 import providers from "./providers.js";
+import requests from "./requests.js";
 import routing from "./routing.js";
 import tenants from "./tenants.js";
 import trends from "./trends.js";
+import vault from "./vault.js";
 
-export const PANELS = [live, health, providers, models, aliases, routing, tenants, trends, analystConsole];
+export const PANELS = [
+  live,
+  health,
+  requests,
+  providers,
+  models,
+  aliases,
+  routing,
+  tenants,
+  keys,
+  vault,
+  audit,
+  trends,
+  analystConsole,
+];
