@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.browser.conftest import LiveHub, PageErrors, open_page, screenshot
+from tests.browser.conftest import LiveHub, PageErrors, ThreadedFake, open_page, screenshot
 from tests.conftest import ADMIN_TOKEN
 
 
@@ -47,9 +47,17 @@ def test_the_page_is_served_with_a_strict_content_security_policy(context: Brows
         assert context.request.get(f"/admin/{asset}").status == 200, asset
 
 
-def test_health_panel_and_navigation_by_keyboard(page: Page, live_hub: LiveHub, fake: object) -> None:
+def test_health_panel_and_an_unknown_panel(page: Page, live_hub: LiveHub, fake: ThreadedFake) -> None:
+    live_hub.admin("POST", "/providers", {"id": "fake", "base_url": fake.base_url, "api_key": "sk-x"}, expect=201)
+    live_hub.admin("POST", "/models", {"id": "gpt-shell", "provider_id": "fake"}, expect=201)
+    key = live_hub.admin("POST", "/apikeys", {"name": "shell"}, expect=201)["key"]
+    assert live_hub.chat(key)[0] == 200
     page.goto("/admin/#/health")
     expect(page.get_by_role("heading", name="Health")).to_be_visible()
+    expect(page.get_by_text("1 of 1 models routable")).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="fake", exact=True))
+    expect(row).to_contain_text("healthy")
+    screenshot(page, "health")
     expect(page.get_by_role("link", name="Health")).to_have_attribute("aria-current", "page")
     page.goto("/admin/#/no-such-panel")
     expect(page.get_by_text("No panel named")).to_be_visible()
