@@ -20,7 +20,7 @@ from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ApiKeyInfo
 from stages.scoring import estimate_input_tokens
 from store.key_ledger import KeyLedger
-from store.reservations import BudgetAccount, Reservations
+from store.reservations import EPSILON_USD, BudgetAccount, Reservations, key_account_id
 
 if TYPE_CHECKING:
     from pipeline.services import Services
@@ -51,7 +51,7 @@ def key_account(ledger: KeyLedger, key: ApiKeyInfo | None, now: float) -> Budget
     """The key's monthly budget as a reservation account; None when it has no budget."""
     if key is None or key.monthly_budget_usd <= 0:
         return None
-    return BudgetAccount(f"key:{key.id}", key.monthly_budget_usd, ledger.spent(key.id, now))
+    return BudgetAccount(key_account_id(key.id), key.monthly_budget_usd, ledger.spent(key.id, now))
 
 
 def key_budget_left(ledger: KeyLedger, key: ApiKeyInfo | None, now: float, reservations: Reservations) -> float:
@@ -64,7 +64,7 @@ def key_budget_left(ledger: KeyLedger, key: ApiKeyInfo | None, now: float, reser
     spent = account.spent_usd + reserved
     if spent >= account.limit_usd:
         raise BudgetExceeded(budget_usd=account.limit_usd, spent_usd=spent, reserved_usd=reserved)
-    return account.limit_usd - spent
+    return account.limit_usd - spent + EPSILON_USD  # float noise of summed holds must not exclude an exact fit
 
 
 def budget_refused(ctx: RequestContext, metrics: Metrics, budget: str, why: str) -> None:

@@ -15,9 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["EPSILON_USD", "BudgetAccount", "LocalReservations", "Reservations"]
+__all__ = ["EPSILON_USD", "BudgetAccount", "LocalReservations", "Reservations", "key_account_id"]
 
 EPSILON_USD = 1e-12  # float noise: 20 x $0.00002 must fit in a $0.0004 budget
+
+
+def key_account_id(key_id: str) -> str:
+    """The reservation account of an API key's monthly budget."""
+    return f"key:{key_id}"
 
 
 @dataclass(frozen=True, slots=True)
