@@ -37,6 +37,7 @@ from stages.sinks.metrics import MetricsSink
 from stages.sinks.request_log import RequestLogSink
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
+from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
 from store.record_writer import RecordWriter
 from store.reservations import LocalReservations
@@ -93,6 +94,7 @@ class Services:
         )
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
+        self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
         self.reservations = LocalReservations()  # budget holds of requests in flight (store/reservations.py)
         metrics.budget_reserved.set_function(lambda: self.reservations.total_usd)
         self.request_lines = request_lines or RequestLines()  # none given: no request lines
