@@ -72,7 +72,7 @@ async def test_a_repeat_replays_the_answer_without_calling_or_charging(hub: Hub,
 
 async def test_feedback_is_idempotent_too(hub: Hub) -> None:
     key, _ = await _setup(hub)
-    _, chat, headers = await _post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"], idempotency_key=None)
+    _, _chat, headers = await _post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"], idempotency_key=None)
     rating = {"request_id": headers["X-Request-Id"], "score": 0.9}
     first = await _post(hub, "/v1/feedback", key, rating)
     again = await _post(hub, "/v1/feedback", key, rating)
@@ -97,7 +97,7 @@ async def test_the_same_key_with_another_body_is_422_in_the_endpoints_shape(hub:
 
 
 async def test_a_repeat_while_the_first_runs_waits_for_its_answer(hub: Hub) -> None:
-    key, key_id = await _setup(hub)
+    key, _key_id = await _setup(hub)
     hub.fake.script("gpt-test", Reply(delay=0.3))
     first = asyncio.ensure_future(_post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"]))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
@@ -120,7 +120,7 @@ async def test_a_repeat_that_cannot_wait_gets_409(make_hub: Callable[..., Any]) 
 
 
 async def test_a_stream_replays_as_the_same_stream_through_the_openai_sdk(hub: Hub) -> None:
-    key, key_id = await _setup(hub)
+    key, _key_id = await _setup(hub)
     hub.fake.script("gpt-test", Reply(content="a streamed answer in pieces"))
     client = openai.AsyncOpenAI(base_url=str(hub.client.make_url("/v1")), api_key=key, max_retries=0)
     texts = []
@@ -204,7 +204,7 @@ async def test_a_malformed_idempotency_key_is_400(hub: Hub, bad: str) -> None:
 async def test_without_a_valid_api_key_nothing_is_replayed(hub: Hub) -> None:
     key, _ = await _setup(hub)
     assert (await _post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"]))[0] == 200
-    status, body, headers = await _post(hub, "/v1/chat", "tokenhub_not-a-key", CHAT_BODIES["/v1/chat"])
+    status, _body, headers = await _post(hub, "/v1/chat", "tokenhub_not-a-key", CHAT_BODIES["/v1/chat"])
     assert status == 401 and "Idempotent-Replayed" not in headers
 
 
