@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.errors import TokenHubError
 from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo, StreamDelta
+
+if TYPE_CHECKING:
+    from store.reservations import BudgetAccount
 
 __all__ = ["Attempt", "Candidate", "PlanSpec", "Policy", "RequestContext", "RoutingDecision", "StreamSink"]
 
@@ -112,6 +116,7 @@ class RequestContext:
     plan_events: Any = None  # /v1/plan with stream: an async (event, data) callback for step progress
     plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)
     plan_steps: list[Any] = field(default_factory=list)  # /v1/plan: every step's StepResult, in order
+    plan_budget: Callable[[], BudgetAccount] | None = None  # a /v1/plan step: its plan's budget, as it stands
 
     def charge(self, candidate: Candidate, result: ChatResult) -> None:
         """What `candidate`'s call returned, and its price: the usage at the model's prices (the routing

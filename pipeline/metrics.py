@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -71,6 +71,27 @@ class Metrics:
         )
         self.record_sink_failures = Counter(
             "tokenhub_record_sink_failures", "Recorder sinks that raised on a request record", ["sink"], registry=r
+        )
+        self.budget_refusals = Counter(
+            "tokenhub_budget_refusals",
+            "Requests refused because a budget, counting what requests in flight reserved, cannot cover them",
+            ["budget"],  # key (monthly, 429) or plan (a /v1/plan step: the plan stops)
+            registry=r,
+        )
+        self.budget_reserved = Gauge(
+            "tokenhub_budget_reserved_usd", "USD held by requests in flight against their budgets", registry=r
+        )
+        self.idempotent_replays = Counter(
+            "tokenhub_idempotent_replays",
+            "Repeated Idempotency-Key requests answered from the stored response (no provider call, no charge)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.idempotency_conflicts = Counter(
+            "tokenhub_idempotency_conflicts",
+            "Idempotency-Key reuse refused: 422 another body, 409 the first still running after the wait",
+            ["reason"],
+            registry=r,
         )
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}

@@ -129,6 +129,18 @@ class Settings(BaseModel):
     feedback_window_secs: float = Field(
         7 * 86400.0, ge=60, le=90 * 86400, description="how long after a request its answer may be rated"
     )
+    idempotency_window_secs: float = Field(
+        86400.0, ge=1, le=30 * 86400, description="how long an Idempotency-Key's answer is replayed"
+    )
+    idempotency_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, le=16 * 1024**3, description="memory for stored answers (LRU); 0 = no replays"
+    )
+    idempotency_wait_secs: float = Field(
+        120.0, ge=0, le=3600, description="a repeat waits this long for the first request still running, then 409"
+    )
+    budget_reserve_output_tokens: int = Field(
+        4096, ge=1, le=1_000_000, description="output tokens reserved per choice when neither request nor model caps it"
+    )
     cors_origins: tuple[str, ...] = Field((), description="comma list of allowed browser origins, or '*'")
     max_content_chars: int = Field(2_000_000, gt=0, description="characters of content in one message")
     max_total_content_chars: int = Field(6_000_000, gt=0, description="characters of content in one request")

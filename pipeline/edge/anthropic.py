@@ -341,7 +341,7 @@ class AnthropicStreamSink:
         await self._writer.end(b"".join(out))
 
     async def fail(self, error: TokenHubError) -> None:
-        await self._writer.end(_event("error", anthropic_error(error, self._request_id)))
+        await self._writer.end(_event("error", anthropic_error(error, self._request_id)), complete=False)
 
     def _message_start(self) -> bytes:
         self._started = True

@@ -11,7 +11,7 @@ from pipeline.errors import ClientDisconnected, TokenHubError
 from pipeline.types import ChatRequest, StreamDelta
 from pipeline.web import id_headers
 
-__all__ = ["Codec", "EdgeSink", "SseWriter", "attempts_header"]
+__all__ = ["STREAM_CAPTURE", "Codec", "EdgeSink", "SseWriter", "StreamCapture", "attempts_header"]
 
 
 class EdgeSink(Protocol):
@@ -47,6 +47,30 @@ class Codec(Protocol):
     def stream_sink(self, request: web.Request, ctx: RequestContext) -> EdgeSink: ...
 
 
+class StreamCapture:
+    """A copy of the stream a client received, for an `Idempotency-Key` replay (pipeline/edge/idempotency.py).
+    `complete` stays False unless the stream ended normally; past `limit` bytes the copy is abandoned."""
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.complete = False
+        self.overflowed = False
+
+    def add(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflowed, self.chunks = True, []
+        else:
+            self.chunks.append(data)
+
+
+STREAM_CAPTURE: web.RequestKey[StreamCapture] = web.RequestKey("stream_capture", StreamCapture)
+
+
 class SseWriter:
     """Owns the client's text/event-stream response. A write to a client that went away raises
     ClientDisconnected, which cancels the upstream and is recorded as 499."""
@@ -62,6 +86,7 @@ class SseWriter:
             },
         )
         self.opened = False
+        self._capture = request.get(STREAM_CAPTURE)  # set only when the request carries an Idempotency-Key
 
     async def start(self, ctx: RequestContext) -> None:
         served = ctx.served_by
@@ -85,12 +110,18 @@ class SseWriter:
 
     async def write(self, data: bytes) -> None:
         """Awaits the socket's drain, so a slow client slows the upstream read instead of filling memory."""
+        if self._capture is not None:
+            self._capture.add(data)
         try:
             await self.response.write(data)
         except (ConnectionError, RuntimeError) as exc:  # aiohttp: ClientConnectionResetError / closing transport
             raise ClientDisconnected("client disconnected during the stream") from exc
 
-    async def end(self, data: bytes) -> None:
+    async def end(self, data: bytes, *, complete: bool = True) -> None:
+        """The last bytes; `complete` False for a stream ended by an error event (never replayed)."""
+        if self._capture is not None:
+            self._capture.add(data)
+            self._capture.complete = complete
         try:
             await self.response.write(data)
             await self.response.write_eof()

@@ -217,7 +217,7 @@ class OpenAIStreamSink:
 
     async def fail(self, error: TokenHubError) -> None:
         body = openai_error(error, self._request_id)
-        await self._writer.end(b"data: " + orjson.dumps(body) + b"\n\n")
+        await self._writer.end(b"data: " + orjson.dumps(body) + b"\n\n", complete=False)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = orjson.dumps({"index": 0, "delta": delta, "finish_reason": finish_reason})
