@@ -10,7 +10,7 @@ joined so the client reads one answer:
   relayed as it is;
 - it starts with the whitespace the client already has (the stripped tail): that whitespace is not sent twice;
 - it repeats the end of the delivered text first (a model that restarts its sentence, or the whole answer):
-  the repeat is dropped. A repeat counts only at word boundaries and when it spans at least two words or
+  the repeat is dropped. A repeat counts only from a word boundary and when it spans at least two words or
   the whole prefill, so a word legitimately said twice at the seam ("no, no") is kept.
 To decide, the start of the continuation is held back while it could still be such a repeat (it matches
 text in the prefill's last `OVERLAP_WINDOW` characters): a few tokens in practice.
@@ -144,9 +144,12 @@ def _repeat_length(prefill: str, head: str, *, final: bool) -> int:
         if not prefill.endswith(piece) or not piece.strip():
             continue
         starts_clean = size == len(prefill) or not (prefill[-size - 1].isalnum() and piece[0].isalnum())
-        # a repeat that reaches the end of what arrived so far is only known to end cleanly at the end
+        if not starts_clean:
+            continue
+        if len(piece.split()) >= 2:
+            return size  # a restart of two words or more, even one that then finishes the prefill's last word
+        # One word (the whole prefill): a repeat only if the continuation does not go on with that word.
         ends_clean = not (head[size].isalnum() and piece[-1].isalnum()) if size < len(head) else final
-        spans = len(piece.split()) >= 2 or piece.strip() == prefill.strip()
-        if starts_clean and ends_clean and spans:
+        if ends_clean and piece.strip() == prefill.strip():
             return size
     return 0
