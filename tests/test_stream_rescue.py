@@ -297,3 +297,13 @@ def test_splice_waits_while_the_start_could_still_be_a_repeat() -> None:
     assert splice_offset("The quick brown", " quick", final=False) is None
     assert splice_offset("The quick brown", "", final=False) is None
     assert splice_offset("The quick brown", " fox", final=False) == 0
+
+
+async def test_a_malformed_event_in_the_continuation_is_skipped(hub: Hub, claude: FakeAnthropic) -> None:
+    key = await _setup(hub, claude, "gpt-main", "llama-fb")
+    hub.fake.script("gpt-main", oai.StreamError(after=2))
+    hub.fake.script("llama-fb", oai.Reply(garbage=True))
+    text, _ = await _openai_stream(hub, key)
+    assert text == ANSWER
+    row = await _row(hub)
+    assert row["attempts"] == "gpt-main=transient, llama-fb=rescued"
