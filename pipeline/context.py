@@ -67,6 +67,12 @@ class Attempt:
     error_class: str  # "" on success
     message: str
     latency_ms: float
+    rescued: bool = False  # it continued a stream another model broke off (stream rescue)
+
+    @property
+    def outcome(self) -> str:
+        """How it went, as the attempts column and header say it: "ok", "rescued" or the error class."""
+        return self.error_class or ("rescued" if self.rescued else "ok")
 
 
 @dataclass(slots=True)
@@ -105,6 +111,7 @@ class RequestContext:
     cost_usd: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     routing_reason: str = ""
+    rescue_note: str = ""  # what stream rescue did after a break, appended to the routing reason
     alias_from: str = ""  # the alias the client named, when policy replaced it by one of its variants
     error: TokenHubError | None = None
     sink: StreamSink | None = None  # set by the edge when the client asked for a stream

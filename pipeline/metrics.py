@@ -59,6 +59,13 @@ class Metrics:
         self.stream_malformed = Counter(
             "tokenhub_stream_malformed_chunks", "Unparseable upstream stream events skipped", ["provider"], registry=r
         )
+        self.stream_rescues = Counter(
+            "tokenhub_stream_rescues",
+            "Streams that broke after their first token, by what rescue made of them"
+            " (rescued, failed, no_capable_fallback, tool_calls, disabled)",
+            ["outcome"],
+            registry=r,
+        )
         self.overhead = Histogram(
             "tokenhub_overhead_ms",
             "Time TokenHub adds to a served request: total latency minus the provider call (ms)",

@@ -74,7 +74,9 @@ class Settings(BaseModel):
     default_max_budget_usd: float = Field(0.05, ge=0, le=100)
     default_max_latency_ms: int = Field(120_000, gt=0, le=300_000)
     exploration_temp: float = Field(0.3, ge=0, le=100, description="softmax exploration over ranks; 0 = off")
-    provider_timeout_secs: float = Field(30.0, gt=0)
+    # Interactive defaults: a silent provider is left in seconds and a fallback still fits the 120 s deadline
+    # (docs/streaming.md#timeouts).
+    provider_timeout_secs: float = Field(20.0, gt=0, description="one provider call (a stream: until its headers)")
     provider_max_retries: int = Field(2, ge=0, le=10)
     rate_limit_rps: float = Field(60.0, gt=0)
     rate_limit_burst: int = Field(120, gt=0)
@@ -100,8 +102,8 @@ class Settings(BaseModel):
         4096, ge=0, le=1024 * 1024, description="DuckDB max_temp_directory_size (spill to disk); 0 = no spilling"
     )
     events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
-    stream_first_token_secs: float = Field(30.0, gt=0, description="a stream fails over if no token comes by then")
-    stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
+    stream_first_token_secs: float = Field(10.0, gt=0, description="a stream fails over if no token comes by then")
+    stream_idle_secs: float = Field(10.0, gt=0, description="a stream silent this long has broken (rescued or ended)")
     breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
     health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
     health_probe_disabled: bool = Field(False, description="exactly 'true' turns the proactive prober off")

@@ -47,7 +47,7 @@ def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: R
     decision = ctx.decision
     if not ctx.attempts or decision is None:
         return
-    record.attempts = ", ".join(f"{a.model_id}={a.error_class or 'ok'}" for a in ctx.attempts)
+    record.attempts = ", ".join(f"{a.model_id}={a.outcome}" for a in ctx.attempts)
     succeeded = ctx.error is None and ctx.served_by is not None
     base = base_reward(record.cost_usd, record.latency_ms, decision.latency_budget_ms) if succeeded else 0.0
     record.reward = reward(succeeded, base)
@@ -66,7 +66,7 @@ def evidence(rows: list[Evidence]) -> Iterator[tuple[str, int, float, float]]:
     for model_id, input_tokens, value, at, attempts in rows:
         for entry in attempts.split(", ") if attempts else ():
             tried, _, outcome = entry.rpartition("=")
-            if tried and outcome != "ok":
+            if tried and outcome not in ("ok", "rescued"):  # a rescue's continuation answered: not a failure
                 yield tried, input_tokens, 0.0, at
         if model_id:
             yield model_id, input_tokens, value, at

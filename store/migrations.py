@@ -150,6 +150,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE models ADD COLUMN pricing_source TEXT NOT NULL DEFAULT 'manual';
         """,
     ),
+    (
+        8,
+        "model_supports_prefill",
+        # NULL: the provider type's default (Anthropic and vLLM continue a prefill, OpenAI does not).
+        "ALTER TABLE models ADD COLUMN supports_prefill INTEGER;",
+    ),
 )
 
 

@@ -131,7 +131,7 @@ class SseWriter:
 
 def attempts_header(ctx: RequestContext) -> str:
     """Every model tried, in order, and how it went: "gpt-a=transient, gpt-b=ok"."""
-    parts = [f"{a.model_id}={a.error_class or 'ok'}" for a in ctx.attempts]
+    parts = [f"{a.model_id}={a.outcome}" for a in ctx.attempts]
     served = ctx.served_by
     if served is not None and (not ctx.attempts or ctx.attempts[-1].error_class):
         parts.append(f"{served.model.id}=ok")  # a stream that just started: its success is logged at the end
