@@ -197,7 +197,7 @@ async def run_policy(
 
 
 async def average_reward(hub: Hub, session: aiohttp.ClientSession, prefix: str) -> tuple[float, int]:
-    await asyncio.sleep(1.5)  # the request log is written in batches every second
+    await asyncio.sleep(1.5)  # the request log is written in batches every half second
     sql = f"SELECT avg(coalesce(reward, 0)), count(*) FROM request_log WHERE client_request_id LIKE '{prefix}%'"
     data = await hub.admin(session, "POST", "/analytics/query", {"sql": sql})
     value, count = data["rows"][0]
