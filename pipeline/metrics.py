@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -189,11 +190,24 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "tokenhub_event_subscribers", "Connected /admin/v1/events streams", value=self._event_subscribers()
         )
+        yield GaugeMetricFamily(
+            "tokenhub_asyncio_tasks",
+            "asyncio tasks alive in the server's event loop (a steady climb is a leak)",
+            value=_asyncio_tasks(),
+        )
         yield CounterMetricFamily(
             "tokenhub_log_dropped",
             "Log lines dropped because stdout could not keep up (the log buffer was full)",
             value=self._log_lines_dropped(),
         )
+
+
+def _asyncio_tasks() -> int:
+    """Counted at scrape time only (the scrape runs on the loop); 0 when read off the loop."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop: the registry describing the collector at registration
+        return 0
 
 
 def _log_lines_dropped() -> int:

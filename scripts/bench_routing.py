@@ -92,7 +92,7 @@ def model_of(provider: FakeProvider) -> FakeModel:
 class Hub:
     """The real server in a subprocess, configured through its admin API."""
 
-    def __init__(self, half_life: float) -> None:
+    def __init__(self, half_life: float, **overrides: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin_token = os.urandom(16).hex()
@@ -111,7 +111,9 @@ class Hub:
             TOKENHUB_LOG_LEVEL="warning",
             TOKENHUB_SHUTDOWN_DRAIN_SECS="5",
         )
+        env.update(overrides)
         self._proc = subprocess.Popen([sys.executable, "-m", "pipeline", "serve"], cwd=ROOT, env=env)
+        self.pid = self._proc.pid  # scripts/soak.py reads /proc/<pid>
         self.key = ""
 
     async def ready(self, session: aiohttp.ClientSession) -> None:
@@ -197,7 +199,7 @@ async def run_policy(
 
 
 async def average_reward(hub: Hub, session: aiohttp.ClientSession, prefix: str) -> tuple[float, int]:
-    await asyncio.sleep(1.5)  # the request log is written in batches every second
+    await asyncio.sleep(1.5)  # the request log is written in batches every half second
     sql = f"SELECT avg(coalesce(reward, 0)), count(*) FROM request_log WHERE client_request_id LIKE '{prefix}%'"
     data = await hub.admin(session, "POST", "/analytics/query", {"sql": sql})
     value, count = data["rows"][0]

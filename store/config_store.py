@@ -94,6 +94,9 @@ class ConfigStore:
         conn = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: each commit syncs the WAL, so an admin write that returned 200 survives a power loss too,
+        # not only a process kill (NORMAL would do for that); admin writes are rare, the sync is cheap.
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         self._conn = conn
