@@ -8,6 +8,7 @@ from pipeline.edge.codec import Codec, attempts_header
 from pipeline.edge.context import BeforeBody, new_context
 from pipeline.errors import ClientDisconnected, NotFound, TokenHubError
 from pipeline.model_ids import resolve_model_id
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body, trusted_networks
@@ -26,6 +27,14 @@ class RoutedEndpoint:
         self._codec = codec
         self._trusted = trusted_networks(services)
         self._before_body = BeforeBody()
+        self.operation = Operation(
+            codec.summary,
+            "client API",
+            body=codec.body_model,
+            security="api_key",
+            errors=codec.error_model,
+            media=("application/json", "text/event-stream") if codec.streams else ("application/json",),
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services, codec = self._services, self._codec
