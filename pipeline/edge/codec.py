@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import ClientDisconnected, TokenHubError
@@ -37,6 +38,10 @@ class Codec(Protocol):
     endpoint: str  # the request log's name for this route
     scope: str  # the API-key scope it needs
     strict_model: bool  # a `model` naming no registered model is a 404 (not silently re-routed)
+    summary: str  # its OpenAPI summary (pipeline/openapi.py)
+    body_model: type[BaseModel]  # the model `decode` validates the body with
+    error_model: type[BaseModel]  # the shape of `error_body`
+    streams: bool  # `stream: true` answers text/event-stream
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]: ...
 

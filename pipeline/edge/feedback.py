@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError
 from pipeline.edge.idempotency import Idempotency
 from pipeline.edge.wire import Strict
 from pipeline.errors import Conflict, NotFound, RateLimited, invalid_request
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.types import RequestRecord
 from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks
@@ -55,6 +56,10 @@ class _Rated:
 
 
 class FeedbackEndpoint:
+    operation = Operation(
+        "Score an answer (0..1) so routing learns its quality", "client API", body=FeedbackIn, security="api_key"
+    )
+
     def __init__(self, services: Services) -> None:
         self._services = services
         settings = services.settings

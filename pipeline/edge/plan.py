@@ -12,8 +12,9 @@ from pipeline.context import RequestContext
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.context import BeforeBody, new_context
 from pipeline.edge.idempotency import Idempotency, record_replay
-from pipeline.edge.plan_codec import decode_plan, plan_envelope
+from pipeline.edge.plan_codec import PlanBody, decode_plan, plan_envelope
 from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
@@ -23,6 +24,14 @@ __all__ = ["PlanEndpoint"]
 
 
 class PlanEndpoint:
+    operation = Operation(
+        "Several models on one task (adversarial, vote, refine); request.stream streams each step",
+        "client API",
+        body=PlanBody,
+        security="api_key",
+        media=("application/json", "text/event-stream"),
+    )
+
     def __init__(self, services: Services, pipelines: TenantPipelines) -> None:
         self._services = services
         self._pipelines = pipelines

@@ -10,6 +10,7 @@ from pipeline.edge.context import BeforeBody, new_context
 from pipeline.edge.idempotency import Idempotency, record_replay
 from pipeline.errors import ClientDisconnected, NotFound, TokenHubError
 from pipeline.model_ids import resolve_model_id
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
@@ -30,6 +31,14 @@ class RoutedEndpoint:
         self._trusted = trusted_networks(services)
         self._before_body = BeforeBody()
         self._idempotency = Idempotency(services)
+        self.operation = Operation(
+            codec.summary,
+            "client API",
+            body=codec.body_model,
+            security="api_key",
+            errors=codec.error_model,
+            media=("application/json", "text/event-stream") if codec.streams else ("application/json",),
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services, codec = self._services, self._codec
