@@ -102,6 +102,10 @@ ROUTES: list[web.RouteDef] = [
     web.post("/vault/unlock", vault.unlock_vault),
     web.post("/vault/lock", vault.lock_vault),
     web.post("/vault/rotate", vault.rotate_vault),
+    web.get("/vault/secrets", vault.list_secrets),
+    web.get("/vault/secrets/{key}", vault.get_secret),
+    web.put("/vault/secrets/{key}", vault.put_secret),
+    web.delete("/vault/secrets/{key}", vault.delete_secret),
     web.get("/audit", audit.list_audit),
     # backups (tokenhub backup is the client)
     web.post("/backup", backup.create_backup),
