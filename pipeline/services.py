@@ -24,6 +24,8 @@ from stages.bandit import Bandit
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
+from stages.key_rotation import INTERVAL_SECS as KEY_ROTATION_SECS
+from stages.key_rotation import KeyRotationEnforcer
 from stages.learning import BanditRefresher, RecentRequests
 from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
@@ -134,6 +136,9 @@ class Services:
             reload=self.reload_config,
             registry=metrics.registry,
         )
+        self.key_rotation = KeyRotationEnforcer(
+            config=config, events=self.events, key_limits=self.key_limits, reload_config=self.reload_config
+        )
         probe_secs = 0.0 if settings.health_probe_disabled else settings.health_probe_interval_secs
         pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
@@ -147,6 +152,8 @@ class Services:
             # its first run rebuilds the posteriors from the request log
             Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
             Periodic("events-heartbeat", settings.events_heartbeat_secs, self._heartbeat, first_run_now=False),
+            # its first run catches keys whose rotation period ran out while the server was down
+            Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
         # Started in this order, stopped in reverse: the stores close last; the record writer stops (and
         # flushes) after the jobs and after aiohttp has drained in-flight requests; housekeeping seeds

@@ -150,6 +150,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE models ADD COLUMN pricing_source TEXT NOT NULL DEFAULT 'manual';
         """,
     ),
+    (
+        8,
+        "api_key_rotation_days",
+        # 0 = no rotation period; the hourly job (stages/key_rotation.py) disables keys not rotated for longer.
+        "ALTER TABLE api_keys ADD COLUMN rotation_days INTEGER NOT NULL DEFAULT 0;",
+    ),
 )
 
 
