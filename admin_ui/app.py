@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from admin_ui import (
+    admin_token,
     aliases,
     api_keys,
     audit,
@@ -33,6 +34,7 @@ from admin_ui.common import PIPELINES, SERVICES
 from admin_ui.security import GUARDS, Guards, admin_rate_limit, validate_path_params
 from admin_ui.sessions import ADMIN_TOKEN_KEY, SESSIONS, AdminSessions, admin_auth
 from admin_ui.static import STATIC_DIR, StaticFiles
+from pipeline.admin_token import AdminToken
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 
@@ -46,6 +48,7 @@ ROUTES: list[web.RouteDef] = [
     web.post("/session", sessions.start_session),
     web.get("/session", sessions.session_info),
     web.delete("/session", sessions.end_session),
+    web.post("/admin-token/rotate", admin_token.rotate_admin_token),
     # providers, models, aliases
     web.get("/providers", providers.list_providers),
     web.post("/providers", providers.create_provider),
@@ -115,15 +118,19 @@ ROUTES: list[web.RouteDef] = [
 
 
 def admin_app(
-    services: Services, pipelines: TenantPipelines, admin_token: str, *, static_dir: Path = STATIC_DIR
+    services: Services,
+    pipelines: TenantPipelines,
+    admin_token: AdminToken | str,
+    *,
+    static_dir: Path = STATIC_DIR,
 ) -> web.Application:
-    """The application to mount at ADMIN_PREFIX. ``static_dir`` holds the web UI (served as it is)."""
-    if not admin_token:
-        raise ValueError("the admin API needs an admin token")
+    """The application to mount at ADMIN_PREFIX. ``static_dir`` holds the web UI (served as it is). A plain
+    string token has no token file: it cannot be rotated through the API."""
+    token = admin_token if isinstance(admin_token, AdminToken) else AdminToken(admin_token, path=None)
     api = web.Application(
         middlewares=[
             admin_rate_limit,  # first: floods are refused before anything, token guesses included
-            admin_auth(admin_token),  # Bearer token, or the web UI's session cookie (+ CSRF header)
+            admin_auth(token),  # Bearer token, or the web UI's session cookie (+ CSRF header)
             validate_path_params,
             audit.audit_trail,  # what is left, refused or done, is recorded
             audit.publish_admin_actions,
@@ -133,7 +140,7 @@ def admin_app(
     api[PIPELINES] = pipelines
     api[GUARDS] = Guards.build(services)
     api[SESSIONS] = AdminSessions(services.settings.admin_session_ttl_secs)
-    api[ADMIN_TOKEN_KEY] = admin_token
+    api[ADMIN_TOKEN_KEY] = token
     api.router.add_routes(ROUTES)
     admin = web.Application()
     admin.router.add_routes(StaticFiles(static_dir).routes())

@@ -14,7 +14,7 @@ from admin_ui.app import ADMIN_PREFIX, admin_app
 from admin_ui.config_apply import ConfigApplier
 from admin_ui.config_file import CredentialsFileUnsafe
 from admin_ui.config_reload import sighup
-from pipeline.admin_token import resolve_admin_token
+from pipeline.admin_token import TOKEN_FILE, AdminToken, resolve_admin_token
 from pipeline.data_lock import DataDirLock
 from pipeline.edge.anthropic import AnthropicCodec
 from pipeline.edge.cors import setup_cors
@@ -118,7 +118,9 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, token))
+    # a token from TOKENHUB_ADMIN_TOKEN has no file to rotate: the rotation endpoint refuses it (409)
+    live_token = AdminToken(token, path=None if settings.admin_token else settings.data_dir / TOKEN_FILE)
+    app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, live_token))
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app
