@@ -19,6 +19,7 @@ __all__ = [
     "WeakAdminToken",
     "read_admin_token",
     "resolve_admin_token",
+    "write_private_file",
 ]
 
 TOKEN_FILE = ".admin-token"
@@ -72,7 +73,7 @@ class AdminToken:
                 " (no spaces)"
             )
         with self._lock:
-            _write_token_file(self.path, token)
+            write_private_file(self.path, token)
             self._value = token
         return token
 
@@ -92,12 +93,13 @@ def resolve_admin_token(configured: str, data_dir: Path) -> tuple[str, bool]:
             return token, False
     token = secrets.token_hex(32)
     data_dir.mkdir(parents=True, exist_ok=True)
-    _write_token_file(path, token)
+    write_private_file(path, token)
     return token, True
 
 
-def _write_token_file(path: Path, token: str) -> None:
-    """Replace the token file atomically, readable by this user only (0600 whatever the umask)."""
+def write_private_file(path: Path, token: str) -> None:
+    """Replace a one-line secret file (the admin token, the host-local API key) atomically, readable by this
+    user only (0600 whatever the umask)."""
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

@@ -36,6 +36,7 @@ from pipeline.tenants import TenantPipelines
 from pipeline.web import PIPELINES, SERVICES, request_id_and_errors
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
+from store.host_key import HOST_KEY_FILE, ensure_host_key
 from store.secret_box import SecretBox
 
 __all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
@@ -82,6 +83,8 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     pipelines = TenantPipelines(default_registry(), services)
     try:
         ConfigApplier(services, pipelines).apply_at_start()
+        if settings.host_api_key_enabled:
+            _provision_host_key(services)
     except BaseException as exc:
         services.config.close()
         services.analytics.close()
@@ -124,6 +127,15 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app
+
+
+def _provision_host_key(services: Services) -> None:
+    """The host-local API key for tools on this host (store/host_key.py): reused, or created once."""
+    data_dir = services.settings.data_dir
+    key_id, created = ensure_host_key(services.config.db, data_dir)
+    if created:
+        services.reload_config_blocking()
+        log.info("host_api_key_created", api_key_id=key_id, file=str(data_dir / HOST_KEY_FILE))
 
 
 def reload_on_sighup(app: web.Application, reread: Callable[[], Settings]) -> None:

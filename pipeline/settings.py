@@ -145,6 +145,9 @@ class Settings(BaseModel):
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
     # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
     vault_kdf_allow_weak: bool = False
+    host_api_key_enabled: bool = Field(
+        True, description="create the host-local API key at start and write it to <data dir>/.host-api-key"
+    )
     # --- backups (docs/backup.md): read by `tokenhub backup` ---
     backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
     backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")

@@ -55,8 +55,8 @@ async def test_random_rotation_retires_the_old_token_at_once(make_hub: Callable[
     assert new not in str(rows) and old not in str(rows)
 
 
-async def test_explicit_token_and_restart_keeps_it(make_hub: Callable[..., Any], tmp_path: Path) -> None:
-    hub, path, old = await _file_hub(make_hub)
+async def test_explicit_token_and_restart_keeps_it(make_hub: Callable[..., Any]) -> None:
+    hub, _, old = await _file_hub(make_hub)
     chosen = "Z" * 16 + "an-explicit-admin-token-0123456789"
     resp = await hub.client.post(
         "/admin/v1/admin-token/rotate", json={"token": chosen}, headers={"Authorization": f"Bearer {old}"}
