@@ -14,6 +14,7 @@ from admin_ui.app import ADMIN_PREFIX, admin_app
 from admin_ui.config_apply import ConfigApplier
 from admin_ui.config_file import CredentialsFileUnsafe
 from admin_ui.config_reload import sighup
+from admin_ui.static import StaticFiles
 from pipeline.admin_token import TOKEN_FILE, AdminToken, resolve_admin_token
 from pipeline.data_lock import DataDirLock
 from pipeline.edge.anthropic import AnthropicCodec
@@ -42,6 +43,20 @@ from store.secret_box import SecretBox
 __all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
 
 log = structlog.get_logger("tokenhub.app")
+DOCS_PREFIX = "/docs"
+# MkDocs' theme runs two inline scripts and loads highlight.js from cdnjs; nothing else leaves the origin.
+_DOCS_CDN = "https://cdnjs.cloudflare.com"
+DOCS_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        f"default-src 'self'; script-src 'self' 'unsafe-inline' {_DOCS_CDN}; style-src 'self' 'unsafe-inline'"
+        f" {_DOCS_CDN}; img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none';"
+        " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
 DATA_LOCK: web.AppKey[DataDirLock] = web.AppKey("data_lock", DataDirLock)
@@ -124,9 +139,25 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     # a token from TOKENHUB_ADMIN_TOKEN has no file to rotate: the rotation endpoint refuses it (409)
     live_token = AdminToken(token, path=None if settings.admin_token else settings.data_dir / TOKEN_FILE)
     app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, live_token))
+    app.add_subapp(DOCS_PREFIX, _docs_app(settings))
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app
+
+
+def _docs_app(settings: Settings) -> web.Application:
+    """The documentation site (`make docs` builds it into ./site) at /docs/, static and without a token; a
+    JSON 404 saying how to build it while it is absent. Same path safety as the admin UI's files."""
+    site = StaticFiles(
+        settings.docs_path,
+        headers=DOCS_HEADERS,
+        what="documentation",
+        missing=f"the documentation site is not built: run `make docs` (it builds {settings.docs_path}/)"
+        " or set TOKENHUB_DOCS_DIR",
+    )
+    docs = web.Application()
+    docs.router.add_routes(site.routes())
+    return docs
 
 
 def _provision_host_key(services: Services) -> None:

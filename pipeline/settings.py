@@ -148,6 +148,7 @@ class Settings(BaseModel):
     host_api_key_enabled: bool = Field(
         True, description="create the host-local API key at start and write it to <data dir>/.host-api-key"
     )
+    docs_dir: str = Field("", description="the documentation site (`make docs`) served at /docs/; '' = ./site")
     # --- backups (docs/backup.md): read by `tokenhub backup` ---
     backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
     backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")
@@ -191,6 +192,14 @@ class Settings(BaseModel):
         scheme, sep, _rest = value.partition("://")
         if sep and scheme.lower() not in ("http", "https"):
             raise ValueError("expected an http(s) URL or a local file path")
+        return value
+
+    @field_validator("docs_dir")
+    @classmethod
+    def _docs_dir(cls, value: str) -> str:
+        # The default (./site) may be absent: /docs/ is then a 404. A folder named on purpose must exist.
+        if value and not Path(value).is_dir():
+            raise ValueError("not a directory (build the site with `make docs`, or unset it)")
         return value
 
     @field_validator("healthcheck_url")
@@ -262,6 +271,10 @@ class Settings(BaseModel):
     @property
     def config_keys_path(self) -> Path:
         return Path(self.config_keys_file) if self.config_keys_file else self.data_dir / "config-keys.json"
+
+    @property
+    def docs_path(self) -> Path:
+        return Path(self.docs_dir or "site")
 
     @property
     def credentials_path(self) -> Path | None:
