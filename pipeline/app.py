@@ -34,7 +34,8 @@ from pipeline.registry import default_registry
 from pipeline.services import Services
 from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
-from pipeline.web import PIPELINES, SERVICES, request_id_and_errors
+from pipeline.tracing import Tracing
+from pipeline.web import PIPELINES, REQUEST_ID, SERVICES, request_id_and_errors
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.host_key import HOST_KEY_FILE, ensure_host_key
@@ -79,8 +80,16 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
         temp_limit_mib=settings.analytics_temp_limit_mib,
     )
     analytics.open()
+    tracing = Tracing.build(settings)  # None unless TOKENHUB_OTEL_ENABLED
+    http = HttpClient(wrap_attempt=tracing.attempt if tracing is not None else None)
     return Services(
-        settings, config=config, analytics=analytics, metrics=Metrics(), http=HttpClient(), request_lines=request_lines
+        settings,
+        config=config,
+        analytics=analytics,
+        metrics=Metrics(),
+        http=http,
+        request_lines=request_lines,
+        tracing=tracing,
     )
 
 
@@ -110,8 +119,13 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
             raise StartupRefused(str(exc)) from None
         raise
 
+    tracing = services.tracing
     app = web.Application(
-        middlewares=[request_id_and_errors],
+        # tracing outermost: its span sees the status of errors request_id_and_errors turned into JSON
+        middlewares=[
+            *([tracing.middleware(lambda request: request.get(REQUEST_ID, ""))] if tracing is not None else []),
+            request_id_and_errors,
+        ],
         client_max_size=settings.max_body_bytes,
         # Header caps for aiohttp's parser (it answers 400 before any handler runs when one is exceeded).
         handler_args={

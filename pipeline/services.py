@@ -19,6 +19,7 @@ from pipeline.logging import RequestLines, set_log_level
 from pipeline.metrics import Metrics
 from pipeline.periodic import Periodic
 from pipeline.settings import HOT_SETTINGS, Settings
+from pipeline.tracing import Tracing
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
 from stages.health import HealthTracker
@@ -67,8 +68,10 @@ class Services:
         metrics: Metrics,
         http: HttpClient,
         request_lines: RequestLines | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None = off; build_chain and the HTTP client checked it when built
         self.config = config
         self.analytics = analytics
         self.metrics = metrics
@@ -165,6 +168,8 @@ class Services:
             Hooks("record-writer", self.records.start, self.records.stop),
             *self.jobs,
         ]
+        if tracing is not None:  # first, so it stops last: the spans of draining requests are exported
+            self.components.insert(0, tracing)
 
     # --- the current routing table, read-only --------------------------------------------------------------
 
