@@ -153,25 +153,24 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     # a token from TOKENHUB_ADMIN_TOKEN has no file to rotate: the rotation endpoint refuses it (409)
     live_token = AdminToken(token, path=None if settings.admin_token else settings.data_dir / TOKEN_FILE)
     app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, live_token))
-    app.add_subapp(DOCS_PREFIX, _docs_app(settings))
+    docs = _docs_site(settings)
+    app.router.add_get(DOCS_PREFIX, docs.to_folder)
+    app.router.add_get(DOCS_PREFIX + "/{path:.*}", docs.serve)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app
 
 
-def _docs_app(settings: Settings) -> web.Application:
+def _docs_site(settings: Settings) -> StaticFiles:
     """The documentation site (`make docs` builds it into ./site) at /docs/, static and without a token; a
     JSON 404 saying how to build it while it is absent. Same path safety as the admin UI's files."""
-    site = StaticFiles(
+    return StaticFiles(
         settings.docs_path,
         headers=DOCS_HEADERS,
         what="documentation",
         missing=f"the documentation site is not built: run `make docs` (it builds {settings.docs_path}/)"
         " or set TOKENHUB_DOCS_DIR",
     )
-    docs = web.Application()
-    docs.router.add_routes(site.routes())
-    return docs
 
 
 def _provision_host_key(services: Services) -> None:
