@@ -19,11 +19,14 @@ from pipeline.logging import RequestLines, set_log_level
 from pipeline.metrics import Metrics
 from pipeline.periodic import Periodic
 from pipeline.settings import HOT_SETTINGS, Settings
+from pipeline.tracing import Tracing
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
+from stages.key_rotation import INTERVAL_SECS as KEY_ROTATION_SECS
+from stages.key_rotation import KeyRotationEnforcer
 from stages.learning import BanditRefresher, RecentRequests
 from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
@@ -67,8 +70,10 @@ class Services:
         metrics: Metrics,
         http: HttpClient,
         request_lines: RequestLines | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None = off; build_chain and the HTTP client checked it when built
         self.config = config
         self.analytics = analytics
         self.metrics = metrics
@@ -141,6 +146,9 @@ class Services:
             reload=self.reload_config,
             registry=metrics.registry,
         )
+        self.key_rotation = KeyRotationEnforcer(
+            config=config, events=self.events, key_limits=self.key_limits, reload_config=self.reload_config
+        )
         probe_secs = 0.0 if settings.health_probe_disabled else settings.health_probe_interval_secs
         pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
@@ -154,6 +162,8 @@ class Services:
             # its first run rebuilds the posteriors from the request log
             Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
             Periodic("events-heartbeat", settings.events_heartbeat_secs, self._heartbeat, first_run_now=False),
+            # its first run catches keys whose rotation period ran out while the server was down
+            Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
         # Started in this order, stopped in reverse: the stores close last; the record writer stops (and
         # flushes) after the jobs and after aiohttp has drained in-flight requests; housekeeping seeds
@@ -165,6 +175,8 @@ class Services:
             Hooks("record-writer", self.records.start, self.records.stop),
             *self.jobs,
         ]
+        if tracing is not None:  # first, so it stops last: the spans of draining requests are exported
+            self.components.insert(0, tracing)
 
     # --- the current routing table, read-only --------------------------------------------------------------
 

@@ -159,6 +159,14 @@ class Settings(BaseModel):
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
     # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
     vault_kdf_allow_weak: bool = False
+    host_api_key_enabled: bool = Field(
+        True, description="create the host-local API key at start and write it to <data dir>/.host-api-key"
+    )
+    docs_dir: str = Field("", description="the documentation site (`make docs`) served at /docs/; '' = ./site")
+    # --- tracing (docs/observability.md#tracing) ---
+    otel_enabled: bool = Field(False, description="OpenTelemetry spans exported over OTLP/HTTP (the `otel` extra)")
+    otel_endpoint: str = Field("http://localhost:4318", description="OTLP/HTTP collector; spans go to <it>/v1/traces")
+    otel_service_name: str = Field("tokenhub", min_length=1, max_length=200, description="service.name of the spans")
     # --- backups (docs/backup.md): read by `tokenhub backup` ---
     backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
     backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")
@@ -202,6 +210,23 @@ class Settings(BaseModel):
         scheme, sep, _rest = value.partition("://")
         if sep and scheme.lower() not in ("http", "https"):
             raise ValueError("expected an http(s) URL or a local file path")
+        return value
+
+    @field_validator("docs_dir")
+    @classmethod
+    def _docs_dir(cls, value: str) -> str:
+        # The default (./site) may be absent: /docs/ is then a 404. A folder named on purpose must exist.
+        if value and not Path(value).is_dir():
+            raise ValueError("not a directory (build the site with `make docs`, or unset it)")
+        return value
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel_endpoint(cls, value: str) -> str:
+        if "://" not in value:  # the original's form, host:port
+            value = "http://" + value
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("expected the collector's OTLP/HTTP base URL, e.g. 'http://otel-collector:4318'")
         return value
 
     @field_validator("healthcheck_url")
@@ -273,6 +298,10 @@ class Settings(BaseModel):
     @property
     def config_keys_path(self) -> Path:
         return Path(self.config_keys_file) if self.config_keys_file else self.data_dir / "config-keys.json"
+
+    @property
+    def docs_path(self) -> Path:
+        return Path(self.docs_dir or "site")
 
     @property
     def credentials_path(self) -> Path | None:

@@ -156,6 +156,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         # NULL: the provider type's default (Anthropic and vLLM continue a prefill, OpenAI does not).
         "ALTER TABLE models ADD COLUMN supports_prefill INTEGER;",
     ),
+    (
+        9,
+        "api_key_rotation_days",
+        # 0 = no rotation period; the hourly job (stages/key_rotation.py) disables keys not rotated for longer.
+        "ALTER TABLE api_keys ADD COLUMN rotation_days INTEGER NOT NULL DEFAULT 0;",
+    ),
 )
 
 
