@@ -63,10 +63,8 @@ def check_json_integers(raw: bytes) -> None:
         return
     try:
         json.loads(raw, parse_int=_integer)
-    except _IntegerOutOfRange as exc:
-        raise InvalidRequest(
-            f"integer {exc} is out of range: JSON integers must fit in 64 bits", field="body"
-        ) from None
+    except _IntegerOutOfRange:  # the number itself is not echoed: it may be a secret typed as a number
+        raise InvalidRequest("an integer is out of range: JSON integers must fit in 64 bits", field="body") from None
     except (ValueError, RecursionError):
         return
 
