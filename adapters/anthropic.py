@@ -8,6 +8,7 @@ from typing import Any
 from adapters.anthropic_payload import build_payload
 from adapters.anthropic_stream import FAILURES, AnthropicEventParser
 from adapters.base import HttpAdapter
+from adapters.provider import Capabilities
 from pipeline.types import ChatRequest
 
 __all__ = ["ANTHROPIC_VERSION", "PROVIDER_TYPE", "AnthropicAdapter", "AnthropicEventParser"]
@@ -17,6 +18,13 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class AnthropicAdapter(HttpAdapter):
     type = "anthropic"
+    # Claude reads images and PDFs, by base64 or URL; there is no audio input.
+    capabilities = Capabilities(
+        inputs=frozenset({"vision", "documents"}),
+        default_inputs=frozenset({"vision", "documents"}),
+        url_inputs=frozenset({"vision", "documents"}),
+        media_tokens="anthropic",
+    )
     failures = FAILURES
     result_format = "anthropic"
     chat_path = "/v1/messages"

@@ -33,6 +33,12 @@ class Capabilities:
 
     embeddings: bool = False  # POST /v1/embeddings: an EmbeddingProvider; policy routes embedding models here
     discovery: bool = False  # a PooledProvider: several endpoints, each probed; its listed models are routable
+    # Media (pipeline.types.MEDIA_CAPABILITIES values) the type's payload can carry; what its models read
+    # unless a model's own `capabilities` say otherwise; and which of them it can pass by URL.
+    inputs: frozenset[str] = frozenset()
+    default_inputs: frozenset[str] = frozenset()
+    url_inputs: frozenset[str] = frozenset()
+    media_tokens: str = "openai"  # how its models count image tokens (pipeline.media.media_tokens)
 
 
 class ChatStream(Protocol):

@@ -46,6 +46,7 @@ def export_config(store: ConfigStore) -> tuple[dict[str, Any], list[str]]:
             "kind": m.kind,
             "upstream_model": m.upstream_model,
             "fallbacks": list(m.fallbacks),
+            **({"capabilities": sorted(m.capabilities)} if m.capabilities is not None else {}),
         }
         for m in store.list_models()
     ]

@@ -19,9 +19,20 @@ from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ModelInfo
 
-__all__ = ["ModelIn", "check_model", "create_model", "delete_model", "list_models", "model_view", "patch_model"]
+__all__ = [
+    "ModelIn",
+    "check_model",
+    "create_model",
+    "delete_model",
+    "list_models",
+    "model_from_body",
+    "model_view",
+    "patch_model",
+]
 
 ModelKind = Literal["chat", "embedding"]
+# What a model reads besides text (pipeline.types.MEDIA_CAPABILITIES); null = its provider type's default.
+Capabilities = Annotated[list[Literal["vision", "documents", "audio"]], Field(max_length=3)]
 Weight = Annotated[int, Field(ge=0, le=10)]
 NonNegative = Annotated[float, Field(ge=0)]
 
@@ -38,6 +49,7 @@ class ModelIn(Body):
     kind: ModelKind = "chat"
     upstream_model: UpstreamName = ""
     fallbacks: FallbackIds = Field(default_factory=list)
+    capabilities: Capabilities | None = None
 
 
 class ModelPatch(Body):
@@ -50,6 +62,9 @@ class ModelPatch(Body):
     kind: ModelKind | None = None
     upstream_model: UpstreamName | None = None
     fallbacks: FallbackIds | None = None
+    # null (or absent) leaves them; [] = text only. `"capabilities_default": true` goes back to the type's.
+    capabilities: Capabilities | None = None
+    capabilities_default: bool = False
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -65,7 +80,7 @@ async def create_model(request: web.Request) -> web.Response:
     services = get_services(request)
     if await services.config.call(services.config.get_provider, body.provider_id) is None:
         raise InvalidRequest(f"provider {body.provider_id!r} does not exist; create it first", field="provider_id")
-    model = ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
+    model = model_from_body(body)
     _check(services, model)
     await commit(request, services.config.upsert_model, model)
     return web.json_response({"ok": True, "model": model_view(model)}, status=201)
@@ -78,9 +93,13 @@ async def patch_model(request: web.Request) -> web.Response:
     current = await services.config.call(services.config.get_model, model_id)
     if current is None:
         raise NotFound(f"model {model_id!r} not found")
-    changes = body.model_dump(exclude_none=True)
+    changes = body.model_dump(exclude_none=True, exclude={"capabilities_default"})
     if "fallbacks" in changes:
         changes["fallbacks"] = tuple(changes["fallbacks"])
+    if body.capabilities_default and body.capabilities is not None:
+        raise InvalidRequest("send capabilities or capabilities_default, not both", field="capabilities")
+    if "capabilities" in changes or body.capabilities_default:
+        changes["capabilities"] = None if body.capabilities_default else frozenset(changes["capabilities"])
     updated = dataclasses.replace(current, **changes)
     _check(services, updated)
     await commit(request, services.config.upsert_model, updated)
@@ -91,6 +110,12 @@ async def delete_model(request: web.Request) -> web.Response:
     services = get_services(request)
     deleted = await commit(request, services.config.delete_model, request.match_info["id"])
     return web.json_response({"ok": True, "deleted": deleted})
+
+
+def model_from_body(body: ModelIn) -> ModelInfo:
+    """The stored model an admin or config-file body describes."""
+    capabilities = None if body.capabilities is None else frozenset(body.capabilities)
+    return ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks), "capabilities": capabilities})
 
 
 def _check(services: Services, model: ModelInfo) -> None:
@@ -111,6 +136,13 @@ def check_model(
             f"provider {model.provider_id!r} ({type_name}) does not serve embeddings; kind 'embedding' needs an"
             " openai or vllm provider",
             field="kind",
+        )
+    kind = provider_type(type_name) if type_name else None
+    if kind is not None and model.capabilities and (cannot := sorted(model.capabilities - kind.capabilities.inputs)):
+        raise InvalidRequest(
+            f"provider {model.provider_id!r} ({type_name}) cannot carry {', '.join(cannot)} input; its models may"
+            f" read {', '.join(sorted(kind.capabilities.inputs)) or 'text only'}",
+            field="capabilities",
         )
     if model.id in aliases:
         raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
@@ -142,4 +174,6 @@ def model_view(m: ModelInfo) -> dict[str, Any]:
         "kind": m.kind,
         "upstream_model": m.sent_as,  # what the provider is sent (the id unless set)
         "fallbacks": list(m.fallbacks),
+        # As set (null = the provider type's default); what routing uses is the engine view's `reads`.
+        "capabilities": None if m.capabilities is None else sorted(m.capabilities),
     }

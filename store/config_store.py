@@ -243,13 +243,14 @@ class ConfigStore:
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, kind, upstream_model, fallbacks, max_output_tokens, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " enabled, kind, upstream_model, fallbacks, max_output_tokens, capabilities, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
                 " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
                 " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
-                " max_output_tokens=excluded.max_output_tokens, updated_at=excluded.updated_at,"
+                " max_output_tokens=excluded.max_output_tokens, capabilities=excluded.capabilities,"
+                " updated_at=excluded.updated_at,"
                 " pricing_source=CASE WHEN models.input_per_1k = excluded.input_per_1k"
                 " AND models.output_per_1k = excluded.output_per_1k THEN models.pricing_source ELSE 'manual' END",
                 (
@@ -264,6 +265,7 @@ class ConfigStore:
                     model.upstream_model,
                     json.dumps(list(model.fallbacks)),
                     model.max_output_tokens,
+                    None if model.capabilities is None else json.dumps(sorted(model.capabilities)),
                     now,
                     now,
                 ),
@@ -395,6 +397,7 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         upstream_model=row["upstream_model"],
         fallbacks=tuple(_id_list(row["fallbacks"])),
         pricing_source=row["pricing_source"],
+        capabilities=None if row["capabilities"] is None else frozenset(_id_list(row["capabilities"])),
     )
 
 

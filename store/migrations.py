@@ -150,6 +150,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE models ADD COLUMN pricing_source TEXT NOT NULL DEFAULT 'manual';
         """,
     ),
+    (
+        8,
+        "model_capabilities",
+        # A JSON list of what the model reads besides text (vision, documents, audio); NULL = its provider
+        # type's default (adapters' Capabilities.default_inputs), which existing rows keep.
+        "ALTER TABLE models ADD COLUMN capabilities TEXT;",
+    ),
 )
 
 
