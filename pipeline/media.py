@@ -43,7 +43,7 @@ _OPENAI_BASE, _OPENAI_TILE, _OPENAI_MAX_TILES = 85, 170, 8
 _ANTHROPIC_LONG_EDGE, _ANTHROPIC_MAX_IMAGE = 1568, 1600
 # Both providers read a PDF page's text and its picture; Anthropic documents 1,500-3,000 text tokens a page.
 DOCUMENT_PAGE_TOKENS = 3000
-UNKNOWN_DOCUMENT_PAGES = 10  # a document by URL (or a PDF whose page objects are compressed away)
+UNKNOWN_DOCUMENT_PAGES = 4  # a document by URL (or a PDF whose page objects are compressed away)
 _AUDIO_TOKENS_PER_SECOND = 10  # OpenAI: about one audio token per 100 ms of input
 _MP3_BYTES_PER_SECOND = 16_000  # 128 kbit/s, when the duration cannot be read
 _IMAGE_DETAILS = {"low", "high", "auto"}
@@ -131,7 +131,7 @@ def image_size(raw: bytes) -> tuple[str, int, int] | None:
     if raw[:6] in (b"GIF87a", b"GIF89a") and len(raw) >= 10:
         width, height = struct.unpack("<HH", raw[6:10])
         return "image/gif", width, height
-    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP" and len(raw) >= 30:
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP" and len(raw) >= 25:
         return _webp_size(raw)
     if raw[:2] == b"\xff\xd8":
         return _jpeg_size(raw)
@@ -140,6 +140,8 @@ def image_size(raw: bytes) -> tuple[str, int, int] | None:
 
 def _webp_size(raw: bytes) -> tuple[str, int, int] | None:
     chunk = raw[12:16]
+    if chunk != b"VP8L" and len(raw) < 30:
+        return None
     if chunk == b"VP8 ":  # lossy: 14-bit sizes after the frame tag and start code
         width, height = struct.unpack("<HH", raw[26:30])
         return "image/webp", width & 0x3FFF, height & 0x3FFF
