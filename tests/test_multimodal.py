@@ -484,3 +484,15 @@ def test_pdf_pages_and_wav_seconds_are_counted() -> None:
     sound = audio_part("f", data=b64(wav(3)), audio_format="wav")
     assert (sound.seconds, media_tokens(sound, "openai")) == (3.0, 30)
     assert audio_part("f", data=b64(b"\x00" * 32_000), audio_format="mp3").seconds == 2.0  # 128 kbit/s assumed
+
+
+async def test_a_directive_beside_an_image_is_applied_and_stripped(hub: Hub) -> None:
+    await hub.add_provider()
+    await hub.add_model("cheap-sees", weight=1, input_per_1k=0.0001, output_per_1k=0.0001)
+    await hub.add_model("strong-sees", weight=9, input_per_1k=0.01, output_per_1k=0.01)
+    key = await hub.new_key()
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    content = [{"type": "text", "text": "@@tokenhub mode=cheap\nwhat is it?"}, image]
+    body = await hub.chat_ok(key, [{"role": "user", "content": content}])
+    assert body["negotiated_model"] == "cheap-sees" and "@@tokenhub mode=cheap" in body["routing_reason"]
+    assert _sent_content(hub.fake.requests) == [{"type": "text", "text": "what is it?"}, image]
