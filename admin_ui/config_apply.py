@@ -27,7 +27,7 @@ from adapters.base import normalize_base_url
 from admin_ui.aliases import alias_from_body, check_alias_against
 from admin_ui.common import parse_duration
 from admin_ui.config_file import ConfigDocument, check_pipelines, read_config_file, read_credentials_file
-from admin_ui.models import check_model
+from admin_ui.models import check_model, model_from_body
 from admin_ui.providers import key_to_write
 from pipeline.errors import ConfigFileInvalid, TokenHubError
 from pipeline.services import Services
@@ -321,7 +321,7 @@ def _save_new_keys(path: Path, new_keys: dict[str, str]) -> None:
 
 
 def _model(body: Any) -> ModelInfo:
-    return ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
+    return model_from_body(body)
 
 
 def _same_model(stored: ModelInfo, wanted: ModelInfo) -> bool:

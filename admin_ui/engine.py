@@ -24,6 +24,7 @@ from admin_ui.params import int_param
 from pipeline.errors import DiscoveryFailed, InvalidRequest, NotFound, VaultLocked
 from pipeline.services import Services
 from pipeline.types import ModelInfo, ProviderInfo
+from stages.router import model_inputs
 
 __all__ = ["discover_models", "engine_models"]
 
@@ -81,6 +82,7 @@ def _engine_view(services: Services, model: ModelInfo, aliases: list[str]) -> di
         "max_context_tokens": model.max_context_tokens,
         "eligible": unavailable is None,  # before the request's own budget, context and weight constraints
         "unavailable": unavailable,
+        "reads": _reads(services, model),
         "health": {
             "state": health.state if health else "healthy",
             "breaker": services.health.breaker_state(model.provider_id),
@@ -90,6 +92,12 @@ def _engine_view(services: Services, model: ModelInfo, aliases: list[str]) -> di
         "fallbacks": list(model.fallbacks),
         "aliases": aliases,
     }
+
+
+def _reads(services: Services, model: ModelInfo) -> list[str]:
+    """What routing lets the model read besides text: its capabilities, else its provider type's default."""
+    adapter = services.adapters.get(model.provider_id)
+    return sorted(model_inputs(model, adapter)) if adapter is not None else []
 
 
 # --- discovery -------------------------------------------------------------------------------------

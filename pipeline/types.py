@@ -12,12 +12,14 @@ from typing import Any
 
 __all__ = [
     "ALIAS_STICKY_BY",
+    "MEDIA_CAPABILITIES",
     "AliasInfo",
     "AliasVariant",
     "ApiKeyInfo",
     "ChatRequest",
     "ChatResult",
     "ErrorClass",
+    "MediaPart",
     "Message",
     "ModelInfo",
     "ProviderInfo",
@@ -34,13 +36,47 @@ class ErrorClass(StrEnum):
     FATAL = "fatal"
 
 
+# What a model must be able to read for each kind of media part (a model's `capabilities`).
+MEDIA_CAPABILITIES = {"image": "vision", "document": "documents", "audio": "audio"}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPart:
+    """An image, a document or audio in a message, normalized so either wire format can be built from it.
+
+    The source is `data` (base64, checked and measured at the edge) or `url` (passed on as given)."""
+
+    kind: str  # "image" | "document" | "audio" (the keys of MEDIA_CAPABILITIES)
+    media_type: str = ""  # image/png, application/pdf, audio/wav, ...; "" for a URL that names none
+    data: str = ""  # base64, without a data: prefix
+    url: str = ""  # an http(s) URL the provider fetches
+    detail: str = ""  # OpenAI's image detail (low, high, auto); "" = not given
+    filename: str = ""  # documents: OpenAI's file part carries a name
+    title: str = ""  # documents: Anthropic's document title
+    size: int = 0  # decoded bytes (0 for a URL): what the content caps count
+    width: int = 0  # pixels, read from the image header (0 = unknown)
+    height: int = 0
+    pages: int = 0  # documents: pages counted in the PDF (0 = unknown)
+    seconds: float = 0.0  # audio: duration (0 = unknown)
+
+    @property
+    def capability(self) -> str:
+        return MEDIA_CAPABILITIES[self.kind]
+
+
 @dataclass(slots=True)
 class Message:
     role: str
-    content: str
+    content: str  # the text (of every text part, joined): what estimates, directives and plans read
     tool_calls: Any = None
     tool_call_id: str | None = None
     name: str | None = None
+    # The content in order when it holds media: text pieces and MediaParts. Empty = `content` is all of it.
+    parts: tuple[str | MediaPart, ...] = ()
+
+    @property
+    def media(self) -> tuple[MediaPart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, MediaPart))
 
 
 @dataclass(slots=True)
@@ -117,6 +153,8 @@ class ModelInfo:
     output_per_1k: float = 0.0
     enabled: bool = True
     kind: str = "chat"  # "chat" or "embedding"; a request is only routed to models of its operation's kind
+    # What it can read besides text (vision, documents, audio); None = its provider type's default.
+    capabilities: frozenset[str] | None = None
     # The name the provider knows it by ("" = the id): several TokenHub models (gpt-4o@azure, gpt-4o@openai)
     # may be sent as one upstream name to different providers.
     upstream_model: str = ""

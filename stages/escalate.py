@@ -118,6 +118,7 @@ class Escalate:
             and m.provider_id in services.adapters
             and m.max_context_tokens >= needed
             and (current == 0 or m.max_context_tokens > current)
+            and services.router.unreadable(m, ctx.request) is None  # it reads the request's images, PDFs, audio
         ]
         if not options:
             return None

@@ -246,14 +246,15 @@ class ConfigStore:
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, kind, upstream_model, fallbacks, max_output_tokens, supports_prefill, created_at,"
-                " updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " enabled, kind, upstream_model, fallbacks, max_output_tokens, supports_prefill, capabilities,"
+                " created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
                 " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
                 " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
                 " max_output_tokens=excluded.max_output_tokens, supports_prefill=excluded.supports_prefill,"
+                " capabilities=excluded.capabilities,"
                 " updated_at=excluded.updated_at,"
                 " pricing_source=CASE WHEN models.input_per_1k = excluded.input_per_1k"
                 " AND models.output_per_1k = excluded.output_per_1k THEN models.pricing_source ELSE 'manual' END",
@@ -270,6 +271,7 @@ class ConfigStore:
                     json.dumps(list(model.fallbacks)),
                     model.max_output_tokens,
                     None if model.supports_prefill is None else int(model.supports_prefill),
+                    None if model.capabilities is None else json.dumps(sorted(model.capabilities)),
                     now,
                     now,
                 ),
@@ -402,6 +404,7 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         fallbacks=tuple(_id_list(row["fallbacks"])),
         pricing_source=row["pricing_source"],
         supports_prefill=None if row["supports_prefill"] is None else bool(row["supports_prefill"]),
+        capabilities=None if row["capabilities"] is None else frozenset(_id_list(row["capabilities"])),
     )
 
 

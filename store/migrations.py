@@ -162,6 +162,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         # 0 = no rotation period; the hourly job (stages/key_rotation.py) disables keys not rotated for longer.
         "ALTER TABLE api_keys ADD COLUMN rotation_days INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        10,
+        "model_capabilities",
+        # A JSON list of what the model reads besides text (vision, documents, audio); NULL = its provider
+        # type's default (adapters' Capabilities.default_inputs), which existing rows keep.
+        "ALTER TABLE models ADD COLUMN capabilities TEXT;",
+    ),
 )
 
 
