@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from adapters.registry import provider_type
 from admin_ui.common import Body, FallbackIds, IdStr, UpstreamName, commit, get_services, read_model
@@ -19,11 +19,31 @@ from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ModelInfo
 
-__all__ = ["ModelIn", "check_model", "create_model", "delete_model", "list_models", "model_view", "patch_model"]
+__all__ = [
+    "ModelIn",
+    "check_model",
+    "create_model",
+    "delete_model",
+    "list_models",
+    "model_from_body",
+    "model_view",
+    "patch_model",
+]
 
 ModelKind = Literal["chat", "embedding"]
 Weight = Annotated[int, Field(ge=0, le=10)]
 NonNegative = Annotated[float, Field(ge=0)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+def _one_to_one(names: dict[str, str]) -> dict[str, str]:
+    if len(set(names.values())) != len(names):
+        raise ValueError("two model-facing names map to one client name: the reverse (client -> model) is ambiguous")
+    return names
+
+
+# model-facing tool name -> client-facing tool name (adapters/tool_names.py)
+ToolNameMap = Annotated[dict[ToolName, ToolName], Field(max_length=256), AfterValidator(_one_to_one)]
 
 
 class ModelIn(Body):
@@ -38,6 +58,8 @@ class ModelIn(Body):
     kind: ModelKind = "chat"
     upstream_model: UpstreamName = ""
     fallbacks: FallbackIds = Field(default_factory=list)
+    tool_name_map: ToolNameMap = Field(default_factory=dict)
+    gemma4_output: bool = False
 
 
 class ModelPatch(Body):
@@ -50,6 +72,8 @@ class ModelPatch(Body):
     kind: ModelKind | None = None
     upstream_model: UpstreamName | None = None
     fallbacks: FallbackIds | None = None
+    tool_name_map: ToolNameMap | None = None  # {} clears it
+    gemma4_output: bool | None = None
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -65,7 +89,7 @@ async def create_model(request: web.Request) -> web.Response:
     services = get_services(request)
     if await services.config.call(services.config.get_provider, body.provider_id) is None:
         raise InvalidRequest(f"provider {body.provider_id!r} does not exist; create it first", field="provider_id")
-    model = ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
+    model = model_from_body(body)
     _check(services, model)
     await commit(request, services.config.upsert_model, model)
     return web.json_response({"ok": True, "model": model_view(model)}, status=201)
@@ -81,6 +105,8 @@ async def patch_model(request: web.Request) -> web.Response:
     changes = body.model_dump(exclude_none=True)
     if "fallbacks" in changes:
         changes["fallbacks"] = tuple(changes["fallbacks"])
+    if "tool_name_map" in changes:
+        changes["tool_name_map"] = tuple(changes["tool_name_map"].items())
     updated = dataclasses.replace(current, **changes)
     _check(services, updated)
     await commit(request, services.config.upsert_model, updated)
@@ -91,6 +117,14 @@ async def delete_model(request: web.Request) -> web.Response:
     services = get_services(request)
     deleted = await commit(request, services.config.delete_model, request.match_info["id"])
     return web.json_response({"ok": True, "deleted": deleted})
+
+
+def model_from_body(body: ModelIn) -> ModelInfo:
+    """The record a POST /models body (or a config file's model) describes."""
+    fields = body.model_dump()
+    return ModelInfo(
+        **{**fields, "fallbacks": tuple(body.fallbacks), "tool_name_map": tuple(body.tool_name_map.items())}
+    )
 
 
 def _check(services: Services, model: ModelInfo) -> None:
@@ -111,6 +145,12 @@ def check_model(
             f"provider {model.provider_id!r} ({type_name}) does not serve embeddings; kind 'embedding' needs an"
             " openai or vllm provider",
             field="kind",
+        )
+    if model.gemma4_output and type_name == "anthropic":
+        raise InvalidRequest(
+            f"gemma4_output: provider {model.provider_id!r} is anthropic; Gemma-4 is served OpenAI-compatible"
+            " (an openai or vllm provider)",
+            field="gemma4_output",
         )
     if model.id in aliases:
         raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
@@ -142,4 +182,7 @@ def model_view(m: ModelInfo) -> dict[str, Any]:
         "kind": m.kind,
         "upstream_model": m.sent_as,  # what the provider is sent (the id unless set)
         "fallbacks": list(m.fallbacks),
+        "tool_name_map": dict(m.tool_name_map),
+        "gemma4_output": m.gemma4_output,
+        "autoloaded": m.autoloaded,
     }
