@@ -32,7 +32,13 @@ def _parse(*chunks: str) -> tuple[str, str, list[tuple[str, Any]]]:
 def test_arguments_become_json() -> None:
     call = parse_call(f"call:f{{s:{Q}a, b: c{Q},n:-1.5,b:false,o:{{k:[1,{Q}x{Q}]}},raw:hello there}}")
     assert call is not None and call.name == "f"
-    assert json.loads(call.arguments) == {"s": "a, b: c", "n": -1.5, "b": False, "o": {"k": [1, "x"]}, "raw": "hello there"}
+    assert json.loads(call.arguments) == {
+        "s": "a, b: c",
+        "n": -1.5,
+        "b": False,
+        "o": {"k": [1, "x"]},
+        "raw": "hello there",
+    }
     assert json.loads(parse_call("call:noargs{}").arguments) == {}  # type: ignore[union-attr]
     assert json.loads(parse_call("bare").arguments) == {}  # type: ignore[union-attr]
     for broken in ("call:{a:1}", f"call:f{{a:{Q}open}}", "call:f{a:1", "call:f{a:1} trailing", "call:f{a 1}"):
@@ -140,4 +146,6 @@ async def test_gemma4_output_needs_an_openai_compatible_provider(hub: Hub) -> No
     assert (await hub.admin("GET", "/models"))["items"] == []
     await hub.add_provider()
     await hub.add_model("g2", gemma4_output=True)
-    assert (await hub.admin("PATCH", "/models/g2", {"gemma4_output": False}, expect=200))["model"]["gemma4_output"] is False
+    assert (await hub.admin("PATCH", "/models/g2", {"gemma4_output": False}, expect=200))["model"][
+        "gemma4_output"
+    ] is False

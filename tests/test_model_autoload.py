@@ -42,7 +42,13 @@ async def test_a_provider_with_autoload_registers_what_it_lists(hub: Hub, provid
     models = await _models(hub)
     assert set(models) == {"gpt-a", "gpt-b", "text-embedding-3-small"}
     a = models["gpt-a"]
-    assert (a["weight"], a["enabled"], a["autoloaded"], a["max_context_tokens"], a["kind"]) == (5, True, True, 32000, "chat")
+    assert (a["weight"], a["enabled"], a["autoloaded"], a["max_context_tokens"], a["kind"]) == (
+        5,
+        True,
+        True,
+        32000,
+        "chat",
+    )
     assert models["text-embedding-3-small"]["kind"] == "embedding"
     assert (models["gpt-b"]["weight"], models["gpt-b"]["autoloaded"]) == (2, False)
     key = await hub.new_key()

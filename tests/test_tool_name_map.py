@@ -96,13 +96,15 @@ async def test_native_chat_and_a_failover_start_from_the_clients_names(hub: Hub)
     key = await _setup(hub)
     await hub.add_model("plain", weight=1)
     hub.fake.script("mapped", Fail(500), Fail(500), Fail(500))
-    hub.fake.script("plain", Reply(content="", tool_calls=[{**MODEL_CALL, "function": {"name": "bash", "arguments": "{}"}}]))
+    hub.fake.script(
+        "plain", Reply(content="", tool_calls=[{**MODEL_CALL, "function": {"name": "bash", "arguments": "{}"}}])
+    )
     status, body, _ = await hub.chat(key, HISTORY, model_hint="mapped", parameters={"tools": TOOLS})
     assert status == 200, body
     assert body["negotiated_model"] == "plain"
     mapped_sent = [r["json"] for r in hub.fake.requests if r["model"] == "mapped"]
     assert mapped_sent and all(s["tools"][0]["function"]["name"] == "shell" for s in mapped_sent)
-    plain_sent = [r["json"] for r in hub.fake.requests if r["model"] == "plain"][0]
+    plain_sent = next(r["json"] for r in hub.fake.requests if r["model"] == "plain")
     assert plain_sent["tools"][0]["function"]["name"] == "bash"
     assert plain_sent["messages"][1]["tool_calls"][0]["function"]["name"] == "bash"
     assert body["response"]["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "bash"
@@ -121,7 +123,11 @@ async def test_messages_endpoint_renames_for_an_openai_upstream(hub: Hub) -> Non
         base_url=str(hub.client.make_url("")).rstrip("/"), api_key=key, max_retries=0
     ) as client:
         message = await client.messages.create(
-            model="mapped", max_tokens=100, messages=history, tools=[tool], tool_choice={"type": "tool", "name": "read_file"}
+            model="mapped",
+            max_tokens=100,
+            messages=history,
+            tools=[tool],
+            tool_choice={"type": "tool", "name": "read_file"},
         )
     sent = _sent(hub)
     assert sent["tools"][0]["function"]["name"] == "read"
@@ -140,9 +146,7 @@ async def test_an_anthropic_upstream_is_sent_and_answers_in_model_names(hub: Hub
     async with _client(hub, key) as client:
         answer = await client.chat.completions.create(model="claude-mapped", messages=HISTORY, tools=TOOLS)
         assert answer.choices[0].message.tool_calls[0].function.name == "bash"
-        stream = await client.chat.completions.create(
-            model="claude-mapped", messages=HISTORY, tools=TOOLS, stream=True
-        )
+        stream = await client.chat.completions.create(model="claude-mapped", messages=HISTORY, tools=TOOLS, stream=True)
         names = [
             call.function.name
             async for chunk in stream
