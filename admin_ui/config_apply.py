@@ -121,7 +121,9 @@ def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyT
     store = target.store
     records = {r["id"]: r for r in store.list_providers()}
     for index, body in enumerate(doc.body.providers):
-        provider = ProviderInfo(body.id, body.type, normalize_base_url(body.base_url), body.enabled)
+        provider = ProviderInfo(
+            body.id, body.type, normalize_base_url(body.base_url), body.enabled, autoload_models=body.autoload_models
+        )
         record, stored = records.get(body.id), current.providers.get(body.id)
         cred_store = record["cred_store"] if record else "none"
         resolved = doc.provider_keys.get(body.id)
@@ -146,10 +148,11 @@ def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyT
                 " /admin/v1/vault/unlock) or set TOKENHUB_VAULT_PASSWORD, then apply again",
             )
             continue
-        same = stored is not None and (stored.type, stored.base_url, stored.enabled) == (
+        same = stored is not None and (stored.type, stored.base_url, stored.enabled, stored.autoload_models) == (
             provider.type,
             provider.base_url,
             provider.enabled,
+            provider.autoload_models,
         )
         upsert = _bind(store.upsert_provider, provider, api_key=api_key)
         outcome = "created" if stored is None else "unchanged" if same and api_key is None else "updated"

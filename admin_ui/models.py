@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from adapters.provider import supports_prefill
 from adapters.registry import provider_type
@@ -36,6 +36,17 @@ ModelKind = Literal["chat", "embedding"]
 Capabilities = Annotated[list[Literal["vision", "documents", "audio"]], Field(max_length=3)]
 Weight = Annotated[int, Field(ge=0, le=10)]
 NonNegative = Annotated[float, Field(ge=0)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+def _one_to_one(names: dict[str, str]) -> dict[str, str]:
+    if len(set(names.values())) != len(names):
+        raise ValueError("two model-facing names map to one client name: the reverse (client -> model) is ambiguous")
+    return names
+
+
+# model-facing tool name -> client-facing tool name (adapters/tool_names.py)
+ToolNameMap = Annotated[dict[ToolName, ToolName], Field(max_length=256), AfterValidator(_one_to_one)]
 
 
 class ModelIn(Body):
@@ -52,6 +63,8 @@ class ModelIn(Body):
     fallbacks: FallbackIds = Field(default_factory=list)
     supports_prefill: bool | None = None  # continues an assistant prefill (stream rescue); null = the type's default
     capabilities: Capabilities | None = None
+    tool_name_map: ToolNameMap = Field(default_factory=dict)
+    gemma4_output: bool = False
 
 
 class ModelPatch(Body):
@@ -68,6 +81,8 @@ class ModelPatch(Body):
     # null (or absent) leaves them; [] = text only. `"capabilities_default": true` goes back to the type's.
     capabilities: Capabilities | None = None
     capabilities_default: bool = False
+    tool_name_map: ToolNameMap | None = None  # {} clears it
+    gemma4_output: bool | None = None
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -105,6 +120,8 @@ async def patch_model(request: web.Request) -> web.Response:
         raise InvalidRequest("send capabilities or capabilities_default, not both", field="capabilities")
     if "capabilities" in changes or body.capabilities_default:
         changes["capabilities"] = None if body.capabilities_default else frozenset(changes["capabilities"])
+    if "tool_name_map" in changes:
+        changes["tool_name_map"] = tuple(changes["tool_name_map"].items())
     updated = dataclasses.replace(current, **changes)
     _check(services, updated)
     await commit(request, services.config.upsert_model, updated)
@@ -119,8 +136,16 @@ async def delete_model(request: web.Request) -> web.Response:
 
 def model_from_body(body: ModelIn) -> ModelInfo:
     """The stored model an admin or config-file body describes."""
+    fields = body.model_dump()
     capabilities = None if body.capabilities is None else frozenset(body.capabilities)
-    return ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks), "capabilities": capabilities})
+    return ModelInfo(
+        **{
+            **fields,
+            "fallbacks": tuple(body.fallbacks),
+            "capabilities": capabilities,
+            "tool_name_map": tuple(body.tool_name_map.items()),
+        }
+    )
 
 
 def _check(services: Services, model: ModelInfo) -> None:
@@ -148,6 +173,12 @@ def check_model(
             f"provider {model.provider_id!r} ({type_name}) cannot carry {', '.join(cannot)} input; its models may"
             f" read {', '.join(sorted(kind.capabilities.inputs)) or 'text only'}",
             field="capabilities",
+        )
+    if model.gemma4_output and type_name == "anthropic":
+        raise InvalidRequest(
+            f"gemma4_output: provider {model.provider_id!r} is anthropic; Gemma-4 is served OpenAI-compatible"
+            " (an openai or vllm provider)",
+            field="gemma4_output",
         )
     if model.id in aliases:
         raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
@@ -184,6 +215,9 @@ def model_view(m: ModelInfo, services: Services) -> dict[str, Any]:
         "supports_prefill": m.supports_prefill,
         # As set (null = the provider type's default); what routing uses is the engine view's `reads`.
         "capabilities": None if m.capabilities is None else sorted(m.capabilities),
+        "tool_name_map": dict(m.tool_name_map),
+        "gemma4_output": m.gemma4_output,
+        "autoloaded": m.autoloaded,
     }
     adapter = services.adapters.get(m.provider_id)
     view["prefill"] = adapter is not None and supports_prefill(m, adapter)

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from adapters.container import localhost_rewrite
 from adapters.http import HttpClient, RetryPolicy
 from adapters.provider import Provider
 from adapters.registry import build_provider
@@ -28,6 +29,7 @@ from stages.key_limits import KeyLimits
 from stages.key_rotation import INTERVAL_SECS as KEY_ROTATION_SECS
 from stages.key_rotation import KeyRotationEnforcer
 from stages.learning import BanditRefresher, RecentRequests
+from stages.model_autoload import ModelAutoloader
 from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
 from stages.router import Router
@@ -90,7 +92,11 @@ class Services:
             on_drop=metrics.store_dropped.labels(op="log_request").inc,
         )
         self.retention = Retention(
-            analytics, tsdb_days=settings.tsdb_retention_days, request_log_days=settings.request_log_retention_days
+            analytics,
+            tsdb_days=settings.tsdb_retention_days,
+            request_log_days=settings.request_log_retention_days,
+            config=config,
+            audit_days=settings.audit_retention_days,
         )
         metrics.watch(
             health_states=lambda: {provider: h.state for provider, h in self.health.snapshot().items()},
@@ -128,7 +134,10 @@ class Services:
         for provider in self.env_providers.values():
             # A row (without the key) so models can reference the provider; the key stays in memory.
             config.upsert_provider(dataclasses.replace(provider, api_key=""), api_key=None)
-        self.routing: RoutingTable = build_table(config.load_snapshot(), self.env_providers, None, self._make_adapter)
+        self.rewrite = localhost_rewrite(settings.container)  # None outside a container (adapters/container.py)
+        self.routing: RoutingTable = build_table(
+            config.load_snapshot(), self.env_providers, None, self._make_adapter, self.rewrite
+        )
         self.router = Router(
             lambda: self.routing, health=self.health, bandit=self.bandit, settings=settings, metrics=metrics
         )
@@ -149,6 +158,13 @@ class Services:
         self.key_rotation = KeyRotationEnforcer(
             config=config, events=self.events, key_limits=self.key_limits, reload_config=self.reload_config
         )
+        self.autoloader = ModelAutoloader(
+            http=http,
+            config=config,
+            providers=lambda: self.providers,
+            adapters=lambda: self.adapters,
+            reload=self.reload_config,
+        )
         probe_secs = 0.0 if settings.health_probe_disabled else settings.health_probe_interval_secs
         pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
@@ -156,8 +172,10 @@ class Services:
         self.jobs: list[Periodic] = [
             Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False),
             Periodic("prune-log", retention.request_log_every, retention.prune_request_log, first_run_now=False),
+            Periodic("prune-audit", retention.request_log_every, retention.prune_audit, first_run_now=False),
             Periodic("vllm-prober", settings.vllm_probe_interval_secs, self.vllm_prober.run_once),
             Periodic("health-prober", probe_secs, self.health_prober.run_once),
+            Periodic("model-autoload", settings.model_autoload_interval_secs, self.autoloader.run_once),
             Periodic("pricing-refresh", pricing_secs if self.pricing.source else 0.0, self.pricing.run_once),
             # its first run rebuilds the posteriors from the request log
             Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
@@ -241,11 +259,13 @@ class Services:
     async def reload_config(self) -> None:
         """Re-read SQLite after an admin write has committed and swap the request path's routing table."""
         snapshot = await self.config.call(self.config.load_snapshot)
-        self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter)
+        self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter, self.rewrite)
 
     def reload_config_blocking(self) -> None:
         """`reload_config` before serving (start-up has no event loop yet and nothing else uses the store)."""
-        self.routing = build_table(self.config.load_snapshot(), self.env_providers, self.routing, self._make_adapter)
+        self.routing = build_table(
+            self.config.load_snapshot(), self.env_providers, self.routing, self._make_adapter, self.rewrite
+        )
 
     def apply_hot_settings(self, fresh: Settings) -> dict[str, tuple[Any, Any]]:
         """SIGHUP: take the settings that apply without a restart (HOT_SETTINGS) from ``fresh``; the others

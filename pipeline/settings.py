@@ -92,6 +92,7 @@ class Settings(BaseModel):
         7, ge=1, le=MAX_TSDB_RETENTION_DAYS, description="time-series points kept; PUT /tsdb/retention"
     )
     request_log_retention_days: int = Field(90, ge=1, le=36500, description="request-log rows kept")
+    audit_retention_days: int = Field(90, ge=1, le=36500, description="admin audit rows kept")
     analytics_query_timeout_secs: float = Field(10.0, gt=0, le=300, description="analyst SQL time limit")
     analytics_query_max_rows: int = Field(10_000, gt=0, le=1_000_000, description="analyst SQL row cap")
     analytics_query_max_bytes: int = Field(
@@ -120,6 +121,14 @@ class Settings(BaseModel):
     vllm_endpoints: tuple[str, ...] = Field((), description="comma-separated base URLs of one vLLM deployment")
     vllm_api_key: str = Field("", repr=False)
     vllm_probe_interval_secs: float = Field(15.0, gt=0)
+    # --- provider base URLs and model autoload (docs/providers.md) ---
+    provider_dns_check: bool = Field(False, description="admin create/patch: 400 when a base URL's host won't resolve")
+    container: Literal["auto", "true", "false"] = Field(
+        "auto", description="send localhost base URLs to host.docker.internal: auto = when in a container"
+    )
+    model_autoload_interval_secs: float = Field(
+        3600.0, ge=0, le=7 * 86400, description="list autoload_models providers at start and this often; 0 = off"
+    )
     # --- security (docs/security.md) ---
     admin_rate_limit_rps: float = Field(30.0, gt=0, description="per-IP rate for /admin/v1/*")
     admin_rate_limit_burst: int = Field(60, gt=0, description="per-IP burst for /admin/v1/*")

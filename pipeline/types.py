@@ -140,6 +140,7 @@ class ProviderInfo:
     enabled: bool = True
     api_key: str = field(default="", repr=False)  # never printed
     key_in_vault: bool = False  # its key is sealed in the vault: unusable (api_key "") while the vault is locked
+    autoload_models: bool = False  # its model list is registered and kept in step (stages/model_autoload.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,11 @@ class ModelInfo:
     # Whether the model continues an assistant prefill (stream rescue): None = its provider type's default
     # (adapters.provider.Capabilities.prefill).
     supports_prefill: bool | None = None
+    # Tool names this model knows differently from clients: (model-facing name, client-facing name) pairs,
+    # applied both ways around each call (adapters/tool_names.py). A tuple: the record stays hashable.
+    tool_name_map: tuple[tuple[str, str], ...] = ()
+    gemma4_output: bool = False  # parse Gemma-4's thinking channel and inline tool calls (adapters/gemma4.py)
+    autoloaded: bool = False  # registered by its provider's autoload_models, which may remove it again
 
     @property
     def sent_as(self) -> str:
@@ -238,3 +244,4 @@ class RequestRecord:
     feedback_score: float = math.nan  # the client's score from POST /v1/feedback; NaN = none
     feedback_comment: str | None = None  # the comment sent with that score
     client_request_id: str = ""  # the client's own X-Request-Id (correlation only; request_id is ours)
+    alias_from: str = ""  # the alias the client named, when routing replaced it by one of its variants

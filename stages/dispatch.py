@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from adapters.errors import ProviderError
+from adapters.model_calls import for_model
 from adapters.provider import EmbeddingProvider
 from pipeline.context import Attempt, Candidate, RequestContext
 from pipeline.errors import BudgetExceeded, PlanBudgetReserved, StreamBroken, UpstreamFailed
@@ -89,6 +90,8 @@ class Dispatch:
         try:
             if adapter is None:
                 raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
+            if ctx.request.operation == "chat":  # the model's tool_name_map and gemma4_output around the call
+                adapter = for_model(adapter, model)
             services.health.begin_call(model.provider_id)  # a half-open breaker's trial call
             if ctx.sink is not None:
                 delivered = Delivered()

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS request_log (
     reward DOUBLE,
     feedback_score DOUBLE,
     feedback_comment VARCHAR,
-    client_request_id VARCHAR NOT NULL DEFAULT ''
+    client_request_id VARCHAR NOT NULL DEFAULT '',
+    alias_from VARCHAR NOT NULL DEFAULT ''
 )
 """,
     # One row per (second, metric, model, provider): `value` is the sum of that second's samples and
@@ -107,6 +108,7 @@ _ADDED_COLUMNS = (
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_score DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_comment VARCHAR",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS client_request_id VARCHAR DEFAULT ''",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS alias_from VARCHAR DEFAULT ''",
 )
 # Token counts were INTEGER in the first release: one count over 2^31 failed its whole batch.
 _WIDENED_COLUMNS = {"input_tokens": "BIGINT", "output_tokens": "BIGINT"}

@@ -169,6 +169,19 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         # type's default (adapters' Capabilities.default_inputs), which existing rows keep.
         "ALTER TABLE models ADD COLUMN capabilities TEXT;",
     ),
+    (
+        11,
+        "provider_model_rows",
+        # tool_name_map: JSON object, model-facing tool name -> client-facing name. autoloaded: the row was
+        # written by its provider's autoload_models (only such rows are removed when the provider stops
+        # listing them; an admin write makes the row the admin's).
+        """
+        ALTER TABLE providers ADD COLUMN autoload_models INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE models ADD COLUMN tool_name_map TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE models ADD COLUMN gemma4_output INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE models ADD COLUMN autoloaded INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 
