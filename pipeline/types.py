@@ -32,6 +32,7 @@ class ErrorClass(StrEnum):
     RATE_LIMITED = "rate_limited"
     TRANSIENT = "transient"
     FATAL = "fatal"
+    BUDGET_EXCEEDED = "budget_exceeded"  # the provider account's quota or credit is used up (model disabled)
 
 
 @dataclass(slots=True)

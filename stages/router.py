@@ -30,6 +30,7 @@ from pipeline.types import AliasInfo, ChatRequest, ModelInfo
 from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
 from stages.health import HealthTracker, ProviderHealth
+from stages.model_disables import ModelDisables
 from stages.routing_table import RoutingTable
 from stages.scoring import (
     CLIENT_CONSTRAINTS,
@@ -88,9 +89,11 @@ class Router:
         settings: Settings,
         metrics: Metrics,
         rng: random.Random | None = None,
+        disables: ModelDisables | None = None,
     ) -> None:
         self._table = table  # read at every decision: the services swap the table on reload
         self._health = health
+        self._disables = disables or ModelDisables(disable_secs=0)  # models out of provider quota
         self._bandit = bandit
         self.settings = settings  # public: SIGHUP swaps it for the re-read one
         self._skips = metrics.provider_skips
@@ -218,11 +221,41 @@ class Router:
         self, model: ModelInfo, constraints: Constraints, table: RoutingTable, supports: Callable[[str], bool] | None
     ) -> str | None:
         """Eligibility's reason (scoring.exclusion_reason), naming a provider whose key waits in the locked
-        vault `vault_locked` rather than `no_adapter`."""
+        vault `vault_locked` rather than `no_adapter`, and a model disabled for its provider's quota
+        `quota_exhausted`."""
+        if model.enabled and (disabled := self._disables.reason(model.id)):
+            return disabled
         reason = exclusion_reason(
             model, constraints, table.adapters.__contains__, self._health.unavailable_reason, supports
         )
         return "vault_locked" if reason == "no_adapter" and model.provider_id in table.vault_locked else reason
+
+    def last_resort(
+        self, request: ChatRequest, decision: RoutingDecision, tried: set[str], only_models: frozenset[str] | None
+    ) -> list[Candidate]:
+        """The last-resort pass's candidates, once every eligible one failed (routing.md §8 step 6): every
+        other enabled model that can take the request, ignoring health, budget and weight, ranked for the
+        decision's mode. Still excluded: models of another kind, without a provider, outside a plan step's
+        pin, disabled for their quota, or whose window cannot hold the input; and a named embedding model
+        is never replaced (vectors of two models do not compare)."""
+        kind = model_kind(request.operation)
+        if kind != "chat" and request.model_hint:
+            return []
+        table = self._table()
+        max_tokens, n = requested_output(request.parameters)
+        tokens = decision.estimated_input_tokens
+        constraints = Constraints(decision.mode, 0, 0, tokens, request.max_item_tokens, max_tokens=max_tokens, n=n)
+        supports = _supports(table.adapters, request.operation)
+        models = [
+            model
+            for model in table.snapshot.models.values()
+            if model.kind == kind
+            and model.id not in tried
+            and (only_models is None or model.id in only_models)
+            and self._disables.reason(model.id) is None
+            and exclusion_reason(model, constraints, table.adapters.__contains__, _health_ignored, supports) is None
+        ]
+        return rank(models, constraints, self._stats()) if models else []
 
     def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
         """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
@@ -297,6 +330,11 @@ class Router:
         if observe:
             self._skips.labels(provider=model.provider_id, reason=reason).inc()
         return [], {model_id: reason}
+
+
+def _health_ignored(provider_id: str) -> None:
+    """The last resort calls providers whatever their health says."""
+    return None
 
 
 def _supports(adapters: Mapping[str, Provider], operation: str) -> Callable[[str], bool] | None:
