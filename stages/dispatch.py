@@ -284,8 +284,8 @@ class Dispatch:
         if won is None:
             if hedged:
                 self._hedges.labels("none").inc()
-            main = failures[0]
-            main.hedged = tuple(failures[1:])
+            main = next((f for f in failures if f.candidate is first), failures[0])  # the call escalate asked for
+            main.hedged = tuple(f for f in failures if f is not main)
             raise main
         candidate, result = won
         self._succeeded(ctx, candidate, result)
