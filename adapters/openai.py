@@ -22,7 +22,7 @@ __all__ = ["PROVIDER_TYPE", "OpenAIAdapter", "OpenAIChunkParser"]
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
 # Parameters other providers' clients send that OpenAI rejects ("Unrecognized request argument"): dropped.
 _NOT_OPENAI = frozenset({"top_k", "metadata", "anthropic_version", "thinking"})
-# providers.md §3. Budget errors (400 budget_exceeded) have no class of their own: fatal, not retried.
+# providers.md §3. Quota errors (429 insufficient_quota, 400 budget_exceeded) are budget_exceeded (failures.py).
 _FAILURES = FailureRules(
     overflow_phrases=("context_length_exceeded", "context length"),
     budget_overflow_statuses=frozenset({400}),

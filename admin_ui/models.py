@@ -125,6 +125,8 @@ async def patch_model(request: web.Request) -> web.Response:
     updated = dataclasses.replace(current, **changes)
     _check(services, updated)
     await commit(request, services.config.upsert_model, updated)
+    if body.enabled:  # also lifts an in-memory disable for the provider's quota (stages/model_disables.py)
+        services.model_disables.enable(model_id, "re-enabled by an admin")
     return web.json_response({"ok": True, "model": model_view(updated, services)})
 
 

@@ -68,11 +68,15 @@ class Attempt:
     message: str
     latency_ms: float
     rescued: bool = False  # it continued a stream another model broke off (stream rescue)
+    hedged_out: bool = False  # a hedged call cancelled because the other one answered first (not a failure)
 
     @property
     def outcome(self) -> str:
-        """How it went, as the attempts column and header say it: "ok", "rescued" or the error class."""
-        return self.error_class or ("rescued" if self.rescued else "ok")
+        """How it went, as the attempts column and header say it: "ok", "rescued", "hedged_out" or the error
+        class."""
+        if self.error_class:
+            return self.error_class
+        return "rescued" if self.rescued else "hedged_out" if self.hedged_out else "ok"
 
 
 @dataclass(slots=True)
@@ -112,6 +116,7 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     routing_reason: str = ""
     rescue_note: str = ""  # what stream rescue did after a break, appended to the routing reason
+    dispatch_note: str = ""  # what a hedged dispatch did, appended to the routing reason
     alias_from: str = ""  # the alias the client named, when policy replaced it by one of its variants
     error: TokenHubError | None = None
     sink: StreamSink | None = None  # set by the edge when the client asked for a stream

@@ -30,6 +30,7 @@ from stages.key_rotation import INTERVAL_SECS as KEY_ROTATION_SECS
 from stages.key_rotation import KeyRotationEnforcer
 from stages.learning import BanditRefresher, RecentRequests
 from stages.model_autoload import ModelAutoloader
+from stages.model_disables import DisabledModel, ModelDisables
 from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
 from stages.router import Router
@@ -83,6 +84,11 @@ class Services:
         self.retry = RetryPolicy(max_retries=settings.provider_max_retries)
         self.events = EventBus(on_subscriber_dropped=metrics.event_subscribers_dropped.inc)
         self.health = HealthTracker(on_change=self._health_changed, cooldown_secs=settings.breaker_cooldown_secs)
+        # models whose provider reported its quota used up (dispatch disables, the Router skips them)
+        self.model_disables = ModelDisables(
+            disable_secs=settings.model_disable_secs, on_disabled=self._model_disabled, on_enabled=self._model_enabled
+        )
+        metrics.models_disabled_now.set_function(self.model_disables.count)
         self.bandit = Bandit(half_life_secs=settings.bandit_half_life_secs, seed=settings.bandit_seed or None)
         self.recent_requests = RecentRequests()
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
@@ -139,7 +145,12 @@ class Services:
             config.load_snapshot(), self.env_providers, None, self._make_adapter, self.rewrite
         )
         self.router = Router(
-            lambda: self.routing, health=self.health, bandit=self.bandit, settings=settings, metrics=metrics
+            lambda: self.routing,
+            health=self.health,
+            bandit=self.bandit,
+            settings=settings,
+            metrics=metrics,
+            disables=self.model_disables,
         )
         self.vllm_prober = VLLMProber(
             http,
@@ -255,6 +266,21 @@ class Services:
         self.events.publish(
             "health_change", provider_id=provider_id, old_state=old_state, new_state=new_state, reason=reason
         )
+
+    def _model_disabled(self, entry: DisabledModel) -> None:
+        log.warning("model_disabled", model_id=entry.model_id, provider_id=entry.provider_id, until=entry.until)
+        self.metrics.models_disabled.labels(provider=entry.provider_id, model=entry.model_id).inc()
+        self.events.publish(
+            "model_disabled",
+            model_id=entry.model_id,
+            provider_id=entry.provider_id,
+            reason=entry.reason,
+            until=entry.until,
+        )
+
+    def _model_enabled(self, entry: DisabledModel, why: str) -> None:
+        log.info("model_enabled", model_id=entry.model_id, provider_id=entry.provider_id, why=why)
+        self.events.publish("model_enabled", model_id=entry.model_id, provider_id=entry.provider_id, reason=why)
 
     async def reload_config(self) -> None:
         """Re-read SQLite after an admin write has committed and swap the request path's routing table."""

@@ -105,6 +105,12 @@ class Settings(BaseModel):
     events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
     stream_first_token_secs: float = Field(10.0, gt=0, description="a stream fails over if no token comes by then")
     stream_idle_secs: float = Field(10.0, gt=0, description="a stream silent this long has broken (rescued or ended)")
+    max_stream_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="bytes of answer text one stream may carry; past it, an error event"
+    )
+    model_disable_secs: float = Field(
+        3600.0, ge=0, description="a model disabled for its provider's quota error comes back after this; 0 = never"
+    )
     breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
     health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
     health_probe_disabled: bool = Field(False, description="exactly 'true' turns the proactive prober off")

@@ -34,6 +34,7 @@ class ErrorClass(StrEnum):
     RATE_LIMITED = "rate_limited"
     TRANSIENT = "transient"
     FATAL = "fatal"
+    BUDGET_EXCEEDED = "budget_exceeded"  # the provider account's quota or credit is used up (model disabled)
 
 
 # What a model must be able to read for each kind of media part (a model's `capabilities`).

@@ -66,7 +66,8 @@ def evidence(rows: list[Evidence]) -> Iterator[tuple[str, int, float, float]]:
     for model_id, input_tokens, value, at, attempts in rows:
         for entry in attempts.split(", ") if attempts else ():
             tried, _, outcome = entry.rpartition("=")
-            if tried and outcome not in ("ok", "rescued"):  # a rescue's continuation answered: not a failure
+            # a rescue's continuation answered, a hedge's slower call was cancelled: not failures
+            if tried and outcome not in ("ok", "rescued", "hedged_out"):
                 yield tried, input_tokens, 0.0, at
         if model_id:
             yield model_id, input_tokens, value, at

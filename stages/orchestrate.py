@@ -55,7 +55,7 @@ class Orchestrate:
         ctx.routing_reason = (
             f"{outcome.reason}: {len(runner.steps)} step(s), ${runner.spent_usd:.6f} of ${budget:g}"
             + (f"; stopped: {outcome.stop_reason}" if outcome.stop_reason else "")
-            + "".join(f"; {note}" for note in outcome.notes)
+            + "".join(f"; {note}" for note in (*runner.notes, *outcome.notes))
         )
         if plan.output_schema is not None:
             validate_output(plan.output_schema, outcome.composite)

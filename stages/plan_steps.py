@@ -6,6 +6,10 @@ checked again for every step the same way (policy refuses a step the key can no 
 earlier steps spent already counted): after the first step that stops the plan like its own budget does.
 Steps that run at once (vote voters) reserve their worst-case cost on the plan's budget before they call a
 provider (store/reservations.py), so together they cannot spend past it either.
+
+A step that names a model (primary_model_id, review_model_id, the request's model) is routed like any request
+with a hint: when that model is not eligible or fails, another answers. The runner says so in `notes` (which
+id, why, who answered), and the plan's routing reason lists them: never silently replaced.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from adapters.answer import answer_text
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import BudgetExceeded, NoEligibleModel, PlanBudgetReserved
+from pipeline.model_ids import resolve_model_id
 from pipeline.stage import Next
 from pipeline.types import ChatRequest, Message
 from stages.record import recorded
@@ -67,6 +72,8 @@ class StepRunner:
         self.budget_usd = budget_usd
         self.spent_usd = 0.0
         self.steps: list[StepResult] = []
+        self.notes: list[str] = []  # named models that did not answer their step, and why
+        self._noted: set[tuple[str, str]] = set()  # (model named, why): each said once per plan
         self._account_id = f"plan:{parent.request_id}"
 
     @property
@@ -146,5 +153,25 @@ class StepRunner:
         )
         self.spent_usd += step.cost_usd
         self.steps.append(step)
+        if model_hint and (why := self._not_used(child, served.model.id)) and (model_hint, why) not in self._noted:
+            self._noted.add((model_hint, why))
+            self.notes.append(
+                f"model {model_hint!r} not used in step {index} ({role}): {why}; {step.model_id} answered"
+            )
         await self._on_event("step_completed", {**step.summary(), "content": step.content})
         return step
+
+    def _not_used(self, child: RequestContext, served: str) -> str:
+        """Why the model a step named did not answer it ("" when it did): not registered, the reason it was
+        not eligible, or how its call failed before another model answered."""
+        named = child.request.model_hint.strip()  # after policy: an alias's chosen variant
+        wanted = resolve_model_id(named, self._services.snapshot.models) if named else None
+        if wanted == served:
+            return ""
+        if wanted is None:
+            return "not registered"
+        decision = child.decision
+        if decision is not None and (excluded := decision.exclusions.get(wanted)):
+            return f"not eligible ({excluded})"
+        failed = [a for a in child.attempts if a.model_id == wanted and a.error_class]
+        return f"failed ({failed[-1].error_class})" if failed else "not eligible"

@@ -30,6 +30,7 @@ from pipeline.types import AliasInfo, ChatRequest, ModelInfo
 from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
 from stages.health import HealthTracker, ProviderHealth
+from stages.model_disables import ModelDisables
 from stages.routing_table import RoutingTable
 from stages.scoring import (
     CLIENT_CONSTRAINTS,
@@ -91,9 +92,11 @@ class Router:
         settings: Settings,
         metrics: Metrics,
         rng: random.Random | None = None,
+        disables: ModelDisables | None = None,
     ) -> None:
         self._table = table  # read at every decision: the services swap the table on reload
         self._health = health
+        self._disables = disables or ModelDisables(disable_secs=0)  # models out of provider quota
         self._bandit = bandit
         self.settings = settings  # public: SIGHUP swaps it for the re-read one
         self._skips = metrics.provider_skips
@@ -231,18 +234,50 @@ class Router:
         self, model: ModelInfo, constraints: Constraints, table: RoutingTable, supports: Callable[[str], bool] | None
     ) -> str | None:
         """Eligibility's reason (scoring.exclusion_reason), naming a provider whose key waits in the locked
-        vault `vault_locked` rather than `no_adapter`; before it, whether an enabled model can read the
-        request's media (a property of the model, whatever its health or price)."""
+        vault `vault_locked` rather than `no_adapter`, and a model disabled for its provider's quota
+        `quota_exhausted`; before them, whether an enabled model can read the request's media (a property of
+        the model, whatever its health or price)."""
         if (
             constraints.inputs
             and model.enabled
             and (media := _unreadable(model, constraints.inputs, constraints.url_inputs, table))
         ):
             return media
+        if model.enabled and (disabled := self._disables.reason(model.id)):
+            return disabled
         reason = exclusion_reason(
             model, constraints, table.adapters.__contains__, self._health.unavailable_reason, supports
         )
         return "vault_locked" if reason == "no_adapter" and model.provider_id in table.vault_locked else reason
+
+    def last_resort(
+        self, request: ChatRequest, decision: RoutingDecision, tried: set[str], only_models: frozenset[str] | None
+    ) -> list[Candidate]:
+        """The last-resort pass's candidates, once every eligible one failed (routing.md §8 step 6): every
+        other enabled model that can take the request, ignoring health, budget and weight, ranked for the
+        decision's mode. Still excluded: models of another kind, without a provider, outside a plan step's
+        pin, disabled for their quota, unable to read the request's media, or whose window cannot hold the
+        input; and a named embedding model is never replaced (vectors of two models do not compare)."""
+        kind = model_kind(request.operation)
+        if kind != "chat" and request.model_hint:
+            return []
+        table = self._table()
+        max_tokens, n = requested_output(request.parameters)
+        tokens = decision.estimated_input_tokens
+        constraints = Constraints(decision.mode, 0, 0, tokens, request.max_item_tokens, max_tokens=max_tokens, n=n)
+        supports = _supports(table.adapters, request.operation)
+        inputs, url_inputs = media_needs(request)
+        models = [
+            model
+            for model in table.snapshot.models.values()
+            if model.kind == kind
+            and model.id not in tried
+            and (only_models is None or model.id in only_models)
+            and self._disables.reason(model.id) is None
+            and not (inputs and _unreadable(model, inputs, url_inputs, table))
+            and exclusion_reason(model, constraints, table.adapters.__contains__, _health_ignored, supports) is None
+        ]
+        return rank(models, constraints, self._stats()) if models else []
 
     def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
         """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
@@ -355,6 +390,11 @@ def _provider_tokens(request: ChatRequest, tokens: int, table: RoutingTable) -> 
     media = media_input_tokens(request.messages)
     per_scheme = {s: tokens - media + media_input_tokens(request.messages, s) for s in MEDIA_TOKEN_SCHEMES}
     return {pid: per_scheme.get(a.capabilities.media_tokens, tokens) for pid, a in table.adapters.items()}
+
+
+def _health_ignored(provider_id: str) -> None:
+    """The last resort calls providers whatever their health says."""
+    return None
 
 
 def _supports(adapters: Mapping[str, Provider], operation: str) -> Callable[[str], bool] | None:

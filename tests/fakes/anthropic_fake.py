@@ -23,6 +23,7 @@ from tests.fakes.prefill import continuation, final_assistant_text
 __all__ = [
     "ContentPolicy",
     "ContextOverflow",
+    "CreditExhausted",
     "Drop",
     "Fail",
     "FakeAnthropic",
@@ -105,6 +106,11 @@ class Fail:
 
 
 @dataclass(frozen=True)
+class CreditExhausted:
+    """400: Anthropic's answer when the organization's credit balance is used up."""
+
+
+@dataclass(frozen=True)
 class ContextOverflow:
     """400 with Anthropic's "prompt is too long" error."""
 
@@ -170,6 +176,7 @@ Behaviour = (
     Reply
     | Fail
     | ContextOverflow
+    | CreditExhausted
     | Hang
     | Malformed
     | Drop
@@ -311,6 +318,12 @@ class FakeAnthropic:
                 return _failure(behaviour)
             case ContextOverflow():
                 return _error(400, "prompt is too long: 210000 tokens > 200000 maximum")
+            case CreditExhausted():
+                return _error(
+                    400,
+                    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to"
+                    " upgrade or purchase credits.",
+                )
             case Malformed():
                 return web.Response(text=behaviour.text, content_type=behaviour.content_type)
             case Drop():

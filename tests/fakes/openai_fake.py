@@ -28,6 +28,7 @@ __all__ = [
     "Hang",
     "Malformed",
     "PrefillRejected",
+    "QuotaExceeded",
     "Reply",
     "StreamCut",
     "StreamError",
@@ -68,7 +69,22 @@ class Fail:
 
 @dataclass(frozen=True)
 class ContextOverflow:
-    """400 with OpenAI's context_length_exceeded error body."""
+    """400 with OpenAI's context_length_exceeded error body. With a `window`, only when the request does not
+    fit it (its messages' characters / 4 plus its max_tokens, 0 when unset); one that fits is answered."""
+
+    window: int = 0
+
+    def fits(self, body: dict[str, Any]) -> bool:
+        if not self.window:
+            return False
+        chars = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [] if isinstance(m, dict))
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        return chars // 4 + int(cap) <= self.window
+
+
+@dataclass(frozen=True)
+class QuotaExceeded:
+    """429 with OpenAI's insufficient_quota body: the account is out of credit (waiting does not help)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,7 @@ Behaviour = (
     Reply
     | Fail
     | ContextOverflow
+    | QuotaExceeded
     | Hang
     | Malformed
     | Drop
@@ -326,6 +343,8 @@ class FakeOpenAI:
         behaviour: Behaviour = script.popleft() if script else Reply()
         if isinstance(behaviour, PrefillRejected) and not _continues(request[_BODY]):
             behaviour = Reply()
+        if isinstance(behaviour, ContextOverflow) and behaviour.fits(request[_BODY]):
+            behaviour = Reply()
         if problem := _continue_problem(request[_BODY]):
             behaviour = Fail(400, {"object": "error", "message": problem, "type": "BadRequestError", "code": 400})
         self.in_flight += 1
@@ -356,6 +375,8 @@ class FakeOpenAI:
                 return self._failure(behaviour)
             case ContextOverflow():
                 return web.json_response(self._context_overflow_body(), status=400)
+            case QuotaExceeded():
+                return web.json_response(_QUOTA_BODY, status=429)
             case ContentPolicy():
                 return web.json_response(_CONTENT_POLICY_BODY, status=400)
             case PrefillRejected():
@@ -486,6 +507,14 @@ _CONTENT_POLICY_BODY = {
         "type": "invalid_request_error",
         "param": None,
         "code": "content_policy_violation",
+    }
+}
+_QUOTA_BODY = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
     }
 }
 _PREFILL_REJECTED_BODY = {
