@@ -290,11 +290,11 @@ async def test_escalation_on_overflow_skips_a_bigger_model_that_cannot_see(hub: 
     await hub.add_model("big-blind", weight=1, max_context_tokens=64_000, capabilities=[])
     await hub.add_model("big-sees", weight=1, max_context_tokens=128_000)
     key = await hub.new_key()
-    hub.fake.script("small", ContextOverflow())
+    hub.fake.script("small", ContextOverflow(), ContextOverflow())  # the second: after max_tokens was shrunk
     image = [{"type": "image_url", "image_url": {"url": data_uri(png(8, 8), "image/png")}}]
     body = await hub.chat_ok(key, [{"role": "user", "content": image}], model_hint="small")
     assert body["negotiated_model"] == "big-sees"
-    assert [r["model"] for r in hub.fake.requests] == ["small", "big-sees"]
+    assert [r["model"] for r in hub.fake.requests] == ["small", "small", "big-sees"]
 
 
 # ---- estimates -------------------------------------------------------------------------------------------
