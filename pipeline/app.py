@@ -23,6 +23,7 @@ from pipeline.edge.feedback import FeedbackEndpoint
 from pipeline.edge.native import NativeCodec
 from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
+from pipeline.edge.plans import PlansEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import healthz, list_models, metrics
 from pipeline.errors import ConfigFileInvalid
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
+    services.temporal.bind(pipelines.chain_for)
     try:
         ConfigApplier(services, pipelines).apply_at_start()
     except BaseException as exc:
@@ -115,6 +117,9 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, embeddings).handle)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
+    plans = PlansEndpoint(services, pipelines)
+    app.router.add_get("/v1/plans/{plan_id}", plans.get)
+    app.router.add_delete("/v1/plans/{plan_id}", plans.delete)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -21,6 +21,7 @@ from pipeline.periodic import Periodic
 from pipeline.settings import HOT_SETTINGS, Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
+from stages.durable.runtime import TemporalRuntime
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
@@ -106,6 +107,9 @@ class Services:
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
+        # Durable orchestration (docs/temporal.md): inert unless TOKENHUB_TEMPORAL_ENABLED; the composition
+        # root binds it to the tenant chains its activities run.
+        self.temporal = TemporalRuntime(self)
         self.housekeeping = Housekeeping(
             config=config,
             analytics=analytics,
@@ -156,6 +160,7 @@ class Services:
             Hooks("http", self.http.start, self.http.close),
             self.housekeeping,
             Hooks("record-writer", self.records.start, self.records.stop),
+            self.temporal,  # stopped before the record writer, which then flushes what its activities recorded
             *self.jobs,
         ]
 
@@ -281,6 +286,7 @@ class Services:
             "adapters": len(self.adapters),
             "models": len(models),
             "routable_models": len(routable),
+            "temporal": self.temporal.status(),  # reported only: Temporal being down never fails /healthz
         }
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"
