@@ -28,6 +28,7 @@ from admin_ui import (
     sessions,
     tenants,
     vault,
+    workflows,
 )
 from admin_ui.common import PIPELINES, SERVICES
 from admin_ui.security import GUARDS, Guards, admin_rate_limit, validate_path_params
@@ -42,6 +43,10 @@ ADMIN_PREFIX = "/admin"
 API_PREFIX = "/v1"  # under ADMIN_PREFIX: /admin/v1
 
 ROUTES: list[web.RouteDef] = [
+    # durable orchestration (Temporal): workflows, one described, its history
+    web.get("/workflows", workflows.list_workflows),
+    web.get("/workflows/{workflow_id}", workflows.describe_workflow),
+    web.get("/workflows/{workflow_id}/history", workflows.workflow_history),
     # the web UI's sign-in: the admin token for a session cookie
     web.post("/session", sessions.start_session),
     web.get("/session", sessions.session_info),

@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Hang, Reply
 from tests.fakes.temporal_server import TemporalDevServer
 from tests.test_plan import _plan, _rows, _setup
 
@@ -62,3 +60,34 @@ async def test_chat_runs_as_a_workflow_with_the_direct_paths_row(durable: Hub) -
     rows = [r for r in await _rows(hub) if r["request_id"] == rid]
     assert len(rows) == 1 and rows[0]["status"] == 200 and rows[0]["endpoint"] == "chat"
     assert rows[0]["api_key_id"] and rows[0]["cost_usd"] == body["estimated_cost_usd"] > 0
+
+
+@pytest.mark.parametrize(
+    ("orchestration", "roles"),
+    [
+        ({"mode": "adversarial", "iterations": 1, "review_model_id": "critic"}, ["plan", "critique", "refine"]),
+        ({"mode": "vote", "iterations": 2}, ["vote", "vote", "judge"]),
+        ({"mode": "refine", "iterations": 1}, ["initial", "refine"]),
+        ({"mode": "planning"}, ["answer"]),
+    ],
+)
+async def test_each_plan_mode_runs_as_a_workflow_with_one_row_per_step(
+    durable: Hub, orchestration: dict[str, Any], roles: list[str]
+) -> None:
+    hub = durable
+    key = await _setup(hub, "planner", "critic")
+    resp, body = await _plan(hub, key, orchestration)
+    assert resp.status == 200, body
+    plan_id = resp.headers["X-Request-Id"]
+    assert sorted(s["role"] for s in body["steps"]) == sorted(roles) and body["complete"] is True
+    assert body["total_cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in body["steps"]))
+    assert body["total_cost_usd"] > 0
+    described = await hub.admin("GET", f"/workflows/plan-{plan_id}", expect=200)
+    assert described["status"] == "COMPLETED" and described["type"] == "OrchestrationWorkflow"
+    rows = await _rows(hub)
+    steps = [r for r in rows if r["parent_request_id"] == plan_id]
+    assert sorted(r["request_id"] for r in steps) == sorted(s["request_id"] for s in body["steps"])
+    assert all(r["status"] == 200 and r["endpoint"] == "plan_step" and r["api_key_id"] for r in steps)
+    (plan_row,) = [r for r in rows if r["request_id"] == plan_id]
+    assert plan_row["endpoint"] == "plan" and plan_row["routing_reason"] == body["routing_reason"]
+    assert len(hub.fake.requests) == len(roles)  # nothing sent twice
