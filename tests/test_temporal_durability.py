@@ -111,10 +111,18 @@ async def test_a_plan_survives_kill_9_without_paying_a_step_twice(
         try:
             await first.ready(session)
             url = first.url
-            await _admin(session, url, "POST", "/providers", {"id": "fake", "base_url": fake.base_url, "api_key": "sk-x"})
+            await _admin(
+                session, url, "POST", "/providers", {"id": "fake", "base_url": fake.base_url, "api_key": "sk-x"}
+            )
             for model, weight in (("planner", 9), ("critic", 8)):
-                body = {"id": model, "provider_id": "fake", "weight": weight, "input_per_1k": 0.001,
-                        "output_per_1k": 0.001, "max_context_tokens": 8000}
+                body = {
+                    "id": model,
+                    "provider_id": "fake",
+                    "weight": weight,
+                    "input_per_1k": 0.001,
+                    "output_per_1k": 0.001,
+                    "max_context_tokens": 8000,
+                }
                 await _admin(session, url, "POST", "/models", body)
             key = (await _admin(session, url, "POST", "/apikeys", {"name": "durable"}))["key"]
             plan = {
@@ -163,7 +171,7 @@ async def test_a_plan_survives_kill_9_without_paying_a_step_twice(
             (plan_row,) = [r for r in logs if r["request_id"] == plan_id]
             assert plan_row["status"] == 200 and plan_row["mode"] == "adversarial"
             # The key was charged once per step: its month-to-date spend is the three rows' cost.
-            keys = (await _admin(session, url, "GET", "/apikeys"))
-            print(keys)
+            (listed_key,) = (await _admin(session, url, "GET", "/apikeys"))["keys"]
+            assert listed_key["current_spend_usd"] == pytest.approx(sum(r["cost_usd"] for r in step_rows))
         finally:
             second.stop()

@@ -18,8 +18,6 @@ from temporalio.common import RetryPolicy
 # Passed through (imported once, outside the sandbox): the converter resolves the dataclasses' type hints in
 # these modules, so every module that defines a value on the wire is named here.
 with workflow.unsafe.imports_passed_through():
-    import pipeline.context
-    import pipeline.types
     from pipeline.errors import NoEligibleModel, TokenHubError
     from pipeline.types import ChatRequest, Message
     from stages.durable.wire import (
