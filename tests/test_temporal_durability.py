@@ -129,9 +129,13 @@ async def test_a_plan_survives_kill_9_without_paying_a_step_twice(
                 "request": {"messages": [{"role": "user", "content": "Build a shed"}]},
                 "orchestration": {"mode": "adversarial", "iterations": 1, "review_model_id": "critic"},
             }
-            posted = asyncio.ensure_future(
-                session.post(f"{url}/v1/plan", json=plan, headers={"Authorization": f"Bearer {key}"})
-            )
+            headers = {"Authorization": f"Bearer {key}"}
+
+            async def post_plan() -> None:
+                async with session.post(f"{url}/v1/plan", json=plan, headers=headers) as resp:
+                    await resp.read()
+
+            posted = asyncio.ensure_future(post_plan())
             await wait_for(lambda: fake.calls("critic") == 1, "step 2 (critique) in flight", timeout=30)
             assert fake.calls("planner") == 1  # step 1 answered
             first.kill()
