@@ -25,6 +25,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import CancelledError as TemporalCancelled
 from temporalio.service import RPCError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from pipeline.context import Candidate, RequestContext
 from pipeline.errors import InvalidRequest, NotFound, RequestCancelled, TokenHubError, UpstreamFailed
@@ -48,6 +49,12 @@ START_TIMEOUT = 3.0  # seconds: a Temporal slower than this to accept a workflow
 CHECK_EVERY = 1.0  # seconds between health checks (a dead server is noticed within about this)
 # The admin's status filter (Temporal's enum names) -> the visibility query's value.
 STATUSES = {s.name: "".join(part.title() for part in s.name.split("_")) for s in WorkflowExecutionStatus}
+# Our packages are passed through the sandbox (imported once, not per workflow run): the converter resolves
+# the wire dataclasses' postponed annotations in their modules, which a sandbox re-import leaves half-built.
+# The workflow code itself stays deterministic by construction (stages/durable/workflows.py).
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("pipeline", "stages", "adapters", "store")
+)
 
 
 class TemporalUnavailable(TokenHubError):
@@ -153,6 +160,7 @@ class TemporalRuntime:
             task_queue=self.task_queue,
             workflows=WORKFLOWS,
             activities=activities.all(),
+            workflow_runner=SANDBOX,
             # A workflow whose worker died moves to the plain task queue soon, so a restart resumes it soon.
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
             max_heartbeat_throttle_interval=timedelta(seconds=1),  # cancellations reach a step within ~1 s
