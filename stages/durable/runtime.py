@@ -424,7 +424,7 @@ class TemporalRuntime:
         status = _PLAN_STATUS.get(description.status.name if description.status else "", "failed")
         body: dict[str, Any] = {"plan_id": plan_id, "status": status, "steps": view["steps"]}
         if status == "completed":
-            result: PlanResult = await client.get_workflow_handle(workflow_id).result(result_type=PlanResult)
+            result: PlanResult = await client.get_workflow_handle(workflow_id, result_type=PlanResult).result()
             if result.error is not None:
                 body["status"] = "failed"
                 body["error"] = from_wire(result.error).body(plan_id)["error"]

@@ -14,6 +14,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+from temporalio.exceptions import CancelledError as ActivityCancelled
+from temporalio.workflow import ActivityCancellationType
 
 # Passed through (imported once, outside the sandbox): the converter resolves the dataclasses' type hints in
 # these modules, so every module that defines a value on the wire is named here.
@@ -113,6 +116,8 @@ class _ActivitySteps:
             start_to_close_timeout=timedelta(seconds=job.step_timeout_secs),
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=STEP_RETRY,
+            # A cancelled plan waits for its step's provider call to be cancelled (and its row recorded).
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         if outcome.result is not None:
             self.spent_usd += outcome.result.cost_usd
@@ -160,6 +165,10 @@ class PlanWorkflow:
         except BudgetExhausted as exc:  # the orchestrator turns these into outcomes; this is a safety net
             finish.error = to_wire(NoEligibleModel(str(exc), client_constraint=True))
         except asyncio.CancelledError:  # DELETE /v1/plans/{id}: in-flight steps are cancelled with the plan
+            finish.cancelled = True
+        except ActivityError as exc:  # how a step cancelled with the plan reports
+            if not isinstance(exc.cause, ActivityCancelled):
+                raise
             finish.cancelled = True
         finish.steps = list(steps.steps)
         result = await workflow.execute_activity(
