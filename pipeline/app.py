@@ -35,6 +35,7 @@ from pipeline.services import Services
 from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
 from pipeline.web import PIPELINES, SERVICES, request_id_and_errors
+from stages.durable.runtime import TemporalRuntime
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.secret_box import SecretBox
@@ -81,7 +82,8 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
-    services.temporal.bind(pipelines.chain_for)
+    if settings.temporal_enabled:
+        services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:
         ConfigApplier(services, pipelines).apply_at_start()
     except BaseException as exc:

@@ -12,6 +12,7 @@ from adapters.http import HttpClient, RetryPolicy
 from adapters.provider import Provider
 from adapters.registry import build_provider
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
+from pipeline.durability import Durable, NotDurable
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
 from pipeline.lifecycle import Component, Hooks
@@ -21,7 +22,6 @@ from pipeline.periodic import Periodic
 from pipeline.settings import HOT_SETTINGS, Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
-from stages.durable.runtime import TemporalRuntime
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
@@ -107,9 +107,9 @@ class Services:
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
-        # Durable orchestration (docs/temporal.md): inert unless TOKENHUB_TEMPORAL_ENABLED; the composition
-        # root binds it to the tenant chains its activities run.
-        self.temporal = TemporalRuntime(self)
+        # Durable orchestration (docs/temporal.md): none unless TOKENHUB_TEMPORAL_ENABLED, when the composition
+        # root installs the Temporal runtime (its activities run the tenant chains built after the services).
+        self.temporal: Durable = NotDurable()
         self.housekeeping = Housekeeping(
             config=config,
             analytics=analytics,
@@ -160,7 +160,8 @@ class Services:
             Hooks("http", self.http.start, self.http.close),
             self.housekeeping,
             Hooks("record-writer", self.records.start, self.records.stop),
-            self.temporal,  # stopped before the record writer, which then flushes what its activities recorded
+            # stopped before the record writer, which then flushes what its activities recorded
+            Hooks("temporal", lambda: self.temporal.start(), lambda: self.temporal.stop()),
             *self.jobs,
         ]
 

@@ -10,6 +10,7 @@ import orjson
 from aiohttp import web
 
 from pipeline.context import RequestContext
+from pipeline.durability import TEMPORAL_REQUIRED
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.context import BeforeBody, new_context
 from pipeline.edge.plan_codec import decode_plan, plan_envelope
@@ -92,11 +93,7 @@ class PlanEndpoint:
 
 def _check_async(services: Services, ctx: RequestContext) -> None:
     if not services.temporal.enabled:
-        raise InvalidRequest(
-            "async plans need Temporal (durable orchestration): set TOKENHUB_TEMPORAL_ENABLED=true and a "
-            "Temporal server (docs/temporal.md), or send the plan without async",
-            field="async",
-        )
+        raise InvalidRequest(f"async plans: {TEMPORAL_REQUIRED}; or send the plan without async", field="async")
     if ctx.request.stream:
         raise InvalidRequest("a plan is either async or streamed, not both", field="async")
 

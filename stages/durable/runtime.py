@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from pipeline.context import Candidate, RequestContext
-from pipeline.errors import InvalidRequest, NotFound, RequestCancelled, TokenHubError, UpstreamFailed
+from pipeline.errors import NotFound, RequestCancelled, TokenHubError, UpstreamFailed
 from pipeline.stage import Next
 from pipeline.types import ChatResult, ModelInfo
 from stages.durable.activities import DurableActivities, abandoned_key
@@ -69,11 +69,14 @@ class _Lost(Exception):
 
 
 class TemporalRuntime:
+    """The `Durable` (pipeline/durability.py) the composition root installs when Temporal is enabled."""
+
     name = "temporal"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, chains: Callable[[str], Next]) -> None:
+        """`chains` is the composition root's `TenantPipelines.chain_for`: the activities run those chains."""
         settings = services.settings
-        self.enabled = settings.temporal_enabled
+        self.enabled = True  # built only when TOKENHUB_TEMPORAL_ENABLED is set
         self.host = settings.temporal_host
         self.namespace = settings.temporal_namespace
         self.task_queue = settings.temporal_task_queue
@@ -91,7 +94,7 @@ class TemporalRuntime:
         )
         self.cache = StepCache(settings.data_dir / "temporal-steps.sqlite")
         self.client: Client | None = None
-        self._chains: Callable[[str], Next] | None = None
+        self._chains = chains
         self._worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
@@ -99,12 +102,8 @@ class TemporalRuntime:
         self._down = asyncio.Event()
         self._down.set()
         self._background: set[asyncio.Future[None]] = set()
-        self.state = "disabled" if not self.enabled else "connecting"
+        self.state = "connecting"
         self.last_error = ""
-
-    def bind(self, chains: Callable[[str], Next]) -> None:
-        """The tenants' chains (the composition root's `TenantPipelines.chain_for`): activities run them."""
-        self._chains = chains
 
     @property
     def up(self) -> bool:
@@ -113,8 +112,6 @@ class TemporalRuntime:
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if not self.enabled:
-            return
         await self.cache.open()
         self._keeper = asyncio.create_task(self._keep_connected(), name="temporal-connect")
 
@@ -126,8 +123,7 @@ class TemporalRuntime:
             self._keeper = None
         await self._stop_worker()
         self._set_up(False, "stopped")
-        if self.enabled:
-            await self.cache.close()
+        await self.cache.close()
 
     async def _keep_connected(self) -> None:
         delay = 1.0
@@ -153,7 +149,6 @@ class TemporalRuntime:
                 delay = min(delay * 2, 10.0)
 
     def _start_worker(self, client: Client) -> None:
-        assert self._chains is not None, "TemporalRuntime.bind(chains) before start"
         activities = DurableActivities(self._services, self._chains, self.cache)
         self._worker = Worker(
             client,
@@ -195,12 +190,10 @@ class TemporalRuntime:
             self.state, self.last_error = "up", ""
         else:
             self._down.set()
-            self.state, self.last_error = ("down" if self.enabled else "disabled"), error
+            self.state, self.last_error = "down", error
 
     def status(self) -> dict[str, Any]:
         """For /healthz: reported, never a reason to fail it."""
-        if not self.enabled:
-            return {"enabled": False}
         status: dict[str, Any] = {
             "enabled": True,
             "state": self.state,
@@ -217,7 +210,7 @@ class TemporalRuntime:
 
     def takes(self, ctx: RequestContext) -> bool:
         """Whether this request is one Temporal runs when it can (streams and other formats never)."""
-        return self.enabled and not ctx.request.stream and ctx.endpoint in DURABLE_ENDPOINTS
+        return not ctx.request.stream and ctx.endpoint in DURABLE_ENDPOINTS
 
     def _refusal(self) -> str:
         """Why a request must take the direct path now ("" when Temporal may run it)."""
@@ -373,8 +366,6 @@ class TemporalRuntime:
     # --- visibility: admin and /v1/plans -------------------------------------------------------------------
 
     def _client(self) -> Client:
-        if not self.enabled:
-            raise InvalidRequest("this needs Temporal (durable orchestration): set TOKENHUB_TEMPORAL_ENABLED=true")
         if self.client is None or not self._up:
             raise TemporalUnavailable("Temporal is not reachable now; retry later")
         return self.client
