@@ -33,6 +33,7 @@ from admin_ui import (
     sessions,
     tenants,
     vault,
+    workflows,
 )
 from admin_ui.common import PIPELINES, SERVICES
 from admin_ui.security import GUARDS, Guards, admin_rate_limit, validate_path_params
@@ -87,6 +88,13 @@ _PIPELINE_BODY = {
 
 # The one route table: each route with its OpenAPI operation (summary, and the model its body is validated with).
 ROUTES: list[tuple[web.RouteDef, Operation]] = [
+    # durable orchestration (Temporal): workflows, one described, its history
+    _route(web.get("/workflows", workflows.list_workflows), "Durable workflows (Temporal), by status"),
+    _route(web.get("/workflows/{workflow_id}", workflows.describe_workflow), "One workflow"),
+    _route(
+        web.get("/workflows/{workflow_id}/history", workflows.workflow_history),
+        "One workflow's activities: timing, model, cost",
+    ),
     # the web UI's sign-in: the admin token for a session cookie
     _route(
         web.post("/session", sessions.start_session),

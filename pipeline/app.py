@@ -24,6 +24,7 @@ from pipeline.edge.feedback import FeedbackEndpoint
 from pipeline.edge.native import NativeCodec
 from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
+from pipeline.edge.plans import PlansEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import STATUS_OPERATIONS, healthz, list_models, metrics
 from pipeline.errors import ConfigFileInvalid
@@ -37,6 +38,7 @@ from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
 from pipeline.tracing import Tracing
 from pipeline.web import PIPELINES, REQUEST_ID, SERVICES, request_id_and_errors
+from stages.durable.runtime import TemporalRuntime
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.host_key import HOST_KEY_FILE, ensure_host_key
@@ -106,6 +108,8 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
+    if settings.temporal_enabled:
+        services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:
         ConfigApplier(services, pipelines).apply_at_start()
         if settings.host_api_key_enabled:
@@ -148,6 +152,9 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, embeddings).handle)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
+    plans = PlansEndpoint(services, pipelines)
+    app.router.add_get("/v1/plans/{plan_id}", plans.get)
+    app.router.add_delete("/v1/plans/{plan_id}", plans.delete)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

@@ -129,6 +129,9 @@ class RequestContext:
     plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)
     plan_steps: list[Any] = field(default_factory=list)  # /v1/plan: every step's StepResult, in order
     plan_budget: Callable[[], BudgetAccount] | None = None  # a /v1/plan step: its plan's budget, as it stands
+    plan_async: bool = False  # /v1/plan with "async": start the plan's workflow and answer 202 at once
+    # A Temporal activity recorded this request's row (or will): the record stage must not add a second one.
+    recorded_elsewhere: bool = False
 
     def charge(self, candidate: Candidate, result: ChatResult) -> None:
         """What `candidate`'s call returned, and its price: the usage at the model's prices (the routing

@@ -13,6 +13,7 @@ from adapters.http import HttpClient, RetryPolicy
 from adapters.provider import Provider
 from adapters.registry import build_provider
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
+from pipeline.durability import Durable, NotDurable
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
 from pipeline.lifecycle import Component, Hooks
@@ -130,6 +131,9 @@ class Services:
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
+        # Durable orchestration (docs/temporal.md): none unless TOKENHUB_TEMPORAL_ENABLED, when the composition
+        # root installs the Temporal runtime (its activities run the tenant chains built after the services).
+        self.temporal: Durable = NotDurable()
         self.housekeeping = Housekeeping(
             config=config,
             analytics=analytics,
@@ -202,6 +206,8 @@ class Services:
             Hooks("http", self.http.start, self.http.close),
             self.housekeeping,
             Hooks("record-writer", self.records.start, self.records.stop),
+            # stopped before the record writer, which then flushes what its activities recorded
+            Hooks("temporal", lambda: self.temporal.start(), lambda: self.temporal.stop()),
             *self.jobs,
         ]
         if tracing is not None:  # first, so it stops last: the spans of draining requests are exported
@@ -346,6 +352,7 @@ class Services:
             "adapters": len(self.adapters),
             "models": len(models),
             "routable_models": len(routable),
+            "temporal": self.temporal.status(),  # reported only: Temporal being down never fails /healthz
         }
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"

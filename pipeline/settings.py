@@ -120,6 +120,11 @@ class Settings(BaseModel):
     bandit_half_life_secs: float = Field(3600.0, gt=0, description="Thompson evidence loses half its weight in this")
     bandit_refresh_secs: float = Field(300.0, gt=0, description="rebuild the posteriors from the request log")
     bandit_seed: int = Field(0, ge=0, description="seed of the bandit's sampler; 0 = random")
+    # --- durable orchestration (docs/temporal.md) ---
+    temporal_enabled: bool = Field(False, description="run non-streaming /v1/chat and /v1/plan as Temporal workflows")
+    temporal_host: str = Field("localhost:7233", min_length=1, description="Temporal frontend host:port")
+    temporal_namespace: str = Field("tokenhub", min_length=1, description="Temporal namespace (must exist)")
+    temporal_task_queue: str = Field("tokenhub-tasks", min_length=1, description="task queue of the in-process worker")
     openai_api_key: str = Field("", repr=False)
     openai_base_url: str = "https://api.openai.com"
     anthropic_api_key: str = Field("", repr=False)

@@ -29,6 +29,7 @@ __all__ = [
     "StageSpec",
     "StageStep",
     "build_chain",
+    "chain_after",
     "parse_definition",
     "stages_in",
 ]
@@ -197,3 +198,14 @@ def stages_in(chain: Next) -> Iterator[Stage]:
     while isinstance(link, functools.partial):
         yield getattr(link.func, "inner", link.func)  # a TracedStage's stage
         link = link.keywords["call_next"]
+
+
+def chain_after(chain: Next, stage_type: type) -> Next | None:
+    """The rest of a chain after its first stage of `stage_type` (what that stage's `call_next` is), or None
+    when the chain has no such stage. A durable workflow's activity runs a step through this rest."""
+    link = chain
+    while isinstance(link, functools.partial):
+        if isinstance(link.func, stage_type):
+            return link.keywords["call_next"]
+        link = link.keywords["call_next"]
+    return None

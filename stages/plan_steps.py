@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.answer import answer_text
 from pipeline.context import Policy, RequestContext
@@ -31,7 +31,7 @@ from store.reservations import BudgetAccount
 if TYPE_CHECKING:
     from pipeline.services import Services
 
-__all__ = ["BudgetExhausted", "EventSink", "StepResult", "StepRunner"]
+__all__ = ["BudgetExhausted", "EventSink", "StepResult", "StepRunner", "Steps"]
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -60,17 +60,50 @@ class StepResult:
         return data
 
 
+class Steps(Protocol):
+    """What an orchestrator runs its steps through: the in-process `StepRunner`, or a durable workflow's
+    proxy that runs each step as an activity (itself a `StepRunner.run` in the worker)."""
+
+    @property
+    def remaining_usd(self) -> float: ...
+
+    async def run(
+        self,
+        role: str,
+        messages: list[Message],
+        *,
+        mode: str,
+        min_weight: int = 0,
+        model_hint: str = "",
+        only_models: frozenset[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        budget_usd: float | None = None,
+    ) -> StepResult: ...
+
+
 class StepRunner:
     def __init__(
-        self, services: Services, parent: RequestContext, call_next: Next, *, budget_usd: float, on_event: EventSink
+        self,
+        services: Services,
+        parent: RequestContext,
+        call_next: Next,
+        *,
+        budget_usd: float,
+        on_event: EventSink,
+        first_index: int = 1,
+        spent_usd: float = 0.0,
+        steps_done: int = 0,
     ) -> None:
+        """`first_index`, `spent_usd` and `steps_done` resume a plan part-way (a workflow runs each of its
+        steps in its own runner: the step's number, and what the steps before it spent)."""
         self._services = services
         self._parent = parent
         self._call_next = call_next
         self._on_event = on_event
-        self._counter = itertools.count(1)
+        self._counter = itertools.count(first_index)
+        self._steps_before = steps_done
         self.budget_usd = budget_usd
-        self.spent_usd = 0.0
+        self.spent_usd = spent_usd
         self.steps: list[StepResult] = []
         self.notes: list[str] = []  # named models that did not answer their step, and why
         self._noted: set[tuple[str, str]] = set()  # (model named, why): each said once per plan
@@ -133,7 +166,7 @@ class StepRunner:
         except PlanBudgetReserved as exc:
             raise BudgetExhausted(f"step {index} ({role}): {exc.message}") from None
         except BudgetExceeded as exc:
-            if not self.steps:
+            if not self.steps and not self._steps_before:
                 raise  # nothing done yet: the key's own 429, as for any request
             raise BudgetExhausted(f"step {index} ({role}): {exc.message}") from None
         result, served = child.result, child.served_by
