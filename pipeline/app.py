@@ -167,6 +167,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_get(DOCS_PREFIX + "/{path:.*}", docs.serve)
     app[OPERATIONS] = {  # the endpoint objects above carry their own
         **STATUS_OPERATIONS,
+        **plans.operations(),
         docs.to_folder: Operation(
             "The documentation site: redirects to /docs/", "docs", security="none", status=308, media=()
         ),

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from pipeline.edge.context import BeforeBody, new_context
 from pipeline.errors import NotFound, TokenHubError
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import error_response, trusted_networks
@@ -27,6 +28,15 @@ class PlansEndpoint:
         self._pipelines = pipelines
         self._trusted = trusted_networks(services)
         self._before_body = BeforeBody()
+
+    def operations(self) -> dict[object, Operation]:
+        """What /openapi.json says about the two routes below."""
+        return {
+            self.get: Operation(
+                "An asynchronous plan's status, steps so far and result", "client API", security="api_key"
+            ),
+            self.delete: Operation("Cancel an asynchronous plan", "client API", security="api_key"),
+        }
 
     async def get(self, request: web.Request) -> web.Response:
         return await self._handle(request, cancel=False)
