@@ -19,6 +19,7 @@ from admin_ui import (
     api_keys,
     audit,
     engine,
+    evaluation,
     health,
     learning,
     models,
@@ -64,6 +65,7 @@ ROUTES: list[web.RouteDef] = [
     web.get("/engine/models", engine.engine_models),
     web.get("/rewards", learning.rewards),
     web.post("/routing/simulate", learning.simulate),
+    web.post("/routing/evaluate", evaluation.evaluate_policy),
     web.get("/health", health.provider_health),
     # API keys
     web.get("/apikeys", api_keys.list_api_keys),

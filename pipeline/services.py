@@ -74,7 +74,7 @@ class Services:
         self.retry = RetryPolicy(max_retries=settings.provider_max_retries)
         self.events = EventBus(on_subscriber_dropped=metrics.event_subscribers_dropped.inc)
         self.health = HealthTracker(on_change=self._health_changed, cooldown_secs=settings.breaker_cooldown_secs)
-        self.bandit = Bandit(half_life_secs=settings.bandit_half_life_secs, seed=settings.bandit_seed or None)
+        self.bandit = Bandit(half_life=settings.bandit_half_life_requests, seed=settings.bandit_seed or None)
         self.recent_requests = RecentRequests()
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
         self.records = RecordWriter(

@@ -150,6 +150,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE models ADD COLUMN pricing_source TEXT NOT NULL DEFAULT 'manual';
         """,
     ),
+    (
+        8,
+        "routing_reward",
+        # The routing objective (pipeline/objective.py) as JSON; '' = the default objective.
+        "ALTER TABLE routing_config ADD COLUMN reward TEXT NOT NULL DEFAULT '';",
+    ),
 )
 
 
