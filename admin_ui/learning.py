@@ -167,7 +167,7 @@ def _explain(services: Services, decision: RoutingDecision) -> list[dict[str, An
             "components": {"cost": p.cost, "latency": p.latency, "failure": p.failure, "weight": p.weight},
         }
         if decision.outlook is not None:  # the objective's terms: what this model is expected to earn
-            entry["reward"] = decision.outlook.by_model[candidate.model.id].as_dict()
+            entry["reward"] = decision.outlook.expectation(candidate.model.id).as_dict()
         if mode == "thompson":
             entry["bandit_sample"] = -candidate.score
         out.append(entry)

@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.context import Candidate
 from pipeline.objective import RewardConfig
 from pipeline.types import ModelInfo
-from stages.bandit import PROPENSITY_DRAWS, Bandit, token_bucket
+from stages.bandit import Bandit, token_bucket
 from stages.expected_reward import expect
 from stages.learning import observations
 from stages.scoring import Constraints, ProviderStats, estimate_cost, rank, softmax_probability
@@ -41,6 +41,7 @@ from store.reward_queries import LoggedDecision
 __all__ = ["CandidatePolicy", "Estimate", "Evaluation", "evaluate"]
 
 Z95 = 1.959964
+EVALUATION_DRAWS = 1024  # posterior draws per request for the candidate's choice probabilities (off the hot path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +234,8 @@ def _thompson(
         if row is not None:
             outlook = expect(row.candidates, bandit, bucket, objective, stats)
             ids = [c.model.id for c in row.candidates]
-            alphas, betas = bandit.posteriors(objective, bucket, ids, [outlook.by_model[m].reward for m in ids])
-            wins = np.bincount(bandit.draw(alphas, betas, PROPENSITY_DRAWS + 1).argmax(axis=1), minlength=len(ids))
+            alphas, betas = bandit.posteriors(objective, bucket, ids, [outlook.expectation(m).reward for m in ids])
+            wins = np.bincount(bandit.draw(alphas, betas, EVALUATION_DRAWS).argmax(axis=1), minlength=len(ids))
             out.append(wins / wins.sum())
         for obs in observations(d.evidence, bucket):
             bandit.observe(obs)

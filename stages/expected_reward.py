@@ -42,17 +42,38 @@ class Expectation:
         }
 
 
-@dataclass(frozen=True, slots=True)
 class Outlook:
-    """The request's objective, its references, and every candidate's expectation by model id."""
+    """The request's objective, its references, and each candidate's expectation by model id (computed when
+    asked: a scored mode needs only the references and the first candidate's, for the reason)."""
 
-    objective: RewardConfig
-    cost_ref_usd: float
-    latency_ref_ms: float
-    by_model: dict[str, Expectation]
+    __slots__ = ("_bandit", "_bucket", "_expected", "_raw", "cost_ref_usd", "latency_ref_ms", "objective")
+
+    def __init__(
+        self, objective: RewardConfig, bandit: Bandit, bucket: str, raw: dict[str, tuple[float, float, float]]
+    ) -> None:
+        self.objective = objective
+        self._bandit = bandit
+        self._bucket = bucket
+        self._raw = raw  # model id -> (expected cost, latency, failure share)
+        self._expected: dict[str, Expectation] = {}
+        self.cost_ref_usd = max((cost for cost, _, _ in raw.values()), default=0.0)
+        self.latency_ref_ms = max((latency for _, latency, _ in raw.values()), default=0.0)
+
+    def expectation(self, model_id: str) -> Expectation:
+        found = self._expected.get(model_id)
+        if found is None:
+            objective = self.objective
+            cost, latency, failure = self._raw[model_id]
+            quality = self._bandit.quality_prior(model_id, self._bucket, objective)
+            cost_term = term(cost, objective.cost_scale_usd, self.cost_ref_usd)
+            latency_term = term(latency, objective.latency_scale_ms, self.latency_ref_ms)
+            value = objective.quality * quality + objective.cost * cost_term + objective.latency * latency_term
+            found = Expectation(quality, cost, latency, failure, cost_term, latency_term, (1 - failure) * value)
+            self._expected[model_id] = found
+        return found
 
     def describe(self, model_id: str) -> str:
-        e = self.by_model[model_id]
+        e = self.expectation(model_id)
         return (
             f"expected reward {e.reward:.3f} = quality {e.quality:.2f}, cost {e.cost_term:.2f},"
             f" latency {e.latency_term:.2f}, failure {e.failure:.0%} ({self.objective.describe()})"
@@ -66,24 +87,15 @@ def expect(
     objective: RewardConfig,
     provider_stats: Callable[[str], ProviderStats],
 ) -> Outlook:
-    raw = []
+    raw = {}
     for c in candidates:
         model = c.model
         stats = bandit.stats(model.id, bucket)
+        if stats is not None and stats.successes > 1e-9:
+            answered = stats.successes
+            raw[model.id] = (stats.cost_sum / answered, stats.latency_sum / answered, stats.failure or 0.0)
+            continue
         health = provider_stats(model.provider_id)
-        cost = stats.cost if stats is not None and stats.cost is not None else c.estimated_cost_usd
-        latency = stats.latency if stats is not None and stats.latency is not None else health.latency_ms
         failure = stats.failure if stats is not None and stats.failure is not None else health.error_rate
-        raw.append((model.id, cost, latency, failure))
-    cost_ref = max((cost for _, cost, _, _ in raw), default=0.0)
-    latency_ref = max((latency for _, _, latency, _ in raw), default=0.0)
-    by_model = {}
-    for model_id, cost, latency, failure in raw:
-        quality = bandit.quality_prior(model_id, bucket, objective)
-        cost_term = term(cost, objective.cost_scale_usd, cost_ref)
-        latency_term = term(latency, objective.latency_scale_ms, latency_ref)
-        value = objective.quality * quality + objective.cost * cost_term + objective.latency * latency_term
-        by_model[model_id] = Expectation(
-            quality, cost, latency, failure, cost_term, latency_term, (1 - failure) * value
-        )
-    return Outlook(objective, cost_ref, latency_ref, by_model)
+        raw[model.id] = (c.estimated_cost_usd, health.latency_ms, failure)
+    return Outlook(objective, bandit, bucket, raw)

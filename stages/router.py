@@ -175,7 +175,7 @@ class Router:
         outlook = expect(candidates, bandit, bucket, limits.objective, stats)
         propensity = 1.0
         if limits.mode == "thompson":  # the bandit's draws decide the order; the scores above stay for explanation
-            priors = [outlook.by_model[c.model.id].reward for c in candidates]
+            priors = [outlook.expectation(c.model.id).reward for c in candidates]
             candidates, propensity = thompson_order(candidates, bandit, bucket, limits.objective, priors)
         hint_note = _apply_hint(hint, candidates, exclusions, snapshot)
         explored = 0

@@ -16,7 +16,6 @@ from store.reward_queries import Evidence
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Fail
 
-
 QUALITY_ONLY = RewardConfig(quality=1, cost=0, latency=0)
 
 
@@ -184,9 +183,11 @@ async def test_feedback_folds_the_score_into_the_reward(hub: Hub) -> None:
     answer = await hub.client.post(
         "/v1/feedback", json={"request_id": request_id, "score": 1.0}, headers={"Authorization": f"Bearer {key}"}
     )
-    assert answer.status == 200 and (await answer.json())["reward"] == pytest.approx(before)
+    best = before + 0.5 * (1.0 - 0.5)
+    assert answer.status == 200 and (await answer.json())["reward"] == pytest.approx(best)
     row = await _row(hub, request_id)
-    assert row["reward"] == pytest.approx(before) and row["feedback_score"] == 1.0
+    assert row["reward"] == pytest.approx(best) and row["feedback_score"] == 1.0
+    assert row["quality_prior"] == 0.5 and row["quality_weight"] == 0.5
     assert row["feedback_comment"] is None  # a later rating replaces the earlier one, comment included
 
 
