@@ -42,6 +42,16 @@ PRIOR_STRENGTH = 2.0  # pseudo-observations the cold-start prior (the expected r
 # Posterior draws besides the deciding one: P(chosen) is estimated from 128 rows (to 1/128). Each draw is a
 # Beta per candidate; 128 rows of them cost a few tens of microseconds per decision.
 PROPENSITY_DRAWS = 127
+VARIANCE_PRIOR_WEIGHT = 2.0  # pseudo-pulls at the Bernoulli variance an arm's observed variance is shrunk by
+MIN_VARIANCE = 1e-4  # rewards never look steadier than a standard deviation of 0.01
+MAX_CONCENTRATION = 100.0  # an observation counts at most as this many coin flips
+# The change detector (Arm.add): an arm whose last CHANGE_WINDOW rewards average CHANGE_Z standard errors
+# (and at least CHANGE_MIN) away from its long-run mean has changed: a collapse is seen within a few of its
+# own requests, whatever the half-life.
+CHANGE_WINDOW = 10
+CHANGE_Z = 3.0
+CHANGE_MIN = 0.1
+MIN_CHANGE_VARIANCE = 0.0025
 MAX_OBJECTIVES = 16  # objectives with live posteriors; the least recently used is dropped (and rebuilt on use)
 
 
@@ -86,15 +96,69 @@ class Observation:
 @dataclass(slots=True)
 class Arm:
     reward_sum: float = 0.0  # discounted
+    square_sum: float = 0.0  # discounted sum of squared rewards: how spread the rewards are
     pulls: float = 0.0  # discounted
     seen: int = 0  # the bucket's observation count when it was last discounted
+    # The change detector: the mean and mean square of the arm's last ~CHANGE_WINDOW rewards (its own pulls).
+    recent_mean: float = 0.0
+    recent_square: float = 0.0
+    recent_pulls: int = 0
 
     def decay_to(self, seq: int, gamma: float) -> None:
         if seq > self.seen:
             factor = gamma ** (seq - self.seen)
             self.reward_sum *= factor
+            self.square_sum *= factor
             self.pulls *= factor
             self.seen = seq
+
+    def add(self, value: float) -> None:
+        """One more reward; when the arm's recent rewards left its long-run mean, the old evidence goes."""
+        self.reward_sum += value
+        self.square_sum += value * value
+        self.pulls += 1.0
+        self.recent_pulls += 1
+        weight = 1.0 / min(self.recent_pulls, CHANGE_WINDOW)
+        self.recent_mean += weight * (value - self.recent_mean)
+        self.recent_square += weight * (value * value - self.recent_square)
+        if self.recent_pulls >= CHANGE_WINDOW and self.pulls > 2 * CHANGE_WINDOW and self.changed():
+            # Keep only what the recent rewards say: the posterior re-centres there, wide, at once.
+            self.reward_sum = CHANGE_WINDOW * self.recent_mean
+            self.square_sum = CHANGE_WINDOW * self.recent_square
+            self.pulls = float(CHANGE_WINDOW)
+
+    def revise(self, change: float, square_change: float, factor: float) -> None:
+        """A past reward changed (feedback); `factor` is how much it still weighs."""
+        self.reward_sum = max(self.reward_sum + factor * change, 0.0)
+        self.square_sum = max(self.square_sum + factor * square_change, 0.0)
+        weight = factor / CHANGE_WINDOW
+        self.recent_mean += weight * change
+        self.recent_square += weight * square_change
+
+    def changed(self) -> bool:
+        """The recent mean is CHANGE_Z standard errors (and at least CHANGE_MIN) away from the long-run one."""
+        mean = self.reward_sum / self.pulls
+        variance = max(self.square_sum / self.pulls - mean * mean, MIN_CHANGE_VARIANCE)
+        return abs(self.recent_mean - mean) > max(CHANGE_MIN, CHANGE_Z * math.sqrt(variance / CHANGE_WINDOW))
+
+    def posterior(self, prior: float, factor: float = 1.0) -> tuple[float, float]:
+        """(alpha, beta) of the arm's Beta posterior, `factor` being the discount still to apply.
+
+        Rewards are fractions, not coin flips: an arm whose rewards vary less than a coin with the same mean
+        would is known better than its pull count says. Its evidence is scaled by kappa = (Bernoulli variance /
+        observed variance), clipped to [1, MAX_CONCENTRATION], so the posterior's spread is about the standard
+        error of its mean reward; 0/1 rewards give kappa = 1 (the classic Beta-Bernoulli posterior). The observed
+        variance is shrunk towards the Bernoulli one by VARIANCE_PRIOR_WEIGHT pseudo-pulls, so a few close
+        rewards do not make an arm look certain."""
+        m = min(max(prior, 0.01), 0.99)
+        s, n, q = self.reward_sum * factor, self.pulls * factor, self.square_sum * factor
+        kappa = 1.0
+        if n > 1e-9:
+            mean = min(max(s / n, 0.0), 1.0)
+            coin = mean * (1 - mean)
+            spread = (max(q - s * s / n, 0.0) + VARIANCE_PRIOR_WEIGHT * coin) / (n + VARIANCE_PRIOR_WEIGHT)
+            kappa = min(max(coin / max(spread, MIN_VARIANCE), 1.0), MAX_CONCENTRATION)
+        return PRIOR_STRENGTH * m + kappa * s, PRIOR_STRENGTH * (1 - m) + kappa * max(n - s, 0.0)
 
 
 @dataclass(slots=True)
@@ -150,6 +214,7 @@ class ModelStats:
 
 
 Arms = dict[tuple[str, str], Arm]
+_NO_EVIDENCE = Arm()
 
 
 class Bandit:
@@ -209,7 +274,8 @@ class Bandit:
         for objective, arms in self._views.items():
             arm = arms.setdefault((obs.model_id, obs.bucket), Arm(seen=seq))
             arm.decay_to(seq, self._gamma)
-            arm.reward_sum = max(arm.reward_sum + factor * (obs.value(objective) - before[objective]), 0.0)
+            new, old = obs.value(objective), before[objective]
+            arm.revise(new - old, new * new - old * old, factor)
         stats = self._stats.setdefault((obs.model_id, obs.bucket), ModelStats(seen=seq))
         stats.decay_to(seq, self._gamma)
         if math.isnan(previous):
@@ -248,21 +314,17 @@ class Bandit:
     def posteriors(
         self, objective: RewardConfig, bucket: str, model_ids: Sequence[str], priors: Sequence[float]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Beta(PRIOR_STRENGTH·m + S, PRIOR_STRENGTH·(1 - m) + N - S) per model, m being its prior mean."""
+        """Each model's Beta posterior (Arm.posterior), with its prior mean m worth PRIOR_STRENGTH pulls."""
         arms = self._arms(objective)
         seq = self._seq.get(bucket, 0)
         gamma = self._gamma
         alphas = np.empty(len(model_ids))
         betas = np.empty(len(model_ids))
         for i, (model_id, prior) in enumerate(zip(model_ids, priors, strict=True)):
-            m = min(max(prior, 0.01), 0.99)
-            s = n = 0.0
             arm = arms.get((model_id, bucket))
-            if arm is not None:
-                factor = gamma ** (seq - arm.seen) if seq > arm.seen else 1.0
-                s, n = arm.reward_sum * factor, arm.pulls * factor
-            alphas[i] = PRIOR_STRENGTH * m + s
-            betas[i] = PRIOR_STRENGTH * (1 - m) + max(n - s, 0.0)
+            if arm is None:
+                arm = _NO_EVIDENCE
+            alphas[i], betas[i] = arm.posterior(prior, gamma ** (seq - arm.seen) if seq > arm.seen else 1.0)
         return alphas, betas
 
     def draw(self, alphas: np.ndarray, betas: np.ndarray, rows: int) -> np.ndarray:
@@ -270,11 +332,11 @@ class Bandit:
         return self._rng.beta(alphas, betas, size=(rows, len(alphas)))
 
     def describe(self, objective: RewardConfig) -> list[dict[str, float | str]]:
-        """Every arm's evidence under `objective` now (with the neutral prior), for GET /admin/v1/rewards."""
+        """Every arm's posterior under `objective` now (with the neutral prior 0.5), for GET /admin/v1/rewards."""
         out: list[dict[str, float | str]] = []
         for (model_id, bucket), arm in sorted(self._arms(objective).items()):
             arm.decay_to(self._seq.get(bucket, 0), self._gamma)
-            alpha, beta = 1.0 + arm.reward_sum, 1.0 + max(arm.pulls - arm.reward_sum, 0.0)
+            alpha, beta = arm.posterior(NEUTRAL_QUALITY)
             out.append(
                 {
                     "model_id": model_id,
@@ -307,8 +369,7 @@ def _add(arms: Arms, obs: Observation, value: float, gamma: float) -> None:
     if arm is None:
         arm = arms[obs.model_id, obs.bucket] = Arm(seen=obs.seq)
     arm.decay_to(obs.seq, gamma)
-    arm.reward_sum += value
-    arm.pulls += 1.0
+    arm.add(value)
 
 
 def thompson_order(

@@ -17,7 +17,15 @@ from stages.bandit import Bandit, Observation, token_bucket
 from store.analytics import AnalyticsStore
 from store.reward_queries import Evidence, reward_evidence
 
-__all__ = ["EVIDENCE_MAX_AGE_SECS", "BanditRefresher", "RecentRequests", "evidence", "learn", "observations"]
+__all__ = [
+    "EVIDENCE_MAX_AGE_SECS",
+    "BanditRefresher",
+    "RecentRequests",
+    "evidence",
+    "learn",
+    "observations",
+    "rated_reward",
+]
 
 log = structlog.get_logger("tokenhub.bandit")
 # Evidence is discounted per observation; a bucket that saw no traffic for a month is read back no further.
@@ -66,6 +74,13 @@ def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: R
     for obs in observations(record, bucket):
         bandit.observe(obs)
     recent.add(record, bucket)
+
+
+def rated_reward(reward: float, quality_prior: float, quality_weight: float, previous: float, score: float) -> float:
+    """A request's reward once its answer is scored: the quality term moves from the previous score (the
+    prior when it was unrated, `previous` NaN) to `score`, at the weight the objective gave quality."""
+    before = quality_prior if math.isnan(previous) else previous
+    return round(reward + quality_weight * (score - before), 6)
 
 
 def observations(record: RequestRecord | Evidence, bucket: str) -> Iterator[Observation]:

@@ -23,6 +23,7 @@ from pipeline.services import Services
 from pipeline.types import RequestRecord
 from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks
 from stages.auth import key_in_force
+from stages.learning import rated_reward
 from stages.rate_limit import TokenBuckets
 from store.reward_queries import rewarded_request
 
@@ -79,9 +80,7 @@ class FeedbackEndpoint:
         rated = await self._find(key.id, body.request_id, since)
         if rated.status >= 400 or math.isnan(rated.reward) or not rated.model_id:
             raise Conflict("only a request that a model answered can be rated", field="request_id")
-        # The quality term was the previous score (the prior without feedback); the score replaces it.
-        previous = rated.quality_prior if math.isnan(rated.score) else rated.score
-        new = round(rated.reward + rated.quality_weight * (body.score - previous), 6)
+        new = rated_reward(rated.reward, rated.quality_prior, rated.quality_weight, rated.score, body.score)
         if rated.record is not None:  # a record still in the writer's queue is written with these values
             record = rated.record
             record.reward, record.feedback_score, record.feedback_comment = new, body.score, body.comment
