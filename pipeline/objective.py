@@ -10,6 +10,7 @@ score, else a prior: `quality_prior` when set, else the model's running mean fee
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Annotated
 
@@ -66,9 +67,14 @@ class RewardConfig(BaseModel):
 
     def describe(self) -> str:
         """`quality 0.5, cost 0.25 (relative), latency 0.25 (scale 1000 ms)`: for routing reasons."""
-        cost = f"scale ${self.cost_scale_usd:g}" if self.cost_scale_usd else "relative"
-        latency = f"scale {self.latency_scale_ms:g} ms" if self.latency_scale_ms else "relative"
-        return f"quality {self.quality:g}, cost {self.cost:g} ({cost}), latency {self.latency:g} ({latency})"
+        return _describe(self)
+
+
+@functools.lru_cache(maxsize=64)  # once per objective, not per request
+def _describe(r: RewardConfig) -> str:
+    cost = f"scale ${r.cost_scale_usd:g}" if r.cost_scale_usd else "relative"
+    latency = f"scale {r.latency_scale_ms:g} ms" if r.latency_scale_ms else "relative"
+    return f"quality {r.quality:g}, cost {r.cost:g} ({cost}), latency {r.latency:g} ({latency})"
 
 
 def term(value: float, scale: float | None, reference: float) -> float:

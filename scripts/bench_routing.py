@@ -19,7 +19,7 @@ true quality. Policies:
   thompson+feedback  the bandit, every answer rated (true quality ± 0.1, as a client's rater would)
   random             a uniformly random model                    oracle             the best model in expectation
 
-skill = (policy − random) / (oracle − random); ratio = policy / oracle. Requests-to-shift: requests after
+skill = (policy - random) / (oracle - random); ratio = policy / oracle. Requests-to-shift: requests after
 the degradation until the degraded model has at most 20 % of the last 50 answers ("n/a" when it is still
 the best model after its shift). Evaluation: on the thompson+feedback log, POST /routing/evaluate's
 estimators (stages/evaluation.py) for `normal` with the world's reward; then `normal`'s actual average
@@ -37,7 +37,6 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -46,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from pipeline.context import Attempt, Candidate, Policy, RequestContext  # noqa: E402
+from pipeline.context import Attempt, Policy, RequestContext  # noqa: E402
 from pipeline.errors import UpstreamFailed  # noqa: E402
 from pipeline.metrics import Metrics  # noqa: E402
 from pipeline.objective import RewardConfig  # noqa: E402
@@ -64,7 +63,8 @@ from store.reward_queries import Evidence, LoggedDecision  # noqa: E402
 INPUT_TOKENS = 300
 OUTPUT_TOKENS = 500
 SECONDS_PER_REQUEST = 0.05  # simulated time between requests (20 req/s): only the breaker's cooldown reads it
-POLICIES = ("normal", "thompson", "thompson+feedback")
+# "default reward": thompson+feedback with TokenHub's default objective instead of the world's utility
+POLICIES = ("normal", "thompson", "thompson+feedback", "default reward")
 SHIFTS = ("failure", "latency", "quality")
 
 
@@ -152,7 +152,7 @@ def random_world(index: int, rng: random.Random) -> World:
 class Gateway:
     """TokenHub's routing core for one run: Router, health, bandit and learning, with the world as provider."""
 
-    def __init__(self, world: World, seed: int, half_life: float | None) -> None:
+    def __init__(self, world: World, seed: int, half_life: float | None, reward: RewardConfig | None) -> None:
         self.clock = 0.0
         overrides = {"bandit_half_life_requests": half_life} if half_life else {}
         settings = load_settings({}, bandit_seed=seed, **overrides)
@@ -162,7 +162,7 @@ class Gateway:
             )
             for m in world.models
         }
-        snapshot = ConfigSnapshot(1, {}, models, RoutingDefaults(reward=world.utility), {}, {}, {})
+        snapshot = ConfigSnapshot(1, {}, models, RoutingDefaults(reward=reward), {}, {}, {})
         table = RoutingTable(snapshot, snapshot, {}, MappingProxyType(dict.fromkeys(models)), {})  # type: ignore[arg-type]
         self.health = HealthTracker(lambda: self.clock)
         self.bandit = Bandit(half_life=settings.bandit_half_life_requests, seed=seed)
@@ -272,10 +272,11 @@ def moved_away(served: list[str], model: str, start: int, window: int = 50, shar
 class Outcome:
     world: World
     averages: dict[str, float]
-    moved: dict[str, int | None | str]
-    evaluation: dict[str, Any]
+    moved: dict[str, int | str | None]
+    evaluation: dict[str, dict[str, Any]]
     decide_us: dict[str, float]
     candidates: int
+    gap: float  # after the shift: the best model's expected utility minus the degraded one's
 
     def skill(self, policy: str) -> float:
         a = self.averages
@@ -291,11 +292,11 @@ def run_world(world: World, requests: int, seed: int, half_life: float | None = 
     target = world.best().name
     still_best = after.best().name == target
     averages: dict[str, float] = {}
-    moved: dict[str, int | None | str] = {}
+    moved: dict[str, int | str | None] = {}
     decide_us: dict[str, float] = {}
     runs: dict[str, Gateway] = {}
     for policy in POLICIES:
-        gateway = Gateway(world, seed, half_life)
+        gateway = Gateway(world, seed, half_life, None if policy == "default reward" else world.utility)
         rng = random.Random(seed * 7919 + 1)
         served, total = [], 0.0
         for i in range(requests):
@@ -320,54 +321,68 @@ def run_world(world: World, requests: int, seed: int, half_life: float | None = 
             ok = rng.random() >= m.failure
             total += w.utility.reward(ok, m.quality, m.cost_usd, m.latency_ms * rng.uniform(0.8, 1.2), 0.0, 0.0)
         averages[name] = total / requests
-    evaluation = _evaluation(world, runs, seed)
-    return Outcome(world, averages, moved, evaluation, decide_us, len(world.models))
+    gap = after.expected(after.best()) - after.expected(next(m for m in after.models if m.name == target))
+    evaluations = {
+        # the bandit with the world's reward, estimated from the log of the bandit with the default reward
+        "thompson": _evaluation(world, runs["default reward"], runs["thompson+feedback"], "thompson", seed),
+        # scored routing, estimated from the log of the bandit with the world's reward
+        "normal": _evaluation(world, runs["thompson+feedback"], runs["normal"], "normal", seed),
+    }
+    return Outcome(world, averages, moved, evaluations, decide_us, len(world.models), gap)
 
 
-def _evaluation(world: World, runs: dict[str, Gateway], seed: int) -> dict[str, Any]:
-    """Estimate `normal` from the thompson+feedback log; compare with normal's actual logged average."""
-    log = logged(runs["thompson+feedback"].records)
-    gateway = runs["normal"]
-    models = gateway.router._table().snapshot.models  # noqa: SLF001 - the bench reads the table it built
+def _evaluation(world: World, logging: Gateway, actual: Gateway, mode: str, seed: int) -> dict[str, Any]:
+    """POST /routing/evaluate's estimate of `mode` with the world's reward on `logging`'s request log,
+    beside the average reward `actual` (that policy, run) logged."""
+    models = logging.router._table().snapshot.models
     result = evaluate(
-        log,
-        CandidatePolicy("normal", world.utility),
+        logged(logging.records),
+        CandidatePolicy(mode, world.utility),
         models,
-        half_life=gateway.bandit.half_life,
-        temperature=gateway.router.temperature,
+        half_life=logging.bandit.half_life,
+        temperature=logging.router.temperature,
         seed=seed,
     )
-    actual = statistics.fmean(r.reward for r in gateway.records)
     out = result.as_dict()
-    out["actual"] = actual
+    out["actual"] = statistics.fmean(r.reward for r in actual.records)
     for name in ("ips", "doubly_robust"):
         ci = out[name]["ci95"]
-        out[name]["covers"] = ci is not None and ci[0] <= actual <= ci[1]
+        out[name]["covers"] = ci is not None and ci[0] <= out["actual"] <= ci[1]
     return out
 
 
-def _fmt_moved(value: int | None | str) -> str:
+def _fmt_moved(value: int | str | None) -> str:
     return "never" if value is None else str(value)
 
 
+def _fmt_eval(e: dict[str, Any]) -> str:
+    dr, ips = e["doubly_robust"], e["ips"]
+    return (
+        f"{e['actual']:.3f} DR [{dr['ci95'][0]:.3f},{dr['ci95'][1]:.3f}] {'in ' if dr['covers'] else 'OUT'}"
+        f" IPS [{ips['ci95'][0]:.3f},{ips['ci95'][1]:.3f}] {'in ' if ips['covers'] else 'OUT'}"
+        f" ESS {e['effective_sample_size']:4.0f}"
+    )
+
+
 def report(outcomes: list[Outcome], elapsed: float) -> bool:
+    print("ratio = policy / oracle (skill = (policy - random) / (oracle - random)); shift: requests until the")
+    print("degraded model has <= 20 % of the last 50 answers, thompson+feedback / thompson, and the expected-utility")
+    print("gap between the new best model and the degraded one; evaluation: actual average reward of the policy")
+    print("run, then the 95 % CIs estimated beforehand from another policy's log (see the module docstring)\n")
     print(
-        f"{'world':7} {'K':>2} {'shift':8} {'utility (q/c/l)':16} {'oracle':>6} {'random':>6} "
+        f"{'world':7} {'K':>2} {'shift':8} {'q/c/l weights':14} {'oracle':>6} {'random':>6} "
         + " ".join(f"{p:>17}" for p in POLICIES)
-        + "   to-shift tf / t    eval normal: actual in DR CI / IPS CI, ESS"
+        + f"  {'shift tf/t (gap)':>18}   evaluate thompson (world reward) from default-reward log"
+        + " | evaluate normal from thompson+feedback log"
     )
     for o in outcomes:
         u = o.world.utility
         cells = " ".join(f"{o.ratio(p):7.1%} ({o.skill(p):+5.2f})" for p in POLICIES)
-        e = o.evaluation
-        dr, ips = e["doubly_robust"], e["ips"]
+        shift = f"{_fmt_moved(o.moved['thompson+feedback'])}/{_fmt_moved(o.moved['thompson'])} ({o.gap:.2f})"
         print(
-            f"{o.world.name:7} {o.candidates:2d} {o.world.shift:8} {u.quality:.2f}/{u.cost:.2f}/{u.latency:.2f}"
-            f"   {o.averages['oracle']:6.3f} {o.averages['random']:6.3f} {cells}"
-            f"   {_fmt_moved(o.moved['thompson+feedback']):>5} / {_fmt_moved(o.moved['thompson']):>5}"
-            f"    {e['actual']:.3f} in [{dr['ci95'][0]:.3f}, {dr['ci95'][1]:.3f}] {'yes' if dr['covers'] else 'NO '}"
-            f" / [{ips['ci95'][0]:.3f}, {ips['ci95'][1]:.3f}] {'yes' if ips['covers'] else 'NO '}"
-            f", ESS {e['effective_sample_size']:.0f} of {e['rows']}"
+            f"{o.world.name:7} {o.candidates:2d} {o.world.shift:8} {u.quality:.2f}/{u.cost:.2f}/{u.latency:.2f} "
+            f"  {o.averages['oracle']:6.3f} {o.averages['random']:6.3f} {cells}  {shift:>18}"
+            f"   {_fmt_eval(o.evaluation['thompson'])} | {_fmt_eval(o.evaluation['normal'])}"
         )
     print()
     for p in POLICIES:
@@ -376,21 +391,23 @@ def report(outcomes: list[Outcome], elapsed: float) -> bool:
         print(
             f"{p:17}  ratio mean {statistics.fmean(ratios):6.1%}  worst {min(ratios):6.1%}"
             f"   skill mean {statistics.fmean(skills):+.2f}  worst {min(skills):+.2f}"
-            f"   decide {statistics.fmean(o.decide_us[p] for o in outcomes):5.0f} us/request"
+            f"   Router.decide {statistics.fmean(o.decide_us[p] for o in outcomes):5.0f} us/request"
         )
     shifted = [o.moved["thompson+feedback"] for o in outcomes if o.moved["thompson+feedback"] != "n/a"]
     numbers = [m for m in shifted if isinstance(m, int)]
     never = sum(m is None for m in shifted)
     print(
         f"requests to shift (thompson+feedback, {len(shifted)} worlds whose degraded model stopped being best):"
-        f" median {statistics.median(numbers) if numbers else '-'}, worst {max(numbers) if numbers else '-'}, never {never}"
+        f" median {statistics.median(numbers) if numbers else '-'}, worst {max(numbers) if numbers else '-'},"
+        f" within 150: {sum(m <= 150 for m in numbers)}/{len(shifted)}"
     )
-    dr_cover = sum(o.evaluation["doubly_robust"]["covers"] for o in outcomes)
-    ips_cover = sum(o.evaluation["ips"]["covers"] for o in outcomes)
-    print(
-        f"evaluation: normal's actual average within the 95 % CI estimated from the thompson+feedback log:"
-        f" doubly robust {dr_cover}/{len(outcomes)}, IPS {ips_cover}/{len(outcomes)}"
-    )
+    for mode in ("thompson", "normal"):
+        dr_cover = sum(o.evaluation[mode]["doubly_robust"]["covers"] for o in outcomes)
+        ips_cover = sum(o.evaluation[mode]["ips"]["covers"] for o in outcomes)
+        print(
+            f"evaluation of {mode}: actual average within the 95 % CI in doubly robust {dr_cover}/{len(outcomes)},"
+            f" IPS {ips_cover}/{len(outcomes)} worlds"
+        )
     mean_ratio = statistics.fmean(o.ratio("thompson+feedback") for o in outcomes)
     worst_ratio = min(o.ratio("thompson+feedback") for o in outcomes)
     worst_shift = max(numbers) if numbers else 0

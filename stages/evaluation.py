@@ -14,16 +14,20 @@ each with a 95 % normal confidence interval (1.96 standard errors of the per-req
 effective sample size (Σw)² / Σw² of the importance weights w = π / p. Rewards are valued under the
 candidate's objective, so a change of weights is evaluated on the same traffic.
 
-The candidate's choice probabilities: in `thompson` mode, the bandit replayed over the log in time order
-(it learns from what was logged, as the live one would have), its posterior draws vectorised; in a scored
-mode, the mode's ranking from the window's statistics with the Router's softmax exploration.
+The log is replayed in time order, so the candidate sees the world as it was at each request: the
+providers' health (latency, error rate) rebuilt from the logged attempts as the live tracker would have;
+in `thompson` mode a bandit learning from the logged traffic under the candidate's objective (posterior
+draws vectorised, EVALUATION_DRAWS per request); in a scored mode the mode's ranking with the Router's
+softmax exploration. A candidate that would have sent traffic where the logged policy never did is judged
+on that model's logged rewards all the same: the estimate assumes a model's reward does not depend on which
+policy sent it the request.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +36,9 @@ import numpy as np
 from pipeline.context import Candidate
 from pipeline.objective import RewardConfig
 from pipeline.types import ModelInfo
-from stages.bandit import Bandit, token_bucket
+from stages.bandit import Arm, Bandit, token_bucket
 from stages.expected_reward import expect
+from stages.health import HealthTracker
 from stages.learning import observations
 from stages.scoring import Constraints, ProviderStats, estimate_cost, rank, softmax_probability
 from store.reward_queries import LoggedDecision
@@ -118,36 +123,32 @@ def evaluate(
     seed: int | None = None,
 ) -> Evaluation:
     """Estimate `policy`'s average reward on `decisions` (oldest first). CPU-bound: run it off the loop."""
-    stats = _window_stats(decisions, models)
     rows, skipped = _usable(decisions, policy.objective, models)
-    if policy.mode == "thompson":
-        probabilities = _thompson(decisions, rows, policy.objective, stats, half_life, seed)
-    else:
-        probabilities = [_scored(row, policy.mode, stats, temperature) for row in rows]
-    n = len(rows)
-    if not n:
+    if not rows:
         empty = Estimate(math.nan, math.inf)
         return Evaluation(policy, 0, skipped, empty, empty, 0.0, math.nan, math.nan, {})
+    replay = _Replay(policy, models, half_life, temperature, seed)
+    usable = {id(row.decision): row for row in rows}
+    probabilities, fitted_rows, direct_rows = [], [], []
+    for d in decisions:  # in time order: the candidate's view of the world as it was at each request
+        row = usable.get(id(d))
+        if row is not None:
+            p = replay.choices(row)
+            means = [replay.fitted(c.model.id) for c in row.candidates]
+            probabilities.append(p[row.action])
+            fitted_rows.append(means[row.action])
+            direct_rows.append(float(np.dot(p, means)))
+        replay.learn(d, row)
     rewards = np.array([row.reward for row in rows])
-    logged_p = np.array([row.decision.propensity for row in rows])
-    chosen_p = np.array([p[row.action] for p, row in zip(probabilities, rows, strict=True)])
-    weights = chosen_p / logged_p
-    model_means = _reward_model(rows)
-    direct = np.array(
-        [
-            sum(p[i] * model_means[c.model.id] for i, c in enumerate(row.candidates))
-            for p, row in zip(probabilities, rows, strict=True)
-        ]
-    )
-    fitted = np.array([model_means[row.candidates[row.action].model.id] for row in rows])
-    total = float(weights.sum())
-    squares = float((weights**2).sum())
+    weights = np.array(probabilities) / np.array([row.decision.propensity for row in rows])
+    direct, fitted = np.array(direct_rows), np.array(fitted_rows)
+    total, squares = float(weights.sum()), float((weights**2).sum())
     modes: dict[str, int] = defaultdict(int)
     for row in rows:
         modes[row.decision.mode] += 1
     return Evaluation(
         policy,
-        n,
+        len(rows),
         skipped,
         Estimate.of(weights * rewards),
         Estimate.of(direct + weights * (rewards - fitted)),
@@ -181,76 +182,82 @@ def _usable(
     return rows, skipped
 
 
-def _window_stats(
-    decisions: Sequence[LoggedDecision], models: Mapping[str, ModelInfo]
-) -> Callable[[str], ProviderStats]:
-    """Per provider over the window: mean latency of its answers and its failure share of attempts (what
-    the live Router reads from the providers' health when it ranks)."""
-    latency: dict[str, list[float]] = defaultdict(list)
-    tried: dict[str, int] = defaultdict(int)
-    failed: dict[str, int] = defaultdict(int)
-    for d in decisions:
+class _Replay:
+    """The log replayed in time order: the providers' health as the live Router would have read it, the
+    candidate's bandit (thompson) learning under its objective, and the reward model r̂ (each model's
+    recent mean reward as the logged choice, with the bandit's discounting and change detector)."""
+
+    def __init__(
+        self,
+        policy: CandidatePolicy,
+        models: Mapping[str, ModelInfo],
+        half_life: float,
+        temperature: float,
+        seed: int | None,
+    ) -> None:
+        self._policy = policy
+        self._models = models
+        self._temperature = temperature
+        self._now = 0.0
+        self._health = HealthTracker(lambda: self._now)
+        self._bandit = Bandit(half_life=half_life, seed=seed)
+        self._gamma = 0.5 ** (1.0 / half_life)
+        self._seq = 0
+        self._fitted: dict[str, Arm] = {}
+        self._overall = Arm()
+
+    def stats(self, provider_id: str) -> ProviderStats:
+        h = self._health.get(provider_id)
+        return ProviderStats(h.avg_latency_ms, h.error_rate)
+
+    def choices(self, row: _Row) -> np.ndarray:
+        """P(the candidate policy picks each of the row's candidates)."""
+        e = row.decision.evidence
+        if self._policy.mode == "thompson":
+            bucket = token_bucket(e.input_tokens)
+            objective = self._policy.objective
+            outlook = expect(row.candidates, self._bandit, bucket, objective, self.stats)
+            ids = [c.model.id for c in row.candidates]
+            priors = [outlook.expectation(m).reward for m in ids]
+            alphas, betas = self._bandit.posteriors(objective, bucket, ids, priors)
+            draws = self._bandit.draw(alphas, betas, EVALUATION_DRAWS)
+            wins = np.bincount(draws.argmax(axis=1), minlength=len(ids))
+            return wins / wins.sum()
+        models = [c.model for c in row.candidates]
+        ranked = rank(models, Constraints(self._policy.mode, 0, 0, e.input_tokens), self.stats)
+        position = {c.model.id: i for i, c in enumerate(ranked)}
+        k = len(ranked)
+        return np.array([softmax_probability(k, self._temperature, position[m.id]) for m in models])
+
+    def fitted(self, model_id: str) -> float:
+        arm = self._fitted.get(model_id)
+        if arm is not None and arm.pulls > 1e-9:
+            return arm.reward_sum / arm.pulls
+        overall = self._overall
+        return overall.reward_sum / overall.pulls if overall.pulls > 1e-9 else 0.0
+
+    def learn(self, d: LoggedDecision, row: _Row | None) -> None:
+        """What the request taught: health of every provider tried, the bandit, the reward model."""
         e = d.evidence
+        self._now = d.timestamp
         for entry in e.attempts.split(", ") if e.attempts else ():
             model, _, outcome = entry.rpartition("=")
-            if model in models:
-                tried[models[model].provider_id] += 1
-                failed[models[model].provider_id] += outcome != "ok"
-        if e.model_id in models and e.status < 400:
-            latency[models[e.model_id].provider_id].append(e.latency_ms)
-    stats = {
-        p: ProviderStats(float(np.mean(latency[p])) if latency[p] else 0.0, failed[p] / tried[p] if tried[p] else 0.0)
-        for p in set(tried) | set(latency)
-    }
-    unknown = ProviderStats(0.0, 0.0)
-    return lambda provider_id: stats.get(provider_id, unknown)
-
-
-def _scored(row: _Row, mode: str, stats: Callable[[str], ProviderStats], temperature: float) -> np.ndarray:
-    e = row.decision.evidence
-    models = [c.model for c in row.candidates]
-    ranked = rank(models, Constraints(mode, 0, 0, e.input_tokens), stats)
-    position = {c.model.id: i for i, c in enumerate(ranked)}
-    k = len(ranked)
-    return np.array([softmax_probability(k, temperature, position[c.model.id]) for c in row.candidates])
-
-
-def _thompson(
-    decisions: Sequence[LoggedDecision],
-    rows: Sequence[_Row],
-    objective: RewardConfig,
-    stats: Callable[[str], ProviderStats],
-    half_life: float,
-    seed: int | None,
-) -> list[np.ndarray]:
-    """Replay a bandit over the whole log in time order; at each usable request, its choice probabilities
-    (the share of posterior draws each candidate wins)."""
-    bandit = Bandit(half_life=half_life, seed=seed)
-    usable = {id(row.decision): row for row in rows}
-    out = []
-    for d in decisions:
-        bucket = token_bucket(d.evidence.input_tokens)
-        row = usable.get(id(d))
+            if model in self._models:
+                provider = self._models[model].provider_id
+                if outcome == "ok":
+                    self._health.success(provider, e.latency_ms)
+                else:
+                    self._health.error(provider, outcome)
+        bucket = token_bucket(e.input_tokens)
+        if self._policy.mode == "thompson":
+            for obs in observations(e, bucket):
+                self._bandit.observe(obs)
         if row is not None:
-            outlook = expect(row.candidates, bandit, bucket, objective, stats)
-            ids = [c.model.id for c in row.candidates]
-            alphas, betas = bandit.posteriors(objective, bucket, ids, [outlook.expectation(m).reward for m in ids])
-            wins = np.bincount(bandit.draw(alphas, betas, EVALUATION_DRAWS).argmax(axis=1), minlength=len(ids))
-            out.append(wins / wins.sum())
-        for obs in observations(d.evidence, bucket):
-            bandit.observe(obs)
-    return out
-
-
-def _reward_model(rows: Sequence[_Row]) -> dict[str, float]:
-    """r̂: each model's mean reward when it was the logged choice; the overall mean for a model never chosen."""
-    sums: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        sums[row.candidates[row.action].model.id].append(row.reward)
-    overall = float(np.mean([row.reward for row in rows]))
-    means: dict[str, float] = defaultdict(lambda: overall)
-    means.update({m: float(np.mean(v)) for m, v in sums.items()})
-    return means
+            self._seq += 1
+            arm = self._fitted.setdefault(row.candidates[row.action].model.id, Arm(seen=self._seq))
+            for fitted in (arm, self._overall):
+                fitted.decay_to(self._seq, self._gamma)
+                fitted.add(row.reward)
 
 
 def _round(value: float) -> float | None:

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.context import Candidate
 from pipeline.objective import RewardConfig
+from pipeline.settings import Settings
 from pipeline.types import ModelInfo
 from stages.bandit import Bandit, Observation, thompson_order, token_bucket
 from stages.learning import evidence, observations
@@ -59,7 +60,7 @@ def test_traffic_leaves_a_collapsed_model_within_150_requests_and_returns_when_i
 ) -> None:
     """Discounting counts observations, not seconds: the same requests give the same adaptation whatever the
     traffic rate (the clock is not read at all), and a model left alone is explored again."""
-    bandit = Bandit(half_life=40, seed=3)
+    bandit = Bandit(half_life=Settings.model_fields["bandit_half_life_requests"].default, seed=3)
     world = random.Random(5)
     quality = {"best": 0.9, "second": 0.7, "third": 0.5}
     picks: list[str] = []
@@ -102,12 +103,15 @@ def test_feedback_moves_every_objective_and_the_quality_prior() -> None:
     bandit.describe(quality_only), bandit.describe(cost_only)  # both objectives are live
     bandit.observe(Observation("req", "m", "small", True, 0.01, 100.0, 0.02, 200.0, 0.5))
     assert bandit.quality_prior("m", "small", RewardConfig()) == 0.5  # nobody rated m yet
+    (unrated,) = bandit.describe(quality_only)
+    (cost_before,) = bandit.describe(cost_only)
     assert bandit.rate("req", 0.8) and not bandit.rate("unknown", 0.8)
     assert bandit.quality_prior("m", "small", RewardConfig()) == pytest.approx(0.8)
     assert bandit.quality_prior("m", "small", RewardConfig(quality_prior=0.3)) == 0.3  # a fixed prior wins
     (q,) = bandit.describe(quality_only)
     (c,) = bandit.describe(cost_only)
-    assert q["alpha"] == pytest.approx(1.8) and c["alpha"] == pytest.approx(1.5)  # cost: 1 - 0.01/0.02
+    assert q["mean"] > unrated["mean"] and q["alpha"] > unrated["alpha"]  # the answer is worth 0.8 now, not 0.5
+    assert c == cost_before  # cost: 1 - 0.01/0.02 whatever the client thinks of the answer
 
 
 def test_reward_objective() -> None:
@@ -146,8 +150,8 @@ async def test_rewards_and_attempts_are_recorded(hub: Hub) -> None:
     assert row["attempts"] == "primary=fatal, backup=ok"
     assert 0.4 < row["reward"] <= 1.0 and row["feedback_score"] is None
     arms = {a["model_id"]: a for a in (await hub.admin("GET", "/rewards"))["arms"]}
-    # one observation since (backup's answer) has aged primary's failure one step
-    assert arms["primary"]["pulls"] == pytest.approx(0.5 ** (1 / 40), rel=1e-3) and arms["primary"]["mean"] < 0.5
+    # one observation since (backup's answer) has aged primary's failure one step (the default half-life: 200)
+    assert arms["primary"]["pulls"] == pytest.approx(0.5 ** (1 / 200), rel=1e-3) and arms["primary"]["mean"] < 0.5
     assert arms["backup"]["mean"] > 0.5
     hub.fake.script("primary", Fail(403))
     hub.fake.script("backup", Fail(403))
