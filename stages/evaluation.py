@@ -69,7 +69,7 @@ class Estimate:
     def as_dict(self) -> dict[str, Any]:
         finite = math.isfinite(self.std_error)
         return {
-            "estimate": round(self.value, 6),
+            "estimate": _round(self.value),
             "std_error": round(self.std_error, 6) if finite else None,
             "ci95": [round(self.value - Z95 * self.std_error, 6), round(self.value + Z95 * self.std_error, 6)]
             if finite

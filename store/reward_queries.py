@@ -79,10 +79,10 @@ def reward_evidence(cursor: Cursor, since_unix: float, per_bucket: int) -> list[
 def logged_decisions(cursor: Cursor, since_unix: float, until_unix: float, limit: int) -> list[LoggedDecision]:
     """Every rewarded request in [since, until), oldest first, at most `limit` (the newest of them)."""
     rows = cursor.execute(
-        f"SELECT * FROM (SELECT {_TERMS}, epoch(timestamp) AS at, mode, reward, coalesce(propensity, 'NaN'::DOUBLE), "
-        "candidates, quality_weight FROM request_log WHERE quality_prior IS NOT NULL "
-        "AND timestamp >= to_timestamp(?) AND timestamp < to_timestamp(?) ORDER BY timestamp DESC LIMIT ?) "
-        "ORDER BY at",
+        f"SELECT * FROM (SELECT {_TERMS}, epoch(timestamp) AS logged_at, mode, reward, "
+        "coalesce(propensity, 'NaN'::DOUBLE), candidates, quality_weight FROM request_log "
+        "WHERE quality_prior IS NOT NULL AND timestamp >= to_timestamp(?) AND timestamp < to_timestamp(?) "
+        "ORDER BY timestamp DESC LIMIT ?) ORDER BY logged_at",
         [since_unix, until_unix, limit],
     ).fetchall()
     return [LoggedDecision(Evidence(*row[:11]), *row[11:]) for row in rows]
