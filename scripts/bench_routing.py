@@ -51,7 +51,7 @@ from pipeline.metrics import Metrics  # noqa: E402
 from pipeline.objective import RewardConfig  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 from pipeline.types import ChatRequest, Message, ModelInfo, RequestRecord  # noqa: E402
-from stages.bandit import Bandit  # noqa: E402
+from stages.bandit import PROPENSITY_DRAWS, Bandit  # noqa: E402
 from stages.evaluation import CandidatePolicy, evaluate  # noqa: E402
 from stages.health import HealthTracker  # noqa: E402
 from stages.learning import RecentRequests, learn, rated_reward  # noqa: E402
@@ -425,12 +425,49 @@ def report(outcomes: list[Outcome], elapsed: float) -> bool:
     return all(ok for _, ok in targets)
 
 
+def micro_benchmark(decisions: int = 3000) -> None:
+    """Per-decision cost of Router.decide by mode and number of candidates (a warm bandit), and of the
+    propensity estimate alone (the extra posterior draws), in microseconds. Interleaved, medians of 5."""
+    print(f"\nper-decision cost (us, median of 5 x {decisions // 5} decisions):")
+    print(f"{'candidates':>10} {'normal':>8} {'thompson':>9} {'propensity draws':>17} {'one draw (before)':>18}")
+    for k in (2, 4, 8):
+        world = World(
+            "micro",
+            [Model(f"m{i}", 0.001 * (i + 1), 100 + 50 * i, 0.01, 0.5) for i in range(k)],
+            RewardConfig(),
+            "failure",
+        )
+        gateway = Gateway(world, 1, None, None)
+        rng = random.Random(1)
+        for _ in range(500):
+            gateway.serve("thompson", world, rng, feedback=True)
+        request = ChatRequest(messages=[Message("user", "x")], estimated_input_tokens=INPUT_TOKENS)
+        ids = [m.name for m in world.models]
+        alphas, betas = gateway.bandit.posteriors(RewardConfig(), "small", ids, [0.5] * k)
+        samples: dict[str, list[float]] = {"normal": [], "thompson": [], "draws": [], "one": []}
+        for _ in range(5):
+            for name in samples:
+                started = time.perf_counter()
+                for _ in range(decisions // 5):
+                    if name == "draws":
+                        gateway.bandit.draw(alphas, betas, PROPENSITY_DRAWS + 1)
+                    elif name == "one":
+                        gateway.bandit.draw(alphas, betas, 1)
+                    else:
+                        gateway.router.decide(request, Policy(mode=name))
+                samples[name].append((time.perf_counter() - started) / (decisions // 5) * 1e6)
+        med = {name: statistics.median(v) for name, v in samples.items()}
+        print(f"{k:>10} {med['normal']:8.1f} {med['thompson']:9.1f} {med['draws']:17.1f} {med['one']:18.1f}")
+
+
 def main(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     worlds = [current_world()] + [random_world(i + 1, rng) for i in range(args.worlds)]
     started = time.monotonic()
     outcomes = [run_world(w, args.requests, args.seed + i, args.half_life) for i, w in enumerate(worlds)]
-    return 0 if report(outcomes, time.monotonic() - started) else 1
+    ok = report(outcomes, time.monotonic() - started)
+    micro_benchmark(1000 if args.quick else 5000)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -39,9 +39,10 @@ __all__ = [
 
 HORIZON_HALF_LIVES = 10  # evidence older than this many half-lives weighs under 0.1 %: not kept
 PRIOR_STRENGTH = 2.0  # pseudo-observations the cold-start prior (the expected reward) is worth
-# Posterior draws besides the deciding one: P(chosen) is estimated from 128 rows (to 1/128). Each draw is a
-# Beta per candidate; 128 rows of them cost a few tens of microseconds per decision.
-PROPENSITY_DRAWS = 127
+# Posterior draws besides the deciding one: P(chosen) is estimated from 64 rows, to 1/64 (the deciding row
+# always counts, so a logged propensity is at least 1/64: importance weights are clipped at 64). One row is
+# a Beta per candidate, all drawn in one numpy call.
+PROPENSITY_DRAWS = 63
 VARIANCE_PRIOR_WEIGHT = 2.0  # pseudo-pulls at the Bernoulli variance an arm's observed variance is shrunk by
 MIN_VARIANCE = 1e-4  # rewards never look steadier than a standard deviation of 0.01
 MAX_CONCENTRATION = 100.0  # an observation counts at most as this many coin flips
