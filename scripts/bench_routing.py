@@ -466,7 +466,7 @@ def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     outcomes = [run_world(w, args.requests, args.seed + i, args.half_life) for i, w in enumerate(worlds)]
     ok = report(outcomes, time.monotonic() - started)
-    micro_benchmark(1000 if args.quick else 5000)
+    micro_benchmark(250 if args.quick else 5000)
     return 0 if ok else 1
 
 
@@ -476,8 +476,8 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=3000, help="requests per policy and world")
     parser.add_argument("--seed", type=int, default=15, help="seed of the worlds and of every sampler")
     parser.add_argument("--half-life", type=float, help="TOKENHUB_BANDIT_HALF_LIFE_REQUESTS (default: the setting's)")
-    parser.add_argument("--quick", action="store_true", help="3 random worlds of 1000 requests (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="3 random worlds of 600 requests (a smoke test)")
     options = parser.parse_args()
     if options.quick:
-        options.worlds, options.requests = 3, 1000
+        options.worlds, options.requests = 3, 600
     sys.exit(main(options))
