@@ -35,7 +35,7 @@ class EvaluateIn(Body):
     until: Annotated[str, Field(max_length=64)] | None = None  # default: now
     last: Annotated[str, Field(max_length=32)] | None = None  # a duration ('24h') before `until`, instead of since
     seed: Annotated[int, Field(ge=0)] | None = None  # the same seed, the same Thompson draws
-    max_rows: Annotated[int, Field(ge=1, le=200_000)] = 20_000  # the newest requests of the window
+    max_rows: Annotated[int, Field(ge=1, le=100_000)] = 20_000  # the newest requests of the window
 
 
 async def evaluate_policy(request: web.Request) -> web.Response:
