@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint format system-deps bench-writer bench-routing clean
+.PHONY: help run test lint format vendor system-deps bench-writer bench-routing clean docs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,9 +19,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed  ## start TokenHub on :8080 (data in ./data; override with TOKENHUB_* variables)
 	$(BIN)/tokenhub serve
 
-lint: $(VENV)/.installed  ## ruff check + format check
+lint: $(VENV)/.installed  ## ruff check + format check, hadolint on the Dockerfile, the docs site built strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site-check
+
+docs: $(VENV)/.installed  ## build the documentation site into site/ (strict: a broken link or a page missing from nav fails)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+vendor:  ## re-copy the admin UI's pinned front-end libraries (package.json) into admin_ui/static/vendor/
+	scripts/vendor-ui.sh
 
 system-deps:  ## install the system packages the tests drive (Debian's chromium, promtool) when missing
 	scripts/system-deps.sh
@@ -33,6 +41,10 @@ format: $(VENV)/.installed  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+.PHONY: demo
+demo: $(VENV)/.installed  ## TokenHub + five fake providers + traffic, no provider key needed (docs/demo.md; Ctrl-C stops)
+	$(BIN)/python scripts/demo.py run
+
 bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest into DuckDB (target >= 50,000 rows/s)
 	$(BIN)/python scripts/bench_writer.py
 
@@ -40,4 +52,4 @@ bench-routing: $(VENV)/.installed  ## evaluation: routing policies over 25 seede
 	$(BIN)/python scripts/bench_routing.py
 
 clean:  ## remove the virtualenv and caches (keeps ./data)
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

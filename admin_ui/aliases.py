@@ -7,20 +7,25 @@ so the next request resolves the new mapping (stages/aliases.py picks the varian
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
 
 from admin_ui.common import Body, FallbackIds, IdStr, commit, get_services, read_model
+from admin_ui.params import page
 from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.modes import AUTO_MODELS
 from pipeline.services import Services
-from pipeline.types import AliasInfo, AliasVariant
+from pipeline.types import AliasInfo, AliasVariant, ModelInfo
 
 __all__ = [
+    "AliasIn",
+    "alias_from_body",
     "alias_view",
     "check_alias",
+    "check_alias_against",
     "create_alias",
     "delete_alias",
     "get_alias",
@@ -65,8 +70,8 @@ async def list_aliases(request: web.Request) -> web.Response:
     services = get_services(request)
     aliases = await services.config.call(services.config.list_aliases)
     times = await services.config.call(services.config.alias_times)
-    items = [alias_view(a, times.get(a.name)) for a in aliases]
-    return web.json_response({"items": items, "total": len(items)})
+    shown, paging = page(request, aliases)
+    return web.json_response({"items": [alias_view(a, times.get(a.name)) for a in shown], **paging})
 
 
 async def get_alias(request: web.Request) -> web.Response:
@@ -79,7 +84,7 @@ async def create_alias(request: web.Request) -> web.Response:
     services = get_services(request)
     if await services.config.call(services.config.get_alias, body.name) is not None:
         raise Conflict(f"alias {body.name!r} already exists; PATCH or PUT /admin/v1/aliases/{body.name} changes it")
-    alias = _alias(body.name, body)
+    alias = alias_from_body(body.name, body)
     await _save(request, alias)
     return web.json_response({"ok": True, "id": alias.name, "alias": alias_view(alias)}, status=201)
 
@@ -87,7 +92,7 @@ async def create_alias(request: web.Request) -> web.Response:
 async def put_alias(request: web.Request) -> web.Response:
     """Create or replace (the original API's verb)."""
     body = await read_model(request, AliasBody)
-    alias = _alias(request.match_info["name"], body)
+    alias = alias_from_body(request.match_info["name"], body)
     await _save(request, alias)
     return web.json_response({"ok": True, "alias": await _view_with_times(request, alias)})
 
@@ -152,15 +157,19 @@ def _variants(variants: list[VariantIn]) -> tuple[AliasVariant, ...]:
     return tuple(AliasVariant(v.model_id, v.weight) for v in variants)
 
 
-def _alias(name: str, body: AliasBody) -> AliasInfo:
+def alias_from_body(name: str, body: AliasBody) -> AliasInfo:
     return AliasInfo(name, _variants(body.variants), body.enabled, body.sticky_by, tuple(body.fallbacks))
 
 
 def check_alias(services: Services, alias: AliasInfo) -> None:
+    check_alias_against(alias, services.snapshot.models)
+
+
+def check_alias_against(alias: AliasInfo, models: Mapping[str, ModelInfo]) -> None:
     """The spec's rules (a name, >= 1 variant, weights > 0, no duplicates, no variant named like the alias)
     plus: the name is not a model id nor one of the "TokenHub chooses" names, and variants and fallbacks
-    are registered models of one kind, so a request naming the alias can actually be served."""
-    models = services.snapshot.models
+    are registered models of one kind (in ``models``: the live ones, or those a config file is about to
+    write), so a request naming the alias can actually be served."""
     name = alias.name
     if len(name) > MAX_NAME:  # a PUT's name comes from the path, not the validated body
         raise _invalid(f"the name is longer than {MAX_NAME} characters", "name")

@@ -8,16 +8,16 @@ next request without a restart. The whole route table is below, in one place.
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from admin_ui import (
     aliases,
     api_keys,
     audit,
+    backup,
+    config_reload,
     engine,
     evaluation,
     health,
@@ -26,23 +26,27 @@ from admin_ui import (
     observability,
     providers,
     routing,
+    sessions,
     tenants,
     vault,
 )
 from admin_ui.common import PIPELINES, SERVICES
 from admin_ui.security import GUARDS, Guards, admin_rate_limit, validate_path_params
+from admin_ui.sessions import ADMIN_TOKEN_KEY, SESSIONS, AdminSessions, admin_auth
 from admin_ui.static import STATIC_DIR, StaticFiles
-from pipeline.errors import Unauthorized
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
-from pipeline.web import Handler
 
-__all__ = ["ADMIN_PREFIX", "API_PREFIX", "ROUTES", "admin_app", "bearer_auth"]
+__all__ = ["ADMIN_PREFIX", "API_PREFIX", "ROUTES", "admin_app"]
 
 ADMIN_PREFIX = "/admin"
 API_PREFIX = "/v1"  # under ADMIN_PREFIX: /admin/v1
 
 ROUTES: list[web.RouteDef] = [
+    # the web UI's sign-in: the admin token for a session cookie
+    web.post("/session", sessions.start_session),
+    web.get("/session", sessions.session_info),
+    web.delete("/session", sessions.end_session),
     # providers, models, aliases
     web.get("/providers", providers.list_providers),
     web.post("/providers", providers.create_provider),
@@ -83,6 +87,7 @@ ROUTES: list[web.RouteDef] = [
     web.get("/pipelines/stages", tenants.list_stages),
     # observability
     web.get("/logs", observability.list_logs),
+    web.get("/logs/{request_id}", observability.get_log),
     web.get("/stats", observability.stats),
     web.get("/tsdb/query", observability.tsdb_query),
     web.get("/tsdb/metrics", observability.tsdb_metrics),
@@ -90,6 +95,7 @@ ROUTES: list[web.RouteDef] = [
     web.put("/tsdb/retention", observability.put_retention),
     web.post("/tsdb/prune", observability.prune_tsdb),
     web.post("/analytics/query", observability.analytics_query),
+    web.get("/analytics/schema", observability.analytics_schema),
     web.get("/analytics/trends", observability.analytics_trends),
     web.get("/events", observability.events_stream),
     # vault and audit
@@ -99,23 +105,11 @@ ROUTES: list[web.RouteDef] = [
     web.post("/vault/lock", vault.lock_vault),
     web.post("/vault/rotate", vault.rotate_vault),
     web.get("/audit", audit.list_audit),
+    # backups (tokenhub backup is the client)
+    web.post("/backup", backup.create_backup),
+    # configuration as code (docs/config-file.md)
+    web.post("/config/reload", config_reload.reload_config_file),
 ]
-
-
-def bearer_auth(admin_token: str) -> Middleware:
-    """Refuses any request without ``Authorization: Bearer <admin token>`` (compared in constant time)."""
-    expected = admin_token.encode()
-
-    @web.middleware
-    async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        auth = request.headers.get("Authorization", "")
-        if auth[:7].lower() != "bearer ":
-            raise Unauthorized("missing admin token: send 'Authorization: Bearer <TOKENHUB_ADMIN_TOKEN>'")
-        if not hmac.compare_digest(auth[7:].strip().encode(), expected):
-            raise Unauthorized("invalid admin token")
-        return await handler(request)
-
-    return admin_auth
 
 
 def admin_app(
@@ -127,7 +121,7 @@ def admin_app(
     api = web.Application(
         middlewares=[
             admin_rate_limit,  # first: floods are refused before anything, token guesses included
-            bearer_auth(admin_token),
+            admin_auth(admin_token),  # Bearer token, or the web UI's session cookie (+ CSRF header)
             validate_path_params,
             audit.audit_trail,  # what is left, refused or done, is recorded
             audit.publish_admin_actions,
@@ -136,6 +130,8 @@ def admin_app(
     api[SERVICES] = services
     api[PIPELINES] = pipelines
     api[GUARDS] = Guards.build(services)
+    api[SESSIONS] = AdminSessions(services.settings.admin_session_ttl_secs)
+    api[ADMIN_TOKEN_KEY] = admin_token
     api.router.add_routes(ROUTES)
     admin = web.Application()
     admin.router.add_routes(StaticFiles(static_dir).routes())

@@ -1,4 +1,5 @@
-"""Admin view of provider health: GET /health, each provider's tracked state, breaker and error rate."""
+"""Admin view of health: GET /health, TokenHub's readiness (as /healthz judges it, but always a 200 here) and
+each provider's tracked state, breaker and error rate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ __all__ = ["provider_health"]
 
 
 async def provider_health(request: web.Request) -> web.Response:
-    health = get_services(request).health
+    services = get_services(request)
+    health = services.health
     providers = [
         {
             "provider_id": provider_id,
@@ -26,4 +28,4 @@ async def provider_health(request: web.Request) -> web.Response:
         }
         for provider_id, h in sorted(health.snapshot().items())
     ]
-    return web.json_response({"providers": providers})
+    return web.json_response({"readiness": services.readiness(), "providers": providers})

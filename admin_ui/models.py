@@ -6,17 +6,20 @@ Model ids may contain slashes (``meta/llama-3``), hence the ``{id:.+}`` routes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
 
+from adapters.registry import provider_type
 from admin_ui.common import Body, FallbackIds, IdStr, UpstreamName, commit, get_services, read_model
+from admin_ui.params import page
 from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ModelInfo
 
-__all__ = ["create_model", "delete_model", "list_models", "model_view", "patch_model"]
+__all__ = ["ModelIn", "check_model", "create_model", "delete_model", "list_models", "model_view", "patch_model"]
 
 ModelKind = Literal["chat", "embedding"]
 Weight = Annotated[int, Field(ge=0, le=10)]
@@ -52,8 +55,9 @@ class ModelPatch(Body):
 async def list_models(request: web.Request) -> web.Response:
     services = get_services(request)
     models = await services.config.call(services.config.list_models)
-    items = [{**model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in models]
-    return web.json_response({"items": items, "total": len(items)})
+    shown, paging = page(request, models)
+    items = [{**model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in shown]
+    return web.json_response({"items": items, **paging})
 
 
 async def create_model(request: web.Request) -> web.Response:
@@ -90,30 +94,30 @@ async def delete_model(request: web.Request) -> web.Response:
 
 
 def _check(services: Services, model: ModelInfo) -> None:
-    _check_kind(services, model)
-    _check_names(services, model)
+    snapshot = services.snapshot
+    types = {provider_id: adapter.type for provider_id, adapter in services.adapters.items()}
+    check_model(model, provider_types=types, models=snapshot.models, aliases=snapshot.aliases)
 
 
-def _check_kind(services: Services, model: ModelInfo) -> None:
-    """An embedding model on a provider whose adapter cannot embed (Anthropic) could never be served."""
-    adapter = services.adapters.get(model.provider_id)
-    if model.kind == "embedding" and adapter is not None and not adapter.capabilities.embeddings:
+def check_model(
+    model: ModelInfo, *, provider_types: Mapping[str, str], models: Mapping[str, ModelInfo], aliases: Collection[str]
+) -> None:
+    """The rules a model must meet against the configuration it joins (the admin API passes the live one,
+    the config file the one it is about to write): an embedding model needs a provider type that embeds
+    (Anthropic cannot); the id must not shadow an alias; fallbacks are other registered models of its kind."""
+    type_name = provider_types.get(model.provider_id)
+    if model.kind == "embedding" and type_name and not provider_type(type_name).capabilities.embeddings:
         raise InvalidRequest(
-            f"provider {model.provider_id!r} ({adapter.type}) does not serve embeddings; kind 'embedding' needs an"
+            f"provider {model.provider_id!r} ({type_name}) does not serve embeddings; kind 'embedding' needs an"
             " openai or vllm provider",
             field="kind",
         )
-
-
-def _check_names(services: Services, model: ModelInfo) -> None:
-    """The id must not shadow an alias; fallbacks must be other registered models of the same kind."""
-    snapshot = services.snapshot
-    if model.id in snapshot.aliases:
+    if model.id in aliases:
         raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
     if len(set(model.fallbacks)) != len(model.fallbacks):
         raise InvalidRequest("fallbacks: a model may appear only once", field="fallbacks")
     for fallback in model.fallbacks:
-        other = snapshot.models.get(fallback)
+        other = models.get(fallback)
         if fallback == model.id:
             raise InvalidRequest("fallbacks: a model cannot be its own fallback", field="fallbacks")
         if other is None:

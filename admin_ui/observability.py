@@ -17,19 +17,21 @@ from aiohttp import web
 from admin_ui.common import get_services as _services
 from admin_ui.common import read_json
 from admin_ui.params import choice_param, int_param, str_param, time_param
-from pipeline.errors import InvalidRequest, QueryError
+from pipeline.errors import InvalidRequest, NotFound, QueryError
 from pipeline.events import sse_frame
 from pipeline.services import Services
 from pipeline.settings import MAX_TSDB_RETENTION_DAYS
-from pipeline.web import REQUEST_ID
-from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, run_query
-from store.request_queries import LogFilter, query_logs, request_stats, request_trends
+from pipeline.web import REQUEST_ID, request_id_started
+from store.analyst import QueryFailed, QueryRefused, QueryTimedOut, analyst_schema, run_query
+from store.request_queries import LogCursor, LogFilter, query_logs, request_detail, request_stats, request_trends
 from store.tsdb import AGGREGATES, SeriesQuery, list_metrics, query_series
 
 __all__ = [
     "analytics_query",
+    "analytics_schema",
     "analytics_trends",
     "events_stream",
+    "get_log",
     "get_retention",
     "list_logs",
     "prune_tsdb",
@@ -85,10 +87,33 @@ async def list_logs(request: web.Request) -> web.Response:
         outcome=outcome,  # type: ignore[arg-type]
         start=time_param(request, "start"),
         end=time_param(request, "end"),
+        search=str_param(request, "q") or None,
     )
+    after = None
+    if raw_cursor := request.query.get("cursor"):
+        after = LogCursor.decode(raw_cursor)
+        if after is None:
+            raise InvalidRequest("cursor is not one this API returned as next_cursor", field="cursor")
     await _fresh(services)
-    page = await services.analytics.read(query_logs, where, limit, offset)
+    page = await services.analytics.read(query_logs, where, limit, offset, after)
     return _json({**page, "limit": limit, "offset": offset})
+
+
+async def get_log(request: web.Request) -> web.Response:
+    """One request: its row, its attempts (with each model's provider as configured now), its plan steps."""
+    services = _services(request)
+    request_id = request.match_info["request_id"]
+    started = request_id_started(request_id)
+    since = datetime.fromtimestamp(started, tz=UTC) if started is not None else None
+    await _fresh(services)
+    detail = await services.analytics.read(request_detail, request_id, since)
+    if detail is None:
+        raise NotFound(f"no request {request_id!r} in the request log")
+    models = services.snapshot.models
+    for attempt in detail["attempts"]:
+        model = models.get(attempt["model_id"])
+        attempt["provider_id"] = model.provider_id if model else ""
+    return _json(detail)
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -185,6 +210,11 @@ async def analytics_query(request: web.Request) -> web.Response:
     except QueryTimedOut as exc:
         raise QueryError("query_timeout", str(exc)) from None
     return _json(result)
+
+
+async def analytics_schema(request: web.Request) -> web.Response:
+    """The tables and columns analyst SQL can read, from DuckDB's catalog (the console shows it beside the editor)."""
+    return _json(await _services(request).analytics.read(analyst_schema))
 
 
 async def analytics_trends(request: web.Request) -> web.Response:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from pipeline.errors import InvalidRequest
 
-__all__ = ["choice_param", "int_param", "parse_time", "str_param", "time_param"]
+__all__ = ["choice_param", "int_param", "page", "parse_time", "str_param", "time_param"]
+
+T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -64,3 +67,11 @@ def parse_time(raw: str, name: str) -> datetime:
             f"{name} must be RFC 3339 (e.g. 2026-01-02T03:04:05Z) or unix milliseconds", field=name
         ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def page(request: web.Request, items: Sequence[T], *, default_limit: int = 1000) -> tuple[Sequence[T], dict[str, Any]]:
+    """``?limit=&offset=`` applied to a configuration listing (hundreds of rows, read whole from SQLite):
+    the page and the listing's paging fields ``{"total", "limit", "offset"}``."""
+    limit = int_param(request, "limit", default_limit, 1, 1000) or default_limit
+    offset = int_param(request, "offset", 0, 0, 10**9) or 0
+    return items[offset : offset + limit], {"total": len(items), "limit": limit, "offset": offset}

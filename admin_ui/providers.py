@@ -16,6 +16,7 @@ from pydantic import Field
 from adapters.base import normalize_base_url
 from adapters.registry import provider_type_names
 from admin_ui.common import Body, IdStr, commit, get_services, read_model
+from admin_ui.params import page
 from pipeline.errors import InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ProviderInfo
@@ -55,8 +56,9 @@ class ProviderPatch(Body):
 async def list_providers(request: web.Request) -> web.Response:
     services = get_services(request)
     stored = await services.config.call(services.config.list_providers)
-    items = [_view(services, record) for record in stored]
-    return web.json_response({"items": items, "total": len(items)})
+    shown, paging = page(request, stored)
+    items = [_view(services, record) for record in shown]
+    return web.json_response({"items": items, **paging, "types": list(provider_type_names())})
 
 
 async def create_provider(request: web.Request) -> web.Response:

@@ -14,14 +14,14 @@ from pipeline.modes import OptionalMode
 from pipeline.objective import DEFAULT_REWARD, RewardConfig
 from store.config_store import RoutingDefaults
 
-__all__ = ["get_routing", "put_routing"]
+__all__ = ["RoutingIn", "get_routing", "put_routing", "routing_defaults"]
 
 
 class RoutingIn(Body):
     default_mode: OptionalMode = ""
     default_max_budget_usd: Annotated[float, Field(ge=0, le=100)] = 0.0
     default_max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
-    reward: RewardConfig | None = None  # omitted or null: the default objective
+    reward: RewardConfig | None = None  # null: the default objective; omitted: the stored one is kept
 
 
 async def get_routing(request: web.Request) -> web.Response:
@@ -47,6 +47,13 @@ async def get_routing(request: web.Request) -> web.Response:
 async def put_routing(request: web.Request) -> web.Response:
     body = await read_model(request, RoutingIn)
     services = get_services(request)
-    defaults = RoutingDefaults(body.default_mode, body.default_max_budget_usd, body.default_max_latency_ms, body.reward)
+    defaults = routing_defaults(body, services.snapshot.routing)
     await commit(request, services.config.set_routing, defaults)
     return await get_routing(request)
+
+
+def routing_defaults(body: RoutingIn, current: RoutingDefaults) -> RoutingDefaults:
+    """What a PUT (or a config file's `routing`) stores. An omitted `reward` keeps the stored one: a client
+    that does not know the objective (an older script, a form without it) must not reset it."""
+    reward = body.reward if "reward" in body.model_fields_set else current.reward
+    return RoutingDefaults(body.default_mode, body.default_max_budget_usd, body.default_max_latency_ms, reward)

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
+from admin_ui.common import SERVICES
 from pipeline.errors import InvalidRequest, RateLimited
 from pipeline.services import Services
 from pipeline.web import Handler, TrustedProxies, client_ip, trusted_networks
@@ -46,6 +47,11 @@ class Guards:
             ),
         )
 
+    def follow(self, rps: float, burst: int) -> None:
+        """New per-IP admin buckets when SIGHUP changed the admin rate limit (they start full)."""
+        if (self.admin.rate, self.admin.burst) != (rps, float(burst)):
+            self.admin = TokenBuckets(rps, burst)
+
 
 GUARDS: web.AppKey[Guards] = web.AppKey("admin_guards", Guards)
 
@@ -59,6 +65,8 @@ def admin_ip(request: web.Request) -> str:
 async def admin_rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Runs before authentication, so guessing the admin token is rate limited too."""
     guards = request.config_dict[GUARDS]
+    settings = request.config_dict[SERVICES].settings
+    guards.follow(settings.admin_rate_limit_rps, settings.admin_rate_limit_burst)
     if wait := guards.admin.take(client_ip(request, guards.trusted)):
         guards.rejected.inc()
         raise RateLimited("admin rate limit exceeded", retry_after=wait)

@@ -4,15 +4,33 @@ time; saving swaps the tenant's chain for its next request."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
 
 from admin_ui.common import Body, IdStr, commit, get_pipelines, get_services, read_json, read_model
+from admin_ui.params import page
 from pipeline.errors import Conflict, InvalidRequest, NotFound, PipelineConfigError
 
 __all__ = ["create_tenant", "delete_pipeline", "get_pipeline", "list_stages", "list_tenants", "put_pipeline"]
+
+
+class InvalidPipeline(InvalidRequest):
+    """A 400 that names the step at fault: ``field`` is ``stages[i]`` and the body carries ``stage_index`` and
+    ``stage`` (as submitted), so the pipeline editor shows the error next to that step; a problem of the
+    whole pipeline (a required stage missing) has ``field`` ``stages`` and no index."""
+
+    def __init__(self, exc: PipelineConfigError) -> None:
+        field = "stages" if exc.index is None else f"stages[{exc.index}]"
+        super().__init__(f"invalid pipeline: {exc}", field=field)
+        self.index = exc.index
+        self.stage = exc.stage
+
+    def extra(self) -> dict[str, Any]:
+        if self.index is None:
+            return {}
+        return {"stage_index": self.index, "stage": self.stage}
 
 
 class TenantIn(Body):
@@ -24,10 +42,9 @@ async def list_tenants(request: web.Request) -> web.Response:
     services = get_services(request)
     tenants = await services.config.call(services.config.list_tenants)
     custom = services.snapshot.pipelines
-    items = [
-        {"id": t.id, "name": t.name, "created_at": t.created_at, "custom_pipeline": t.id in custom} for t in tenants
-    ]
-    return web.json_response({"items": items, "total": len(items)})
+    shown, paging = page(request, tenants)
+    items = [{"id": t.id, "name": t.name, "created_at": t.created_at, "custom_pipeline": t.id in custom} for t in shown]
+    return web.json_response({"items": items, **paging})
 
 
 async def create_tenant(request: web.Request) -> web.Response:
@@ -51,7 +68,7 @@ async def put_pipeline(request: web.Request) -> web.Response:
     try:
         steps = get_pipelines(request).validate(data)
     except PipelineConfigError as exc:
-        raise InvalidRequest(f"invalid pipeline: {exc}", field="stages") from None
+        raise InvalidPipeline(exc) from None
     definition = [step.as_data() for step in steps]
     services = get_services(request)
     await commit(request, services.config.set_pipeline, tenant_id, definition)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from aiohttp import web
 
 from adapters.http import HttpClient
 from admin_ui.app import ADMIN_PREFIX, admin_app
+from admin_ui.config_apply import ConfigApplier
+from admin_ui.config_file import CredentialsFileUnsafe
+from admin_ui.config_reload import sighup
 from pipeline.admin_token import resolve_admin_token
+from pipeline.data_lock import DataDirLock
 from pipeline.edge.anthropic import AnthropicCodec
 from pipeline.edge.cors import setup_cors
 from pipeline.edge.embeddings import EmbeddingsCodec
@@ -19,6 +25,7 @@ from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import healthz, list_models, metrics
+from pipeline.errors import ConfigFileInvalid
 from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
@@ -31,11 +38,16 @@ from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.secret_box import SecretBox
 
-__all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "build_services", "create_app"]
+__all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
 
 log = structlog.get_logger("tokenhub.app")
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
+DATA_LOCK: web.AppKey[DataDirLock] = web.AppKey("data_lock", DataDirLock)
+
+
+class StartupRefused(RuntimeError):
+    """A configuration file that cannot be applied: the message says which file and line."""
 
 
 def build_services(settings: Settings, request_lines: RequestLines | None = None) -> Services:
@@ -58,10 +70,27 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
 
 def create_app(settings: Settings, *, request_lines: RequestLines | None = None) -> web.Application:
     """`request_lines` writes the one log line per request (the CLI builds it on its log stream); without
-    it no request lines are written."""
-    services = build_services(settings, request_lines)
+    it no request lines are written. Raises DataDirInUse when another process holds the data directory."""
+    # Before any file is opened: a second server, or a restore, must not share the databases.
+    lock = DataDirLock.acquire(settings.data_dir, role="server", listen=settings.listen_addr)
+    try:
+        services = build_services(settings, request_lines)
+        token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
+    except BaseException:
+        lock.release()
+        raise
     pipelines = TenantPipelines(default_registry(), services)
-    token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
+    try:
+        ConfigApplier(services, pipelines).apply_at_start()
+    except BaseException as exc:
+        services.config.close()
+        services.analytics.close()
+        lock.release()
+        if isinstance(exc, ConfigFileInvalid):
+            raise StartupRefused(exc.describe()) from None
+        if isinstance(exc, CredentialsFileUnsafe):
+            raise StartupRefused(str(exc)) from None
+        raise
 
     app = web.Application(
         middlewares=[request_id_and_errors],
@@ -78,6 +107,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app[PIPELINES] = pipelines
     app[ADMIN_TOKEN] = token
     app[ADMIN_TOKEN_GENERATED] = generated
+    app[DATA_LOCK] = lock
     app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
     app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
     app.router.add_post("/v1/messages", RoutedEndpoint(services, pipelines, AnthropicCodec()).handle)
@@ -94,6 +124,21 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     return app
 
 
+def reload_on_sighup(app: web.Application, reread: Callable[[], Settings]) -> None:
+    """`tokenhub serve`: SIGHUP re-reads the live settings and re-applies the config file (config_reload.py)."""
+    running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def on_signal() -> None:
+        task = asyncio.ensure_future(sighup(app[SERVICES], app[PIPELINES], reread))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def install(app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_signal)
+
+    app.on_startup.append(install)
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # on_shutdown runs before aiohttp waits for open handlers: end the SSE streams so they don't hold
     # the graceful drain for its whole timeout.
@@ -107,4 +152,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await start_all(services.components)
     yield
     await stop_all(services.components)
+    app[DATA_LOCK].release()
     log.info("stopped", records_written=services.records.written)

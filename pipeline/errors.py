@@ -7,8 +7,10 @@ from typing import Any
 from pydantic import ValidationError
 
 __all__ = [
+    "BackupFailed",
     "BudgetExceeded",
     "ClientDisconnected",
+    "ConfigFileInvalid",
     "Conflict",
     "DeadlineExceeded",
     "DiscoveryFailed",
@@ -61,6 +63,29 @@ class TokenHubError(Exception):
 class InvalidRequest(TokenHubError):
     status = 400
     type = "invalid_request"
+
+
+class ConfigFileInvalid(InvalidRequest):
+    """A configuration file that cannot be applied (nothing was changed): each problem with its line."""
+
+    def __init__(self, file: str, problems: list[dict[str, Any]]) -> None:
+        first = problems[0]
+        where = f"line {first['line']}: " if first.get("line") else ""
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{file}: {where}{first['path'] or 'file'}: {first['message']}{more}", field=first["path"])
+        self.file = file
+        self.problems = problems
+
+    def extra(self) -> dict[str, Any]:
+        return {"file": self.file, "problems": self.problems}
+
+    def describe(self) -> str:
+        """Every problem, one a line, for a terminal or a log."""
+        lines = [f"{self.file}: the configuration is invalid, nothing was changed:"]
+        for p in self.problems:
+            where = f"line {p['line']}, column {p['column']}" if p.get("line") else "file"
+            lines.append(f"  {where}: {p['path'] or '(top level)'}: {p['message']}")
+        return "\n".join(lines)
 
 
 class PayloadTooLarge(TokenHubError):
@@ -193,7 +218,16 @@ class ClientDisconnected(TokenHubError):
 
 
 class PipelineConfigError(ValueError):
-    """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built."""
+    """A pipeline definition or stage option is invalid; raised when a pipeline is saved or built.
+
+    ``index`` is the position of the step at fault in the definition as submitted (None when the problem is
+    the pipeline as a whole, such as a missing required stage) and ``stage`` its name when known, so an
+    editor can show the error next to that step."""
+
+    def __init__(self, message: str, *, index: int | None = None, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.stage = stage
 
 
 class OutputSchemaMismatch(TokenHubError):
@@ -234,6 +268,13 @@ class UpstreamRejected(TokenHubError):
 class DeadlineExceeded(TokenHubError):
     status = 504
     type = "deadline_exceeded"
+
+
+class BackupFailed(TokenHubError):
+    """503: a backup could not be taken now (e.g. the analytics database stayed busy); nothing was kept."""
+
+    status = 503
+    type = "backup_failed"
 
 
 class QueryError(TokenHubError):

@@ -13,7 +13,17 @@ from typing import Any
 import orjson
 import structlog
 
-__all__ = ["REDACTED", "IsoTimestamp", "QueuedStream", "RequestLines", "configure_logging", "is_sensitive", "redact"]
+__all__ = [
+    "REDACTED",
+    "IsoTimestamp",
+    "LevelGate",
+    "QueuedStream",
+    "RequestLines",
+    "configure_logging",
+    "is_sensitive",
+    "redact",
+    "set_log_level",
+]
 
 REDACTED = "[REDACTED]"
 _EXACT = {"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie", "body", "request_body"}
@@ -116,8 +126,14 @@ class RequestLines:
     info lines."""
 
     def __init__(self, out: QueuedStream | None = None, *, level: str = "info") -> None:
-        self._out = out if _LEVELS.get(level, logging.ERROR) <= logging.INFO else None
+        self._stream = out
+        self._out: QueuedStream | None = None
         self._stamp = IsoTimestamp()
+        self.set_level(level)
+
+    def set_level(self, level: str) -> None:
+        """SIGHUP's new log level: request lines are info lines."""
+        self._out = self._stream if _LEVELS.get(level, logging.ERROR) <= logging.INFO else None
 
     @property
     def enabled(self) -> bool:
@@ -132,6 +148,32 @@ class RequestLines:
         out.msg(orjson.dumps(self._stamp(None, "", fields), default=str))
 
 
+class LevelGate:
+    """Drops events below ``level``. A processor rather than structlog's filtering wrapper because loggers
+    are cached on first use with the wrapper they got then: only a processor sees a level changed later
+    (SIGHUP). Debug calls, which the wrapper would make free, are rare here (none on the request path)."""
+
+    def __init__(self, level: str) -> None:
+        self.threshold = _LEVELS.get(level, logging.ERROR)
+
+    def __call__(self, _: Any, method_name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if _METHOD_LEVELS.get(method_name, logging.CRITICAL) < self.threshold:
+            raise structlog.DropEvent
+        return event
+
+
+_METHOD_LEVELS = {**_LEVELS, "error": logging.ERROR, "exception": logging.ERROR}
+
+
+def set_log_level(level: str) -> bool:
+    """Change the level of the logging ``configure_logging`` set up; False when it was never configured."""
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, LevelGate):
+            processor.threshold = _LEVELS.get(level, logging.ERROR)
+            return True
+    return False
+
+
 def _dumps(event: Any, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
 
@@ -142,13 +184,14 @@ def configure_logging(level: str = "info", stream: Any = None) -> QueuedStream:
     out = QueuedStream(stream or sys.stdout)
     structlog.configure(
         processors=[
+            LevelGate(level),
             structlog.processors.add_log_level,
             IsoTimestamp(),
             structlog.processors.format_exc_info,
             redact,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # the gate filters
         logger_factory=lambda *_: out,
         cache_logger_on_first_use=True,
     )

@@ -15,10 +15,10 @@ from adapters.vllm_prober import DiscoveredModel, VLLMProber
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
 from pipeline.lifecycle import Component, Hooks
-from pipeline.logging import RequestLines
+from pipeline.logging import RequestLines, set_log_level
 from pipeline.metrics import Metrics
 from pipeline.periodic import Periodic
-from pipeline.settings import Settings
+from pipeline.settings import HOT_SETTINGS, Settings
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
 from stages.health import HealthTracker
@@ -92,6 +92,7 @@ class Services:
         )
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
+        self.request_lines = request_lines or RequestLines()  # none given: no request lines
         self.vault = _open_vault(settings, config)
         # What happens after each request, in order (learning sets the record's reward before it is queued).
         self.recorder = Recorder(
@@ -99,7 +100,7 @@ class Services:
                 LearningSink(self.bandit, self.recent_requests),
                 MetricsSink(metrics),
                 EventsSink(self.events),
-                LogLineSink(request_lines or RequestLines()),  # none given: no request lines
+                LogLineSink(self.request_lines),
                 RequestLogSink(self.records),
                 KeyAccountingSink(self.key_ledger, self.key_limits, self.vault, lambda: self.vault_backed),
             ],
@@ -222,6 +223,28 @@ class Services:
         """Re-read SQLite after an admin write has committed and swap the request path's routing table."""
         snapshot = await self.config.call(self.config.load_snapshot)
         self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter)
+
+    def reload_config_blocking(self) -> None:
+        """`reload_config` before serving (start-up has no event loop yet and nothing else uses the store)."""
+        self.routing = build_table(self.config.load_snapshot(), self.env_providers, self.routing, self._make_adapter)
+
+    def apply_hot_settings(self, fresh: Settings) -> dict[str, tuple[Any, Any]]:
+        """SIGHUP: take the settings that apply without a restart (HOT_SETTINGS) from ``fresh``; the others
+        keep their start-up values. Returns name -> (old, new) for each that changed. Rate limits reach the
+        request path when the caller rebuilds the tenant chains, the admin limiter on its next request."""
+        current = self.settings
+        changed = {
+            name: (getattr(current, name), getattr(fresh, name))
+            for name in HOT_SETTINGS
+            if getattr(current, name) != getattr(fresh, name)
+        }
+        if changed:
+            self.settings = current.model_copy(update={name: new for name, (_, new) in changed.items()})
+            self.router.settings = self.settings
+        if "log_level" in changed:
+            set_log_level(self.settings.log_level)
+            self.request_lines.set_level(self.settings.log_level)
+        return changed
 
     def set_discovered_models(self, provider_id: str, models: tuple[DiscoveredModel, ...]) -> None:
         """The prober's latest model list for a vLLM provider; swaps the routing table if it changed."""

@@ -18,15 +18,43 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.admin_token import MIN_ADMIN_TOKEN_CHARS
 from pipeline.modes import ROUTING_MODES
 
-__all__ = ["MAX_TSDB_RETENTION_DAYS", "PREFIX", "Settings", "SettingsError", "load_settings", "unknown_variables"]
+__all__ = [
+    "CLIENT_VARIABLES",
+    "HOT_SETTINGS",
+    "MAX_TSDB_RETENTION_DAYS",
+    "PREFIX",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "provider_key_variable",
+    "read_env_file",
+    "unknown_variables",
+]
 
 PREFIX = "TOKENHUB_"
+# Read by the command-line clients (`tokenhub admin`, `tokenhub backup`), not by the server: not typos.
+CLIENT_VARIABLES = frozenset({"TOKENHUB_URL"})
 MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 
 # pricing_url may carry credentials (user:token@host, ?token=...): never echoed in an error.
 SECRET_SETTINGS = frozenset(
     {"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password", "pricing_url"}
 )
+
+
+# What SIGHUP re-reads and applies without a restart (spec config.md section 5); the rest needs a restart.
+HOT_SETTINGS = (
+    "log_level",
+    "rate_limit_rps",
+    "rate_limit_burst",
+    "admin_rate_limit_rps",
+    "admin_rate_limit_burst",
+    "default_mode",
+    "default_max_budget_usd",
+    "default_max_latency_ms",
+)
+# `tokenhub config export` names a provider's key TOKENHUB_PROVIDER_<ID>_KEY: not a setting, not a typo.
+_PROVIDER_KEY_VARIABLE = re.compile(rf"^{PREFIX}PROVIDER_[A-Z0-9_]+_KEY$")
 
 
 class SettingsError(ValueError):
@@ -95,6 +123,9 @@ class Settings(BaseModel):
     # --- security (docs/security.md) ---
     admin_rate_limit_rps: float = Field(30.0, gt=0, description="per-IP rate for /admin/v1/*")
     admin_rate_limit_burst: int = Field(60, gt=0, description="per-IP burst for /admin/v1/*")
+    admin_session_ttl_secs: float = Field(
+        8 * 3600.0, ge=60, le=30 * 86400, description="how long an admin UI sign-in lasts (the cookie's life)"
+    )
     feedback_rate_limit_rps: float = Field(10.0, gt=0, description="per-IP and per-key rate for /v1/feedback")
     feedback_rate_limit_burst: int = Field(100, gt=0, description="per-IP and per-key burst for /v1/feedback")
     feedback_window_secs: float = Field(
@@ -116,6 +147,16 @@ class Settings(BaseModel):
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
     # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
     vault_kdf_allow_weak: bool = False
+    # --- backups (docs/backup.md): read by `tokenhub backup` ---
+    backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
+    backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")
+    # --- configuration files (docs/config-file.md) ---
+    config_file: str = Field("", description="YAML/JSON config as code, applied at start, on SIGHUP and reload")
+    config_keys_file: str = Field("", description="keys the config file created; default <data dir>/config-keys.json")
+    credentials_file: str = Field("~/.tokenhub/credentials", description="bootstrap providers and models (mode 0600)")
+    env_file: str = Field("", description="KEY=VALUE settings read at start and on SIGHUP; the environment wins")
+    # --- `tokenhub healthcheck` (docs/deploy/docker.md) ---
+    healthcheck_url: str = Field("", description="URL the healthcheck probes; '' = /healthz on TOKENHUB_LISTEN_ADDR")
 
     @field_validator("default_mode")
     @classmethod
@@ -149,6 +190,13 @@ class Settings(BaseModel):
         scheme, sep, _rest = value.partition("://")
         if sep and scheme.lower() not in ("http", "https"):
             raise ValueError("expected an http(s) URL or a local file path")
+        return value
+
+    @field_validator("healthcheck_url")
+    @classmethod
+    def _healthcheck_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("expected an http(s) URL, e.g. 'http://127.0.0.1:8080/healthz'")
         return value
 
     @field_validator("listen_addr")
@@ -210,10 +258,21 @@ class Settings(BaseModel):
     def analytics_path(self) -> str:
         return self.duckdb_path or str(self.data_dir / "tokenhub.duckdb")
 
+    @property
+    def config_keys_path(self) -> Path:
+        return Path(self.config_keys_file) if self.config_keys_file else self.data_dir / "config-keys.json"
+
+    @property
+    def credentials_path(self) -> Path | None:
+        return Path(self.credentials_file).expanduser() if self.credentials_file else None
+
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Read ``TOKENHUB_*`` variables (empty = default), apply explicit overrides (CLI flags), validate."""
     env = os.environ if environ is None else environ
+    env_file = overrides.get("env_file") or env.get(PREFIX + "ENV_FILE", "").strip()
+    if env_file:
+        env = {**read_env_file(Path(env_file)), **env}  # the process environment wins
     values: dict[str, Any] = {}
     for name in Settings.model_fields:
         raw = env.get(PREFIX + name.upper(), "")
@@ -232,8 +291,35 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``export`` prefix, blank lines, ``#`` comments and quotes allowed), as a shell
+    or docker compose's env_file reads them; TOKENHUB_ENV_FILE names it."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"{PREFIX}ENV_FILE={path}: cannot read it ({exc.strerror})") from None
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name.strip()):
+            raise SettingsError(f"{PREFIX}ENV_FILE={path}, line {number}: expected NAME=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def provider_key_variable(provider_id: str) -> str:
+    """The variable `tokenhub config export` names for a provider's key: TOKENHUB_PROVIDER_<ID>_KEY."""
+    return f"{PREFIX}PROVIDER_{re.sub(r'[^A-Z0-9]', '_', provider_id.upper())}_KEY"
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """TOKENHUB_* variables that this version does not read (likely typos), for a start-up warning."""
     env = os.environ if environ is None else environ
-    known = {PREFIX + name.upper() for name in Settings.model_fields}
-    return sorted(k for k in env if k.startswith(PREFIX) and k not in known)
+    known = {PREFIX + name.upper() for name in Settings.model_fields} | CLIENT_VARIABLES
+    return sorted(k for k in env if k.startswith(PREFIX) and k not in known and not _PROVIDER_KEY_VARIABLE.match(k))

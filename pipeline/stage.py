@@ -115,46 +115,59 @@ def parse_definition(data: Any, registry: StageRegistry) -> list[StageStep]:
     for index, raw in enumerate(data):
         where = f"stages[{index}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("stage"), str):
-            raise PipelineConfigError(f"{where}: expected an object with a string 'stage'")
+            raise PipelineConfigError(f"{where}: expected an object with a string 'stage'", index=index)
         extra = set(raw) - {"stage", "with"}
         if extra:
-            raise PipelineConfigError(f"{where}: unknown keys {sorted(extra)} (allowed: stage, with)")
-        spec = registry.get(raw["stage"])
+            raise PipelineConfigError(
+                f"{where}: unknown keys {sorted(extra)} (allowed: stage, with)", index=index, stage=raw["stage"]
+            )
+        try:
+            spec = registry.get(raw["stage"])
+        except PipelineConfigError as exc:
+            raise PipelineConfigError(f"{where}: {exc}", index=index, stage=raw["stage"]) from None
         options = raw.get("with")
         options = {} if options is None else options
         if not isinstance(options, dict):
-            raise PipelineConfigError(f"{where} ({spec.name}): 'with' must be an object")
+            raise PipelineConfigError(f"{where} ({spec.name}): 'with' must be an object", index=index, stage=spec.name)
         try:
             steps.append(StageStep(spec.name, spec.options.model_validate(options)))
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'with'}: {err['msg']}" for err in exc.errors()
             )
-            raise PipelineConfigError(f"{where} ({spec.name}): {problems}") from None
+            raise PipelineConfigError(f"{where} ({spec.name}): {problems}", index=index, stage=spec.name) from None
+    positions: list[int | None] = list(range(len(steps)))  # each step's index in the definition as submitted
     if all(step.stage != "record" for step in steps):
         # record always wraps the chain so every request, rejections included, is recorded exactly once.
         steps.insert(0, StageStep("record", registry.get("record").options()))
-    _check_order(steps, registry)
+        positions.insert(0, None)
+    _check_order(steps, positions, registry)
     return steps
 
 
-def _check_order(steps: Sequence[StageStep], registry: StageRegistry) -> None:
+def _check_order(steps: Sequence[StageStep], positions: Sequence[int | None], registry: StageRegistry) -> None:
     names = [step.stage for step in steps]
-    for name in names:
-        if names.count(name) > 1:
-            raise PipelineConfigError(f"stage {name!r} appears more than once")
+
+    def refuse(message: str, at: int) -> PipelineConfigError:
+        return PipelineConfigError(message, index=positions[at], stage=names[at])
+
+    for at, name in enumerate(names):
+        if name in names[:at]:
+            raise refuse(f"stage {name!r} appears more than once", at)
     for spec_name in registry.names:
         spec = registry.get(spec_name)
         if spec.required and spec_name not in names:
             raise PipelineConfigError(f"stage {spec_name!r} is required in every pipeline")
     if names[0] != "record":
-        raise PipelineConfigError("'record' must be the first (outermost) stage, so every request is recorded")
+        message = "'record' must be the first (outermost) stage, so every request is recorded"
+        raise refuse(message, names.index("record"))
     if names[-1] != "dispatch":
-        raise PipelineConfigError("'dispatch' must be the last (innermost) stage")
+        at = names.index("dispatch") if "dispatch" in names else len(names) - 1
+        raise refuse("'dispatch' must be the last (innermost) stage", at)
     for position, name in enumerate(names):
         for earlier in registry.get(name).after:
             if earlier in names and names.index(earlier) > position:
-                raise PipelineConfigError(f"stage {earlier!r} must come before {name!r}")
+                raise refuse(f"stage {earlier!r} must come before {name!r}", position)
 
 
 async def _end_of_chain(ctx: RequestContext) -> None:

@@ -55,6 +55,13 @@ class TenantPipelines:
             chains[tenant_id] = (key, build_chain(steps, self.registry, self._services))
         self._chains = chains
 
+    def rebuild(self) -> None:
+        """Build every chain again, the default one included: stages read some settings when they are built
+        (the rate limit's rps and burst), and SIGHUP changed them. Their state (buckets) starts afresh."""
+        self._default = build_chain(self.default_steps, self.registry, self._services)
+        self._chains = {}
+        self.refresh()
+
     def chain_for(self, tenant_id: str) -> Next:
         entry = self._chains.get(tenant_id)
         return entry[1] if entry is not None else self._default

@@ -46,7 +46,8 @@ from store.reward_queries import LoggedDecision
 __all__ = ["CandidatePolicy", "Estimate", "Evaluation", "evaluate"]
 
 Z95 = 1.959964
-EVALUATION_DRAWS = 256  # posterior draws per request for the candidate's choice probabilities (unbiased; noise averages out)
+# Posterior draws per request for the candidate's choice probabilities (unbiased; the noise averages out).
+EVALUATION_DRAWS = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,7 @@ class Router:
         self._table = table  # read at every decision: the services swap the table on reload
         self._health = health
         self._bandit = bandit
-        self._settings = settings
+        self.settings = settings  # public: SIGHUP swaps it for the re-read one
         self._skips = metrics.provider_skips
         self.temperature = settings.exploration_temp
         self._rng = rng or random.Random(settings.bandit_seed or None)
@@ -108,7 +108,7 @@ class Router:
         return self._limits(policy, options, self._table().snapshot)
 
     def _limits(self, policy: Policy, options: RoutingOptions, snapshot: ConfigSnapshot) -> Limits:
-        routing, settings = snapshot.routing, self._settings
+        routing, settings = snapshot.routing, self.settings
         mode = options.mode or policy.mode or options.default_mode or routing.mode or settings.default_mode
         budget = policy.max_budget_usd or routing.max_budget_usd or settings.default_max_budget_usd
         if options.max_budget_usd is not None:

@@ -28,7 +28,15 @@ import orjson
 
 from store.analytics import Cursor
 
-__all__ = ["QueryFailed", "QueryRefused", "QueryTimedOut", "check_statement", "run_query"]
+__all__ = [
+    "ANALYST_TABLES",
+    "QueryFailed",
+    "QueryRefused",
+    "QueryTimedOut",
+    "analyst_schema",
+    "check_statement",
+    "run_query",
+]
 
 MAX_SQL_CHARS = 100_000
 FETCH_BATCH = 1024
@@ -60,6 +68,10 @@ ALLOWED_TABLE_FUNCTIONS = frozenset(
 DENIED_FUNCTIONS = frozenset(
     {"nextval", "currval", "setseed", "getenv", "query", "query_table", "current_setting", "getvariable"}
 )
+
+
+# The tables analyst queries are meant for (the refusal messages name them too); the schema lists these.
+ANALYST_TABLES = ("request_log", "tsdb_points")
 
 
 class QueryRefused(Exception):
@@ -153,6 +165,21 @@ def run_query(
         "truncated_by": truncated_by,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
+
+
+def analyst_schema(db: Cursor) -> dict[str, Any]:
+    """The analyst tables' columns as DuckDB's catalog has them now (an older file gains columns on open, so
+    the catalog, not the CREATE statements, is the truth). Runs on a reader thread."""
+    rows = db.execute(
+        "SELECT table_name, column_name, data_type, is_nullable FROM duckdb_columns()"
+        " WHERE database_name = current_database() AND schema_name = 'main' AND table_name IN ?"
+        " ORDER BY table_name, column_index",
+        [list(ANALYST_TABLES)],
+    ).fetchall()
+    tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ANALYST_TABLES}
+    for table, column, kind, nullable in rows:
+        tables[table].append({"name": column, "type": kind, "nullable": bool(nullable)})
+    return {"tables": [{"name": name, "columns": columns} for name, columns in tables.items() if columns]}
 
 
 def _fetch(relation: duckdb.DuckDBPyRelation, max_rows: int, max_bytes: int) -> tuple[list[Any], str | None]:

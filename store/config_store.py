@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pipeline.objective import RewardConfig
 from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
@@ -81,6 +81,7 @@ class ConfigStore:
         self._box = secret_box
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._joined: _Joined | None = None  # set while `atomically` runs
         self._version = 0
         self.vault: Vault | None = None  # attached at start-up when the vault is enabled
 
@@ -117,7 +118,20 @@ class ConfigStore:
     def db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RuntimeError("config store is not open")
-        return self._conn
+        return cast(sqlite3.Connection, self._joined) if self._joined is not None else self._conn
+
+    def atomically(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (store writes, on the store's thread) as ONE transaction: the ``with db:`` blocks of the
+        methods it calls join it instead of committing each, and an exception rolls all of it back."""
+        conn = self.db
+        if self._joined is not None:
+            raise RuntimeError("atomically() does not nest")
+        self._joined = _Joined(conn)
+        try:
+            with conn:
+                return fn()
+        finally:
+            self._joined = None
 
     # --- snapshot --------------------------------------------------------------------------------
     def load_snapshot(self) -> ConfigSnapshot:
@@ -325,6 +339,10 @@ class ConfigStore:
             db.execute("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)", (tenant_id, name, now))
         return TenantRecord(tenant_id, name, now)
 
+    def rename_tenant(self, tenant_id: str, name: str) -> bool:
+        with self.db as db:
+            return db.execute("UPDATE tenants SET name = ? WHERE id = ?", (name, tenant_id)).rowcount > 0
+
     def list_tenants(self) -> list[TenantRecord]:
         return [_tenant(row) for row in self.db.execute("SELECT * FROM tenants ORDER BY created_at, id")]
 
@@ -349,6 +367,26 @@ class ConfigStore:
     def delete_api_key(self, key_id: str) -> bool:
         with self.db as db:
             return db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+
+class _Joined:
+    """The connection as the store's methods see it inside ``atomically``: ``with db:`` and ``commit()``
+    join the one outer transaction; everything else is the real connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> _Joined:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None  # an exception propagates to `atomically`, which rolls everything back
+
+    def commit(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 def _model(row: sqlite3.Row) -> ModelInfo:

@@ -6,14 +6,25 @@ the caller supplies is a bound parameter; only fixed fragments from this module 
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from store.analytics import REQUEST_LOG_COLUMNS, Cursor, log_rows
 
-__all__ = ["STATS_WINDOWS", "Bucket", "LogFilter", "query_logs", "request_stats", "request_trends"]
+__all__ = [
+    "STATS_WINDOWS",
+    "Bucket",
+    "LogCursor",
+    "LogFilter",
+    "query_logs",
+    "request_detail",
+    "request_stats",
+    "request_trends",
+]
 
 STATS_WINDOWS: dict[str, timedelta] = {
     "1m": timedelta(minutes=1),
@@ -41,16 +52,24 @@ class LogFilter:
     outcome: Literal["ok", "error"] | None = None
     start: datetime | None = None
     end: datetime | None = None
+    search: str | None = None  # a substring of the request id, the client's request id or the error message
 
     def where(self) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None or f.name in ("outcome", "start", "end"):
+            if value is None or f.name in _NOT_EQUALITY:
                 continue
             clauses.append(f"{f.name} = ?")
             params.append(value)
+        if self.search:
+            # Ids match exactly as typed; the message case-insensitively (ILIKE beats lower() on every row).
+            pattern = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            clauses.append(
+                "(contains(request_id, ?) OR contains(client_request_id, ?) OR error_message ILIKE ? ESCAPE '\\')"
+            )
+            params.extend([self.search, self.search, pattern])
         if self.outcome is not None:
             clauses.append("status < 400" if self.outcome == "ok" else "status >= 400")
         if self.start is not None:
@@ -62,16 +81,91 @@ class LogFilter:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def query_logs(db: Cursor, where: LogFilter, limit: int, offset: int) -> dict[str, Any]:
-    """One page of the request log, newest first, and how many rows match in all."""
+_NOT_EQUALITY = frozenset({"outcome", "start", "end", "search"})
+
+
+@dataclass(frozen=True, slots=True)
+class LogCursor:
+    """Where a page of the log ended: its last row's (timestamp, request_id), the order's sort key. The next
+    page is the rows strictly after it, so a deep page costs a filtered scan, not a sort of every row before
+    it (as OFFSET does), and rows arriving meanwhile do not shift the pages."""
+
+    timestamp: datetime
+    request_id: str
+
+    def encode(self) -> str:
+        micros = int(self.timestamp.timestamp() * 1_000_000)
+        return base64.urlsafe_b64encode(f"{micros}|{self.request_id}".encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> LogCursor | None:
+        """The cursor ``encode`` wrote, or None when ``text`` is not one."""
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            micros, request_id = raw.split("|", 1)
+            moment = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
+        except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
+            return None
+        return cls(moment, request_id) if request_id else None
+
+
+def query_logs(db: Cursor, where: LogFilter, limit: int, offset: int, after: LogCursor | None = None) -> dict[str, Any]:
+    """One page of the request log, newest first, how many rows match in all, and the cursor of the next
+    page (None on the last one). With ``after`` the page starts behind that cursor (``offset`` still applies
+    on top of it, normally 0)."""
     sql_where, params = where.where()
     total = int(db.execute(f"SELECT count(*) FROM request_log{sql_where}", params).fetchall()[0][0])
+    page_where, page_params = sql_where, list(params)
+    if after is not None:
+        # `timestamp <= ?` on its own is what DuckDB pushes into the scan (row groups entirely newer are
+        # skipped); the OR then orders ties on the timestamp by request id, as the ORDER BY does.
+        page_where += (" AND " if page_where else " WHERE ") + "timestamp <= ? AND (timestamp < ? OR request_id > ?)"
+        page_params += [after.timestamp, after.timestamp, after.request_id]
     cursor = db.execute(
-        f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_log{sql_where}"
+        f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_log{page_where}"
         " ORDER BY timestamp DESC, request_id LIMIT ? OFFSET ?",
-        [*params, limit, offset],
+        [*page_params, limit, offset],
     )
-    return {"logs": log_rows(cursor), "total": total}
+    rows = log_rows(cursor)
+    next_cursor = None
+    if len(rows) == limit:
+        last = rows[-1]
+        next_cursor = LogCursor(datetime.fromisoformat(last["timestamp"]), last["request_id"]).encode()
+    return {"logs": rows, "total": total, "next_cursor": next_cursor}
+
+
+# How far before an id's own start time its row (and its plan steps) may be stamped: clocks of the same
+# process, so a little slack is plenty.
+_ID_CLOCK_SLACK = timedelta(minutes=5)
+
+
+def request_detail(db: Cursor, request_id: str, started: datetime | None) -> dict[str, Any] | None:
+    """One request's row, its plan steps (rows naming it as ``parent_request_id``, oldest first) and its
+    attempts split into a list; None when no row has that id. ``started`` (from an id of ours) bounds the
+    scans to the row groups since then."""
+    since = [] if started is None else [started - _ID_CLOCK_SLACK]
+    bound = "" if started is None else " AND timestamp >= ?"
+    columns = ", ".join(REQUEST_LOG_COLUMNS)
+    found = db.execute(f"SELECT {columns} FROM request_log WHERE request_id = ?{bound} LIMIT 1", [request_id, *since])
+    rows = log_rows(found)
+    if not rows:
+        return None
+    steps = db.execute(
+        f"SELECT {columns} FROM request_log WHERE parent_request_id = ?{bound} ORDER BY timestamp, request_id"
+        " LIMIT 1000",
+        [request_id, *since],
+    )
+    row = rows[0]
+    return {"request": row, "attempts": _attempts(row["attempts"]), "steps": log_rows(steps)}
+
+
+def _attempts(text: str) -> list[dict[str, str]]:
+    """The ``attempts`` column ("gpt-a=transient, gpt-b=ok"; stages/learning.py writes it) as a list."""
+    out = []
+    for entry in text.split(", ") if text else ():
+        model_id, _, outcome = entry.rpartition("=")
+        out.append({"model_id": model_id, "outcome": outcome})
+    return out
 
 
 # GROUPING() bits, most significant first: model_id, provider_id, api_key_id, mode. A set bit means the

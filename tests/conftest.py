@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_VAULT_KDF_ALLOW_WEAK": "true",
             "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",  # tests drive health themselves; probes would race them
             "TOKENHUB_EXPLORATION_TEMP": "0",  # routing tests expect the top-ranked model; exploration has its own
+            "TOKENHUB_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),  # not the developer's ~/.tokenhub one
         }
         settings = load_settings(env, **overrides)
         client = await aiohttp_client(create_app(settings))
@@ -138,3 +140,24 @@ async def ready_hub(hub: Hub) -> tuple[Hub, str]:
     await hub.add_provider()
     await hub.add_model("gpt-test", weight=5, input_per_1k=0.001, output_per_1k=0.002, max_context_tokens=8000)
     return hub, await hub.new_key()
+
+
+@pytest.fixture
+def cli(hub: Hub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """Runs the `tokenhub` command line in-process against ``hub`` (on a thread: its HTTP client blocks);
+    returns (exit code, stdout, stderr)."""
+    from pipeline.cli import main
+
+    monkeypatch.setenv("TOKENHUB_URL", str(hub.client.make_url("")))
+    monkeypatch.setenv("TOKENHUB_ADMIN_TOKEN", ADMIN_TOKEN)
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = await asyncio.to_thread(main, list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

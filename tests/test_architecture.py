@@ -24,7 +24,14 @@ VOCABULARY = {
 # The shared services and the per-tenant chains, assembled from the layers below; the edge and the admin
 # API are handed them. Above them only the composition root, which builds and mounts everything.
 ASSEMBLY = {"pipeline.services", "pipeline.housekeeping", "pipeline.registry", "pipeline.tenants"}
-ROOT_MODULES = {"pipeline.app", "pipeline.cli", "pipeline.__main__"}
+ROOT_MODULES = {
+    "pipeline.app",
+    "pipeline.cli",
+    "pipeline.cli_config",
+    "pipeline.__main__",
+    "pipeline.backup_cli",
+    "pipeline.completion",
+}
 
 
 def _module_name(path: Path) -> str:
@@ -78,7 +85,7 @@ def _layer(module: str) -> int:
         return 0
     if module in ASSEMBLY:
         return 4
-    if module in ROOT_MODULES:
+    if module in ROOT_MODULES or module.startswith("pipeline.admin_cli"):
         return 7
     if module == "pipeline.web" or module.startswith("pipeline.edge"):
         return 5

@@ -9,7 +9,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -28,13 +28,16 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    """`command` (default `python -m pipeline serve`) as a subprocess on a free port of `bind`; reached on 127.0.0.1."""
+
+    def __init__(self, data_dir: Path, *, command: Sequence[str] = (), bind: str = "127.0.0.1", **env: str) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.command = list(command) or [sys.executable, "-m", "pipeline", "serve"]
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("TOKENHUB_")},
             "TOKENHUB_DATA_DIR": str(data_dir),
-            "TOKENHUB_LISTEN_ADDR": f"127.0.0.1:{self.port}",
+            "TOKENHUB_LISTEN_ADDR": f"{bind}:{self.port}",
             **env,
         }
         self.proc: asyncio.subprocess.Process | None = None
@@ -42,10 +45,7 @@ class Server:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pipeline",
-            "serve",
+            *self.command,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -239,6 +239,7 @@ def test_unknown_stage_lists_known_stages(registry: StageRegistry) -> None:
     message = str(info.value)
     assert "teleport" in message
     assert "known stages: dispatch, gate, inner, outer, record, repeat" in message
+    assert (info.value.index, info.value.stage) == (0, "teleport")
 
 
 def test_bad_option_type_names_stage_index_and_option(registry: StageRegistry) -> None:
@@ -247,6 +248,7 @@ def test_bad_option_type_names_stage_index_and_option(registry: StageRegistry) -
     message = str(info.value)
     assert message.startswith("stages[1] (repeat): ")
     assert "times" in message
+    assert (info.value.index, info.value.stage) == (1, "repeat")
 
 
 def test_option_out_of_range_rejected(registry: StageRegistry) -> None:
@@ -289,23 +291,27 @@ def test_stages_wrapper_accepted(registry: StageRegistry) -> None:
 
 
 def test_duplicate_stage_rejected(registry: StageRegistry) -> None:
-    with pytest.raises(PipelineConfigError, match="stage 'outer' appears more than once"):
+    with pytest.raises(PipelineConfigError, match="stage 'outer' appears more than once") as info:
         parse_definition([{"stage": "outer"}, {"stage": "outer"}, {"stage": "dispatch"}], registry)
+    assert (info.value.index, info.value.stage) == (1, "outer")  # the second one, as submitted
 
 
 def test_missing_required_stage_rejected(registry: StageRegistry) -> None:
-    with pytest.raises(PipelineConfigError, match="stage 'dispatch' is required in every pipeline"):
+    with pytest.raises(PipelineConfigError, match="stage 'dispatch' is required in every pipeline") as info:
         parse_definition([{"stage": "outer"}, {"stage": "inner"}], registry)
+    assert info.value.index is None  # the pipeline as a whole
 
 
 def test_dispatch_must_be_last(registry: StageRegistry) -> None:
-    with pytest.raises(PipelineConfigError, match="'dispatch' must be the last"):
+    with pytest.raises(PipelineConfigError, match="'dispatch' must be the last") as info:
         parse_definition([{"stage": "outer"}, {"stage": "dispatch"}, {"stage": "inner"}], registry)
+    assert (info.value.index, info.value.stage) == (1, "dispatch")  # record's insertion does not shift it
 
 
 def test_record_must_be_first_when_given(registry: StageRegistry) -> None:
-    with pytest.raises(PipelineConfigError, match="'record' must be the first"):
+    with pytest.raises(PipelineConfigError, match="'record' must be the first") as info:
         parse_definition([{"stage": "outer"}, {"stage": "record"}, {"stage": "dispatch"}], registry)
+    assert (info.value.index, info.value.stage) == (1, "record")
 
 
 def test_after_ordering_violation_rejected(registry: StageRegistry) -> None:

@@ -105,6 +105,53 @@ async def test_invalid_pipelines_are_rejected_on_save(hub: Hub) -> None:
     await hub.admin("PUT", "/tenants/ghost/pipeline", [{"stage": "auth"}], expect=404)
 
 
+async def test_pipeline_errors_name_the_stage_at_fault(hub: Hub) -> None:
+    """The editor shows an error next to its stage: the body says which step (as submitted) is at fault."""
+    await hub.admin("POST", "/tenants", {"id": "acme", "name": "Acme"}, expect=201)
+    cases = [
+        ([{"stage": "auth"}, {"stage": "policy", "with": {"mode": "turbo"}}, {"stage": "dispatch"}], 1, "policy"),
+        ([{"stage": "auth"}, {"stage": "teleport"}, {"stage": "dispatch"}], 1, "teleport"),
+        ([{"stage": "auth"}, {"stage": "dispatch"}, {"stage": "policy"}], 1, "dispatch"),
+        ([{"stage": "auth"}, {"stage": "policy"}, {"stage": "directives"}, {"stage": "dispatch"}], 1, "policy"),
+        ([{"stage": "auth"}, {"stage": "auth"}, {"stage": "dispatch"}], 1, "auth"),
+        ([{"stage": "auth"}, {"stage": "rate_limit", "with": {"rps": -1}}, {"stage": "dispatch"}], 1, "rate_limit"),
+    ]
+    for definition, index, stage in cases:
+        error = (await hub.admin("PUT", "/tenants/acme/pipeline", definition, expect=400))["error"]
+        assert (error["field"], error["stage_index"], error["stage"]) == (f"stages[{index}]", index, stage), error
+        assert error["type"] == "invalid_request" and error["request_id"]
+    whole = await hub.admin("PUT", "/tenants/acme/pipeline", [{"stage": "policy"}, {"stage": "dispatch"}], expect=400)
+    assert whole["error"]["field"] == "stages" and "stage_index" not in whole["error"]
+    assert (await hub.admin("GET", "/tenants/acme/pipeline"))["custom"] is False  # nothing was saved
+
+
+async def test_configuration_listings_page_on_the_server(hub: Hub) -> None:
+    await hub.add_provider("p1")
+    await hub.add_provider("p2")
+    for name in ("m1", "m2", "m3"):
+        await hub.add_model(name, provider_id="p1")
+    await hub.admin("POST", "/aliases", {"name": "a1", "variants": [{"model_id": "m1"}]}, expect=201)
+    await hub.admin("POST", "/aliases", {"name": "a2", "variants": [{"model_id": "m2"}]}, expect=201)
+    await hub.admin("POST", "/tenants", {"id": "acme", "name": "Acme"}, expect=201)
+    for path, key, everything in [
+        ("/providers", "id", ["p1", "p2"]),
+        ("/models", "id", ["m1", "m2", "m3"]),
+        ("/aliases", "name", ["a1", "a2"]),
+        ("/tenants", "id", ["default", "acme"]),
+    ]:
+        listed = await hub.admin("GET", path, expect=200)
+        assert [i[key] for i in listed["items"]] == everything
+        assert (listed["total"], listed["limit"], listed["offset"]) == (len(everything), 1000, 0)
+        second = await hub.admin("GET", f"{path}?limit=1&offset=1", expect=200)
+        assert [i[key] for i in second["items"]] == everything[1:2] and second["total"] == len(everything)
+        assert (await hub.admin("GET", f"{path}?offset=99"))["items"] == []
+        if path == "/providers":  # the add form's choices
+            assert set(listed["types"]) == {"openai", "anthropic", "vllm"}
+        for bad in ("limit=0", "limit=1001", "limit=x", "offset=-1"):
+            error = (await hub.admin("GET", f"{path}?{bad}", expect=400))["error"]
+            assert error["field"] == bad.split("=")[0], error
+
+
 async def test_stage_catalogue_lists_stages_and_options(hub: Hub) -> None:
     body = await hub.admin("GET", "/pipelines/stages")
     stages = {s["stage"]: s for s in body["stages"]}

@@ -1,0 +1,193 @@
+"""Admin web UI sign-in: the admin token is exchanged once for a session cookie, which then authenticates the
+admin API like the Bearer token does (a browser's ``EventSource`` cannot send a header, only a cookie).
+
+The cookie is HttpOnly (page scripts never see it), SameSite=Strict (other sites' pages never send it),
+Secure when the request came over TLS, scoped to /admin and expiring. Requests that change something and come
+with the cookie must also carry the session's CSRF token in ``X-CSRF-Token``: a header that a cross-site
+form cannot set and a cross-site script cannot read. Bearer clients are unchanged.
+
+Sessions live in memory: a restart signs everyone out, which is the safe default for a single process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import Field
+
+from admin_ui.common import Body, read_model
+from admin_ui.security import GUARDS
+from pipeline.errors import Forbidden, Unauthorized
+from pipeline.web import Handler
+
+__all__ = [
+    "ADMIN_TOKEN_KEY",
+    "COOKIE",
+    "CSRF_HEADER",
+    "SESSIONS",
+    "AdminSessions",
+    "Session",
+    "admin_auth",
+    "end_session",
+    "session_info",
+    "start_session",
+]
+
+COOKIE = "tokenhub_admin"
+CSRF_HEADER = "X-CSRF-Token"
+COOKIE_PATH = "/admin"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Routes reachable without credentials: signing in (the token is the credential, in the body), and asking
+# whether this browser is signed in (so the page never provokes a 401 just to find out).
+_PUBLIC = frozenset({("POST", "start_session"), ("GET", "session_info")})
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    csrf_token: str
+    expires_at: float
+
+
+class AdminSessions:
+    """Signed-in browsers, keyed by a hash of the cookie value (the value itself is not kept). Bounded: past
+    ``max_sessions`` the oldest sign-in is dropped."""
+
+    def __init__(self, ttl_secs: float, *, max_sessions: int = 1000, clock: Callable[[], float] = time.time) -> None:
+        self.ttl_secs = ttl_secs
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+
+    def open(self) -> tuple[str, Session]:
+        """A new session: the cookie value (returned once, to set on the response) and its record."""
+        cookie = secrets.token_urlsafe(32)
+        session = Session(csrf_token=secrets.token_urlsafe(32), expires_at=self.clock() + self.ttl_secs)
+        self._sessions[_digest(cookie)] = session
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return cookie, session
+
+    def find(self, cookie: str) -> Session | None:
+        """The live session the cookie names; an expired one is forgotten."""
+        key = _digest(cookie)
+        session = self._sessions.get(key)
+        if session is None:
+            return None
+        if session.expires_at <= self.clock():
+            del self._sessions[key]
+            return None
+        return session
+
+    def close(self, cookie: str) -> None:
+        self._sessions.pop(_digest(cookie), None)
+
+    def close_all(self) -> None:
+        """Everyone signs in again (the admin token changed)."""
+        self._sessions.clear()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+SESSIONS: web.AppKey[AdminSessions] = web.AppKey("admin_sessions", AdminSessions)
+ADMIN_TOKEN_KEY: web.AppKey[str] = web.AppKey("admin_token", str)
+
+
+def _digest(cookie: str) -> bytes:
+    return hashlib.sha256(cookie.encode()).digest()
+
+
+def admin_auth(admin_token: str) -> Middleware:
+    """Every admin route needs ``Authorization: Bearer <admin token>`` (compared in constant time) or a live
+    session cookie; with the cookie, a change also needs the session's CSRF token."""
+    expected = admin_token.encode()
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (request.method, getattr(request.match_info.handler, "__name__", "")) in _PUBLIC:
+            return await handler(request)
+        auth = request.headers.get("Authorization")
+        if auth is not None or COOKIE not in request.cookies:
+            auth = auth or ""
+            if auth[:7].lower() != "bearer ":
+                raise Unauthorized(
+                    "missing admin token: send 'Authorization: Bearer <TOKENHUB_ADMIN_TOKEN>' or sign in at /admin/"
+                )
+            if not hmac.compare_digest(auth[7:].strip().encode(), expected):
+                raise Unauthorized("invalid admin token")
+            return await handler(request)
+        session = request.config_dict[SESSIONS].find(request.cookies[COOKIE])
+        if session is None:
+            raise Unauthorized("the admin session has expired or is not valid: sign in again at /admin/")
+        if request.method not in _SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+                raise Forbidden(f"missing or wrong {CSRF_HEADER} header for a change made with the session cookie")
+        return await handler(request)
+
+    return authenticate
+
+
+class SignIn(Body):
+    token: str = Field(min_length=1, max_length=4096, repr=False)
+
+
+def _session_body(session: Session) -> dict[str, object]:
+    return {"csrf_token": session.csrf_token, "expires_at": int(session.expires_at)}
+
+
+async def start_session(request: web.Request) -> web.Response:
+    """POST /admin/v1/session {"token"}: the admin token for a session cookie (and the page's CSRF token)."""
+    body = await read_model(request, SignIn)
+    expected = request.config_dict[ADMIN_TOKEN_KEY]
+    if not hmac.compare_digest(body.token.encode(), expected.encode()):
+        raise Unauthorized("invalid admin token")
+    sessions = request.config_dict[SESSIONS]
+    cookie, session = sessions.open()
+    response = web.json_response(_session_body(session), status=201)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=int(sessions.ttl_secs),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="Strict",
+        secure=_over_tls(request),
+    )
+    return response
+
+
+async def session_info(request: web.Request) -> web.Response:
+    """GET /admin/v1/session: whether this browser's cookie is a live session and, if so, the page's CSRF
+    token and the expiry (after a reload the page asks again). Readable by the cookie's own origin only."""
+    cookie = request.cookies.get(COOKIE)
+    session = request.config_dict[SESSIONS].find(cookie) if cookie else None
+    if session is None:
+        return web.json_response({"signed_in": False})
+    return web.json_response({"signed_in": True, **_session_body(session)})
+
+
+async def end_session(request: web.Request) -> web.Response:
+    """DELETE /admin/v1/session: sign out (the cookie is forgotten here and cleared in the browser)."""
+    if COOKIE in request.cookies:
+        request.config_dict[SESSIONS].close(request.cookies[COOKIE])
+    response = web.json_response({"signed_out": True})
+    response.del_cookie(COOKIE, path=COOKIE_PATH)
+    return response
+
+
+def _over_tls(request: web.Request) -> bool:
+    """TLS here, or at a trusted proxy in front that says so."""
+    if request.secure:
+        return True
+    trusted = request.config_dict[GUARDS].trusted
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https" and trusted.networks != () and (request.remote or "") in trusted
