@@ -45,7 +45,9 @@ async def test_routing_config_reward_is_normalised_and_returned(hub: Hub) -> Non
     saved = await hub.admin("PUT", "/routing-config", {"default_mode": "thompson", "reward": OBJECTIVE}, expect=200)
     assert saved["reward"] == NORMALISED and saved["effective"]["reward"] == NORMALISED
     assert (await hub.admin("GET", "/routing-config"))["reward"] == NORMALISED
-    cleared = await hub.admin("PUT", "/routing-config", {"default_mode": "thompson"}, expect=200)
+    kept = await hub.admin("PUT", "/routing-config", {"default_mode": "cheap"}, expect=200)  # a client without it
+    assert kept["reward"] == NORMALISED and kept["default_mode"] == "cheap"
+    cleared = await hub.admin("PUT", "/routing-config", {"default_mode": "thompson", "reward": None}, expect=200)
     assert cleared["reward"] is None and cleared["effective"]["reward"]["cost_scale_usd"] is None
 
 
