@@ -344,10 +344,16 @@ def _evaluation(world: World, logging: Gateway, actual: Gateway, mode: str, seed
         seed=seed,
     )
     out = result.as_dict()
-    out["actual"] = statistics.fmean(r.reward for r in actual.records)
+    rewards = [r.reward for r in actual.records]
+    out["actual"] = statistics.fmean(rewards)
+    # The run is one sample too: its average has its own standard error, which the estimate's CI ignores.
+    actual_se = statistics.stdev(rewards) / math.sqrt(len(rewards))
     for name in ("ips", "doubly_robust"):
-        ci = out[name]["ci95"]
-        out[name]["covers"] = ci is not None and ci[0] <= out["actual"] <= ci[1]
+        e = out[name]
+        e["covers"] = e["ci95"] is not None and e["ci95"][0] <= out["actual"] <= e["ci95"][1]
+        e["agrees"] = e["std_error"] is not None and abs(e["estimate"] - out["actual"]) <= 1.96 * math.sqrt(
+            e["std_error"] ** 2 + actual_se**2
+        )
     return out
 
 
@@ -402,11 +408,14 @@ def report(outcomes: list[Outcome], elapsed: float) -> bool:
         f" within 150: {sum(m <= 150 for m in numbers)}/{len(shifted)}"
     )
     for mode in ("thompson", "normal"):
-        dr_cover = sum(o.evaluation[mode]["doubly_robust"]["covers"] for o in outcomes)
-        ips_cover = sum(o.evaluation[mode]["ips"]["covers"] for o in outcomes)
+        e = [o.evaluation[mode] for o in outcomes]
+        n = len(outcomes)
+        agree_dr, agree_ips = sum(x["doubly_robust"]["agrees"] for x in e), sum(x["ips"]["agrees"] for x in e)
         print(
-            f"evaluation of {mode}: actual average within the 95 % CI in doubly robust {dr_cover}/{len(outcomes)},"
-            f" IPS {ips_cover}/{len(outcomes)} worlds"
+            f"evaluation of {mode}: actual average within the estimate's 95 % CI: doubly robust"
+            f" {sum(x['doubly_robust']['covers'] for x in e)}/{n}, IPS {sum(x['ips']['covers'] for x in e)}/{n};"
+            f" estimate and actual agree within 1.96 combined standard errors (the run's own included):"
+            f" doubly robust {agree_dr}/{n}, IPS {agree_ips}/{n}"
         )
     mean_ratio = statistics.fmean(o.ratio("thompson+feedback") for o in outcomes)
     worst_ratio = min(o.ratio("thompson+feedback") for o in outcomes)

@@ -48,6 +48,10 @@ __all__ = ["CandidatePolicy", "Estimate", "Evaluation", "evaluate"]
 Z95 = 1.959964
 # Posterior draws per request for the candidate's choice probabilities (unbiased; the noise averages out).
 EVALUATION_DRAWS = 256
+# Logged propensities below this count as this (importance weights at most 64 times the candidate's
+# probability): a few rare choices, whose propensities are also the least certain, would otherwise swamp
+# the estimate's variance. The price: a candidate that mostly picks what the log rarely did is underrated.
+MIN_PROPENSITY = 1 / 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,8 @@ def evaluate(
             direct_rows.append(float(np.dot(p, means)))
         replay.learn(d, row)
     rewards = np.array([row.reward for row in rows])
-    weights = np.array(probabilities) / np.array([row.decision.propensity for row in rows])
+    logged = np.maximum([row.decision.propensity for row in rows], MIN_PROPENSITY)
+    weights = np.array(probabilities) / logged
     direct, fitted = np.array(direct_rows), np.array(fitted_rows)
     total, squares = float(weights.sum()), float((weights**2).sum())
     modes: dict[str, int] = defaultdict(int)
