@@ -51,5 +51,9 @@ bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest int
 bench-routing: $(VENV)/.installed  ## evaluation: routing policies over 25 seeded worlds (thompson+feedback >= 95% of oracle)
 	$(BIN)/python scripts/bench_routing.py
 
+.PHONY: soak
+soak: $(VENV)/.installed  ## soak: 30 min at half capacity, RSS/fds/tasks/p99 slopes (MINUTES=5 for a short run)
+	$(BIN)/python scripts/soak.py --minutes $(or $(MINUTES),30)
+
 clean:  ## remove the virtualenv and caches (keeps ./data)
 	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ from typing import Any
 from adapters.anthropic_payload import build_payload
 from adapters.anthropic_stream import FAILURES, AnthropicEventParser
 from adapters.base import HttpAdapter
+from adapters.provider import Capabilities
 from pipeline.types import ChatRequest
 
 __all__ = ["ANTHROPIC_VERSION", "PROVIDER_TYPE", "AnthropicAdapter", "AnthropicEventParser"]
@@ -17,6 +18,9 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class AnthropicAdapter(HttpAdapter):
     type = "anthropic"
+    # A final assistant turn is a prefill the Messages API continues (stripped of trailing whitespace, which
+    # it rejects): stream rescue may continue on Anthropic models.
+    capabilities = Capabilities(prefill=True)
     failures = FAILURES
     result_format = "anthropic"
     chat_path = "/v1/messages"

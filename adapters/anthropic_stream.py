@@ -36,6 +36,14 @@ def stream_error_class(error_type: str, message: str) -> ErrorClass:
     return ErrorClass.TRANSIENT
 
 
+def _block_index(payload: dict[str, Any], data: str) -> int | None:
+    """A content block's index: an integer (or absent); anything else is garbage, not a dictionary key."""
+    index = payload.get("index")
+    if index is None or (isinstance(index, int) and not isinstance(index, bool)):
+        return index
+    raise malformed("content block index is not an integer", data)
+
+
 class AnthropicEventParser:
     """One per stream. Tool-use blocks become OpenAI tool-call deltas indexed by tool ordinal (Anthropic's block
     index also counts text and thinking blocks); ping, content_block_stop, signatures and unknown events carry
@@ -69,7 +77,7 @@ class AnthropicEventParser:
         if kind == "content_block_start":
             return self._block_start(payload, data)
         if kind == "content_block_stop":
-            return self._block_stop(payload)
+            return self._block_stop(payload, data)
         if kind == "message_delta":
             return self._message_delta(payload)
         if kind == "message_stop":
@@ -88,7 +96,7 @@ class AnthropicEventParser:
             raise malformed("content_block_start without a content block", data)
         kind = block.get("type")
         if kind == "tool_use":
-            ordinal = self._tools[payload.get("index")] = len(self._tools)
+            ordinal = self._tools[_block_index(payload, data)] = len(self._tools)
             tool_input = block.get("input")
             # The input normally streams as input_json_delta; a start carrying it whole is relayed whole.
             arguments = orjson.dumps(tool_input).decode() if isinstance(tool_input, dict) and tool_input else ""
@@ -116,7 +124,7 @@ class AnthropicEventParser:
             text = delta.get("text")
             return [StreamDelta(content=text)] if isinstance(text, str) and text else _NOTHING
         if kind == "input_json_delta":
-            ordinal = self._tools.get(payload.get("index"))
+            ordinal = self._tools.get(_block_index(payload, data))
             if ordinal is None:
                 raise malformed("input_json_delta for a block that is not a tool_use", data)
             partial = delta.get("partial_json")
@@ -129,8 +137,8 @@ class AnthropicEventParser:
             return [StreamDelta(reasoning=thinking)] if isinstance(thinking, str) and thinking else _NOTHING
         return _NOTHING  # signature_delta, citations_delta
 
-    def _block_stop(self, payload: dict[str, Any]) -> list[StreamDelta]:
-        ordinal = self._tools.get(payload.get("index"))
+    def _block_stop(self, payload: dict[str, Any], data: str) -> list[StreamDelta]:
+        ordinal = self._tools.get(_block_index(payload, data))
         if ordinal is None or ordinal not in self._no_arguments:
             return _NOTHING
         # A tool called without arguments streams no input_json_delta; OpenAI clients parse the arguments

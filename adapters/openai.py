@@ -50,6 +50,10 @@ class OpenAIAdapter(HttpAdapter):
     embeddings_path = "/v1/embeddings"
     unsupported_params: frozenset[str] = _NOT_OPENAI
     max_stop_sequences: int | None = 4
+    # Sent with a `continue_final` request (a prefill to continue). OpenAI has no such thing (its models answer
+    # a trailing assistant message afresh, so its type does not declare `prefill`); an OpenAI-compatible host
+    # that continues one as is (llama.cpp, ...) may be marked `supports_prefill` per model.
+    prefill_fields: tuple[tuple[str, Any], ...] = ()
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}
@@ -63,6 +67,8 @@ class OpenAIAdapter(HttpAdapter):
         for key, value in request.parameters.items():
             if key not in _RESERVED_PARAMS and key not in unsupported:
                 payload[key] = value
+        if request.continue_final:
+            payload.update(self.prefill_fields)  # (name, value) pairs
         stop = payload.get("stop")
         if self.max_stop_sequences and isinstance(stop, list) and len(stop) > self.max_stop_sequences:
             payload["stop"] = stop[: self.max_stop_sequences]  # OpenAI rejects more; the first ones matter most

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from adapters.endpoints import EndpointPool
 from adapters.errors import ProviderError
 from adapters.http import HttpClient, RetryHook, RetryPolicy
-from pipeline.types import ChatRequest, ChatResult, ProviderInfo, StreamDelta
+from pipeline.types import ChatRequest, ChatResult, ModelInfo, ProviderInfo, StreamDelta
 
 __all__ = [
     "Capabilities",
@@ -24,6 +24,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "ProviderType",
+    "supports_prefill",
 ]
 
 
@@ -33,6 +34,9 @@ class Capabilities:
 
     embeddings: bool = False  # POST /v1/embeddings: an EmbeddingProvider; policy routes embedding models here
     discovery: bool = False  # a PooledProvider: several endpoints, each probed; its listed models are routable
+    # Its models continue an assistant prefill (a request with `continue_final`) from its last character
+    # instead of answering afresh: the default of each model's `supports_prefill` (stream rescue).
+    prefill: bool = False
 
 
 class ChatStream(Protocol):
@@ -144,3 +148,8 @@ class ProviderType:
     capabilities: Capabilities
     health_path: str  # appended to the (first) base URL for the health probe
     summary: str  # one line for the admin and the docs
+
+
+def supports_prefill(model: ModelInfo, provider: Provider) -> bool:
+    """Whether stream rescue may continue an answer on `model`: its own `supports_prefill`, else its type's."""
+    return provider.capabilities.prefill if model.supports_prefill is None else model.supports_prefill

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-__all__ = ["MAX_LINE_BYTES", "SseEvent", "StreamStalled", "StreamTooLong", "read_events"]
+__all__ = ["MAX_EVENT_CHARS", "MAX_LINE_BYTES", "SseEvent", "StreamStalled", "StreamTooLong", "read_events"]
 
-# A single SSE line longer than this is not a chat chunk: the stream is treated as broken.
+# A single SSE line, or an event's data, longer than this is not a chat chunk: the stream is treated as broken.
 MAX_LINE_BYTES = 8 * 1024 * 1024
+MAX_EVENT_CHARS = MAX_LINE_BYTES
 
 
 class StreamStalled(Exception):
@@ -19,7 +20,7 @@ class StreamStalled(Exception):
 
 
 class StreamTooLong(Exception):
-    """One SSE line exceeded MAX_LINE_BYTES."""
+    """One SSE line exceeded MAX_LINE_BYTES, or one event's data MAX_EVENT_CHARS."""
 
 
 @dataclass(slots=True)
@@ -30,8 +31,12 @@ class SseEvent:
 
 async def read_events(content: aiohttp.StreamReader, idle_timeout: float) -> AsyncIterator[SseEvent]:
     """Yield each complete event; return at end of body (a trailing event without its blank line is still
-    yielded). Raises StreamStalled, StreamTooLong, or aiohttp/OS errors when the connection breaks."""
-    buffer = b""
+    yielded). Raises StreamStalled, StreamTooLong, or aiohttp/OS errors when the connection breaks.
+
+    The events are the same however the body is cut into chunks (tests/test_fuzz_parsers.py): a line is
+    decoded only once whole, and the limits apply to whole lines and events, not to what one read returned.
+    Each byte is searched for a line end once, so a long line arriving in small pieces costs linear time."""
+    buffer = bytearray()  # the line being received: no newline in it
     builder = _EventBuilder()
     while True:
         try:
@@ -45,14 +50,17 @@ async def read_events(content: aiohttp.StreamReader, idle_timeout: float) -> Asy
             if (event := builder.line("")) is not None:
                 yield event
             return
-        buffer += chunk
+        searched = len(buffer)  # the line held back has no newline: search only what arrived
         start = 0
-        while (end := buffer.find(b"\n", start)) >= 0:
+        buffer += chunk
+        while (end := buffer.find(b"\n", searched)) >= 0:
+            if end - start > MAX_LINE_BYTES:
+                raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
             event = builder.line(buffer[start:end].rstrip(b"\r").decode("utf-8", "replace"))
-            start = end + 1
+            start = searched = end + 1
             if event is not None:
                 yield event
-        buffer = buffer[start:]
+        del buffer[:start]
         if len(buffer) > MAX_LINE_BYTES:
             raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
 
@@ -60,11 +68,12 @@ async def read_events(content: aiohttp.StreamReader, idle_timeout: float) -> Asy
 class _EventBuilder:
     """Accumulates the fields of one event; a blank line completes it."""
 
-    __slots__ = ("data", "event")
+    __slots__ = ("data", "event", "size")
 
     def __init__(self) -> None:
         self.event = ""
         self.data: list[str] = []
+        self.size = 0  # characters of data so far: an event that never ends must not grow without bound
 
     def line(self, line: str) -> SseEvent | None:
         if not line:
@@ -72,7 +81,7 @@ class _EventBuilder:
                 self.event = ""
                 return None
             done = SseEvent(self.event, "\n".join(self.data))
-            self.event, self.data = "", []
+            self.event, self.data, self.size = "", [], 0
             return done
         if line.startswith(":"):  # comment / keep-alive
             return None
@@ -80,6 +89,9 @@ class _EventBuilder:
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self.size += len(value) + 1
+            if self.size > MAX_EVENT_CHARS:
+                raise StreamTooLong(f"an upstream SSE event exceeded {MAX_EVENT_CHARS} characters of data")
             self.data.append(value)
         elif name == "event":
             self.event = value

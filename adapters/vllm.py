@@ -39,11 +39,13 @@ _FAILURES = FailureRules(
 
 class VLLMAdapter(OpenAIAdapter):
     type = "vllm"
-    capabilities = Capabilities(embeddings=True, discovery=True)
+    capabilities = Capabilities(embeddings=True, discovery=True, prefill=True)
     failures = _FAILURES
     health_path = "/health"
     unsupported_params = _NOT_VLLM
     max_stop_sequences = None
+    # vLLM continues the final assistant message only when asked, and then without a new assistant header.
+    prefill_fields = (("continue_final_message", True), ("add_generation_prompt", False))
 
     def __init__(self, provider: ProviderInfo, http: HttpClient, retry: RetryPolicy) -> None:
         base_urls = parse_endpoints(provider.base_url)

@@ -17,6 +17,7 @@ from admin_ui.params import int_param
 from pipeline.errors import InvalidRequest, NotFound
 from store import api_keys
 from store.config_store import DEFAULT_TENANT
+from store.reservations import key_account_id
 
 __all__ = ["create_api_key", "list_api_keys", "mark_budget_paid", "patch_api_key", "revoke_api_key", "rotate_api_key"]
 
@@ -135,4 +136,9 @@ def _live(request: web.Request, record: dict[str, Any]) -> dict[str, Any]:
     key_id = record["id"]
     pending = services.key_ledger.last_used(key_id)
     last_used = max(filter(None, (record["last_used_at"], pending)), default=None)
-    return {**record, "last_used_at": last_used, "current_spend_usd": services.key_ledger.spent(key_id, time.time())}
+    return {
+        **record,
+        "last_used_at": last_used,
+        "current_spend_usd": services.key_ledger.spent(key_id, time.time()),
+        "reserved_usd": services.reservations.reserved(key_account_id(key_id)),  # held by requests in flight
+    }

@@ -87,7 +87,7 @@ async def read_json(request: web.Request) -> JsonValue:
     raw = await _raw_body(request)
     try:
         value: JsonValue = json.loads(raw or b"null")
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
         raise InvalidRequest(f"malformed JSON: {exc}", field="body") from None
     return value
 

@@ -46,6 +46,8 @@ def export_config(store: ConfigStore) -> tuple[dict[str, Any], list[str]]:
             "kind": m.kind,
             "upstream_model": m.upstream_model,
             "fallbacks": list(m.fallbacks),
+            # only when an admin set it: absent means the provider type's default
+            **({} if m.supports_prefill is None else {"supports_prefill": m.supports_prefill}),
         }
         for m in store.list_models()
     ]

@@ -67,7 +67,7 @@ def _window(body: EvaluateIn) -> tuple[float, float]:
         since = parse_time(body.since, "since").timestamp()
     elif body.last is not None:
         try:
-            since = until - parse_duration(body.last)
+            since = max(until - parse_duration(body.last), 0.0)  # "the last 10^20 days": since the epoch
         except InvalidRequest:
             raise InvalidRequest("last must be a duration like '24h', '90m' or '7d'", field="last") from None
     else:

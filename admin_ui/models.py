@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import Field
 
+from adapters.provider import supports_prefill
 from adapters.registry import provider_type
 from admin_ui.common import Body, FallbackIds, IdStr, UpstreamName, commit, get_services, read_model
 from admin_ui.params import page
@@ -38,6 +39,7 @@ class ModelIn(Body):
     kind: ModelKind = "chat"
     upstream_model: UpstreamName = ""
     fallbacks: FallbackIds = Field(default_factory=list)
+    supports_prefill: bool | None = None  # continues an assistant prefill (stream rescue); null = the type's default
 
 
 class ModelPatch(Body):
@@ -50,13 +52,14 @@ class ModelPatch(Body):
     kind: ModelKind | None = None
     upstream_model: UpstreamName | None = None
     fallbacks: FallbackIds | None = None
+    supports_prefill: bool | None = None  # an explicit null resets it to the provider type's default
 
 
 async def list_models(request: web.Request) -> web.Response:
     services = get_services(request)
     models = await services.config.call(services.config.list_models)
     shown, paging = page(request, models)
-    items = [{**model_view(m), "routable": m.enabled and m.provider_id in services.adapters} for m in shown]
+    items = [{**model_view(m, services), "routable": m.enabled and m.provider_id in services.adapters} for m in shown]
     return web.json_response({"items": items, **paging})
 
 
@@ -68,7 +71,7 @@ async def create_model(request: web.Request) -> web.Response:
     model = ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
     _check(services, model)
     await commit(request, services.config.upsert_model, model)
-    return web.json_response({"ok": True, "model": model_view(model)}, status=201)
+    return web.json_response({"ok": True, "model": model_view(model, services)}, status=201)
 
 
 async def patch_model(request: web.Request) -> web.Response:
@@ -79,12 +82,14 @@ async def patch_model(request: web.Request) -> web.Response:
     if current is None:
         raise NotFound(f"model {model_id!r} not found")
     changes = body.model_dump(exclude_none=True)
+    if "supports_prefill" in body.model_fields_set:
+        changes["supports_prefill"] = body.supports_prefill
     if "fallbacks" in changes:
         changes["fallbacks"] = tuple(changes["fallbacks"])
     updated = dataclasses.replace(current, **changes)
     _check(services, updated)
     await commit(request, services.config.upsert_model, updated)
-    return web.json_response({"ok": True, "model": model_view(updated)})
+    return web.json_response({"ok": True, "model": model_view(updated, services)})
 
 
 async def delete_model(request: web.Request) -> web.Response:
@@ -128,8 +133,10 @@ def check_model(
             )
 
 
-def model_view(m: ModelInfo) -> dict[str, Any]:
-    return {
+def model_view(m: ModelInfo, services: Services) -> dict[str, Any]:
+    """The model as the admin API shows it. `supports_prefill` is the stored choice (null: the provider type's
+    default); `prefill` is what stream rescue uses: whether it may continue an answer on this model."""
+    view = {
         "id": m.id,
         "provider_id": m.provider_id,
         "weight": m.weight,
@@ -142,4 +149,8 @@ def model_view(m: ModelInfo) -> dict[str, Any]:
         "kind": m.kind,
         "upstream_model": m.sent_as,  # what the provider is sent (the id unless set)
         "fallbacks": list(m.fallbacks),
+        "supports_prefill": m.supports_prefill,
     }
+    adapter = services.adapters.get(m.provider_id)
+    view["prefill"] = adapter is not None and supports_prefill(m, adapter)
+    return view

@@ -37,6 +37,7 @@ __all__ = [
     "Session",
     "admin_auth",
     "end_session",
+    "is_public",
     "session_info",
     "start_session",
 ]
@@ -48,6 +49,11 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Routes reachable without credentials: signing in (the token is the credential, in the body), and asking
 # whether this browser is signed in (so the page never provokes a 401 just to find out).
 _PUBLIC = frozenset({("POST", "start_session"), ("GET", "session_info")})
+
+
+def is_public(method: str, handler: object) -> bool:
+    """Whether the route answers without credentials (the OpenAPI document says so too)."""
+    return (method, getattr(handler, "__name__", "")) in _PUBLIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +118,7 @@ def admin_auth(admin_token: str) -> Middleware:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (request.method, getattr(request.match_info.handler, "__name__", "")) in _PUBLIC:
+        if is_public(request.method, request.match_info.handler):
             return await handler(request)
         auth = request.headers.get("Authorization")
         if auth is not None or COOKIE not in request.cookies:

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from pipeline.errors import NotFound
+from pipeline.openapi import Operation
 
 __all__ = ["STATIC_DIR", "StaticFiles"]
 
@@ -38,6 +39,15 @@ class StaticFiles:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def operations(self) -> dict[object, Operation]:
+        """What /openapi.json says about the routes below (public: the page asks for the token itself)."""
+        return {
+            self.to_folder: Operation(
+                "The web UI: redirects to /admin/", "admin web UI", security="none", status=308, media=()
+            ),
+            self.serve: Operation("The web UI's files", "admin web UI", security="none", media=("*/*",)),
+        }
 
     def routes(self) -> list[web.RouteDef]:
         """``/admin`` redirects to ``/admin/`` (so the page's relative links resolve under it); the rest are files."""

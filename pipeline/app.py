@@ -24,11 +24,12 @@ from pipeline.edge.native import NativeCodec
 from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.routed import RoutedEndpoint
-from pipeline.edge.status import healthz, list_models, metrics
+from pipeline.edge.status import STATUS_OPERATIONS, healthz, list_models, metrics
 from pipeline.errors import ConfigFileInvalid
 from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
+from pipeline.openapi import OPERATIONS, OpenApiEndpoint
 from pipeline.registry import default_registry
 from pipeline.services import Services
 from pipeline.settings import Settings
@@ -118,6 +119,8 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", OpenApiEndpoint().handle)
+    app[OPERATIONS] = dict(STATUS_OPERATIONS)  # the endpoint objects above carry their own
     app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, token))
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)

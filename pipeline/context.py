@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +13,7 @@ from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo, Strea
 
 if TYPE_CHECKING:
     from stages.expected_reward import Outlook
+    from store.reservations import BudgetAccount
 
 __all__ = ["Attempt", "Candidate", "PlanSpec", "Policy", "RequestContext", "RoutingDecision", "StreamSink"]
 
@@ -74,6 +76,12 @@ class Attempt:
     error_class: str  # "" on success
     message: str
     latency_ms: float
+    rescued: bool = False  # it continued a stream another model broke off (stream rescue)
+
+    @property
+    def outcome(self) -> str:
+        """How it went, as the attempts column and header say it: "ok", "rescued" or the error class."""
+        return self.error_class or ("rescued" if self.rescued else "ok")
 
 
 @dataclass(slots=True)
@@ -112,6 +120,7 @@ class RequestContext:
     cost_usd: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     routing_reason: str = ""
+    rescue_note: str = ""  # what stream rescue did after a break, appended to the routing reason
     alias_from: str = ""  # the alias the client named, when policy replaced it by one of its variants
     error: TokenHubError | None = None
     sink: StreamSink | None = None  # set by the edge when the client asked for a stream
@@ -123,6 +132,7 @@ class RequestContext:
     plan_events: Any = None  # /v1/plan with stream: an async (event, data) callback for step progress
     plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)
     plan_steps: list[Any] = field(default_factory=list)  # /v1/plan: every step's StepResult, in order
+    plan_budget: Callable[[], BudgetAccount] | None = None  # a /v1/plan step: its plan's budget, as it stands
 
     def charge(self, candidate: Candidate, result: ChatResult) -> None:
         """What `candidate`'s call returned, and its price: the usage at the model's prices (the routing

@@ -15,6 +15,8 @@ __all__ = [
     "DeadlineExceeded",
     "DiscoveryFailed",
     "Forbidden",
+    "IdempotencyInProgress",
+    "IdempotencyKeyReused",
     "InternalError",
     "InvalidRequest",
     "NoEligibleModel",
@@ -22,6 +24,7 @@ __all__ = [
     "OutputSchemaMismatch",
     "PayloadTooLarge",
     "PipelineConfigError",
+    "PlanBudgetReserved",
     "PlanPipelineMissing",
     "QueryError",
     "RateLimited",
@@ -158,17 +161,19 @@ class BudgetExceeded(TokenHubError):
     status = 429
     type = "monthly_budget_exceeded"
 
-    def __init__(self, *, budget_usd: float, spent_usd: float, too_costly: bool = False):
+    def __init__(self, *, budget_usd: float, spent_usd: float, too_costly: bool = False, reserved_usd: float = 0.0):
+        # `spent_usd` is recorded spend plus `reserved_usd`, what requests in flight hold (store/reservations.py)
+        held = f" (${reserved_usd:.6f} of it reserved by requests in flight)" if reserved_usd > 0 else ""
         if too_costly:
             reason = (
-                f"this API key has spent ${spent_usd:.6f} and has ${budget_usd - spent_usd:.6f} left of its"
+                f"this API key has spent ${spent_usd:.6f}{held} and has ${budget_usd - spent_usd:.6f} left of its"
                 f" {_usd(budget_usd)} budget for the current UTC calendar month, less than this request's"
                 " estimated cost on any model that could"
                 " serve it (a lower max_tokens or n lowers the estimate)"
             )
         else:
             reason = (
-                f"this API key has spent ${spent_usd:.6f} of its {_usd(budget_usd)} budget"
+                f"this API key has spent ${spent_usd:.6f}{held} of its {_usd(budget_usd)} budget"
                 " for the current UTC calendar month"
             )
         super().__init__(f"monthly budget exceeded: {reason}; an admin can raise the budget or reset the spend")
@@ -177,6 +182,31 @@ class BudgetExceeded(TokenHubError):
 
     def extra(self) -> dict[str, Any]:
         return {"budget_usd": self.budget_usd, "spent_usd": round(self.spent_usd, 6)}
+
+
+class PlanBudgetReserved(TokenHubError):
+    """A /v1/plan step whose worst-case cost no longer fits in what the plan's budget has left once the steps
+    running beside it have reserved theirs. The step runner turns it into the plan's graceful stop."""
+
+    status = 429
+    type = "plan_budget_exceeded"
+
+
+class IdempotencyKeyReused(TokenHubError):
+    """422: an Idempotency-Key sent again (same API key, within the window) with another body or endpoint."""
+
+    status = 422
+    type = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(TokenHubError):
+    """409: the first request with this Idempotency-Key is still running after the repeat's bounded wait."""
+
+    status = 409
+    type = "idempotency_in_progress"
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
 
 
 def _usd(amount: float) -> str:

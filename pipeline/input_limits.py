@@ -4,6 +4,8 @@ validates them) and message content length (checked once after any codec decoded
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,7 +14,7 @@ import orjson
 from pipeline.errors import InvalidRequest
 from pipeline.types import Message
 
-__all__ = ["check_content", "check_json_depth", "check_message_count"]
+__all__ = ["check_content", "check_json_depth", "check_json_integers", "check_message_count"]
 
 _STEP = np.zeros(256, dtype=np.int8)  # +1 opens a level, -1 closes one
 _STEP[list(b"[{")] = 1
@@ -36,6 +38,37 @@ def check_json_depth(raw: bytes, limit: int) -> None:
     steps[(np.cumsum(chars == ord('"'), dtype=np.int32) & 1).astype(bool)] = 0
     if len(steps) and int(np.cumsum(steps, dtype=np.int32).max()) > limit:
         raise InvalidRequest(f"JSON nesting is deeper than {limit} levels", field="body")
+
+
+_LONG_DIGITS = re.compile(rb"\d{19,}")  # 2**63 has 19 digits: anything shorter fits
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1  # what the upstream encoder (orjson) can write
+
+
+class _IntegerOutOfRange(Exception):
+    pass
+
+
+def _integer(text: str) -> int:
+    if len(text) > 21 or not _INT_MIN <= (value := int(text)) <= _UINT_MAX:
+        raise _IntegerOutOfRange(text if len(text) <= 40 else text[:40] + "…")
+    return value
+
+
+def check_json_integers(raw: bytes) -> None:
+    """400 when the body holds an integer outside the 64-bit range. Such a number passes validation
+    (Python's ints are unbounded) and then cannot be written to the provider, the log or the analytics
+    store. The usual body has no run of 19 digits and returns at once; otherwise it is parsed once, and a
+    digit run inside a string is not a number. Malformed JSON is left to the parser that names the error."""
+    if not _LONG_DIGITS.search(raw):
+        return
+    try:
+        json.loads(raw, parse_int=_integer)
+    except _IntegerOutOfRange as exc:
+        raise InvalidRequest(
+            f"integer {exc} is out of range: JSON integers must fit in 64 bits", field="body"
+        ) from None
+    except (ValueError, RecursionError):
+        return
 
 
 def check_message_count(raw: bytes, limit: int, path: tuple[str, ...]) -> None:

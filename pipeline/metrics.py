@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -59,6 +60,13 @@ class Metrics:
         self.stream_malformed = Counter(
             "tokenhub_stream_malformed_chunks", "Unparseable upstream stream events skipped", ["provider"], registry=r
         )
+        self.stream_rescues = Counter(
+            "tokenhub_stream_rescues",
+            "Streams that broke after their first token, by what rescue made of them"
+            " (rescued, failed, no_capable_fallback, tool_calls, disabled)",
+            ["outcome"],
+            registry=r,
+        )
         self.overhead = Histogram(
             "tokenhub_overhead_ms",
             "Time TokenHub adds to a served request: total latency minus the provider call (ms)",
@@ -71,6 +79,27 @@ class Metrics:
         )
         self.record_sink_failures = Counter(
             "tokenhub_record_sink_failures", "Recorder sinks that raised on a request record", ["sink"], registry=r
+        )
+        self.budget_refusals = Counter(
+            "tokenhub_budget_refusals",
+            "Requests refused because a budget, counting what requests in flight reserved, cannot cover them",
+            ["budget"],  # key (monthly, 429) or plan (a /v1/plan step: the plan stops)
+            registry=r,
+        )
+        self.budget_reserved = Gauge(
+            "tokenhub_budget_reserved_usd", "USD held by requests in flight against their budgets", registry=r
+        )
+        self.idempotent_replays = Counter(
+            "tokenhub_idempotent_replays",
+            "Repeated Idempotency-Key requests answered from the stored response (no provider call, no charge)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.idempotency_conflicts = Counter(
+            "tokenhub_idempotency_conflicts",
+            "Idempotency-Key reuse refused: 422 another body, 409 the first still running after the wait",
+            ["reason"],
+            registry=r,
         )
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
@@ -161,11 +190,24 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "tokenhub_event_subscribers", "Connected /admin/v1/events streams", value=self._event_subscribers()
         )
+        yield GaugeMetricFamily(
+            "tokenhub_asyncio_tasks",
+            "asyncio tasks alive in the server's event loop (a steady climb is a leak)",
+            value=_asyncio_tasks(),
+        )
         yield CounterMetricFamily(
             "tokenhub_log_dropped",
             "Log lines dropped because stdout could not keep up (the log buffer was full)",
             value=self._log_lines_dropped(),
         )
+
+
+def _asyncio_tasks() -> int:
+    """Counted at scrape time only (the scrape runs on the loop); 0 when read off the loop."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop: the registry describing the collector at registration
+        return 0
 
 
 def _log_lines_dropped() -> int:

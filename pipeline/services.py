@@ -37,8 +37,10 @@ from stages.sinks.metrics import MetricsSink
 from stages.sinks.request_log import RequestLogSink
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
+from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
 from store.record_writer import RecordWriter
+from store.reservations import LocalReservations
 from store.retention import Retention
 from store.vault import Vault, VaultError
 from store.vault_crypto import KdfParams
@@ -92,6 +94,9 @@ class Services:
         )
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
+        self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
+        self.reservations = LocalReservations()  # budget holds of requests in flight (store/reservations.py)
+        metrics.budget_reserved.set_function(lambda: self.reservations.total_usd)
         self.request_lines = request_lines or RequestLines()  # none given: no request lines
         self.vault = _open_vault(settings, config)
         # What happens after each request, in order (learning sets the record's reward before it is queued).
@@ -102,7 +107,9 @@ class Services:
                 EventsSink(self.events),
                 LogLineSink(self.request_lines),
                 RequestLogSink(self.records),
-                KeyAccountingSink(self.key_ledger, self.key_limits, self.vault, lambda: self.vault_backed),
+                KeyAccountingSink(
+                    self.key_ledger, self.key_limits, self.vault, lambda: self.vault_backed, self.reservations
+                ),
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )

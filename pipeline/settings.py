@@ -74,7 +74,9 @@ class Settings(BaseModel):
     default_max_budget_usd: float = Field(0.05, ge=0, le=100)
     default_max_latency_ms: int = Field(120_000, gt=0, le=300_000)
     exploration_temp: float = Field(0.3, ge=0, le=100, description="softmax exploration over ranks; 0 = off")
-    provider_timeout_secs: float = Field(30.0, gt=0)
+    # Interactive defaults: a silent provider is left in seconds and a fallback still fits the 120 s deadline
+    # (docs/streaming.md#timeouts).
+    provider_timeout_secs: float = Field(20.0, gt=0, description="one provider call (a stream: until its headers)")
     provider_max_retries: int = Field(2, ge=0, le=10)
     rate_limit_rps: float = Field(60.0, gt=0)
     rate_limit_burst: int = Field(120, gt=0)
@@ -100,8 +102,8 @@ class Settings(BaseModel):
         4096, ge=0, le=1024 * 1024, description="DuckDB max_temp_directory_size (spill to disk); 0 = no spilling"
     )
     events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
-    stream_first_token_secs: float = Field(30.0, gt=0, description="a stream fails over if no token comes by then")
-    stream_idle_secs: float = Field(60.0, gt=0, description="a stream that stalls this long ends with an error")
+    stream_first_token_secs: float = Field(10.0, gt=0, description="a stream fails over if no token comes by then")
+    stream_idle_secs: float = Field(10.0, gt=0, description="a stream silent this long has broken (rescued or ended)")
     breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
     health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
     health_probe_disabled: bool = Field(False, description="exactly 'true' turns the proactive prober off")
@@ -130,6 +132,18 @@ class Settings(BaseModel):
     feedback_rate_limit_burst: int = Field(100, gt=0, description="per-IP and per-key burst for /v1/feedback")
     feedback_window_secs: float = Field(
         7 * 86400.0, ge=60, le=90 * 86400, description="how long after a request its answer may be rated"
+    )
+    idempotency_window_secs: float = Field(
+        86400.0, ge=1, le=30 * 86400, description="how long an Idempotency-Key's answer is replayed"
+    )
+    idempotency_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, le=16 * 1024**3, description="memory for stored answers (LRU); 0 = no replays"
+    )
+    idempotency_wait_secs: float = Field(
+        120.0, ge=0, le=3600, description="a repeat waits this long for the first request still running, then 409"
+    )
+    budget_reserve_output_tokens: int = Field(
+        4096, ge=1, le=1_000_000, description="output tokens reserved per choice when neither request nor model caps it"
     )
     cors_origins: tuple[str, ...] = Field((), description="comma list of allowed browser origins, or '*'")
     max_content_chars: int = Field(2_000_000, gt=0, description="characters of content in one message")

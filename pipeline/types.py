@@ -57,6 +57,7 @@ class ChatRequest:
     stream_usage: bool = False  # the client asked for a usage chunk at the end of the stream
     operation: str = "chat"  # "chat" or "embeddings": which kind of model may serve it
     max_item_tokens: int = 0  # embeddings: the longest single input's estimate (a window applies per input)
+    continue_final: bool = False  # the last message is an assistant prefill the model continues (stream rescue)
 
 
 @dataclass(slots=True)
@@ -123,6 +124,9 @@ class ModelInfo:
     # Where the prices came from: "manual" (an admin) or "litellm" (the pricing refresh). Read-only here:
     # the store sets it (an admin's price change makes it manual again).
     pricing_source: str = "manual"
+    # Whether the model continues an assistant prefill (stream rescue): None = its provider type's default
+    # (adapters.provider.Capabilities.prefill).
+    supports_prefill: bool | None = None
 
     @property
     def sent_as(self) -> str:

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 
 from pipeline.errors import PayloadTooLarge, TokenHubError
-from pipeline.input_limits import check_json_depth
+from pipeline.input_limits import check_json_depth, check_json_integers
 from pipeline.services import Services
 from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
@@ -164,6 +164,7 @@ async def read_body(request: web.Request, limit: int, *, max_depth: int) -> byte
     if len(body) > limit:
         raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit", field="body")
     check_json_depth(body, max_depth)  # before any parser sees it
+    check_json_integers(body)
     request[RAW_BODY] = body
     return body
 

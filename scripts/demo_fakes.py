@@ -65,6 +65,7 @@ class FakeModel:
     degraded_failure_rate: float = 0.9
     degraded_latency_factor: float = 3.0
     degraded_quality: float = 0.3
+    stream_cut_rate: float = 0.0  # share of streams whose connection is closed half-way (after the first token)
     first_call: float | None = field(default=None, repr=False)
     degraded: bool = field(default=False, repr=False)
 
@@ -86,6 +87,7 @@ class FakeProvider:
 
     A failure is a 503 before any byte of the answer, so TokenHub can fail over (also for a stream).
     GET /v1/models answers 503 while a model is degraded, so TokenHub's health prober sees it too.
+    A stream can also die half-way (`stream_cut_rate`): the connection closes after the first tokens.
     """
 
     def __init__(self, models: list[FakeModel], *, host: str = "127.0.0.1", port: int = 0, seed: int = 0) -> None:
@@ -145,7 +147,8 @@ class FakeProvider:
         }
         if body.get("stream"):
             with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, model.name, content, usage, with_usage)
+            cut = model.stream_cut_rate > 0 and self._rng.random() < model.stream_cut_rate
+            return await self._stream(request, model.name, content, usage, with_usage, cut=cut)
         message = {"role": "assistant", "content": content}
         return web.json_response(
             {
@@ -171,7 +174,14 @@ class FakeProvider:
         return f"{model.name} says {a} + {b} = {total}."
 
     async def _stream(
-        self, request: web.Request, model: str, content: str, usage: dict[str, int], with_usage: bool
+        self,
+        request: web.Request,
+        model: str,
+        content: str,
+        usage: dict[str, int],
+        with_usage: bool,
+        *,
+        cut: bool = False,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -181,15 +191,22 @@ class FakeProvider:
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-        await send({"role": "assistant", "content": ""})
-        for start in range(0, len(content), STREAM_PIECE_CHARS):
-            await send({"content": content[start : start + STREAM_PIECE_CHARS]})
-            await asyncio.sleep(0.005)
-        await send({}, "stop")
-        if with_usage:
-            await response.write(f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        try:
+            await send({"role": "assistant", "content": ""})
+            for start in range(0, len(content), STREAM_PIECE_CHARS):
+                if cut and start >= len(content) // 2 > 0:
+                    if request.transport is not None:
+                        request.transport.close()  # the upstream dies mid-answer
+                    return response
+                await send({"content": content[start : start + STREAM_PIECE_CHARS]})
+                await asyncio.sleep(0.005)
+            await send({}, "stop")
+            if with_usage:
+                await response.write(f"data: {json.dumps({**head, 'choices': [], 'usage': usage})}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionError:
+            pass  # TokenHub hung up (its client went away): nobody is left to write to
         return response
 
 

@@ -4,7 +4,8 @@ per-minute request and token limits not exhausted (429); and the request's conte
 caps (400). Every pipeline must contain this stage, so these checks hold for every endpoint.
 
 The identity checks (`check_key`) need no body, so the HTTP edge also runs them before it reads one;
-`key_budget_left` is what policy filters models by, so no model the key cannot afford is dispatched."""
+`key_budget_left` is what policy filters models by, so no model the key cannot afford is dispatched; what
+requests in flight have reserved (store/reservations.py) counts as spent in both checks."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from typing import TYPE_CHECKING
 from pipeline.context import RequestContext
 from pipeline.errors import BudgetExceeded, Forbidden, RateLimited, Unauthorized
 from pipeline.input_limits import check_content
+from pipeline.metrics import Metrics
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ApiKeyInfo
 from stages.scoring import estimate_input_tokens
 from store.key_ledger import KeyLedger
+from store.reservations import EPSILON_USD, BudgetAccount, Reservations, key_account_id
 
 if TYPE_CHECKING:
     from pipeline.services import Services
 
-__all__ = ["SPEC", "Auth", "check_key", "key_budget_left", "key_in_force"]
+__all__ = ["SPEC", "Auth", "budget_refused", "check_key", "key_account", "key_budget_left", "key_in_force"]
 
 
 def key_in_force(presented: bool, key: ApiKeyInfo | None, now: float) -> ApiKeyInfo:
@@ -44,14 +47,30 @@ def check_key(ctx: RequestContext, now: float) -> ApiKeyInfo:
     return key
 
 
-def key_budget_left(ledger: KeyLedger, key: ApiKeyInfo | None, now: float) -> float:
-    """What the key may still spend this month (0.0 = it has no monthly budget); 429 once it is spent."""
+def key_account(ledger: KeyLedger, key: ApiKeyInfo | None, now: float) -> BudgetAccount | None:
+    """The key's monthly budget as a reservation account; None when it has no budget."""
     if key is None or key.monthly_budget_usd <= 0:
+        return None
+    return BudgetAccount(key_account_id(key.id), key.monthly_budget_usd, ledger.spent(key.id, now))
+
+
+def key_budget_left(ledger: KeyLedger, key: ApiKeyInfo | None, now: float, reservations: Reservations) -> float:
+    """What the key may still spend this month, in-flight reservations counted as spent (0.0 = it has no
+    monthly budget); 429 once it is spent or reserved."""
+    account = key_account(ledger, key, now)
+    if account is None:
         return 0.0
-    spent = ledger.spent(key.id, now)
-    if spent >= key.monthly_budget_usd:
-        raise BudgetExceeded(budget_usd=key.monthly_budget_usd, spent_usd=spent)
-    return key.monthly_budget_usd - spent
+    reserved = reservations.reserved(account.id)
+    spent = account.spent_usd + reserved
+    if spent >= account.limit_usd:
+        raise BudgetExceeded(budget_usd=account.limit_usd, spent_usd=spent, reserved_usd=reserved)
+    return account.limit_usd - spent + EPSILON_USD  # float noise of summed holds must not exclude an exact fit
+
+
+def budget_refused(ctx: RequestContext, metrics: Metrics, budget: str, why: str) -> None:
+    """Count a budget refusal (`budget`: "key" or "plan") and say why in the request's routing reason."""
+    metrics.budget_refusals.labels(budget).inc()
+    ctx.routing_reason = f"budget-refused ({budget}): {why}"
 
 
 class AuthOptions(StageOptions):
@@ -74,7 +93,11 @@ class Auth:
         check_content(
             request.messages, max_chars=self._max_chars, max_total_chars=self._max_total_chars, field="messages"
         )
-        key_budget_left(services.key_ledger, key, now)
+        try:
+            key_budget_left(services.key_ledger, key, now, services.reservations)
+        except BudgetExceeded as exc:
+            budget_refused(ctx, services.metrics, "key", exc.message)
+            raise
         if key.rate_limit_rpm or key.rate_limit_tpm:
             wait, what = services.key_limits.admit(
                 key, ctx.request_id, lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)

@@ -39,7 +39,7 @@ from pipeline.types import ModelInfo
 from stages.bandit import Arm, Bandit, token_bucket
 from stages.expected_reward import expect
 from stages.health import HealthTracker
-from stages.learning import observations
+from stages.learning import SERVED, observations
 from stages.scoring import Constraints, ProviderStats, estimate_cost, rank, softmax_probability
 from store.reward_queries import LoggedDecision
 
@@ -250,7 +250,7 @@ class _Replay:
             model, _, outcome = entry.rpartition("=")
             if model in self._models:
                 provider = self._models[model].provider_id
-                if outcome == "ok":
+                if outcome in SERVED:
                     self._health.success(provider, e.latency_ms)
                 else:
                     self._health.error(provider, outcome)

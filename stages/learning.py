@@ -19,6 +19,7 @@ from store.reward_queries import Evidence, reward_evidence
 
 __all__ = [
     "EVIDENCE_MAX_AGE_SECS",
+    "SERVED",
     "BanditRefresher",
     "RecentRequests",
     "evidence",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("tokenhub.bandit")
+# Attempt outcomes that are not failures: an answer, and a stream rescue's continuation that answered.
+SERVED = frozenset({"ok", "rescued"})
 # Evidence is discounted per observation; a bucket that saw no traffic for a month is read back no further.
 EVIDENCE_MAX_AGE_SECS = 30 * 86400.0
 
@@ -58,7 +61,7 @@ def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: R
     decision = ctx.decision
     if not ctx.attempts or decision is None:
         return
-    record.attempts = ", ".join(f"{a.model_id}={a.error_class or 'ok'}" for a in ctx.attempts)
+    record.attempts = ", ".join(f"{a.model_id}={a.outcome}" for a in ctx.attempts)
     succeeded = ctx.error is None and ctx.served_by is not None
     bucket = token_bucket(record.input_tokens or decision.estimated_input_tokens)
     objective = decision.objective
@@ -88,7 +91,7 @@ def observations(record: RequestRecord | Evidence, bucket: str) -> Iterator[Obse
     column), then the answer (a row whose request failed names no answering model)."""
     for entry in record.attempts.split(", ") if record.attempts else ():
         tried, _, outcome = entry.rpartition("=")
-        if tried and outcome != "ok":
+        if tried and outcome not in SERVED:
             yield Observation("", tried, bucket, False, 0.0, 0.0, 0.0, 0.0, record.quality_prior)
     if record.model_id and record.status < 400:
         yield Observation(

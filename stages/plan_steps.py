@@ -4,6 +4,8 @@ The step runner also owns the plan's budget: each step may spend only what is le
 own budget filter is what stops a plan that cannot afford its next step. The API key's monthly budget is
 checked again for every step the same way (policy refuses a step the key can no longer afford, with what the
 earlier steps spent already counted): after the first step that stops the plan like its own budget does.
+Steps that run at once (vote voters) reserve their worst-case cost on the plan's budget before they call a
+provider (store/reservations.py), so together they cannot spend past it either.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.answer import answer_text
 from pipeline.context import Policy, RequestContext
-from pipeline.errors import BudgetExceeded, NoEligibleModel
+from pipeline.errors import BudgetExceeded, NoEligibleModel, PlanBudgetReserved
 from pipeline.stage import Next
 from pipeline.types import ChatRequest, Message
 from stages.record import recorded
+from store.reservations import BudgetAccount
 
 if TYPE_CHECKING:
     from pipeline.services import Services
@@ -64,10 +67,16 @@ class StepRunner:
         self.budget_usd = budget_usd
         self.spent_usd = 0.0
         self.steps: list[StepResult] = []
+        self._account_id = f"plan:{parent.request_id}"
 
     @property
     def remaining_usd(self) -> float:
-        return self.budget_usd - self.spent_usd
+        """What the next step may spend: the budget less what finished steps spent and running ones reserved."""
+        return self.budget_usd - self.spent_usd - self._services.reservations.reserved(self._account_id)
+
+    def account(self) -> BudgetAccount:
+        """The plan's budget as its steps reserve against it (no budget: a limit of 0, nothing reserved)."""
+        return BudgetAccount(self._account_id, self.budget_usd, self.spent_usd)
 
     async def run(
         self,
@@ -102,6 +111,7 @@ class StepRunner:
             tenant_id=parent.tenant_id,
             parent_request_id=parent.request_id,
             only_models=only_models,
+            plan_budget=self.account,
         )
         await self._on_event("step_started", {"index": index, "role": role, "request_id": child.request_id})
         try:
@@ -113,6 +123,8 @@ class StepRunner:
                     f"${self.budget_usd:g} budget"
                 ) from None
             raise
+        except PlanBudgetReserved as exc:
+            raise BudgetExhausted(f"step {index} ({role}): {exc.message}") from None
         except BudgetExceeded as exc:
             if not self.steps:
                 raise  # nothing done yet: the key's own 429, as for any request

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from pipeline.context import RequestContext
+from pipeline.context import RequestContext, RoutingDecision
+from pipeline.errors import BudgetExceeded
 from pipeline.stage import Next, StageOptions, StageSpec
 from stages.aliases import AliasChooser
-from stages.auth import key_budget_left
+from stages.auth import budget_refused, key_budget_left
 from stages.router import RoutingOptions
 
 if TYPE_CHECKING:
@@ -27,14 +28,28 @@ class Policy:
     def __init__(self, services: Services, options: PolicyOptions) -> None:
         self._router = services.router
         self._ledger = services.key_ledger
+        self._reservations = services.reservations
+        self._metrics = services.metrics
         self._options = options
         self._aliases = AliasChooser()  # round-robin counters: they belong to this tenant's pipeline
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
+        try:
+            decision = self._decide(ctx)
+        except BudgetExceeded as exc:
+            budget_refused(ctx, self._metrics, "key", exc.message)
+            raise
+        if decision.alias_from:  # the rest of the chain (and the response headers) see the chosen variant
+            ctx.alias_from = decision.alias_from
+            ctx.request.model_hint = decision.model_hint
+        ctx.decision = decision
+        await call_next(ctx)
+
+    def _decide(self, ctx: RequestContext) -> RoutingDecision:
         api_key = ctx.api_key
         # Checked per decision, so each /v1/plan step sees what the earlier steps spent (429 once spent).
-        key_left = key_budget_left(self._ledger, api_key, time.time())
-        decision = self._router.decide(
+        key_left = key_budget_left(self._ledger, api_key, time.time(), self._reservations)
+        return self._router.decide(
             ctx.request,
             ctx.policy,
             self._options,
@@ -47,11 +62,6 @@ class Policy:
             directives=ctx.directives_applied,
             aliases=self._aliases,
         )
-        if decision.alias_from:  # the rest of the chain (and the response headers) see the chosen variant
-            ctx.alias_from = decision.alias_from
-            ctx.request.model_hint = decision.model_hint
-        ctx.decision = decision
-        await call_next(ctx)
 
 
 def policy_options_of(definition: Any) -> PolicyOptions:

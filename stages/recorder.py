@@ -91,10 +91,15 @@ def build_record(ctx: RequestContext) -> RequestRecord:
         cost_usd=ctx.cost_usd if served else 0.0,
         latency_ms=round(latency_ms, 3),
         escalations=max(0, len(ctx.attempts) - 1),
-        routing_reason=ctx.routing_reason or (decision.reason if decision else ""),
+        routing_reason=_routing_reason(ctx),
         ttft_ms=round(ctx.ttft_ms, 3),
         parent_request_id=ctx.parent_request_id,
     )
+
+
+def _routing_reason(ctx: RequestContext) -> str:
+    reason = ctx.routing_reason or (ctx.decision.reason if ctx.decision else "")
+    return f"{reason}; {ctx.rescue_note}" if ctx.rescue_note else reason
 
 
 def _error_class(error: TokenHubError | None) -> str:

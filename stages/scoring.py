@@ -68,19 +68,22 @@ def requested_output(parameters: Mapping[str, Any]) -> tuple[int, int]:
     return per_choice, _positive_int(parameters.get("n")) or 1
 
 
-def estimate_output_tokens(model: ModelInfo, max_tokens: int = 0, n: int = 1) -> int:
+def estimate_output_tokens(
+    model: ModelInfo, max_tokens: int = 0, n: int = 1, uncapped: int = OUTPUT_TOKENS_ESTIMATE
+) -> int:
     """The most output the request can be billed for on this model: the client's cap (clipped to the model's
-    own output cap) times the choices; without a client cap, the model's cap, else OUTPUT_TOKENS_ESTIMATE."""
+    own output cap) times the choices; without a client cap, the model's cap, else `uncapped` per choice
+    (routing: OUTPUT_TOKENS_ESTIMATE; budget reservations pass a more cautious number)."""
     cap = model.max_output_tokens
-    if max_tokens > 0:
-        per_choice = min(max_tokens, cap) if cap > 0 else max_tokens
-    else:
-        per_choice = cap if cap > 0 else OUTPUT_TOKENS_ESTIMATE
-    return per_choice * max(1, n)
+    if max_tokens <= 0:
+        return (cap if cap > 0 else uncapped) * max(1, n)
+    return (min(max_tokens, cap) if cap > 0 else max_tokens) * max(1, n)
 
 
-def estimate_cost(model: ModelInfo, input_tokens: int, max_tokens: int = 0, n: int = 1) -> float:
-    return model.cost_usd(input_tokens, estimate_output_tokens(model, max_tokens, n))
+def estimate_cost(
+    model: ModelInfo, input_tokens: int, max_tokens: int = 0, n: int = 1, uncapped: int = OUTPUT_TOKENS_ESTIMATE
+) -> float:
+    return model.cost_usd(input_tokens, estimate_output_tokens(model, max_tokens, n, uncapped))
 
 
 def _positive_int(value: object) -> int:

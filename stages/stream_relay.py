@@ -4,6 +4,9 @@ Failover is possible until the first token is handed to the sink: before that, e
 stall, a first token later than the first-token limit) is a ProviderError that escalate can act on. After
 it, a failure is StreamBroken: the client already has a 200 and part of an answer.
 
+After a break, dispatch may rescue the answer (stages/stream_rescue.py): it relays a continuation through
+this same function into the already open sink.
+
 A stream that ends early after its first token (cut, stall, client gone, request cancelled) is still billed by
 the provider, so it is charged here before the error goes on: `ctx.result` carries the usage relayed so far
 (the provider's, else chars/4 of the text; input from the provider or the estimate) and `ctx.cost_usd` its
@@ -15,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from adapters.errors import ProviderError
 from adapters.provider import Provider
 from pipeline.context import Candidate, RequestContext, StreamSink
 from pipeline.errors import StreamBroken
-from pipeline.types import ChatResult, ErrorClass, StreamDelta, Usage
+from pipeline.types import ChatRequest, ChatResult, ErrorClass, StreamDelta, Usage
 
-__all__ = ["relay_stream"]
+__all__ = ["StreamLimits", "relay_stream"]
 
 
 class _Tally:
@@ -53,30 +57,43 @@ class _Tally:
         return Usage(usage.input_tokens or estimated_input, usage.output_tokens or -(-self.chars // 4))
 
 
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    first_token_secs: float  # from opening to the first token (never past the request's deadline)
+    attempt_timeout: float  # connecting and the response headers
+    idle_timeout: float  # the longest silence once the body flows
+    on_malformed: Callable[[], None]  # an unparseable event was skipped
+
+
 async def relay_stream(
     ctx: RequestContext,
     adapter: Provider,
     candidate: Candidate,
     *,
     sink: StreamSink,
-    first_token_secs: float,
-    attempt_timeout: float,
-    idle_timeout: float,
-    on_malformed: Callable[[], None],
+    limits: StreamLimits,
+    request: ChatRequest | None = None,
+    charge: Callable[[Candidate, ChatResult], None] | None = None,
+    estimated_input_tokens: int | None = None,
 ) -> ChatResult:
-    """Open the upstream stream, wait for its first token, then copy every delta to `sink`."""
+    """Open the upstream stream, wait for its first token, then copy every delta to `sink`.
+
+    A rescue's continuation passes its own `request` (the prefill), a `charge` that adds to what the broken
+    stream was charged, its input estimate (the prefill included) and a sink that is already open."""
     decision = ctx.decision
     assert decision is not None
+    charge = charge or ctx.charge
+    estimated_input = decision.estimated_input_tokens if estimated_input_tokens is None else estimated_input_tokens
     started = time.monotonic()
-    first_deadline = min(decision.deadline, started + first_token_secs)
+    first_deadline = min(decision.deadline, started + limits.first_token_secs)
     upstream = await adapter.open_stream(
         candidate.model.sent_as,  # the provider's name for the model; the client's stream names model.id
-        ctx.request,
+        request or ctx.request,
         request_id=ctx.request_id,
         deadline=first_deadline,
-        attempt_timeout=attempt_timeout,
-        idle_timeout=idle_timeout,
-        on_malformed=on_malformed,
+        attempt_timeout=limits.attempt_timeout,
+        idle_timeout=limits.idle_timeout,
+        on_malformed=limits.on_malformed,
     )
     tally = _Tally()
     deltas = aiter(upstream)
@@ -85,7 +102,8 @@ async def relay_stream(
         pending = await _until_first_token(deltas, first_deadline - time.monotonic())
         serving = True
         ctx.served_by = candidate
-        ctx.ttft_ms = (time.perf_counter() - ctx.started_at) * 1000
+        if not sink.opened:
+            ctx.ttft_ms = (time.perf_counter() - ctx.started_at) * 1000
         for delta in pending:
             tally.add(delta)
         await sink.open(ctx)
@@ -99,13 +117,13 @@ async def relay_stream(
             raise StreamBroken(f"the upstream stream broke: {exc.message}", cause_class=str(exc.error_class)) from exc
     except BaseException:
         if serving:  # charged before anything else can fail or be cancelled
-            usage = tally.final_usage(decision.estimated_input_tokens)
-            ctx.charge(candidate, ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000))
+            usage = tally.final_usage(estimated_input)
+            charge(candidate, ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000))
         upstream.close()
         await deltas.aclose()
         raise
     upstream.release()
-    usage = tally.final_usage(decision.estimated_input_tokens)
+    usage = tally.final_usage(estimated_input)
     return ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
 
 

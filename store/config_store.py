@@ -96,6 +96,9 @@ class ConfigStore:
         conn = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: each commit syncs the WAL, so an admin write that returned 200 survives a power loss too,
+        # not only a process kill (NORMAL would do for that); admin writes are rare, the sync is cheap.
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         self._conn = conn
@@ -246,13 +249,15 @@ class ConfigStore:
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, kind, upstream_model, fallbacks, max_output_tokens, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " enabled, kind, upstream_model, fallbacks, max_output_tokens, supports_prefill, created_at,"
+                " updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
                 " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
                 " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
-                " max_output_tokens=excluded.max_output_tokens, updated_at=excluded.updated_at,"
+                " max_output_tokens=excluded.max_output_tokens, supports_prefill=excluded.supports_prefill,"
+                " updated_at=excluded.updated_at,"
                 " pricing_source=CASE WHEN models.input_per_1k = excluded.input_per_1k"
                 " AND models.output_per_1k = excluded.output_per_1k THEN models.pricing_source ELSE 'manual' END",
                 (
@@ -267,6 +272,7 @@ class ConfigStore:
                     model.upstream_model,
                     json.dumps(list(model.fallbacks)),
                     model.max_output_tokens,
+                    None if model.supports_prefill is None else int(model.supports_prefill),
                     now,
                     now,
                 ),
@@ -403,6 +409,7 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         upstream_model=row["upstream_model"],
         fallbacks=tuple(_id_list(row["fallbacks"])),
         pricing_source=row["pricing_source"],
+        supports_prefill=None if row["supports_prefill"] is None else bool(row["supports_prefill"]),
     )
 
 

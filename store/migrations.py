@@ -152,6 +152,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
     (
         8,
+        "model_supports_prefill",
+        # NULL: the provider type's default (Anthropic and vLLM continue a prefill, OpenAI does not).
+        "ALTER TABLE models ADD COLUMN supports_prefill INTEGER;",
+    ),
+    (
+        9,
         "routing_reward",
         # The routing objective (pipeline/objective.py) as JSON; '' = the default objective.
         "ALTER TABLE routing_config ADD COLUMN reward TEXT NOT NULL DEFAULT '';",

@@ -77,8 +77,8 @@ def test_every_type_builds_a_provider_that_matches_its_description(name: str, ht
 
 def test_what_each_type_can_do() -> None:
     assert PROVIDER_TYPES["openai"].capabilities == Capabilities(embeddings=True)
-    assert PROVIDER_TYPES["anthropic"].capabilities == Capabilities()
-    assert PROVIDER_TYPES["vllm"].capabilities == Capabilities(embeddings=True, discovery=True)
+    assert PROVIDER_TYPES["anthropic"].capabilities == Capabilities(prefill=True)
+    assert PROVIDER_TYPES["vllm"].capabilities == Capabilities(embeddings=True, discovery=True, prefill=True)
 
 
 def test_model_list_urls_and_auth_per_type(http: HttpClient) -> None:

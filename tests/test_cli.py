@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -17,59 +15,9 @@ import duckdb
 import pytest
 
 from tests.fakes.openai_fake import FakeOpenAI, Hang
+from tests.support.server import Server
 
 ADMIN = "cli-admin-token-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`command` (default `python -m pipeline serve`) as a subprocess on a free port of `bind`; reached on 127.0.0.1."""
-
-    def __init__(self, data_dir: Path, *, command: Sequence[str] = (), bind: str = "127.0.0.1", **env: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.command = list(command) or [sys.executable, "-m", "pipeline", "serve"]
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("TOKENHUB_")},
-            "TOKENHUB_DATA_DIR": str(data_dir),
-            "TOKENHUB_LISTEN_ADDR": f"{bind}:{self.port}",
-            **env,
-        }
-        self.proc: asyncio.subprocess.Process | None = None
-        self.signalled = False
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.command,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(f"{self.url}/healthz"):
-                        return
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.05)
-        raise AssertionError("server did not start")
-
-    def terminate(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)  # once: a second signal would cut the drain short
-        self.signalled = True
-
-    async def stop(self) -> tuple[int, str, str]:
-        assert self.proc is not None
-        if not self.signalled:
-            self.terminate()
-        out, err = await asyncio.wait_for(self.proc.communicate(), 20)
-        return self.proc.returncode or 0, out.decode(), err.decode()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from scripts.demo import CONFIG_FILE, KEY_NAME, metrics_summary, relocated_confi
 from scripts.demo_fakes import DEFAULT_PORT_BASE, FakeModel, FakeProvider, demo_lineup, grade, question
 from scripts.demo_traffic import Traffic
 from tests.conftest import Hub
+from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,12 +171,6 @@ async def test_demo_traffic_shows_routing_failover_breaker_and_feedback(
     assert summary[0].startswith("served by model: ") and any("fader" in line for line in summary)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -189,7 +184,7 @@ def _metrics(port: int) -> str:
 def test_demo_run_end_to_end(tmp_path: Path) -> None:
     """`demo.py run --duration 8` as a user runs it (TOKENHUB_CONFIG_FILE; needs config-as-code): several
     models serve, calls fail over, and SIGINT stops fakes and TokenHub cleanly."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "scripts/demo.py", "run", "--duration", "8", "--rate", "15"]
     command += ["--port", str(port), "--fake-port-base", "0", "--data-dir", str(tmp_path / "data")]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

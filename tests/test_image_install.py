@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from tests.fakes.openai_fake import FakeOpenAI, Hang
-from tests.test_cli import Server, _free_port
+from tests.support.server import Server, free_port
 from tests.test_dockerfile import build_stage_copies
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ async def test_installed_server_on_all_interfaces_and_the_healthcheck(
 
         # The override, as the variable and as the flag (the flag wins); and an answer that is not TokenHub's.
         moved = await asyncio.to_thread(
-            installed.run, "healthcheck", TOKENHUB_HEALTHCHECK_URL=f"http://127.0.0.1:{_free_port()}/healthz"
+            installed.run, "healthcheck", TOKENHUB_HEALTHCHECK_URL=f"http://127.0.0.1:{free_port()}/healthz"
         )
         assert moved.returncode == 1 and "no answer from" in moved.stdout, moved
         flag = await asyncio.to_thread(

@@ -113,6 +113,7 @@ async def test_metrics_text_parses_and_counts_match(ready_hub: tuple[Hub, str]) 
     assert ("tokenhub_log_dropped_total", frozenset()) in parsed
     assert value(parsed, "tokenhub_store_dropped_total", op="log_request") == 0
     assert value(parsed, "tokenhub_event_subscribers") == 0
+    assert value(parsed, "tokenhub_asyncio_tasks") >= 1  # at least the handler that is scraping
     labels = {label for (_, ls) in parsed for label, _ in ls}
     assert "request_id" not in labels and "api_key_id" not in labels
     assert key not in text and "sk-test-secret" not in text and ADMIN_TOKEN not in text

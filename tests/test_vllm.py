@@ -449,3 +449,16 @@ async def test_unchanged_discovery_keeps_the_snapshot(make_hub: Any) -> None:
         assert hub.services.snapshot is before  # nothing changed: no swap
         hub.services.set_discovered_models("no-such-provider", (DiscoveredModel("x"),))
         assert "x" not in hub.services.snapshot.models
+
+
+async def test_a_flapping_endpoint_follows_its_probes_and_requests_keep_being_served(make_hub: Any) -> None:
+    async with endpoints("llama") as (a, b):
+        b.health_flap = 1  # its /health flips after every check: up, down, up, ...
+        hub, key = await start(make_hub, [a.base_url, b.base_url])
+        states = []
+        for _ in range(4):
+            await hub.services.vllm_prober.run_once()
+            states.append(adapter_of(hub).endpoints[1].healthy)
+            await served(hub, key)
+        assert states in ([True, False, True, False], [False, True, False, True]), states
+        assert all(e.healthy for e in adapter_of(hub).endpoints[:1])  # the steady one is never marked down

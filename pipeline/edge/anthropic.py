@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.anthropic_format import openai_to_anthropic_message, stop_reason_for
 from pipeline.context import Policy, RequestContext
@@ -18,7 +18,7 @@ from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
 from pipeline.types import ChatRequest, Message, StreamDelta
 
-__all__ = ["AnthropicCodec", "AnthropicStreamSink", "anthropic_error", "decode_messages"]
+__all__ = ["AnthropicCodec", "AnthropicErrorBody", "AnthropicStreamSink", "anthropic_error", "decode_messages"]
 
 # Anthropic's error type for each status (what its SDKs and clients switch on).
 _ERROR_TYPES = {
@@ -82,10 +82,28 @@ class MessagesBody(Strict):
     tokenhub: PolicyIn | None = None  # TokenHub's routing policy, in the body instead of directives
 
 
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(BaseModel):
+    """What `anthropic_error` returns."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+    request_id: str
+
+
 class AnthropicCodec:
     endpoint = "messages"
     scope = "chat"
     strict_model = True  # an unknown model is a 404 not_found_error, as Anthropic answers
+    summary = "Anthropic-compatible messages (the anthropic SDKs' format); stream: true for SSE"
+    body_model = MessagesBody
+    error_model = AnthropicErrorBody
+    streams = True
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         return decode_messages(raw, max_messages=max_messages)
@@ -341,7 +359,7 @@ class AnthropicStreamSink:
         await self._writer.end(b"".join(out))
 
     async def fail(self, error: TokenHubError) -> None:
-        await self._writer.end(_event("error", anthropic_error(error, self._request_id)))
+        await self._writer.end(_event("error", anthropic_error(error, self._request_id)), complete=False)
 
     def _message_start(self) -> bytes:
         self._started = True

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import ClientDisconnected, TokenHubError
 from pipeline.types import ChatRequest, StreamDelta
 from pipeline.web import id_headers
 
-__all__ = ["Codec", "EdgeSink", "SseWriter", "attempts_header"]
+__all__ = ["STREAM_CAPTURE", "Codec", "EdgeSink", "SseWriter", "StreamCapture", "attempts_header"]
 
 
 class EdgeSink(Protocol):
@@ -37,6 +38,10 @@ class Codec(Protocol):
     endpoint: str  # the request log's name for this route
     scope: str  # the API-key scope it needs
     strict_model: bool  # a `model` naming no registered model is a 404 (not silently re-routed)
+    summary: str  # its OpenAPI summary (pipeline/openapi.py)
+    body_model: type[BaseModel]  # the model `decode` validates the body with
+    error_model: type[BaseModel]  # the shape of `error_body`
+    streams: bool  # `stream: true` answers text/event-stream
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]: ...
 
@@ -45,6 +50,30 @@ class Codec(Protocol):
     def error_body(self, error: TokenHubError, request_id: str) -> dict[str, Any]: ...
 
     def stream_sink(self, request: web.Request, ctx: RequestContext) -> EdgeSink: ...
+
+
+class StreamCapture:
+    """A copy of the stream a client received, for an `Idempotency-Key` replay (pipeline/edge/idempotency.py).
+    `complete` stays False unless the stream ended normally; past `limit` bytes the copy is abandoned."""
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.complete = False
+        self.overflowed = False
+
+    def add(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.overflowed, self.chunks = True, []
+        else:
+            self.chunks.append(data)
+
+
+STREAM_CAPTURE: web.RequestKey[StreamCapture] = web.RequestKey("stream_capture", StreamCapture)
 
 
 class SseWriter:
@@ -62,6 +91,7 @@ class SseWriter:
             },
         )
         self.opened = False
+        self._capture = request.get(STREAM_CAPTURE)  # set only when the request carries an Idempotency-Key
 
     async def start(self, ctx: RequestContext) -> None:
         served = ctx.served_by
@@ -85,12 +115,18 @@ class SseWriter:
 
     async def write(self, data: bytes) -> None:
         """Awaits the socket's drain, so a slow client slows the upstream read instead of filling memory."""
+        if self._capture is not None:
+            self._capture.add(data)
         try:
             await self.response.write(data)
         except (ConnectionError, RuntimeError) as exc:  # aiohttp: ClientConnectionResetError / closing transport
             raise ClientDisconnected("client disconnected during the stream") from exc
 
-    async def end(self, data: bytes) -> None:
+    async def end(self, data: bytes, *, complete: bool = True) -> None:
+        """The last bytes; `complete` False for a stream ended by an error event (never replayed)."""
+        if self._capture is not None:
+            self._capture.add(data)
+            self._capture.complete = complete
         try:
             await self.response.write(data)
             await self.response.write_eof()
@@ -100,7 +136,7 @@ class SseWriter:
 
 def attempts_header(ctx: RequestContext) -> str:
     """Every model tried, in order, and how it went: "gpt-a=transient, gpt-b=ok"."""
-    parts = [f"{a.model_id}={a.error_class or 'ok'}" for a in ctx.attempts]
+    parts = [f"{a.model_id}={a.outcome}" for a in ctx.attempts]
     served = ctx.served_by
     if served is not None and (not ctx.attempts or ctx.attempts[-1].error_class):
         parts.append(f"{served.model.id}=ok")  # a stream that just started: its success is logged at the end

@@ -31,7 +31,10 @@ ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 DEFAULT_ALLOW_HEADERS = (
     "Accept, Authorization, Content-Type, X-Request-Id, x-api-key, Idempotency-Key, anthropic-version, anthropic-beta"
 )
-EXPOSE_HEADERS = "X-Request-Id, X-Client-Request-Id, X-Negotiated-Model, X-Provider, X-TokenHub-Attempts, Retry-After"
+EXPOSE_HEADERS = (
+    "X-Request-Id, X-Client-Request-Id, X-Negotiated-Model, X-Provider, X-TokenHub-Attempts, Retry-After,"
+    " Idempotent-Replayed, Idempotency-Replay, X-Idempotent-Request-Id"
+)
 MAX_AGE_SECS = "300"
 MAX_REQUESTED_HEADERS = 64
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")

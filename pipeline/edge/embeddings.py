@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import EdgeSink
-from pipeline.edge.openai import openai_error
+from pipeline.edge.openai import OpenAIErrorBody, openai_error
 from pipeline.edge.wire import PolicyIn, Strict
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.modes import AUTO_MODELS
@@ -114,6 +114,10 @@ class EmbeddingsCodec:
     endpoint = "embeddings"
     scope = "embeddings"
     strict_model = True  # an unknown model is a 404, as OpenAI answers
+    summary = "OpenAI-compatible embeddings, routed to embedding models"
+    body_model = EmbeddingsBody
+    error_model = OpenAIErrorBody
+    streams = False
 
     def __init__(self, *, max_chars: int, max_total_chars: int) -> None:
         self._max_chars = max_chars  # per input

@@ -17,14 +17,17 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import Field, ValidationError
 
+from pipeline.edge.idempotency import Idempotency
 from pipeline.edge.wire import Strict
 from pipeline.errors import Conflict, NotFound, RateLimited, invalid_request
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.types import RequestRecord
 from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks
 from stages.auth import key_in_force
 from stages.learning import rated_reward
 from stages.rate_limit import TokenBuckets
+from store.idempotency import StoredResponse
 from store.reward_queries import rewarded_request
 
 __all__ = ["FeedbackEndpoint"]
@@ -56,6 +59,10 @@ class _Rated:
 
 
 class FeedbackEndpoint:
+    operation = Operation(
+        "Score an answer (0..1) so routing learns its quality", "client API", body=FeedbackIn, security="api_key"
+    )
+
     def __init__(self, services: Services) -> None:
         self._services = services
         settings = services.settings
@@ -64,6 +71,7 @@ class FeedbackEndpoint:
         self._by_ip = TokenBuckets(rate, burst)
         self._by_key = TokenBuckets(rate, burst)
         self._window = settings.feedback_window_secs
+        self._idempotency = Idempotency(services)
 
     async def handle(self, request: web.Request) -> web.Response:
         services = self._services
@@ -72,12 +80,17 @@ class FeedbackEndpoint:
         key = key_in_force(bool(presented), services.identify(presented), time.time())
         self._limit(self._by_key, key.id)
         raw = await read_body(request, 64 * 1024, max_depth=services.settings.max_json_depth)
+        # Feedback is not a request-log row, so a replay has nothing to record beyond its metric.
+        return await self._idempotency.run(request, key.id, raw, "feedback", lambda: self._rate(key.id, raw), _ignore)
+
+    async def _rate(self, key_id: str, raw: bytes) -> web.Response:
+        services = self._services
         try:
             body = FeedbackIn.model_validate_json(raw)
         except ValidationError as exc:
             raise invalid_request(exc) from None
         since = self._since(body.request_id)
-        rated = await self._find(key.id, body.request_id, since)
+        rated = await self._find(key_id, body.request_id, since)
         if rated.status >= 400 or math.isnan(rated.reward) or not rated.model_id:
             raise Conflict("only a request that a model answered can be rated", field="request_id")
         new = rated_reward(rated.reward, rated.quality_prior, rated.quality_weight, rated.score, body.score)
@@ -86,7 +99,7 @@ class FeedbackEndpoint:
             record.reward, record.feedback_score, record.feedback_comment = new, body.score, body.comment
         services.bandit.rate(body.request_id, body.score)
         analytics = services.analytics
-        await analytics.call(analytics.set_feedback, key.id, body.request_id, since, new, body.score, body.comment)
+        await analytics.call(analytics.set_feedback, key_id, body.request_id, since, new, body.score, body.comment)
         return web.json_response({"request_id": body.request_id, "score": body.score, "reward": new})
 
     def _limit(self, buckets: TokenBuckets, caller: str) -> None:
@@ -130,3 +143,7 @@ def _quality_terms(prior: float | None, weight: float | None) -> tuple[float, fl
     if prior is None or weight is None or math.isnan(prior) or math.isnan(weight):
         return LEGACY_QUALITY_PRIOR, LEGACY_QUALITY_WEIGHT
     return prior, weight
+
+
+def _ignore(stored: StoredResponse) -> None:
+    return None

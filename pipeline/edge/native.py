@@ -13,6 +13,7 @@ from pipeline.edge.openai import OpenAIStreamSink
 from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
 from pipeline.errors import TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
+from pipeline.openapi import ErrorBody
 from pipeline.output_format import OutputFormat
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
@@ -57,6 +58,10 @@ class NativeCodec:
     endpoint = "chat"
     scope = "chat"
     strict_model = False  # model_hint is a preference: an unknown one is ignored and named in routing_reason
+    summary = "TokenHub's native chat: policy in, routing decision and cost out; request.stream for SSE"
+    body_model = ChatBody
+    error_model = ErrorBody
+    streams = True
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         return decode_chat(raw, max_messages=max_messages)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
 from pipeline.context import Policy, RequestContext
@@ -22,6 +22,7 @@ __all__ = [
     "FORWARDED",
     "CompletionsBody",
     "OpenAICodec",
+    "OpenAIErrorBody",
     "OpenAIStreamSink",
     "StreamOptions",
     "completion_body",
@@ -94,10 +95,29 @@ class CompletionsBody(Strict):
     reasoning_effort: str | None = None
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+    request_id: str
+
+
+class OpenAIErrorBody(BaseModel):
+    """What `openai_error` returns."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: OpenAIErrorDetail
+
+
 class OpenAICodec:
     endpoint = "chat_completions"
     scope = "chat"
     strict_model = True
+    summary = "OpenAI-compatible chat completion (the openai SDKs' format); stream: true for SSE"
+    body_model = CompletionsBody
+    error_model = OpenAIErrorBody
+    streams = True
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         check_message_count(raw, max_messages, ("messages",))
@@ -217,7 +237,7 @@ class OpenAIStreamSink:
 
     async def fail(self, error: TokenHubError) -> None:
         body = openai_error(error, self._request_id)
-        await self._writer.end(b"data: " + orjson.dumps(body) + b"\n\n")
+        await self._writer.end(b"data: " + orjson.dumps(body) + b"\n\n", complete=False)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = orjson.dumps({"index": 0, "delta": delta, "finish_reason": finish_reason})

@@ -11,8 +11,10 @@ from aiohttp import web
 from pipeline.context import RequestContext
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.context import BeforeBody, new_context
-from pipeline.edge.plan_codec import decode_plan, plan_envelope
+from pipeline.edge.idempotency import Idempotency, record_replay
+from pipeline.edge.plan_codec import PlanBody, decode_plan, plan_envelope
 from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
+from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
@@ -22,11 +24,20 @@ __all__ = ["PlanEndpoint"]
 
 
 class PlanEndpoint:
+    operation = Operation(
+        "Several models on one task (adversarial, vote, refine); request.stream streams each step",
+        "client API",
+        body=PlanBody,
+        security="api_key",
+        media=("application/json", "text/event-stream"),
+    )
+
     def __init__(self, services: Services, pipelines: TenantPipelines) -> None:
         self._services = services
         self._pipelines = pipelines
         self._trusted = trusted_networks(services)
         self._before_body = BeforeBody()
+        self._idempotency = Idempotency(services)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services = self._services
@@ -45,6 +56,21 @@ class PlanEndpoint:
             ctx.error = exc
             services.recorder.emit(ctx)
             return error_response(exc, ctx.request_id)
+        try:
+            return await self._idempotency.run(
+                request,
+                ctx.api_key.id if ctx.api_key else "",
+                raw,
+                "plan",
+                lambda: self._serve(request, ctx, chain),
+                lambda stored: record_replay(services, ctx, stored),
+            )
+        except TokenHubError as exc:  # the Idempotency-Key refused (400, 409, 422): nothing ran
+            ctx.error = exc
+            services.recorder.emit(ctx)
+            return error_response(exc, ctx.request_id)
+
+    async def _serve(self, request: web.Request, ctx: RequestContext, chain: Next) -> web.StreamResponse:
         if ctx.request.stream:
             return await self._stream(request, ctx, chain)
         try:
@@ -71,7 +97,7 @@ class PlanEndpoint:
         except TokenHubError as exc:
             if not writer.opened:
                 return error_response(exc, ctx.request_id)
-            await writer.end(_event("error", exc.body(ctx.request_id)))
+            await writer.end(_event("error", exc.body(ctx.request_id)), complete=False)
             return writer.response
         await send("plan", plan_envelope(ctx))
         await writer.end(b"")

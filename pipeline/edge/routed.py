@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pipeline.context import RequestContext
 from pipeline.edge.codec import Codec, attempts_header
 from pipeline.edge.context import BeforeBody, new_context
+from pipeline.edge.idempotency import Idempotency, record_replay
 from pipeline.errors import ClientDisconnected, NotFound, TokenHubError
 from pipeline.model_ids import resolve_model_id
+from pipeline.openapi import Operation
 from pipeline.services import Services
+from pipeline.stage import Next
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body, trusted_networks
 
@@ -26,6 +30,15 @@ class RoutedEndpoint:
         self._codec = codec
         self._trusted = trusted_networks(services)
         self._before_body = BeforeBody()
+        self._idempotency = Idempotency(services)
+        self.operation = Operation(
+            codec.summary,
+            "client API",
+            body=codec.body_model,
+            security="api_key",
+            errors=codec.error_model,
+            media=("application/json", "text/event-stream") if codec.streams else ("application/json",),
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         services, codec = self._services, self._codec
@@ -43,6 +56,22 @@ class RoutedEndpoint:
             ctx.error = exc
             services.recorder.emit(ctx)
             return self._error(exc, ctx.request_id)
+        try:
+            return await self._idempotency.run(
+                request,
+                ctx.api_key.id if ctx.api_key else "",
+                raw,
+                codec.endpoint,
+                lambda: self._serve(request, ctx, chain),
+                lambda stored: record_replay(services, ctx, stored),
+            )
+        except TokenHubError as exc:  # the Idempotency-Key refused (400, 409, 422): nothing ran
+            ctx.error = exc
+            services.recorder.emit(ctx)
+            return self._error(exc, ctx.request_id)
+
+    async def _serve(self, request: web.Request, ctx: RequestContext, chain: Next) -> web.StreamResponse:
+        codec = self._codec
         sink = ctx.sink = codec.stream_sink(request, ctx) if ctx.request.stream else None
         try:
             await chain(ctx)

@@ -6,10 +6,22 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import SkipJsonSchema
 
+from pipeline.openapi import Operation
 from pipeline.web import SERVICES
 
-__all__ = ["healthz", "list_models", "metrics"]
+__all__ = ["STATUS_OPERATIONS", "Readiness", "healthz", "list_models", "metrics"]
+
+
+class Readiness(BaseModel):
+    """GET /healthz's body; `reason` and `fix` say what is missing when it is 503."""
+
+    model_config = ConfigDict(extra="allow")
+    status: str
+    reason: str | SkipJsonSchema[None] = None
+    fix: str | SkipJsonSchema[None] = None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -38,3 +50,15 @@ async def list_models(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[SERVICES].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+STATUS_OPERATIONS = {
+    healthz: Operation(
+        "Readiness: 200 when a model can be routed",
+        "status",
+        security="none",
+        responses={503: ("not ready: no routable model (reason, fix)", Readiness)},
+    ),
+    list_models: Operation("The routable models and aliases, OpenAI's list shape", "client API", security="none"),
+    metrics: Operation("Prometheus metrics", "status", security="none", media=("text/plain",)),
+}

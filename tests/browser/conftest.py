@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, s
 
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.server import free_port
 
 T = TypeVar("T")
 CHROMIUM = os.environ.get("TOKENHUB_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -42,12 +42,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThreadedFake:

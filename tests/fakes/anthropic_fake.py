@@ -10,18 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.prefill import continuation, final_assistant_text
+
 __all__ = [
+    "ContentPolicy",
     "ContextOverflow",
     "Drop",
     "Fail",
     "FakeAnthropic",
     "Hang",
     "Malformed",
+    "PrefillRejected",
     "Reply",
     "StreamCut",
     "StreamError",
@@ -84,6 +89,7 @@ class Reply:
     garbage: bool = False  # a malformed event after the first text delta
     stop_event: bool = True  # send message_stop at the end
     piece_size: int = 4  # characters of text (and of tool input JSON) per delta
+    repeat_words: int = 0  # continuing a prefill: repeat this many of its last words first
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,11 @@ class Drop:
 
 @dataclass(frozen=True)
 class StreamCut:
-    """Stream `after` text deltas of a normal reply, then close the connection."""
+    """Stream `after` text deltas of `reply` (a normal one by default), then close the connection; a reply
+    with fewer text deltas is cut at its end, before message_delta (a tool-only answer: after its tool_use)."""
 
     after: int = 1
+    reply: Reply | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,30 @@ class StreamError:
     message: str = "Overloaded"
 
 
-Behaviour = Reply | Fail | ContextOverflow | Hang | Malformed | Drop | StreamCut | StreamStall | StreamError
+@dataclass(frozen=True)
+class ContentPolicy:
+    """400: the request was refused by the content policy (refused on its merits: no failover)."""
+
+
+@dataclass(frozen=True)
+class PrefillRejected:
+    """400 for a conversation that ends with an assistant turn (newer models refuse a prefill); any other
+    request is answered normally."""
+
+
+Behaviour = (
+    Reply
+    | Fail
+    | ContextOverflow
+    | Hang
+    | Malformed
+    | Drop
+    | StreamCut
+    | StreamStall
+    | StreamError
+    | ContentPolicy
+    | PrefillRejected
+)
 _STREAM_BEHAVIOURS = (Reply, Hang, StreamCut, StreamStall, StreamError)
 
 
@@ -161,6 +192,8 @@ class FakeAnthropic:
         self.stream_cancelled = asyncio.Event()
         self.chunks_written = 0  # text deltas fully handed to the socket, all streams
         self._counter = 0
+        # Optional: text for replies scripted without one, from (model, request body).
+        self.responder: Callable[[str, dict[str, Any]], str] | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._bind_port = port
@@ -239,9 +272,12 @@ class FakeAnthropic:
             return _error(400, problem)
         script = self._scripts.get(model)
         behaviour: Behaviour = script.popleft() if script else Reply()
+        prefill = final_assistant_text(body["messages"])
+        if isinstance(behaviour, PrefillRejected) and prefill is None:
+            behaviour = Reply()
         if body.get("stream") and isinstance(behaviour, _STREAM_BEHAVIOURS):
-            return await self._stream(behaviour, model, request)
-        return await self._perform(behaviour, model, request)
+            return await self._stream(behaviour, model, request, body)
+        return await self._perform(behaviour, model, request, body)
 
     def _auth_problem(self, request: web.Request) -> str:
         key = request.headers.get("x-api-key", "")
@@ -251,14 +287,24 @@ class FakeAnthropic:
             return "anthropic-version: header is required"
         return ""
 
-    async def _perform(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
+    async def _perform(
+        self, behaviour: Behaviour, model: str, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
         match behaviour:
             case Reply():
                 await asyncio.sleep(behaviour.delay)
-                return web.json_response(self._message(model, behaviour))
+                return web.json_response(self._message(model, behaviour, body))
             case Hang():
                 await asyncio.sleep(behaviour.seconds)
-                return web.json_response(self._message(model, Reply()))
+                return web.json_response(self._message(model, Reply(), body))
+            case ContentPolicy():
+                return _error(400, "Output blocked by content filtering policy")
+            case PrefillRejected():
+                return _error(
+                    400,
+                    "This model does not support assistant message prefill. The conversation must end with a"
+                    " user message.",
+                )
             case Fail():
                 return _failure(behaviour)
             case ContextOverflow():
@@ -275,11 +321,15 @@ class FakeAnthropic:
         self._counter += 1
         return f"{prefix}_fake_{self._counter}"
 
-    def _blocks(self, model: str, reply: Reply) -> list[dict[str, Any]]:
+    def _blocks(self, model: str, reply: Reply, body: dict[str, Any]) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
         if reply.thinking:
             blocks.append({"type": "thinking", "thinking": reply.thinking, "signature": "sig-fake"})
-        text = reply.text if reply.text is not None else f"reply from {model}"
+        text = reply.text
+        if text is None:
+            text = self.responder(model, body) if self.responder is not None else f"reply from {model}"
+        # A final assistant turn is a prefill: the answer goes on from it (the response leaves it out).
+        text = continuation(text, final_assistant_text(body.get("messages")) or "", repeat_words=reply.repeat_words)
         if text:
             blocks.append({"type": "text", "text": text})
         for tool in reply.tool_uses:
@@ -287,13 +337,13 @@ class FakeAnthropic:
             blocks.append({"type": "tool_use", "id": tool_id, "name": tool.name, "input": tool.input})
         return blocks
 
-    def _message(self, model: str, reply: Reply) -> dict[str, Any]:
+    def _message(self, model: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self._next_id("msg"),
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": self._blocks(model, reply),
+            "content": self._blocks(model, reply, body),
             "stop_reason": _stop_reason(reply),
             "stop_sequence": None,
         }
@@ -301,8 +351,12 @@ class FakeAnthropic:
             body["usage"] = reply.usage
         return body
 
-    async def _stream(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
+    async def _stream(
+        self, behaviour: Behaviour, model: str, request: web.Request, body: dict[str, Any]
+    ) -> web.StreamResponse:
         reply = behaviour if isinstance(behaviour, Reply) else Reply()
+        if isinstance(behaviour, StreamCut) and behaviour.reply is not None:
+            reply = behaviour.reply
         await asyncio.sleep(behaviour.seconds if isinstance(behaviour, Hang) else reply.delay)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
@@ -321,7 +375,7 @@ class FakeAnthropic:
         try:
             await response.write(_event("message_start", {"type": "message_start", "message": start}))
             await asyncio.sleep(reply.first_token_delay)
-            for index, block in enumerate(self._blocks(model, reply)):
+            for index, block in enumerate(self._blocks(model, reply, body)):
                 for event in _block_events(index, block, reply.piece_size):
                     is_text = event["type"] == "content_block_delta" and event["delta"]["type"] == "text_delta"
                     if is_text and await _interrupt(behaviour, texts_sent, response, request):

@@ -15,7 +15,22 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["ContextOverflow", "Drop", "Fail", "FakeOpenAI", "Hang", "Malformed", "Reply", "StreamCut", "StreamStall"]
+from tests.fakes.prefill import continuation, final_assistant_text
+
+__all__ = [
+    "ContentPolicy",
+    "ContextOverflow",
+    "Drop",
+    "Fail",
+    "FakeOpenAI",
+    "Hang",
+    "Malformed",
+    "PrefillRejected",
+    "Reply",
+    "StreamCut",
+    "StreamError",
+    "StreamStall",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,8 @@ class Reply:
     garbage: bool = False  # a malformed event after the first content chunk
     done_marker: bool = True  # send `data: [DONE]` at the end
     piece_size: int = 4  # characters of content per chunk
+    # continuing a prefill (vLLM's continue_final_message): repeat this many of its last words first
+    repeat_words: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,9 +104,42 @@ class StreamStall:
     seconds: float = 30.0
 
 
+@dataclass(frozen=True)
+class StreamError:
+    """Stream `after` content chunks, then an in-stream `data: {"error": ...}` event and the end of the body
+    (what OpenAI-compatible servers send when generation fails mid-answer)."""
+
+    after: int = 1
+    message: str = "The server had an error while processing your request."
+
+
+@dataclass(frozen=True)
+class ContentPolicy:
+    """400: the request was refused by the provider's content policy (refused on its merits: no failover)."""
+
+
+@dataclass(frozen=True)
+class PrefillRejected:
+    """400 for a request that asks to continue its final assistant message (a model or server that does not
+    support it); any other request is answered normally."""
+
+
 _BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("fake_body", dict)
 
-Behaviour = Reply | Fail | ContextOverflow | Hang | Malformed | Drop | StreamCut | StreamStall
+Behaviour = (
+    Reply
+    | Fail
+    | ContextOverflow
+    | Hang
+    | Malformed
+    | Drop
+    | StreamCut
+    | StreamStall
+    | StreamError
+    | ContentPolicy
+    | PrefillRejected
+)
+_STREAM_BEHAVIOURS = (Reply, StreamCut, StreamStall, StreamError, Hang)
 
 
 class FakeOpenAI:
@@ -107,6 +157,7 @@ class FakeOpenAI:
         # `max_model_len` for the model ids in `max_model_len`.
         self.healthy = True
         self.health_checks = 0
+        self.health_flap = 0  # > 0: `healthy` flips after every this many health checks (a flapping server)
         self.max_model_len: dict[str, int] = {}
         self._counter = 0
         self.in_flight = 0  # chat calls being answered right now, and the most at once
@@ -205,8 +256,11 @@ class FakeOpenAI:
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1
+        healthy = self.healthy
+        if self.health_flap and self.health_checks % self.health_flap == 0:
+            self.healthy = not self.healthy
         self._changed()
-        return web.Response(status=200 if self.healthy else 503)
+        return web.Response(status=200 if healthy else 503)
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         """OpenAI's embeddings API; scripted like chat (`Reply()` = a normal answer, `Fail(...)` etc.)."""
@@ -263,6 +317,10 @@ class FakeOpenAI:
         request[_BODY] = body if isinstance(body, dict) else {}  # concurrent calls: not requests[-1]
         script = self._scripts.get(model)
         behaviour: Behaviour = script.popleft() if script else Reply()
+        if isinstance(behaviour, PrefillRejected) and not _continues(request[_BODY]):
+            behaviour = Reply()
+        if problem := _continue_problem(request[_BODY]):
+            behaviour = Fail(400, {"object": "error", "message": problem, "type": "BadRequestError", "code": 400})
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._changed()
@@ -277,7 +335,7 @@ class FakeOpenAI:
 
     async def _perform(self, behaviour: Behaviour, model: str, request: web.Request) -> web.StreamResponse:
         streaming = bool(request.get(_BODY, {}).get("stream"))
-        if streaming and isinstance(behaviour, Reply | StreamCut | StreamStall | Hang):
+        if streaming and isinstance(behaviour, _STREAM_BEHAVIOURS):
             return await self._stream(behaviour, model, request)
         match behaviour:
             case Reply():
@@ -291,6 +349,10 @@ class FakeOpenAI:
                 return self._failure(behaviour)
             case ContextOverflow():
                 return web.json_response(self._context_overflow_body(), status=400)
+            case ContentPolicy():
+                return web.json_response(_CONTENT_POLICY_BODY, status=400)
+            case PrefillRejected():
+                return web.json_response(_PREFILL_REJECTED_BODY, status=400)
             case Malformed():
                 return web.Response(text=behaviour.text, content_type=behaviour.content_type)
             case Drop():
@@ -298,7 +360,7 @@ class FakeOpenAI:
         raise TypeError(f"unknown behaviour {behaviour!r}")
 
     async def _stream(
-        self, behaviour: Reply | StreamCut | StreamStall | Hang, model: str, request: web.Request
+        self, behaviour: Reply | StreamCut | StreamStall | StreamError | Hang, model: str, request: web.Request
     ) -> web.StreamResponse:
         reply = behaviour if isinstance(behaviour, Reply) else Reply()
         await asyncio.sleep(behaviour.seconds if isinstance(behaviour, Hang) else reply.delay)
@@ -313,13 +375,18 @@ class FakeOpenAI:
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
-        content = reply.content if reply.content is not None else self._default_content(model, body)
+        content = self._answer(model, reply, body)
         size = reply.piece_size
         pieces = [content[i : i + size] for i in range(0, len(content), size)] or [""]
         try:
             await response.write(event({"role": "assistant", "content": ""}))
             await asyncio.sleep(reply.first_token_delay)
             for index, piece in enumerate(pieces):
+                if isinstance(behaviour, StreamError) and index == behaviour.after:
+                    error = {"error": {"message": behaviour.message, "type": "server_error", "code": None}}
+                    await response.write(f"data: {json.dumps(error)}\n\n".encode())
+                    await response.write_eof()
+                    return response
                 if isinstance(behaviour, StreamCut | StreamStall) and index == behaviour.after:
                     if isinstance(behaviour, StreamStall):
                         await asyncio.sleep(behaviour.seconds)
@@ -356,10 +423,7 @@ class FakeOpenAI:
 
     def _completion(self, model: str, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
         self._counter += 1
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": reply.content if reply.content is not None else self._default_content(model, body),
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": self._answer(model, reply, body)}
         if reply.tool_calls is not None:
             message["tool_calls"] = reply.tool_calls
         completion: dict[str, Any] = {
@@ -372,6 +436,14 @@ class FakeOpenAI:
         if reply.usage is not None:
             completion["usage"] = reply.usage
         return completion
+
+    def _answer(self, model: str, reply: Reply, body: dict[str, Any]) -> str:
+        """The reply's content; with `continue_final_message` (vLLM), what follows the final assistant message."""
+        content = reply.content if reply.content is not None else self._default_content(model, body)
+        if not _continues(body):
+            return content  # a trailing assistant message without the flag: the model answers afresh
+        prefill = final_assistant_text(body.get("messages")) or ""
+        return continuation(content, prefill, repeat_words=reply.repeat_words)
 
     def _default_content(self, model: str, body: dict[str, Any]) -> str:
         if self.responder is not None:
@@ -399,6 +471,37 @@ class FakeOpenAI:
                 "code": "context_length_exceeded",
             }
         }
+
+
+_CONTENT_POLICY_BODY = {
+    "error": {
+        "message": "Your request was rejected as a result of our safety system.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "content_policy_violation",
+    }
+}
+_PREFILL_REJECTED_BODY = {
+    "object": "error",
+    "message": "continue_final_message is not supported for this model's chat template",
+    "type": "BadRequestError",
+    "code": 400,
+}
+
+
+def _continues(body: dict[str, Any]) -> bool:
+    return body.get("continue_final_message") is True
+
+
+def _continue_problem(body: dict[str, Any]) -> str:
+    """What vLLM answers 400 for when asked to continue the final message."""
+    if not _continues(body):
+        return ""
+    if body.get("add_generation_prompt", True):
+        return "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+    if final_assistant_text(body.get("messages")) is None:
+        return "continue_final_message is set but the final message is not from the assistant"
+    return ""
 
 
 async def _serve(port: int) -> None:

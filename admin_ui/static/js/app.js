@@ -32,6 +32,7 @@ function SignIn({ onSignedIn, expired }) {
 function LiveStatus() {
   const [status, setStatus] = useState("closed");
   useEffect(() => onStatus(setStatus), []);
+  if (status === "closed") return null; // no panel on screen listens to the event stream
   return html`<span class=${`live-status ${status}`} title="event stream">${status === "live" ? "● live" : status}</span>`;
 }
 
