@@ -2,10 +2,11 @@
 
     reward = wq·quality + wc·cost_term + wl·latency_term        (a failed request earns 0)
 
-Weights are >= 0 and normalised to sum 1. A term with a scale is `1 - min(x / scale, 1)`; without one it is
-relative to the eligible candidates of that request (`x / reference`, the reference being the largest
-expected cost or latency among them), so the defaults fit any price range. Quality is the client's feedback
-score, else a prior: `quality_prior` when set, else the model's running mean feedback, else 0.5.
+Weights are >= 0 and normalised to sum 1; naming some leaves the others at 0. A term with a scale is
+`1 - min(x / scale, 1)`; without one it is relative to the eligible candidates of that request
+(`x / reference`, the reference being the largest expected cost or latency among them), so the defaults
+fit any price range. Quality is the client's feedback score, else a prior: `quality_prior` when set, else
+the model's running mean feedback, else 0.5.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = ["DEFAULT_REWARD", "NEUTRAL_QUALITY", "RewardConfig", "term"]
 
 NEUTRAL_QUALITY = 0.5  # the quality of an answer nobody rated, of a model nobody rated: neither good nor bad
 _Weight = Annotated[float, Field(ge=0, le=1000)]
+_WEIGHTS = frozenset({"quality", "cost", "latency"})
 
 
 class RewardConfig(BaseModel):
@@ -39,6 +41,15 @@ class RewardConfig(BaseModel):
     quality_prior: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None, description="quality of an unrated answer; unset: the model's running mean feedback, else 0.5"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unnamed_weights_are_zero(cls, data: object) -> object:
+        """`{"quality": 1}` means quality alone: once any weight is named, the others default to 0 (with
+        none named, the default weights apply)."""
+        if isinstance(data, dict) and _WEIGHTS & data.keys():
+            return {**dict.fromkeys(_WEIGHTS - data.keys(), 0.0), **data}
+        return data
 
     @model_validator(mode="after")
     def _normalise(self) -> RewardConfig:
