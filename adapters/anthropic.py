@@ -19,8 +19,15 @@ ANTHROPIC_VERSION = "2023-06-01"
 class AnthropicAdapter(HttpAdapter):
     type = "anthropic"
     # A final assistant turn is a prefill the Messages API continues (stripped of trailing whitespace, which
-    # it rejects): stream rescue may continue on Anthropic models.
-    capabilities = Capabilities(prefill=True)
+    # it rejects): stream rescue may continue on Anthropic models. Claude reads images and PDFs, by base64 or
+    # URL; there is no audio input.
+    capabilities = Capabilities(
+        prefill=True,
+        inputs=frozenset({"vision", "documents"}),
+        default_inputs=frozenset({"vision", "documents"}),
+        url_inputs=frozenset({"vision", "documents"}),
+        media_tokens="anthropic",
+    )
     failures = FAILURES
     result_format = "anthropic"
     chat_path = "/v1/messages"

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.anthropic_format import parse_tool_arguments
-from pipeline.types import ChatRequest, Message
+from pipeline.types import ChatRequest, MediaPart, Message
 
 __all__ = ["DEFAULT_MAX_TOKENS", "PLACEHOLDER_USER_TURN", "build_messages", "build_payload", "map_parameters"]
 
@@ -56,6 +56,8 @@ def build_messages(messages: Iterable[Message]) -> tuple[str, list[dict[str, Any
             _append(turns, "assistant", _assistant_blocks(message, len(turns)))
         elif role == "tool":
             _append(turns, "user", [_tool_result(_tool_id(message.tool_call_id, "missing"), message.content)])
+        elif message.parts:  # a user turn holding media: blocks in the client's order
+            _append(turns, "user", [block for part in message.parts for block in _part_blocks(part)])
         else:  # user, and any role Anthropic does not know (OpenAI's legacy "function") as user text
             _append(turns, "user", _text_blocks(message.content))
     _pair_tool_results(turns)
@@ -75,6 +77,21 @@ def _append(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]
 def _text_blocks(text: str) -> list[dict[str, Any]]:
     # Anthropic rejects empty (and whitespace-only) text blocks.
     return [{"type": "text", "text": text}] if text and not text.isspace() else []
+
+
+def _part_blocks(part: str | MediaPart) -> list[dict[str, Any]]:
+    """A text piece, an image or a PDF as Anthropic blocks (base64 or URL source). Audio has no Anthropic
+    form: routing never sends it here (this type's `inputs` lack audio)."""
+    if isinstance(part, str):
+        return _text_blocks(part)
+    if part.url:
+        source: dict[str, Any] = {"type": "url", "url": part.url}
+    else:
+        source = {"type": "base64", "media_type": part.media_type, "data": part.data}
+    block: dict[str, Any] = {"type": part.kind, "source": source}
+    if part.kind == "document" and (part.title or part.filename):
+        block["title"] = part.title or part.filename
+    return [block]
 
 
 def _tool_id(raw: Any, fallback: str) -> str:

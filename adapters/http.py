@@ -136,10 +136,19 @@ _cached_client_timeout = lru_cache(maxsize=64)(_client_timeout)
 class HttpClient:
     """Owns one pooled aiohttp session shared by every adapter (connection reuse is most of the speed)."""
 
-    def __init__(self, *, rng: random.Random | None = None, connection_limit: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        rng: random.Random | None = None,
+        connection_limit: int = 0,
+        wrap_attempt: Callable[[Any], Any] | None = None,
+    ) -> None:
         self._rng = rng or random.Random()
         self._limit = connection_limit  # 0 = unbounded; the proxy's own admission control bounds concurrency
         self._session: aiohttp.ClientSession | None = None
+        if wrap_attempt is not None:  # tracing (pipeline/tracing.py): decided once here, not per call
+            self._attempt = wrap_attempt(self._attempt)  # type: ignore[method-assign]
+            self._open_attempt = wrap_attempt(self._open_attempt)  # type: ignore[method-assign]
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -14,7 +14,7 @@ from adapters.provider import Capabilities
 from adapters.sse import SseEvent
 from adapters.stream import malformed
 from adapters.usage import parse_usage
-from pipeline.types import ChatRequest, ChatResult, ErrorClass, Message, StreamDelta
+from pipeline.types import ChatRequest, ChatResult, ErrorClass, MediaPart, Message, StreamDelta
 
 __all__ = ["PROVIDER_TYPE", "OpenAIAdapter", "OpenAIChunkParser"]
 
@@ -22,7 +22,7 @@ __all__ = ["PROVIDER_TYPE", "OpenAIAdapter", "OpenAIChunkParser"]
 _RESERVED_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
 # Parameters other providers' clients send that OpenAI rejects ("Unrecognized request argument"): dropped.
 _NOT_OPENAI = frozenset({"top_k", "metadata", "anthropic_version", "thinking"})
-# providers.md §3. Budget errors (400 budget_exceeded) have no class of their own: fatal, not retried.
+# providers.md §3. Quota errors (429 insufficient_quota, 400 budget_exceeded) are budget_exceeded (failures.py).
 _FAILURES = FailureRules(
     overflow_phrases=("context_length_exceeded", "context length"),
     budget_overflow_statuses=frozenset({400}),
@@ -30,7 +30,8 @@ _FAILURES = FailureRules(
 
 
 def _message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    content: Any = [_part(p) for p in message.parts] if message.parts else message.content
+    out: dict[str, Any] = {"role": message.role, "content": content}
     if message.tool_calls is not None:
         out["tool_calls"] = message.tool_calls
     if message.tool_call_id:
@@ -40,9 +41,34 @@ def _message(message: Message) -> dict[str, Any]:
     return out
 
 
+def _part(part: str | MediaPart) -> dict[str, Any]:
+    """A content part in OpenAI's shapes: an image by URL as given or as a data URI, a PDF as a `file` part
+    with `file_data`, audio as `input_audio`. A document by URL has no OpenAI form: routing never sends one
+    here (this type's `url_inputs` lacks documents)."""
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    data_uri = f"data:{part.media_type};base64,{part.data}"
+    if part.kind == "image":
+        image: dict[str, Any] = {"url": part.url or data_uri}
+        if part.detail:
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    if part.kind == "document":
+        name = part.filename or part.title or "document.pdf"
+        return {"type": "file", "file": {"filename": name, "file_data": data_uri}}
+    audio_format = "mp3" if part.media_type == "audio/mpeg" else "wav"
+    return {"type": "input_audio", "input_audio": {"data": part.data, "format": audio_format}}
+
+
 class OpenAIAdapter(HttpAdapter):
     type = "openai"
-    capabilities = Capabilities(embeddings=True)
+    # Current OpenAI chat models read images and PDFs; audio only the audio models (set per model).
+    capabilities = Capabilities(
+        embeddings=True,
+        inputs=frozenset({"vision", "documents", "audio"}),
+        default_inputs=frozenset({"vision", "documents"}),
+        url_inputs=frozenset({"vision"}),
+    )
     failures = _FAILURES
     chat_path = "/v1/chat/completions"
     health_path = "/v1/models"  # an unauthenticated GET answers 401 when the API is up

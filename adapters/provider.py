@@ -37,6 +37,12 @@ class Capabilities:
     # Its models continue an assistant prefill (a request with `continue_final`) from its last character
     # instead of answering afresh: the default of each model's `supports_prefill` (stream rescue).
     prefill: bool = False
+    # Media (pipeline.types.MEDIA_CAPABILITIES values) the type's payload can carry; what its models read
+    # unless a model's own `capabilities` say otherwise; and which of them it can pass by URL.
+    inputs: frozenset[str] = frozenset()
+    default_inputs: frozenset[str] = frozenset()
+    url_inputs: frozenset[str] = frozenset()
+    media_tokens: str = "openai"  # how its models count image tokens (pipeline.media.media_tokens)
 
 
 class ChatStream(Protocol):

@@ -39,7 +39,15 @@ _FAILURES = FailureRules(
 
 class VLLMAdapter(OpenAIAdapter):
     type = "vllm"
-    capabilities = Capabilities(embeddings=True, discovery=True, prefill=True)
+    # vLLM serves image_url and input_audio parts for multimodal models (and fetches image URLs when its
+    # --allowed-media-domains let it); most deployments are text-only, so a model reads media only when set.
+    capabilities = Capabilities(
+        embeddings=True,
+        discovery=True,
+        prefill=True,
+        inputs=frozenset({"vision", "documents", "audio"}),
+        url_inputs=frozenset({"vision"}),
+    )
     failures = _FAILURES
     health_path = "/health"
     unsupported_params = _NOT_VLLM

@@ -24,6 +24,7 @@ __all__ = ["create_api_key", "list_api_keys", "mark_budget_paid", "patch_api_key
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Budget = Annotated[float, Field(ge=0, le=1_000_000)]
 PerMinute = Annotated[int, Field(ge=0, le=1_000_000_000)]
+RotationDays = Annotated[int, Field(ge=0, le=36_500)]  # 0 = no rotation period
 SHOWN_ONCE = "store this key now: it is shown only once"
 
 
@@ -35,6 +36,7 @@ class ApiKeyIn(Body):
     monthly_budget_usd: Budget = 0.0  # 0 = no budget
     rate_limit_rpm: PerMinute = 0  # requests per minute, 0 = only the per-IP limit
     rate_limit_tpm: PerMinute = 0  # tokens per minute, 0 = unlimited
+    rotation_days: RotationDays = 0  # disabled once not rotated for this long (stages/key_rotation.py)
 
 
 class ApiKeyPatch(Body):
@@ -45,6 +47,7 @@ class ApiKeyPatch(Body):
     monthly_budget_usd: Budget | None = None
     rate_limit_rpm: PerMinute | None = None
     rate_limit_tpm: PerMinute | None = None
+    rotation_days: RotationDays | None = None
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
@@ -73,6 +76,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         monthly_budget_usd=body.monthly_budget_usd,
         rate_limit_rpm=body.rate_limit_rpm,
         rate_limit_tpm=body.rate_limit_tpm,
+        rotation_days=body.rotation_days,
     )
     return web.json_response(
         {"ok": True, "key": plaintext, "prefix": record["key_prefix"], **_live(request, record), "warning": SHOWN_ONCE},

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from admin_ui import (
+    admin_token,
     aliases,
     api_keys,
     audit,
@@ -33,11 +34,13 @@ from admin_ui import (
     sessions,
     tenants,
     vault,
+    workflows,
 )
 from admin_ui.common import PIPELINES, SERVICES
 from admin_ui.security import GUARDS, Guards, admin_rate_limit, validate_path_params
 from admin_ui.sessions import ADMIN_TOKEN_KEY, SESSIONS, AdminSessions, admin_auth
 from admin_ui.static import STATIC_DIR, StaticFiles
+from pipeline.admin_token import AdminToken
 from pipeline.openapi import OPERATIONS, Operation
 from pipeline.services import Services
 from pipeline.settings import MAX_TSDB_RETENTION_DAYS
@@ -86,6 +89,13 @@ _PIPELINE_BODY = {
 
 # The one route table: each route with its OpenAPI operation (summary, and the model its body is validated with).
 ROUTES: list[tuple[web.RouteDef, Operation]] = [
+    # durable orchestration (Temporal): workflows, one described, its history
+    _route(web.get("/workflows", workflows.list_workflows), "Durable workflows (Temporal), by status"),
+    _route(web.get("/workflows/{workflow_id}", workflows.describe_workflow), "One workflow"),
+    _route(
+        web.get("/workflows/{workflow_id}/history", workflows.workflow_history),
+        "One workflow's activities: timing, model, cost",
+    ),
     # the web UI's sign-in: the admin token for a session cookie
     _route(
         web.post("/session", sessions.start_session),
@@ -95,6 +105,11 @@ ROUTES: list[tuple[web.RouteDef, Operation]] = [
     ),
     _route(web.get("/session", sessions.session_info), "Whether this browser is signed in, and its CSRF token"),
     _route(web.delete("/session", sessions.end_session), "Sign out"),
+    _route(
+        web.post("/admin-token/rotate", admin_token.rotate_admin_token),
+        "Rotate the admin token (random, or one given); every UI session signs out",
+        admin_token.RotateIn,
+    ),
     # providers, models, aliases
     _route(web.get("/providers", providers.list_providers), "List providers (keys masked)"),
     _route(web.post("/providers", providers.create_provider), "Create a provider", providers.ProviderIn, **_CREATED),
@@ -171,6 +186,10 @@ ROUTES: list[tuple[web.RouteDef, Operation]] = [
     _route(web.post("/vault/unlock", vault.unlock_vault), "Unlock (or set up) the vault", vault.UnlockIn),
     _route(web.post("/vault/lock", vault.lock_vault), "Lock the vault"),
     _route(web.post("/vault/rotate", vault.rotate_vault), "Change the vault password", vault.RotateIn),
+    _route(web.get("/vault/secrets", vault.list_secrets), "The vault's generic secrets: names, never values"),
+    _route(web.get("/vault/secrets/{key}", vault.get_secret), "One generic secret's value (vault unlocked)"),
+    _route(web.put("/vault/secrets/{key}", vault.put_secret), "Store a generic secret, sealed", vault.SecretIn),
+    _route(web.delete("/vault/secrets/{key}", vault.delete_secret), "Delete a generic secret"),
     _route(web.get("/audit", audit.list_audit), "The admin audit trail"),
     # backups (tokenhub backup is the client)
     _route(
@@ -182,15 +201,19 @@ ROUTES: list[tuple[web.RouteDef, Operation]] = [
 
 
 def admin_app(
-    services: Services, pipelines: TenantPipelines, admin_token: str, *, static_dir: Path = STATIC_DIR
+    services: Services,
+    pipelines: TenantPipelines,
+    admin_token: AdminToken | str,
+    *,
+    static_dir: Path = STATIC_DIR,
 ) -> web.Application:
-    """The application to mount at ADMIN_PREFIX. ``static_dir`` holds the web UI (served as it is)."""
-    if not admin_token:
-        raise ValueError("the admin API needs an admin token")
+    """The application to mount at ADMIN_PREFIX. ``static_dir`` holds the web UI (served as it is). A plain
+    string token has no token file: it cannot be rotated through the API."""
+    token = admin_token if isinstance(admin_token, AdminToken) else AdminToken(admin_token, path=None)
     api = web.Application(
         middlewares=[
             admin_rate_limit,  # first: floods are refused before anything, token guesses included
-            admin_auth(admin_token),  # Bearer token, or the web UI's session cookie (+ CSRF header)
+            admin_auth(token),  # Bearer token, or the web UI's session cookie (+ CSRF header)
             validate_path_params,
             audit.audit_trail,  # what is left, refused or done, is recorded
             audit.publish_admin_actions,
@@ -200,7 +223,7 @@ def admin_app(
     api[PIPELINES] = pipelines
     api[GUARDS] = Guards.build(services)
     api[SESSIONS] = AdminSessions(services.settings.admin_session_ttl_secs)
-    api[ADMIN_TOKEN_KEY] = admin_token
+    api[ADMIN_TOKEN_KEY] = token
     api.router.add_routes(route for route, _ in ROUTES)
     api[OPERATIONS] = {
         route.handler: replace(op, security="none") if sessions.is_public(route.method, route.handler) else op

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from pipeline.errors import Conflict, InvalidRequest, VaultLocked, invalid_request
+from pipeline.model_ids import ID_PATTERN
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body
@@ -44,7 +45,7 @@ T = TypeVar("T")
 SERVICES: web.AppKey[Services] = web.AppKey("admin_services", Services)
 PIPELINES: web.AppKey[TenantPipelines] = web.AppKey("admin_pipelines", TenantPipelines)
 
-IdStr = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")]
+IdStr = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # The name a provider knows a model by: anything without whitespace ("" = the TokenHub id).
 UpstreamName = Annotated[str, Field(max_length=256, pattern=r"^\S*$")]
 FallbackIds = Annotated[list[IdStr], Field(max_length=16)]

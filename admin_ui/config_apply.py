@@ -27,7 +27,7 @@ from adapters.base import normalize_base_url
 from admin_ui.aliases import alias_from_body, check_alias_against
 from admin_ui.common import parse_duration
 from admin_ui.config_file import ConfigDocument, check_pipelines, read_config_file, read_credentials_file
-from admin_ui.models import check_model
+from admin_ui.models import check_model, model_from_body
 from admin_ui.providers import key_to_write
 from admin_ui.routing import routing_defaults
 from pipeline.errors import ConfigFileInvalid, TokenHubError
@@ -122,7 +122,9 @@ def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyT
     store = target.store
     records = {r["id"]: r for r in store.list_providers()}
     for index, body in enumerate(doc.body.providers):
-        provider = ProviderInfo(body.id, body.type, normalize_base_url(body.base_url), body.enabled)
+        provider = ProviderInfo(
+            body.id, body.type, normalize_base_url(body.base_url), body.enabled, autoload_models=body.autoload_models
+        )
         record, stored = records.get(body.id), current.providers.get(body.id)
         cred_store = record["cred_store"] if record else "none"
         resolved = doc.provider_keys.get(body.id)
@@ -147,10 +149,11 @@ def _plan_providers(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyT
                 " /admin/v1/vault/unlock) or set TOKENHUB_VAULT_PASSWORD, then apply again",
             )
             continue
-        same = stored is not None and (stored.type, stored.base_url, stored.enabled) == (
+        same = stored is not None and (stored.type, stored.base_url, stored.enabled, stored.autoload_models) == (
             provider.type,
             provider.base_url,
             provider.enabled,
+            provider.autoload_models,
         )
         upsert = _bind(store.upsert_provider, provider, api_key=api_key)
         outcome = "created" if stored is None else "unchanged" if same and api_key is None else "updated"
@@ -322,7 +325,7 @@ def _save_new_keys(path: Path, new_keys: dict[str, str]) -> None:
 
 
 def _model(body: Any) -> ModelInfo:
-    return ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
+    return model_from_body(body)
 
 
 def _same_model(stored: ModelInfo, wanted: ModelInfo) -> bool:

@@ -48,6 +48,7 @@ def export_config(store: ConfigStore) -> tuple[dict[str, Any], list[str]]:
             "fallbacks": list(m.fallbacks),
             # only when an admin set it: absent means the provider type's default
             **({} if m.supports_prefill is None else {"supports_prefill": m.supports_prefill}),
+            **({"capabilities": sorted(m.capabilities)} if m.capabilities is not None else {}),
         }
         for m in store.list_models()
     ]

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, JsonValue, ValidationError, model_validator
@@ -73,19 +73,11 @@ class ConfigFileBody(Body):
     prune: bool = False  # remove providers, models and aliases the file does not name
 
 
-class CredentialsProvider(ProviderIn):
-    """The spec's credentials-file provider: the key inline (the file is 0600)."""
-
-    autoload_models: Literal[False] = Field(False, description="upstream model autoload is not supported")
-
-
-class CredentialsModel(ModelIn):
-    tool_name_map: Annotated[dict[str, str], Field(max_length=0)] = Field(default_factory=dict)
-
-
 class CredentialsBody(Body):
-    providers: list[CredentialsProvider] = Field(default_factory=list)
-    models: list[CredentialsModel] = Field(default_factory=list)
+    """The spec's credentials file: providers with their key inline (the file is 0600), and models."""
+
+    providers: list[ProviderIn] = Field(default_factory=list)
+    models: list[ModelIn] = Field(default_factory=list)
 
 
 class CredentialsFileUnsafe(RuntimeError):
@@ -181,11 +173,8 @@ def read_credentials_file(path: Path) -> ConfigDocument | None:
     except ValidationError as exc:
         raise _invalid(path, lines, exc) from None
     body = ConfigFileBody.model_construct(
-        providers=[
-            FileProvider.model_construct(**p.model_dump(exclude={"api_key", "autoload_models"}))
-            for p in creds.providers
-        ],
-        models=[ModelIn.model_construct(**m.model_dump(exclude={"tool_name_map"})) for m in creds.models],
+        providers=[FileProvider.model_construct(**p.model_dump(exclude={"api_key"})) for p in creds.providers],
+        models=list(creds.models),
         aliases=[],
         routing=None,
         tenants=[],

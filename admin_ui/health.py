@@ -1,5 +1,5 @@
 """Admin view of health: GET /health, TokenHub's readiness (as /healthz judges it, but always a 200 here) and
-each provider's tracked state, breaker and error rate."""
+each provider's tracked state, breaker and error rate, and the models disabled for their provider's quota."""
 
 from __future__ import annotations
 
@@ -28,4 +28,15 @@ async def provider_health(request: web.Request) -> web.Response:
         }
         for provider_id, h in sorted(health.snapshot().items())
     ]
-    return web.json_response({"readiness": services.readiness(), "providers": providers})
+    # models out of their provider's quota: skipped by routing until re-enabled (PATCH enabled) or `until`
+    disabled = [
+        {
+            "model_id": d.model_id,
+            "provider_id": d.provider_id,
+            "reason": d.reason,
+            "since": d.since,
+            "until": d.until or None,
+        }
+        for d in services.model_disables.active()
+    ]
+    return web.json_response({"readiness": services.readiness(), "providers": providers, "disabled_models": disabled})

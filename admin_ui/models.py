@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from adapters.provider import supports_prefill
 from adapters.registry import provider_type
@@ -20,11 +20,33 @@ from pipeline.errors import Conflict, InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ModelInfo
 
-__all__ = ["ModelIn", "check_model", "create_model", "delete_model", "list_models", "model_view", "patch_model"]
+__all__ = [
+    "ModelIn",
+    "check_model",
+    "create_model",
+    "delete_model",
+    "list_models",
+    "model_from_body",
+    "model_view",
+    "patch_model",
+]
 
 ModelKind = Literal["chat", "embedding"]
+# What a model reads besides text (pipeline.types.MEDIA_CAPABILITIES); null = its provider type's default.
+Capabilities = Annotated[list[Literal["vision", "documents", "audio"]], Field(max_length=3)]
 Weight = Annotated[int, Field(ge=0, le=10)]
 NonNegative = Annotated[float, Field(ge=0)]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+def _one_to_one(names: dict[str, str]) -> dict[str, str]:
+    if len(set(names.values())) != len(names):
+        raise ValueError("two model-facing names map to one client name: the reverse (client -> model) is ambiguous")
+    return names
+
+
+# model-facing tool name -> client-facing tool name (adapters/tool_names.py)
+ToolNameMap = Annotated[dict[ToolName, ToolName], Field(max_length=256), AfterValidator(_one_to_one)]
 
 
 class ModelIn(Body):
@@ -40,6 +62,9 @@ class ModelIn(Body):
     upstream_model: UpstreamName = ""
     fallbacks: FallbackIds = Field(default_factory=list)
     supports_prefill: bool | None = None  # continues an assistant prefill (stream rescue); null = the type's default
+    capabilities: Capabilities | None = None
+    tool_name_map: ToolNameMap = Field(default_factory=dict)
+    gemma4_output: bool = False
 
 
 class ModelPatch(Body):
@@ -53,6 +78,11 @@ class ModelPatch(Body):
     upstream_model: UpstreamName | None = None
     fallbacks: FallbackIds | None = None
     supports_prefill: bool | None = None  # an explicit null resets it to the provider type's default
+    # null (or absent) leaves them; [] = text only. `"capabilities_default": true` goes back to the type's.
+    capabilities: Capabilities | None = None
+    capabilities_default: bool = False
+    tool_name_map: ToolNameMap | None = None  # {} clears it
+    gemma4_output: bool | None = None
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -68,7 +98,7 @@ async def create_model(request: web.Request) -> web.Response:
     services = get_services(request)
     if await services.config.call(services.config.get_provider, body.provider_id) is None:
         raise InvalidRequest(f"provider {body.provider_id!r} does not exist; create it first", field="provider_id")
-    model = ModelInfo(**{**body.model_dump(), "fallbacks": tuple(body.fallbacks)})
+    model = model_from_body(body)
     _check(services, model)
     await commit(request, services.config.upsert_model, model)
     return web.json_response({"ok": True, "model": model_view(model, services)}, status=201)
@@ -81,14 +111,22 @@ async def patch_model(request: web.Request) -> web.Response:
     current = await services.config.call(services.config.get_model, model_id)
     if current is None:
         raise NotFound(f"model {model_id!r} not found")
-    changes = body.model_dump(exclude_none=True)
+    changes = body.model_dump(exclude_none=True, exclude={"capabilities_default"})
     if "supports_prefill" in body.model_fields_set:
         changes["supports_prefill"] = body.supports_prefill
     if "fallbacks" in changes:
         changes["fallbacks"] = tuple(changes["fallbacks"])
+    if body.capabilities_default and body.capabilities is not None:
+        raise InvalidRequest("send capabilities or capabilities_default, not both", field="capabilities")
+    if "capabilities" in changes or body.capabilities_default:
+        changes["capabilities"] = None if body.capabilities_default else frozenset(changes["capabilities"])
+    if "tool_name_map" in changes:
+        changes["tool_name_map"] = tuple(changes["tool_name_map"].items())
     updated = dataclasses.replace(current, **changes)
     _check(services, updated)
     await commit(request, services.config.upsert_model, updated)
+    if body.enabled:  # also lifts an in-memory disable for the provider's quota (stages/model_disables.py)
+        services.model_disables.enable(model_id, "re-enabled by an admin")
     return web.json_response({"ok": True, "model": model_view(updated, services)})
 
 
@@ -96,6 +134,20 @@ async def delete_model(request: web.Request) -> web.Response:
     services = get_services(request)
     deleted = await commit(request, services.config.delete_model, request.match_info["id"])
     return web.json_response({"ok": True, "deleted": deleted})
+
+
+def model_from_body(body: ModelIn) -> ModelInfo:
+    """The stored model an admin or config-file body describes."""
+    fields = body.model_dump()
+    capabilities = None if body.capabilities is None else frozenset(body.capabilities)
+    return ModelInfo(
+        **{
+            **fields,
+            "fallbacks": tuple(body.fallbacks),
+            "capabilities": capabilities,
+            "tool_name_map": tuple(body.tool_name_map.items()),
+        }
+    )
 
 
 def _check(services: Services, model: ModelInfo) -> None:
@@ -116,6 +168,19 @@ def check_model(
             f"provider {model.provider_id!r} ({type_name}) does not serve embeddings; kind 'embedding' needs an"
             " openai or vllm provider",
             field="kind",
+        )
+    kind = provider_type(type_name) if type_name else None
+    if kind is not None and model.capabilities and (cannot := sorted(model.capabilities - kind.capabilities.inputs)):
+        raise InvalidRequest(
+            f"provider {model.provider_id!r} ({type_name}) cannot carry {', '.join(cannot)} input; its models may"
+            f" read {', '.join(sorted(kind.capabilities.inputs)) or 'text only'}",
+            field="capabilities",
+        )
+    if model.gemma4_output and type_name == "anthropic":
+        raise InvalidRequest(
+            f"gemma4_output: provider {model.provider_id!r} is anthropic; Gemma-4 is served OpenAI-compatible"
+            " (an openai or vllm provider)",
+            field="gemma4_output",
         )
     if model.id in aliases:
         raise Conflict(f"an alias named {model.id!r} exists; delete or rename it first")
@@ -150,6 +215,11 @@ def model_view(m: ModelInfo, services: Services) -> dict[str, Any]:
         "upstream_model": m.sent_as,  # what the provider is sent (the id unless set)
         "fallbacks": list(m.fallbacks),
         "supports_prefill": m.supports_prefill,
+        # As set (null = the provider type's default); what routing uses is the engine view's `reads`.
+        "capabilities": None if m.capabilities is None else sorted(m.capabilities),
+        "tool_name_map": dict(m.tool_name_map),
+        "gemma4_output": m.gemma4_output,
+        "autoloaded": m.autoloaded,
     }
     adapter = services.adapters.get(m.provider_id)
     view["prefill"] = adapter is not None and supports_prefill(m, adapter)

@@ -82,6 +82,7 @@ async def list_logs(request: web.Request) -> web.Response:
         mode=str_param(request, "mode"),
         model_id=str_param(request, "model"),
         provider_id=str_param(request, "provider"),
+        alias_from=str_param(request, "alias_from"),
         error_class=str_param(request, "error_class"),
         status=int_param(request, "status", None, 100, 599),
         outcome=outcome,  # type: ignore[arg-type]

@@ -14,10 +14,11 @@ from aiohttp import web
 from pydantic import Field
 
 from adapters.base import normalize_base_url
+from adapters.dns_check import DNS_TIMEOUT_SECS, unresolvable_hosts
 from adapters.registry import provider_type_names
 from admin_ui.common import Body, IdStr, commit, get_services, read_model
 from admin_ui.params import page
-from pipeline.errors import InvalidRequest, NotFound
+from pipeline.errors import DiscoveryFailed, InvalidRequest, NotFound
 from pipeline.services import Services
 from pipeline.types import ProviderInfo
 from store.vault import Vault
@@ -43,6 +44,7 @@ class ProviderIn(Body):
     enabled: bool = True
     cred_store: CredStore | None = None
     api_key: str | None = Field(None, repr=False)
+    autoload_models: bool = False
 
 
 class ProviderPatch(Body):
@@ -51,6 +53,7 @@ class ProviderPatch(Body):
     enabled: bool | None = None
     cred_store: CredStore | None = None
     api_key: str | None = Field(None, repr=False)
+    autoload_models: bool | None = None
 
 
 async def list_providers(request: web.Request) -> web.Response:
@@ -64,12 +67,16 @@ async def list_providers(request: web.Request) -> web.Response:
 async def create_provider(request: web.Request) -> web.Response:
     body = await read_model(request, ProviderIn)
     services = get_services(request)
+    await _check_dns(services, body.base_url)
     existing = await services.config.call(services.config.provider_record, body.id)  # POST replaces a provider
     current = existing["cred_store"] if existing is not None else "none"
     api_key = key_to_write(body.cred_store, body.api_key, current, services.config.key_home, services.vault)
-    provider = ProviderInfo(body.id, body.type, normalize_base_url(body.base_url), body.enabled)
+    provider = ProviderInfo(
+        body.id, body.type, normalize_base_url(body.base_url), body.enabled, autoload_models=body.autoload_models
+    )
     view = await _save(request, provider, api_key)
-    return web.json_response({"ok": True, "cred_store": view["cred_store"], "provider": view}, status=201)
+    answer = {"ok": True, "cred_store": view["cred_store"], "provider": view, **await _autoload(services, provider)}
+    return web.json_response(answer, status=201)
 
 
 async def patch_provider(request: web.Request) -> web.Response:
@@ -79,6 +86,8 @@ async def patch_provider(request: web.Request) -> web.Response:
     current = await services.config.call(services.config.provider_record, provider_id)
     if current is None:
         raise NotFound(f"provider {provider_id!r} not found")
+    if body.base_url:
+        await _check_dns(services, body.base_url)
     api_key = key_to_write(
         body.cred_store, body.api_key, current["cred_store"], services.config.key_home, services.vault
     )
@@ -87,8 +96,10 @@ async def patch_provider(request: web.Request) -> web.Response:
         body.type or current["type"],
         normalize_base_url(body.base_url) if body.base_url else current["base_url"],
         current["enabled"] if body.enabled is None else body.enabled,
+        autoload_models=current["autoload_models"] if body.autoload_models is None else body.autoload_models,
     )
-    return web.json_response({"ok": True, "provider": await _save(request, updated, api_key)})
+    view = await _save(request, updated, api_key)
+    return web.json_response({"ok": True, "provider": view, **await _autoload(services, updated)})
 
 
 async def delete_provider(request: web.Request) -> web.Response:
@@ -144,8 +155,35 @@ async def _save(request: web.Request, provider: ProviderInfo, api_key: str | Non
     return _view(services, record)
 
 
+async def _check_dns(services: Services, base_url: str) -> None:
+    """With TOKENHUB_PROVIDER_DNS_CHECK on, a base URL whose host does not resolve is refused."""
+    if not services.settings.provider_dns_check:
+        return
+    if hosts := await unresolvable_hosts(base_url):
+        raise InvalidRequest(
+            f"base_url: host {hosts[0]!r} does not resolve (looked up for {DNS_TIMEOUT_SECS:g} s; the DNS check is"
+            " on: TOKENHUB_PROVIDER_DNS_CHECK)",
+            field="base_url",
+        )
+
+
+async def _autoload(services: Services, provider: ProviderInfo) -> dict[str, Any]:
+    """An autoload provider's models, listed now: what changed, or why listing failed (the write stands)."""
+    if not (provider.autoload_models and provider.enabled):
+        return {}
+    try:
+        synced = await services.autoloader.load(provider.id)
+    except DiscoveryFailed as exc:
+        return {"autoload": {"error": exc.message}}
+    return {"autoload": {"added": list(synced.added), "removed": list(synced.removed), "skipped": list(synced.skipped)}}
+
+
 def _view(services: Services, record: dict[str, Any]) -> dict[str, Any]:
-    """The stored record; a provider also configured from the environment has that key too."""
+    """The stored record; a provider also configured from the environment has that key too. `connects_to`
+    shows a base URL redirected at connection time (localhost inside a container: adapters/container.py)."""
+    live = services.providers.get(record["id"])
+    if live is not None and live.base_url != record["base_url"]:
+        record = {**record, "connects_to": live.base_url}
     if record["id"] in services.env_providers:
         return {**record, "has_api_key": True, "source": "env"}
     return {**record, "source": "store"}

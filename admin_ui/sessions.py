@@ -25,6 +25,7 @@ from pydantic import Field
 
 from admin_ui.common import Body, read_model
 from admin_ui.security import GUARDS
+from pipeline.admin_token import AdminToken
 from pipeline.errors import Forbidden, Unauthorized
 from pipeline.web import Handler
 
@@ -104,17 +105,17 @@ class AdminSessions:
 
 
 SESSIONS: web.AppKey[AdminSessions] = web.AppKey("admin_sessions", AdminSessions)
-ADMIN_TOKEN_KEY: web.AppKey[str] = web.AppKey("admin_token", str)
+ADMIN_TOKEN_KEY: web.AppKey[AdminToken] = web.AppKey("admin_token", AdminToken)
 
 
 def _digest(cookie: str) -> bytes:
     return hashlib.sha256(cookie.encode()).digest()
 
 
-def admin_auth(admin_token: str) -> Middleware:
-    """Every admin route needs ``Authorization: Bearer <admin token>`` (compared in constant time) or a live
-    session cookie; with the cookie, a change also needs the session's CSRF token."""
-    expected = admin_token.encode()
+def admin_auth(admin_token: AdminToken) -> Middleware:
+    """Every admin route needs ``Authorization: Bearer <admin token>`` (compared in constant time with the
+    live token: a rotation applies to the next request) or a live session cookie; with the cookie, a change
+    also needs the session's CSRF token."""
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -127,7 +128,7 @@ def admin_auth(admin_token: str) -> Middleware:
                 raise Unauthorized(
                     "missing admin token: send 'Authorization: Bearer <TOKENHUB_ADMIN_TOKEN>' or sign in at /admin/"
                 )
-            if not hmac.compare_digest(auth[7:].strip().encode(), expected):
+            if not admin_token.matches(auth[7:].strip()):
                 raise Unauthorized("invalid admin token")
             return await handler(request)
         session = request.config_dict[SESSIONS].find(request.cookies[COOKIE])
@@ -153,8 +154,7 @@ def _session_body(session: Session) -> dict[str, object]:
 async def start_session(request: web.Request) -> web.Response:
     """POST /admin/v1/session {"token"}: the admin token for a session cookie (and the page's CSRF token)."""
     body = await read_model(request, SignIn)
-    expected = request.config_dict[ADMIN_TOKEN_KEY]
-    if not hmac.compare_digest(body.token.encode(), expected.encode()):
+    if not request.config_dict[ADMIN_TOKEN_KEY].matches(body.token):
         raise Unauthorized("invalid admin token")
     sessions = request.config_dict[SESSIONS]
     cookie, session = sessions.open()

@@ -35,10 +35,21 @@ HEADERS = {
 
 
 class StaticFiles:
-    """Serves the files under ``root``; a folder means its index.html."""
+    """Serves the files under ``root``; a folder means its index.html. ``what`` names the site in 404s and
+    ``missing`` says what to do when it has no index.html (the documentation site reuses this class)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        headers: dict[str, str] = HEADERS,
+        what: str = "admin UI",
+        missing: str = "the admin web UI is not installed (its static folder has no index.html)",
+    ) -> None:
         self.root = root
+        self.headers = headers
+        self.what = what
+        self.missing = missing
 
     def operations(self) -> dict[object, Operation]:
         """What /openapi.json says about the routes below (public: the page asks for the token itself)."""
@@ -50,7 +61,8 @@ class StaticFiles:
         }
 
     def routes(self) -> list[web.RouteDef]:
-        """``/admin`` redirects to ``/admin/`` (so the page's relative links resolve under it); the rest are files."""
+        """``/admin`` redirects to ``/admin/`` (so the page's relative links resolve under it); the rest are files.
+        Mounted at /docs the same holds for ``/docs``."""
         return [web.get("", self.to_folder), web.get("/{path:.*}", self.serve)]
 
     async def to_folder(self, request: web.Request) -> web.StreamResponse:
@@ -61,9 +73,9 @@ class StaticFiles:
         path = await asyncio.get_running_loop().run_in_executor(None, self.locate, name)
         if path is None:
             if not name.strip("/"):
-                raise NotFound("the admin web UI is not installed (its static folder has no index.html)")
-            raise NotFound(f"no admin UI file {name[:200]!r}")
-        return web.FileResponse(path, headers=HEADERS)
+                raise NotFound(self.missing)
+            raise NotFound(f"no {self.what} file {name[:200]!r}")
+        return web.FileResponse(path, headers=self.headers)
 
     def locate(self, name: str) -> Path | None:
         """The file ``name`` names inside the folder, or None. Blocking: runs on a worker thread."""

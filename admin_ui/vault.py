@@ -1,5 +1,6 @@
-"""Admin API for the vault: GET /vault, POST /vault/unlock, /vault/lock, /vault/rotate, and GET /info (what
-the web UI asks first: is the vault locked, is it set up). Passwords are never logged or echoed."""
+"""Admin API for the vault: GET /vault, POST /vault/unlock, /vault/lock, /vault/rotate, GET /info (what the
+web UI asks first: is the vault locked, is it set up), and generic secrets under /vault/secrets/{key}.
+Passwords and secret values are never logged; a value is returned only by GET /vault/secrets/{key}."""
 
 from __future__ import annotations
 
@@ -11,12 +12,22 @@ from pydantic import Field
 
 from admin_ui.common import Body, get_services, read_model, reload
 from admin_ui.security import admin_ip, password_attempt
-from pipeline.errors import InvalidRequest, VaultRefused
+from pipeline.errors import InvalidRequest, NotFound, VaultRefused
 from pipeline.services import Services
-from store import vault_store
+from store import vault, vault_store
 from store.vault import VaultError
 
-__all__ = ["admin_info", "lock_vault", "rotate_vault", "unlock_vault", "vault_status"]
+__all__ = [
+    "admin_info",
+    "delete_secret",
+    "get_secret",
+    "list_secrets",
+    "lock_vault",
+    "put_secret",
+    "rotate_vault",
+    "unlock_vault",
+    "vault_status",
+]
 
 log = structlog.get_logger("tokenhub.admin")
 # HTTP status per vault refusal kind; a wrong password is 401, a damaged vault a server-side 500.
@@ -27,6 +38,7 @@ _VAULT_STATUS = {
     "vault_locked": 409,
     "vault_corrupted": 500,
 }
+MAX_SECRET_CHARS = 64 * 1024
 
 
 class UnlockIn(Body):
@@ -37,6 +49,10 @@ class UnlockIn(Body):
 class RotateIn(Body):
     old_password: str = Field(repr=False, max_length=1024)
     new_password: str = Field(repr=False, max_length=1024)
+
+
+class SecretIn(Body):
+    value: str = Field(repr=False, min_length=1, max_length=MAX_SECRET_CHARS)
 
 
 async def vault_status(request: web.Request) -> web.Response:
@@ -96,6 +112,45 @@ async def admin_info(request: web.Request) -> web.Response:
     return web.json_response(
         {"tokenhub": "admin", "vault_locked": not vault.unlocked, "vault_initialized": vault.initialized}
     )
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    """GET /vault/secrets: the keys, sorted; never a value (readable while locked: names are not secret)."""
+    services = get_services(request)
+    keys = await services.config.call(vault.secret_keys, services.config.db)
+    return web.json_response({"secrets": keys, "total": len(keys)})
+
+
+async def get_secret(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    services = get_services(request)
+    try:
+        value = await services.config.call(vault.read_secret, services.config.db, services.vault, key)
+    except VaultError as exc:
+        raise _refused(exc) from None
+    if value is None:
+        raise NotFound(f"secret {key!r} not found")
+    return web.json_response({"key": key, "value": value})
+
+
+async def put_secret(request: web.Request) -> web.Response:
+    """PUT /vault/secrets/{key} {"value"}: sealed like a provider key; 201 when new, 200 when replaced."""
+    key = request.match_info["key"]
+    body = await read_model(request, SecretIn)
+    services = get_services(request)
+    try:
+        created = await services.config.call(vault.put_secret, services.config.db, services.vault, key, body.value)
+    except VaultError as exc:
+        raise _refused(exc) from None
+    return web.json_response({"ok": True, "key": key, "created": created}, status=201 if created else 200)
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    services = get_services(request)
+    if not await services.config.call(vault.delete_secret, services.config.db, key):
+        raise NotFound(f"secret {key!r} not found")
+    return web.json_response({"ok": True, "key": key, "deleted": True})
 
 
 def _refused(exc: VaultError) -> VaultRefused:

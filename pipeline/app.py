@@ -14,7 +14,8 @@ from admin_ui.app import ADMIN_PREFIX, admin_app
 from admin_ui.config_apply import ConfigApplier
 from admin_ui.config_file import CredentialsFileUnsafe
 from admin_ui.config_reload import sighup
-from pipeline.admin_token import resolve_admin_token
+from admin_ui.static import StaticFiles
+from pipeline.admin_token import TOKEN_FILE, AdminToken, resolve_admin_token
 from pipeline.data_lock import DataDirLock
 from pipeline.edge.anthropic import AnthropicCodec
 from pipeline.edge.cors import setup_cors
@@ -23,25 +24,43 @@ from pipeline.edge.feedback import FeedbackEndpoint
 from pipeline.edge.native import NativeCodec
 from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.plan import PlanEndpoint
+from pipeline.edge.plans import PlansEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import STATUS_OPERATIONS, healthz, list_models, metrics
 from pipeline.errors import ConfigFileInvalid
 from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
-from pipeline.openapi import OPERATIONS, OpenApiEndpoint
+from pipeline.openapi import OPERATIONS, OpenApiEndpoint, Operation
 from pipeline.registry import default_registry
 from pipeline.services import Services
 from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
-from pipeline.web import PIPELINES, SERVICES, request_id_and_errors
+from pipeline.tracing import Tracing
+from pipeline.web import PIPELINES, REQUEST_ID, SERVICES, request_id_and_errors
+from stages.durable.runtime import TemporalRuntime
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
+from store.host_key import HOST_KEY_FILE, ensure_host_key
 from store.secret_box import SecretBox
 
 __all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
 
 log = structlog.get_logger("tokenhub.app")
+DOCS_PREFIX = "/docs"
+# MkDocs' theme runs two inline scripts and loads highlight.js from cdnjs; nothing else leaves the origin.
+_DOCS_CDN = "https://cdnjs.cloudflare.com"
+DOCS_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        f"default-src 'self'; script-src 'self' 'unsafe-inline' {_DOCS_CDN}; style-src 'self' 'unsafe-inline'"
+        f" {_DOCS_CDN}; img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none';"
+        " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 ADMIN_TOKEN: web.AppKey[str] = web.AppKey("admin_token", str)  # for the start-up announcement
 ADMIN_TOKEN_GENERATED: web.AppKey[bool] = web.AppKey("admin_token_generated", bool)
 DATA_LOCK: web.AppKey[DataDirLock] = web.AppKey("data_lock", DataDirLock)
@@ -64,8 +83,16 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
         temp_limit_mib=settings.analytics_temp_limit_mib,
     )
     analytics.open()
+    tracing = Tracing.build(settings)  # None unless TOKENHUB_OTEL_ENABLED
+    http = HttpClient(wrap_attempt=tracing.attempt if tracing is not None else None)
     return Services(
-        settings, config=config, analytics=analytics, metrics=Metrics(), http=HttpClient(), request_lines=request_lines
+        settings,
+        config=config,
+        analytics=analytics,
+        metrics=Metrics(),
+        http=http,
+        request_lines=request_lines,
+        tracing=tracing,
     )
 
 
@@ -81,8 +108,12 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
+    if settings.temporal_enabled:
+        services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:
         ConfigApplier(services, pipelines).apply_at_start()
+        if settings.host_api_key_enabled:
+            _provision_host_key(services)
     except BaseException as exc:
         services.config.close()
         services.analytics.close()
@@ -93,8 +124,13 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
             raise StartupRefused(str(exc)) from None
         raise
 
+    tracing = services.tracing
     app = web.Application(
-        middlewares=[request_id_and_errors],
+        # tracing outermost: its span sees the status of errors request_id_and_errors turned into JSON
+        middlewares=[
+            *([tracing.middleware(lambda request: request.get(REQUEST_ID, ""))] if tracing is not None else []),
+            request_id_and_errors,
+        ],
         client_max_size=settings.max_body_bytes,
         # Header caps for aiohttp's parser (it answers 400 before any handler runs when one is exceeded).
         handler_args={
@@ -116,15 +152,51 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, embeddings).handle)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
+    plans = PlansEndpoint(services, pipelines)
+    app.router.add_get("/v1/plans/{plan_id}", plans.get)
+    app.router.add_delete("/v1/plans/{plan_id}", plans.delete)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", OpenApiEndpoint().handle)
-    app[OPERATIONS] = dict(STATUS_OPERATIONS)  # the endpoint objects above carry their own
-    app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, token))
+    # a token from TOKENHUB_ADMIN_TOKEN has no file to rotate: the rotation endpoint refuses it (409)
+    live_token = AdminToken(token, path=None if settings.admin_token else settings.data_dir / TOKEN_FILE)
+    app.add_subapp(ADMIN_PREFIX, admin_app(services, pipelines, live_token))
+    docs = _docs_site(settings)
+    app.router.add_get(DOCS_PREFIX, docs.to_folder)
+    app.router.add_get(DOCS_PREFIX + "/{path:.*}", docs.serve)
+    app[OPERATIONS] = {  # the endpoint objects above carry their own
+        **STATUS_OPERATIONS,
+        **plans.operations(),
+        docs.to_folder: Operation(
+            "The documentation site: redirects to /docs/", "docs", security="none", status=308, media=()
+        ),
+        docs.serve: Operation("The documentation site's files (when built)", "docs", security="none", media=("*/*",)),
+    }
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_end_event_streams)
     return app
+
+
+def _docs_site(settings: Settings) -> StaticFiles:
+    """The documentation site (`make docs` builds it into ./site) at /docs/, static and without a token; a
+    JSON 404 saying how to build it while it is absent. Same path safety as the admin UI's files."""
+    return StaticFiles(
+        settings.docs_path,
+        headers=DOCS_HEADERS,
+        what="documentation",
+        missing=f"the documentation site is not built: run `make docs` (it builds {settings.docs_path}/)"
+        " or set TOKENHUB_DOCS_DIR",
+    )
+
+
+def _provision_host_key(services: Services) -> None:
+    """The host-local API key for tools on this host (store/host_key.py): reused, or created once."""
+    data_dir = services.settings.data_dir
+    key_id, created = ensure_host_key(services.config.db, data_dir)
+    if created:
+        services.reload_config_blocking()
+        log.info("host_api_key_created", api_key_id=key_id, file=str(data_dir / HOST_KEY_FILE))
 
 
 def reload_on_sighup(app: web.Application, reread: Callable[[], Settings]) -> None:

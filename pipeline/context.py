@@ -77,11 +77,15 @@ class Attempt:
     message: str
     latency_ms: float
     rescued: bool = False  # it continued a stream another model broke off (stream rescue)
+    hedged_out: bool = False  # a hedged call cancelled because the other one answered first (not a failure)
 
     @property
     def outcome(self) -> str:
-        """How it went, as the attempts column and header say it: "ok", "rescued" or the error class."""
-        return self.error_class or ("rescued" if self.rescued else "ok")
+        """How it went, as the attempts column and header say it: "ok", "rescued", "hedged_out" or the error
+        class."""
+        if self.error_class:
+            return self.error_class
+        return "rescued" if self.rescued else "hedged_out" if self.hedged_out else "ok"
 
 
 @dataclass(slots=True)
@@ -121,6 +125,7 @@ class RequestContext:
     attempts: list[Attempt] = field(default_factory=list)
     routing_reason: str = ""
     rescue_note: str = ""  # what stream rescue did after a break, appended to the routing reason
+    dispatch_note: str = ""  # what a hedged dispatch did, appended to the routing reason
     alias_from: str = ""  # the alias the client named, when policy replaced it by one of its variants
     error: TokenHubError | None = None
     sink: StreamSink | None = None  # set by the edge when the client asked for a stream
@@ -133,6 +138,9 @@ class RequestContext:
     plan_outcome: Any = None  # /v1/plan: what the orchestrator produced (stages.plan_modes.PlanOutcome)
     plan_steps: list[Any] = field(default_factory=list)  # /v1/plan: every step's StepResult, in order
     plan_budget: Callable[[], BudgetAccount] | None = None  # a /v1/plan step: its plan's budget, as it stands
+    plan_async: bool = False  # /v1/plan with "async": start the plan's workflow and answer 202 at once
+    # A Temporal activity recorded this request's row (or will): the record stage must not add a second one.
+    recorded_elsewhere: bool = False
 
     def charge(self, candidate: Candidate, result: ChatResult) -> None:
         """What `candidate`'s call returned, and its price: the usage at the model's prices (the routing

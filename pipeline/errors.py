@@ -30,6 +30,7 @@ __all__ = [
     "RateLimited",
     "RequestCancelled",
     "StreamBroken",
+    "StreamTooLarge",
     "TokenHubError",
     "Unauthorized",
     "UpstreamFailed",
@@ -238,6 +239,15 @@ class StreamBroken(UpstreamFailed):
     def __init__(self, message: str, *, cause_class: str):
         super().__init__(message, error_class="stream_error")
         self.cause_class = cause_class
+
+
+class StreamTooLarge(StreamBroken):
+    """The stream carried more than TOKENHUB_MAX_STREAM_BYTES: it ends with the error event (not rescued)."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"the stream passed its size cap of {limit} bytes (TOKENHUB_MAX_STREAM_BYTES)", cause_class="fatal"
+        )
 
 
 class ClientDisconnected(TokenHubError):

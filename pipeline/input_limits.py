@@ -1,6 +1,7 @@
 """Caps on hostile input that the JSON parser and the body-size limit do not cover: nesting depth (checked
 on the raw bytes before parsing), the number of messages (checked on the raw structure before any model
-validates them) and message content length (checked once after any codec decoded)."""
+validates them) and message content length (checked once after any codec decoded: text characters plus the
+decoded bytes of any image, document or audio, so base64's third more does not count against the caps)."""
 
 from __future__ import annotations
 
@@ -63,10 +64,8 @@ def check_json_integers(raw: bytes) -> None:
         return
     try:
         json.loads(raw, parse_int=_integer)
-    except _IntegerOutOfRange as exc:
-        raise InvalidRequest(
-            f"integer {exc} is out of range: JSON integers must fit in 64 bits", field="body"
-        ) from None
+    except _IntegerOutOfRange:  # the number itself is not echoed: it may be a secret typed as a number
+        raise InvalidRequest("an integer is out of range: JSON integers must fit in 64 bits", field="body") from None
     except (ValueError, RecursionError):
         return
 
@@ -95,17 +94,19 @@ def check_message_count(raw: bytes, limit: int, path: tuple[str, ...]) -> None:
 
 
 def check_content(messages: Sequence[Message], *, max_chars: int, max_total_chars: int, field: str) -> None:
-    """400 when one message's text or all of them together are longer than the configured caps."""
+    """400 when one message's content (text characters + decoded media bytes) or all of them together are
+    longer than the configured caps."""
     total = 0
+    what = "characters of content"
     for index, message in enumerate(messages):
         size = len(message.content)
+        if message.parts:
+            size += sum(part.size for part in message.media)
+            what = "characters and decoded media bytes of content"
         if size > max_chars:
             raise InvalidRequest(
-                f"message {index} has {size} characters of content; the limit is {max_chars}",
-                field=f"{field}.{index}.content",
+                f"message {index} has {size} {what}; the limit is {max_chars}", field=f"{field}.{index}.content"
             )
         total += size
     if total > max_total_chars:
-        raise InvalidRequest(
-            f"the messages hold {total} characters of content; the limit is {max_total_chars}", field=field
-        )
+        raise InvalidRequest(f"the messages hold {total} {what}; the limit is {max_total_chars}", field=field)

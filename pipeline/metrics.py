@@ -67,6 +67,27 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.models_disabled = Counter(
+            "tokenhub_models_disabled",
+            "Models disabled in memory because their provider reported its quota or credit used up",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.models_disabled_now = Gauge(
+            "tokenhub_models_quota_disabled", "Models disabled right now for their provider's quota", registry=r
+        )
+        self.last_resort = Counter(
+            "tokenhub_last_resort",
+            "Requests that reached the last-resort pass (every eligible candidate failed), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "tokenhub_hedges",
+            "Hedged dispatches (a second candidate started after hedge_after_ms), by which answered",
+            ["winner"],
+            registry=r,
+        )
         self.overhead = Histogram(
             "tokenhub_overhead_ms",
             "Time TokenHub adds to a served request: total latency minus the provider call (ms)",

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["resolve_model_id"]
+__all__ = ["ID_PATTERN", "resolve_model_id"]
+
+# What a provider, model or alias id may look like (the admin API's IdStr, and autoloaded model ids).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"  # and at most 128 characters
 
 
 def resolve_model_id(name: str, models: Mapping[str, Any]) -> str | None:

@@ -8,10 +8,12 @@ from typing import Any
 
 import structlog
 
+from adapters.container import localhost_rewrite
 from adapters.http import HttpClient, RetryPolicy
 from adapters.provider import Provider
 from adapters.registry import build_provider
 from adapters.vllm_prober import DiscoveredModel, VLLMProber
+from pipeline.durability import Durable, NotDurable
 from pipeline.events import EventBus
 from pipeline.housekeeping import Housekeeping
 from pipeline.lifecycle import Component, Hooks
@@ -19,12 +21,17 @@ from pipeline.logging import RequestLines, set_log_level
 from pipeline.metrics import Metrics
 from pipeline.periodic import Periodic
 from pipeline.settings import HOT_SETTINGS, Settings
+from pipeline.tracing import Tracing
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
 from stages.bandit import Bandit
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
 from stages.key_limits import KeyLimits
+from stages.key_rotation import INTERVAL_SECS as KEY_ROTATION_SECS
+from stages.key_rotation import KeyRotationEnforcer
 from stages.learning import BanditRefresher, RecentRequests
+from stages.model_autoload import ModelAutoloader
+from stages.model_disables import DisabledModel, ModelDisables
 from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
 from stages.router import Router
@@ -67,8 +74,10 @@ class Services:
         metrics: Metrics,
         http: HttpClient,
         request_lines: RequestLines | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing  # None = off; build_chain and the HTTP client checked it when built
         self.config = config
         self.analytics = analytics
         self.metrics = metrics
@@ -76,6 +85,11 @@ class Services:
         self.retry = RetryPolicy(max_retries=settings.provider_max_retries)
         self.events = EventBus(on_subscriber_dropped=metrics.event_subscribers_dropped.inc)
         self.health = HealthTracker(on_change=self._health_changed, cooldown_secs=settings.breaker_cooldown_secs)
+        # models whose provider reported its quota used up (dispatch disables, the Router skips them)
+        self.model_disables = ModelDisables(
+            disable_secs=settings.model_disable_secs, on_disabled=self._model_disabled, on_enabled=self._model_enabled
+        )
+        metrics.models_disabled_now.set_function(self.model_disables.count)
         self.bandit = Bandit(half_life=settings.bandit_half_life_requests, seed=settings.bandit_seed or None)
         self.recent_requests = RecentRequests()
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
@@ -85,7 +99,11 @@ class Services:
             on_drop=metrics.store_dropped.labels(op="log_request").inc,
         )
         self.retention = Retention(
-            analytics, tsdb_days=settings.tsdb_retention_days, request_log_days=settings.request_log_retention_days
+            analytics,
+            tsdb_days=settings.tsdb_retention_days,
+            request_log_days=settings.request_log_retention_days,
+            config=config,
+            audit_days=settings.audit_retention_days,
         )
         metrics.watch(
             health_states=lambda: {provider: h.state for provider, h in self.health.snapshot().items()},
@@ -113,6 +131,9 @@ class Services:
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
+        # Durable orchestration (docs/temporal.md): none unless TOKENHUB_TEMPORAL_ENABLED, when the composition
+        # root installs the Temporal runtime (its activities run the tenant chains built after the services).
+        self.temporal: Durable = NotDurable()
         self.housekeeping = Housekeeping(
             config=config,
             analytics=analytics,
@@ -123,9 +144,17 @@ class Services:
         for provider in self.env_providers.values():
             # A row (without the key) so models can reference the provider; the key stays in memory.
             config.upsert_provider(dataclasses.replace(provider, api_key=""), api_key=None)
-        self.routing: RoutingTable = build_table(config.load_snapshot(), self.env_providers, None, self._make_adapter)
+        self.rewrite = localhost_rewrite(settings.container)  # None outside a container (adapters/container.py)
+        self.routing: RoutingTable = build_table(
+            config.load_snapshot(), self.env_providers, None, self._make_adapter, self.rewrite
+        )
         self.router = Router(
-            lambda: self.routing, health=self.health, bandit=self.bandit, settings=settings, metrics=metrics
+            lambda: self.routing,
+            health=self.health,
+            bandit=self.bandit,
+            settings=settings,
+            metrics=metrics,
+            disables=self.model_disables,
         )
         self.vllm_prober = VLLMProber(
             http,
@@ -141,6 +170,16 @@ class Services:
             reload=self.reload_config,
             registry=metrics.registry,
         )
+        self.key_rotation = KeyRotationEnforcer(
+            config=config, events=self.events, key_limits=self.key_limits, reload_config=self.reload_config
+        )
+        self.autoloader = ModelAutoloader(
+            http=http,
+            config=config,
+            providers=lambda: self.providers,
+            adapters=lambda: self.adapters,
+            reload=self.reload_config,
+        )
         probe_secs = 0.0 if settings.health_probe_disabled else settings.health_probe_interval_secs
         pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
@@ -148,12 +187,16 @@ class Services:
         self.jobs: list[Periodic] = [
             Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False),
             Periodic("prune-log", retention.request_log_every, retention.prune_request_log, first_run_now=False),
+            Periodic("prune-audit", retention.request_log_every, retention.prune_audit, first_run_now=False),
             Periodic("vllm-prober", settings.vllm_probe_interval_secs, self.vllm_prober.run_once),
             Periodic("health-prober", probe_secs, self.health_prober.run_once),
+            Periodic("model-autoload", settings.model_autoload_interval_secs, self.autoloader.run_once),
             Periodic("pricing-refresh", pricing_secs if self.pricing.source else 0.0, self.pricing.run_once),
             # its first run rebuilds the posteriors from the request log
             Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
             Periodic("events-heartbeat", settings.events_heartbeat_secs, self._heartbeat, first_run_now=False),
+            # its first run catches keys whose rotation period ran out while the server was down
+            Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
         # Started in this order, stopped in reverse: the stores close last; the record writer stops (and
         # flushes) after the jobs and after aiohttp has drained in-flight requests; housekeeping seeds
@@ -163,8 +206,12 @@ class Services:
             Hooks("http", self.http.start, self.http.close),
             self.housekeeping,
             Hooks("record-writer", self.records.start, self.records.stop),
+            # stopped before the record writer, which then flushes what its activities recorded
+            Hooks("temporal", lambda: self.temporal.start(), lambda: self.temporal.stop()),
             *self.jobs,
         ]
+        if tracing is not None:  # first, so it stops last: the spans of draining requests are exported
+            self.components.insert(0, tracing)
 
     # --- the current routing table, read-only --------------------------------------------------------------
 
@@ -226,14 +273,31 @@ class Services:
             "health_change", provider_id=provider_id, old_state=old_state, new_state=new_state, reason=reason
         )
 
+    def _model_disabled(self, entry: DisabledModel) -> None:
+        log.warning("model_disabled", model_id=entry.model_id, provider_id=entry.provider_id, until=entry.until)
+        self.metrics.models_disabled.labels(provider=entry.provider_id, model=entry.model_id).inc()
+        self.events.publish(
+            "model_disabled",
+            model_id=entry.model_id,
+            provider_id=entry.provider_id,
+            reason=entry.reason,
+            until=entry.until,
+        )
+
+    def _model_enabled(self, entry: DisabledModel, why: str) -> None:
+        log.info("model_enabled", model_id=entry.model_id, provider_id=entry.provider_id, why=why)
+        self.events.publish("model_enabled", model_id=entry.model_id, provider_id=entry.provider_id, reason=why)
+
     async def reload_config(self) -> None:
         """Re-read SQLite after an admin write has committed and swap the request path's routing table."""
         snapshot = await self.config.call(self.config.load_snapshot)
-        self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter)
+        self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter, self.rewrite)
 
     def reload_config_blocking(self) -> None:
         """`reload_config` before serving (start-up has no event loop yet and nothing else uses the store)."""
-        self.routing = build_table(self.config.load_snapshot(), self.env_providers, self.routing, self._make_adapter)
+        self.routing = build_table(
+            self.config.load_snapshot(), self.env_providers, self.routing, self._make_adapter, self.rewrite
+        )
 
     def apply_hot_settings(self, fresh: Settings) -> dict[str, tuple[Any, Any]]:
         """SIGHUP: take the settings that apply without a restart (HOT_SETTINGS) from ``fresh``; the others
@@ -288,6 +352,7 @@ class Services:
             "adapters": len(self.adapters),
             "models": len(models),
             "routable_models": len(routable),
+            "temporal": self.temporal.status(),  # reported only: Temporal being down never fails /healthz
         }
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"

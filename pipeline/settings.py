@@ -92,6 +92,7 @@ class Settings(BaseModel):
         7, ge=1, le=MAX_TSDB_RETENTION_DAYS, description="time-series points kept; PUT /tsdb/retention"
     )
     request_log_retention_days: int = Field(90, ge=1, le=36500, description="request-log rows kept")
+    audit_retention_days: int = Field(90, ge=1, le=36500, description="admin audit rows kept")
     analytics_query_timeout_secs: float = Field(10.0, gt=0, le=300, description="analyst SQL time limit")
     analytics_query_max_rows: int = Field(10_000, gt=0, le=1_000_000, description="analyst SQL row cap")
     analytics_query_max_bytes: int = Field(
@@ -104,6 +105,12 @@ class Settings(BaseModel):
     events_heartbeat_secs: float = Field(15.0, gt=0, le=3600, description="SSE heartbeat event interval")
     stream_first_token_secs: float = Field(10.0, gt=0, description="a stream fails over if no token comes by then")
     stream_idle_secs: float = Field(10.0, gt=0, description="a stream silent this long has broken (rescued or ended)")
+    max_stream_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="bytes of answer text one stream may carry; past it, an error event"
+    )
+    model_disable_secs: float = Field(
+        3600.0, ge=0, description="a model disabled for its provider's quota error comes back after this; 0 = never"
+    )
     breaker_cooldown_secs: float = Field(15.0, gt=0, description="an open circuit breaker half-opens after this")
     health_probe_interval_secs: float = Field(15.0, ge=0, description="proactive provider probes; 0 = off")
     health_probe_disabled: bool = Field(False, description="exactly 'true' turns the proactive prober off")
@@ -115,6 +122,11 @@ class Settings(BaseModel):
     )
     bandit_refresh_secs: float = Field(300.0, gt=0, description="rebuild the posteriors from the request log")
     bandit_seed: int = Field(0, ge=0, description="seed of the bandit's sampler; 0 = random")
+    # --- durable orchestration (docs/temporal.md) ---
+    temporal_enabled: bool = Field(False, description="run non-streaming /v1/chat and /v1/plan as Temporal workflows")
+    temporal_host: str = Field("localhost:7233", min_length=1, description="Temporal frontend host:port")
+    temporal_namespace: str = Field("tokenhub", min_length=1, description="Temporal namespace (must exist)")
+    temporal_task_queue: str = Field("tokenhub-tasks", min_length=1, description="task queue of the in-process worker")
     openai_api_key: str = Field("", repr=False)
     openai_base_url: str = "https://api.openai.com"
     anthropic_api_key: str = Field("", repr=False)
@@ -122,6 +134,14 @@ class Settings(BaseModel):
     vllm_endpoints: tuple[str, ...] = Field((), description="comma-separated base URLs of one vLLM deployment")
     vllm_api_key: str = Field("", repr=False)
     vllm_probe_interval_secs: float = Field(15.0, gt=0)
+    # --- provider base URLs and model autoload (docs/providers.md) ---
+    provider_dns_check: bool = Field(False, description="admin create/patch: 400 when a base URL's host won't resolve")
+    container: Literal["auto", "true", "false"] = Field(
+        "auto", description="send localhost base URLs to host.docker.internal: auto = when in a container"
+    )
+    model_autoload_interval_secs: float = Field(
+        3600.0, ge=0, le=7 * 86400, description="list autoload_models providers at start and this often; 0 = off"
+    )
     # --- security (docs/security.md) ---
     admin_rate_limit_rps: float = Field(30.0, gt=0, description="per-IP rate for /admin/v1/*")
     admin_rate_limit_burst: int = Field(60, gt=0, description="per-IP burst for /admin/v1/*")
@@ -161,6 +181,14 @@ class Settings(BaseModel):
     vault_kdf_parallelism: int = Field(4, ge=1, le=64)
     # Below OWASP's Argon2id floor start-up is refused unless this is set (the test suite sets it).
     vault_kdf_allow_weak: bool = False
+    host_api_key_enabled: bool = Field(
+        True, description="create the host-local API key at start and write it to <data dir>/.host-api-key"
+    )
+    docs_dir: str = Field("", description="the documentation site (`make docs`) served at /docs/; '' = ./site")
+    # --- tracing (docs/observability.md#tracing) ---
+    otel_enabled: bool = Field(False, description="OpenTelemetry spans exported over OTLP/HTTP (the `otel` extra)")
+    otel_endpoint: str = Field("http://localhost:4318", description="OTLP/HTTP collector; spans go to <it>/v1/traces")
+    otel_service_name: str = Field("tokenhub", min_length=1, max_length=200, description="service.name of the spans")
     # --- backups (docs/backup.md): read by `tokenhub backup` ---
     backup_dir: Path = Field(Path("./backups"), description="where `tokenhub backup` puts backups (--to)")
     backup_keep: int = Field(7, ge=0, le=100_000, description="newest backups kept by `tokenhub backup`; 0 = all")
@@ -204,6 +232,23 @@ class Settings(BaseModel):
         scheme, sep, _rest = value.partition("://")
         if sep and scheme.lower() not in ("http", "https"):
             raise ValueError("expected an http(s) URL or a local file path")
+        return value
+
+    @field_validator("docs_dir")
+    @classmethod
+    def _docs_dir(cls, value: str) -> str:
+        # The default (./site) may be absent: /docs/ is then a 404. A folder named on purpose must exist.
+        if value and not Path(value).is_dir():
+            raise ValueError("not a directory (build the site with `make docs`, or unset it)")
+        return value
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel_endpoint(cls, value: str) -> str:
+        if "://" not in value:  # the original's form, host:port
+            value = "http://" + value
+        if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError("expected the collector's OTLP/HTTP base URL, e.g. 'http://otel-collector:4318'")
         return value
 
     @field_validator("healthcheck_url")
@@ -275,6 +320,10 @@ class Settings(BaseModel):
     @property
     def config_keys_path(self) -> Path:
         return Path(self.config_keys_file) if self.config_keys_file else self.data_dir / "config-keys.json"
+
+    @property
+    def docs_path(self) -> Path:
+        return Path(self.docs_dir or "site")
 
     @property
     def credentials_path(self) -> Path | None:

@@ -29,6 +29,7 @@ __all__ = [
     "StageSpec",
     "StageStep",
     "build_chain",
+    "chain_after",
     "parse_definition",
     "stages_in",
 ]
@@ -177,8 +178,11 @@ async def _end_of_chain(ctx: RequestContext) -> None:
 def build_chain(steps: Sequence[StageStep], registry: StageRegistry, services: Services) -> Next:
     """Instantiate each stage and fold them, innermost first, into one callable."""
     handler: Next = _end_of_chain
+    tracing = getattr(services, "tracing", None)  # pipeline/tracing.py: wrappers only when tracing is on
     for step in reversed(steps):
         stage = registry.get(step.stage).factory(services, step.options)
+        if tracing is not None:
+            stage = tracing.stage(step.stage, stage)
         handler = _link(stage, handler)
     return handler
 
@@ -192,5 +196,16 @@ def stages_in(chain: Next) -> Iterator[Stage]:
     """The stage instances of a chain build_chain made, outermost first (the edge finds its rate limiter)."""
     link = chain
     while isinstance(link, functools.partial):
-        yield link.func
+        yield getattr(link.func, "inner", link.func)  # a TracedStage's stage
         link = link.keywords["call_next"]
+
+
+def chain_after(chain: Next, stage_type: type) -> Next | None:
+    """The rest of a chain after its first stage of `stage_type` (what that stage's `call_next` is), or None
+    when the chain has no such stage. A durable workflow's activity runs a step through this rest."""
+    link = chain
+    while isinstance(link, functools.partial):
+        if isinstance(link.func, stage_type):
+            return link.keywords["call_next"]
+        link = link.keywords["call_next"]
+    return None

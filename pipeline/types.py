@@ -12,12 +12,14 @@ from typing import Any
 
 __all__ = [
     "ALIAS_STICKY_BY",
+    "MEDIA_CAPABILITIES",
     "AliasInfo",
     "AliasVariant",
     "ApiKeyInfo",
     "ChatRequest",
     "ChatResult",
     "ErrorClass",
+    "MediaPart",
     "Message",
     "ModelInfo",
     "ProviderInfo",
@@ -32,15 +34,50 @@ class ErrorClass(StrEnum):
     RATE_LIMITED = "rate_limited"
     TRANSIENT = "transient"
     FATAL = "fatal"
+    BUDGET_EXCEEDED = "budget_exceeded"  # the provider account's quota or credit is used up (model disabled)
+
+
+# What a model must be able to read for each kind of media part (a model's `capabilities`).
+MEDIA_CAPABILITIES = {"image": "vision", "document": "documents", "audio": "audio"}
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPart:
+    """An image, a document or audio in a message, normalized so either wire format can be built from it.
+
+    The source is `data` (base64, checked and measured at the edge) or `url` (passed on as given)."""
+
+    kind: str  # "image" | "document" | "audio" (the keys of MEDIA_CAPABILITIES)
+    media_type: str = ""  # image/png, application/pdf, audio/wav, ...; "" for a URL that names none
+    data: str = ""  # base64, without a data: prefix
+    url: str = ""  # an http(s) URL the provider fetches
+    detail: str = ""  # OpenAI's image detail (low, high, auto); "" = not given
+    filename: str = ""  # documents: OpenAI's file part carries a name
+    title: str = ""  # documents: Anthropic's document title
+    size: int = 0  # decoded bytes (0 for a URL): what the content caps count
+    width: int = 0  # pixels, read from the image header (0 = unknown)
+    height: int = 0
+    pages: int = 0  # documents: pages counted in the PDF (0 = unknown)
+    seconds: float = 0.0  # audio: duration (0 = unknown)
+
+    @property
+    def capability(self) -> str:
+        return MEDIA_CAPABILITIES[self.kind]
 
 
 @dataclass(slots=True)
 class Message:
     role: str
-    content: str
+    content: str  # the text (of every text part, joined): what estimates, directives and plans read
     tool_calls: Any = None
     tool_call_id: str | None = None
     name: str | None = None
+    # The content in order when it holds media: text pieces and MediaParts. Empty = `content` is all of it.
+    parts: tuple[str | MediaPart, ...] = ()
+
+    @property
+    def media(self) -> tuple[MediaPart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, MediaPart))
 
 
 @dataclass(slots=True)
@@ -104,6 +141,7 @@ class ProviderInfo:
     enabled: bool = True
     api_key: str = field(default="", repr=False)  # never printed
     key_in_vault: bool = False  # its key is sealed in the vault: unusable (api_key "") while the vault is locked
+    autoload_models: bool = False  # its model list is registered and kept in step (stages/model_autoload.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +155,8 @@ class ModelInfo:
     output_per_1k: float = 0.0
     enabled: bool = True
     kind: str = "chat"  # "chat" or "embedding"; a request is only routed to models of its operation's kind
+    # What it can read besides text (vision, documents, audio); None = its provider type's default.
+    capabilities: frozenset[str] | None = None
     # The name the provider knows it by ("" = the id): several TokenHub models (gpt-4o@azure, gpt-4o@openai)
     # may be sent as one upstream name to different providers.
     upstream_model: str = ""
@@ -127,6 +167,11 @@ class ModelInfo:
     # Whether the model continues an assistant prefill (stream rescue): None = its provider type's default
     # (adapters.provider.Capabilities.prefill).
     supports_prefill: bool | None = None
+    # Tool names this model knows differently from clients: (model-facing name, client-facing name) pairs,
+    # applied both ways around each call (adapters/tool_names.py). A tuple: the record stays hashable.
+    tool_name_map: tuple[tuple[str, str], ...] = ()
+    gemma4_output: bool = False  # parse Gemma-4's thinking channel and inline tool calls (adapters/gemma4.py)
+    autoloaded: bool = False  # registered by its provider's autoload_models, which may remove it again
 
     @property
     def sent_as(self) -> str:
@@ -207,3 +252,4 @@ class RequestRecord:
     latency_ref_ms: float = math.nan  # ... and latency
     quality_prior: float = math.nan  # the quality an unrated answer was valued at
     quality_weight: float = math.nan  # the objective's quality weight (feedback moves the reward by it)
+    alias_from: str = ""  # the alias the client named, when routing replaced it by one of its variants

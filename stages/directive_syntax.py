@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.types import Message
+from pipeline.types import MediaPart, Message
 
 __all__ = [
     "END_MARKER",
@@ -84,8 +84,18 @@ def strip_directives(messages: Sequence[Message]) -> list[Message]:
     out: list[Message] = []
     for message in messages:
         stripped = _strip_content(message.content)
-        out.append(message if stripped is None else dataclasses.replace(message, content=stripped))
+        if stripped is not None and message.parts:  # with media, the text parts are what the provider is sent
+            parts = tuple(_strip_part(part) for part in message.parts)
+            out.append(dataclasses.replace(message, content=stripped, parts=parts))
+        else:
+            out.append(message if stripped is None else dataclasses.replace(message, content=stripped))
     return out
+
+
+def _strip_part(part: str | MediaPart) -> str | MediaPart:
+    if isinstance(part, str) and (stripped := _strip_content(part)) is not None:
+        return stripped
+    return part
 
 
 def _scan_window(content: str) -> str:

@@ -1,6 +1,15 @@
 """dispatch: call the adapter for the chosen candidate and put its answer on the context; a stream that breaks
 after its first token is continued on another model when one can (stream rescue, stages/stream_rescue.py).
 
+With `hedge_after_ms` set, a non-streaming chat call that has not answered by then gets a second candidate
+started beside it (hedged dispatch): the first answer wins, the other call is cancelled (its HTTP request is
+aborted), and the request is charged for both — the loser at its own usage when it answered too, else at its
+routing estimate (a cancelled call reports no usage, and the provider may bill what it already generated).
+Streams are never hedged (see docs/streaming.md).
+
+A provider error saying the account's quota or credit is used up (budget_exceeded) disables the model in
+memory (stages/model_disables.py) before escalate fails over.
+
 Before the call the request reserves the candidate's worst-case cost against its key's monthly budget and its
 plan's budget (store/reservations.py); a failover reserves again at the next candidate's price. Whatever way
 the call ends (answer, failure, a stream cut or abandoned, a rescue, cancellation) the hold becomes the cost
@@ -9,6 +18,7 @@ actually charged, which the key-accounting sink moves into the spend when the re
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
@@ -17,9 +27,11 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from adapters.errors import ProviderError
+from adapters.model_calls import for_model
 from adapters.provider import EmbeddingProvider
 from pipeline.context import Attempt, Candidate, RequestContext
-from pipeline.errors import BudgetExceeded, PlanBudgetReserved, StreamBroken, UpstreamFailed
+from pipeline.errors import BudgetExceeded, PlanBudgetReserved, StreamBroken, StreamTooLarge, UpstreamFailed
+from pipeline.model_ids import resolve_model_id
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ChatResult, ErrorClass, ModelInfo, Usage
 from stages.auth import budget_refused, key_account
@@ -45,6 +57,7 @@ class DispatchFailed(UpstreamFailed):
         )
         self.candidate = candidate
         self.cause = cause
+        self.hedged: tuple[DispatchFailed, ...] = ()  # the other call of a hedged dispatch, when it failed too
 
 
 class DispatchOptions(StageOptions):
@@ -54,6 +67,13 @@ class DispatchOptions(StageOptions):
         le=5,
         description="continuations of a stream that broke after its first token (on a model that continues a"
         " prefill); 0 = a broken stream ends with an error event",
+    )
+    hedge_after_ms: int = Field(
+        0,
+        ge=0,
+        le=600_000,
+        description="non-streaming chat: when the first candidate has not answered after this many ms, start the"
+        " next one beside it; the first answer wins, the other call is cancelled; 0 = off",
     )
 
 
@@ -65,11 +85,22 @@ class Dispatch:
         self._max_rescues = options.max_stream_rescues
         self._reservations = services.reservations
         self._uncapped_output = services.settings.budget_reserve_output_tokens
+        self._hedge_after = options.hedge_after_ms / 1000
+        self._hedges = services.metrics.hedges
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         decision = ctx.decision
         assert decision is not None, "policy runs before dispatch (checked when the pipeline is built)"
         candidate = ctx.target or decision.candidates[0]
+        partner = self._hedge_partner(ctx, candidate)
+        if partner is not None and (held_both := self._reserve_both(ctx, candidate, partner)) is not None:
+            try:
+                await self._hedged(ctx, candidate, partner)
+            finally:
+                if held_both:
+                    self._reservations.settle(ctx.request_id, ctx.cost_usd)
+            await call_next(ctx)
+            return
         held = self._reserve(ctx, candidate)
         try:
             await self._call(ctx, candidate)
@@ -89,6 +120,8 @@ class Dispatch:
         try:
             if adapter is None:
                 raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
+            if ctx.request.operation == "chat":  # the model's tool_name_map and gemma4_output around the call
+                adapter = for_model(adapter, model)
             services.health.begin_call(model.provider_id)  # a half-open breaker's trial call
             if ctx.sink is not None:
                 delivered = Delivered()
@@ -106,16 +139,13 @@ class Dispatch:
                     attempt_timeout=settings.provider_timeout_secs,
                 )
             else:
-                result = await adapter.send(
-                    model.sent_as,  # the provider's name for it; responses keep naming model.id
-                    ctx.request,
-                    request_id=ctx.request_id,
-                    deadline=decision.deadline,
-                    attempt_timeout=settings.provider_timeout_secs,
-                )
+                result = await self._send(ctx, candidate)
         except ProviderError as exc:  # nothing reached the client: escalate may try another candidate
             self._failed(ctx, model, exc.error_class, exc.message, exc.retry_after)
             raise DispatchFailed(candidate, exc) from None
+        except StreamTooLarge as exc:  # the cap, not the provider's fault: no health error, no rescue
+            ctx.attempts.append(Attempt(model.id, model.provider_id, "stream_too_large", exc.message, 0.0))
+            raise
         except StreamBroken as exc:  # part of the answer reached the client: no failover, maybe a rescue
             self._failed(ctx, model, ErrorClass(exc.cause_class), exc.message, None)
             await self._rescue(ctx, exc, delivered)
@@ -123,18 +153,24 @@ class Dispatch:
             self._succeeded(ctx, candidate, result)
             ctx.charge(candidate, result)
 
-    def _reserve(self, ctx: RequestContext, candidate: Candidate) -> bool:
-        """Hold the call's worst-case cost on the key's and the plan's budgets; False when it has neither.
-        Refused: the key's 429, or (a /v1/plan step) the plan's graceful stop."""
+    def _accounts(self, ctx: RequestContext) -> tuple[BudgetAccount, ...]:
+        """The budgets this request draws on: its key's monthly budget, its plan's."""
         accounts: list[BudgetAccount] = []
         if key := key_account(self._services.key_ledger, ctx.api_key, time.time()):
             accounts.append(key)
         if ctx.plan_budget is not None and (plan := ctx.plan_budget()).limit_usd > 0:
             accounts.append(plan)
+        return tuple(accounts)
+
+    def _reserve(self, ctx: RequestContext, candidate: Candidate) -> bool:
+        """Hold the call's worst-case cost on the key's and the plan's budgets; False when it has neither.
+        Refused: the key's 429, or (a /v1/plan step) the plan's graceful stop."""
+        accounts = self._accounts(ctx)
         if not accounts:
             return False
+        key = accounts[0] if accounts[0].id.startswith("key:") else None
         amount, needed = self._worst_case(ctx, candidate.model)
-        refused = self._reservations.reserve(ctx.request_id, tuple(accounts), amount, needed)
+        refused = self._reservations.reserve(ctx.request_id, accounts, amount, needed)
         if refused is None:
             return True
         reserved = self._reservations.reserved(refused.id)
@@ -152,6 +188,139 @@ class Dispatch:
             raise BudgetExceeded(budget_usd=refused.limit_usd, spent_usd=spent, too_costly=True, reserved_usd=reserved)
         raise PlanBudgetReserved(ctx.routing_reason)
 
+    def _reserve_both(self, ctx: RequestContext, first: Candidate, second: Candidate) -> bool | None:
+        """Hold both hedged calls' worst case at once (both may be billed); False when the request has no
+        budget, None when the pair does not fit (then only the first is called, reserved the usual way)."""
+        accounts = self._accounts(ctx)
+        if not accounts:
+            return False
+        worst_first, needed_first = self._worst_case(ctx, first.model)
+        worst_second, needed_second = self._worst_case(ctx, second.model)
+        worst = worst_first + worst_second
+        refused = self._reservations.reserve(ctx.request_id, accounts, worst, max(worst, needed_first + needed_second))
+        return True if refused is None else None
+
+    def _hedge_partner(self, ctx: RequestContext, candidate: Candidate) -> Candidate | None:
+        """The candidate a hedge would start beside `candidate`: the next ranked one not tried yet and not
+        skipped by health. None when hedging is off, for streams and embeddings, or when the client named
+        `candidate` (it asked for that model, not for the fastest answer)."""
+        if self._hedge_after <= 0 or ctx.sink is not None or ctx.request.operation != "chat":
+            return None
+        services = self._services
+        hint = ctx.request.model_hint.strip()
+        if hint and resolve_model_id(hint, services.snapshot.models) == candidate.model.id:
+            return None
+        decision = ctx.decision
+        assert decision is not None
+        tried = {attempt.model_id for attempt in ctx.attempts}
+        for other in decision.candidates:
+            model = other.model
+            if (
+                model.id != candidate.model.id
+                and model.id not in tried
+                and model.provider_id in services.adapters
+                and services.health.unavailable_reason(model.provider_id) is None
+                and services.model_disables.reason(model.id) is None
+            ):
+                return other
+        return None
+
+    async def _send(self, ctx: RequestContext, candidate: Candidate) -> ChatResult:
+        """One non-streaming chat call to `candidate` (a hedged dispatch runs two of these)."""
+        model = candidate.model
+        adapter = self._services.adapters.get(model.provider_id)
+        if adapter is None:
+            raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
+        decision = ctx.decision
+        assert decision is not None
+        self._services.health.begin_call(model.provider_id)
+        return await adapter.send(
+            model.sent_as,
+            ctx.request,
+            request_id=ctx.request_id,
+            deadline=decision.deadline,
+            attempt_timeout=self._services.settings.provider_timeout_secs,
+        )
+
+    async def _hedged(self, ctx: RequestContext, first: Candidate, second: Candidate) -> None:
+        """Call `first`; if it has not answered after hedge_after_ms, call `second` beside it. The first
+        answer wins and the other call is cancelled; a failure waits for the other call. Raises DispatchFailed
+        when every call made failed (the second's failure rides along in `hedged`), or at once when a call
+        was rejected on its merits (the other would be too)."""
+        started = time.monotonic()
+        tasks = {asyncio.create_task(self._send(ctx, first)): first}
+        pending: set[asyncio.Task[ChatResult]] = set(tasks)
+        failures: list[DispatchFailed] = []
+        won: tuple[Candidate, ChatResult] | None = None
+        also: tuple[Candidate, ChatResult] | None = None  # the loser, when it answered in the same instant
+        hedge_ms = 0.0
+        try:
+            done, pending = await asyncio.wait(pending, timeout=self._hedge_after)
+            if not done:  # still waiting: start the second call
+                hedge_ms = (time.monotonic() - started) * 1000
+                tasks[asyncio.create_task(self._send(ctx, second))] = second
+                pending = set(tasks)
+            while won is None:
+                for task in sorted(done, key=lambda t: tasks[t] is not first):
+                    candidate = tasks[task]
+                    if (error := task.exception()) is None:
+                        if won is None:
+                            won = (candidate, task.result())
+                        else:
+                            also = (candidate, task.result())
+                        continue
+                    if not isinstance(error, ProviderError):
+                        raise error
+                    self._failed(ctx, candidate.model, error.error_class, error.message, error.retry_after)
+                    failures.append(DispatchFailed(candidate, error))
+                    if error.rejected:
+                        raise failures[-1]
+                if won is not None or not pending:
+                    break
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pending:
+                task.cancel()  # aborts its HTTP call: the provider sees the connection close
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        hedged = len(tasks) > 1
+        if won is None:
+            if hedged:
+                self._hedges.labels("none").inc()
+            main = next((f for f in failures if f.candidate is first), failures[0])  # the call escalate asked for
+            main.hedged = tuple(f for f in failures if f is not main)
+            raise main
+        candidate, result = won
+        self._succeeded(ctx, candidate, result)
+        ctx.charge(candidate, result)
+        if not hedged:
+            return
+        self._hedges.labels("first" if candidate is first else "second").inc()
+        loser = second if candidate is first else first
+        if any(f.candidate is loser for f in failures):
+            ctx.dispatch_note = (
+                f"hedged-dispatch: {second.model.id} started after {hedge_ms:.0f} ms; {loser.model.id} failed;"
+                f" {candidate.model.id} answered"
+            )
+            return
+        self._charge_loser(ctx, loser, also[1] if also is not None else None, started)
+        how = "at its usage" if also is not None else "at its routing estimate"
+        ctx.dispatch_note = (
+            f"hedged-dispatch: {second.model.id} started after {hedge_ms:.0f} ms; {candidate.model.id} answered"
+            f" first; {loser.model.id} cancelled (charged {how})"
+        )
+
+    def _charge_loser(self, ctx: RequestContext, loser: Candidate, result: ChatResult | None, started: float) -> None:
+        """Add the cancelled call to the request's cost: its usage when it answered too, else its estimate."""
+        model = loser.model
+        usage = result.usage if result is not None else None
+        cost = model.cost_usd(usage.input_tokens, usage.output_tokens) if usage else loser.estimated_cost_usd
+        ctx.cost_usd = round(ctx.cost_usd + cost, 10)
+        elapsed = (time.monotonic() - started) * 1000
+        note = "answered after the winner" if result is not None else "cancelled: the other call answered first"
+        ctx.attempts.append(Attempt(model.id, model.provider_id, "", note, elapsed, hedged_out=True))
+        self._count_attempt(model.provider_id, "hedged_out")
+
     def _worst_case(self, ctx: RequestContext, model: ModelInfo) -> tuple[float, float]:
         """(the most this call can be billed, the estimate it was routed on): both the input estimate plus the
         capped output; they differ only when neither the request nor the model caps the output, where the
@@ -165,13 +334,14 @@ class Dispatch:
             estimate_cost(model, tokens, max_tokens, n),
         )
 
-    def _limits(self, model: ModelInfo) -> StreamLimits:
+    def _limits(self, model: ModelInfo, delivered_bytes: int = 0) -> StreamLimits:
         settings, metrics = self._services.settings, self._services.metrics
         return StreamLimits(
             first_token_secs=settings.stream_first_token_secs,
             attempt_timeout=settings.provider_timeout_secs,
             idle_timeout=settings.stream_idle_secs,
             on_malformed=metrics.stream_malformed.labels(provider=model.provider_id).inc,
+            max_bytes=settings.max_stream_bytes - delivered_bytes,  # a rescue continues the same client stream
         )
 
     def _succeeded(
@@ -215,7 +385,7 @@ class Dispatch:
                         adapter,
                         rescuer,
                         sink=splice,
-                        limits=self._limits(model),
+                        limits=self._limits(model, len(text.encode())),
                         request=request,
                         charge=_adding_to(ctx),
                         estimated_input_tokens=decision.estimated_input_tokens + -(-len(text) // 4),
@@ -225,6 +395,9 @@ class Dispatch:
                     self._failed(ctx, model, exc.error_class, exc.message, exc.retry_after)
                     failure = f"{model.id}: {exc.message}"
                     continue
+                except StreamTooLarge:
+                    self._rescues.labels("failed").inc()
+                    raise
                 except StreamBroken as exc:  # it broke too, after adding to the answer
                     self._failed(ctx, model, ErrorClass(exc.cause_class), exc.message, None)
                     broken, failure = exc, f"{model.id}: {exc.message}"
@@ -250,6 +423,8 @@ class Dispatch:
         )
         self._count_attempt(model.provider_id, str(error_class))
         ctx.attempts.append(Attempt(model.id, model.provider_id, str(error_class), message, 0.0))
+        if error_class is ErrorClass.BUDGET_EXCEEDED:  # the account is out of money: stop routing to the model
+            self._services.model_disables.disable(model.id, model.provider_id, message)
 
 
 _NOT_RESCUED = {

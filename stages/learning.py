@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger("tokenhub.bandit")
-# Attempt outcomes that are not failures: an answer, and a stream rescue's continuation that answered.
-SERVED = frozenset({"ok", "rescued"})
+# Attempt outcomes that are not failures: an answer, a stream rescue's continuation that answered, and a
+# hedge's slower call cancelled when another answered first.
+SERVED = frozenset({"ok", "rescued", "hedged_out"})
 # Evidence is discounted per observation; a bucket that saw no traffic for a month is read back no further.
 EVIDENCE_MAX_AGE_SECS = 30 * 86400.0
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.context import PlanSpec
 from pipeline.errors import NoEligibleModel, TokenHubError, UpstreamFailed
 from pipeline.types import ChatRequest, Message
-from stages.plan_steps import BudgetExhausted, StepResult, StepRunner
+from stages.plan_steps import BudgetExhausted, StepResult, Steps
 
 __all__ = [
     "CRITIQUE_SYSTEM",
@@ -28,7 +28,9 @@ __all__ = [
     "Orchestrator",
     "PlanOutcome",
     "Ranker",
+    "envelope",
     "parse_choice",
+    "plan_reason",
     "user_text",
 ]
 
@@ -39,7 +41,8 @@ JUDGE_SYSTEM = "You are a judge. Pick the best of several answers and reply with
 IMPROVE_SYSTEM = "Review and improve the response: fix errors, add missing detail, improve clarity."
 
 # Ranks the models a vote may use: (question, mode, min_weight, budget, excluded ids) -> model ids, best first.
-Ranker = Callable[[ChatRequest, str, int, float, frozenset[str]], list[str]]
+# Awaitable: a durable orchestrator asks the Router through an activity.
+Ranker = Callable[[ChatRequest, str, int, float, frozenset[str]], Awaitable[list[str]]]
 
 
 @dataclass(slots=True)
@@ -52,7 +55,34 @@ class PlanOutcome:
 
 
 class Orchestrator(Protocol):
-    async def run(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, rank: Ranker) -> PlanOutcome: ...
+    async def run(self, spec: PlanSpec, question: ChatRequest, steps: Steps, rank: Ranker) -> PlanOutcome: ...
+
+
+def envelope(outcome: PlanOutcome, steps: list[StepResult], routing_reason: str) -> dict[str, Any]:
+    """The /v1/plan answer: the /v1/chat envelope with the composite as `response`, every step, the cost."""
+    total = round(sum(step.cost_usd for step in steps), 10)
+    return {
+        "negotiated_model": outcome.final_model,
+        "estimated_cost_usd": total,
+        "routing_reason": routing_reason,
+        "response": outcome.composite,
+        "steps": [step.summary() for step in steps],
+        "total_cost_usd": total,
+        "complete": not outcome.stop_reason,
+        "stop_reason": outcome.stop_reason or None,
+    }
+
+
+def plan_reason(
+    outcome: PlanOutcome, steps: int, spent_usd: float, budget_usd: float, step_notes: Sequence[str] = ()
+) -> str:
+    """The plan's routing reason (its own request-log row and its envelope), whichever orchestrator ran it;
+    `step_notes`: named models that did not answer their step, and why."""
+    return (
+        f"{outcome.reason}: {steps} step(s), ${spent_usd:.6f} of ${budget_usd:g}"
+        + (f"; stopped: {outcome.stop_reason}" if outcome.stop_reason else "")
+        + "".join(f"; {note}" for note in (*step_notes, *outcome.notes))
+    )
 
 
 def user_text(request: ChatRequest) -> str:
@@ -67,7 +97,7 @@ class InProcessOrchestrator:
     def __init__(self, *, max_parallel: int) -> None:
         self._max_parallel = max_parallel
 
-    async def run(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, rank: Ranker) -> PlanOutcome:
+    async def run(self, spec: PlanSpec, question: ChatRequest, steps: Steps, rank: Ranker) -> PlanOutcome:
         """Run the plan; `rank` orders the models a vote may use, under the plan's tenant's routing options."""
         mode = spec.mode
         if mode == "adversarial":
@@ -88,7 +118,7 @@ class InProcessOrchestrator:
         )
         return PlanOutcome({"answer": first.content}, "planning", first.model_id)
 
-    async def _adversarial(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner) -> PlanOutcome:
+    async def _adversarial(self, spec: PlanSpec, question: ChatRequest, steps: Steps) -> PlanOutcome:
         text = user_text(question)
         plan = await _first_step(
             _phase(
@@ -143,9 +173,9 @@ class InProcessOrchestrator:
             outcome.stop_reason = str(exc)
         return outcome
 
-    async def _vote(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, rank: Ranker) -> PlanOutcome:
+    async def _vote(self, spec: PlanSpec, question: ChatRequest, steps: Steps, rank: Ranker) -> PlanOutcome:
         excluded = frozenset({spec.review_model_id}) if spec.review_model_id else frozenset()
-        ranked = rank(question, "normal", spec.primary_min_weight, steps.remaining_usd, excluded)
+        ranked = await rank(question, "normal", spec.primary_min_weight, steps.remaining_usd, excluded)
         if not ranked:
             raise NoEligibleModel("no eligible models for vote", client_constraint=False)
         voters = ranked[: spec.iterations if spec.iterations >= 2 else 3]
@@ -179,7 +209,7 @@ class InProcessOrchestrator:
         return await self._judge(spec, question, steps, answers, notes)
 
     async def _judge(
-        self, spec: PlanSpec, question: ChatRequest, steps: StepRunner, answers: list[StepResult], notes: list[str]
+        self, spec: PlanSpec, question: ChatRequest, steps: Steps, answers: list[StepResult], notes: list[str]
     ) -> PlanOutcome:
         sections = "\n\n".join(f"Response {i} (model {a.model_id}):\n{a.content}" for i, a in enumerate(answers, 1))
         prompt = f"Question:\n{user_text(question)}\n\n{sections}\n\nWhich number is best (1-{len(answers)})?"
@@ -210,7 +240,7 @@ class InProcessOrchestrator:
         outcome.final_model = answers[selected].model_id
         return outcome
 
-    async def _refine(self, spec: PlanSpec, question: ChatRequest, steps: StepRunner) -> PlanOutcome:
+    async def _refine(self, spec: PlanSpec, question: ChatRequest, steps: Steps) -> PlanOutcome:
         initial = await _first_step(
             _phase(
                 "refine initial phase",

@@ -6,6 +6,10 @@ checked again for every step the same way (policy refuses a step the key can no 
 earlier steps spent already counted): after the first step that stops the plan like its own budget does.
 Steps that run at once (vote voters) reserve their worst-case cost on the plan's budget before they call a
 provider (store/reservations.py), so together they cannot spend past it either.
+
+A step that names a model (primary_model_id, review_model_id, the request's model) is routed like any request
+with a hint: when that model is not eligible or fails, another answers. The runner says so in `notes` (which
+id, why, who answered), and the plan's routing reason lists them: never silently replaced.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapters.answer import answer_text
 from pipeline.context import Policy, RequestContext
 from pipeline.errors import BudgetExceeded, NoEligibleModel, PlanBudgetReserved
+from pipeline.model_ids import resolve_model_id
 from pipeline.stage import Next
 from pipeline.types import ChatRequest, Message
 from stages.record import recorded
@@ -26,7 +31,7 @@ from store.reservations import BudgetAccount
 if TYPE_CHECKING:
     from pipeline.services import Services
 
-__all__ = ["BudgetExhausted", "EventSink", "StepResult", "StepRunner"]
+__all__ = ["BudgetExhausted", "EventSink", "StepResult", "StepRunner", "Steps"]
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -55,18 +60,53 @@ class StepResult:
         return data
 
 
+class Steps(Protocol):
+    """What an orchestrator runs its steps through: the in-process `StepRunner`, or a durable workflow's
+    proxy that runs each step as an activity (itself a `StepRunner.run` in the worker)."""
+
+    @property
+    def remaining_usd(self) -> float: ...
+
+    async def run(
+        self,
+        role: str,
+        messages: list[Message],
+        *,
+        mode: str,
+        min_weight: int = 0,
+        model_hint: str = "",
+        only_models: frozenset[str] | None = None,
+        parameters: dict[str, Any] | None = None,
+        budget_usd: float | None = None,
+    ) -> StepResult: ...
+
+
 class StepRunner:
     def __init__(
-        self, services: Services, parent: RequestContext, call_next: Next, *, budget_usd: float, on_event: EventSink
+        self,
+        services: Services,
+        parent: RequestContext,
+        call_next: Next,
+        *,
+        budget_usd: float,
+        on_event: EventSink,
+        first_index: int = 1,
+        spent_usd: float = 0.0,
+        steps_done: int = 0,
     ) -> None:
+        """`first_index`, `spent_usd` and `steps_done` resume a plan part-way (a workflow runs each of its
+        steps in its own runner: the step's number, and what the steps before it spent)."""
         self._services = services
         self._parent = parent
         self._call_next = call_next
         self._on_event = on_event
-        self._counter = itertools.count(1)
+        self._counter = itertools.count(first_index)
+        self._steps_before = steps_done
         self.budget_usd = budget_usd
-        self.spent_usd = 0.0
+        self.spent_usd = spent_usd
         self.steps: list[StepResult] = []
+        self.notes: list[str] = []  # named models that did not answer their step, and why
+        self._noted: set[tuple[str, str]] = set()  # (model named, why): each said once per plan
         self._account_id = f"plan:{parent.request_id}"
 
     @property
@@ -126,7 +166,7 @@ class StepRunner:
         except PlanBudgetReserved as exc:
             raise BudgetExhausted(f"step {index} ({role}): {exc.message}") from None
         except BudgetExceeded as exc:
-            if not self.steps:
+            if not self.steps and not self._steps_before:
                 raise  # nothing done yet: the key's own 429, as for any request
             raise BudgetExhausted(f"step {index} ({role}): {exc.message}") from None
         result, served = child.result, child.served_by
@@ -146,5 +186,25 @@ class StepRunner:
         )
         self.spent_usd += step.cost_usd
         self.steps.append(step)
+        if model_hint and (why := self._not_used(child, served.model.id)) and (model_hint, why) not in self._noted:
+            self._noted.add((model_hint, why))
+            self.notes.append(
+                f"model {model_hint!r} not used in step {index} ({role}): {why}; {step.model_id} answered"
+            )
         await self._on_event("step_completed", {**step.summary(), "content": step.content})
         return step
+
+    def _not_used(self, child: RequestContext, served: str) -> str:
+        """Why the model a step named did not answer it ("" when it did): not registered, the reason it was
+        not eligible, or how its call failed before another model answered."""
+        named = child.request.model_hint.strip()  # after policy: an alias's chosen variant
+        wanted = resolve_model_id(named, self._services.snapshot.models) if named else None
+        if wanted == served:
+            return ""
+        if wanted is None:
+            return "not registered"
+        decision = child.decision
+        if decision is not None and (excluded := decision.exclusions.get(wanted)):
+            return f"not eligible ({excluded})"
+        failed = [a for a in child.attempts if a.model_id == wanted and a.error_class]
+        return f"failed ({failed[-1].error_class})" if failed else "not eligible"

@@ -52,7 +52,8 @@ async def recorded(services: Services, ctx: RequestContext, call_next: Next) -> 
         ctx.error = InternalError("internal error; see the server log for this request id")
         raise ctx.error from exc
     finally:
-        services.recorder.emit(ctx)
+        if not ctx.recorded_elsewhere:  # a workflow's activity records what it ran, exactly once
+            services.recorder.emit(ctx)
 
 
 SPEC = StageSpec(

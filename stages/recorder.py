@@ -94,6 +94,7 @@ def build_record(ctx: RequestContext) -> RequestRecord:
         routing_reason=_routing_reason(ctx),
         ttft_ms=round(ctx.ttft_ms, 3),
         parent_request_id=ctx.parent_request_id,
+        alias_from=ctx.alias_from,
     )
 
 

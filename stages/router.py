@@ -32,14 +32,18 @@ from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
 from stages.expected_reward import expect
 from stages.health import HealthTracker, ProviderHealth
+from stages.model_disables import ModelDisables
 from stages.routing_table import RoutingTable
 from stages.scoring import (
     CLIENT_CONSTRAINTS,
+    MEDIA_REASONS,
+    MEDIA_TOKEN_SCHEMES,
     Constraints,
     ProviderStats,
     ScoreParts,
     estimate_input_tokens,
     exclusion_reason,
+    media_input_tokens,
     model_kind,
     rank,
     requested_output,
@@ -49,7 +53,7 @@ from stages.scoring import (
 )
 from store.config_store import ConfigSnapshot
 
-__all__ = ["DEFAULT_OPTIONS", "Limits", "Router", "RoutingOptions"]
+__all__ = ["DEFAULT_OPTIONS", "Limits", "Router", "RoutingOptions", "media_needs", "model_inputs"]
 
 _UNKNOWN_PROVIDER = ProviderHealth()  # never called yet: no latency, no errors
 _NO_LIMITS = Constraints("normal", 0, 0, 0)  # no budget, weight or context to meet: what any request needs
@@ -93,9 +97,11 @@ class Router:
         settings: Settings,
         metrics: Metrics,
         rng: random.Random | None = None,
+        disables: ModelDisables | None = None,
     ) -> None:
         self._table = table  # read at every decision: the services swap the table on reload
         self._health = health
+        self._disables = disables or ModelDisables(disable_secs=0)  # models out of provider quota
         self._bandit = bandit
         self.settings = settings  # public: SIGHUP swaps it for the re-read one
         self._skips = metrics.provider_skips
@@ -150,6 +156,7 @@ class Router:
             hint = (aliases or AliasChooser()).choose(found, request_id=request_id, api_key_id=api_key_id).model_id
         tokens = estimate_input_tokens(request.messages, request.estimated_input_tokens)
         max_tokens, n = requested_output(request.parameters)
+        inputs, url_inputs = media_needs(request)
         constraints = Constraints(
             limits.mode,
             limits.max_budget_usd,
@@ -159,6 +166,9 @@ class Router:
             max_tokens=max_tokens,
             n=n,
             key_budget_usd=key_left_usd,
+            provider_tokens=_provider_tokens(request, tokens, table) if inputs else None,
+            inputs=inputs,
+            url_inputs=url_inputs,
         )
         kind = model_kind(request.operation)
         if kind != "chat" and hint:
@@ -234,15 +244,60 @@ class Router:
         supports = _supports(table.adapters, "embeddings" if model.kind == "embedding" else "chat")
         return self._exclusion(model, _NO_LIMITS, table, supports)
 
+    def unreadable(self, model: ModelInfo, request: ChatRequest) -> str | None:
+        """Why `model` cannot read `request`'s media (a MEDIA_REASONS name), None when it can (escalation
+        checks the models it picks outside a decision with this)."""
+        inputs, url_inputs = media_needs(request)
+        return _unreadable(model, inputs, url_inputs, self._table()) if inputs else None
+
     def _exclusion(
         self, model: ModelInfo, constraints: Constraints, table: RoutingTable, supports: Callable[[str], bool] | None
     ) -> str | None:
         """Eligibility's reason (scoring.exclusion_reason), naming a provider whose key waits in the locked
-        vault `vault_locked` rather than `no_adapter`."""
+        vault `vault_locked` rather than `no_adapter`, and a model disabled for its provider's quota
+        `quota_exhausted`; before them, whether an enabled model can read the request's media (a property of
+        the model, whatever its health or price)."""
+        if (
+            constraints.inputs
+            and model.enabled
+            and (media := _unreadable(model, constraints.inputs, constraints.url_inputs, table))
+        ):
+            return media
+        if model.enabled and (disabled := self._disables.reason(model.id)):
+            return disabled
         reason = exclusion_reason(
             model, constraints, table.adapters.__contains__, self._health.unavailable_reason, supports
         )
         return "vault_locked" if reason == "no_adapter" and model.provider_id in table.vault_locked else reason
+
+    def last_resort(
+        self, request: ChatRequest, decision: RoutingDecision, tried: set[str], only_models: frozenset[str] | None
+    ) -> list[Candidate]:
+        """The last-resort pass's candidates, once every eligible one failed (routing.md §8 step 6): every
+        other enabled model that can take the request, ignoring health, budget and weight, ranked for the
+        decision's mode. Still excluded: models of another kind, without a provider, outside a plan step's
+        pin, disabled for their quota, unable to read the request's media, or whose window cannot hold the
+        input; and a named embedding model is never replaced (vectors of two models do not compare)."""
+        kind = model_kind(request.operation)
+        if kind != "chat" and request.model_hint:
+            return []
+        table = self._table()
+        max_tokens, n = requested_output(request.parameters)
+        tokens = decision.estimated_input_tokens
+        constraints = Constraints(decision.mode, 0, 0, tokens, request.max_item_tokens, max_tokens=max_tokens, n=n)
+        supports = _supports(table.adapters, request.operation)
+        inputs, url_inputs = media_needs(request)
+        models = [
+            model
+            for model in table.snapshot.models.values()
+            if model.kind == kind
+            and model.id not in tried
+            and (only_models is None or model.id in only_models)
+            and self._disables.reason(model.id) is None
+            and not (inputs and _unreadable(model, inputs, url_inputs, table))
+            and exclusion_reason(model, constraints, table.adapters.__contains__, _health_ignored, supports) is None
+        ]
+        return rank(models, constraints, self._stats()) if models else []
 
     def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
         """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
@@ -317,6 +372,49 @@ class Router:
         if observe:
             self._skips.labels(provider=model.provider_id, reason=reason).inc()
         return [], {model_id: reason}
+
+
+def media_needs(request: ChatRequest) -> tuple[frozenset[str], frozenset[str]]:
+    """(the capabilities the request's media need, those of them given by URL); empty for text."""
+    media = [part for m in request.messages if m.parts for part in m.media]
+    if not media:
+        return frozenset(), frozenset()
+    return frozenset(p.capability for p in media), frozenset(p.capability for p in media if p.url)
+
+
+def model_inputs(model: ModelInfo, adapter: Provider) -> frozenset[str]:
+    """What `model` reads besides text: its own capabilities, else its provider type's default, within what
+    the type's payload can carry."""
+    caps = adapter.capabilities
+    own = caps.default_inputs if model.capabilities is None else model.capabilities
+    return own & caps.inputs
+
+
+def _unreadable(
+    model: ModelInfo, inputs: frozenset[str], url_inputs: frozenset[str], table: RoutingTable
+) -> str | None:
+    adapter = table.adapters.get(model.provider_id)
+    if adapter is None:
+        return None  # eligibility names the missing adapter
+    if lacking := sorted(inputs - model_inputs(model, adapter)):
+        return f"lacks_{lacking[0]}"
+    if unfetched := sorted(url_inputs - adapter.capabilities.url_inputs):
+        return f"no_{unfetched[0]}_by_url"
+    return None
+
+
+def _provider_tokens(request: ChatRequest, tokens: int, table: RoutingTable) -> dict[str, int] | None:
+    """Input tokens per provider, each counting the media its own way (`tokens` counts them the dearest way)."""
+    if request.estimated_input_tokens > 0:
+        return None  # the client's own estimate stands
+    media = media_input_tokens(request.messages)
+    per_scheme = {s: tokens - media + media_input_tokens(request.messages, s) for s in MEDIA_TOKEN_SCHEMES}
+    return {pid: per_scheme.get(a.capabilities.media_tokens, tokens) for pid, a in table.adapters.items()}
+
+
+def _health_ignored(provider_id: str) -> None:
+    """The last resort calls providers whatever their health says."""
+    return None
 
 
 def _supports(adapters: Mapping[str, Provider], operation: str) -> Callable[[str], bool] | None:
@@ -404,6 +502,9 @@ def _no_eligible(exclusions: dict[str, str], c: Constraints, key_budget_usd: flo
             " (POST /admin/v1/vault/unlock)",
             exclusions=exclusions,
         )
+    media = sorted({why for why in exclusions.values() if why in MEDIA_REASONS})
+    if media and all(why in MEDIA_REASONS or why == "disabled" for why in exclusions.values()):
+        return NoEligibleModel(_media_message(media), client_constraint=True, exclusions=exclusions)
     if not exclusions:
         return NoEligibleModel(
             "no models are registered: add a provider and a model through /admin/v1 (see GET /healthz)",
@@ -417,3 +518,23 @@ def _no_eligible(exclusions: dict[str, str], c: Constraints, key_budget_usd: flo
     return NoEligibleModel(
         f"no eligible model for this request{hint}: {details}", client_constraint=client, exclusions=exclusions
     )
+
+
+_MEDIA_NAMES = {"vision": "images", "documents": "documents (PDF)", "audio": "audio"}
+
+
+def _media_message(reasons: list[str]) -> str:
+    """The 422 when no enabled model can read the request's media: which capability is missing, and what to do."""
+    lacking = [r.removeprefix("lacks_") for r in reasons if r.startswith("lacks_")]
+    by_url = [r.removeprefix("no_").removesuffix("_by_url") for r in reasons if r.endswith("_by_url")]
+    parts = []
+    if lacking:
+        needs = ", ".join(f"{cap!r} ({_MEDIA_NAMES[cap]})" for cap in lacking)
+        parts.append(
+            f"no enabled model can read this request's input: it needs the capability {needs}; give a model it"
+            ' with PATCH /admin/v1/models/{id} {"capabilities": [...]}'
+        )
+    if by_url:
+        kinds = ", ".join(_MEDIA_NAMES[cap] for cap in by_url)
+        parts.append(f"no enabled model's provider can fetch {kinds} by URL; send them as base64 data")
+    return "; ".join(parts)

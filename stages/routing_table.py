@@ -60,10 +60,14 @@ def build_table(
     env_providers: Mapping[str, ProviderInfo],
     previous: RoutingTable | None,
     make_adapter: AdapterFactory,
+    rewrite: Callable[[ProviderInfo], ProviderInfo] | None = None,
 ) -> RoutingTable:
     """The table for a newly loaded snapshot. An adapter whose provider record is unchanged is kept (with
-    its connection state); discovered models of providers that are gone are dropped."""
+    its connection state); discovered models of providers that are gone are dropped. `rewrite` maps each
+    record to the one connected to (adapters/container.py: localhost inside a container)."""
     providers = {**stored.providers, **env_providers}  # environment wins, as in the original
+    if rewrite is not None:
+        providers = {provider_id: rewrite(p) for provider_id, p in providers.items()}
     old_adapters = previous.adapters if previous is not None else {}
     adapters: dict[str, Provider] = {}
     locked: set[str] = set()

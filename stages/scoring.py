@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.context import Candidate
+from pipeline.media import media_tokens
 from pipeline.types import Message, ModelInfo
 
 __all__ = [
     "CLIENT_CONSTRAINTS",
     "CONTEXT_HEADROOM_PERCENT",
+    "MEDIA_REASONS",
+    "MEDIA_TOKEN_SCHEMES",
     "MODE_WEIGHTS",
     "OPERATION_KINDS",
     "OUTPUT_TOKENS_ESTIMATE",
@@ -25,6 +28,7 @@ __all__ = [
     "estimate_input_tokens",
     "estimate_output_tokens",
     "exclusion_reason",
+    "media_input_tokens",
     "model_kind",
     "rank",
     "requested_output",
@@ -44,8 +48,16 @@ MODE_WEIGHTS: dict[str, tuple[float, float, float, float]] = {
     "planning": (0.10, 0.10, 0.20, 0.60),
     "adversarial": (0.10, 0.10, 0.20, 0.60),
 }
+# A model that cannot read the request's media: it lacks the capability (vision, documents, audio), or its
+# provider type cannot take that medium by URL.
+MEDIA_REASONS = frozenset(
+    [f"lacks_{need}" for need in ("vision", "documents", "audio")]
+    + [f"no_{need}_by_url" for need in ("vision", "documents", "audio")]
+)
 # Reasons an exclusion is the request's own doing (retrying the same request cannot help).
-CLIENT_CONSTRAINTS = frozenset({"budget_exceeded", "key_budget_exceeded", "context_overflow", "weight_below_minimum"})
+CLIENT_CONSTRAINTS = (
+    frozenset({"budget_exceeded", "key_budget_exceeded", "context_overflow", "weight_below_minimum"}) | MEDIA_REASONS
+)
 # The model kind each request operation needs: a chat request never reaches an embedding model, nor the reverse.
 OPERATION_KINDS = {"chat": "chat", "embeddings": "embedding"}
 
@@ -54,10 +66,23 @@ def model_kind(operation: str) -> str:
     return OPERATION_KINDS.get(operation, operation)
 
 
-def estimate_input_tokens(messages: Sequence[Message], explicit: int = 0) -> int:
+MEDIA_TOKEN_SCHEMES = ("openai", "anthropic")  # how providers count media (adapters' Capabilities.media_tokens)
+
+
+def estimate_input_tokens(messages: Sequence[Message], explicit: int = 0, scheme: str = "") -> int:
+    """The client's estimate when it gave one; else text bytes / 4 plus the media's tokens counted the
+    `scheme` way ("" = the larger of the schemes: what a request costs wherever it lands)."""
     if explicit > 0:
         return explicit
-    return sum(len(m.content.encode()) // 4 for m in messages)
+    return sum(len(m.content.encode()) // 4 for m in messages) + media_input_tokens(messages, scheme)
+
+
+def media_input_tokens(messages: Sequence[Message], scheme: str = "") -> int:
+    media = [part for m in messages if m.parts for part in m.media]
+    if not media:
+        return 0
+    schemes = (scheme,) if scheme else MEDIA_TOKEN_SCHEMES
+    return max(sum(media_tokens(part, s) for part in media) for s in schemes)
 
 
 def requested_output(parameters: Mapping[str, Any]) -> tuple[int, int]:
@@ -106,10 +131,21 @@ class Constraints:
     max_tokens: int = 0  # the client's output cap per choice (0 = none given): see estimate_output_tokens
     n: int = 1  # choices asked for
     key_budget_usd: float = 0.0  # what the API key may still spend this month (0 = the key has no budget)
+    # Media: the input tokens on each provider where its way of counting media differs from `input_tokens`
+    # (which counts them the dearest way).
+    provider_tokens: Mapping[str, int] | None = None
+    inputs: frozenset[str] = frozenset()  # what the model must read besides text: vision, documents, audio
+    url_inputs: frozenset[str] = frozenset()  # which of those come by URL
+
+    def tokens(self, model: ModelInfo) -> int:
+        """The request's estimated input tokens on `model`."""
+        if self.provider_tokens:
+            return self.provider_tokens.get(model.provider_id, self.input_tokens)
+        return self.input_tokens
 
     def cost(self, model: ModelInfo) -> float:
         """The request's estimated cost on `model`: what the budgets are checked against."""
-        return estimate_cost(model, self.input_tokens, self.max_tokens, self.n)
+        return estimate_cost(model, self.tokens(model), self.max_tokens, self.n)
 
 
 def exclusion_reason(
@@ -126,7 +162,7 @@ def exclusion_reason(
     if c.min_weight > 0 and model.weight < c.min_weight:
         return "weight_below_minimum"
     # integer maths: no float rounding at the edge
-    needed = (c.context_tokens or c.input_tokens) * CONTEXT_HEADROOM_PERCENT // 100
+    needed = (c.context_tokens or c.tokens(model)) * CONTEXT_HEADROOM_PERCENT // 100
     if model.max_context_tokens > 0 and needed > model.max_context_tokens:
         return "context_overflow"
     if not has_adapter(model.provider_id):

@@ -4,6 +4,10 @@ Failover is possible until the first token is handed to the sink: before that, e
 stall, a first token later than the first-token limit) is a ProviderError that escalate can act on. After
 it, a failure is StreamBroken: the client already has a 200 and part of an answer.
 
+A stream whose answer text (content, reasoning, tool-call names and arguments, in UTF-8 bytes; not the SSE
+framing) passes `StreamLimits.max_bytes` (TOKENHUB_MAX_STREAM_BYTES) ends with StreamTooLarge before the
+delta that would pass it reaches the client: a runaway upstream cannot fill the client's memory or disk.
+
 After a break, dispatch may rescue the answer (stages/stream_rescue.py): it relays a continuation through
 this same function into the already open sink.
 
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from adapters.errors import ProviderError
 from adapters.provider import Provider
 from pipeline.context import Candidate, RequestContext, StreamSink
-from pipeline.errors import StreamBroken
+from pipeline.errors import StreamBroken, StreamTooLarge
 from pipeline.types import ChatRequest, ChatResult, ErrorClass, StreamDelta, Usage
 
 __all__ = ["StreamLimits", "relay_stream"]
@@ -32,19 +36,24 @@ __all__ = ["StreamLimits", "relay_stream"]
 class _Tally:
     """What the stream carried, for usage when the upstream reports none (chars/4, like the input estimate)."""
 
-    __slots__ = ("chars", "usage")
+    __slots__ = ("bytes", "chars", "usage")
 
     def __init__(self) -> None:
         self.chars = 0
+        self.bytes = 0  # the same text in UTF-8, for the size cap
         self.usage: Usage | None = None
 
     def add(self, delta: StreamDelta) -> None:
-        self.chars += len(delta.content) + len(delta.reasoning)
+        texts = [delta.content, delta.reasoning]
         if delta.tool_calls:
             for call in delta.tool_calls:
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
-                    self.chars += len(str(function.get("name") or "")) + len(str(function.get("arguments") or ""))
+                    texts += (str(function.get("name") or ""), str(function.get("arguments") or ""))
+        for text in texts:
+            if text:
+                self.chars += len(text)
+                self.bytes += len(text) if text.isascii() else len(text.encode())
         if delta.usage is not None:
             usage = self.usage or Usage()
             # Anthropic reports input at the start and output at the end; OpenAI both at the end.
@@ -63,6 +72,7 @@ class StreamLimits:
     attempt_timeout: float  # connecting and the response headers
     idle_timeout: float  # the longest silence once the body flows
     on_malformed: Callable[[], None]  # an unparseable event was skipped
+    max_bytes: int  # answer text this stream may still carry (a rescue's: the cap less what was delivered)
 
 
 async def relay_stream(
@@ -106,12 +116,16 @@ async def relay_stream(
             ctx.ttft_ms = (time.perf_counter() - ctx.started_at) * 1000
         for delta in pending:
             tally.add(delta)
+        if tally.bytes > limits.max_bytes:
+            raise StreamTooLarge(limits.max_bytes)
         await sink.open(ctx)
         for delta in pending:
             await sink.send(delta)
         try:
             async for delta in deltas:
                 tally.add(delta)  # counted as received: the provider bills it even if the client is gone
+                if tally.bytes > limits.max_bytes:
+                    raise StreamTooLarge(limits.max_bytes)
                 await sink.send(delta)
         except ProviderError as exc:
             raise StreamBroken(f"the upstream stream broke: {exc.message}", cause_class=str(exc.error_class)) from exc

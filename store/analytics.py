@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS request_log (
     cost_ref_usd DOUBLE,
     latency_ref_ms DOUBLE,
     quality_prior DOUBLE,
-    quality_weight DOUBLE
+    quality_weight DOUBLE,
+    alias_from VARCHAR NOT NULL DEFAULT ''
 )
 """,
     # One row per (second, metric, model, provider): `value` is the sum of that second's samples and
@@ -121,6 +122,7 @@ _ADDED_COLUMNS = (
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS latency_ref_ms DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS quality_prior DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS quality_weight DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS alias_from VARCHAR DEFAULT ''",
 )
 # Token counts were INTEGER in the first release: one count over 2^31 failed its whole batch.
 _WIDENED_COLUMNS = {"input_tokens": "BIGINT", "output_tokens": "BIGINT"}

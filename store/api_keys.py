@@ -13,8 +13,18 @@ from store.config_store import KEY_PREFIX, key_digest
 
 PREFIX_CHARS = len(KEY_PREFIX) + 8  # "tokenhub_" + 8 hex: enough to recognise a key, useless to guess it
 EDITABLE = frozenset(
-    {"name", "scopes", "enabled", "expires_at", "monthly_budget_usd", "rate_limit_rpm", "rate_limit_tpm"}
+    {
+        "name",
+        "scopes",
+        "enabled",
+        "expires_at",
+        "monthly_budget_usd",
+        "rate_limit_rpm",
+        "rate_limit_tpm",
+        "rotation_days",
+    }
 )
+DAY_SECS = 86400.0
 
 
 def new_plaintext() -> str:
@@ -31,6 +41,7 @@ def create(
     monthly_budget_usd: float = 0.0,
     rate_limit_rpm: int = 0,
     rate_limit_tpm: int = 0,
+    rotation_days: int = 0,
 ) -> tuple[str, dict[str, Any]]:
     """Returns (plaintext, listing). The plaintext exists only in the return value."""
     plaintext = new_plaintext()
@@ -39,8 +50,8 @@ def create(
     with db:
         db.execute(
             "INSERT INTO api_keys (id, key_digest, key_prefix, name, tenant_id, scopes, created_at, expires_at,"
-            " enabled, monthly_budget_usd, rate_limit_rpm, rate_limit_tpm, rotated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+            " enabled, monthly_budget_usd, rate_limit_rpm, rate_limit_tpm, rotated_at, rotation_days)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
             (
                 key_id,
                 key_digest(plaintext),
@@ -54,6 +65,7 @@ def create(
                 rate_limit_rpm,
                 rate_limit_tpm,
                 now,
+                rotation_days,
             ),
         )
     return plaintext, listing(_row(db, key_id))
@@ -97,6 +109,17 @@ def rotate(db: sqlite3.Connection, key_id: str) -> tuple[str, dict[str, Any]] | 
     if not changed:
         return None
     return plaintext, listing(_row(db, key_id))
+
+
+def disable_rotation_expired(db: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
+    """Disable every enabled key with a rotation period that has not been rotated within it, in one
+    transaction; returns their listings. Measured from the last rotation (creation counts as one), so a
+    freshly rotated key is safe; a key exactly ``rotation_days`` old is due."""
+    due = "rotation_days > 0 AND enabled = 1 AND coalesce(rotated_at, created_at) + rotation_days * ? <= ?"
+    with db:
+        ids = [row[0] for row in db.execute(f"SELECT id FROM api_keys WHERE {due}", (DAY_SECS, now))]
+        db.executemany("UPDATE api_keys SET enabled = 0 WHERE id = ?", [(key_id,) for key_id in ids])
+    return [listing(_row(db, key_id)) for key_id in ids]
 
 
 def mark_paid(db: sqlite3.Connection, key_id: str, now: float) -> bool:
@@ -143,4 +166,5 @@ def listing(row: sqlite3.Row) -> dict[str, Any]:
         "budget_reset_at": row["budget_reset_at"],
         "rate_limit_rpm": row["rate_limit_rpm"],
         "rate_limit_tpm": row["rate_limit_tpm"],
+        "rotation_days": row["rotation_days"],
     }

@@ -69,6 +69,12 @@ def append(db: sqlite3.Connection, entry: AuditEntry) -> None:
         )
 
 
+def prune(db: sqlite3.Connection, older_than: float) -> int:
+    """Delete rows strictly older than ``older_than`` (unix seconds, config store thread); returns how many."""
+    with db:
+        return db.execute("DELETE FROM audit_logs WHERE timestamp < ?", (older_than,)).rowcount
+
+
 def query(db: sqlite3.Connection, where: AuditFilter, limit: int, offset: int) -> dict[str, Any]:
     clause, args = where.where()
     total = db.execute(f"SELECT count(*) FROM audit_logs{clause}", args).fetchone()[0]

@@ -149,6 +149,7 @@ class ConfigStore:
                 api_key=in_vault.get(row["id"])
                 or self._box.open(row["api_key_sealed"], context=provider_key_name(row["id"])),
                 key_in_vault=row["id"] in in_vault,
+                autoload_models=bool(row["autoload_models"]),
             )
             for row in db.execute("SELECT * FROM providers")
         }
@@ -187,10 +188,19 @@ class ConfigStore:
         now = time.time()
         with self.db as db:
             db.execute(
-                "INSERT INTO providers (id, type, enabled, base_url, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET type=excluded.type, "
-                "enabled=excluded.enabled, base_url=excluded.base_url, updated_at=excluded.updated_at",
-                (provider.id, provider.type, int(provider.enabled), provider.base_url, now, now),
+                "INSERT INTO providers (id, type, enabled, base_url, autoload_models, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET type=excluded.type, "
+                "enabled=excluded.enabled, base_url=excluded.base_url, autoload_models=excluded.autoload_models,"
+                " updated_at=excluded.updated_at",
+                (
+                    provider.id,
+                    provider.type,
+                    int(provider.enabled),
+                    provider.base_url,
+                    int(provider.autoload_models),
+                    now,
+                    now,
+                ),
             )
             if api_key == "":
                 vault_store.delete_secret(db, vault_store.provider_key_name(provider.id))
@@ -223,6 +233,7 @@ class ConfigStore:
                 "type": row["type"],
                 "base_url": row["base_url"],
                 "enabled": bool(row["enabled"]),
+                "autoload_models": bool(row["autoload_models"]),
                 "has_api_key": bool(row["api_key_sealed"] or row["in_vault"]),
                 "cred_store": "vault" if row["in_vault"] else "sealed" if row["api_key_sealed"] else "none",
                 "created_at": row["created_at"],
@@ -235,7 +246,9 @@ class ConfigStore:
         row = self.db.execute("SELECT * FROM providers WHERE id = ?", (provider_id,)).fetchone()
         if row is None:
             return None
-        return ProviderInfo(row["id"], row["type"], row["base_url"], bool(row["enabled"]))
+        return ProviderInfo(
+            row["id"], row["type"], row["base_url"], bool(row["enabled"]), autoload_models=bool(row["autoload_models"])
+        )
 
     def delete_provider(self, provider_id: str) -> bool:
         with self.db as db:
@@ -244,20 +257,22 @@ class ConfigStore:
     # --- models ----------------------------------------------------------------------------------
     def upsert_model(self, model: ModelInfo) -> None:
         """Create or replace a model. Prices written here are an admin's: a new row, or a changed price,
-        is ``pricing_source = 'manual'`` (store/pricing.py leaves non-zero manual prices alone)."""
+        is ``pricing_source = 'manual'`` (store/pricing.py leaves non-zero manual prices alone). So is the
+        row: ``autoloaded`` is cleared, and autoload never removes it (store/model_autoload.py)."""
         now = time.time()
         with self.db as db:
             db.execute(
                 "INSERT INTO models (id, provider_id, weight, max_context_tokens, input_per_1k, output_per_1k,"
-                " enabled, kind, upstream_model, fallbacks, max_output_tokens, supports_prefill, created_at,"
-                " updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id)"
+                " enabled, kind, upstream_model, fallbacks, max_output_tokens, supports_prefill, capabilities,"
+                " tool_name_map, gemma4_output, autoloaded, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(id)"
                 " DO UPDATE SET provider_id=excluded.provider_id, weight=excluded.weight,"
                 " max_context_tokens=excluded.max_context_tokens, input_per_1k=excluded.input_per_1k,"
                 " output_per_1k=excluded.output_per_1k, enabled=excluded.enabled, kind=excluded.kind,"
                 " upstream_model=excluded.upstream_model, fallbacks=excluded.fallbacks,"
                 " max_output_tokens=excluded.max_output_tokens, supports_prefill=excluded.supports_prefill,"
-                " updated_at=excluded.updated_at,"
+                " capabilities=excluded.capabilities, tool_name_map=excluded.tool_name_map,"
+                " gemma4_output=excluded.gemma4_output, autoloaded=0, updated_at=excluded.updated_at,"
                 " pricing_source=CASE WHEN models.input_per_1k = excluded.input_per_1k"
                 " AND models.output_per_1k = excluded.output_per_1k THEN models.pricing_source ELSE 'manual' END",
                 (
@@ -273,6 +288,9 @@ class ConfigStore:
                     json.dumps(list(model.fallbacks)),
                     model.max_output_tokens,
                     None if model.supports_prefill is None else int(model.supports_prefill),
+                    None if model.capabilities is None else json.dumps(sorted(model.capabilities)),
+                    json.dumps(dict(model.tool_name_map)),
+                    int(model.gemma4_output),
                     now,
                     now,
                 ),
@@ -410,7 +428,21 @@ def _model(row: sqlite3.Row) -> ModelInfo:
         fallbacks=tuple(_id_list(row["fallbacks"])),
         pricing_source=row["pricing_source"],
         supports_prefill=None if row["supports_prefill"] is None else bool(row["supports_prefill"]),
+        capabilities=None if row["capabilities"] is None else frozenset(_id_list(row["capabilities"])),
+        tool_name_map=_name_pairs(row["tool_name_map"]),
+        gemma4_output=bool(row["gemma4_output"]),
+        autoloaded=bool(row["autoloaded"]),
     )
+
+
+def _name_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return ()
+    if not isinstance(value, dict):
+        return ()
+    return tuple((k, v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str))
 
 
 def _id_list(text: str) -> list[str]:

@@ -158,6 +158,32 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
     (
         9,
+        "api_key_rotation_days",
+        # 0 = no rotation period; the hourly job (stages/key_rotation.py) disables keys not rotated for longer.
+        "ALTER TABLE api_keys ADD COLUMN rotation_days INTEGER NOT NULL DEFAULT 0;",
+    ),
+    (
+        10,
+        "model_capabilities",
+        # A JSON list of what the model reads besides text (vision, documents, audio); NULL = its provider
+        # type's default (adapters' Capabilities.default_inputs), which existing rows keep.
+        "ALTER TABLE models ADD COLUMN capabilities TEXT;",
+    ),
+    (
+        11,
+        "provider_model_rows",
+        # tool_name_map: JSON object, model-facing tool name -> client-facing name. autoloaded: the row was
+        # written by its provider's autoload_models (only such rows are removed when the provider stops
+        # listing them; an admin write makes the row the admin's).
+        """
+        ALTER TABLE providers ADD COLUMN autoload_models INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE models ADD COLUMN tool_name_map TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE models ADD COLUMN gemma4_output INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE models ADD COLUMN autoloaded INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
+    (
+        12,
         "routing_reward",
         # The routing objective (pipeline/objective.py) as JSON; '' = the default objective.
         "ALTER TABLE routing_config ADD COLUMN reward TEXT NOT NULL DEFAULT '';",

@@ -116,6 +116,13 @@ class RecordWriter:
             remaining -= len(batch)
             await self._write(batch)
 
+    async def settle(self) -> None:
+        """Return once every record accepted so far is in DuckDB, including a batch the writer task is
+        writing now (a durable workflow step is done only when its row is stored)."""
+        await self.flush()
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+
     def _take(self) -> list[RequestRecord]:
         batch = self._pending[: self._batch_size]
         del self._pending[: self._batch_size]

@@ -47,6 +47,7 @@ class LogFilter:
     mode: str | None = None
     model_id: str | None = None
     provider_id: str | None = None
+    alias_from: str | None = None
     error_class: str | None = None
     status: int | None = None
     outcome: Literal["ok", "error"] | None = None

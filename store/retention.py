@@ -1,7 +1,8 @@
-"""Retention: how long time-series points and request-log rows are kept, and the two prunes.
+"""Retention: how long time-series points, request-log rows and audit rows are kept, and the prunes.
 
 The services run each prune on the periodic helper every `tsdb_every` / `request_log_every` seconds,
-the first one interval after start-up (spec: hourly and every 6 hours). The time-series retention can be
+the first one interval after start-up (spec: hourly and every 6 hours; the audit trail, in SQLite, on the
+request log's schedule with its own retention). The time-series retention can be
 changed at runtime (``PUT /admin/v1/tsdb/retention``); like the original it lives in memory and a restart
 goes back to the configured value. Prunes run on the DuckDB writer thread, so they never race a batch insert.
 """
@@ -14,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from store import audit
 from store.analytics import AnalyticsStore
+from store.config_store import ConfigStore
 from store.tsdb import prune_points, prune_requests
 
 __all__ = ["REQUEST_LOG_PRUNE_EVERY_SECS", "TSDB_PRUNE_EVERY_SECS", "Retention"]
@@ -31,13 +34,17 @@ class Retention:
         *,
         tsdb_days: int,
         request_log_days: int,
+        config: ConfigStore | None = None,
+        audit_days: int = 90,
         tsdb_every: float = TSDB_PRUNE_EVERY_SECS,
         request_log_every: float = REQUEST_LOG_PRUNE_EVERY_SECS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if tsdb_days < 1 or request_log_days < 1:
+        if tsdb_days < 1 or request_log_days < 1 or audit_days < 1:
             raise ValueError("retention must be at least one day")
         self._analytics = analytics
+        self._config = config  # the audit trail's store; None: no audit prune
+        self.audit_days = audit_days
         self.tsdb_days = tsdb_days
         self.request_log_days = request_log_days
         self.tsdb_every = tsdb_every
@@ -58,6 +65,17 @@ class Retention:
 
     async def prune_request_log(self) -> int:
         return await self._prune("request_log", prune_requests, self.request_log_days)
+
+    async def prune_audit(self) -> int:
+        """Delete audit rows older than now - the audit retention (on the config store's thread)."""
+        if self._config is None:
+            return 0
+        cutoff = self.cutoff(self.audit_days)
+        deleted = await self._config.call(audit.prune, self._config.db, cutoff.timestamp())
+        log.info(
+            "pruned", table="audit_logs", deleted=deleted, older_than=cutoff.isoformat(), retention_days=self.audit_days
+        )
+        return deleted
 
     async def _prune(self, table: str, fn: Callable[..., int], days: int) -> int:
         cutoff = self.cutoff(days)

@@ -45,7 +45,11 @@ __all__ = [
     "VaultError",
     "VaultLockedError",
     "WrongPassword",
+    "delete_secret",
     "provider_vault_keys",
+    "put_secret",
+    "read_secret",
+    "secret_keys",
     "store_provider_key",
 ]
 
@@ -179,6 +183,17 @@ class Vault:
         key = self._require_key()
         self.touch()
         return open_sealed(key, name, blob).decode()
+
+    def require_unlocked(self) -> None:
+        """Refuses, with the reason an operator can act on, unless secrets can be sealed and opened now."""
+        if not self.enabled:
+            raise VaultDisabled("the vault is disabled (TOKENHUB_VAULT_ENABLED=false)")
+        if not self.initialized:
+            raise VaultLockedError(
+                "the vault is not set up: unlock it once (POST /admin/v1/vault/unlock) to set a password"
+            )
+        if not self.unlocked:
+            raise VaultLockedError("the vault is locked: unlock it (POST /admin/v1/vault/unlock)")
 
     def _require_key(self) -> bytearray:
         key = self._key
@@ -337,3 +352,42 @@ def store_provider_key(db: sqlite3.Connection, vault: Vault, provider_id: str, a
     else:
         vault_store.delete_secret(db, name)
     db.execute("UPDATE providers SET api_key_sealed = '' WHERE id = ?", (provider_id,))
+
+
+# --- generic secrets (config store thread): PUT/GET/DELETE /admin/v1/vault/secrets/{key} --------------
+def put_secret(db: sqlite3.Connection, vault: Vault, key: str, value: str) -> bool:
+    """Seal ``value`` under ``key``; True when the key is new. Raises VaultError (nothing written) unless
+    the vault is unlocked."""
+    vault.require_unlocked()
+    name = vault_store.secret_name(key)
+    created = vault_store.load_secret(db, name) is None
+    blob = vault.seal(name, value)
+    with db:
+        vault_store.write_secret(db, name, blob)
+    return created
+
+
+def read_secret(db: sqlite3.Connection, vault: Vault, key: str) -> str | None:
+    """The plaintext, or None when there is no such secret. Raises VaultError unless unlocked, and
+    VaultDamaged when the stored blob does not authenticate."""
+    vault.require_unlocked()
+    name = vault_store.secret_name(key)
+    blob = vault_store.load_secret(db, name)
+    if blob is None:
+        return None
+    try:
+        return vault.open(name, blob)
+    except SealBroken as exc:
+        raise VaultDamaged(f"{exc}: the database was changed outside TokenHub or is damaged") from None
+
+
+def delete_secret(db: sqlite3.Connection, key: str) -> bool:
+    """Removing needs no key: the admin token is the authority here, as for a provider's key."""
+    with db:
+        return vault_store.delete_secret(db, vault_store.secret_name(key))
+
+
+def secret_keys(db: sqlite3.Connection) -> list[str]:
+    """The generic secrets' keys, sorted; never their values, and never provider keys."""
+    names = (vault_store.secret_key_of(name) for name in vault_store.secret_names(db))
+    return [key for key in names if key is not None]

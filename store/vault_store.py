@@ -15,22 +15,29 @@ from store.vault_crypto import KdfParams
 __all__ = [
     "PROVIDER_KEY_PREFIX",
     "PROVIDER_KEY_SUFFIX",
+    "SECRET_PREFIX",
     "VaultCorrupted",
     "VaultHeader",
     "create",
     "delete_secret",
     "load_header",
+    "load_secret",
     "load_secrets",
     "provider_id_of",
     "provider_key_name",
     "rewrite",
     "sealed_provider_keys",
+    "secret_key_of",
+    "secret_name",
     "secret_names",
     "write_secret",
 ]
 
 PROVIDER_KEY_PREFIX = "provider:"
 PROVIDER_KEY_SUFFIX = ":api_key"
+# Generic secrets (PUT /admin/v1/vault/secrets/{key}) live under their own prefix, so that API can never
+# read or overwrite a provider's key.
+SECRET_PREFIX = "secret:"
 
 
 class VaultCorrupted(ValueError):
@@ -56,6 +63,14 @@ def provider_id_of(name: str) -> str | None:
     return None
 
 
+def secret_name(key: str) -> str:
+    return SECRET_PREFIX + key
+
+
+def secret_key_of(name: str) -> str | None:
+    return name[len(SECRET_PREFIX) :] if name.startswith(SECRET_PREFIX) else None
+
+
 def load_header(db: sqlite3.Connection) -> VaultHeader | None:
     row = db.execute("SELECT salt, kdf, canary, created_at, rotated_at FROM vault WHERE id = 1").fetchone()
     if row is None:
@@ -72,6 +87,11 @@ def load_header(db: sqlite3.Connection) -> VaultHeader | None:
 
 def load_secrets(db: sqlite3.Connection) -> dict[str, bytes]:
     return {name: blob for name, blob in db.execute("SELECT name, ciphertext FROM vault_secrets")}
+
+
+def load_secret(db: sqlite3.Connection, name: str) -> bytes | None:
+    row = db.execute("SELECT ciphertext FROM vault_secrets WHERE name = ?", (name,)).fetchone()
+    return row[0] if row is not None else None
 
 
 def secret_names(db: sqlite3.Connection) -> list[str]:

@@ -121,6 +121,8 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",  # tests drive health themselves; probes would race them
             "TOKENHUB_EXPLORATION_TEMP": "0",  # routing tests expect the top-ranked model; exploration has its own
             "TOKENHUB_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),  # not the developer's ~/.tokenhub one
+            "TOKENHUB_HOST_API_KEY_ENABLED": "false",  # tests count keys; tests/test_host_key.py turns it on
+            "TOKENHUB_CONTAINER": "false",  # fakes listen on 127.0.0.1: never redirect them to host.docker.internal
         }
         settings = load_settings(env, **overrides)
         client = await aiohttp_client(create_app(settings))

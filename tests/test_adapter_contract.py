@@ -76,9 +76,21 @@ def test_every_type_builds_a_provider_that_matches_its_description(name: str, ht
 
 
 def test_what_each_type_can_do() -> None:
-    assert PROVIDER_TYPES["openai"].capabilities == Capabilities(embeddings=True)
-    assert PROVIDER_TYPES["anthropic"].capabilities == Capabilities(prefill=True)
-    assert PROVIDER_TYPES["vllm"].capabilities == Capabilities(embeddings=True, discovery=True, prefill=True)
+    media = frozenset({"vision", "documents", "audio"})
+    images_and_pdfs = frozenset({"vision", "documents"})
+    assert PROVIDER_TYPES["openai"].capabilities == Capabilities(
+        embeddings=True, inputs=media, default_inputs=images_and_pdfs, url_inputs=frozenset({"vision"})
+    )
+    assert PROVIDER_TYPES["anthropic"].capabilities == Capabilities(
+        inputs=images_and_pdfs,
+        default_inputs=images_and_pdfs,
+        url_inputs=images_and_pdfs,
+        media_tokens="anthropic",
+        prefill=True,
+    )
+    assert PROVIDER_TYPES["vllm"].capabilities == Capabilities(
+        embeddings=True, discovery=True, prefill=True, inputs=media, url_inputs=frozenset({"vision"})
+    )
 
 
 def test_model_list_urls_and_auth_per_type(http: HttpClient) -> None:

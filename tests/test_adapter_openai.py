@@ -314,7 +314,10 @@ async def test_long_upstream_body_is_truncated(fake: FakeOpenAI, http: HttpClien
         (413, "maximum Context Length is 8k", ErrorClass.CONTEXT_OVERFLOW),
         (400, "max_tokens is too large: 9999", ErrorClass.CONTEXT_OVERFLOW),
         (422, "max_tokens is too large", ErrorClass.FATAL),
-        (400, "budget_exceeded", ErrorClass.FATAL),
+        (400, "budget_exceeded", ErrorClass.BUDGET_EXCEEDED),  # the account's money: the model is disabled
+        (429, '{"error":{"code":"insufficient_quota"}}', ErrorClass.BUDGET_EXCEEDED),  # waiting will not help
+        (402, "payment required", ErrorClass.BUDGET_EXCEEDED),
+        (500, "budget_exceeded", ErrorClass.TRANSIENT),
         (403, "forbidden", ErrorClass.FATAL),
         (404, "no such model", ErrorClass.FATAL),
     ],

@@ -45,10 +45,10 @@ BAD_BODIES = [
     ("parameters not an object", {"request": {**_chat()["request"], "parameters": [1]}}, 400, "request.parameters"),
     ("stream not a bool", {"request": {**_chat()["request"], "stream": "yes"}}, 400, "request.stream"),
     (
-        "image content part",
+        "image content part without its image_url",
         {"request": {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}},
         400,
-        "request.messages.0.content.0",
+        "request.messages.0.content.0.image_url",
     ),
 ]
 

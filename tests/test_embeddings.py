@@ -274,7 +274,7 @@ async def test_context_overflow_escalation_stays_within_the_kind(hub: Hub) -> No
     await hub.add_model("small-chat", weight=9, max_context_tokens=1000)
     await hub.add_model("big-embed", kind="embedding", max_context_tokens=100_000)
     key = await hub.new_key()
-    hub.fake.script("small-chat", ContextOverflow())
+    hub.fake.script("small-chat", ContextOverflow(), ContextOverflow())  # also with max_tokens lowered to fit
     status, body, _ = await hub.chat(key)
     assert status == 502 and "context_overflow" in body["error"]["error_class"]
     assert hub.fake.calls("big-embed") == 0

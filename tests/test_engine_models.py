@@ -41,6 +41,7 @@ async def test_engine_models_shows_the_router_view(hub: Hub) -> None:
         "max_context_tokens": 0,
         "eligible": True,
         "unavailable": None,
+        "reads": ["documents", "vision"],  # an openai provider's default
         "health": {"state": "healthy", "breaker": "closed", "avg_latency_ms": 0.0, "error_rate": 0.0},
         "fallbacks": [],
         "aliases": ["quick", "smart"],

@@ -123,13 +123,16 @@ async def test_context_overflow_escalates_to_a_larger_context_model(hub: Hub) ->
     await hub.add_model("huge", weight=5, input_per_1k=0.01, output_per_1k=0.01, max_context_tokens=200000)
     await hub.add_model("mid", weight=5, input_per_1k=0.02, output_per_1k=0.02, max_context_tokens=16000)
     key = await hub.new_key()
-    hub.fake.script("small", ContextOverflow())
-    # ~2500 tokens fits 'small' on paper (x1.15 < 4000) but the provider says no: the smallest model
-    # with >= 2x the input and a larger window is 'mid', although 'huge' ranks better in cheap mode.
+    hub.fake.script("small", ContextOverflow(), ContextOverflow())
+    # ~2500 tokens fits 'small' on paper (x1.15 < 4000) but the provider says no, also with a max_tokens lowered
+    # to fit its window: the smallest model with >= 2x the input and a larger window is 'mid', although 'huge'
+    # ranks better in cheap mode.
     status, body, _ = await hub.chat(key, policy={"mode": "cheap", "max_budget_usd": 10}, estimated_input_tokens=2500)
     assert status == 200
     assert body["negotiated_model"] == "mid"
     assert "escalated-context-overflow to mid" in body["routing_reason"]
+    assert "reduced-max-tokens on small: unset -> 1244" in body["routing_reason"]
+    assert [r["json"].get("max_tokens") for r in hub.fake.requests] == [None, 1244, None]  # 'mid' gets no cut
 
 
 async def test_all_providers_failing_is_502_with_last_error_class(hub: Hub) -> None:

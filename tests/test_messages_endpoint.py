@@ -325,7 +325,7 @@ async def test_errors_surface_as_the_sdk_exception_types(
     assert isinstance(err.body["error"]["message"], str) and err.body["error"]["message"]
     assert UPSTREAM_KEY not in json.dumps(err.body)
     if setup == "image":
-        assert err.body["error"]["message"] == "image input is not supported"
+        assert err.body["error"]["message"] == "the image is not a PNG, JPEG, GIF or WebP file (declared image/png)"
 
 
 async def test_error_shape_on_the_wire_and_x_api_key_auth(hub: Hub, claude: FakeAnthropic) -> None:

@@ -145,8 +145,8 @@ def test_auto_models_route(model: str) -> None:
         ({"max_tokens": 0}, "max_tokens", ""),
         (
             {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
-            "messages.0.content.0",
-            "image input is not supported",
+            "messages.0.content.0.source",
+            "image source type None is not supported",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]},
@@ -163,7 +163,7 @@ def test_auto_models_route(model: str) -> None:
             "must be an object",
         ),
         ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text", ""),
-        ({"system": [{"type": "image"}]}, "system.0", "image input is not supported"),
+        ({"system": [{"type": "image"}]}, "system.0", "image blocks are accepted in user turns only"),
         ({"tools": [{"name": "web_search", "type": "web_search_20250305"}]}, "tools.0", "server tools"),
         ({"tools": [{"name": "f"}], "tool_choice": {"type": "tool"}}, "tool_choice.name", "required"),
     ],

@@ -290,7 +290,8 @@ async def test_context_overflow_phrase_escalates_to_a_larger_model(make_hub: Any
         hub, key = await start(make_hub, [a.base_url])
         await hub.add_model("small", "vllm", weight=9, max_context_tokens=4096)
         await hub.add_model("large", "vllm", weight=1, max_context_tokens=32768)
-        a.script("small", Fail(400, body="This model's maximum context length is 4096 tokens"))
+        overflow = Fail(400, body="This model's maximum context length is 4096 tokens")
+        a.script("small", overflow, overflow)  # also with max_tokens lowered to fit its window
         status, body = await complete(hub, key)
         assert status == 200 and body["model"] == "large"
 

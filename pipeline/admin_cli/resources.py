@@ -49,6 +49,7 @@ _LOG_FILTERS = (
     "mode",
     "model",
     "provider",
+    "alias_from",
     "error_class",
     "status",
     "outcome",

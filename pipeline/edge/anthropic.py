@@ -15,8 +15,9 @@ from pipeline.edge.codec import SseWriter
 from pipeline.edge.wire import PolicyIn, Strict
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
+from pipeline.media import document_part, image_part
 from pipeline.modes import AUTO_MODELS
-from pipeline.types import ChatRequest, Message, StreamDelta
+from pipeline.types import ChatRequest, MediaPart, Message, StreamDelta
 
 __all__ = ["AnthropicCodec", "AnthropicErrorBody", "AnthropicStreamSink", "anthropic_error", "decode_messages"]
 
@@ -35,10 +36,11 @@ _ERROR_TYPES = {
 }
 # Request blocks TokenHub cannot carry to every provider: refused rather than silently dropped.
 _UNSUPPORTED_BLOCKS = {
-    "image": "image input is not supported",
-    "document": "document input is not supported",
+    "image": "image blocks are accepted in user turns only (not in system text or tool results)",
+    "document": "document blocks are accepted in user turns only (not in system text or tool results)",
     "search_result": "search_result blocks are not supported",
 }
+_MEDIA_BLOCKS = frozenset({"image", "document"})
 # Replayed reasoning: it needs the provider's signature and means nothing to another provider.
 _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
@@ -180,6 +182,7 @@ def _to_messages(message: MessageIn, field: str) -> list[Message]:
     if isinstance(message.content, str):
         return [Message(message.role, message.content)]
     texts: list[str] = []
+    parts: list[str | MediaPart] = []  # texts and media in order, for a turn that holds media
     tool_calls: list[dict[str, Any]] = []
     results: list[Message] = []
     for index, block in enumerate(message.content):
@@ -187,6 +190,9 @@ def _to_messages(message: MessageIn, field: str) -> list[Message]:
         kind = block.get("type")
         if kind == "text":
             texts.append(_string(block, "text", where))
+            parts.append(texts[-1])
+        elif kind in _MEDIA_BLOCKS and message.role == "user":
+            parts.append(_media(block, where))
         elif kind == "tool_use" and message.role == "assistant":
             tool_calls.append(_tool_call(block, where))
         elif kind == "tool_result" and message.role == "user":
@@ -200,7 +206,28 @@ def _to_messages(message: MessageIn, field: str) -> list[Message]:
     text = "\n".join(texts)
     if message.role == "assistant":
         return [Message("assistant", text, tool_calls or None)]
+    if len(parts) > len(texts):  # media: the parts keep the order of texts and media
+        return [*results, Message("user", text, parts=tuple(parts))]
     return [*results, Message("user", text)] if text or not results else results
+
+
+def _media(block: dict[str, Any], field: str) -> MediaPart:
+    """An image or document block (base64 or URL source) as a MediaPart."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise InvalidRequest(f"{field}.source: must be an object", field=f"{field}.source")
+    kind, where = block["type"], f"{field}.source"
+    source_type = source.get("type")
+    if source_type == "url":
+        url, data, media_type = _string(source, "url", where), "", ""
+    elif source_type == "base64":
+        url, data, media_type = "", _string(source, "data", where), _string(source, "media_type", where)
+    else:
+        raise InvalidRequest(f"{kind} source type {source_type!r} is not supported (base64 or url)", field=where)
+    if kind == "image":
+        return image_part(where, url=url, data=data, media_type=media_type)
+    title = block.get("title") if isinstance(block.get("title"), str) else ""
+    return document_part(where, url=url, data=data, media_type=media_type, title=title)
 
 
 def _tool_call(block: dict[str, Any], field: str) -> dict[str, Any]:

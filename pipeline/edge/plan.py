@@ -1,5 +1,6 @@
 """POST /v1/plan: decode, run the tenant's pipeline (its orchestrate stage runs the steps), answer with the
-envelope, or, with `request.stream`, stream each step as it happens."""
+envelope, or, with `request.stream`, stream each step as it happens, or, with `"async": true` (durable
+orchestration on), start the plan's workflow and answer 202 with where to follow it (pipeline/edge/plans.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import orjson
 from aiohttp import web
 
 from pipeline.context import RequestContext
+from pipeline.durability import TEMPORAL_REQUIRED
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.context import BeforeBody, new_context
 from pipeline.edge.idempotency import Idempotency, record_replay
 from pipeline.edge.plan_codec import PlanBody, decode_plan, plan_envelope
-from pipeline.errors import ClientDisconnected, PlanPipelineMissing, TokenHubError
+from pipeline.errors import ClientDisconnected, InvalidRequest, PlanPipelineMissing, TokenHubError
 from pipeline.openapi import Operation
 from pipeline.services import Services
 from pipeline.stage import Next
@@ -46,7 +48,11 @@ class PlanEndpoint:
         try:
             self._before_body(ctx, chain)
             raw = await read_body(request, services.settings.max_body_bytes, max_depth=services.settings.max_json_depth)
-            ctx.request, ctx.policy, ctx.plan = decode_plan(raw, max_messages=services.settings.max_messages)
+            ctx.request, ctx.policy, ctx.plan, ctx.plan_async = decode_plan(
+                raw, max_messages=services.settings.max_messages
+            )
+            if ctx.plan_async:
+                _check_async(services, ctx)
             if not self._pipelines.has_stage(ctx.tenant_id, "orchestrate"):
                 raise PlanPipelineMissing(
                     f"tenant {ctx.tenant_id!r} has a custom pipeline without the 'orchestrate' stage; "
@@ -77,6 +83,13 @@ class PlanEndpoint:
             await chain(ctx)
         except TokenHubError as exc:
             return error_response(exc, ctx.request_id)
+        if ctx.plan_async:
+            status_url = f"/v1/plans/{ctx.request_id}"
+            return web.json_response(
+                {"plan_id": ctx.request_id, "status": "running", "status_url": status_url},
+                status=202,
+                headers={"Location": status_url},
+            )
         return web.json_response(plan_envelope(ctx), dumps=_dumps)
 
     async def _stream(self, request: web.Request, ctx: RequestContext, chain: Next) -> web.StreamResponse:
@@ -102,6 +115,13 @@ class PlanEndpoint:
         await send("plan", plan_envelope(ctx))
         await writer.end(b"")
         return writer.response
+
+
+def _check_async(services: Services, ctx: RequestContext) -> None:
+    if not services.temporal.enabled:
+        raise InvalidRequest(f"async plans: {TEMPORAL_REQUIRED}; or send the plan without async", field="async")
+    if ctx.request.stream:
+        raise InvalidRequest("a plan is either async or streamed, not both", field="async")
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:

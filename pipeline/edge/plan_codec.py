@@ -14,6 +14,7 @@ from pipeline.errors import InvalidRequest, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.output_schema import check_schema
 from pipeline.types import ChatRequest
+from stages.plan_modes import envelope
 
 __all__ = ["OrchestrationIn", "PlanBody", "decode_plan", "plan_envelope"]
 
@@ -35,9 +36,12 @@ class PlanBody(Strict):
     policy: PolicyIn | None = None  # budget and latency for the whole plan
     output_format: dict[str, Any] | None = None
     capabilities: Any = None
+    # Start the plan and answer 202 with its id at once (durable orchestration: needs Temporal).
+    run_async: bool = Field(False, alias="async")
 
 
-def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, PlanSpec]:
+def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, PlanSpec, bool]:
+    """The request, its policy, the orchestration, and whether the client asked for an asynchronous plan."""
     check_message_count(raw, max_messages, ("request", "messages"))
     try:
         body = PlanBody.model_validate_json(raw)
@@ -55,7 +59,7 @@ def decode_plan(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy, 
         return_plan_only=o.return_plan_only,
         output_schema=_schema(o.output_schema),
     )
-    return request, policy_from(body.policy), plan
+    return request, policy_from(body.policy), plan, body.run_async
 
 
 def _schema(value: str | dict[str, Any] | None) -> Any:
@@ -73,16 +77,4 @@ def _schema(value: str | dict[str, Any] | None) -> Any:
 
 def plan_envelope(ctx: RequestContext) -> dict[str, Any]:
     """The /v1/chat envelope, with the composite as `response`, plus every step and the total cost."""
-    outcome = ctx.plan_outcome
-    steps = ctx.plan_steps
-    total = round(sum(step.cost_usd for step in steps), 10)
-    return {
-        "negotiated_model": outcome.final_model,
-        "estimated_cost_usd": total,
-        "routing_reason": ctx.routing_reason,
-        "response": outcome.composite,
-        "steps": [step.summary() for step in steps],
-        "total_cost_usd": total,
-        "complete": not outcome.stop_reason,
-        "stop_reason": outcome.stop_reason or None,
-    }
+    return envelope(ctx.plan_outcome, ctx.plan_steps, ctx.routing_reason)

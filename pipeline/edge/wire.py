@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import InvalidRequest
+from pipeline.media import audio_part, document_part, image_part, parse_data_uri
 from pipeline.modes import Mode
-from pipeline.types import Message
+from pipeline.types import MediaPart, Message
 
-__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "text_of", "to_messages"]
+__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "content_of", "to_messages"]
 
 
 class Strict(BaseModel):
@@ -18,9 +19,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+class ImageUrlIn(Strict):
+    url: Annotated[str, Field(min_length=1)]
+    detail: str = ""
+
+
+class InputAudioIn(Strict):
+    data: Annotated[str, Field(min_length=1)]
+    format: str
+
+
+class FileIn(Strict):
+    file_data: str | None = None  # a data URI (base64 PDF)
+    file_id: str | None = None  # a file uploaded to OpenAI: nothing TokenHub can send elsewhere
+    filename: str = ""
+
+
 class ContentPart(Strict):
     type: str
     text: str | None = None
+    image_url: ImageUrlIn | None = None
+    input_audio: InputAudioIn | None = None
+    file: FileIn | None = None
 
 
 class MessageIn(Strict):
@@ -53,22 +73,59 @@ def to_messages(items: list[MessageIn], *, max_messages: int, field: str) -> lis
         raise InvalidRequest("messages must be a non-empty list", field=field)
     if len(items) > max_messages:
         raise InvalidRequest(f"too many messages: {len(items)} > {max_messages}", field=field)
-    return [
-        Message(
-            m.role, text_of(m.content, f"{field}.{i}.content"), m.tool_calls, m.tool_call_id or None, m.name or None
-        )
-        for i, m in enumerate(items)
-    ]
+    messages = []
+    for i, m in enumerate(items):
+        text, parts = content_of(m.content, f"{field}.{i}.content", media_allowed=m.role == "user")
+        messages.append(Message(m.role, text, m.tool_calls, m.tool_call_id or None, m.name or None, parts))
+    return messages
 
 
-def text_of(content: str | list[ContentPart] | None, field: str) -> str:
-    """Array content: text parts concatenated. Any other part (an image, audio) is refused rather than
-    dropped: answering a question with its picture silently removed would be worse than an error."""
+def content_of(
+    content: str | list[ContentPart] | None, field: str, *, media_allowed: bool
+) -> tuple[str, tuple[str | MediaPart, ...]]:
+    """(the text, the parts in order when any is media). Text parts are concatenated; image_url, input_audio
+    and file parts become MediaParts (user turns only, as OpenAI accepts them); any other part is refused
+    rather than dropped: answering a question with its picture silently removed would be worse than an error."""
     if isinstance(content, str):
-        return content
+        return content, ()
     if not content:
-        return ""
+        return "", ()
+    parts: list[str | MediaPart] = []
     for index, part in enumerate(content):
-        if part.type != "text":
-            raise InvalidRequest(f"content parts of type {part.type!r} are not supported", field=f"{field}.{index}")
-    return "".join(part.text or "" for part in content)
+        where = f"{field}.{index}"
+        if part.type == "text":
+            parts.append(part.text or "")
+        elif part.type in _MEDIA_PARTS and media_allowed:
+            parts.append(_media(part, where))
+        elif part.type in _MEDIA_PARTS:
+            raise InvalidRequest(f"{part.type} parts are accepted in user messages only", field=where)
+        else:
+            raise InvalidRequest(f"content parts of type {part.type!r} are not supported", field=where)
+    text = "".join(p for p in parts if isinstance(p, str))
+    return text, tuple(parts) if any(isinstance(p, MediaPart) for p in parts) else ()
+
+
+_MEDIA_PARTS = frozenset({"image_url", "input_audio", "file"})
+
+
+def _media(part: ContentPart, field: str) -> MediaPart:
+    if part.type == "image_url":
+        if part.image_url is None:
+            raise InvalidRequest("an image_url part needs image_url.url", field=f"{field}.image_url")
+        url, detail = part.image_url.url, part.image_url.detail
+        if url.startswith("data:"):
+            media_type, data = parse_data_uri(url, f"{field}.image_url.url")
+            return image_part(f"{field}.image_url", data=data, media_type=media_type, detail=detail)
+        return image_part(f"{field}.image_url", url=url, detail=detail)
+    if part.type == "input_audio":
+        if part.input_audio is None:
+            raise InvalidRequest("an input_audio part needs input_audio.data and format", field=f"{field}.input_audio")
+        return audio_part(f"{field}.input_audio", data=part.input_audio.data, audio_format=part.input_audio.format)
+    file = part.file
+    if file is None or not file.file_data:
+        raise InvalidRequest(
+            "a file part needs file.file_data (a base64 data URI); uploaded file_ids cannot be forwarded",
+            field=f"{field}.file",
+        )
+    media_type, data = parse_data_uri(file.file_data, f"{field}.file.file_data")
+    return document_part(f"{field}.file", data=data, media_type=media_type, filename=file.filename)

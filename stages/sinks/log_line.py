@@ -25,6 +25,7 @@ class LogLineSink:
             {
                 "request_id": r.request_id,
                 "client_request_id": r.client_request_id or None,
+                "alias_from": r.alias_from or None,
                 "tenant": r.tenant_id,
                 "api_key_id": r.api_key_id,
                 "endpoint": r.endpoint,

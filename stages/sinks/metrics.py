@@ -20,14 +20,14 @@ class MetricsSink:
 
 
 def upstream_ms(ctx: RequestContext) -> float | None:
-    """Time spent in provider calls, or None when it is not fully known: no call was made, or a failed
-    attempt (whose time dispatch does not record) is part of the total."""
+    """Time spent in provider calls, or None when it is not fully known: no call was made, a failed attempt
+    (whose time dispatch does not record) is part of the total, or calls overlapped (a hedge)."""
     attempts = ctx.attempts
     if not attempts:
         return None
     total = 0.0
     for attempt in attempts:
-        if attempt.error_class:
+        if attempt.error_class or attempt.hedged_out:
             return None
         total += attempt.latency_ms
     return total

@@ -73,3 +73,9 @@ def test_a_narrow_screen_gets_a_menu(page: Page) -> None:
     nav.get_by_role("link", name="Health").click()
     expect(nav).to_be_hidden()
     expect(page.get_by_role("heading", name="Health")).to_be_visible()
+
+
+def test_the_workflows_panel_says_when_durable_orchestration_is_off(page: Page) -> None:
+    page.goto("/admin/#/workflows")
+    expect(page.get_by_text("Durable orchestration is off")).to_be_visible()
+    expect(page.get_by_text("No workflow matches.")).to_be_visible()

