@@ -48,7 +48,7 @@ demo: $(VENV)/.installed  ## TokenHub + five fake providers + traffic, no provid
 bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest into DuckDB (target >= 50,000 rows/s)
 	$(BIN)/python scripts/bench_writer.py
 
-bench-routing: $(VENV)/.installed  ## evaluation: routing policies vs four fake providers (thompson >= 90% of oracle)
+bench-routing: $(VENV)/.installed  ## evaluation: routing policies over 25 seeded worlds (thompson+feedback >= 95% of oracle)
 	$(BIN)/python scripts/bench_routing.py
 
 .PHONY: soak

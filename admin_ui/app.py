@@ -24,6 +24,7 @@ from admin_ui import (
     backup,
     config_reload,
     engine,
+    evaluation,
     health,
     learning,
     models,
@@ -134,6 +135,11 @@ ROUTES: list[tuple[web.RouteDef, Operation]] = [
         web.post("/routing/simulate", learning.simulate),
         "What routing would decide (no side effects)",
         learning.SimulateIn,
+    ),
+    _route(
+        web.post("/routing/evaluate", evaluation.evaluate_policy),
+        "What a candidate routing policy would have earned on the logged traffic (counterfactual)",
+        evaluation.EvaluateIn,
     ),
     _route(web.get("/health", health.provider_health), "Provider health and circuit breakers"),
     # API keys

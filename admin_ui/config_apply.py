@@ -29,12 +29,13 @@ from admin_ui.common import parse_duration
 from admin_ui.config_file import ConfigDocument, check_pipelines, read_config_file, read_credentials_file
 from admin_ui.models import check_model, model_from_body
 from admin_ui.providers import key_to_write
+from admin_ui.routing import routing_defaults
 from pipeline.errors import ConfigFileInvalid, TokenHubError
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.types import ModelInfo, ProviderInfo
 from store import api_keys, audit
-from store.config_store import DEFAULT_TENANT, ConfigSnapshot, ConfigStore, RoutingDefaults
+from store.config_store import DEFAULT_TENANT, ConfigSnapshot, ConfigStore
 from store.vault import Vault
 
 __all__ = ["KINDS", "ApplyTarget", "ConfigApplier", "NoConfigFile", "apply_document"]
@@ -214,7 +215,7 @@ def _plan_routing(doc: ConfigDocument, current: ConfigSnapshot, target: ApplyTar
     routing = doc.body.routing
     if routing is None:
         return
-    wanted = RoutingDefaults(routing.default_mode, routing.default_max_budget_usd, routing.default_max_latency_ms)
+    wanted = routing_defaults(routing, current.routing)
     same = wanted == current.routing
     plan.count("routing", "unchanged" if same else "updated", None if same else _bind(target.store.set_routing, wanted))
 

@@ -67,6 +67,7 @@ def export_config(store: ConfigStore) -> tuple[dict[str, Any], list[str]]:
         "default_mode": snapshot.routing.mode,
         "default_max_budget_usd": snapshot.routing.max_budget_usd,
         "default_max_latency_ms": snapshot.routing.max_latency_ms,
+        "reward": snapshot.routing.reward.model_dump() if snapshot.routing.reward else None,
     }
     tenants: list[dict[str, Any]] = []
     for tenant in store.list_tenants():

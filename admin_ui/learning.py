@@ -20,6 +20,7 @@ from pipeline.edge.native import decode_chat
 from pipeline.edge.wire import Strict
 from pipeline.errors import NoEligibleModel, invalid_request
 from pipeline.modes import OptionalMode
+from pipeline.objective import DEFAULT_REWARD
 from pipeline.services import Services
 from pipeline.types import ChatRequest
 from pipeline.web import REQUEST_ID, read_body
@@ -56,8 +57,14 @@ async def rewards(request: web.Request) -> web.Response:
         }
         for row in rows
     ]
+    objective = services.snapshot.routing.reward or DEFAULT_REWARD  # the global one; tenants may differ
     return web.json_response(
-        {"rewards": entries, "half_life_secs": services.bandit.half_life, "arms": services.bandit.describe()}
+        {
+            "rewards": entries,
+            "half_life_requests": services.bandit.half_life,
+            "objective": objective.model_dump(),
+            "arms": services.bandit.describe(objective),
+        }
     )
 
 
@@ -137,6 +144,8 @@ async def simulate(request: web.Request) -> web.Response:
             "token_bucket": token_bucket(decision.estimated_input_tokens),
             "exclusions": decision.exclusions,
             "fallbacks": list(decision.fallbacks),
+            "objective": decision.objective.model_dump(),
+            "propensity": decision.propensity,
             "candidates": _explain(services, decision),
         }
     )
@@ -157,6 +166,8 @@ def _explain(services: Services, decision: RoutingDecision) -> list[dict[str, An
             "weight": candidate.model.weight,
             "components": {"cost": p.cost, "latency": p.latency, "failure": p.failure, "weight": p.weight},
         }
+        if decision.outlook is not None:  # the objective's terms: what this model is expected to earn
+            entry["reward"] = decision.outlook.expectation(candidate.model.id).as_dict()
         if mode == "thompson":
             entry["bandit_sample"] = -candidate.score
         out.append(entry)

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.errors import TokenHubError
+from pipeline.objective import DEFAULT_REWARD, RewardConfig
 from pipeline.types import ApiKeyInfo, ChatRequest, ChatResult, ModelInfo, StreamDelta
 
 if TYPE_CHECKING:
+    from stages.expected_reward import Outlook
     from store.reservations import BudgetAccount
 
 __all__ = ["Attempt", "Candidate", "PlanSpec", "Policy", "RequestContext", "RoutingDecision", "StreamSink"]
@@ -58,6 +60,13 @@ class RoutingDecision:
     fallbacks: tuple[str, ...] = ()  # the first candidate's explicit fallback chain, placed right after it
     alias_from: str = ""  # the alias the request named, replaced by one of its variants ...
     model_hint: str = ""  # ... this one (the hint after alias resolution)
+    objective: RewardConfig = DEFAULT_REWARD  # what the request's reward values (pipeline/objective.py)
+    cost_ref_usd: float = 0.0  # the candidates' largest expected cost and latency: relative terms' references
+    latency_ref_ms: float = 0.0
+    # P(the routing policy picks the first candidate), for counterfactual evaluation; None when the policy
+    # did not choose it (a model hint, a named model's fallback chain)
+    propensity: float | None = None
+    outlook: Outlook | None = None  # every candidate's expected reward, term by term (simulator, reason)
 
 
 @dataclass(slots=True)

@@ -90,7 +90,7 @@ class Services:
             disable_secs=settings.model_disable_secs, on_disabled=self._model_disabled, on_enabled=self._model_enabled
         )
         metrics.models_disabled_now.set_function(self.model_disables.count)
-        self.bandit = Bandit(half_life_secs=settings.bandit_half_life_secs, seed=settings.bandit_seed or None)
+        self.bandit = Bandit(half_life=settings.bandit_half_life_requests, seed=settings.bandit_seed or None)
         # Feedback finds a record here without a DuckDB read, and a record still queued for the writer must be
         # here (it is updated in place); older ones are read from the log. Sized by the queue, not 100,000
         # full records: measured, each entry holds about 0.8 KB (the record, its reason and ids).

@@ -117,7 +117,9 @@ class Settings(BaseModel):
     pricing_refresh_enabled: bool = Field(True, description="refresh prices from TOKENHUB_PRICING_URL, if set")
     pricing_refresh_interval_secs: float = Field(3600.0, ge=60, le=7 * 86400, description="price refresh period")
     pricing_url: str = Field("", repr=False, description="LiteLLM price table: http(s) URL or local file; '' = off")
-    bandit_half_life_secs: float = Field(3600.0, gt=0, description="Thompson evidence loses half its weight in this")
+    bandit_half_life_requests: float = Field(
+        200.0, ge=1, le=100_000, description="Thompson evidence loses half its weight every this many observations"
+    )
     bandit_refresh_secs: float = Field(300.0, gt=0, description="rebuild the posteriors from the request log")
     bandit_seed: int = Field(0, ge=0, description="seed of the bandit's sampler; 0 = random")
     # --- durable orchestration (docs/temporal.md) ---

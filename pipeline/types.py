@@ -245,4 +245,11 @@ class RequestRecord:
     feedback_score: float = math.nan  # the client's score from POST /v1/feedback; NaN = none
     feedback_comment: str | None = None  # the comment sent with that score
     client_request_id: str = ""  # the client's own X-Request-Id (correlation only; request_id is ours)
+    # What counterfactual evaluation and the bandit's rebuild need (docs/routing.md, Objective, Evaluation):
+    propensity: float = math.nan  # P(the routing policy picked the first model tried); NaN = not its choice
+    candidates: str = ""  # the eligible models, comma-separated
+    cost_ref_usd: float = math.nan  # the relative terms' references: the candidates' largest expected cost ...
+    latency_ref_ms: float = math.nan  # ... and latency
+    quality_prior: float = math.nan  # the quality an unrated answer was valued at
+    quality_weight: float = math.nan  # the objective's quality weight (feedback moves the reward by it)
     alias_from: str = ""  # the alias the client named, when routing replaced it by one of its variants

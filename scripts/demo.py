@@ -112,8 +112,8 @@ class TokenHub:
             TOKENHUB_PROVIDER_TIMEOUT_SECS="10",
             TOKENHUB_BREAKER_COOLDOWN_SECS="10",
             TOKENHUB_HEALTH_PROBE_INTERVAL_SECS="5",
-            # The bandit forgets within a minute, so the degradation visibly moves traffic during the demo.
-            TOKENHUB_BANDIT_HALF_LIFE_SECS="60",
+            # Short memory (in requests), so the degradation visibly moves traffic during the demo.
+            TOKENHUB_BANDIT_HALF_LIFE_REQUESTS="100",
             TOKENHUB_BANDIT_REFRESH_SECS="30",
             TOKENHUB_FEEDBACK_RATE_LIMIT_RPS="200",
             TOKENHUB_FEEDBACK_RATE_LIMIT_BURST="400",

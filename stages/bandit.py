@@ -1,47 +1,59 @@
-"""Thompson sampling over (model, token bucket) arms with Beta posteriors, and the reward it learns from.
+"""Thompson sampling over (model, token bucket) arms, one set of posteriors per routing objective.
 
-Each arm keeps a time-discounted sum of rewards and of pulls (half-life configurable), so an arm's
-posterior is Beta(1 + S, 1 + N - S) over recent evidence: when a provider changes, old evidence fades and
-the policy adapts. Updates are O(1) in memory as records arrive; `rebuild` recomputes every arm from the
-request log (at start-up and periodically), so a restart loses nothing.
+Evidence is discounted per observation, not per second: every observation in a token bucket ages that
+bucket's evidence by one step, so an arm's weight halves every `half_life` observations whatever the
+traffic rate. A model whose reward collapses is left within a few dozen of its own requests, and a model
+that is no longer tried sees its old evidence fade as traffic flows elsewhere, so its posterior widens back
+towards the prior and it is explored again.
+
+The bandit keeps the last `HORIZON_HALF_LIVES x half_life` observations of each bucket with their raw
+terms (success, cost, latency, the candidates' references, quality prior, feedback). An objective's
+posteriors are a running fold of those observations under its reward, so a tenant with its own reward
+weights learns from all traffic at once, and a new objective starts from the same evidence. `rebuild`
+replays the request log (at start-up and periodically), so a restart loses nothing.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline.context import Candidate
+from pipeline.objective import NEUTRAL_QUALITY, RewardConfig
 
 __all__ = [
-    "COST_SCALE_USD",
-    "QUALITY_SHARE",
+    "HORIZON_HALF_LIVES",
+    "PRIOR_STRENGTH",
+    "PROPENSITY_DRAWS",
     "Arm",
     "Bandit",
-    "base_reward",
-    "reward",
+    "ModelStats",
+    "Observation",
     "thompson_order",
     "token_bucket",
+    "win_probability",
 ]
 
-# Reward (routing.md §5): failures earn 0; successes 0.3 for cheapness, 0.3 for speed, 0.4 for the answer.
-# Without client feedback the answer's share is granted in full; `POST /v1/feedback` replaces it by 0.4 x score.
-COST_SCALE_USD = 0.10
-QUALITY_SHARE = 0.4
-
-
-def thompson_order(candidates: Sequence[Candidate], bandit: Bandit, bucket: str) -> list[Candidate]:
-    """Candidates by one posterior draw each, highest first; a candidate's score becomes -draw."""
-    draws = bandit.samples([c.model.id for c in candidates], bucket)
-    ordered = [
-        Candidate(c.model, -round(draw, 6), c.estimated_cost_usd) for c, draw in zip(candidates, draws, strict=True)
-    ]
-    ordered.sort(key=lambda c: (c.score, c.model.id))
-    return ordered
+HORIZON_HALF_LIVES = 10  # evidence older than this many half-lives weighs under 0.1 %: not kept
+PRIOR_STRENGTH = 2.0  # pseudo-observations the cold-start prior (the expected reward) is worth
+# Posterior draws besides the deciding one, from which P(chosen) is estimated (win_probability: 63² pairs,
+# so to about 1/4000). One row is a Beta per candidate, all drawn in one numpy call with the deciding row.
+PROPENSITY_DRAWS = 63
+VARIANCE_PRIOR_WEIGHT = 2.0  # pseudo-pulls at the Bernoulli variance an arm's observed variance is shrunk by
+MIN_VARIANCE = 1e-4  # rewards never look steadier than a standard deviation of 0.01
+MAX_CONCENTRATION = 100.0  # an observation counts at most as this many coin flips
+# The change detector (Arm.add): an arm whose last CHANGE_WINDOW rewards average CHANGE_Z standard errors
+# (and at least CHANGE_MIN) away from its long-run mean has changed: a collapse is seen within a few of its
+# own requests, whatever the half-life.
+CHANGE_WINDOW = 10
+CHANGE_Z = 3.0
+CHANGE_MIN = 0.1
+MIN_CHANGE_VARIANCE = 0.0025
+MAX_OBJECTIVES = 16  # objectives with live posteriors; the least recently used is dropped (and rebuilt on use)
 
 
 def token_bucket(input_tokens: int) -> str:
@@ -50,120 +62,350 @@ def token_bucket(input_tokens: int) -> str:
     return "medium" if input_tokens <= 10_000 else "large"
 
 
-def base_reward(cost_usd: float, latency_ms: float, latency_budget_ms: float) -> float:
-    """The cost and latency part of a successful request's reward (0..0.6)."""
-    cheap = 1 - min(cost_usd / COST_SCALE_USD, 1.0)
-    fast = 1 - min(latency_ms / max(latency_budget_ms, 1000.0), 1.0)
-    return 0.3 * cheap + 0.3 * fast
+@dataclass(slots=True)
+class Observation:
+    """One model tried for one request, with what any objective needs to value it."""
 
+    request_id: str  # "" for a failed attempt (only an answer can be rated)
+    model_id: str
+    bucket: str
+    succeeded: bool
+    cost_usd: float
+    latency_ms: float
+    cost_ref_usd: float  # the request's references for relative terms (pipeline/objective.py)
+    latency_ref_ms: float
+    prior: float  # the quality prior when it was made (the model's mean feedback then, or 0.5)
+    feedback: float = math.nan  # the client's score, once rated
+    seq: int = 0  # its place in its bucket's stream of observations
 
-def reward(succeeded: bool, base: float, quality: float | None = None) -> float:
-    """0 for a failure; else the base plus the answer's share (full, or the client's score in [0, 1])."""
-    if not succeeded:
-        return 0.0
-    return round(base + QUALITY_SHARE * (1.0 if quality is None else quality), 6)
+    def quality(self, objective: RewardConfig) -> float:
+        if not math.isnan(self.feedback):
+            return self.feedback
+        return self.prior if objective.quality_prior is None else objective.quality_prior
+
+    def value(self, objective: RewardConfig) -> float:
+        return objective.reward(
+            self.succeeded,
+            self.quality(objective),
+            self.cost_usd,
+            self.latency_ms,
+            self.cost_ref_usd,
+            self.latency_ref_ms,
+        )
 
 
 @dataclass(slots=True)
 class Arm:
     reward_sum: float = 0.0  # discounted
+    square_sum: float = 0.0  # discounted sum of squared rewards: how spread the rewards are
     pulls: float = 0.0  # discounted
-    updated: float = 0.0  # unix seconds of the last decay
+    seen: int = 0  # the bucket's observation count when it was last discounted
+    # The change detector: the mean and mean square of the arm's last ~CHANGE_WINDOW rewards (its own pulls).
+    recent_mean: float = 0.0
+    recent_square: float = 0.0
+    recent_pulls: int = 0
 
-    def decay_to(self, now: float, half_life: float) -> None:
-        if self.updated and now > self.updated:
-            factor = 0.5 ** ((now - self.updated) / half_life)
+    def decay_to(self, seq: int, gamma: float) -> None:
+        if seq > self.seen:
+            factor = gamma ** (seq - self.seen)
             self.reward_sum *= factor
+            self.square_sum *= factor
             self.pulls *= factor
-        self.updated = max(self.updated, now)
+            self.seen = seq
+
+    def add(self, value: float) -> None:
+        """One more reward; when the arm's recent rewards left its long-run mean, the old evidence goes."""
+        self.reward_sum += value
+        self.square_sum += value * value
+        self.pulls += 1.0
+        self.recent_pulls += 1
+        weight = 1.0 / min(self.recent_pulls, CHANGE_WINDOW)
+        self.recent_mean += weight * (value - self.recent_mean)
+        self.recent_square += weight * (value * value - self.recent_square)
+        if self.recent_pulls >= CHANGE_WINDOW and self.pulls > 2 * CHANGE_WINDOW and self.changed():
+            # Keep only what the recent rewards say: the posterior re-centres there, wide, at once.
+            self.reward_sum = CHANGE_WINDOW * self.recent_mean
+            self.square_sum = CHANGE_WINDOW * self.recent_square
+            self.pulls = float(CHANGE_WINDOW)
+
+    def revise(self, change: float, square_change: float, factor: float) -> None:
+        """A past reward changed (feedback); `factor` is how much it still weighs."""
+        self.reward_sum = max(self.reward_sum + factor * change, 0.0)
+        self.square_sum = max(self.square_sum + factor * square_change, 0.0)
+        weight = factor / CHANGE_WINDOW
+        self.recent_mean += weight * change
+        self.recent_square += weight * square_change
+
+    def changed(self) -> bool:
+        """The recent mean is CHANGE_Z standard errors (and at least CHANGE_MIN) away from the long-run one."""
+        mean = self.reward_sum / self.pulls
+        variance = max(self.square_sum / self.pulls - mean * mean, MIN_CHANGE_VARIANCE)
+        return abs(self.recent_mean - mean) > max(CHANGE_MIN, CHANGE_Z * math.sqrt(variance / CHANGE_WINDOW))
+
+    def posterior(self, prior: float, factor: float = 1.0) -> tuple[float, float]:
+        """(alpha, beta) of the arm's Beta posterior, `factor` being the discount still to apply.
+
+        Rewards are fractions, not coin flips: an arm whose rewards vary less than a coin with the same mean
+        would is known better than its pull count says. Its evidence is scaled by kappa = (Bernoulli variance /
+        observed variance), clipped to [1, MAX_CONCENTRATION], so the posterior's spread is about the standard
+        error of its mean reward; 0/1 rewards give kappa = 1 (the classic Beta-Bernoulli posterior). The observed
+        variance is shrunk towards the Bernoulli one by VARIANCE_PRIOR_WEIGHT pseudo-pulls, so a few close
+        rewards do not make an arm look certain."""
+        m = min(max(prior, 0.01), 0.99)
+        s, n, q = self.reward_sum * factor, self.pulls * factor, self.square_sum * factor
+        kappa = 1.0
+        if n > 1e-9:
+            mean = min(max(s / n, 0.0), 1.0)
+            coin = mean * (1 - mean)
+            spread = (max(q - s * s / n, 0.0) + VARIANCE_PRIOR_WEIGHT * coin) / (n + VARIANCE_PRIOR_WEIGHT)
+            kappa = min(max(coin / max(spread, MIN_VARIANCE), 1.0), MAX_CONCENTRATION)
+        return PRIOR_STRENGTH * m + kappa * s, PRIOR_STRENGTH * (1 - m) + kappa * max(n - s, 0.0)
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """A model's recent record in a bucket, whatever the objective (discounted like the arms): its failure
+    share, mean cost and latency of its answers, and mean feedback score — the expected values routing
+    compares candidates by and the quality prior of an unrated answer."""
+
+    pulls: float = 0.0
+    successes: float = 0.0
+    cost_sum: float = 0.0
+    latency_sum: float = 0.0
+    rated: float = 0.0
+    score_sum: float = 0.0
+    seen: int = 0
+
+    def decay_to(self, seq: int, gamma: float) -> None:
+        if seq > self.seen:
+            f = gamma ** (seq - self.seen)
+            self.pulls *= f
+            self.successes *= f
+            self.cost_sum *= f
+            self.latency_sum *= f
+            self.rated *= f
+            self.score_sum *= f
+            self.seen = seq
+
+    def add(self, obs: Observation) -> None:
+        self.pulls += 1
+        if obs.succeeded:
+            self.successes += 1
+            self.cost_sum += obs.cost_usd
+            self.latency_sum += obs.latency_ms
+        if not math.isnan(obs.feedback):
+            self.rated += 1
+            self.score_sum += obs.feedback
 
     @property
-    def alpha(self) -> float:
-        return 1.0 + self.reward_sum
+    def failure(self) -> float | None:
+        return 1 - self.successes / self.pulls if self.pulls > 1e-9 else None
 
     @property
-    def beta(self) -> float:
-        return 1.0 + max(self.pulls - self.reward_sum, 0.0)
+    def cost(self) -> float | None:
+        return self.cost_sum / self.successes if self.successes > 1e-9 else None
+
+    @property
+    def latency(self) -> float | None:
+        return self.latency_sum / self.successes if self.successes > 1e-9 else None
+
+    @property
+    def mean_score(self) -> float | None:
+        return self.score_sum / self.rated if self.rated > 1e-9 else None
+
+
+Arms = dict[tuple[str, str], Arm]
+_NO_EVIDENCE = Arm()
 
 
 class Bandit:
-    def __init__(
-        self,
-        *,
-        half_life_secs: float,
-        seed: int | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.half_life = half_life_secs
+    def __init__(self, *, half_life: float, seed: int | None = None) -> None:
+        self.half_life = half_life  # observations
+        self._gamma = 0.5 ** (1.0 / half_life)
+        self._horizon = max(1, math.ceil(HORIZON_HALF_LIVES * half_life))
         self._rng = np.random.default_rng(seed)
-        self._clock = clock
-        self._arms: dict[tuple[str, str], Arm] = {}
+        self._seq: dict[str, int] = {}
+        self._log: dict[str, deque[Observation]] = {}
+        self._answers: dict[str, Observation] = {}  # request id -> its answer's observation (for feedback)
+        self._stats: dict[tuple[str, str], ModelStats] = {}
+        self._views: OrderedDict[RewardConfig, Arms] = OrderedDict()
 
-    def update(self, model_id: str, bucket: str, value: float, *, at: float | None = None, weight: float = 1.0) -> None:
-        """Add `weight` pulls earning `value` each (a negative weight takes evidence back, for feedback)."""
-        arm = self._arms.setdefault((model_id, bucket), Arm())
-        arm.decay_to(self._clock() if at is None else at, self.half_life)
-        arm.reward_sum = max(arm.reward_sum + weight * value, 0.0)
-        arm.pulls = max(arm.pulls + weight, 0.0)
-
-    def revise(self, model_id: str, bucket: str, old: float, new: float) -> None:
-        """A request's reward changed (client feedback): move its arm's evidence from `old` to `new`."""
-        arm = self._arms.setdefault((model_id, bucket), Arm())
-        arm.decay_to(self._clock(), self.half_life)
-        arm.reward_sum = max(arm.reward_sum + new - old, 0.0)
+    @property
+    def horizon(self) -> int:
+        """Observations kept per bucket (and read back from the log per bucket)."""
+        return self._horizon
 
     def with_seed(self, seed: int | None) -> Bandit:
-        """A view on the same arms with its own sampler: simulations draw without moving the live sampler."""
-        view = Bandit(half_life_secs=self.half_life, seed=seed, clock=self._clock)
-        view._arms = self._arms
+        """A view on the same evidence with its own sampler: simulations draw without moving the live one."""
+        view = Bandit.__new__(Bandit)
+        view.__dict__.update(self.__dict__)
+        view._rng = np.random.default_rng(seed)
         return view
 
-    def samples(self, model_ids: Sequence[str], bucket: str) -> list[float]:
-        """One Beta draw per model (unknown arms are Beta(1, 1)), in the given order."""
-        now = self._clock()
-        alphas, betas = [], []
-        for model_id in model_ids:
-            arm = self._arms.get((model_id, bucket))
-            if arm is None:
-                alphas.append(1.0)
-                betas.append(1.0)
-                continue
-            factor = 0.5 ** (max(now - arm.updated, 0.0) / self.half_life) if arm.updated else 1.0
-            s, n = arm.reward_sum * factor, arm.pulls * factor
-            alphas.append(1.0 + s)
-            betas.append(1.0 + max(n - s, 0.0))
-        return [float(x) for x in self._rng.beta(alphas, betas)]
+    # --- learning ------------------------------------------------------------------------------------
+    def observe(self, obs: Observation) -> None:
+        """Add one observation: the bucket's evidence ages one step, every live objective learns from it."""
+        bucket = obs.bucket
+        seq = obs.seq = self._seq.get(bucket, 0) + 1
+        self._seq[bucket] = seq
+        log = self._log.setdefault(bucket, deque())
+        if len(log) >= self._horizon:
+            old = log.popleft()
+            if self._answers.get(old.request_id) is old:
+                del self._answers[old.request_id]
+        log.append(obs)
+        if obs.request_id and obs.succeeded:
+            self._answers[obs.request_id] = obs
+        stats = self._stats.setdefault((obs.model_id, bucket), ModelStats())
+        stats.decay_to(seq, self._gamma)
+        stats.add(obs)
+        for objective, arms in self._views.items():
+            _add(arms, obs, obs.value(objective), self._gamma)
 
-    def rebuild(self, rows: Iterable[tuple[str, int, float, float]]) -> int:
-        """Replace every arm from (model_id, input_tokens, reward, unix seconds) rows; returns rows used."""
-        arms: dict[tuple[str, str], Arm] = {}
-        now = self._clock()
+    def rate(self, request_id: str, score: float) -> bool:
+        """The client scored an answer: its quality term becomes `score` for every objective. False when
+        the answer is older than the bandit's horizon (its evidence had faded anyway)."""
+        obs = self._answers.get(request_id)
+        if obs is None:
+            return False
+        seq = self._seq[obs.bucket]
+        factor = self._gamma ** (seq - obs.seq)
+        before = {objective: obs.value(objective) for objective in self._views}
+        previous, obs.feedback = obs.feedback, score
+        for objective, arms in self._views.items():
+            arm = arms.setdefault((obs.model_id, obs.bucket), Arm(seen=seq))
+            arm.decay_to(seq, self._gamma)
+            new, old = obs.value(objective), before[objective]
+            arm.revise(new - old, new * new - old * old, factor)
+        stats = self._stats.setdefault((obs.model_id, obs.bucket), ModelStats(seen=seq))
+        stats.decay_to(seq, self._gamma)
+        if math.isnan(previous):
+            stats.rated += factor
+            stats.score_sum += factor * score
+        else:
+            stats.score_sum += factor * (score - previous)
+        return True
+
+    def rebuild(self, observations: Iterable[Observation]) -> int:
+        """Replace all evidence by `observations` (oldest first); returns how many were used."""
+        objectives = list(self._views)
+        self._seq, self._log, self._answers, self._stats = {}, {}, {}, {}
+        self._views = OrderedDict()
         used = 0
-        for model_id, input_tokens, value, at in rows:
-            if value is None or not math.isfinite(value):
-                continue
-            arm = arms.setdefault((model_id, token_bucket(int(input_tokens))), Arm(updated=now))
-            factor = 0.5 ** (max(now - at, 0.0) / self.half_life)
-            arm.reward_sum += factor * value
-            arm.pulls += factor
+        for obs in observations:
+            self.observe(obs)
             used += 1
-        self._arms = arms
+        for objective in objectives:  # the live objectives, refolded from the new evidence
+            self._arms(objective)
         return used
 
-    def describe(self) -> list[dict[str, float | str]]:
-        """Every arm's posterior now, for GET /admin/v1/rewards."""
-        now = self._clock()
+    # --- what routing reads ---------------------------------------------------------------------------
+    def stats(self, model_id: str, bucket: str) -> ModelStats | None:
+        """The model's recent record (ratios: discounting scales numerator and denominator alike)."""
+        return self._stats.get((model_id, bucket))
+
+    def quality_prior(self, model_id: str, bucket: str, objective: RewardConfig) -> float:
+        """The quality of an unrated answer: the objective's fixed prior, else the model's mean feedback."""
+        if objective.quality_prior is not None:
+            return objective.quality_prior
+        stats = self._stats.get((model_id, bucket))
+        mean = stats.mean_score if stats is not None else None
+        return NEUTRAL_QUALITY if mean is None else mean
+
+    def posteriors(
+        self, objective: RewardConfig, bucket: str, model_ids: Sequence[str], priors: Sequence[float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each model's Beta posterior (Arm.posterior), with its prior mean m worth PRIOR_STRENGTH pulls."""
+        arms = self._arms(objective)
+        seq = self._seq.get(bucket, 0)
+        gamma = self._gamma
+        alphas = np.empty(len(model_ids))
+        betas = np.empty(len(model_ids))
+        for i, (model_id, prior) in enumerate(zip(model_ids, priors, strict=True)):
+            arm = arms.get((model_id, bucket))
+            if arm is None:
+                arm = _NO_EVIDENCE
+            alphas[i], betas[i] = arm.posterior(prior, gamma ** (seq - arm.seen) if seq > arm.seen else 1.0)
+        return alphas, betas
+
+    def draw(self, alphas: np.ndarray, betas: np.ndarray, rows: int) -> np.ndarray:
+        """`rows` independent draws of every posterior: a (rows, models) matrix, in one vectorised call."""
+        return self._rng.beta(alphas, betas, size=(rows, len(alphas)))
+
+    def describe(self, objective: RewardConfig) -> list[dict[str, float | str]]:
+        """Every arm's posterior under `objective` now (with the neutral prior 0.5), for GET /admin/v1/rewards."""
         out: list[dict[str, float | str]] = []
-        for (model_id, bucket), arm in sorted(self._arms.items()):
-            arm.decay_to(now, self.half_life)
+        for (model_id, bucket), arm in sorted(self._arms(objective).items()):
+            arm.decay_to(self._seq.get(bucket, 0), self._gamma)
+            alpha, beta = arm.posterior(NEUTRAL_QUALITY)
             out.append(
                 {
                     "model_id": model_id,
                     "bucket": bucket,
-                    "alpha": round(arm.alpha, 4),
-                    "beta": round(arm.beta, 4),
-                    "mean": round(arm.alpha / (arm.alpha + arm.beta), 4),
+                    "alpha": round(alpha, 4),
+                    "beta": round(beta, 4),
+                    "mean": round(alpha / (alpha + beta), 4),
                     "pulls": round(arm.pulls, 3),
                 }
             )
         return out
+
+    def _arms(self, objective: RewardConfig) -> Arms:
+        arms = self._views.get(objective)
+        if arms is not None:
+            self._views.move_to_end(objective)
+            return arms
+        arms = {}
+        for log in self._log.values():  # fold the kept evidence under this objective's reward
+            for obs in log:
+                _add(arms, obs, obs.value(objective), self._gamma)
+        self._views[objective] = arms
+        if len(self._views) > MAX_OBJECTIVES:
+            self._views.popitem(last=False)
+        return arms
+
+
+def _add(arms: Arms, obs: Observation, value: float, gamma: float) -> None:
+    arm = arms.get((obs.model_id, obs.bucket))
+    if arm is None:
+        arm = arms[obs.model_id, obs.bucket] = Arm(seen=obs.seq)
+    arm.decay_to(obs.seq, gamma)
+    arm.add(value)
+
+
+def thompson_order(
+    candidates: Sequence[Candidate],
+    bandit: Bandit,
+    bucket: str,
+    objective: RewardConfig,
+    priors: Sequence[float],
+) -> tuple[list[Candidate], float]:
+    """Candidates by one posterior draw each, highest first (a candidate's score becomes -draw), and the
+    propensity of the first (win_probability over PROPENSITY_DRAWS more draws)."""
+    alphas, betas = bandit.posteriors(objective, bucket, [c.model.id for c in candidates], priors)
+    draws = bandit.draw(alphas, betas, PROPENSITY_DRAWS + 1)
+    decide = draws[0]
+    ordered = [
+        Candidate(c.model, -round(float(d), 6), c.estimated_cost_usd) for c, d in zip(candidates, decide, strict=True)
+    ]
+    ordered.sort(key=lambda c: (c.score, c.model.id))
+    winner = next(i for i, c in enumerate(candidates) if c.model.id == ordered[0].model.id)
+    return ordered, win_probability(draws[1:], winner)
+
+
+def win_probability(draws: np.ndarray, winner: int) -> float:
+    """P(column `winner` holds the row's largest draw), from independent rows of posterior draws.
+
+    Every pair (the winner's draw of row i, the best other draw of row j) is an independent sample of the
+    contest, so n rows give n² comparisons (a sort and a binary search, not n² work): small probabilities
+    are estimated to about 1/n², not 1/n. One pseudo-win keeps a chosen model's propensity above 0.
+    Overwrites the winner's column of `draws`."""
+    n = len(draws)
+    if draws.shape[1] == 1:
+        return 1.0
+    mine = draws[:, winner].copy()
+    draws[:, winner] = -1.0  # draws lie in [0, 1]: the best of the others is now the row's maximum
+    others = draws.max(axis=1)
+    others.sort()
+    wins = int(np.searchsorted(others, mine).sum())
+    return (wins + 1) / (n * n + 1)

@@ -1,25 +1,39 @@
-"""What routing learns from each finished request: its reward, the bandit's arms, and an index of recent
-requests so client feedback (POST /v1/feedback) can find them before they reach DuckDB."""
+"""What routing learns from each finished request: its reward under the request's objective, the terms the
+evaluator and a restart need, the bandit's observations, and an index of recent requests so client
+feedback (POST /v1/feedback) can find them before they reach DuckDB."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import structlog
 
 from pipeline.context import RequestContext
 from pipeline.types import RequestRecord
-from stages.bandit import Bandit, base_reward, reward, token_bucket
+from stages.bandit import Bandit, Observation, token_bucket
 from store.analytics import AnalyticsStore
 from store.reward_queries import Evidence, reward_evidence
 
-__all__ = ["HORIZON_HALF_LIVES", "BanditRefresher", "RecentRequests", "evidence", "learn"]
+__all__ = [
+    "EVIDENCE_MAX_AGE_SECS",
+    "SERVED",
+    "BanditRefresher",
+    "RecentRequests",
+    "evidence",
+    "learn",
+    "observations",
+    "rated_reward",
+]
 
 log = structlog.get_logger("tokenhub.bandit")
-# Evidence older than this many half-lives weighs under 0.1 %: not worth reading back.
-HORIZON_HALF_LIVES = 10
+# Attempt outcomes that are not failures: an answer, a stream rescue's continuation that answered, and a
+# hedge's slower call cancelled when another answered first.
+SERVED = frozenset({"ok", "rescued", "hedged_out"})
+# Evidence is discounted per observation; a bucket that saw no traffic for a month is read back no further.
+EVIDENCE_MAX_AGE_SECS = 30 * 86400.0
 
 
 class RecentRequests:
@@ -42,35 +56,63 @@ class RecentRequests:
 
 
 def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: RequestRecord) -> None:
-    """Set the record's reward and attempts, and teach the bandit: each failed attempt earns its model 0,
-    the model that answered earns the request's reward. Requests that tried no model teach nothing."""
+    """Set the record's reward, attempts and evaluation terms, and teach the bandit: each failed attempt is
+    an observation of failure for its model, the answer one of success. Requests that tried no model teach
+    nothing."""
     decision = ctx.decision
     if not ctx.attempts or decision is None:
         return
     record.attempts = ", ".join(f"{a.model_id}={a.outcome}" for a in ctx.attempts)
     succeeded = ctx.error is None and ctx.served_by is not None
-    base = base_reward(record.cost_usd, record.latency_ms, decision.latency_budget_ms) if succeeded else 0.0
-    record.reward = reward(succeeded, base)
     bucket = token_bucket(record.input_tokens or decision.estimated_input_tokens)
-    for attempt in ctx.attempts:
-        if attempt.error_class:
-            bandit.update(attempt.model_id, bucket, 0.0, at=record.timestamp)
-    if succeeded:
-        bandit.update(record.model_id, bucket, record.reward, at=record.timestamp)
+    objective = decision.objective
+    rated_model = record.model_id or ctx.attempts[0].model_id
+    prior = bandit.quality_prior(rated_model, bucket, objective)
+    record.reward = objective.reward(
+        succeeded, prior, record.cost_usd, record.latency_ms, decision.cost_ref_usd, decision.latency_ref_ms
+    )
+    record.propensity = math.nan if decision.propensity is None else decision.propensity
+    record.candidates = ",".join(c.model.id for c in decision.candidates)
+    record.cost_ref_usd, record.latency_ref_ms = decision.cost_ref_usd, decision.latency_ref_ms
+    record.quality_prior, record.quality_weight = prior, objective.quality
+    for obs in observations(record, bucket):
+        bandit.observe(obs)
     recent.add(record, bucket)
 
 
-def evidence(rows: list[Evidence]) -> Iterator[tuple[str, int, float, float]]:
-    """Bandit evidence from request-log rows: the answering model's reward, and 0 for each failed attempt
-    (the `attempts` column; a failed row's own reward is 0 and names no model)."""
-    for model_id, input_tokens, value, at, attempts in rows:
-        for entry in attempts.split(", ") if attempts else ():
-            tried, _, outcome = entry.rpartition("=")
-            # a rescue's continuation answered, a hedge's slower call was cancelled: not failures
-            if tried and outcome not in ("ok", "rescued", "hedged_out"):
-                yield tried, input_tokens, 0.0, at
-        if model_id:
-            yield model_id, input_tokens, value, at
+def rated_reward(reward: float, quality_prior: float, quality_weight: float, previous: float, score: float) -> float:
+    """A request's reward once its answer is scored: the quality term moves from the previous score (the
+    prior when it was unrated, `previous` NaN) to `score`, at the weight the objective gave quality."""
+    before = quality_prior if math.isnan(previous) else previous
+    return round(reward + quality_weight * (score - before), 6)
+
+
+def observations(record: RequestRecord | Evidence, bucket: str) -> Iterator[Observation]:
+    """The bandit's observations of one request-log row: a failure for each failed attempt (the `attempts`
+    column), then the answer (a row whose request failed names no answering model)."""
+    for entry in record.attempts.split(", ") if record.attempts else ():
+        tried, _, outcome = entry.rpartition("=")
+        if tried and outcome not in SERVED:
+            yield Observation("", tried, bucket, False, 0.0, 0.0, 0.0, 0.0, record.quality_prior)
+    if record.model_id and record.status < 400:
+        yield Observation(
+            record.request_id,
+            record.model_id,
+            bucket,
+            True,
+            record.cost_usd,
+            record.latency_ms,
+            record.cost_ref_usd,
+            record.latency_ref_ms,
+            record.quality_prior,
+            record.feedback_score,
+        )
+
+
+def evidence(rows: Iterable[Evidence]) -> Iterator[Observation]:
+    """Observations from request-log rows (store/reward_queries.py), oldest first."""
+    for row in rows:
+        yield from observations(row, token_bucket(row.input_tokens))
 
 
 class BanditRefresher:
@@ -82,8 +124,8 @@ class BanditRefresher:
         self._analytics = analytics
 
     async def refresh_once(self) -> int:
-        since = time.time() - HORIZON_HALF_LIVES * self._bandit.half_life
-        rows = await self._analytics.read(reward_evidence, since)
+        since = time.time() - EVIDENCE_MAX_AGE_SECS
+        rows = await self._analytics.read(reward_evidence, since, self._bandit.horizon)
         used = self._bandit.rebuild(evidence(rows))
-        log.debug("bandit_refreshed", rows=used)
+        log.debug("bandit_refreshed", observations=used)
         return used

@@ -25,10 +25,12 @@ from pipeline.errors import BudgetExceeded, InvalidRequest, NoEligibleModel, Not
 from pipeline.metrics import Metrics
 from pipeline.model_ids import resolve_model_id
 from pipeline.modes import Mode
+from pipeline.objective import DEFAULT_REWARD, RewardConfig
 from pipeline.settings import Settings
 from pipeline.types import AliasInfo, ChatRequest, ModelInfo
 from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
+from stages.expected_reward import expect
 from stages.health import HealthTracker, ProviderHealth
 from stages.model_disables import ModelDisables
 from stages.routing_table import RoutingTable
@@ -46,6 +48,7 @@ from stages.scoring import (
     rank,
     requested_output,
     score_parts,
+    softmax_probability,
     softmax_rank,
 )
 from store.config_store import ConfigSnapshot
@@ -67,6 +70,7 @@ class RoutingOptions(BaseModel):
     default_mode: Mode | None = Field(None, description="mode when the request names none")
     max_budget_usd: float | None = Field(None, ge=0, le=100, description="ceiling on the per-request budget")
     min_weight: int | None = Field(None, ge=0, le=10, description="floor on the model weight")
+    reward: RewardConfig | None = Field(None, description="this tenant's routing objective (else the global one)")
 
 
 DEFAULT_OPTIONS = RoutingOptions()
@@ -80,6 +84,7 @@ class Limits:
     max_budget_usd: float  # 0 = no budget filter
     max_latency_ms: int
     min_weight: int
+    objective: RewardConfig = DEFAULT_REWARD
 
 
 class Router:
@@ -115,7 +120,8 @@ class Router:
         if options.max_budget_usd is not None:
             budget = min(budget, options.max_budget_usd) if budget else options.max_budget_usd
         latency_ms = policy.max_latency_ms or routing.max_latency_ms or settings.default_max_latency_ms
-        return Limits(mode, budget, latency_ms, max(policy.min_weight, options.min_weight or 0))
+        objective = options.reward or routing.reward or DEFAULT_REWARD
+        return Limits(mode, budget, latency_ms, max(policy.min_weight, options.min_weight or 0), objective)
 
     def decide(
         self,
@@ -172,17 +178,25 @@ class Router:
         if not eligible:
             raise _no_eligible(exclusions, constraints, key_budget_usd)
 
-        candidates = rank(eligible, constraints, self._stats())
+        stats = self._stats()
+        candidates = rank(eligible, constraints, stats)
+        bandit = bandit or self._bandit
+        bucket = token_bucket(tokens)
+        outlook = expect(candidates, bandit, bucket, limits.objective, stats)
+        propensity = 1.0
         if limits.mode == "thompson":  # the bandit's draws decide the order; the scores above stay for explanation
-            candidates = thompson_order(candidates, bandit or self._bandit, token_bucket(tokens))
+            priors = [outlook.expectation(c.model.id).reward for c in candidates]
+            candidates, propensity = thompson_order(candidates, bandit, bucket, limits.objective, priors)
         hint_note = _apply_hint(hint, candidates, exclusions, snapshot)
         explored = 0
         if explore and hint_note != "hint" and limits.mode != "thompson" and len(candidates) > 1 and self.temperature:
             explored = softmax_rank(len(candidates), self.temperature, (rng or self._rng).random())
+            propensity = softmax_probability(len(candidates), self.temperature, explored)
             if explored:
                 candidates.insert(0, candidates.pop(explored))
         fallbacks, chain_note = _place_fallbacks(candidates, hint, hint_note == "hint", alias, exclusions, snapshot)
         first = candidates[0]
+        chosen_by_policy = hint_note != "hint" and not (fallbacks and first.model.id == fallbacks[0])
         code = "routed-hint-exact" if hint_note == "hint" else f"routed-weight-{first.model.weight}"
         if fallbacks and first.model.id == fallbacks[0]:
             how = "first of the fallback chain"
@@ -194,6 +208,7 @@ class Router:
             f"{code}: {first.model.id} {how} of {len(candidates)} eligible in {limits.mode} mode"
             f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {first.model.weight})"
         )
+        reason += f"; {outlook.describe(first.model.id)}"
         if alias is not None:
             reason += f"; alias {alias.name} -> {hint}"
         if hint_note and hint_note != "hint":
@@ -215,6 +230,11 @@ class Router:
             fallbacks=fallbacks,
             alias_from=alias.name if alias is not None else "",
             model_hint=hint if alias is not None else "",
+            objective=limits.objective,
+            cost_ref_usd=outlook.cost_ref_usd,
+            latency_ref_ms=outlook.latency_ref_ms,
+            propensity=propensity if chosen_by_policy else None,
+            outlook=outlook,
         )
 
     def unavailable(self, model: ModelInfo) -> str | None:

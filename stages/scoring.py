@@ -33,6 +33,7 @@ __all__ = [
     "rank",
     "requested_output",
     "score_parts",
+    "softmax_probability",
     "softmax_rank",
 ]
 
@@ -259,14 +260,26 @@ def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], Pro
     return ranked
 
 
+def _softmax_weights(count: int, temperature: float) -> list[float]:
+    # Ranks past 30 T weigh under e^-30 of the top: leave them out rather than pay an exp() each per request.
+    return [math.exp(-i / temperature) for i in range(min(count, math.ceil(30 * temperature) + 1))]
+
+
+def softmax_probability(count: int, temperature: float, index: int) -> float:
+    """P(softmax_rank picks `index`): the propensity of an explored (or not explored) pick."""
+    if temperature <= 0 or count < 2:
+        return 1.0 if index == 0 else 0.0
+    weights = _softmax_weights(count, temperature)
+    return weights[index] / sum(weights) if index < len(weights) else 0.0
+
+
 def softmax_rank(count: int, temperature: float, draw: float) -> int:
     """The rank exploration picks from a ranked list of `count` (routing.md §7): rank i (0-based) weighs
     exp(-i / T), so with T = 0.3 the top is picked about 96 % of the time. T <= 0 or a single candidate:
     rank 0. `draw` is a uniform number in [0, 1)."""
     if temperature <= 0 or count < 2:
         return 0
-    # Ranks past 30 T weigh under e^-30 of the top: leave them out rather than pay an exp() each per request.
-    weights = [math.exp(-i / temperature) for i in range(min(count, math.ceil(30 * temperature) + 1))]
+    weights = _softmax_weights(count, temperature)
     target = draw * sum(weights)
     for index, weight in enumerate(weights):
         target -= weight

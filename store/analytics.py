@@ -39,7 +39,9 @@ _NUMPY_TYPES = {"int": np.int64, "float": np.float64}
 _DTYPES = [_NUMPY_TYPES.get(str(f.type), object) for f in dataclasses.fields(RequestRecord)]
 _row = operator.attrgetter(*_COLUMNS)
 # Optional numbers travel as NaN (numpy float columns have no None) and are stored as NULL.
-_NULLABLE = frozenset({"reward", "feedback_score"})
+_NULLABLE = frozenset(
+    {"reward", "feedback_score", "propensity", "cost_ref_usd", "latency_ref_ms", "quality_prior", "quality_weight"}
+)
 _SELECT = ", ".join(
     "to_timestamp(timestamp)"
     if name == "timestamp"
@@ -80,6 +82,12 @@ CREATE TABLE IF NOT EXISTS request_log (
     feedback_score DOUBLE,
     feedback_comment VARCHAR,
     client_request_id VARCHAR NOT NULL DEFAULT '',
+    propensity DOUBLE,
+    candidates VARCHAR NOT NULL DEFAULT '',
+    cost_ref_usd DOUBLE,
+    latency_ref_ms DOUBLE,
+    quality_prior DOUBLE,
+    quality_weight DOUBLE,
     alias_from VARCHAR NOT NULL DEFAULT ''
 )
 """,
@@ -108,6 +116,12 @@ _ADDED_COLUMNS = (
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_score DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS feedback_comment VARCHAR",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS client_request_id VARCHAR DEFAULT ''",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS propensity DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS candidates VARCHAR DEFAULT ''",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS cost_ref_usd DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS latency_ref_ms DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS quality_prior DOUBLE",
+    "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS quality_weight DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS alias_from VARCHAR DEFAULT ''",
 )
 # Token counts were INTEGER in the first release: one count over 2^31 failed its whole batch.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from pipeline.objective import RewardConfig
 from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
 from store import vault_store
 from store.migrations import migrate
@@ -50,6 +51,7 @@ class RoutingDefaults:
     mode: str = ""
     max_budget_usd: float = 0.0
     max_latency_ms: int = 0
+    reward: RewardConfig | None = None  # None: the default objective
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,7 @@ class ConfigStore:
                 routing_row["default_mode"],
                 routing_row["default_max_budget_usd"],
                 routing_row["default_max_latency_ms"],
+                _reward(routing_row["reward"]),
             )
             if routing_row
             else RoutingDefaults()
@@ -341,11 +344,16 @@ class ConfigStore:
     def set_routing(self, routing: RoutingDefaults) -> None:
         with self.db as db:
             db.execute(
-                "INSERT INTO routing_config (id, default_mode, default_max_budget_usd, default_max_latency_ms)"
-                " VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET default_mode=excluded.default_mode,"
+                "INSERT INTO routing_config (id, default_mode, default_max_budget_usd, default_max_latency_ms, reward)"
+                " VALUES (1, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET default_mode=excluded.default_mode,"
                 " default_max_budget_usd=excluded.default_max_budget_usd,"
-                " default_max_latency_ms=excluded.default_max_latency_ms",
-                (routing.mode, routing.max_budget_usd, routing.max_latency_ms),
+                " default_max_latency_ms=excluded.default_max_latency_ms, reward=excluded.reward",
+                (
+                    routing.mode,
+                    routing.max_budget_usd,
+                    routing.max_latency_ms,
+                    routing.reward.model_dump_json() if routing.reward else "",
+                ),
             )
 
     # --- tenants and pipelines -------------------------------------------------------------------
@@ -461,6 +469,11 @@ def _alias(row: sqlite3.Row) -> AliasInfo | None:
         sticky_by=row["sticky_by"],
         fallbacks=tuple(_id_list(row["fallbacks"])),
     )
+
+
+def _reward(stored: str) -> RewardConfig | None:
+    """The stored objective; '' (never set) is the default. It was validated when it was written."""
+    return RewardConfig.model_validate_json(stored) if stored else None
 
 
 def _tenant(row: sqlite3.Row) -> TenantRecord:

@@ -182,6 +182,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE models ADD COLUMN autoloaded INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    (
+        12,
+        "routing_reward",
+        # The routing objective (pipeline/objective.py) as JSON; '' = the default objective.
+        "ALTER TABLE routing_config ADD COLUMN reward TEXT NOT NULL DEFAULT '';",
+    ),
 )
 
 

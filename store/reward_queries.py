@@ -3,14 +3,53 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from store.analytics import Cursor, log_rows
 
-__all__ = ["Evidence", "RatedRow", "recent_rewards", "reward_evidence", "rewarded_request"]
+__all__ = [
+    "Evidence",
+    "LoggedDecision",
+    "RatedRow",
+    "logged_decisions",
+    "recent_rewards",
+    "reward_evidence",
+    "rewarded_request",
+]
 
-# One row of evidence: (model_id, input_tokens, reward, unix seconds, attempts)
-Evidence = tuple[str, int, float, float, str]
+_BUCKET = "CASE WHEN input_tokens < 1000 THEN 0 WHEN input_tokens <= 10000 THEN 1 ELSE 2 END"  # bandit.token_bucket
+_TERMS = (
+    "request_id, model_id, input_tokens, status, cost_usd, latency_ms, cost_ref_usd, latency_ref_ms, quality_prior, "
+    "coalesce(feedback_score, 'NaN'::DOUBLE), attempts"
+)
+
+
+class Evidence(NamedTuple):
+    """What the bandit learns from one request-log row (the names of RequestRecord's fields)."""
+
+    request_id: str
+    model_id: str
+    input_tokens: int
+    status: int
+    cost_usd: float
+    latency_ms: float
+    cost_ref_usd: float
+    latency_ref_ms: float
+    quality_prior: float
+    feedback_score: float  # NaN: not rated
+    attempts: str
+
+
+class LoggedDecision(NamedTuple):
+    """One routed request, for counterfactual evaluation: the evidence, and what the policy chose from."""
+
+    evidence: Evidence
+    timestamp: float
+    mode: str
+    reward: float
+    propensity: float  # NaN: the routing policy did not choose (a hint, a named model's chain)
+    candidates: str
+    quality_weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,22 +61,38 @@ class RatedRow:
     input_tokens: int
     reward: float | None  # None: the request earned none
     feedback_score: float | None  # None: not rated yet
+    quality_prior: float | None  # None: logged before the objective's terms were recorded
+    quality_weight: float | None
 
 
-def reward_evidence(cursor: Cursor, since_unix: float) -> list[Evidence]:
-    """Every rewarded request since `since_unix`, oldest first."""
-    return cursor.execute(
-        "SELECT model_id, input_tokens, reward, epoch(timestamp), attempts FROM request_log "
-        "WHERE reward IS NOT NULL AND timestamp >= to_timestamp(?) ORDER BY timestamp",
-        [since_unix],
+def reward_evidence(cursor: Cursor, since_unix: float, per_bucket: int) -> list[Evidence]:
+    """The newest `per_bucket` rewarded requests of each token bucket since `since_unix`, oldest first.
+    Rows logged before the objective's terms were recorded (no quality prior) are not evidence."""
+    rows = cursor.execute(
+        f"SELECT {_TERMS} FROM request_log WHERE quality_prior IS NOT NULL AND timestamp >= to_timestamp(?) "
+        f"QUALIFY row_number() OVER (PARTITION BY {_BUCKET} ORDER BY timestamp DESC) <= ? ORDER BY timestamp",
+        [since_unix, per_bucket],
     ).fetchall()
+    return [Evidence(*row) for row in rows]
+
+
+def logged_decisions(cursor: Cursor, since_unix: float, until_unix: float, limit: int) -> list[LoggedDecision]:
+    """Every rewarded request in [since, until), oldest first, at most `limit` (the newest of them)."""
+    rows = cursor.execute(
+        f"SELECT * FROM (SELECT {_TERMS}, epoch(timestamp) AS logged_at, mode, reward, "
+        "coalesce(propensity, 'NaN'::DOUBLE), candidates, quality_weight FROM request_log "
+        "WHERE quality_prior IS NOT NULL AND timestamp >= to_timestamp(?) AND timestamp < to_timestamp(?) "
+        "ORDER BY timestamp DESC LIMIT ?) ORDER BY logged_at",
+        [since_unix, until_unix, limit],
+    ).fetchall()
+    return [LoggedDecision(Evidence(*row[:11]), *row[11:]) for row in rows]
 
 
 def rewarded_request(cursor: Cursor, api_key_id: str, request_id: str, since: float) -> RatedRow | None:
     """The row of `request_id` if this key made it. Only rows from `since` (unix seconds) on are read:
     DuckDB skips every row group that ended before it, so the cost is the rows since the request."""
     rows = cursor.execute(
-        "SELECT status, model_id, input_tokens, reward, feedback_score FROM request_log "
+        "SELECT status, model_id, input_tokens, reward, feedback_score, quality_prior, quality_weight FROM request_log "
         "WHERE timestamp >= to_timestamp(?) AND api_key_id = ? AND request_id = ? LIMIT 1",
         [since, api_key_id, request_id],
     ).fetchall()

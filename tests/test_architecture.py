@@ -16,6 +16,7 @@ VOCABULARY = {
     "pipeline.types",
     "pipeline.errors",
     "pipeline.modes",
+    "pipeline.objective",
     "pipeline.model_ids",
     "pipeline.output_format",
     "pipeline.output_schema",

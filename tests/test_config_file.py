@@ -263,6 +263,8 @@ async def test_export_check_apply_export_round_trips(
     await hub.admin("POST", "/tenants", {"id": "t-1", "name": "T one"}, expect=201)
     await hub.admin("PUT", "/tenants/t-1/pipeline", {"stages": PIPELINE}, expect=200)
     await hub.new_key(tenant_id="t-1", scopes=["embeddings"], rate_limit_rpm=30)
+    reward = {"quality": 2, "cost": 1, "latency": 1, "latency_scale_ms": 2000}
+    await hub.admin("PUT", "/routing-config", {"default_mode": "thompson", "reward": reward}, expect=200)
 
     exported = tmp_path / "export.yaml"
     assert main(["config", "export", "--data-dir", str(tmp_path / "data"), "--out", str(exported)]) == 0
@@ -275,6 +277,7 @@ async def test_export_check_apply_export_round_trips(
 
     again = await make_hub(data_dir=str(tmp_path / "fresh"), config_file=str(exported))
     assert again.services.providers["fake"].api_key == "sk-test-secret"
+    assert (await again.admin("GET", "/routing-config"))["reward"]["latency_scale_ms"] == 2000  # the objective too
     second = tmp_path / "again.yaml"
     assert main(["config", "export", "--data-dir", str(tmp_path / "fresh"), "--out", str(second)]) == 0
     assert second.read_text() == text

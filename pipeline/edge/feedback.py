@@ -25,7 +25,7 @@ from pipeline.services import Services
 from pipeline.types import RequestRecord
 from pipeline.web import client_ip, presented_key, read_body, request_id_started, trusted_networks
 from stages.auth import key_in_force
-from stages.bandit import QUALITY_SHARE, token_bucket
+from stages.learning import rated_reward
 from stages.rate_limit import TokenBuckets
 from store.idempotency import StoredResponse
 from store.reward_queries import rewarded_request
@@ -35,6 +35,8 @@ __all__ = ["FeedbackEndpoint"]
 # The row's timestamp is taken when the request ends, after the id's start time; the margin covers a wall
 # clock stepped back in between.
 CLOCK_MARGIN_SECS = 300.0
+# A row logged before the objective was configurable: its answer's share was 0.4 and an unrated answer 1.
+LEGACY_QUALITY_WEIGHT, LEGACY_QUALITY_PRIOR = 0.4, 1.0
 
 
 class FeedbackIn(Strict):
@@ -51,7 +53,8 @@ class _Rated:
     model_id: str
     reward: float  # NaN when the request earned none
     score: float  # the previous feedback score; NaN when none
-    bucket: str
+    quality_prior: float  # what the unrated answer was valued at
+    quality_weight: float  # the objective's quality weight when it was rewarded
     record: RequestRecord | None  # the live record, when it is still in the recent index
 
 
@@ -90,13 +93,11 @@ class FeedbackEndpoint:
         rated = await self._find(key_id, body.request_id, since)
         if rated.status >= 400 or math.isnan(rated.reward) or not rated.model_id:
             raise Conflict("only a request that a model answered can be rated", field="request_id")
-        # The answer's share of the reward was the previous score (1 without feedback); the score replaces it.
-        previous = 1.0 if math.isnan(rated.score) else rated.score
-        new = round(rated.reward + QUALITY_SHARE * (body.score - previous), 6)
+        new = rated_reward(rated.reward, rated.quality_prior, rated.quality_weight, rated.score, body.score)
         if rated.record is not None:  # a record still in the writer's queue is written with these values
             record = rated.record
             record.reward, record.feedback_score, record.feedback_comment = new, body.score, body.comment
-        services.bandit.revise(rated.model_id, rated.bucket, rated.reward, new)
+        services.bandit.rate(body.request_id, body.score)
         analytics = services.analytics
         await analytics.call(analytics.set_feedback, key_id, body.request_id, since, new, body.score, body.comment)
         return web.json_response({"request_id": body.request_id, "score": body.score, "reward": new})
@@ -120,8 +121,9 @@ class FeedbackEndpoint:
     async def _find(self, api_key_id: str, request_id: str, since: float) -> _Rated:
         recent = self._services.recent_requests.get(api_key_id, request_id)
         if recent is not None:
-            r, bucket = recent
-            return _Rated(r.status, r.model_id, r.reward, r.feedback_score, bucket, r)
+            r, _ = recent
+            prior, weight = _quality_terms(r.quality_prior, r.quality_weight)
+            return _Rated(r.status, r.model_id, r.reward, r.feedback_score, prior, weight, r)
         # Older: the request log, this key's rows since the request started.
         row = await self._services.analytics.read(rewarded_request, api_key_id, request_id, since)
         if row is None:
@@ -131,9 +133,16 @@ class FeedbackEndpoint:
             row.model_id,
             math.nan if row.reward is None else row.reward,
             math.nan if row.feedback_score is None else row.feedback_score,
-            token_bucket(row.input_tokens),
+            *_quality_terms(row.quality_prior, row.quality_weight),
             None,
         )
+
+
+def _quality_terms(prior: float | None, weight: float | None) -> tuple[float, float]:
+    """(quality prior, quality weight) the row was rewarded with; the legacy ones for an older row."""
+    if prior is None or weight is None or math.isnan(prior) or math.isnan(weight):
+        return LEGACY_QUALITY_PRIOR, LEGACY_QUALITY_WEIGHT
+    return prior, weight
 
 
 def _ignore(stored: StoredResponse) -> None:

@@ -53,12 +53,14 @@ def test_pipeline_editor_shows_the_error_next_to_its_stage_then_saves_the_fix(
     page.get_by_role("button", name="Add stage").click()
     expect(page.get_by_role("listitem").last).to_contain_text("dispatch")
     step(page, "policy").get_by_label("Mode", exact=True).select_option("cheap")
+    step(page, "policy").get_by_label("reward", exact=True).fill('{"quality": 1, "cost": 1}')  # an object: JSON
     page.get_by_role("button", name="Save pipeline").click()
     expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
     saved = live_hub.admin("GET", "/tenants/acme/pipeline")
     assert saved["custom"] is True
     stages = {s["stage"]: s.get("with", {}) for s in saved["stages"]}
-    assert stages["rate_limit"] == {"rps": 5} and stages["policy"] == {"mode": "cheap"}
+    assert stages["rate_limit"] == {"rps": 5}
+    assert stages["policy"] == {"mode": "cheap", "reward": {"quality": 0.5, "cost": 0.5, "latency": 0.0}}
     names = [s["stage"] for s in saved["stages"]]
     assert names[-2:] == ["shape", "dispatch"] and names[0] == "record"
 

@@ -4,13 +4,14 @@
 import { Field, html } from "../../ui.js";
 import { useState } from "../../../vendor/preact-htm.js";
 
-/** {kind: "enum"|"number"|"integer"|"boolean"|"string"|"other", choices?} of one option's schema. */
+/** {kind: "enum"|"number"|"integer"|"boolean"|"string"|"json"|"other", choices?} of one option's schema. */
 export function optionKind(schema) {
   const variants = schema.anyOf ? schema.anyOf.filter((v) => v.type !== "null") : [schema];
   const one = variants.length === 1 ? variants[0] : null;
   if (!one) return { kind: "other" };
   if (one.enum) return { kind: "enum", choices: one.enum };
   if (["number", "integer", "boolean", "string"].includes(one.type)) return { kind: one.type, range: one };
+  if (one.$ref || one.type === "object") return { kind: "json" }; // e.g. the policy stage's reward: its own JSON box
   return { kind: "other" };
 }
 
@@ -36,13 +37,21 @@ function parse(kind, text) {
     return Number.isFinite(n) ? n : text;
   }
   if (kind === "boolean") return text === "true";
+  if (kind === "json") {
+    try {
+      return JSON.parse(text);
+    } catch {
+      return text; // not JSON: sent as it is, and the server's refusal shows next to the option
+    }
+  }
   return text;
 }
 
 function OptionField({ id, name, schema, value, onChange, error }) {
   const { kind, choices, range } = optionKind(schema);
   const label = schema.title || name;
-  const shown = value === undefined || value === null ? "" : String(value);
+  const shown =
+    value === undefined || value === null ? "" : kind === "json" && typeof value === "object" ? JSON.stringify(value) : String(value);
   const set = (text) => onChange(parse(kind, text));
   const hint = hintOf(schema, range);
   if (kind === "enum" || kind === "boolean") {
@@ -50,6 +59,10 @@ function OptionField({ id, name, schema, value, onChange, error }) {
     const options = [{ value: "", label: "(default)" }, ...values.map((v) => ({ value: String(v), label: String(v) }))];
     return html`<${Field} label=${label} name=${id} type="select" options=${options} value=${shown} onInput=${set}
       hint=${hint} error=${error} />`;
+  }
+  if (kind === "json") {
+    return html`<${Field} label=${label} name=${id} type="textarea" value=${shown} onInput=${set}
+      hint=${`${hint ? `${hint}; ` : ""}JSON`} error=${error} placeholder="(default)" spellcheck="false" />`;
   }
   return html`<${Field} label=${label} name=${id} type=${kind === "string" ? "text" : "number"} step="any"
     value=${shown} onInput=${set} hint=${hint} error=${error} placeholder="(default)" />`;

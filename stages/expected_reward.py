@@ -1,0 +1,101 @@
+"""What each eligible candidate is expected to earn under the routing objective, term by term.
+
+Expected cost, latency and failure share come from the model's recent record in the bandit (what its answers
+actually cost and took), else from the request's cost estimate and its provider's health statistics. The
+largest expected cost and latency among the candidates are the request's references for relative terms,
+and each candidate's expected reward is its Thompson prior (cold start) and what the routing reason and the
+simulator show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pipeline.context import Candidate
+from pipeline.objective import RewardConfig, term
+from stages.bandit import Bandit
+from stages.scoring import ProviderStats
+
+__all__ = ["Expectation", "Outlook", "expect"]
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    quality: float  # the quality prior (the objective's, else the model's mean feedback, else 0.5)
+    cost_usd: float
+    latency_ms: float
+    failure: float
+    cost_term: float
+    latency_term: float
+    reward: float  # (1 - failure) · (wq·quality + wc·cost_term + wl·latency_term)
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "quality": round(self.quality, 4),
+            "cost_term": round(self.cost_term, 4),
+            "latency_term": round(self.latency_term, 4),
+            "failure": round(self.failure, 4),
+            "expected_cost_usd": round(self.cost_usd, 10),
+            "expected_latency_ms": round(self.latency_ms, 3),
+            "expected_reward": round(self.reward, 4),
+        }
+
+
+class Outlook:
+    """The request's objective, its references, and each candidate's expectation by model id (computed when
+    asked: a scored mode needs only the references and the first candidate's, for the reason)."""
+
+    __slots__ = ("_bandit", "_bucket", "_expected", "_raw", "cost_ref_usd", "latency_ref_ms", "objective")
+
+    def __init__(
+        self, objective: RewardConfig, bandit: Bandit, bucket: str, raw: dict[str, tuple[float, float, float]]
+    ) -> None:
+        self.objective = objective
+        self._bandit = bandit
+        self._bucket = bucket
+        self._raw = raw  # model id -> (expected cost, latency, failure share)
+        self._expected: dict[str, Expectation] = {}
+        self.cost_ref_usd = max((cost for cost, _, _ in raw.values()), default=0.0)
+        self.latency_ref_ms = max((latency for _, latency, _ in raw.values()), default=0.0)
+
+    def expectation(self, model_id: str) -> Expectation:
+        found = self._expected.get(model_id)
+        if found is None:
+            objective = self.objective
+            cost, latency, failure = self._raw[model_id]
+            quality = self._bandit.quality_prior(model_id, self._bucket, objective)
+            cost_term = term(cost, objective.cost_scale_usd, self.cost_ref_usd)
+            latency_term = term(latency, objective.latency_scale_ms, self.latency_ref_ms)
+            value = objective.quality * quality + objective.cost * cost_term + objective.latency * latency_term
+            found = Expectation(quality, cost, latency, failure, cost_term, latency_term, (1 - failure) * value)
+            self._expected[model_id] = found
+        return found
+
+    def describe(self, model_id: str) -> str:
+        e = self.expectation(model_id)
+        return (
+            f"expected reward {e.reward:.3f} = quality {e.quality:.2f}, cost {e.cost_term:.2f},"
+            f" latency {e.latency_term:.2f}, failure {e.failure:.0%} ({self.objective.describe()})"
+        )
+
+
+def expect(
+    candidates: Sequence[Candidate],
+    bandit: Bandit,
+    bucket: str,
+    objective: RewardConfig,
+    provider_stats: Callable[[str], ProviderStats],
+) -> Outlook:
+    raw = {}
+    for c in candidates:
+        model = c.model
+        stats = bandit.stats(model.id, bucket)
+        if stats is not None and stats.successes > 1e-9:
+            answered = stats.successes
+            raw[model.id] = (stats.cost_sum / answered, stats.latency_sum / answered, stats.failure or 0.0)
+            continue
+        health = provider_stats(model.provider_id)
+        failure = stats.failure if stats is not None and stats.failure is not None else health.error_rate
+        raw[model.id] = (c.estimated_cost_usd, health.latency_ms, failure)
+    return Outlook(objective, bandit, bucket, raw)
