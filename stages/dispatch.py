@@ -28,7 +28,7 @@ from pydantic import Field
 
 from adapters.errors import ProviderError
 from adapters.model_calls import for_model
-from adapters.provider import EmbeddingProvider
+from adapters.provider import EmbeddingProvider, Provider
 from pipeline.context import Attempt, Candidate, RequestContext
 from pipeline.errors import BudgetExceeded, PlanBudgetReserved, StreamBroken, StreamTooLarge, UpstreamFailed
 from pipeline.model_ids import resolve_model_id
@@ -115,22 +115,20 @@ class Dispatch:
         decision = ctx.decision
         assert decision is not None
         model = candidate.model
-        adapter = services.adapters.get(model.provider_id)
         settings = services.settings
         try:
-            if adapter is None:
-                raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
-            if ctx.request.operation == "chat":  # the model's tool_name_map and gemma4_output around the call
-                adapter = for_model(adapter, model)
-            services.health.begin_call(model.provider_id)  # a half-open breaker's trial call
             if ctx.sink is not None:
+                adapter = self._adapter(ctx, model)
+                services.health.begin_call(model.provider_id)  # a half-open breaker's trial call
                 delivered = Delivered()
                 sink = RecordingSink(ctx.sink, delivered)
                 result = await relay_stream(ctx, adapter, candidate, sink=sink, limits=self._limits(model))
             elif ctx.request.operation == "embeddings":
+                adapter = self._adapter(ctx, model)
                 # policy filters these out; this guards a provider swapped since then
                 if not isinstance(adapter, EmbeddingProvider):
                     raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} does not support embeddings")
+                services.health.begin_call(model.provider_id)
                 result = await adapter.embed(
                     model.sent_as,
                     ctx.request.parameters,
@@ -225,15 +223,21 @@ class Dispatch:
                 return other
         return None
 
-    async def _send(self, ctx: RequestContext, candidate: Candidate) -> ChatResult:
-        """One non-streaming chat call to `candidate` (a hedged dispatch runs two of these)."""
-        model = candidate.model
+    def _adapter(self, ctx: RequestContext, model: ModelInfo) -> Provider:
+        """The model's provider adapter; for a chat, wrapped in the model's own conventions (tool_name_map,
+        gemma4_output) when it has any."""
         adapter = self._services.adapters.get(model.provider_id)
         if adapter is None:
             raise ProviderError(ErrorClass.FATAL, f"provider {model.provider_id} is no longer configured")
+        return for_model(adapter, model) if ctx.request.operation == "chat" else adapter
+
+    async def _send(self, ctx: RequestContext, candidate: Candidate) -> ChatResult:
+        """One non-streaming chat call to `candidate` (a hedged dispatch runs two of these)."""
+        model = candidate.model
+        adapter = self._adapter(ctx, model)
         decision = ctx.decision
         assert decision is not None
-        self._services.health.begin_call(model.provider_id)
+        self._services.health.begin_call(model.provider_id)  # a half-open breaker's trial call
         return await adapter.send(
             model.sent_as,
             ctx.request,
@@ -376,7 +380,7 @@ class Dispatch:
             request = prefill_request(ctx.request, text, used)
             for rescuer in candidates:
                 model = rescuer.model
-                adapter = services.adapters[model.provider_id]
+                adapter = self._adapter(ctx, model)
                 splice = SpliceSink(ctx.sink, delivered)
                 try:
                     services.health.begin_call(model.provider_id)
