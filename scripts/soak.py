@@ -34,8 +34,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from scripts.bench_routing import Hub  # noqa: E402
 from scripts.demo_fakes import FakeModel, FakeProvider  # noqa: E402
+from scripts.server_process import ServerProcess  # noqa: E402
 
 # name -> (model, request kind weight); a kind names the model it hints and how the client behaves.
 MODELS = {
@@ -186,7 +186,7 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
 
 
-async def soak(args: argparse.Namespace, hub: Hub, session: aiohttp.ClientSession) -> dict:
+async def soak(args: argparse.Namespace, hub: ServerProcess, session: aiohttp.ClientSession) -> dict:
     url = f"{hub.base}/v1/chat"
     headers = {"Authorization": f"Bearer {hub.key}"}
     capacity = 0.0
@@ -293,7 +293,7 @@ async def main(args: argparse.Namespace) -> int:
     fakes = {name: FakeProvider([model], seed=i) for i, (name, model) in enumerate(MODELS.items())}
     for fake in fakes.values():
         await fake.start()
-    hub = Hub(half_life=300.0, TOKENHUB_HEALTH_PROBE_INTERVAL_SECS="10")
+    hub = ServerProcess(TOKENHUB_HEALTH_PROBE_INTERVAL_SECS="10")
     connector = aiohttp.TCPConnector(limit=0)  # no client-side queueing in the latencies
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
