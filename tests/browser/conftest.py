@@ -151,6 +151,14 @@ class LiveHub:
             assert status == expect, (status, data)
         return data
 
+    def wait_logged(self, count: int, query: str = "") -> None:
+        """Until the request log holds `count` rows matching `query`: a request is recorded just after its
+        answer is sent, and a page that reads the log must not race the writer."""
+        deadline = time.monotonic() + 10
+        while self.admin("GET", f"/logs?limit=1&{query}")["total"] < count:
+            assert time.monotonic() < deadline, f"fewer than {count} rows for {query!r}"
+            time.sleep(0.05)
+
     def chat(self, key: str, content: str = "hello", **fields: Any) -> tuple[int, Any]:
         body = {"request": {"messages": [{"role": "user", "content": content}], **fields}}
         return self.call("POST", "/v1/chat", body, token=key)

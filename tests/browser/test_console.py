@@ -20,6 +20,7 @@ def traffic(live_hub: LiveHub, fake: ThreadedFake) -> Iterator[None]:
     key = live_hub.admin("POST", "/apikeys", {"name": "analyst"}, expect=201)["key"]
     for i in range(4):
         assert live_hub.chat(key, f"q {i}")[0] == 200
+    live_hub.wait_logged(4)
     yield
 
 

@@ -5,7 +5,6 @@ audit trail, and the vault on a second TokenHub (set the password, lock, a wrong
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,6 @@ def live_hub(tmp_path_factory: pytest.TempPathFactory, fake: ThreadedFake) -> It
 def _chat(hub: LiveHub, key: str, **policy: Any) -> tuple[int, Any]:
     body = {"request": {"messages": [{"role": "user", "content": "hello"}]}, "policy": {"mode": "cheap", **policy}}
     return hub.call("POST", "/v1/chat", body, token=key)
-
-
-def _wait_logged(hub: LiveHub, query: str, count: int) -> None:
-    """Until the log holds `count` rows matching `query`: a request is recorded just after its answer is sent."""
-    deadline = time.monotonic() + 10
-    while hub.admin("GET", f"/logs?limit=1&{query}")["total"] < count:
-        assert time.monotonic() < deadline, f"fewer than {count} rows for {query}"
-        time.sleep(0.05)
 
 
 def _key_row(page: Page, name: str) -> Any:
@@ -75,7 +66,7 @@ def test_a_new_key_is_shown_once_and_its_traffic_fills_the_request_log(
     fake.call(lambda f: f.script("primary", Fail(500)))  # the next request fails over to backup
     status, body = _chat(live_hub, key)
     assert status == 200 and body["negotiated_model"] == "backup"
-    _wait_logged(live_hub, "", 4)
+    live_hub.wait_logged(4)
     page.reload()
     expect(_key_row(page, "ui-traffic")).not_to_contain_text("$0.00 of")  # spend shows in the bar
 
@@ -120,7 +111,7 @@ def test_a_plan_request_shows_its_steps_and_each_step_its_plan(page: Page, live_
     }
     status, answer = live_hub.call("POST", "/v1/plan", body, token=key)
     assert status == 200, answer
-    _wait_logged(live_hub, "endpoint=plan_step", 3)
+    live_hub.wait_logged(3, "endpoint=plan_step")
     plan = live_hub.admin("GET", "/logs?endpoint=plan&limit=1")["logs"][0]
     page.goto(f"/admin/#/requests/{plan['request_id']}")
     steps = page.get_by_role("table", name="Plan steps (3)")

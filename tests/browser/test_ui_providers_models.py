@@ -98,6 +98,7 @@ def test_raising_a_weight_inline_makes_the_simulator_choose_that_model(
     key = live_hub.admin("POST", "/apikeys", {"name": "ui-models"}, expect=201)["key"]
     for _ in range(3):  # traffic for the leaderboard (beta: the higher weight wins)
         assert live_hub.chat(key, "hello")[0] == 200
+    live_hub.wait_logged(3, "model=beta")  # the leaderboard counts the request log
 
     page.goto("/admin/#/routing")
     assert chosen_by_simulator(page) == "beta"

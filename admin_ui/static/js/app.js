@@ -2,7 +2,7 @@
 import { currentSession, signIn, signOut, whenSignedOut } from "./api.js";
 import { close as closeEvents, onStatus } from "./events.js";
 import { PANELS } from "./panels/index.js";
-import { href, useRoute } from "./router.js";
+import { href, parseHash, useRoute } from "./router.js";
 import { ErrorBox, html, useAction } from "./ui.js";
 import { render, useEffect, useState } from "../vendor/preact-htm.js";
 
@@ -41,7 +41,8 @@ function Shell({ onSignOut }) {
   const [menuOpen, setMenuOpen] = useState(false);
   const panel = PANELS.find((p) => p.id === route.panel) || null;
   useEffect(() => {
-    if (!route.panel) window.location.replace(href(LANDING));
+    // Only if the address still names no panel: a navigation made meanwhile must not be overwritten.
+    if (!route.panel && !parseHash().panel) window.location.replace(href(LANDING));
     setMenuOpen(false);
     document.title = `${panel ? panel.title : "Not found"} · TokenHub admin`;
   }, [route.panel]);
