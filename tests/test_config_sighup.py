@@ -55,9 +55,9 @@ async def test_sighup_reapplies_the_file_and_changes_the_log_level(tmp_path: Pat
         env_file.write_text("export TOKENHUB_LOG_LEVEL=info\nTOKENHUB_DEFAULT_MODE='cheap'\n")
         assert server.proc is not None
         server.proc.send_signal(signal.SIGHUP)
-        for _ in range(100):
-            if len((await admin_get(server, "/models"))["items"]) == 2:
-                break
+        deadline = asyncio.get_running_loop().time() + 30  # bounded: a loaded machine is slow, not wrong
+        while len((await admin_get(server, "/models"))["items"]) != 2:
+            assert asyncio.get_running_loop().time() < deadline, "SIGHUP did not re-apply the file"
             await asyncio.sleep(0.05)
         routing = await admin_get(server, "/routing-config")
         assert routing["effective"]["mode"] == "cheap"  # the routing default from the env file, live
@@ -92,9 +92,9 @@ async def test_a_bad_sighup_keeps_serving_and_changes_nothing(tmp_path: Path) ->
         env_file.write_text("TOKENHUB_LOG_LEVEL=loud\n")
         assert server.proc is not None
         server.proc.send_signal(signal.SIGHUP)
-        for _ in range(100):
-            if (await admin_get(server, "/audit?action=config_apply&status=400"))["total"]:
-                break
+        deadline = asyncio.get_running_loop().time() + 30  # bounded: a loaded machine is slow, not wrong
+        while not (await admin_get(server, "/audit?action=config_apply&status=400"))["total"]:
+            assert asyncio.get_running_loop().time() < deadline, "SIGHUP's refused apply was not audited"
             await asyncio.sleep(0.05)
         assert [m["id"] for m in (await admin_get(server, "/models"))["items"]] == ["first"]
     finally:
