@@ -1,6 +1,6 @@
 // A table over rows the page already holds (an analyst result, a trend): sorting applies to all the rows, then
 // they are shown a page at a time. For lists that live on the server use ui.js's Table with its Pager instead.
-import { fmt, html, Pager } from "./ui.js";
+import { compareValues, fmt, html, Pager, SortHeader } from "./ui.js";
 import { useEffect, useMemo, useState } from "../vendor/preact-htm.js";
 
 /** columns: [{key, label, num?, render?(value, row)}]; a row is an object or an array (key = index). */
@@ -10,7 +10,7 @@ export function LocalTable({ columns, rows, pageSize = 50, caption, empty = "No 
   useEffect(() => setOffset(0), [rows]);
   const sorted = useMemo(() => {
     if (sort.key === null) return rows;
-    return [...rows].sort((a, b) => compareValues(a[sort.key], b[sort.key]) * sort.dir);
+    return [...rows].sort((a, b) => compareValues(a[sort.key], b[sort.key], true) * sort.dir);
   }, [rows, sort]);
   const page = sorted.slice(offset, offset + pageSize);
   const toggle = (key) => {
@@ -21,16 +21,7 @@ export function LocalTable({ columns, rows, pageSize = 50, caption, empty = "No 
       <table>
         ${caption ? html`<caption>${caption}</caption>` : ""}
         <thead>
-          <tr>
-            ${columns.map(
-              (c) => html`<th class=${c.num ? "num" : ""}
-                aria-sort=${sort.key !== c.key ? "none" : sort.dir > 0 ? "ascending" : "descending"}>
-                <button class="th-sort" onClick=${() => toggle(c.key)}>
-                  ${c.label}${sort.key === c.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""}
-                </button>
-              </th>`,
-            )}
-          </tr>
+          <${SortHeader} columns=${columns} sort=${sort} onSort=${toggle} />
         </thead>
         <tbody>
           ${page.length === 0
@@ -49,13 +40,4 @@ export function LocalTable({ columns, rows, pageSize = 50, caption, empty = "No 
     </div>
     ${rows.length > pageSize &&
     html`<${Pager} offset=${offset} limit=${pageSize} count=${page.length} total=${rows.length} onPage=${setOffset} />`}`;
-}
-
-/** Numbers by value, nulls first, everything else as text (numeric-aware: "gpt-10" after "gpt-9"). */
-export function compareValues(a, b) {
-  if (a === b) return 0;
-  if (a === null || a === undefined) return -1;
-  if (b === null || b === undefined) return 1;
-  if (typeof a === "number" && typeof b === "number") return a - b;
-  return String(a).localeCompare(String(b), undefined, { numeric: true });
 }

@@ -73,31 +73,21 @@ export function Notice({ children, kind = "info" }) {
 // ---------------------------------------------------------------- tables
 
 /**
- * A table. columns: [{key, label, render?(row), sort?: true, num?: true}]. Sorting is local to the rows shown
- * unless `onSort(key, dir)` is given (then the server sorts).
+ * A table. columns: [{key, label, render?(row), sort?: true, num?: true}]. Sorting applies to the rows shown
+ * (a page the server sent); for rows the page holds in full, local-table.js's LocalTable sorts them all.
  */
 export function Table({ columns, rows, rowKey, onRow, empty = "Nothing here yet.", caption }) {
   const [sort, setSort] = useState({ key: null, dir: 1 });
   const sorted = [...(rows || [])];
   if (sort.key) {
-    sorted.sort((a, b) => compare(a[sort.key], b[sort.key]) * sort.dir);
+    sorted.sort((a, b) => compareValues(a[sort.key], b[sort.key]) * sort.dir);
   }
   const toggle = (key) => setSort((s) => ({ key, dir: s.key === key ? -s.dir : 1 }));
   return html`<div class="table-wrap">
     <table>
       ${caption ? html`<caption>${caption}</caption>` : ""}
       <thead>
-        <tr>
-          ${columns.map(
-            (c) => html`<th class=${c.num ? "num" : ""} aria-sort=${sortState(sort, c.key)}>
-              ${c.sort === false
-                ? c.label
-                : html`<button class="th-sort" onClick=${() => toggle(c.key)}>
-                    ${c.label}${sort.key === c.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""}
-                  </button>`}
-            </th>`,
-          )}
-        </tr>
+        <${SortHeader} columns=${columns} sort=${sort} onSort=${toggle} />
       </thead>
       <tbody>
         ${sorted.length === 0
@@ -122,17 +112,34 @@ export function Table({ columns, rows, rowKey, onRow, empty = "Nothing here yet.
   </div>`;
 }
 
+/** The header row of a sortable table: a button per column (unless `sort: false`) that calls onSort(key). */
+export function SortHeader({ columns, sort, onSort }) {
+  return html`<tr>
+    ${columns.map(
+      (c) => html`<th class=${c.num ? "num" : ""} aria-sort=${sortState(sort, c.key)}>
+        ${c.sort === false
+          ? c.label
+          : html`<button class="th-sort" onClick=${() => onSort(c.key)}>
+              ${c.label}${sort.key === c.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""}
+            </button>`}
+      </th>`,
+    )}
+  </tr>`;
+}
+
 function sortState(sort, key) {
   if (sort.key !== key) return "none";
   return sort.dir > 0 ? "ascending" : "descending";
 }
 
-function compare(a, b) {
+/** Numbers by value, nulls first, everything else as text; `numeric`: digits in text by value ("gpt-10"
+ * after "gpt-9"). */
+export function compareValues(a, b, numeric = false) {
   if (a === b) return 0;
   if (a === null || a === undefined) return -1;
   if (b === null || b === undefined) return 1;
   if (typeof a === "number" && typeof b === "number") return a - b;
-  return String(a).localeCompare(String(b));
+  return String(a).localeCompare(String(b), undefined, { numeric });
 }
 
 /** Server-side paging: offset/limit, and whether a next page exists (`total` when the server counts). */
