@@ -19,7 +19,8 @@ import pytest
 from stages.plan_modes import PLAN_SYSTEM
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes.openai_fake import FakeOpenAI, Hang, Reply
-from tests.fakes.temporal_server import TemporalDevServer, free_port
+from tests.fakes.temporal_server import TemporalDevServer
+from tests.support.server import free_port
 from tests.test_plan import by_role
 from tests.test_temporal import wait_for
 

@@ -9,21 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["TemporalDevServer", "free_port"]
+from tests.support.server import free_port
+
+__all__ = ["TemporalDevServer"]
 
 NAMESPACE = "tokenhub"
 START_WAIT_SECS = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def temporal_cli() -> str:
