@@ -82,6 +82,17 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.shared_state_up = Gauge(
+            "tokenhub_shared_state_up",
+            "1 while Redis (TOKENHUB_REDIS_URL) answers, 0 while this replica runs on local state instead",
+            registry=r,
+        )
+        self.shared_state_fallbacks = Counter(
+            "tokenhub_shared_state_fallbacks",
+            "Operations that used local state because Redis did not answer, by what they were",
+            ["what"],
+            registry=r,
+        )
         self.hedges = Counter(
             "tokenhub_hedges",
             "Hedged dispatches (a second candidate started after hedge_after_ms), by which answered",

@@ -47,6 +47,7 @@ from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
 from store.record_writer import RecordWriter
+from store.redis_link import RedisLink
 from store.reservations import LocalReservations
 from store.retention import Retention
 from store.vault import Vault, VaultError
@@ -113,6 +114,15 @@ class Services:
             record_queue_depth=lambda: self.records.depth,
             event_subscribers=lambda: self.events.subscribers,
         )
+        # Shared hot state across replicas (docs/scaling.md): None = this process's memory only.
+        self.redis: RedisLink | None = None
+        if settings.redis_url:
+            self.redis = RedisLink(
+                settings.redis_url,
+                settings.redis_prefix,
+                timeout_secs=settings.redis_timeout_ms / 1000,
+                on_state=lambda up: metrics.shared_state_up.set(1 if up else 0),
+            )
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
@@ -207,6 +217,7 @@ class Services:
         self.components: list[Component] = [
             Hooks("stores", on_stop=self._close_stores),
             Hooks("http", self.http.start, self.http.close),
+            *([Hooks("redis", self.redis.start, self.redis.stop)] if self.redis is not None else []),
             self.housekeeping,
             Hooks("record-writer", self.records.start, self.records.stop),
             # stopped before the record writer, which then flushes what its activities recorded
@@ -357,6 +368,8 @@ class Services:
             "routable_models": len(routable),
             "temporal": self.temporal.status(),  # reported only: Temporal being down never fails /healthz
         }
+        if self.redis is not None:  # down is reported, not failed: the replica serves on local state
+            status["shared_state"] = self.redis.status()
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"
             status["fix"] = 'POST /admin/v1/vault/unlock {"password"} or set TOKENHUB_VAULT_PASSWORD'

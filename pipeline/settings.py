@@ -197,6 +197,18 @@ class Settings(BaseModel):
     config_keys_file: str = Field("", description="keys the config file created; default <data dir>/config-keys.json")
     credentials_file: str = Field("~/.tokenhub/credentials", description="bootstrap providers and models (mode 0600)")
     env_file: str = Field("", description="KEY=VALUE settings read at start and on SIGHUP; the environment wins")
+    # --- scaling out (docs/scaling.md): all empty = one process, embedded SQLite + DuckDB, no services ---
+    redis_url: str = Field("", repr=False, description="redis://host:6379/0: shared hot state across replicas")
+    redis_prefix: str = Field(
+        "tokenhub", min_length=1, max_length=100, description="prefix of every Redis key (one per cluster)"
+    )
+    redis_timeout_ms: float = Field(250.0, gt=0, le=10_000, description="one Redis round trip; past it Redis is down")
+    shared_budget_on_outage: Literal["closed", "open"] = Field(
+        "closed", description="Redis down: 'closed' refuses requests with a budget, 'open' checks budgets locally"
+    )
+    database_url: str = Field("", repr=False, description="postgresql://...: the configuration store; '' = SQLite")
+    log_export_dir: str = Field("", description="closed Parquet segments of the request log go here; '' = off")
+    log_export_segment_secs: float = Field(300.0, ge=10, le=86400, description="one exported segment's time span")
     # --- `tokenhub healthcheck` (docs/deploy/docker.md) ---
     healthcheck_url: str = Field("", description="URL the healthcheck probes; '' = /healthz on TOKENHUB_LISTEN_ADDR")
 
