@@ -282,3 +282,24 @@ async def test_the_sandbox_reaches_segments_only_through_the_views(
         await a.store.read(lambda db: db.execute(f"SELECT * FROM read_csv('{export_dir}/../outside.csv')").fetchall())
     with pytest.raises(QueryFailed):
         await analyst("SELECT no_such_column FROM request_log")
+
+
+async def test_an_unwritable_export_directory_loses_nothing(
+    replicas: list[Replica], export_dir: Path, clock: Clock
+) -> None:
+    a, _ = replicas
+    a.write(1)
+    clock.now = T0 + 100
+    blocker = export_dir / "request_log" / "date=2023-11-14"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the day's directory belongs: the segment cannot be written")
+    with pytest.raises(OSError):
+        await a.exporter.run_once()
+    assert a.exporter.watermarks["request_log"] == T0  # not moved past the rows it could not write
+    assert await a.ids() == ["a-1"]  # still read locally
+    blocker.unlink()
+    clock.now = T0 + 250
+    a.write(2)
+    await a.exporter.run_once()
+    assert parquet_ids(export_dir) == ["a-1"]  # the failed window, now written; a-2's window is still open
+    assert await a.ids() == ["a-1", "a-2"]
