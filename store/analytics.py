@@ -471,7 +471,9 @@ def _add_logged_at(conn: duckdb.DuckDBPyConnection) -> None:
     for table, time_column in _LOGGED_AT.items():
         if table in present:
             continue
-        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS logged_at TIMESTAMPTZ DEFAULT current_timestamp")
+        # No DEFAULT current_timestamp: replaying a WAL that holds such a column fails with extension
+        # autoloading off (the function is not registered yet at replay). Every insert sets it instead.
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS logged_at TIMESTAMPTZ")
         conn.execute(f"UPDATE {table} SET logged_at = {time_column}")
 
 

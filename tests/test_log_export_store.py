@@ -303,3 +303,27 @@ async def test_an_unwritable_export_directory_loses_nothing(
     await a.exporter.run_once()
     assert parquet_ids(export_dir) == ["a-1"]  # the failed window, now written; a-2's window is still open
     assert await a.ids() == ["a-1", "a-2"]
+
+
+def test_a_database_killed_mid_flight_reopens(tmp_path: Path) -> None:
+    """Regression: a DEFAULT current_timestamp column made the WAL unreplayable (no extension autoload)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.duckdb"
+    script = (
+        "import os, sys; sys.path.insert(0, os.getcwd())\n"
+        "from store.analytics import AnalyticsStore\n"
+        "from tests.test_record_writer import make_record\n"
+        f"s = AnalyticsStore({str(path)!r}, export_dir={str(tmp_path / 'export')!r}); s.open()\n"
+        "s.write_requests([make_record(i) for i in range(50)])\n"
+        "os._exit(0)  # no checkpoint, no close: the WAL holds everything\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent.parent, timeout=120)
+    assert Path(f"{path}.wal").exists()
+    store = AnalyticsStore(str(path), export_dir=str(tmp_path / "export"))
+    store.open()
+    try:
+        assert store.count_requests() == 50
+    finally:
+        store.close()
