@@ -81,6 +81,7 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
         settings.analytics_path,
         memory_limit_mib=settings.analytics_memory_limit_mib,
         temp_limit_mib=settings.analytics_temp_limit_mib,
+        export_dir=settings.log_export_dir,
     )
     analytics.open()
     tracing = Tracing.build(settings)  # None unless TOKENHUB_OTEL_ENABLED

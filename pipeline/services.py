@@ -46,10 +46,12 @@ from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
+from store.log_export import LogExporter
 from store.record_writer import RecordWriter
 from store.redis_link import RedisLink
 from store.reservations import LocalReservations
 from store.retention import Retention
+from store.segments import default_replica_id, sanitize_replica_id
 from store.vault import Vault, VaultError
 from store.vault_crypto import KdfParams
 
@@ -211,6 +213,20 @@ class Services:
             # its first run catches keys whose rotation period ran out while the server was down
             Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
+        # Cluster-wide analytics (docs/scaling.md): None unless TOKENHUB_LOG_EXPORT_DIR.
+        self.log_export: LogExporter | None = None
+        if analytics.export_dir:
+            replica = settings.log_export_replica_id
+            self.log_export = LogExporter(
+                analytics,
+                replica_id=sanitize_replica_id(replica) if replica else default_replica_id(settings.data_dir),
+                segment_secs=settings.log_export_segment_secs,
+                on_segment=lambda table, rows: metrics.log_export_rows.labels(table).inc(rows),
+                on_unreadable=metrics.log_export_unreadable.set,
+            )
+            # a few checks per segment span, so a closed window is exported (and others' segments seen) soon
+            every = min(max(settings.log_export_segment_secs / 4, 1.0), 60.0)
+            self.jobs.append(Periodic("log-export", every, self.log_export.run_once))
         # Started in this order, stopped in reverse: the stores close last; the record writer stops (and
         # flushes) after the jobs and after aiohttp has drained in-flight requests; housekeeping seeds
         # per-key spend before serving and flushes the last key last-used times at stop.

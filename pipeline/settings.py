@@ -208,7 +208,10 @@ class Settings(BaseModel):
     )
     database_url: str = Field("", repr=False, description="postgresql://...: the configuration store; '' = SQLite")
     log_export_dir: str = Field("", description="closed Parquet segments of the request log go here; '' = off")
-    log_export_segment_secs: float = Field(300.0, ge=10, le=86400, description="one exported segment's time span")
+    log_export_segment_secs: float = Field(300.0, ge=1, le=86400, description="one exported segment's time span")
+    log_export_replica_id: str = Field(
+        "", max_length=100, description="this replica's name in segment file names; '' = host name + data dir hash"
+    )
     # --- `tokenhub healthcheck` (docs/deploy/docker.md) ---
     healthcheck_url: str = Field("", description="URL the healthcheck probes; '' = /healthz on TOKENHUB_LISTEN_ADDR")
 
