@@ -281,6 +281,15 @@ class RedisLimits:
         return bool(await self.link.run(lambda: self._seed(keys=keys, args=args)))
 
 
+def _without_superseded(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A hold settled and released in the same batch needs only its release (the common case: a response's
+    settle and its record's release are queued in the same loop iteration)."""
+    released = {op["f"] for op in ops if op["o"] == "release"}
+    if not released:
+        return ops
+    return [op for op in ops if op["o"] != "settle" or op["f"] not in released]
+
+
 def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []  # cjson encodes an empty table as {}
 
@@ -350,7 +359,7 @@ class OpFlusher:
 
     async def flush(self) -> None:
         while self._ops:
-            batch, self._ops = self._ops, []
+            batch, self._ops = _without_superseded(self._ops), []
             if not self._limits.link.up:
                 self._fold(batch)
                 continue
