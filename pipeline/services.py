@@ -36,6 +36,7 @@ from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
 from stages.router import Router
 from stages.routing_table import RoutingTable, build_table
+from stages.shared_gate import SharedGate, build_shared
 from stages.sinks.events import EventsSink
 from stages.sinks.key_accounting import KeyAccountingSink
 from stages.sinks.learning import LearningSink
@@ -49,7 +50,7 @@ from store.key_ledger import KeyLedger
 from store.log_export import LogExporter
 from store.record_writer import RecordWriter
 from store.redis_link import RedisLink
-from store.reservations import LocalReservations
+from store.reservations import LocalReservations, Reservations
 from store.retention import Retention
 from store.segments import default_replica_id, sanitize_replica_id
 from store.vault import Vault, VaultError
@@ -128,7 +129,14 @@ class Services:
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
-        self.reservations = LocalReservations()  # budget holds of requests in flight (store/reservations.py)
+        self.reservations: Reservations = LocalReservations()  # budget holds of requests in flight
+        # Scaled out: limits, spend and holds in Redis, these local objects the fallback (stages/shared_gate.py)
+        self.shared_gate: SharedGate | None = None
+        shared_spend: list[Component] = []
+        if self.redis is not None:
+            shared = build_shared(self.redis, config, metrics, self.key_limits, settings.shared_budget_on_outage)
+            self.shared_gate, self.key_ledger, self.reservations = shared.gate, shared.ledger, shared.reservations
+            shared_spend.append(shared.spend)
         metrics.budget_reserved.set_function(lambda: self.reservations.total_usd)
         self.request_lines = request_lines or RequestLines()  # none given: no request lines
         self.vault = _open_vault(settings, config)
@@ -141,8 +149,13 @@ class Services:
                 LogLineSink(self.request_lines),
                 RequestLogSink(self.records),
                 KeyAccountingSink(
-                    self.key_ledger, self.key_limits, self.vault, lambda: self.vault_backed, self.reservations
+                    self.key_ledger,
+                    self.shared_gate or self.key_limits,
+                    self.vault,
+                    lambda: self.vault_backed,
+                    self.reservations,
                 ),
+                *([self.shared_gate] if self.shared_gate is not None else []),
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
@@ -235,6 +248,7 @@ class Services:
             Hooks("http", self.http.start, self.http.close),
             *([Hooks("redis", self.redis.start, self.redis.stop)] if self.redis is not None else []),
             self.housekeeping,
+            *shared_spend,  # after housekeeping: its request-log spend may seed Redis on a cold start
             Hooks("record-writer", self.records.start, self.records.stop),
             # stopped before the record writer, which then flushes what its activities recorded
             Hooks("temporal", lambda: self.temporal.start(), lambda: self.temporal.stop()),

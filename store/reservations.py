@@ -58,6 +58,11 @@ class Reservations(Protocol):
         """What holders have reserved on this account right now."""
         ...
 
+    @property
+    def total_usd(self) -> float:
+        """Every hold this process knows of (the gauge)."""
+        ...
+
 
 class LocalReservations:
     """This process's reservations. Enough for one TokenHub; several replicas need a shared implementation."""
@@ -102,6 +107,11 @@ class LocalReservations:
 
     def reserved(self, account_id: str) -> float:
         return self._reserved.get(account_id, 0.0)
+
+    def held(self, holder: str) -> float:
+        """What `holder` holds now (0 when nothing)."""
+        entry = self._holds.get(holder)
+        return entry[1] if entry is not None else 0.0
 
     @property
     def holders(self) -> int:
