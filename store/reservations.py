@@ -88,9 +88,16 @@ class LocalReservations:
 
     def settle(self, holder: str, actual_usd: float) -> None:
         held = self._holds.get(holder)
-        if held is not None:
-            self.release(holder)
-            self._hold(holder, held[0], max(0.0, actual_usd))
+        if held is None:
+            return
+        ids, amount = held
+        actual = max(0.0, actual_usd)
+        delta = actual - amount  # adjusted in place: one pass instead of a release and a new hold
+        self._holds[holder] = (ids, actual)
+        reserved = self._reserved
+        for account_id in ids:
+            reserved[account_id] += delta
+        self.total_usd += delta
 
     def release(self, holder: str) -> None:
         held = self._holds.pop(holder, None)
