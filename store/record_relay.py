@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import structlog
@@ -23,6 +24,7 @@ __all__ = ["RecordRelay"]
 
 log = structlog.get_logger("tokenhub.record_relay")
 RETRY_SECS = 0.2  # between attempts while the owner is away
+DROP_LOG_SECS = 1.0  # drops within this of the last `records_dropped` line are summed into the next one
 
 
 class RecordRelay:
@@ -45,6 +47,8 @@ class RecordRelay:
         self._send_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._owner_away = False
+        self._unlogged_drops = 0
+        self._last_drop_log = float("-inf")
         self.written = 0  # taken by the owner
         self.dropped = 0
 
@@ -126,4 +130,8 @@ class RecordRelay:
         for _ in range(count):
             self._on_drop()
         self.dropped += count
-        log.warning("records_dropped", count=count, reason=reason, dropped_total=self.dropped)
+        self._unlogged_drops += count
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_SECS or reason != "buffer full":  # a full buffer would flood
+            log.warning("records_dropped", count=self._unlogged_drops, reason=reason, dropped_total=self.dropped)
+            self._unlogged_drops, self._last_drop_log = 0, now
