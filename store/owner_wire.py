@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["OWNER_SOCKET", "WireRefused", "dumps", "function_ref", "loads", "resolve_function"]
 
-OWNER_SOCKET = ".owner.sock"  # in the data directory: the DuckDB owner's internal HTTP listener
+OWNER_SOCKET = ".owner/sock"  # in the data directory, in a folder of its own (0700): the owner's internal HTTP
 _BUILTINS = frozenset({"set", "frozenset", "complex", "bytearray", "slice", "range"})
 _VALUE_MODULES = frozenset({"datetime", "decimal", "uuid", "collections", "zoneinfo"})
 # numpy arrays and scalars pickle through these rebuild functions (in either numpy package layout)
