@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,8 @@ from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
 from store.log_export import LogExporter
+from store.owner_link import OwnerLink, RemoteAnalytics
+from store.record_relay import RecordRelay
 from store.record_writer import RecordWriter
 from store.redis_link import RedisLink
 from store.reservations import LocalReservations, Reservations
@@ -74,7 +77,7 @@ class Services:
         settings: Settings,
         *,
         config: ConfigStore,
-        analytics: AnalyticsStore,
+        analytics: AnalyticsStore | RemoteAnalytics,
         metrics: Metrics,
         http: HttpClient,
         request_lines: RequestLines | None = None,
@@ -100,10 +103,21 @@ class Services:
         # full records: measured, each entry holds about 0.8 KB (the record, its reason and ids).
         self.recent_requests = RecentRequests(capacity=max(settings.record_queue_size, 1000))
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
-        self.records = RecordWriter(
-            analytics,
-            capacity=settings.record_queue_size,
-            on_drop=metrics.store_dropped.labels(op="log_request").inc,
+        # `serve --workers N`: a worker that does not own the DuckDB file sends its records to the one that does.
+        self.owner: OwnerLink | None = analytics.link if isinstance(analytics, RemoteAnalytics) else None
+        self.records: RecordWriter | RecordRelay = (
+            RecordWriter(
+                analytics,
+                capacity=settings.record_queue_size,
+                on_drop=metrics.store_dropped.labels(op="log_request").inc,
+            )
+            if self.owner is None
+            else RecordRelay(
+                self.owner,
+                capacity=settings.record_queue_size,
+                drain_secs=settings.shutdown_drain_secs + 10,
+                on_drop=metrics.store_dropped.labels(op="relay_to_owner").inc,
+            )
         )
         self.retention = Retention(
             analytics,
@@ -212,10 +226,13 @@ class Services:
         pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
         # Every background job, on the one periodic helper (an interval of 0 turns a job off).
+        tsdb_every, log_every = retention.tsdb_every, retention.request_log_every
+        if self.owner is not None:  # `serve --workers N`: the DuckDB owner prunes for every worker
+            tsdb_every = log_every = 0.0
         self.jobs: list[Periodic] = [
-            Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False),
-            Periodic("prune-log", retention.request_log_every, retention.prune_request_log, first_run_now=False),
-            Periodic("prune-audit", retention.request_log_every, retention.prune_audit, first_run_now=False),
+            Periodic("prune-tsdb", tsdb_every, retention.prune_tsdb, first_run_now=False),
+            Periodic("prune-log", log_every, retention.prune_request_log, first_run_now=False),
+            Periodic("prune-audit", log_every, retention.prune_audit, first_run_now=False),
             Periodic("vllm-prober", settings.vllm_probe_interval_secs, self.vllm_prober.run_once),
             Periodic("health-prober", probe_secs, self.health_prober.run_once),
             Periodic("model-autoload", settings.model_autoload_interval_secs, self.autoloader.run_once),
@@ -247,6 +264,8 @@ class Services:
             Hooks("stores", on_stop=self._close_stores),
             Hooks("http", self.http.start, self.http.close),
             *([Hooks("redis", self.redis.start, self.redis.stop)] if self.redis is not None else []),
+            # before housekeeping (its start reads spend from the owner); closed after the relay has drained
+            *([Hooks("owner-link", self.owner.start, self.owner.close)] if self.owner is not None else []),
             self.housekeeping,
             *shared_spend,  # after housekeeping: its request-log spend may seed Redis on a cold start
             Hooks("record-writer", self.records.start, self.records.stop),
@@ -400,6 +419,13 @@ class Services:
         }
         if self.redis is not None:  # down is reported, not failed: the replica serves on local state
             status["shared_state"] = self.redis.status()
+        if self.settings.worker_index >= 0:  # `serve --workers N`: which process answered
+            status["worker"] = {
+                "index": self.settings.worker_index,
+                "pid": os.getpid(),
+                "analytics_owner": self.owner is None,
+                "records_buffered": self.records.depth,
+            }
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"
             status["fix"] = 'POST /admin/v1/vault/unlock {"password"} or set TOKENHUB_VAULT_PASSWORD'
