@@ -605,7 +605,10 @@ def run(args: argparse.Namespace, workdir: Path, procs: Procs) -> dict[str, Any]
         fake_port = free_port()
         fake_log = workdir / "fake-provider.log"
         fake_cmd = [sys.executable, str(ROOT / "scripts" / "bench_fake_provider.py"), "--port", str(fake_port)]
-        fakes = [procs.start([*fake_cmd, "--reuse-port"], fake_log, layout.aux_cpus) for _ in range(args.fake_procs)]
+        fakes = [
+            procs.start([*fake_cmd, "--reuse-port"], fake_log, layout.aux_cpus, cwd=workdir)
+            for _ in range(args.fake_procs)
+        ]
         fake_chat = f"http://127.0.0.1:{fake_port}/v1/chat/completions"
         wait_until("the fake provider", lambda: http("POST", fake_chat, BODY)[0] == 200, fakes, fake_log)
         loader = Loader(args, workdir, procs, layout)
@@ -615,8 +618,8 @@ def run(args: argparse.Namespace, workdir: Path, procs: Procs) -> dict[str, Any]
             flush=True,
         )
         hubs = Hubs(args, workdir, procs, layout, f"http://127.0.0.1:{fake_port}")
-        rows = [measure(args, loader, None, fake_port)]
-        print(table(rows), flush=True)
+        rows: list[Row] = []
+        print(table(rows), flush=True)  # the header; each row as it is measured
         plan = [("embedded", 1)] + [(shape, n) for shape in shapes for n in counts(args.max_n)]
         for shape, n in plan:
             deployment = hubs.start(shape, n, None if shape == "embedded" else redis, postgres)
@@ -626,9 +629,15 @@ def run(args: argparse.Namespace, workdir: Path, procs: Procs) -> dict[str, Any]
                 for proc in deployment.procs:
                     procs.stop(proc)
             first = next((r for r in rows if r.shape == shape and r.processes == 1), None)
-            row.scale = row.rps / first.rps if first is not None and first.rps > 0 else 1.0
+            if shape != "embedded" and first is not None and first.rps > 0:
+                row.scale = row.rps / first.rps
+            elif shape != "embedded":
+                row.scale = 1.0
             rows.append(row)
             print(table(rows).splitlines()[-1], flush=True)
+        # The fake provider alone, last (what one connection costs direct is measured with every row anyway).
+        rows.insert(0, measure(args, loader, None, fake_port))
+        print(table(rows).splitlines()[1], flush=True)
         return {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "cores": len(os.sched_getaffinity(0)),
@@ -639,6 +648,8 @@ def run(args: argparse.Namespace, workdir: Path, procs: Procs) -> dict[str, Any]
             "duration_secs": args.duration,
             "latency_duration_secs": args.latency_duration,
             "fake_provider_processes": args.fake_procs,
+            "redis_prefixes": redis.prefixes,  # deleted at the end (on a Redis the benchmark did not start)
+            "postgres_databases": postgres.created,  # dropped at the end
             "rows": [asdict(r) for r in rows],
         }
     finally:
@@ -698,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table([Row(**r) for r in results["rows"]]))
     print(f"\n{results['pinning']}\n{results['postgres']}\nload generator: {results['loadgen']}")
+    for row in results["rows"]:
+        if row["errors"]:
+            print(f"warning: {row['label']}: {row['errors']} requests failed (non-2xx or socket errors)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
