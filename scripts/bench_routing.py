@@ -21,9 +21,11 @@ true quality. Policies:
 
 skill = (policy - random) / (oracle - random); ratio = policy / oracle. Requests-to-shift: requests after
 the degradation until the degraded model has at most 20 % of the last 50 answers ("n/a" when it is still
-the best model after its shift). Evaluation: on the thompson+feedback log, POST /routing/evaluate's
-estimators (stages/evaluation.py) for `normal` with the world's reward; then `normal`'s actual average
-reward (as TokenHub logs it) must land within the 95 % interval.
+the best model after its shift), counted over every world where it stopped being best and, for the target,
+over those where the new best leads it by MIN_SHIFT_GAP or more. Evaluation: POST /routing/evaluate's
+estimators (stages/evaluation.py) for `thompson` with the world's reward on the default-reward run's log, and
+for `normal` on the thompson+feedback log; then that policy's actual average reward (as TokenHub logs it)
+is checked against the estimate's 95 % confidence interval and its 95 % prediction interval (one run's).
 
     make bench-routing                  # 24 random worlds + the current one, 3000 requests each
     python scripts/bench_routing.py --quick

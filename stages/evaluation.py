@@ -5,8 +5,9 @@ that model), its eligible candidates and the raw terms of its reward. For a cand
 reward objective) this module computes, for each logged request, the probability the candidate would have
 picked each eligible model, and from those:
 
-- inverse propensity scoring: mean of π(a|x) / p(a|x) · r, unbiased when every model the candidate picks
-  had a non-zero logged propensity;
+- inverse propensity scoring, self-normalised: Σ w·r / Σ w with w = π(a|x) / p(a|x), consistent when
+  every model the candidate picks had a non-zero logged propensity (dividing by Σ w rather than the
+  request count cancels the error of the weights' own average);
 - doubly robust: mean of Σ_m π(m|x) r̂(m) + π(a|x) / p(a|x) · (r - r̂(a)), with r̂ each model's mean reward in
   the window (lower variance; unbiased if either the propensities or r̂ are right);
 
@@ -172,7 +173,7 @@ def evaluate(
     direct = np.mean([d for _, d, _ in replays], axis=0)
     fitted = np.mean([f for _, _, f in replays], axis=0)
     weights = probabilities / logged
-    ips_each = [float(np.mean(p / logged * rewards)) for p, _, _ in replays]
+    ips_each = [_self_normalised(p / logged, rewards) for p, _, _ in replays]
     dr_each = [float(np.mean(d + p / logged * (rewards - f))) for p, d, f in replays]
     total, squares = float(weights.sum()), float((weights**2).sum())
     # One run's average varies by the candidate's reward spread over as many requests (self-normalised IPS).
@@ -186,13 +187,27 @@ def evaluate(
         policy,
         len(rows),
         skipped,
-        Estimate.of(weights * rewards, ips_each, run_error),
+        Estimate.of(_self_normalised_terms(weights, rewards), ips_each, run_error),
         Estimate.of(direct + weights * (rewards - fitted), dr_each, run_error),
         total * total / squares if squares > 0 else 0.0,
         float(np.mean([row.decision.reward for row in rows])),
         float(rewards.mean()),
         dict(modes),
     )
+
+
+def _self_normalised(weights: np.ndarray, rewards: np.ndarray) -> float:
+    total = float(weights.sum())
+    return float((weights * rewards).sum() / total) if total > 0 else 0.0
+
+
+def _self_normalised_terms(weights: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """Per-request terms whose mean is the self-normalised IPS estimate Σ w·r / Σ w and whose spread gives its
+    (delta-method) standard error: dividing by the weights' own sum instead of the request count removes
+    the error of their average (an unbiased estimate of 1 that clipping and estimated propensities move)."""
+    value = _self_normalised(weights, rewards)
+    scale = len(weights) / float(weights.sum()) if weights.sum() > 0 else 0.0
+    return value + scale * weights * (rewards - value)
 
 
 def _replay(
