@@ -73,9 +73,13 @@ class StartupRefused(RuntimeError):
 def build_services(settings: Settings, request_lines: RequestLines | None = None) -> Services:
     """Open the stores (migrating SQLite) and build the shared services. Runs once, before serving."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    config = ConfigStore(settings.sqlite_path, SecretBox.from_key_file(settings.data_dir / ".secret-key"))
+    # TOKENHUB_DATABASE_URL: PostgreSQL, shared by every replica (docs/scaling.md); else the SQLite file
+    box = SecretBox.from_key_file(settings.data_dir / ".secret-key")
+    config = ConfigStore(settings.database_url or settings.sqlite_path, box)
     applied = config.open()
-    if applied:
+    if applied and settings.database_url:
+        log.info("postgres_migrated", versions=applied)  # never the URL: it may hold a password
+    elif applied:
         log.info("sqlite_migrated", versions=applied, path=str(settings.sqlite_path))
     analytics = AnalyticsStore(
         settings.analytics_path,
@@ -108,6 +112,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
+    services.config_reloaded.append(pipelines.refresh)  # a change another replica made rebuilds chains here too
     if settings.temporal_enabled:
         services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:

@@ -219,6 +219,13 @@ class Settings(BaseModel):
             raise ValueError(f"must be one of {', '.join(ROUTING_MODES)}")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or empty for the SQLite file in the data directory)")
+        return value
+
     @field_validator("health_probe_disabled", mode="before")
     @classmethod
     def _exactly_true(cls, value: Any) -> Any:
