@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
@@ -27,6 +27,7 @@ from pipeline.errors import ConfigStoreUnavailable
 
 __all__ = ["CHANNEL", "CONFIG_TABLES", "PgConnection", "Row", "changes_config", "connect_kwargs", "to_pyformat"]
 
+T = TypeVar("T")
 log = structlog.get_logger("tokenhub.config_store")
 CHANNEL = "tokenhub_config"
 # The tables `ConfigStore.load_snapshot` reads (and the vault's, whose state decides which keys are usable).
@@ -45,6 +46,7 @@ CONFIG_TABLES = frozenset(
 )
 _WRITE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
 # Housekeeping's batched last-used times touch api_keys but nothing the snapshot holds.
+_READ = re.compile(r"^\s*(?:SELECT|PRAGMA|WITH)\b", re.IGNORECASE)
 _NOT_CONFIG = re.compile(r"^\s*UPDATE\s+api_keys\s+SET\s+last_used_at\s*=", re.IGNORECASE)
 
 
@@ -168,14 +170,26 @@ class PgConnection:
                 raise ConfigStoreUnavailable(_UNAVAILABLE) from None
             raise
 
+    def _safely(self, fn: Callable[[psycopg.Connection[Row]], T], *, may_retry: bool) -> T:
+        """Run ``fn`` on the connection. A connection that was idle while the server restarted only shows it
+        is dead when used: when nothing was done yet (``may_retry``), one fresh connection gets a second try."""
+        reused = may_retry and not self._transactions and self._conn is not None and not self._conn.broken
+        try:
+            with self._guard():
+                return fn(self.connect())
+        except ConfigStoreUnavailable:
+            if not reused:
+                raise
+        with self._guard():
+            return fn(self.connect())
+
     # --- statements ----------------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Row]:
         if not self._transactions and changes_config(sql):
             with self:  # a configuration write outside a transaction still notifies, atomically with it
                 return self.execute(sql, params)
-        conn = self.connect()
-        with self._guard():
-            cursor = conn.execute(to_pyformat(sql), params) if params else conn.execute(sql)  # type: ignore[arg-type]
+        text = to_pyformat(sql) if params else sql
+        cursor = self._safely(lambda conn: conn.execute(text, params or None), may_retry=bool(_READ.match(sql)))  # type: ignore[arg-type]
         if self._transactions and changes_config(sql):
             self._notify = True
         return cursor
@@ -204,11 +218,12 @@ class PgConnection:
 
     # --- `with conn:` ----------------------------------------------------------------------------------
     def __enter__(self) -> PgConnection:
-        conn = self.connect()
-        with self._guard():
+        def begin(conn: psycopg.Connection[Row]) -> psycopg.Transaction:
             transaction = conn.transaction()
             transaction.__enter__()
-        self._transactions.append(transaction)
+            return transaction
+
+        self._transactions.append(self._safely(begin, may_retry=True))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
