@@ -27,7 +27,7 @@ from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.plans import PlansEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import STATUS_OPERATIONS, healthz, list_models, metrics
-from pipeline.errors import ConfigFileInvalid
+from pipeline.errors import ConfigFileInvalid, ConfigStoreUnavailable
 from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
@@ -76,7 +76,12 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
     # TOKENHUB_DATABASE_URL: PostgreSQL, shared by every replica (docs/scaling.md); else the SQLite file
     box = SecretBox.from_key_file(settings.data_dir / ".secret-key")
     config = ConfigStore(settings.database_url or settings.sqlite_path, box)
-    applied = config.open()
+    try:
+        applied = config.open()
+    except ConfigStoreUnavailable:  # no snapshot to serve yet: there is nothing to fall back on
+        raise StartupRefused(
+            "the configuration store (TOKENHUB_DATABASE_URL) is unreachable: start again once PostgreSQL answers"
+        ) from None
     if applied and settings.database_url:
         log.info("postgres_migrated", versions=applied)  # never the URL: it may hold a password
     elif applied:

@@ -90,8 +90,10 @@ class ConfigStore:
         """``path``: the SQLite file (or ":memory:"), or a ``postgresql://`` URL."""
         self._path = str(path)
         self._box = secret_box
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="config-store")
         self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="postgres" if self.database_url else "sqlite"
+        )
         self.origin = uuid.uuid4().hex  # this process's store: its own change notifications are not news
         self._joined: _Joined | None = None  # set while `atomically` runs
         self._version = 0
