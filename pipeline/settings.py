@@ -39,6 +39,7 @@ MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 # pricing_url may carry credentials (user:token@host, ?token=...): never echoed in an error.
 SECRET_SETTINGS = frozenset(
     {"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password", "pricing_url"}
+    | {"database_url"}  # a URL with its password
 )
 
 

@@ -173,3 +173,12 @@ def test_a_lost_connection_is_503_while_down_and_replaced_once_the_server_is_bac
             assert store.delete_model("m")
         finally:
             store.close()
+
+
+def test_a_database_url_that_is_not_postgres_is_refused_without_echoing_it() -> None:
+    from pipeline.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"TOKENHUB_DATABASE_URL": "mysql://root:hunter2-pw@db/tokenhub"})
+    assert "TOKENHUB_DATABASE_URL=<hidden>" in str(refused.value) and "hunter2" not in str(refused.value)
+    assert load_settings({"TOKENHUB_DATABASE_URL": "postgres://u@h/d"}).database_url == "postgres://u@h/d"

@@ -147,13 +147,16 @@ async def test_a_replica_cut_off_from_postgres_serves_on_refuses_admin_writes_an
         assert await chat_status(b, key, "m2") == 200
 
 
-async def test_two_processes_on_one_sqlite_file_see_each_others_changes_within_a_second(
-    fake: FakeOpenAI, tmp_path: Path
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_server_processes_see_each_others_changes_within_a_second(
+    fake: FakeOpenAI, tmp_path: Path, config_database: str, backend: str
 ) -> None:
-    shared = tmp_path / "shared.sqlite"
+    """`tokenhub serve` twice: on one SQLite file (workers on one machine), or on one PostgreSQL database."""
     key_file = secrets.token_bytes(32)
+    store = {"TOKENHUB_DATABASE_URL": config_database} if backend == "postgres" else {}
     env = {
-        "TOKENHUB_DB_DSN": str(shared),
+        **store,
+        "TOKENHUB_DB_DSN": str(tmp_path / "shared.sqlite"),  # unused when the URL is set
         "TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN,
         "TOKENHUB_HOST_API_KEY_ENABLED": "false",
         "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",
@@ -189,7 +192,7 @@ async def test_two_processes_on_one_sqlite_file_see_each_others_changes_within_a
                         return resp.status == 200
 
                 took = await until(served, PROPAGATION_SECS, "process two serves process one's key and model")
-                print(f"sqlite propagation: {took * 1000:.0f} ms")
+                print(f"{backend} propagation between processes: {took * 1000:.0f} ms")
         finally:
             await two.stop()
     finally:
