@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from admin_ui.common import get_services
-from pipeline.errors import BackupFailed
+from pipeline.errors import BackupFailed, Conflict
 from store.backup import (
     DUCKDB_FILE,
     SECRET_KEY_FILE,
@@ -30,15 +30,21 @@ from store.backup import (
     write_manifest,
 )
 
-__all__ = ["STAGING_DIR", "create_backup"]
+__all__ = ["POSTGRES_BACKUP", "STAGING_DIR", "create_backup"]
 
 STAGING_DIR = ".backup-staging"
 _CHUNK = 1 << 20
+POSTGRES_BACKUP = (
+    "the configuration is in PostgreSQL (TOKENHUB_DATABASE_URL): back it up with pg_dump, not tokenhub backup"
+    " (docs/scaling.md, Configuration in PostgreSQL)"
+)
 
 
 async def create_backup(request: web.Request) -> web.StreamResponse:
     services = get_services(request)
     settings = services.settings
+    if services.config.database_url:
+        raise Conflict(POSTGRES_BACKUP)
     folder = await asyncio.to_thread(new_backup_dir, settings.data_dir / STAGING_DIR)
     tar: Path | None = None
     try:

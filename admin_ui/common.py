@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections.abc import Callable
 from typing import Annotated, Literal, ParamSpec, TypeVar
 
@@ -18,6 +17,7 @@ from pipeline.model_ids import ID_PATTERN
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body
+from store.config_store import INTEGRITY_ERRORS
 from store.vault import VaultLockedError
 
 __all__ = [
@@ -115,7 +115,7 @@ async def commit(request: web.Request, fn: Callable[P, T], /, *args: P.args, **k
     config = get_services(request).config
     try:
         result = await config.call(fn, *args, **kwargs)
-    except sqlite3.IntegrityError as exc:
+    except INTEGRITY_ERRORS as exc:
         raise Conflict(f"conflicts with existing data: {exc}") from None
     except VaultLockedError:  # a provider key goes into the vault, which is locked: nothing was written
         raise VaultLocked(

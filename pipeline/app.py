@@ -28,7 +28,7 @@ from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.plans import PlansEndpoint
 from pipeline.edge.routed import RoutedEndpoint
 from pipeline.edge.status import STATUS_OPERATIONS, healthz, list_models, metrics
-from pipeline.errors import ConfigFileInvalid
+from pipeline.errors import ConfigFileInvalid, ConfigStoreUnavailable
 from pipeline.lifecycle import start_all, stop_all
 from pipeline.logging import RequestLines
 from pipeline.metrics import Metrics
@@ -76,9 +76,18 @@ class StartupRefused(RuntimeError):
 def build_services(settings: Settings, request_lines: RequestLines | None = None) -> Services:
     """Open the stores (migrating SQLite) and build the shared services. Runs once, before serving."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    config = ConfigStore(settings.sqlite_path, SecretBox.from_key_file(settings.data_dir / ".secret-key"))
-    applied = config.open()
-    if applied:
+    # TOKENHUB_DATABASE_URL: PostgreSQL, shared by every replica (docs/scaling.md); else the SQLite file
+    box = SecretBox.from_key_file(settings.data_dir / ".secret-key")
+    config = ConfigStore(settings.database_url or settings.sqlite_path, box)
+    try:
+        applied = config.open()
+    except ConfigStoreUnavailable:  # no snapshot to serve yet: there is nothing to fall back on
+        raise StartupRefused(
+            "the configuration store (TOKENHUB_DATABASE_URL) is unreachable: start again once PostgreSQL answers"
+        ) from None
+    if applied and settings.database_url:
+        log.info("postgres_migrated", versions=applied)  # never the URL: it may hold a password
+    elif applied:
         log.info("sqlite_migrated", versions=applied, path=str(settings.sqlite_path))
     analytics: AnalyticsStore | RemoteAnalytics
     if settings.owns_analytics:
@@ -120,6 +129,7 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         lock.release()
         raise
     pipelines = TenantPipelines(default_registry(), services)
+    services.config_reloaded.append(pipelines.refresh)  # a change another replica made rebuilds chains here too
     if settings.temporal_enabled:
         services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:

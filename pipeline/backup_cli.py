@@ -40,6 +40,12 @@ from store.backup import (
 
 __all__ = ["add_backup_commands", "backup_command", "restore_command"]
 
+# Backups and restores of a PostgreSQL configuration store are PostgreSQL's own tools' job.
+POSTGRES_REFUSAL = (
+    "TOKENHUB_DATABASE_URL is set: the configuration is in PostgreSQL; use pg_dump / pg_restore for it"
+    " (docs/scaling.md, Configuration in PostgreSQL)"
+)
+
 
 def add_backup_commands(commands: Any) -> None:
     backup = commands.add_parser(
@@ -82,6 +88,8 @@ def backup_command(args: argparse.Namespace) -> int:
         settings = load_settings(data_dir=args.data_dir)
     except SettingsError as exc:
         return _fail(str(exc), 2)
+    if settings.database_url:
+        return _fail(f"backup refused: {POSTGRES_REFUSAL}", 2)
     root = Path(args.to) if args.to else settings.backup_dir
     keep = settings.backup_keep if args.keep is None else args.keep
     if keep < 0:
@@ -137,6 +145,8 @@ def restore_command(args: argparse.Namespace) -> int:
         settings = load_settings(data_dir=args.data_dir)
     except SettingsError as exc:
         return _fail(str(exc), 2)
+    if settings.database_url:
+        return _fail(f"restore refused: {POSTGRES_REFUSAL}", 2)
     source = Path(args.backup)
     try:
         manifest = verify(source)  # before anything is touched

@@ -53,10 +53,11 @@ def _export(data_dir: str | None, fmt: str | None, out: str | None) -> int:
     except SettingsError as exc:
         print(f"tokenhub: {exc}", file=sys.stderr)
         return 2
-    if not settings.sqlite_path.exists():
+    if not settings.database_url and not settings.sqlite_path.exists():
         print(f"tokenhub: no configuration store at {settings.sqlite_path} (--data-dir?)", file=sys.stderr)
         return 1
-    store = ConfigStore(settings.sqlite_path, SecretBox.from_key_file(settings.data_dir / ".secret-key"))
+    box = SecretBox.from_key_file(settings.data_dir / ".secret-key")
+    store = ConfigStore(settings.database_url or settings.sqlite_path, box)
     store.open()
     try:
         data, notes = export_config(store)

@@ -11,6 +11,7 @@ __all__ = [
     "BudgetExceeded",
     "ClientDisconnected",
     "ConfigFileInvalid",
+    "ConfigStoreUnavailable",
     "Conflict",
     "DeadlineExceeded",
     "DiscoveryFailed",
@@ -331,6 +332,16 @@ class BackupFailed(TokenHubError):
 
     status = 503
     type = "backup_failed"
+
+
+class ConfigStoreUnavailable(TokenHubError):
+    """503: the configuration store (PostgreSQL) cannot be reached; serving goes on from the last snapshot."""
+
+    status = 503
+    type = "config_store_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class QueryError(TokenHubError):

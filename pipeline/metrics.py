@@ -93,6 +93,16 @@ class Metrics:
             ["what"],
             registry=r,
         )
+        self.config_store_up = Gauge(
+            "tokenhub_config_store_up",
+            "1 while this replica listens to configuration changes (PostgreSQL), 0 while it serves its last snapshot",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "tokenhub_config_reloads_from_elsewhere",
+            "Configuration reloads because another replica or worker committed a change",
+            registry=r,
+        )
         self.hedges = Counter(
             "tokenhub_hedges",
             "Hedged dispatches (a second candidate started after hedge_after_ms), by which answered",

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from pipeline.errors import ConfigStoreUnavailable
+
 __all__ = ["Periodic"]
 
 log = structlog.get_logger("tokenhub.periodic")
@@ -54,6 +56,8 @@ class Periodic:
         while True:
             try:
                 await self._job()
+            except ConfigStoreUnavailable:  # expected while PostgreSQL is away (docs/scaling.md): no traceback
+                log.warning("periodic_job_skipped", job=self.name, reason="config_store_unavailable")
             except Exception:  # one bad round must not end the job for the life of the process
                 log.exception("periodic_job_failed", job=self.name)
             await asyncio.sleep(self.interval_secs)

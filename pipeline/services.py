@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -46,6 +46,7 @@ from stages.sinks.metrics import MetricsSink
 from stages.sinks.request_log import RequestLogSink
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
+from store.config_watch import ConfigWatcher
 from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
 from store.log_export import LogExporter
@@ -140,6 +141,13 @@ class Services:
                 timeout_secs=settings.redis_timeout_ms / 1000,
                 on_state=lambda up: metrics.shared_state_up.set(1 if up else 0),
             )
+        # Changes committed by other replicas (PostgreSQL NOTIFY) or workers (a shared SQLite file) reload here;
+        # `config_reloaded` hooks (the tenant chains) run after each such reload.
+        self.config_reloaded: list[Callable[[], None]] = []
+        self.config_watcher = ConfigWatcher(
+            config, self.reload_from_elsewhere, on_state=lambda up: metrics.config_store_up.set(1 if up else 0)
+        )
+        metrics.config_store_up.set(1)
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
@@ -263,6 +271,7 @@ class Services:
         self.components: list[Component] = [
             Hooks("stores", on_stop=self._close_stores),
             Hooks("http", self.http.start, self.http.close),
+            self.config_watcher,
             *([Hooks("redis", self.redis.start, self.redis.stop)] if self.redis is not None else []),
             # before housekeeping (its start reads spend from the owner); closed after the relay has drained
             *([Hooks("owner-link", self.owner.start, self.owner.close)] if self.owner is not None else []),
@@ -356,6 +365,16 @@ class Services:
         snapshot = await self.config.call(self.config.load_snapshot)
         self.routing = build_table(snapshot, self.env_providers, self.routing, self._make_adapter, self.rewrite)
 
+    async def reload_from_elsewhere(self) -> None:
+        """Another process committed a change: reload as after an admin write here (the vault too, in case
+        another replica set it up), then let the hooks catch up."""
+        if not self.vault.initialized:
+            await self.config.call(self.vault.load, self.config.db)
+        await self.reload_config()
+        self.metrics.config_reloads.inc()
+        for hook in self.config_reloaded:
+            hook()
+
     def reload_config_blocking(self) -> None:
         """`reload_config` before serving (start-up has no event loop yet and nothing else uses the store)."""
         self.routing = build_table(
@@ -426,6 +445,8 @@ class Services:
                 "analytics_owner": self.owner is None,
                 "records_buffered": self.records.depth,
             }
+        if self.config.database_url:  # likewise: a replica serves its last snapshot while PostgreSQL is away
+            status["config_store"] = self.config_watcher.status()
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"
             status["fix"] = 'POST /admin/v1/vault/unlock {"password"} or set TOKENHUB_VAULT_PASSWORD'

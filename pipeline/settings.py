@@ -39,6 +39,7 @@ MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 # pricing_url may carry credentials (user:token@host, ?token=...): never echoed in an error.
 SECRET_SETTINGS = frozenset(
     {"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password", "pricing_url"}
+    | {"database_url"}  # a URL with its password
 )
 
 
@@ -222,6 +223,13 @@ class Settings(BaseModel):
     def _known_mode(cls, value: str) -> str:
         if value not in ROUTING_MODES:
             raise ValueError(f"must be one of {', '.join(ROUTING_MODES)}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (or empty for the SQLite file in the data directory)")
         return value
 
     @field_validator("health_probe_disabled", mode="before")

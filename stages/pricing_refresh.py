@@ -20,10 +20,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
+import psycopg
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from adapters.http import BodyTooLarge, HttpClient, read_capped
+from pipeline.errors import ConfigStoreUnavailable
 from store.config_store import ConfigStore
 from store.pricing import PriceTableError, apply_prices, parse_price_table
 
@@ -104,7 +106,7 @@ class PricingRefresher:
             outcome = await self._config.call(apply_prices, self._config.db, table)
         except (FetchFailed, PriceTableError) as exc:
             return self._failed(shown, str(exc))
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, psycopg.Error, ConfigStoreUnavailable) as exc:
             return self._failed(shown, f"storing the prices failed: {type(exc).__name__}")
         if outcome.updated:
             await self._reload()

@@ -134,8 +134,8 @@ def record_last_used(db: sqlite3.Connection, used: dict[str, float]) -> None:
         return
     with db:
         db.executemany(
-            "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
-            [(ts, key_id) for key_id, ts in used.items()],
+            "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND coalesce(last_used_at, 0) < ?",
+            [(ts, key_id, ts) for key_id, ts in used.items()],
         )
 
 

@@ -1,32 +1,39 @@
-"""The SQLite configuration store (WAL): providers, models, routing defaults, tenants, pipelines, API keys.
+"""The configuration store: providers, models, routing defaults, tenants, pipelines, API keys. SQLite (WAL) by
+default; PostgreSQL when given a ``postgresql://`` URL (store/pg_connection.py: the same SQL, the same migrations).
 
-All SQLite work runs on one dedicated thread (``call``), so the event loop never blocks on disk. The
+All store work runs on one dedicated thread (``call``), so the event loop never blocks on disk or network. The
 request path never queries it: it reads the immutable ``ConfigSnapshot`` built by ``load_snapshot``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import psycopg
+
 from pipeline.objective import RewardConfig
 from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
 from store import vault_store
-from store.migrations import migrate
+from store.migrations import migrate, migrate_postgres
+from store.pg_connection import PgConnection
 from store.secret_box import SecretBox, upgrade_legacy_seals
 from store.vault import Vault, provider_vault_keys, store_provider_key
 from store.vault_store import provider_key_name
 
 __all__ = [
     "DEFAULT_TENANT",
+    "INTEGRITY_ERRORS",
     "KEY_PREFIX",
     "ConfigSnapshot",
     "ConfigStore",
@@ -36,6 +43,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# A write refused by a constraint (duplicate id, unknown reference), whichever database the store is on.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
 KEY_PREFIX = "tokenhub_"
 DEFAULT_TENANT = "default"
 
@@ -77,10 +87,14 @@ class ConfigSnapshot:
 
 class ConfigStore:
     def __init__(self, path: Path | str, secret_box: SecretBox) -> None:
+        """``path``: the SQLite file (or ":memory:"), or a ``postgresql://`` URL."""
         self._path = str(path)
         self._box = secret_box
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="postgres" if self.database_url else "sqlite"
+        )
+        self.origin = uuid.uuid4().hex  # this process's store: its own change notifications are not news
         self._joined: _Joined | None = None  # set while `atomically` runs
         self._version = 0
         self.vault: Vault | None = None  # attached at start-up when the vault is enabled
@@ -89,8 +103,20 @@ class ConfigStore:
     def secret_box(self) -> SecretBox:
         return self._box
 
+    @property
+    def database_url(self) -> str:
+        """The PostgreSQL URL ('' on SQLite). Holds a password maybe: never log it."""
+        return self._path if self._path.startswith(POSTGRES_SCHEMES) else ""
+
+    @property
+    def sqlite_file(self) -> str:
+        """The SQLite file other processes may share ('' on PostgreSQL and for ":memory:")."""
+        return "" if self.database_url or self._path == ":memory:" else self._path
+
     # --- lifecycle -------------------------------------------------------------------------------
     def open(self) -> list[int]:
+        if self.database_url:
+            return self._open_postgres()
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0)
@@ -105,6 +131,17 @@ class ConfigStore:
         applied = migrate(conn)
         upgrade_legacy_seals(conn, self._box)
         return applied
+
+    def _open_postgres(self) -> list[int]:
+        conn = PgConnection(self.database_url, origin=self.origin)
+        applied = migrate_postgres(conn.connect())  # connect() raises ConfigStoreUnavailable: start-up stops
+        self._conn = cast(sqlite3.Connection, conn)  # the same surface the store's functions use
+        upgrade_legacy_seals(self._conn, self._box)
+        return applied
+
+    def data_version(self) -> int:
+        """SQLite: a number that changes when another connection (another process) commits to the file."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)  # let queued work finish before the connection goes
@@ -138,6 +175,12 @@ class ConfigStore:
 
     # --- snapshot --------------------------------------------------------------------------------
     def load_snapshot(self) -> ConfigSnapshot:
+        # On PostgreSQL every read below sees one moment of the database, whatever other replicas commit.
+        reads = self.db.consistent_reads() if self.database_url else contextlib.nullcontext()  # type: ignore[attr-defined]
+        with reads:
+            return self._load_snapshot()
+
+    def _load_snapshot(self) -> ConfigSnapshot:
         db = self.db
         in_vault = provider_vault_keys(db, self.vault)  # provider id -> key ("" while the vault is locked)
         providers = {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pipeline.services import Services
 from pipeline.settings import load_settings
 from pipeline.web import SERVICES
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.backing import fresh_postgres
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
@@ -101,8 +103,28 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path) -> Callable[..., Any]:
-    """Start a TokenHub with test settings; keyword arguments override TOKENHUB_* settings."""
+def config_backend() -> str:
+    """Where `make_hub` keeps configuration: "sqlite" (the default) or "postgres" (a fresh database per test).
+    A module overrides this fixture to run on PostgreSQL; TOKENHUB_TEST_CONFIG_BACKEND=postgres runs any test there."""
+    return os.environ.get("TOKENHUB_TEST_CONFIG_BACKEND", "sqlite")
+
+
+@pytest.fixture
+def config_database(config_backend: str) -> Iterator[str]:
+    """TOKENHUB_DATABASE_URL for `make_hub`: '' on SQLite."""
+    if config_backend != "postgres":
+        yield ""
+        return
+    with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def make_hub(
+    config_database: str, aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path
+) -> Callable[..., Any]:
+    """Start a TokenHub with test settings; keyword arguments override TOKENHUB_* settings. (`config_database`
+    comes first so that it is dropped after the servers stopped.)"""
 
     async def start(**overrides: Any) -> Hub:
         env = {
@@ -123,6 +145,7 @@ def make_hub(aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Pat
             "TOKENHUB_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),  # not the developer's ~/.tokenhub one
             "TOKENHUB_HOST_API_KEY_ENABLED": "false",  # tests count keys; tests/test_host_key.py turns it on
             "TOKENHUB_CONTAINER": "false",  # fakes listen on 127.0.0.1: never redirect them to host.docker.internal
+            "TOKENHUB_DATABASE_URL": config_database,
         }
         settings = load_settings(env, **overrides)
         client = await aiohttp_client(create_app(settings))
