@@ -177,7 +177,7 @@ class SharedBandit:
         pending = list(self._pending)
         epoch, appended, created = await self._run_script(pending)
         if appended:
-            self._pending.clear()
+            self._sent(len(pending))
             return False
         reseed = bool(created) or self._epoch != ""
         self._epoch = epoch
@@ -192,10 +192,15 @@ class SharedBandit:
             batch = own + [item for item in pending if item[0] == "f"]
         epoch, appended, _ = await self._run_script(batch)
         if appended:
-            self._pending.clear()
+            self._sent(len(pending))
             if reseed:
                 log.info("shared_bandit_seeded", observations=len(batch))
         return True
+
+    def _sent(self, count: int) -> None:
+        """Drop the `count` oldest queued entries (pushed); what was queued during the push stays."""
+        for _ in range(min(count, len(self._pending))):
+            self._pending.popleft()
 
     async def _run_script(self, batch: list[tuple[str, int, str]]) -> tuple[str, bool, bool]:
         horizon = self._bandit.horizon
