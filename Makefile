@@ -51,6 +51,10 @@ bench-writer: $(VENV)/.installed  ## benchmark: sustained request-log ingest int
 bench-routing: $(VENV)/.installed  ## evaluation: routing policies over 25 seeded worlds (thompson+feedback >= 95% of oracle)
 	$(BIN)/python scripts/bench_routing.py
 
+.PHONY: bench-scale
+bench-scale: $(VENV)/.installed  ## benchmark: throughput and added latency of N workers / replicas sharing Redis (POSTGRES_URL=, MAX_N=)
+	$(BIN)/python scripts/bench_scale.py $(if $(MAX_N),--max-n $(MAX_N)) $(if $(POSTGRES_URL),--postgres-url $(POSTGRES_URL))
+
 .PHONY: soak
 soak: $(VENV)/.installed  ## soak: 30 min at half capacity, RSS/fds/tasks/p99 slopes (MINUTES=5 for a short run)
 	$(BIN)/python scripts/soak.py --minutes $(or $(MINUTES),30)

@@ -37,6 +37,7 @@ from admin_ui import (
     workflows,
 )
 from admin_ui.common import PIPELINES, SERVICES
+from admin_ui.owner_forward import forward_to_owner
 from admin_ui.security import GUARDS, Guards, admin_rate_limit, validate_path_params
 from admin_ui.sessions import ADMIN_TOKEN_KEY, SESSIONS, AdminSessions, admin_auth
 from admin_ui.static import STATIC_DIR, StaticFiles
@@ -215,6 +216,8 @@ def admin_app(
             admin_rate_limit,  # first: floods are refused before anything, token guesses included
             admin_auth(token),  # Bearer token, or the web UI's session cookie (+ CSRF header)
             validate_path_params,
+            # `serve --workers N`: what needs the DuckDB file goes to its owner (audited there, not here)
+            *([forward_to_owner(services.owner)] if services.owner is not None else []),
             audit.audit_trail,  # what is left, refused or done, is recorded
             audit.publish_admin_actions,
         ]

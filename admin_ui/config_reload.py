@@ -48,8 +48,8 @@ async def sighup(services: Services, pipelines: TenantPipelines, reread: Callabl
         )
         if restart:  # names only: some values are secrets
             log.warning("settings_need_restart", names=restart)
-    if not services.settings.config_file:
-        return
+    if not services.settings.config_file or services.settings.worker_index > 0:
+        return  # `serve --workers N`: worker 0 re-applies the file for all of them
     try:
         await ConfigApplier(services, pipelines).reload("sighup")
     except ConfigFileInvalid as exc:

@@ -1,7 +1,8 @@
 """Admin observability API: request log, stats, time series, retention, analyst SQL, trends, SSE events.
 
-Every query runs in DuckDB on a reader thread (``AnalyticsStore.read``); prunes run on the writer
-thread. Reads flush the record queue first so they include the requests that just finished.
+Every query runs in DuckDB on a reader thread (``AnalyticsStore.read_cluster``: with a log export directory
+the request log and time series are the whole cluster's, docs/scaling.md); prunes run on the writer thread.
+Reads flush the record queue first so they include the requests that just finished.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def list_logs(request: web.Request) -> web.Response:
         if after is None:
             raise InvalidRequest("cursor is not one this API returned as next_cursor", field="cursor")
     await _fresh(services)
-    page = await services.analytics.read(query_logs, where, limit, offset, after)
+    page = await services.analytics.read_cluster(query_logs, where, limit, offset, after)
     return _json({**page, "limit": limit, "offset": offset})
 
 
@@ -107,7 +108,7 @@ async def get_log(request: web.Request) -> web.Response:
     started = request_id_started(request_id)
     since = datetime.fromtimestamp(started, tz=UTC) if started is not None else None
     await _fresh(services)
-    detail = await services.analytics.read(request_detail, request_id, since)
+    detail = await services.analytics.read_cluster(request_detail, request_id, since)
     if detail is None:
         raise NotFound(f"no request {request_id!r} in the request log")
     models = services.snapshot.models
@@ -122,7 +123,7 @@ async def stats(request: web.Request) -> web.Response:
     key_names = {key.id: key.name for key in services.snapshot.keys_by_digest.values()}
     await _fresh(services)
     now = datetime.fromtimestamp(time.time(), tz=UTC)
-    return _json(await services.analytics.read(request_stats, now, key_names))
+    return _json(await services.analytics.read_cluster(request_stats, now, key_names))
 
 
 # --- time series -------------------------------------------------------------------------------------
@@ -145,13 +146,13 @@ async def tsdb_query(request: web.Request) -> web.Response:
     )
     services = _services(request)
     await _fresh(services)
-    return _json(await services.analytics.read(query_series, query))
+    return _json(await services.analytics.read_cluster(query_series, query))
 
 
 async def tsdb_metrics(request: web.Request) -> web.Response:
     services = _services(request)
     await _fresh(services)
-    return _json({"metrics": await services.analytics.read(list_metrics)})
+    return _json({"metrics": await services.analytics.read_cluster(list_metrics)})
 
 
 async def get_retention(request: web.Request) -> web.Response:
@@ -201,7 +202,8 @@ async def analytics_query(request: web.Request) -> web.Response:
                 max_rows=max_rows,
                 max_bytes=settings.analytics_query_max_bytes,
                 timeout=settings.analytics_query_timeout_secs,
-                new_cursor=analytics.new_cursor,
+                new_cursor=lambda: analytics.new_cursor(cluster=True),
+                retry_on=analytics.drop_failed_segments,
             )
         )
     except QueryRefused as exc:
@@ -215,7 +217,7 @@ async def analytics_query(request: web.Request) -> web.Response:
 
 async def analytics_schema(request: web.Request) -> web.Response:
     """The tables and columns analyst SQL can read, from DuckDB's catalog (the console shows it beside the editor)."""
-    return _json(await _services(request).analytics.read(analyst_schema))
+    return _json(await _services(request).analytics.read_cluster(analyst_schema))
 
 
 async def analytics_trends(request: web.Request) -> web.Response:
@@ -229,7 +231,7 @@ async def analytics_trends(request: web.Request) -> web.Response:
         raise InvalidRequest(f"the range spans more than {MAX_TREND_BUCKETS} {bucket}s; narrow it", field="start")
     services = _services(request)
     await _fresh(services)
-    return _json(await services.analytics.read(request_trends, start, end, bucket))
+    return _json(await services.analytics.read_cluster(request_trends, start, end, bucket))
 
 
 # --- events ------------------------------------------------------------------------------------------

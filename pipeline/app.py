@@ -23,6 +23,7 @@ from pipeline.edge.embeddings import EmbeddingsCodec
 from pipeline.edge.feedback import FeedbackEndpoint
 from pipeline.edge.native import NativeCodec
 from pipeline.edge.openai import OpenAICodec
+from pipeline.edge.owner import owner_routes
 from pipeline.edge.plan import PlanEndpoint
 from pipeline.edge.plans import PlansEndpoint
 from pipeline.edge.routed import RoutedEndpoint
@@ -42,6 +43,8 @@ from stages.durable.runtime import TemporalRuntime
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.host_key import HOST_KEY_FILE, ensure_host_key
+from store.owner_link import OwnerLink, RemoteAnalytics
+from store.owner_wire import OWNER_SOCKET
 from store.secret_box import SecretBox
 
 __all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
@@ -77,11 +80,16 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
     applied = config.open()
     if applied:
         log.info("sqlite_migrated", versions=applied, path=str(settings.sqlite_path))
-    analytics = AnalyticsStore(
-        settings.analytics_path,
-        memory_limit_mib=settings.analytics_memory_limit_mib,
-        temp_limit_mib=settings.analytics_temp_limit_mib,
-    )
+    analytics: AnalyticsStore | RemoteAnalytics
+    if settings.owns_analytics:
+        analytics = AnalyticsStore(
+            settings.analytics_path,
+            memory_limit_mib=settings.analytics_memory_limit_mib,
+            temp_limit_mib=settings.analytics_temp_limit_mib,
+            export_dir=settings.log_export_dir,
+        )
+    else:  # `serve --workers N`: worker 0 owns the DuckDB file, the others reach it (pipeline/workers.py)
+        analytics = RemoteAnalytics(OwnerLink(settings.data_dir / OWNER_SOCKET))
     analytics.open()
     tracing = Tracing.build(settings)  # None unless TOKENHUB_OTEL_ENABLED
     http = HttpClient(wrap_attempt=tracing.attempt if tracing is not None else None)
@@ -99,8 +107,12 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
 def create_app(settings: Settings, *, request_lines: RequestLines | None = None) -> web.Application:
     """`request_lines` writes the one log line per request (the CLI builds it on its log stream); without
     it no request lines are written. Raises DataDirInUse when another process holds the data directory."""
-    # Before any file is opened: a second server, or a restore, must not share the databases.
-    lock = DataDirLock.acquire(settings.data_dir, role="server", listen=settings.listen_addr)
+    # Before any file is opened: a second server, or a restore, must not share the databases. The workers of
+    # `serve --workers N` share them: their supervisor holds the lock.
+    if settings.worker_index < 0:
+        lock = DataDirLock.acquire(settings.data_dir, role="server", listen=settings.listen_addr)
+    else:
+        lock = DataDirLock.held_by_parent(settings.data_dir)
     try:
         services = build_services(settings, request_lines)
         token, generated = resolve_admin_token(settings.admin_token, settings.data_dir)
@@ -111,8 +123,9 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     if settings.temporal_enabled:
         services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:
-        ConfigApplier(services, pipelines).apply_at_start()
-        if settings.host_api_key_enabled:
+        if settings.worker_index <= 0:  # worker 0 applies the files for every worker (they see its writes)
+            ConfigApplier(services, pipelines).apply_at_start()
+        if settings.host_api_key_enabled and settings.worker_index <= 0:
             _provision_host_key(services)
     except BaseException as exc:
         services.config.close()
@@ -156,6 +169,8 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app.router.add_get("/v1/plans/{plan_id}", plans.get)
     app.router.add_delete("/v1/plans/{plan_id}", plans.delete)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(services).handle)
+    if settings.worker_index == 0:  # the DuckDB owner of `serve --workers N`: the other workers' records and reads
+        app.router.add_routes(owner_routes(services))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", OpenApiEndpoint().handle)

@@ -113,6 +113,9 @@ class RequestContext:
     # Identity: resolved at the edge (it picks the tenant pipeline), enforced by the auth stage.
     presented_key: bool = False
     ip_admitted: bool = False  # the per-IP rate limit already counted this request (the edge, before the body)
+    # Limits shared through Redis, deferred to the request's one round trip (stages/shared_gate.py): the groups
+    # of buckets the edge and auth found to take, taken by dispatch together with the budget reservation.
+    shared_takes: list[Any] = field(default_factory=list)
     api_key: ApiKeyInfo | None = None
     tenant_id: str = "default"
     started_at: float = field(default_factory=time.perf_counter)

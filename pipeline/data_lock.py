@@ -34,7 +34,7 @@ class DataDirInUse(RuntimeError):
 
 
 class DataDirLock:
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int | None, path: Path) -> None:
         self._fd: int | None = fd
         self.path = path
 
@@ -53,6 +53,11 @@ class DataDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         return cls(fd, path)
+
+    @classmethod
+    def held_by_parent(cls, data_dir: Path) -> DataDirLock:
+        """A worker of `serve --workers N`: its supervisor holds the lock for all of them; nothing to release."""
+        return cls(None, data_dir / LOCK_FILE)
 
     def release(self) -> None:
         if self._fd is None:

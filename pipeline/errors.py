@@ -29,6 +29,7 @@ __all__ = [
     "QueryError",
     "RateLimited",
     "RequestCancelled",
+    "SharedBudgetUnavailable",
     "StreamBroken",
     "StreamTooLarge",
     "TokenHubError",
@@ -276,6 +277,21 @@ class OutputSchemaMismatch(TokenHubError):
     status = 502
     type = "output_schema_mismatch"
     error_class = "output_schema_validation_failed"
+
+
+class SharedBudgetUnavailable(TokenHubError):
+    """503: replicas share budgets through Redis, Redis is unreachable, and budgets fail closed
+    (TOKENHUB_SHARED_BUDGET_ON_OUTAGE=closed): a key with a monthly budget cannot be checked against it."""
+
+    status = 503
+    type = "shared_budget_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the shared budget store (Redis) is unreachable, so this API key's monthly budget cannot be checked;"
+            " requests from keys with a budget are refused until it answers again (retry shortly)",
+            headers={"Retry-After": "1"},
+        )
 
 
 class PlanPipelineMissing(TokenHubError):

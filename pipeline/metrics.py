@@ -133,6 +133,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # Cluster-wide analytics (TOKENHUB_LOG_EXPORT_DIR, docs/scaling.md)
+        self.log_export_rows = Counter(
+            "tokenhub_log_export_rows", "Rows written to exported Parquet segments, by table", ["table"], registry=r
+        )
+        self.log_export_unreadable = Gauge(
+            "tokenhub_log_export_unreadable_segments",
+            "Segment files in the export directory skipped by the cluster views because they cannot be read",
+            registry=r,
+        )
         self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +39,7 @@ from stages.recorder import Recorder
 from stages.router import Router
 from stages.routing_table import RoutingTable, build_table
 from stages.shared_bandit import SharedBandit
+from stages.shared_gate import SharedGate, build_shared
 from stages.shared_health import SharedHealth
 from stages.shared_sync import SyncLoop
 from stages.sinks.events import EventsSink
@@ -50,10 +52,14 @@ from store.analytics import AnalyticsStore
 from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
+from store.log_export import LogExporter
+from store.owner_link import OwnerLink, RemoteAnalytics
+from store.record_relay import RecordRelay
 from store.record_writer import RecordWriter
 from store.redis_link import RedisLink
-from store.reservations import LocalReservations
+from store.reservations import LocalReservations, Reservations
 from store.retention import Retention
+from store.segments import default_replica_id, sanitize_replica_id
 from store.vault import Vault, VaultError
 from store.vault_crypto import KdfParams
 
@@ -75,7 +81,7 @@ class Services:
         settings: Settings,
         *,
         config: ConfigStore,
-        analytics: AnalyticsStore,
+        analytics: AnalyticsStore | RemoteAnalytics,
         metrics: Metrics,
         http: HttpClient,
         request_lines: RequestLines | None = None,
@@ -101,10 +107,21 @@ class Services:
         # full records: measured, each entry holds about 0.8 KB (the record, its reason and ids).
         self.recent_requests = RecentRequests(capacity=max(settings.record_queue_size, 1000))
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
-        self.records = RecordWriter(
-            analytics,
-            capacity=settings.record_queue_size,
-            on_drop=metrics.store_dropped.labels(op="log_request").inc,
+        # `serve --workers N`: a worker that does not own the DuckDB file sends its records to the one that does.
+        self.owner: OwnerLink | None = analytics.link if isinstance(analytics, RemoteAnalytics) else None
+        self.records: RecordWriter | RecordRelay = (
+            RecordWriter(
+                analytics,
+                capacity=settings.record_queue_size,
+                on_drop=metrics.store_dropped.labels(op="log_request").inc,
+            )
+            if self.owner is None
+            else RecordRelay(
+                self.owner,
+                capacity=settings.record_queue_size,
+                drain_secs=settings.shutdown_drain_secs + 10,
+                on_drop=metrics.store_dropped.labels(op="relay_to_owner").inc,
+            )
         )
         self.retention = Retention(
             analytics,
@@ -145,7 +162,14 @@ class Services:
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
-        self.reservations = LocalReservations()  # budget holds of requests in flight (store/reservations.py)
+        self.reservations: Reservations = LocalReservations()  # budget holds of requests in flight
+        # Scaled out: limits, spend and holds in Redis, these local objects the fallback (stages/shared_gate.py)
+        self.shared_gate: SharedGate | None = None
+        shared_spend: list[Component] = []
+        if self.redis is not None:
+            shared = build_shared(self.redis, config, metrics, self.key_limits, settings.shared_budget_on_outage)
+            self.shared_gate, self.key_ledger, self.reservations = shared.gate, shared.ledger, shared.reservations
+            shared_spend.append(shared.spend)
         metrics.budget_reserved.set_function(lambda: self.reservations.total_usd)
         self.request_lines = request_lines or RequestLines()  # none given: no request lines
         self.vault = _open_vault(settings, config)
@@ -162,8 +186,13 @@ class Services:
                 LogLineSink(self.request_lines),
                 RequestLogSink(self.records),
                 KeyAccountingSink(
-                    self.key_ledger, self.key_limits, self.vault, lambda: self.vault_backed, self.reservations
+                    self.key_ledger,
+                    self.shared_gate or self.key_limits,
+                    self.vault,
+                    lambda: self.vault_backed,
+                    self.reservations,
                 ),
+                *([self.shared_gate] if self.shared_gate is not None else []),
             ],
             on_failure=lambda sink: metrics.record_sink_failures.labels(sink).inc(),
         )
@@ -220,10 +249,13 @@ class Services:
         pricing_secs = settings.pricing_refresh_interval_secs
         retention = self.retention
         # Every background job, on the one periodic helper (an interval of 0 turns a job off).
+        tsdb_every, log_every = retention.tsdb_every, retention.request_log_every
+        if self.owner is not None:  # `serve --workers N`: the DuckDB owner prunes for every worker
+            tsdb_every = log_every = 0.0
         self.jobs: list[Periodic] = [
-            Periodic("prune-tsdb", retention.tsdb_every, retention.prune_tsdb, first_run_now=False),
-            Periodic("prune-log", retention.request_log_every, retention.prune_request_log, first_run_now=False),
-            Periodic("prune-audit", retention.request_log_every, retention.prune_audit, first_run_now=False),
+            Periodic("prune-tsdb", tsdb_every, retention.prune_tsdb, first_run_now=False),
+            Periodic("prune-log", log_every, retention.prune_request_log, first_run_now=False),
+            Periodic("prune-audit", log_every, retention.prune_audit, first_run_now=False),
             Periodic("vllm-prober", settings.vllm_probe_interval_secs, self.vllm_prober.run_once),
             Periodic("health-prober", probe_secs, self.health_prober.run_once),
             Periodic("model-autoload", settings.model_autoload_interval_secs, self.autoloader.run_once),
@@ -234,10 +266,24 @@ class Services:
             # its first run catches keys whose rotation period ran out while the server was down
             Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
-        shared: list[SyncLoop] = []
+        sync_loops: list[SyncLoop] = []
         if self.shared_bandit is not None and self.shared_health is not None:
             rounds = [self.shared_health.sync_once, self.shared_bandit.sync_once]
-            shared.append(SyncLoop("shared-sync", settings.shared_sync_ms / 1000, rounds))
+            sync_loops.append(SyncLoop("shared-sync", settings.shared_sync_ms / 1000, rounds))
+        # Cluster-wide analytics (docs/scaling.md): None unless TOKENHUB_LOG_EXPORT_DIR.
+        self.log_export: LogExporter | None = None
+        if analytics.export_dir:
+            replica = settings.log_export_replica_id
+            self.log_export = LogExporter(
+                analytics,
+                replica_id=sanitize_replica_id(replica) if replica else default_replica_id(settings.data_dir),
+                segment_secs=settings.log_export_segment_secs,
+                on_segment=lambda table, rows: metrics.log_export_rows.labels(table).inc(rows),
+                on_unreadable=metrics.log_export_unreadable.set,
+            )
+            # a few checks per segment span, so a closed window is exported (and others' segments seen) soon
+            every = min(max(settings.log_export_segment_secs / 4, 1.0), 60.0)
+            self.jobs.append(Periodic("log-export", every, self.log_export.run_once))
         # Started in this order, stopped in reverse: the stores close last; the record writer stops (and
         # flushes) after the jobs and after aiohttp has drained in-flight requests; housekeeping seeds
         # per-key spend before serving and flushes the last key last-used times at stop.
@@ -245,12 +291,15 @@ class Services:
             Hooks("stores", on_stop=self._close_stores),
             Hooks("http", self.http.start, self.http.close),
             *([Hooks("redis", self.redis.start, self.redis.stop)] if self.redis is not None else []),
+            # before housekeeping (its start reads spend from the owner); closed after the relay has drained
+            *([Hooks("owner-link", self.owner.start, self.owner.close)] if self.owner is not None else []),
             self.housekeeping,
+            *shared_spend,  # after housekeeping: its request-log spend may seed Redis on a cold start
             Hooks("record-writer", self.records.start, self.records.stop),
             # stopped before the record writer, which then flushes what its activities recorded
             Hooks("temporal", lambda: self.temporal.start(), lambda: self.temporal.stop()),
             *self.jobs,
-            *shared,  # stopped first: its last round pushes what was learned until then
+            *sync_loops,  # stopped first: its last round pushes what was learned until then
         ]
         if tracing is not None:  # first, so it stops last: the spans of draining requests are exported
             self.components.insert(0, tracing)
@@ -404,6 +453,13 @@ class Services:
         }
         if self.redis is not None:  # down is reported, not failed: the replica serves on local state
             status["shared_state"] = self.redis.status()
+        if self.settings.worker_index >= 0:  # `serve --workers N`: which process answered
+            status["worker"] = {
+                "index": self.settings.worker_index,
+                "pid": os.getpid(),
+                "analytics_owner": self.owner is None,
+                "records_buffered": self.records.depth,
+            }
         if not routable and self.vault_locked_providers:
             status["reason"] = f"the vault is locked: {', '.join(sorted(self.vault_locked_providers))} wait for it"
             status["fix"] = 'POST /admin/v1/vault/unlock {"password"} or set TOKENHUB_VAULT_PASSWORD'

@@ -211,7 +211,12 @@ class Settings(BaseModel):
     )
     database_url: str = Field("", repr=False, description="postgresql://...: the configuration store; '' = SQLite")
     log_export_dir: str = Field("", description="closed Parquet segments of the request log go here; '' = off")
-    log_export_segment_secs: float = Field(300.0, ge=10, le=86400, description="one exported segment's time span")
+    log_export_segment_secs: float = Field(300.0, ge=1, le=86400, description="one exported segment's time span")
+    log_export_replica_id: str = Field(
+        "", max_length=100, description="this replica's name in segment file names; '' = host name + data dir hash"
+    )
+    workers: int = Field(1, ge=1, le=64, description="processes serving the port (SO_REUSEPORT); >1 needs Redis")
+    worker_index: int = Field(-1, ge=-1, le=63, description="set by the supervisor for its workers; -1 = not one")
     # --- `tokenhub healthcheck` (docs/deploy/docker.md) ---
     healthcheck_url: str = Field("", description="URL the healthcheck probes; '' = /healthz on TOKENHUB_LISTEN_ADDR")
 
@@ -320,6 +325,11 @@ class Settings(BaseModel):
     @property
     def port(self) -> int:
         return int(self.listen_addr.rpartition(":")[2])
+
+    @property
+    def owns_analytics(self) -> bool:
+        """This process opens the DuckDB file: a single server, or worker 0 of `serve --workers N`."""
+        return self.worker_index <= 0
 
     @property
     def sqlite_path(self) -> Path:

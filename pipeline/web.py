@@ -51,10 +51,33 @@ _OUR_ID = re.compile(r"th-([0-9a-f]{12})-[0-9a-f]{24}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class _RandomHex:
+    """24 hex digits (96 bits) from the OS's CSPRNG, read 4 KiB at a time: one getrandom syscall per 341
+    ids instead of one per request (the syscall was 2 % of the event loop's time under load)."""
+
+    __slots__ = ("_at", "_hex")
+    CHUNK = 12 * 341
+
+    def __init__(self) -> None:
+        self._hex, self._at = "", 0
+
+    def take(self) -> str:
+        at = self._at
+        if at + 24 > len(self._hex):
+            self._hex, at = os.urandom(self.CHUNK).hex(), 0
+        self._at = at + 24
+        return self._hex[at : at + 24]
+
+
+_random_hex = _RandomHex()
+# A forked worker must not hand out the ids left in its parent's buffer.
+os.register_at_fork(after_in_child=_random_hex.__init__)
+
+
 def new_request_id() -> str:
-    """A fresh id for one request: 96 random bits make it unique and unguessable (one urandom call, about a
-    microsecond); the start time in front lets feedback look its row up in a narrow time range."""
-    return f"th-{int(time.time() * 1000):012x}-{os.urandom(12).hex()}"
+    """A fresh id for one request: 96 random bits make it unique and unguessable; the start time in front
+    lets feedback look its row up in a narrow time range."""
+    return f"th-{int(time.time() * 1000):012x}-{_random_hex.take()}"
 
 
 def request_id_started(request_id: str) -> float | None:

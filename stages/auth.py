@@ -99,9 +99,11 @@ class Auth:
             budget_refused(ctx, services.metrics, "key", exc.message)
             raise
         if key.rate_limit_rpm or key.rate_limit_tpm:
-            wait, what = services.key_limits.admit(
-                key, ctx.request_id, lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)
-            )
+            estimate = lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)  # noqa: E731
+            if services.shared_gate is not None:  # taken in Redis with the reservation (stages/shared_gate.py)
+                wait, what = services.shared_gate.defer_key(ctx, key, estimate)
+            else:
+                wait, what = services.key_limits.admit(key, ctx.request_id, estimate)
             if wait:
                 limit = key.rate_limit_rpm if what == "requests" else key.rate_limit_tpm
                 raise RateLimited(f"api key rate limit exceeded: {limit} {what} per minute", retry_after=wait)

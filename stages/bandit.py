@@ -2,9 +2,12 @@
 
 Evidence is discounted per observation, not per second: every observation in a token bucket ages that
 bucket's evidence by one step, so an arm's weight halves every `half_life` observations whatever the
-traffic rate. A model whose reward collapses is left within a few dozen of its own requests, and a model
-that is no longer tried sees its old evidence fade as traffic flows elsewhere, so its posterior widens back
-towards the prior and it is explored again.
+traffic rate. On top of that each arm runs a change detector (a two-sided CUSUM on its own rewards, Arm.add):
+when its rewards leave their long-run level, the evidence from before the change is dropped and the
+posterior re-centres on the rewards since the change began, so a model whose reward drops (a collapse or a
+drift of half a standard deviation) is left within a few dozen of its own requests. A model that is no
+longer tried sees its old evidence fade as traffic flows elsewhere, so its posterior widens back towards the
+prior and it is explored again.
 
 The bandit keeps the last `HORIZON_HALF_LIVES x half_life` observations of each bucket with their raw
 terms (success, cost, latency, the candidates' references, quality prior, feedback). An objective's
@@ -46,13 +49,18 @@ PROPENSITY_DRAWS = 63
 VARIANCE_PRIOR_WEIGHT = 2.0  # pseudo-pulls at the Bernoulli variance an arm's observed variance is shrunk by
 MIN_VARIANCE = 1e-4  # rewards never look steadier than a standard deviation of 0.01
 MAX_CONCENTRATION = 100.0  # an observation counts at most as this many coin flips
-# The change detector (Arm.add): an arm whose last CHANGE_WINDOW rewards average CHANGE_Z standard errors
-# (and at least CHANGE_MIN) away from its long-run mean has changed: a collapse is seen within a few of its
-# own requests, whatever the half-life.
-CHANGE_WINDOW = 10
-CHANGE_Z = 3.0
-CHANGE_MIN = 0.1
-MIN_CHANGE_VARIANCE = 0.0025
+# The change detector (Arm.add): a two-sided CUSUM on each arm's own rewards, in units of the arm's standard
+# deviation sd (at least MIN_CHANGE_SD). Each reward moves a drop statistic by (mean - reward - k) and a rise
+# statistic by (reward - mean - k), floored at 0, where k = CHANGE_SLACK x sd is half the smallest shift worth
+# finding, and a deviation counts at most CHANGE_CLIP x sd (one failure among successes is not a collapse).
+# A statistic above CHANGE_THRESHOLD x sd is a change: a shift of one sd is found in about 11 of the arm's
+# pulls, half an sd in about 35, and an arm whose rewards keep their level is reset about once in 500 pulls
+# in the benchmark's worlds (a reset on noise costs a few exploratory requests, not the arm's traffic).
+CHANGE_SLACK = 0.25
+CHANGE_CLIP = 3.0
+CHANGE_THRESHOLD = 8.0
+CHANGE_WARMUP = 10.0  # discounted pulls an arm needs before its mean is a reference to test against
+MIN_CHANGE_SD = 0.05
 MAX_OBJECTIVES = 16  # objectives with live posteriors; the least recently used is dropped (and rebuilt on use)
 
 
@@ -101,10 +109,16 @@ class Arm:
     square_sum: float = 0.0  # discounted sum of squared rewards: how spread the rewards are
     pulls: float = 0.0  # discounted
     seen: int = 0  # the bucket's observation count when it was last discounted
-    # The change detector: the mean and mean square of the arm's last ~CHANGE_WINDOW rewards (its own pulls).
-    recent_mean: float = 0.0
-    recent_square: float = 0.0
-    recent_pulls: int = 0
+    # The change detector's two CUSUM statistics (a drop, a rise) and, for each, the rewards since it last
+    # left 0: where the change began, and so the evidence kept when it fires (count, sum, sum of squares).
+    drop: float = 0.0
+    drop_pulls: int = 0
+    drop_sum: float = 0.0
+    drop_square: float = 0.0
+    rise: float = 0.0
+    rise_pulls: int = 0
+    rise_sum: float = 0.0
+    rise_square: float = 0.0
 
     def decay_to(self, seq: int, gamma: float) -> None:
         if seq > self.seen:
@@ -115,33 +129,70 @@ class Arm:
             self.seen = seq
 
     def add(self, value: float) -> None:
-        """One more reward; when the arm's recent rewards left its long-run mean, the old evidence goes."""
+        """One more reward; when the arm's rewards have left their long-run mean, the evidence from before
+        the change goes: the posterior re-centres on the rewards since it began."""
+        if self.pulls >= CHANGE_WARMUP:
+            mean, sd = self._reference()
+            clip = CHANGE_CLIP * sd
+            deviation = min(max(value - mean, -clip), clip) - CHANGE_SLACK * sd
+            self._track(-deviation - 2 * CHANGE_SLACK * sd, deviation, value, value * value)
         self.reward_sum += value
         self.square_sum += value * value
         self.pulls += 1.0
-        self.recent_pulls += 1
-        weight = 1.0 / min(self.recent_pulls, CHANGE_WINDOW)
-        self.recent_mean += weight * (value - self.recent_mean)
-        self.recent_square += weight * (value * value - self.recent_square)
-        if self.recent_pulls >= CHANGE_WINDOW and self.pulls > 2 * CHANGE_WINDOW and self.changed():
-            # Keep only what the recent rewards say: the posterior re-centres there, wide, at once.
-            self.reward_sum = CHANGE_WINDOW * self.recent_mean
-            self.square_sum = CHANGE_WINDOW * self.recent_square
-            self.pulls = float(CHANGE_WINDOW)
+        self._detect()
 
     def revise(self, change: float, square_change: float, factor: float) -> None:
         """A past reward changed (feedback); `factor` is how much it still weighs."""
         self.reward_sum = max(self.reward_sum + factor * change, 0.0)
         self.square_sum = max(self.square_sum + factor * square_change, 0.0)
-        weight = factor / CHANGE_WINDOW
-        self.recent_mean += weight * change
-        self.recent_square += weight * square_change
+        if self.drop > 0 or self.rise > 0 or self.pulls >= CHANGE_WARMUP:
+            clip = CHANGE_CLIP * self._reference()[1]
+            shift = factor * min(max(change, -clip), clip)
+            self.drop = max(self.drop - shift, 0.0)
+            self.rise = max(self.rise + shift, 0.0)
+            if self.drop_pulls:
+                self.drop_sum += factor * change
+                self.drop_square += factor * square_change
+            if self.rise_pulls:
+                self.rise_sum += factor * change
+                self.rise_square += factor * square_change
+            self._detect()
 
-    def changed(self) -> bool:
-        """The recent mean is CHANGE_Z standard errors (and at least CHANGE_MIN) away from the long-run one."""
-        mean = self.reward_sum / self.pulls
-        variance = max(self.square_sum / self.pulls - mean * mean, MIN_CHANGE_VARIANCE)
-        return abs(self.recent_mean - mean) > max(CHANGE_MIN, CHANGE_Z * math.sqrt(variance / CHANGE_WINDOW))
+    def _reference(self) -> tuple[float, float]:
+        """The long-run mean and standard deviation the detector measures rewards against."""
+        mean = self.reward_sum / self.pulls if self.pulls > 1e-9 else 0.0
+        variance = self.square_sum / self.pulls - mean * mean if self.pulls > 1e-9 else 0.0
+        return mean, max(math.sqrt(max(variance, 0.0)), MIN_CHANGE_SD)
+
+    def _track(self, down: float, up: float, value: float, square: float) -> None:
+        self.drop = max(self.drop + down, 0.0)
+        if self.drop == 0.0:
+            self.drop_pulls, self.drop_sum, self.drop_square = 0, 0.0, 0.0
+        else:
+            self.drop_pulls += 1
+            self.drop_sum += value
+            self.drop_square += square
+        self.rise = max(self.rise + up, 0.0)
+        if self.rise == 0.0:
+            self.rise_pulls, self.rise_sum, self.rise_square = 0, 0.0, 0.0
+        else:
+            self.rise_pulls += 1
+            self.rise_sum += value
+            self.rise_square += square
+
+    def _detect(self) -> None:
+        threshold = CHANGE_THRESHOLD * self._reference()[1]
+        if self.drop > threshold and self.drop_pulls:
+            kept = (self.drop_pulls, self.drop_sum, self.drop_square)
+        elif self.rise > threshold and self.rise_pulls:
+            kept = (self.rise_pulls, self.rise_sum, self.rise_square)
+        else:
+            return
+        # Keep only the rewards since the change began: the posterior re-centres there, wide, at once.
+        self.pulls, self.reward_sum, self.square_sum = float(kept[0]), max(kept[1], 0.0), max(kept[2], 0.0)
+        self.drop = self.rise = 0.0
+        self.drop_pulls = self.rise_pulls = 0
+        self.drop_sum = self.drop_square = self.rise_sum = self.rise_square = 0.0
 
     def posterior(self, prior: float, factor: float = 1.0) -> tuple[float, float]:
         """(alpha, beta) of the arm's Beta posterior, `factor` being the discount still to apply.

@@ -93,7 +93,7 @@ class Dispatch:
         assert decision is not None, "policy runs before dispatch (checked when the pipeline is built)"
         candidate = ctx.target or decision.candidates[0]
         partner = self._hedge_partner(ctx, candidate)
-        if partner is not None and (held_both := self._reserve_both(ctx, candidate, partner)) is not None:
+        if partner is not None and (held_both := await self._reserve_both(ctx, candidate, partner)) is not None:
             try:
                 await self._hedged(ctx, candidate, partner)
             finally:
@@ -101,7 +101,7 @@ class Dispatch:
                     self._reservations.settle(ctx.request_id, ctx.cost_usd)
             await call_next(ctx)
             return
-        held = self._reserve(ctx, candidate)
+        held = await self._reserve(ctx, candidate)
         try:
             await self._call(ctx, candidate)
         finally:
@@ -160,20 +160,30 @@ class Dispatch:
             accounts.append(plan)
         return tuple(accounts)
 
-    def _reserve(self, ctx: RequestContext, candidate: Candidate) -> bool:
+    async def _reserve(self, ctx: RequestContext, candidate: Candidate) -> bool:
         """Hold the call's worst-case cost on the key's and the plan's budgets; False when it has neither.
-        Refused: the key's 429, or (a /v1/plan step) the plan's graceful stop."""
+        Refused: the key's 429, or (a /v1/plan step) the plan's graceful stop. Scaled out, the shared gate does
+        it in Redis with the request's deferred rate limits, in one round trip (stages/shared_gate.py)."""
         accounts = self._accounts(ctx)
+        gate = self._services.shared_gate
         if not accounts:
+            if gate is not None and ctx.shared_takes:
+                await gate.admit(ctx, (), 0.0, 0.0)
             return False
-        key = accounts[0] if accounts[0].id.startswith("key:") else None
         amount, needed = self._worst_case(ctx, candidate.model)
-        refused = self._reservations.reserve(ctx.request_id, accounts, amount, needed)
-        if refused is None:
-            return True
-        reserved = self._reservations.reserved(refused.id)
+        if gate is not None:
+            outcome = await gate.admit(ctx, accounts, amount, needed)
+            if outcome is None:
+                return True
+            refused, reserved = outcome
+        else:
+            refusal = self._reservations.reserve(ctx.request_id, accounts, amount, needed)
+            if refusal is None:
+                return True
+            refused, reserved = refusal, self._reservations.reserved(refusal.id)
+        is_key = refused.id.startswith("key:")
         left = refused.limit_usd - refused.spent_usd - reserved
-        which = "plan" if refused is not key else "key"
+        which = "key" if is_key else "plan"
         budget_refused(
             ctx,
             self._services.metrics,
@@ -181,21 +191,26 @@ class Dispatch:
             f"{candidate.model.id} is estimated at ${needed:.6f}; the {which}'s ${refused.limit_usd:g} budget has"
             f" ${max(0.0, left):.6f} left with ${reserved:.6f} reserved by requests in flight",
         )
-        if refused is key:
+        if is_key:
             spent = refused.spent_usd + reserved
             raise BudgetExceeded(budget_usd=refused.limit_usd, spent_usd=spent, too_costly=True, reserved_usd=reserved)
         raise PlanBudgetReserved(ctx.routing_reason)
 
-    def _reserve_both(self, ctx: RequestContext, first: Candidate, second: Candidate) -> bool | None:
+    async def _reserve_both(self, ctx: RequestContext, first: Candidate, second: Candidate) -> bool | None:
         """Hold both hedged calls' worst case at once (both may be billed); False when the request has no
         budget, None when the pair does not fit (then only the first is called, reserved the usual way)."""
         accounts = self._accounts(ctx)
         if not accounts:
+            if (gate := self._services.shared_gate) is not None and ctx.shared_takes:
+                await gate.admit(ctx, (), 0.0, 0.0)
             return False
         worst_first, needed_first = self._worst_case(ctx, first.model)
         worst_second, needed_second = self._worst_case(ctx, second.model)
         worst = worst_first + worst_second
-        refused = self._reservations.reserve(ctx.request_id, accounts, worst, max(worst, needed_first + needed_second))
+        needed = max(worst, needed_first + needed_second)
+        if (gate := self._services.shared_gate) is not None:
+            return True if await gate.admit(ctx, accounts, worst, needed) is None else None
+        refused = self._reservations.reserve(ctx.request_id, accounts, worst, needed)
         return True if refused is None else None
 
     def _hedge_partner(self, ctx: RequestContext, candidate: Candidate) -> Candidate | None:

@@ -4,6 +4,10 @@ The HTTP edge takes the token through `admit` before it reads or decodes the bod
 unauthenticated requests are counted too, and a flood costs no parsing); the stage then lets that request
 pass without counting it twice. A tenant's own options (rps, burst) apply at the edge as well, because the
 edge uses the stage instance of the tenant's chain; a chain without this stage has no per-IP limit.
+
+Scaled out (TOKENHUB_REDIS_URL) the bucket is shared by the replicas: `admit` defers the take to the request's
+one Redis round trip (stages/shared_gate.py), refusing at once only an IP already known to be over its limit;
+these buckets are then the fallback while Redis is down.
 """
 
 from __future__ import annotations
@@ -87,15 +91,22 @@ class RateLimitOptions(StageOptions):
 class RateLimit:
     def __init__(self, services: Services, options: RateLimitOptions) -> None:
         settings = services.settings
-        self._buckets = TokenBuckets(options.rps or settings.rate_limit_rps, options.burst or settings.rate_limit_burst)
+        self._rate = options.rps or settings.rate_limit_rps
+        self._burst = options.burst or settings.rate_limit_burst
+        self._buckets = TokenBuckets(self._rate, self._burst)
         self._rejected = services.metrics.rate_limited
+        self._shared = services.shared_gate  # None: this process's buckets only
 
     def admit(self, ctx: RequestContext) -> None:
         """Take the request's token, once per request: 429 with Retry-After when the client's bucket is empty."""
         if ctx.ip_admitted:
             return
         ctx.ip_admitted = True
-        if wait := self._buckets.take(ctx.client_ip):
+        if self._shared is not None:
+            wait = self._shared.defer_ip(ctx, self._rate, self._burst, lambda: self._buckets.take(ctx.client_ip))
+        else:
+            wait = self._buckets.take(ctx.client_ip)
+        if wait:
             self._rejected.inc()
             raise RateLimited("rate limit exceeded", retry_after=wait)
 

@@ -10,7 +10,11 @@
 3. Execution: a fresh connection inside a READ ONLY transaction, on a database opened with external
    access disabled and its configuration locked (store/analytics.py): even a query that slipped past
    1 and 2 cannot write, read a file, reach the network, load an extension or change a setting.
-4. Limits: at most ``max_rows`` rows and about ``max_bytes`` bytes of JSON are fetched (the row limit is
+4. Cluster views (store/analytics.py): with a log export directory, ``request_log`` and ``tsdb_points``
+   are views over every replica's Parquet segments plus this database's unexported rows. The views may
+   read the export directory (the only path the database may touch); user SQL still cannot name a file
+   or call a file reader (2 refuses ``read_parquet``), so segments are reachable only through the views.
+5. Limits: at most ``max_rows`` rows and about ``max_bytes`` bytes of JSON are fetched (the row limit is
    pushed into the plan), the query is interrupted after ``timeout`` seconds, and the database's
    ``memory_limit`` and ``max_temp_directory_size`` (store/analytics.py) bound what any query may hold.
 """
@@ -129,9 +133,31 @@ def run_query(
     max_bytes: int,
     timeout: float,
     new_cursor: Callable[[], Cursor],
+    retry_on: Callable[[duckdb.Error], bool] = lambda exc: False,
 ) -> dict[str, Any]:
-    """Check, then run ``sql`` on a fresh read-only connection. Runs on a reader thread."""
+    """Check, then run ``sql`` on a fresh read-only connection. Runs on a reader thread. ``retry_on`` sees a
+    failure first: True (it dropped a vanished or unreadable segment from the cluster views) runs it again."""
     check_statement(db, sql)
+    for _ in range(3):
+        try:
+            return _execute(sql, max_rows, max_bytes, timeout, new_cursor, retry_on)
+        except _Retry:
+            continue
+    return _execute(sql, max_rows, max_bytes, timeout, new_cursor)  # the last try: its failure is the answer
+
+
+class _Retry(Exception):
+    """The cluster views changed under a failed query: run it again."""
+
+
+def _execute(
+    sql: str,
+    max_rows: int,
+    max_bytes: int,
+    timeout: float,
+    new_cursor: Callable[[], Cursor],
+    retry_on: Callable[[duckdb.Error], bool] = lambda exc: False,
+) -> dict[str, Any]:
     started = time.perf_counter()
     conn = new_cursor()
     timer = threading.Timer(timeout, conn.interrupt)  # interrupt() is safe to call from another thread
@@ -153,6 +179,8 @@ def run_query(
     except duckdb.PermissionException as exc:
         raise QueryRefused(f"file, network and extension access are disabled: {_first_line(exc)}") from None
     except duckdb.Error as exc:
+        if retry_on(exc):
+            raise _Retry from None
         raise QueryFailed(_first_line(exc)) from None
     finally:
         timer.cancel()
@@ -171,13 +199,18 @@ def analyst_schema(db: Cursor) -> dict[str, Any]:
     """The analyst tables' columns as DuckDB's catalog has them now (an older file gains columns on open, so
     the catalog, not the CREATE statements, is the truth). Runs on a reader thread."""
     rows = db.execute(
-        "SELECT table_name, column_name, data_type, is_nullable FROM duckdb_columns()"
-        " WHERE database_name = current_database() AND schema_name = 'main' AND table_name IN ?"
-        " ORDER BY table_name, column_index",
+        "SELECT database_name = 'temp' AS cluster, table_name, column_name, data_type, is_nullable"
+        " FROM duckdb_columns() WHERE database_name IN (current_database(), 'temp') AND schema_name = 'main'"
+        " AND table_name IN ? ORDER BY table_name, cluster DESC, column_index",
         [list(ANALYST_TABLES)],
     ).fetchall()
     tables: dict[str, list[dict[str, Any]]] = {name: [] for name in ANALYST_TABLES}
-    for table, column, kind, nullable in rows:
+    shadowed: set[str] = set()  # a cluster view (store/analytics.py) is what the name means on this cursor
+    for cluster, table, column, kind, nullable in rows:
+        if cluster:
+            shadowed.add(table)
+        elif table in shadowed:
+            continue
         tables[table].append({"name": column, "type": kind, "nullable": bool(nullable)})
     return {"tables": [{"name": name, "columns": columns} for name, columns in tables.items() if columns]}
 

@@ -6,7 +6,14 @@ One database, two kinds of thread:
   lets them run while a batch is being written, so a slow read never holds up the writer.
 
 The database is opened sandboxed for everyone: no file, network or extension access from SQL, no scans of
-Python variables, and the configuration locked, so no connection can turn any of it back on.
+Python variables, and the configuration locked, so no connection can turn any of it back on. With a log
+export directory (docs/scaling.md, "Cluster-wide analytics") that one directory, and nothing else, is
+readable and writable: the exporter writes Parquet segments there and the cluster views read them.
+
+Cluster views: ``read_cluster`` (and ``new_cursor(cluster=True)``) run on cursors where ``request_log`` and
+``tsdb_points`` are TEMP views shadowing the tables: every replica's segments (``read_parquet`` over a
+checked file list) UNION ALL this database's rows written at or after the export watermark (the rows not
+yet in a segment of ours). Without export, or before the first segment scan, they are the plain tables.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import operator
+import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +36,16 @@ import structlog
 from pipeline.types import RequestRecord
 from store.rollup import rollup
 
-__all__ = ["MAX_TOKEN_COUNT", "REQUEST_LOG_COLUMNS", "AnalyticsStore", "Cursor", "log_rows"]
+__all__ = [
+    "EXPORT_COLUMNS",
+    "MAX_TOKEN_COUNT",
+    "REQUEST_LOG_COLUMNS",
+    "AnalyticsStore",
+    "ClusterFiles",
+    "Cursor",
+    "log_rows",
+    "sql_text",
+]
 
 log = structlog.get_logger("tokenhub.analytics")
 T = TypeVar("T")
@@ -124,11 +142,21 @@ _ADDED_COLUMNS = (
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS quality_weight DOUBLE",
     "ALTER TABLE request_log ADD COLUMN IF NOT EXISTS alias_from VARCHAR DEFAULT ''",
 )
+# When each row was written to this database (unix time of its batch, never before the export watermark):
+# the export partitions by it, so a row that arrives late for its request time is still exported exactly
+# once. Rows from before the column existed take their own time.
+_LOGGED_AT = {"request_log": "timestamp", "tsdb_points": "ts"}
+# The columns a segment carries (plus replica_id); logged_at stays local.
+EXPORT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "request_log": REQUEST_LOG_COLUMNS,
+    "tsdb_points": ("ts", "metric", "model_id", "provider_id", "value", "samples", "min_value", "max_value"),
+}
 # Token counts were INTEGER in the first release: one count over 2^31 failed its whole batch.
 _WIDENED_COLUMNS = {"input_tokens": "BIGINT", "output_tokens": "BIGINT"}
 _INSERT_POINTS = """
-INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value)
-SELECT to_timestamp(second), metric, model_id, provider_id, value, samples, min_value, max_value FROM point_batch
+INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value, logged_at)
+SELECT to_timestamp(second), metric, model_id, provider_id, value, samples, min_value, max_value, to_timestamp(?)
+FROM point_batch
 """
 _SANDBOX = {
     "threads": 1,  # batch inserts gain nothing from parallelism; extra threads would compete with the loop
@@ -139,11 +167,36 @@ _SANDBOX = {
 }
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterFiles:
+    """What the cluster views read: per table, the checked segment files and this replica's watermark
+    (unix seconds: its rows written before it are in its segments, the rest are read locally)."""
+
+    replica_id: str
+    files: dict[str, tuple[str, ...]]
+    watermarks: dict[str, float]
+    generation: int = 0
+
+
 class AnalyticsStore:
     def __init__(
-        self, path: str, *, readers: int = 2, memory_limit_mib: int = 1024, temp_limit_mib: int = 4096
+        self,
+        path: str,
+        *,
+        readers: int = 2,
+        memory_limit_mib: int = 1024,
+        temp_limit_mib: int = 4096,
+        export_dir: str = "",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = path
+        # The one directory SQL may touch (segments); '' = none. Resolved: DuckDB compares path prefixes.
+        self.export_dir = os.path.realpath(export_dir) if export_dir else ""
+        self._clock = clock
+        self._floor = 0.0  # no row is stamped logged_at before this (the export watermark)
+        self._cluster: ClusterFiles | None = None
+        self._cluster_lock = threading.Lock()
+        self._catalog = ""
         # Bounds for every connection, analyst queries included: memory, then what may spill to disk.
         self._limits = {"memory_limit": f"{memory_limit_mib}MiB", "max_temp_directory_size": f"{temp_limit_mib}MiB"}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
@@ -158,7 +211,16 @@ class AnalyticsStore:
     def open(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        conn = duckdb.connect(self._path, config={**_SANDBOX, **self._limits})
+        if self.export_dir:
+            Path(self.export_dir).mkdir(parents=True, exist_ok=True)
+            # allowed_directories can only be set while external access is on: set it, then turn access off
+            # (before any other connection exists and before the lock below).
+            config = {k: v for k, v in _SANDBOX.items() if k != "enable_external_access"}
+            conn = duckdb.connect(self._path, config={**config, **self._limits})
+            conn.execute(f"SET allowed_directories = [{sql_text(self.export_dir + os.sep)}]")
+            conn.execute("SET enable_external_access = false")
+        else:
+            conn = duckdb.connect(self._path, config={**_SANDBOX, **self._limits})
         conn.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: every cursor buckets hours and days in UTC
         conn.execute("SET lock_configuration = true")  # from here on no connection can change a setting
         for statement in _SCHEMA:
@@ -166,6 +228,8 @@ class AnalyticsStore:
         for statement in _ADDED_COLUMNS:
             conn.execute(statement)
         _widen(conn)
+        _add_logged_at(conn)
+        self._catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
         self._conn = conn
         # Reader cursors are made from this one (under a lock), never from the writer's connection, which
         # is busy on its own thread.
@@ -189,12 +253,111 @@ class AnalyticsStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: fn(self._local.cursor, *args))
 
-    def new_cursor(self) -> Cursor:
-        """A fresh connection to the same database, for one caller on one thread; close it after use."""
+    async def read_cluster(self, fn: Callable[..., T], *args: Any) -> T:
+        """``read``, on a cursor whose ``request_log`` and ``tsdb_points`` are the cluster's (the module doc).
+        A segment that vanished (retention on another replica) or turns out unreadable is dropped from the
+        views and the read runs again."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: self._read_cluster(fn, args))
+
+    def _read_cluster(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        for _ in range(3):
+            try:
+                return fn(self._cluster_cursor(), *args)  # the views bind (read footers) when made
+            except duckdb.Error as exc:
+                if not self.drop_failed_segments(exc):
+                    raise
+        return fn(self._cluster_cursor(), *args)
+
+    def new_cursor(self, *, cluster: bool = False) -> Cursor:
+        """A fresh connection to the same database, for one caller on one thread; close it after use.
+        ``cluster``: with the cluster views (``read_cluster``)."""
         with self._cursor_lock:
             if self._cursor_source is None:
                 raise RuntimeError("analytics store is not open")
-            return self._cursor_source.cursor()
+            cursor = self._cursor_source.cursor()
+        for _ in range(3):
+            if not cluster or (view := self._cluster) is None:
+                return cursor
+            try:
+                self._create_views(cursor, view)
+                return cursor
+            except duckdb.Error as exc:
+                if not self.drop_failed_segments(exc):
+                    cursor.close()
+                    raise
+        cursor.close()
+        raise RuntimeError("the cluster views kept failing on segments that vanished")
+
+    # --- export support (store/log_export.py) ------------------------------------------------------------
+
+    @property
+    def cluster_files(self) -> ClusterFiles | None:
+        return self._cluster
+
+    def publish_cluster(self, files: dict[str, tuple[str, ...]], watermarks: dict[str, float], replica_id: str) -> None:
+        """Swap what the cluster views read (files and watermarks together, so no row is read twice)."""
+        with self._cluster_lock:
+            generation = self._cluster.generation + 1 if self._cluster else 1
+            self._cluster = ClusterFiles(replica_id, dict(files), dict(watermarks), generation)
+
+    def forget_segments(self, paths: Iterable[str]) -> None:
+        """Stop reading these files (deleted by retention, or unreadable)."""
+        gone = set(paths)
+        with self._cluster_lock:
+            view = self._cluster
+            if view is None or not gone:
+                return
+            files = {table: tuple(p for p in paths_ if p not in gone) for table, paths_ in view.files.items()}
+            if files != view.files:
+                self._cluster = ClusterFiles(view.replica_id, files, view.watermarks, view.generation + 1)
+
+    def drop_failed_segments(self, exc: BaseException) -> bool:
+        """After a cluster read failed: drop the segments it names or that no longer exist; True if any."""
+        view = self._cluster
+        if view is None or not isinstance(exc, duckdb.IOException | duckdb.InvalidInputException):
+            return False
+        message = str(exc)
+        bad = [path for paths in view.files.values() for path in paths if path in message or not os.path.exists(path)]
+        if bad:
+            log.warning("log_export_segments_dropped", count=len(bad), error=message.strip().splitlines()[0][:300])
+            self.forget_segments(bad)
+        return bool(bad)
+
+    def set_watermark_floor(self, unix: float) -> None:
+        self._floor = max(self._floor, unix)
+
+    def _stamp(self) -> float:
+        """logged_at of a batch written now: never before the watermark, even if the clock steps back."""
+        return max(self._clock(), self._floor)
+
+    def _cluster_cursor(self) -> Cursor:
+        view = self._cluster
+        local = self._local
+        if view is None:
+            return local.cursor
+        if getattr(local, "cluster_generation", None) != view.generation:
+            if getattr(local, "cluster", None) is None:
+                local.cluster = self.new_cursor()
+            self._create_views(local.cluster, view)
+            local.cluster_generation = view.generation
+        return local.cluster
+
+    def _create_views(self, cursor: Cursor, view: ClusterFiles) -> None:
+        for table, columns in EXPORT_COLUMNS.items():
+            local = (
+                f"SELECT {', '.join(columns)}, {sql_text(view.replica_id)} AS replica_id"
+                f' FROM "{self._catalog.replace(chr(34), chr(34) * 2)}".main.{table}'
+                f" WHERE logged_at >= to_timestamp({float(view.watermarks.get(table, 0.0))!r})"
+            )
+            files = view.files.get(table, ())
+            if files:
+                listed = ", ".join(sql_text(path) for path in files)
+                local += (
+                    f" UNION ALL BY NAME SELECT * FROM read_parquet([{listed}],"
+                    " hive_partitioning = false, union_by_name = true)"
+                )
+            cursor.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {local}")
 
     def _init_reader(self) -> None:
         self._local.cursor = self.new_cursor()
@@ -228,8 +391,13 @@ class AnalyticsStore:
         try:
             db.execute("BEGIN TRANSACTION")
             try:
-                db.execute(f"INSERT INTO request_log ({', '.join(_COLUMNS)}) SELECT {_SELECT} FROM request_batch")
-                db.execute(_INSERT_POINTS)
+                stamp = self._stamp()
+                db.execute(
+                    f"INSERT INTO request_log ({', '.join(_COLUMNS)}, logged_at)"
+                    f" SELECT {_SELECT}, to_timestamp(?) FROM request_batch",
+                    [stamp],
+                )
+                db.execute(_INSERT_POINTS, [stamp])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -285,6 +453,28 @@ def _token_counts(values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     if clamped.size:
         np.clip(counts, 0, MAX_TOKEN_COUNT, out=counts)
     return counts, clamped
+
+
+def sql_text(value: str) -> str:
+    """A SQL string literal (for the places DuckDB takes no parameter: COPY targets, view bodies)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _add_logged_at(conn: duckdb.DuckDBPyConnection) -> None:
+    """Add ``logged_at`` where it is missing; the rows already there take their own time as theirs."""
+    present = {
+        row[0]
+        for row in conn.execute(
+            "SELECT table_name FROM duckdb_columns() WHERE column_name = 'logged_at' AND schema_name = 'main'"
+        ).fetchall()
+    }
+    for table, time_column in _LOGGED_AT.items():
+        if table in present:
+            continue
+        # No DEFAULT current_timestamp: replaying a WAL that holds such a column fails with extension
+        # autoloading off (the function is not registered yet at replay). Every insert sets it instead.
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS logged_at TIMESTAMPTZ")
+        conn.execute(f"UPDATE {table} SET logged_at = {time_column}")
 
 
 def _widen(conn: duckdb.DuckDBPyConnection) -> None:

@@ -188,6 +188,21 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         # The routing objective (pipeline/objective.py) as JSON; '' = the default objective.
         "ALTER TABLE routing_config ADD COLUMN reward TEXT NOT NULL DEFAULT '';",
     ),
+    (
+        13,
+        "key_spend_copy",
+        # Scaled out: the durable copy of each key's month-to-date spend, whose live total is in Redis
+        # (store/spend_copy.py); it seeds Redis when Redis comes back empty. Unused by a single process.
+        """
+        CREATE TABLE key_spend (
+            key_id TEXT NOT NULL,
+            month TEXT NOT NULL,
+            spend_usd REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (key_id, month)
+        );
+        """,
+    ),
 )
 
 

@@ -58,6 +58,11 @@ class Reservations(Protocol):
         """What holders have reserved on this account right now."""
         ...
 
+    @property
+    def total_usd(self) -> float:
+        """Every hold this process knows of (the gauge)."""
+        ...
+
 
 class LocalReservations:
     """This process's reservations. Enough for one TokenHub; several replicas need a shared implementation."""
@@ -83,9 +88,16 @@ class LocalReservations:
 
     def settle(self, holder: str, actual_usd: float) -> None:
         held = self._holds.get(holder)
-        if held is not None:
-            self.release(holder)
-            self._hold(holder, held[0], max(0.0, actual_usd))
+        if held is None:
+            return
+        ids, amount = held
+        actual = max(0.0, actual_usd)
+        delta = actual - amount  # adjusted in place: one pass instead of a release and a new hold
+        self._holds[holder] = (ids, actual)
+        reserved = self._reserved
+        for account_id in ids:
+            reserved[account_id] += delta
+        self.total_usd += delta
 
     def release(self, holder: str) -> None:
         held = self._holds.pop(holder, None)
@@ -102,6 +114,11 @@ class LocalReservations:
 
     def reserved(self, account_id: str) -> float:
         return self._reserved.get(account_id, 0.0)
+
+    def held(self, holder: str) -> float:
+        """What `holder` holds now (0 when nothing)."""
+        entry = self._holds.get(holder)
+        return entry[1] if entry is not None else 0.0
 
     @property
     def holders(self) -> int:

@@ -5,19 +5,26 @@ the first one interval after start-up (spec: hourly and every 6 hours; the audit
 request log's schedule with its own retention). The time-series retention can be
 changed at runtime (``PUT /admin/v1/tsdb/retention``); like the original it lives in memory and a restart
 goes back to the configured value. Prunes run on the DuckDB writer thread, so they never race a batch insert.
+
+With a log export directory the same prunes delete exported segments (store/segments.py) of every replica,
+whole segments only: a segment goes once its entire window ended before the cutoff, so rows up to one
+segment span older than the retention may be read from a segment until then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import structlog
 
 from store import audit
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
+from store.segments import delete_segments_before
 from store.tsdb import prune_points, prune_requests
 
 __all__ = ["REQUEST_LOG_PRUNE_EVERY_SECS", "TSDB_PRUNE_EVERY_SECS", "Retention"]
@@ -66,6 +73,18 @@ class Retention:
     async def prune_request_log(self) -> int:
         return await self._prune("request_log", prune_requests, self.request_log_days)
 
+    async def prune_segments(self, table: str, days: int) -> int:
+        """Delete ``table``'s exported segments (every replica's) entirely older than now - ``days``."""
+        root = self._analytics.export_dir
+        if not root:
+            return 0
+        cutoff = self.cutoff(days)
+        deleted = await asyncio.to_thread(delete_segments_before, Path(root), table, cutoff.timestamp())
+        self._analytics.forget_segments(s.path for s in deleted)
+        if deleted:
+            log.info("pruned_segments", table=table, deleted=len(deleted), older_than=cutoff.isoformat())
+        return len(deleted)
+
     async def prune_audit(self) -> int:
         """Delete audit rows older than now - the audit retention (on the config store's thread)."""
         if self._config is None:
@@ -81,4 +100,5 @@ class Retention:
         cutoff = self.cutoff(days)
         deleted = await self._analytics.call(fn, self._analytics.db, cutoff)
         log.info("pruned", table=table, deleted=deleted, older_than=cutoff.isoformat(), retention_days=days)
+        await self.prune_segments(table, days)
         return deleted

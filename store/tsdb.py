@@ -65,8 +65,8 @@ def write_points(db: Cursor, points: Sequence[Point]) -> None:
     if not points:
         return
     db.executemany(
-        "INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value)"
-        " VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
+        "INSERT INTO tsdb_points (ts, metric, model_id, provider_id, value, samples, min_value, max_value, logged_at)"
+        " VALUES (?, ?, ?, ?, ?, 1, ?, ?, now())",
         [(p.ts, p.metric, p.model_id, p.provider_id, p.value, p.value, p.value) for p in points],
     )
 

@@ -31,6 +31,8 @@ ROOT_MODULES = {
     "pipeline.__main__",
     "pipeline.backup_cli",
     "pipeline.completion",
+    "pipeline.supervisor",
+    "pipeline.worker_process",
 }
 
 

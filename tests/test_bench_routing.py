@@ -21,4 +21,5 @@ def test_quick_routing_benchmark_reports_every_policy_and_the_evaluation() -> No
         assert f"\n{policy:17}  ratio mean" in out
     assert "evaluation of thompson: actual average within the estimate's 95 % CI" in out
     assert "requests to shift (thompson+feedback" in out and "per-decision cost" in out
-    assert out.count("PASS  ") + out.count("FAIL  ") == 3
+    assert "within its 95 % prediction interval" in out and "where the new best leads by >= 0.05" in out
+    assert out.count("PASS  ") + out.count("FAIL  ") == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 from typing import Any
@@ -48,6 +49,20 @@ def test_ids_are_unique_unguessable_and_say_when_they_started() -> None:
     assert started is not None and before - 0.001 <= started <= time.time()
     assert request_id_started(ids[0] + ".1-plan") == started  # a /v1/plan step's id names its plan's
     assert request_id_started("shared-2") is None and request_id_started("th-5f1c0e2a9b7d-00000042") is None
+
+
+def test_a_forked_process_never_repeats_its_parents_ids() -> None:
+    new_request_id()  # the parent's random buffer now holds ids it has not handed out yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave without running any test machinery
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert OUR_ID.fullmatch(child_id) and child_id[16:] != new_request_id()[16:]
 
 
 async def test_a_client_id_is_correlation_only_and_cannot_reach_another_keys_row(hub: Hub) -> None:

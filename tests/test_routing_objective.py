@@ -197,7 +197,10 @@ async def test_evaluate_estimates_a_policy_from_the_log(make_hub: Any) -> None:
             estimate = result[name]
             low, high = estimate["ci95"]
             assert low <= estimate["estimate"] <= high and estimate["std_error"] > 0
+            wide_low, wide_high = estimate["prediction95"]  # one run's average: wider than the mean's
+            assert wide_low <= low and high <= wide_high and estimate["replay_spread"] >= 0
         assert 0 < result["effective_sample_size"] <= 45
+        assert result["approximate"] is (mode != "thompson")
     # cheap scoring picks frugal, which the client rates 0.3: valued by quality alone, that is what it earns
     quality_only = {"quality": 1, "cost": 0, "latency": 0}
     cheap = await hub.admin(
@@ -212,7 +215,7 @@ async def test_evaluate_estimates_a_policy_from_the_log(make_hub: Any) -> None:
         {"policy": {"mode": "normal"}, "since": "2020-01-01T00:00:00Z", "until": "2020-01-02T00:00:00Z"},
         expect=200,
     )
-    assert empty["rows"] == 0 and empty["ips"]["ci95"] is None
+    assert empty["rows"] == 0 and empty["ips"]["ci95"] is None and empty["ips"]["prediction95"] is None
 
 
 async def test_rewards_feedback_and_propensities_survive_a_restart(make_hub: Any) -> None:

@@ -12,7 +12,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("script", ["soak.py", "demo.py", "bench_routing.py", "bench_writer.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "soak.py",
+        "demo.py",
+        "bench_routing.py",
+        "bench_writer.py",
+        "bench_shared_limits.py",
+        "bench_scale.py",
+        "bench_load.py",
+        "bench_fake_provider.py",
+    ],
+)
 def test_the_script_prints_its_help(script: str) -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True, timeout=60

@@ -51,6 +51,10 @@ class Idempotency:
         self._replays = services.metrics.idempotent_replays
         self._conflicts = services.metrics.idempotency_conflicts
 
+    def applies(self, request: web.Request) -> bool:
+        """Whether `run` has anything to do: the request sent the header and answers are kept."""
+        return HEADER in request.headers and self._store.max_bytes != 0
+
     async def run(
         self, request: web.Request, key_id: str, body: bytes, endpoint: str, serve: Serve, on_replay: OnReplay
     ) -> web.StreamResponse:

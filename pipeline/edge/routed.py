@@ -56,6 +56,8 @@ class RoutedEndpoint:
             ctx.error = exc
             services.recorder.emit(ctx)
             return self._error(exc, ctx.request_id)
+        if not self._idempotency.applies(request):  # the common case: no wrapper, no closures
+            return await self._serve(request, ctx, chain)
         try:
             return await self._idempotency.run(
                 request,

@@ -10,15 +10,21 @@ missing from both (store/reservations.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from pipeline.context import RequestContext
 from pipeline.types import RequestRecord
-from stages.key_limits import KeyLimits
 from store.key_ledger import KeyLedger
 from store.reservations import Reservations
 from store.vault import Vault
 
-__all__ = ["KeyAccountingSink"]
+__all__ = ["KeyAccountingSink", "TokenSettler"]
+
+
+class TokenSettler(Protocol):
+    """Settles a request's tokens-per-minute charge: `KeyLimits`, or the shared gate when scaled out."""
+
+    def settle(self, request_id: str, actual_tokens: int, tpm: int) -> None: ...
 
 
 class KeyAccountingSink:
@@ -27,7 +33,7 @@ class KeyAccountingSink:
     def __init__(
         self,
         ledger: KeyLedger,
-        limits: KeyLimits,
+        limits: TokenSettler,
         vault: Vault,
         vault_backed: Callable[[], frozenset[str]],
         reservations: Reservations,

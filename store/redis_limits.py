@@ -1,0 +1,402 @@
+"""Rate limits and budget holds shared by replicas, as atomic Lua scripts in Redis (docs/scaling.md).
+
+Two scripts carry everything a request does to the shared limits:
+
+- `gate`, the request's one round trip before its provider call: the per-IP bucket, the API key's requests-
+  and tokens-per-minute buckets, and the reservation of its worst-case cost against the key's monthly budget,
+  all checked and taken atomically (so a request refused by a later check still spent the earlier ones, in the
+  same order the local checks run: IP, then key limits, then budget).
+- `apply`, a batch of what happens after a response (a hold shrunk to the actual cost, a cost moved into the
+  spend together with the release of its hold, a token-count settle, a deferred take, a lease renewal), sent
+  by the background `OpFlusher`, never awaited by a request.
+
+Buckets refill continuously on Redis's clock (`TIME`, so replicas' clocks do not matter) and expire once they
+would be full again: an idle bucket costs no memory. A hold lives in three keys per budget account: a hash
+holder -> amount, the sum of the holds, and a sorted set holder -> lease expiry; an expired lease (a killed
+replica's request) is swept by the next reservation on that account. Keys are named from the link's prefix
+inside the scripts, so this targets a single Redis (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from store.redis_link import RedisDown, RedisLink
+
+__all__ = [
+    "HOLD_LEASE_SECS",
+    "SPEND_TTL_SECS",
+    "BucketTake",
+    "GateReply",
+    "OpFlusher",
+    "RedisLimits",
+]
+
+log = structlog.get_logger("tokenhub.shared_limits")
+
+HOLD_LEASE_SECS = 30.0  # a hold not renewed for this long (its replica died) frees itself
+SPEND_TTL_SECS = 62 * 86400  # a month's spend hash outlives its month, then expires
+
+_COMMON = r"""
+local P = ARGV[1]
+local req = cjson.decode(ARGV[2])
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) + tonumber(tm[2]) / 1000000
+local nowms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+local EPS = 1e-12
+local function fmt(x) return string.format('%.17g', x) end
+
+local function bucket_read(key, rate, burst)
+  local v = redis.call('HMGET', key, 't', 'ts')
+  local t = tonumber(v[1])
+  if t == nil then return burst end
+  local elapsed = now - (tonumber(v[2]) or now)
+  if elapsed < 0 then elapsed = 0 end
+  t = t + elapsed * rate
+  if t > burst then t = burst end
+  return t
+end
+local function bucket_write(key, t, rate, burst)
+  redis.call('HSET', key, 't', fmt(t), 'ts', fmt(now))
+  redis.call('PEXPIRE', key, math.ceil(((burst - t) / rate + 1) * 1000))
+end
+
+local function hkeys(acct) return P .. 'hold:' .. acct, P .. 'holdsum:' .. acct, P .. 'holdexp:' .. acct end
+local function held(acct)
+  local s = tonumber(redis.call('GET', P .. 'holdsum:' .. acct)) or 0
+  if s < 0 then return 0 end
+  return s
+end
+local function drop(acct, f)
+  local h, s, e = hkeys(acct)
+  redis.call('ZREM', e, f)
+  local old = tonumber(redis.call('HGET', h, f))
+  if old == nil then return end
+  redis.call('HDEL', h, f)
+  if redis.call('HLEN', h) == 0 then
+    redis.call('DEL', s, e)  -- no float residue keeps an idle account around
+  else
+    redis.call('INCRBYFLOAT', s, fmt(-old))
+  end
+end
+local function sweep(acct)
+  local _, _, e = hkeys(acct)
+  for _, f in ipairs(redis.call('ZRANGEBYSCORE', e, '-inf', nowms, 'LIMIT', 0, 500)) do drop(acct, f) end
+end
+local function hold(acct, f, amount, lease)
+  local h, s, e = hkeys(acct)
+  local old = tonumber(redis.call('HGET', h, f)) or 0
+  redis.call('HSET', h, f, fmt(amount))
+  redis.call('INCRBYFLOAT', s, fmt(amount - old))
+  redis.call('ZADD', e, nowms + lease, f)
+  for _, k in ipairs({h, s, e}) do redis.call('PEXPIRE', k, lease * 4) end
+end
+"""
+
+# req: {"g": [[[key, rate/s, burst, cost, strict], ...], ...], "r": {"h", "prev", "a": [[account, limit,
+# spend hash, key id], ...], "worst", "need", "lease"}}. Each group of buckets is all-or-nothing; groups are
+# taken in order. Returns {"rl": [group, bucket, wait]} | {"refused": i, "info": [[spent, held], ...]} |
+# {"held": amount, "info": [...]} | {}. Floats travel as strings (cjson keeps 14 digits).
+GATE_LUA = (
+    _COMMON
+    + r"""
+for gi, group in ipairs(req.g or {}) do
+  local vals = {}
+  for i, b in ipairs(group) do
+    local t = bucket_read(P .. b[1], b[2], b[3])
+    local ok
+    if b[5] then ok = t >= 1 else ok = t > 0 end
+    if not ok then return cjson.encode({rl = {gi, i, fmt((1 - t) / b[2])}}) end
+    vals[i] = t
+  end
+  for i, b in ipairs(group) do bucket_write(P .. b[1], vals[i] - b[4], b[2], b[3]) end
+end
+local r = req.r
+if not r then return '{}' end
+for _, a in ipairs(r.a) do
+  if r.prev ~= '' then drop(a[1], r.prev) end
+  sweep(a[1])
+end
+local amount = math.max(0, r.worst)
+local needed = math.min(amount, math.max(0, r.need))
+local info = {}
+for i, a in ipairs(r.a) do
+  local spent = tonumber(redis.call('HGET', P .. a[3], a[4])) or 0
+  local h = held(a[1])
+  info[i] = {fmt(spent), fmt(h)}
+  local left = a[2] - spent - h
+  if needed > left + EPS then return cjson.encode({refused = i, info = info}) end
+  amount = math.min(amount, math.max(left, needed))
+end
+for i, a in ipairs(r.a) do
+  hold(a[1], r.h, amount, r.lease)
+  info[i][2] = fmt(held(a[1]))
+end
+return cjson.encode({held = fmt(amount), info = info})
+"""
+)
+
+# req: a list of ops (see OpFlusher). Returns {"w": [[op index, wait], ...] for takes refused,
+# "s": [[hash, key id, spend], ...] for spend written}.
+APPLY_LUA = (
+    _COMMON
+    + r"""
+local waits, spends = {}, {}
+for i, op in ipairs(req) do
+  local o = op.o
+  if o == 'spend' then
+    local v = redis.call('HINCRBYFLOAT', P .. op.h, op.k, fmt(op.c))
+    redis.call('PEXPIRE', P .. op.h, op.ttl)
+    spends[#spends + 1] = {op.h, op.k, v}
+  elseif o == 'release' then
+    for _, a in ipairs(op.a) do drop(a, op.f) end
+  elseif o == 'settle' then
+    for _, a in ipairs(op.a) do
+      if redis.call('HEXISTS', P .. 'hold:' .. a, op.f) == 1 then hold(a, op.f, op.v, op.lease) end
+    end
+  elseif o == 'renew' then
+    for _, l in ipairs(op.l) do
+      local h, s, e = hkeys(l[1])
+      if redis.call('ZADD', e, 'XX', 'CH', nowms + op.lease, l[2]) == 1 then
+        for _, k in ipairs({h, s, e}) do redis.call('PEXPIRE', k, op.lease * 4) end
+      end
+    end
+  elseif o == 'tpm' then
+    local key = P .. op.k
+    local t = math.min(op.burst, bucket_read(key, op.rate, op.burst) - op.d)
+    bucket_write(key, t, op.rate, op.burst)
+  elseif o == 'take' then
+    local b = op.b
+    local key = P .. b[1]
+    local t = bucket_read(key, b[2], b[3])
+    local ok
+    if b[5] then ok = t >= 1 else ok = t > 0 end
+    if ok then bucket_write(key, t - b[4], b[2], b[3]) else waits[#waits + 1] = {i, fmt((1 - t) / b[2])} end
+  elseif o == 'del' then
+    for _, k in ipairs(op.k) do redis.call('DEL', P .. k) end
+  elseif o == 'reset' then
+    redis.call('HDEL', P .. op.h, op.k)
+  end
+end
+return cjson.encode({w = waits, s = spends})
+"""
+)
+
+# A month's spend, and whether it was seeded since Redis last started empty.
+SYNC_LUA = r"""
+local seeded = redis.call('EXISTS', KEYS[2])
+return {seeded, redis.call('HGETALL', KEYS[1])}
+"""
+
+# Seed a month's spend once (the first replica to find it unseeded wins): its durable copy added to whatever
+# costs reached Redis since it came back empty.
+SEED_LUA = r"""
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketTake:
+    """One bucket a request takes from. `strict`: admitted with a whole token left, taking `cost` (requests);
+    else admitted while the bucket is positive, taking `cost` even past zero (tokens per minute: a large
+    request is never refused forever). `message` is the 429's."""
+
+    key: str
+    rate: float  # tokens per second
+    burst: float
+    cost: float
+    strict: bool
+    message: str
+
+    def wire(self) -> list[Any]:
+        return [self.key, self.rate, self.burst, self.cost, self.strict]
+
+
+@dataclass(frozen=True, slots=True)
+class GateReply:
+    """What the gate script said: a bucket that refused (`limited`: (group, bucket) and its wait), a budget
+    account that refused (`refused`: its index), or the amount held; `info` is each account's spend and holds
+    as Redis has them now (the replicas' local views are refreshed from it)."""
+
+    limited: tuple[int, int] | None = None
+    wait: float = 0.0
+    refused: int | None = None
+    held: float = 0.0
+    info: tuple[tuple[float, float], ...] = ()
+
+
+class RedisLimits:
+    """The scripts, bound to one link. Every call goes through `link.run` (bounded; RedisDown when down)."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self._gate = link.script(GATE_LUA)
+        self._apply = link.script(APPLY_LUA)
+        self._sync = link.script(SYNC_LUA)
+        self._seed = link.script(SEED_LUA)
+
+    async def gate(self, groups: list[tuple[BucketTake, ...]], reservation: dict[str, Any] | None) -> GateReply:
+        request: dict[str, Any] = {"g": [[take.wire() for take in group] for group in groups if group]}
+        if reservation is not None:
+            request["r"] = reservation
+        raw = await self.link.run(lambda: self._gate(args=[self.link.prefix, json.dumps(request)]))
+        reply = json.loads(raw)
+        info = tuple((float(spent), float(held)) for spent, held in reply.get("info") or ())
+        if "rl" in reply:
+            group, bucket, wait = reply["rl"]
+            return GateReply(limited=(group - 1, bucket - 1), wait=float(wait))
+        if "refused" in reply:
+            return GateReply(refused=reply["refused"] - 1, info=info)
+        return GateReply(held=float(reply.get("held", 0.0)), info=info)
+
+    async def apply(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        raw = await self.link.run(lambda: self._apply(args=[self.link.prefix, json.dumps(ops)]))
+        reply = json.loads(raw)
+        return {"w": _listed(reply.get("w")), "s": _listed(reply.get("s"))}
+
+    async def month_spend(self, month: str) -> tuple[bool, dict[str, float]]:
+        """(seeded since Redis last started empty, key id -> spend) for a month ("2026-12")."""
+        keys = [self.link.key("spend", month), self.link.key("spendseed", month)]
+        seeded, flat = await self.link.run(lambda: self._sync(keys=keys))
+        values = {flat[i].decode(): float(flat[i + 1]) for i in range(0, len(flat), 2) if isinstance(flat[i], bytes)}
+        return bool(seeded), values
+
+    async def seed_month(self, month: str, spend: dict[str, float]) -> bool:
+        """Seed a month's spend unless another replica did; True when this call seeded it."""
+        keys = [self.link.key("spend", month), self.link.key("spendseed", month)]
+        args: list[Any] = [int(SPEND_TTL_SECS * 1000)]
+        for key_id, value in spend.items():
+            if value > 0:
+                args += [key_id, repr(float(value))]
+        return bool(await self.link.run(lambda: self._seed(keys=keys, args=args)))
+
+
+def _without_superseded(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A hold settled and released in the same batch needs only its release (the common case: a response's
+    settle and its record's release are queued in the same loop iteration)."""
+    released = {op["f"] for op in ops if op["o"] == "release"}
+    if not released:
+        return ops
+    return [op for op in ops if op["o"] != "settle" or op["f"] not in released]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []  # cjson encodes an empty table as {}
+
+
+class OpFlusher:
+    """What requests leave for Redis after their response, sent in the background in batches: one `apply`
+    script per batch, so a cost moved into the spend and the release of its hold (queued together by the
+    key-accounting sink) land atomically. While a batch is in flight the next one gathers.
+
+    While Redis is down the ops are folded into a backlog that `resync` (on the link's way back up) pushes in
+    one script: costs summed per key, releases and resets kept; hold settles, deferred takes and token settles
+    are dropped (the release follows; rate limits refill anyway). `stop` sends what is left."""
+
+    def __init__(
+        self,
+        limits: RedisLimits,
+        *,
+        on_reply: Callable[[list[dict[str, Any]], dict[str, Any]], None],
+        on_fallback: Callable[[str], None],
+    ) -> None:
+        self._limits = limits
+        self._on_reply = on_reply
+        self._on_fallback = on_fallback
+        self._ops: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._backlog_spend: dict[tuple[str, str], float] = {}  # (spend hash, key id) -> cost not yet in Redis
+        self._backlog_ops: list[dict[str, Any]] = []  # releases, resets, deletes, in order
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, *ops: dict[str, Any]) -> None:
+        self._ops.extend(ops)
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog_spend) + len(self._backlog_ops)
+
+    def backlog_spend(self) -> dict[tuple[str, str], float]:
+        return dict(self._backlog_spend)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="shared-limits-flusher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()  # the last batch (one bounded round trip; kept in the backlog if Redis is down)
+
+    async def drained(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until every op queued so far was sent or folded into the backlog (tests, shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:  # a bug must not stop the flusher: log, keep going
+                log.exception("shared_limits_flush_failed")
+
+    async def flush(self) -> None:
+        while self._ops:
+            batch, self._ops = _without_superseded(self._ops), []
+            if not self._limits.link.up:
+                self._fold(batch)
+                continue
+            try:
+                reply = await self._limits.apply(batch)
+            except RedisDown:
+                self._fold(batch)
+                continue
+            self._on_reply(batch, reply)
+        self._idle.set()
+
+    async def resync(self) -> None:
+        """Redis is back: push the backlog in one script (raises RedisDown to be retried on the next up)."""
+        ops = list(self._backlog_ops)
+        ops += [
+            {"o": "spend", "h": h, "k": k, "c": c, "ttl": int(SPEND_TTL_SECS * 1000)}
+            for (h, k), c in self._backlog_spend.items()
+        ]
+        if not ops:
+            return
+        reply = await self._limits.apply(ops)
+        self._backlog_ops.clear()
+        self._backlog_spend.clear()
+        self._on_reply(ops, reply)
+        log.info("shared_limits_resynced", ops=len(ops))
+
+    def _fold(self, batch: list[dict[str, Any]]) -> None:
+        for op in batch:
+            kind = op["o"]
+            if kind == "spend":
+                key = (op["h"], op["k"])
+                self._backlog_spend[key] = self._backlog_spend.get(key, 0.0) + op["c"]
+            elif kind == "reset":
+                self._backlog_spend.pop((op["h"], op["k"]), None)
+                self._backlog_ops.append(op)
+            elif kind in ("release", "del"):
+                self._backlog_ops.append(op)
+            else:
+                continue
+            self._on_fallback("flush")

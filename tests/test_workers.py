@@ -1,0 +1,205 @@
+"""`tokenhub serve --workers N` as real processes: one port, every worker serving, one DuckDB owner.
+
+A supervisor with two workers on one port (SO_REUSEPORT), a fake provider, Redis with a fresh prefix. Each
+check reaches a given worker by keeping one connection open to it (the kernel picks the worker per
+connection; /healthz says which one answered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+import pytest
+
+from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.backing import REDIS_URL, fresh_redis_prefix
+from tests.support.server import Server
+
+ADMIN = "workers-admin-token-0123456789abcdef"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+DEADLINE_SECS = 90.0  # a worker's start on a loaded two-core machine; every wait below is bounded by it
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+def _server(tmp_path: Path, fake: FakeOpenAI, prefix: str, workers: int = 2) -> Server:
+    config = {
+        "providers": [{"id": "fake", "type": "openai", "base_url": fake.base_url, "api_key_env": "WORKERS_FAKE_KEY"}],
+        "models": [{"id": "m1", "provider_id": "fake", "weight": 5, "input_per_1k": 0.0001, "output_per_1k": 0.0002}],
+        "api_keys": [{"name": "app"}],
+    }
+    (tmp_path / "tokenhub.json").write_text(json.dumps(config))
+    return Server(
+        tmp_path / "data",
+        command=[sys.executable, "-m", "pipeline", "serve", "--workers", str(workers)],
+        WORKERS_FAKE_KEY="sk-fake",
+        TOKENHUB_CONFIG_FILE=str(tmp_path / "tokenhub.json"),
+        TOKENHUB_REDIS_URL=REDIS_URL,
+        TOKENHUB_REDIS_PREFIX=prefix,
+        TOKENHUB_ADMIN_TOKEN=ADMIN,
+        TOKENHUB_RATE_LIMIT_RPS="100000",
+        TOKENHUB_RATE_LIMIT_BURST="100000",
+        TOKENHUB_ADMIN_RATE_LIMIT_RPS="100000",
+        TOKENHUB_ADMIN_RATE_LIMIT_BURST="100000",
+        TOKENHUB_HEALTH_PROBE_INTERVAL_SECS="0",
+        TOKENHUB_LOG_LEVEL="warning",
+    )
+
+
+class Pinned:
+    """One kept-alive connection, hence one worker."""
+
+    def __init__(self, session: aiohttp.ClientSession, worker: dict[str, Any]) -> None:
+        self.session = session
+        self.worker = worker
+
+    async def chat(self, key: str) -> str:
+        body = {"request": {"messages": [{"role": "user", "content": "hello"}]}}
+        async with self.session.post("/v1/chat", json=body, headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200, await resp.text()
+            return resp.headers["X-Request-ID"]
+
+    async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with self.session.request(method, f"/admin/v1{path}", json=body, headers=ADMIN_HEADERS) as resp:
+            return resp.status, await resp.json()
+
+    async def logged_ids(self) -> set[str]:
+        status, page = await self.admin("GET", "/logs?limit=1000")
+        assert status == 200, page
+        return {row["request_id"] for row in page["logs"]}
+
+
+async def _pinned(url: str, index: int, *, not_pid: int = 0) -> Pinned:
+    """A connection that worker ``index`` accepted (and whose pid is not ``not_pid``: a restarted one)."""
+    deadline = time.monotonic() + DEADLINE_SECS
+    while time.monotonic() < deadline:
+        session = aiohttp.ClientSession(base_url=url, connector=aiohttp.TCPConnector(limit=1))
+        try:
+            async with session.get("/healthz") as resp:
+                worker = (await resp.json())["worker"]
+            if worker["index"] == index and worker["pid"] != not_pid:
+                return Pinned(session, worker)
+        except aiohttp.ClientConnectionError:
+            pass
+        await session.close()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"worker {index} never answered")
+
+
+async def _wait_logged(pinned: Pinned, wanted: set[str]) -> None:
+    deadline = time.monotonic() + DEADLINE_SECS
+    while not wanted <= (found := await pinned.logged_ids()):
+        assert time.monotonic() < deadline, f"never logged: {sorted(wanted - found)}"
+        await asyncio.sleep(0.2)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_two_workers_share_the_port_one_request_log_and_survive_kills(tmp_path: Path, fake: FakeOpenAI) -> None:
+    async with fresh_redis_prefix() as prefix:
+        server = _server(tmp_path, fake, prefix)
+        await server.start()
+        sessions: list[Pinned] = []
+        try:
+            w0, w1 = await _pinned(server.url, 0), await _pinned(server.url, 1)
+            sessions += [w0, w1]
+            assert w0.worker["pid"] != w1.worker["pid"]
+            assert w0.worker["analytics_owner"] and not w1.worker["analytics_owner"]
+            key = json.loads((tmp_path / "data" / "config-keys.json").read_text())["app"]
+
+            # the owner's internal routes do not exist on the shared port
+            async with w0.session.post("/internal/v1/analytics/read", data=b"x") as resp:
+                assert resp.status == 404
+
+            # a bounded burst through both workers: every answer is in the request log, read through either
+            served: dict[str, int] = {}
+            for batch in range(5):
+                ids = await asyncio.gather(*(w.chat(key) for w in (w0, w1) for _ in range(4)))
+                served.update({rid: (0 if n < 4 else 1) for n, rid in enumerate(ids)})
+                assert len(served) == 8 * (batch + 1)
+            assert set(served) <= await w1.logged_ids()
+            assert set(served) <= await w0.logged_ids()
+
+            # feedback on a request the other worker served
+            by_w1 = next(rid for rid, w in served.items() if w == 1)
+            by_w0 = next(rid for rid, w in served.items() if w == 0)
+            for pinned, rid, score in ((w0, by_w1, 0.25), (w1, by_w0, 0.75)):
+                async with pinned.session.post(
+                    "/v1/feedback", json={"request_id": rid, "score": score}, headers={"Authorization": f"Bearer {key}"}
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                status, row = await pinned.admin("GET", f"/logs/{rid}")
+                assert status == 200 and row["request"]["feedback_score"] == score
+
+            # analyst SQL and the retention setting, asked of worker 1, are answered by the owner
+            status, result = await w1.admin("POST", "/analytics/query", {"sql": "SELECT count(*) FROM request_log"})
+            assert status == 200 and result["rows"] == [[len(served)]]
+            assert (await w1.admin("PUT", "/tsdb/retention", {"days": 9}))[0] == 200
+            assert (await w0.admin("GET", "/tsdb/retention"))[1]["retention_days"] == 9
+
+            # SIGKILL a worker that does not own DuckDB: the other keeps serving, the supervisor restarts it
+            os.kill(w1.worker["pid"], signal.SIGKILL)
+            during = await asyncio.gather(*(w0.chat(key) for _ in range(10)))
+            w1 = await _pinned(server.url, 1, not_pid=w1.worker["pid"])
+            sessions.append(w1)
+            await _wait_logged(w1, set(during))
+
+            # SIGKILL the owner: worker 1 keeps answering and buffers its records until the new owner takes them
+            os.kill(w0.worker["pid"], signal.SIGKILL)
+            while_owner_down = await asyncio.gather(*(w1.chat(key) for _ in range(10)))
+            w0 = await _pinned(server.url, 0, not_pid=w0.worker["pid"])
+            sessions.append(w0)
+            await _wait_logged(w1, set(while_owner_down))
+
+            # answers given right before SIGTERM are written by the time the supervisor exits
+            last = await asyncio.gather(*(w.chat(key) for w in (w0, w1) for _ in range(5)))
+            pids = [w0.worker["pid"], w1.worker["pid"]]
+        finally:
+            for pinned in sessions:
+                await pinned.session.close()
+            code, _out, err = await server.stop()
+        assert code == 0, err[-3000:]
+        assert all(_gone(pid) for pid in pids)
+        wanted = set(served) | set(during) | set(while_owner_down) | set(last)
+        with duckdb.connect(str(tmp_path / "data" / "tokenhub.duckdb"), read_only=True) as db:
+            logged = [row[0] for row in db.execute("SELECT request_id FROM request_log").fetchall()]
+        assert wanted <= set(logged)
+
+
+async def test_more_than_one_worker_without_redis_is_refused(tmp_path: Path) -> None:
+    data = str(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pipeline",
+        "serve",
+        "--workers",
+        "3",
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("TOKENHUB_")}, "TOKENHUB_DATA_DIR": data},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "TOKENHUB_WORKERS=3 needs TOKENHUB_REDIS_URL" in err.decode()
+    assert not (tmp_path / "tokenhub.duckdb").exists()  # refused before anything was opened
