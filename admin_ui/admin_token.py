@@ -41,6 +41,6 @@ async def rotate_admin_token(request: web.Request) -> web.Response:
     except OSError as exc:  # the token file could not be written: the old token stays live
         message = f"the token file {holder.path} could not be written ({exc.strerror}); the old token stays"
         raise InternalError(message) from None
-    request.config_dict[SESSIONS].close_all()
+    await request.config_dict[SESSIONS].close_all()
     log.warning("admin_token_rotated", client_ip=admin_ip(request), explicit=body.token is not None)
     return web.json_response({"ok": True, "token": token, "token_file": str(holder.path)})

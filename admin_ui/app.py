@@ -225,7 +225,11 @@ def admin_app(
     api[SERVICES] = services
     api[PIPELINES] = pipelines
     api[GUARDS] = Guards.build(services)
-    api[SESSIONS] = AdminSessions(services.settings.admin_session_ttl_secs)
+    api[SESSIONS] = AdminSessions(
+        services.settings.admin_session_ttl_secs,
+        link=services.redis,
+        on_fallback=services.metrics.shared_state_fallbacks.labels("sessions").inc,
+    )
     api[ADMIN_TOKEN_KEY] = token
     api.router.add_routes(route for route, _ in ROUTES)
     api[OPERATIONS] = {

@@ -6,17 +6,19 @@ Secure when the request came over TLS, scoped to /admin and expiring. Requests t
 with the cookie must also carry the session's CSRF token in ``X-CSRF-Token``: a header that a cross-site
 form cannot set and a cross-site script cannot read. Bearer clients are unchanged.
 
-Sessions live in memory: a restart signs everyone out, which is the safe default for a single process.
+Sessions live in memory: a restart signs everyone out, which is the safe default for a single process. With
+Redis (TOKENHUB_REDIS_URL) they are shared by every replica (AdminSessions).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -28,6 +30,7 @@ from admin_ui.security import GUARDS
 from pipeline.admin_token import AdminToken
 from pipeline.errors import Forbidden, Unauthorized
 from pipeline.web import Handler
+from store.redis_link import RedisDown, RedisLink
 
 __all__ = [
     "ADMIN_TOKEN_KEY",
@@ -65,26 +68,60 @@ class Session:
 
 class AdminSessions:
     """Signed-in browsers, keyed by a hash of the cookie value (the value itself is not kept). Bounded: past
-    ``max_sessions`` the oldest sign-in is dropped."""
+    ``max_sessions`` the oldest sign-in is dropped.
 
-    def __init__(self, ttl_secs: float, *, max_sessions: int = 1000, clock: Callable[[], float] = time.time) -> None:
+    With Redis (``link``) the sessions live there too, as ``session:<sha-256 of the cookie>`` with the
+    session's TTL: a cookie from one replica works on every replica and signing out (or rotating the admin
+    token) ends it everywhere. Each admin request with a cookie costs one bounded round trip (the admin API is
+    not the request path). Redis down: this replica answers from its own copy (metric
+    ``shared_state_fallbacks{what="sessions"}``) and, back up, pushes the sign-ins and sign-outs made meanwhile."""
+
+    def __init__(
+        self,
+        ttl_secs: float,
+        *,
+        max_sessions: int = 1000,
+        clock: Callable[[], float] = time.time,
+        link: RedisLink | None = None,
+        on_fallback: Callable[[], None] | None = None,
+    ) -> None:
         self.ttl_secs = ttl_secs
         self.max_sessions = max_sessions
         self.clock = clock
         self._sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self._link = link
+        self._on_fallback = on_fallback
+        # What Redis missed while down: sign-ins to store, sign-outs to delete, "everyone signs out".
+        self._unsaved: set[bytes] = set()
+        self._unclosed: set[bytes] = set()
+        self._close_all_pending = False
+        if link is not None:
+            link.on_up(self._resync)
 
-    def open(self) -> tuple[str, Session]:
+    async def open(self) -> tuple[str, Session]:
         """A new session: the cookie value (returned once, to set on the response) and its record."""
         cookie = secrets.token_urlsafe(32)
         session = Session(csrf_token=secrets.token_urlsafe(32), expires_at=self.clock() + self.ttl_secs)
-        self._sessions[_digest(cookie)] = session
+        key = _digest(cookie)
+        self._sessions[key] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
+        if self._link is not None and not await self._shared(lambda: self._save(key, session)):
+            self._unsaved.add(key)
         return cookie, session
 
-    def find(self, cookie: str) -> Session | None:
+    async def find(self, cookie: str) -> Session | None:
         """The live session the cookie names; an expired one is forgotten."""
         key = _digest(cookie)
+        if self._link is not None:
+            found: list[Session | None] = []
+            if await self._shared(lambda: self._load(key, found)):
+                session = found[0]
+                if session is None and key not in self._unsaved:  # signed out (or expired) everywhere
+                    self._sessions.pop(key, None)
+                    return None
+                if session is not None:
+                    self._sessions[key] = session
         session = self._sessions.get(key)
         if session is None:
             return None
@@ -93,15 +130,87 @@ class AdminSessions:
             return None
         return session
 
-    def close(self, cookie: str) -> None:
-        self._sessions.pop(_digest(cookie), None)
+    async def close(self, cookie: str) -> None:
+        key = _digest(cookie)
+        self._sessions.pop(key, None)
+        self._unsaved.discard(key)
+        if self._link is not None and not await self._shared(lambda: self._delete([key])):
+            self._unclosed.add(key)
 
-    def close_all(self) -> None:
+    async def close_all(self) -> None:
         """Everyone signs in again (the admin token changed)."""
         self._sessions.clear()
+        self._unsaved.clear()
+        if self._link is not None and not await self._shared(self._delete_all):
+            self._close_all_pending = True
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    # --- Redis ------------------------------------------------------------------------------------------
+    async def _shared(self, op: Callable[[], Awaitable[object]]) -> bool:
+        """Run `op` against Redis; False (and the fallback counted) when Redis is down."""
+        try:
+            await op()
+        except RedisDown:
+            if self._on_fallback is not None:
+                self._on_fallback()
+            return False
+        return True
+
+    def _key(self, digest: bytes) -> str:
+        assert self._link is not None
+        return self._link.key("session", digest.hex())
+
+    async def _save(self, digest: bytes, session: Session) -> None:
+        assert self._link is not None
+        ttl_ms = int((session.expires_at - self.clock()) * 1000)
+        if ttl_ms <= 0:
+            return
+        value = json.dumps({"csrf": session.csrf_token, "expires_at": session.expires_at})
+        client = self._link.client
+        await self._link.run(lambda: client.set(self._key(digest), value, px=ttl_ms))
+
+    async def _load(self, digest: bytes, found: list[Session | None]) -> None:
+        assert self._link is not None
+        client = self._link.client
+        raw = await self._link.run(lambda: client.get(self._key(digest)))
+        if raw is None:
+            found.append(None)
+            return
+        data = json.loads(raw)
+        found.append(Session(csrf_token=data["csrf"], expires_at=float(data["expires_at"])))
+
+    async def _delete(self, digests: list[bytes]) -> None:
+        assert self._link is not None
+        if digests:
+            client = self._link.client
+            await self._link.run(lambda: client.delete(*(self._key(d) for d in digests)))
+
+    async def _delete_all(self) -> None:
+        assert self._link is not None
+        client = self._link.client
+        pattern = self._link.key("session", "*")
+
+        async def scan() -> list[bytes]:
+            return [key async for key in client.scan_iter(match=pattern, count=1000)]
+
+        keys = await self._link.run(scan)
+        if keys:
+            await self._link.run(lambda: client.delete(*keys))
+
+    async def _resync(self) -> None:
+        """Redis is back: what this replica did meanwhile reaches it (the "everyone out" first)."""
+        if self._close_all_pending:
+            await self._delete_all()
+            self._close_all_pending = False
+        unclosed, self._unclosed = self._unclosed, set()
+        await self._delete(list(unclosed))
+        for digest in list(self._unsaved):
+            session = self._sessions.get(digest)
+            if session is not None:
+                await self._save(digest, session)
+            self._unsaved.discard(digest)
 
 
 SESSIONS: web.AppKey[AdminSessions] = web.AppKey("admin_sessions", AdminSessions)
@@ -131,7 +240,7 @@ def admin_auth(admin_token: AdminToken) -> Middleware:
             if not admin_token.matches(auth[7:].strip()):
                 raise Unauthorized("invalid admin token")
             return await handler(request)
-        session = request.config_dict[SESSIONS].find(request.cookies[COOKIE])
+        session = await request.config_dict[SESSIONS].find(request.cookies[COOKIE])
         if session is None:
             raise Unauthorized("the admin session has expired or is not valid: sign in again at /admin/")
         if request.method not in _SAFE_METHODS:
@@ -157,7 +266,7 @@ async def start_session(request: web.Request) -> web.Response:
     if not request.config_dict[ADMIN_TOKEN_KEY].matches(body.token):
         raise Unauthorized("invalid admin token")
     sessions = request.config_dict[SESSIONS]
-    cookie, session = sessions.open()
+    cookie, session = await sessions.open()
     response = web.json_response(_session_body(session), status=201)
     response.set_cookie(
         COOKIE,
@@ -175,7 +284,7 @@ async def session_info(request: web.Request) -> web.Response:
     """GET /admin/v1/session: whether this browser's cookie is a live session and, if so, the page's CSRF
     token and the expiry (after a reload the page asks again). Readable by the cookie's own origin only."""
     cookie = request.cookies.get(COOKIE)
-    session = request.config_dict[SESSIONS].find(cookie) if cookie else None
+    session = await request.config_dict[SESSIONS].find(cookie) if cookie else None
     if session is None:
         return web.json_response({"signed_in": False})
     return web.json_response({"signed_in": True, **_session_body(session)})
@@ -184,7 +293,7 @@ async def session_info(request: web.Request) -> web.Response:
 async def end_session(request: web.Request) -> web.Response:
     """DELETE /admin/v1/session: sign out (the cookie is forgotten here and cleared in the browser)."""
     if COOKIE in request.cookies:
-        request.config_dict[SESSIONS].close(request.cookies[COOKIE])
+        await request.config_dict[SESSIONS].close(request.cookies[COOKIE])
     response = web.json_response({"signed_out": True})
     response.del_cookie(COOKIE, path=COOKIE_PATH)
     return response

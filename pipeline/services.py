@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,7 +38,10 @@ from stages.pricing_refresh import PricingRefresher
 from stages.recorder import Recorder
 from stages.router import Router
 from stages.routing_table import RoutingTable, build_table
+from stages.shared_bandit import SharedBandit
 from stages.shared_gate import SharedGate, build_shared
+from stages.shared_health import SharedHealth
+from stages.shared_sync import SyncLoop
 from stages.sinks.events import EventsSink
 from stages.sinks.key_accounting import KeyAccountingSink
 from stages.sinks.learning import LearningSink
@@ -148,6 +152,21 @@ class Services:
             config, self.reload_from_elsewhere, on_state=lambda up: metrics.config_store_up.set(1 if up else 0)
         )
         metrics.config_store_up.set(1)
+        # Learning and health shared with the other replicas (docs/scaling.md), pushed and pulled in the background.
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.shared_bandit: SharedBandit | None = None
+        self.shared_health: SharedHealth | None = None
+        if self.redis is not None:
+            self.shared_bandit = SharedBandit(
+                self.redis,
+                self.bandit,
+                metrics,
+                replica_id=self.replica_id,
+                seed_locally=self.bandit_refresher.refresh_once,
+            )
+            self.shared_health = SharedHealth(
+                self.redis, self.health, self.model_disables, metrics, replica_id=self.replica_id
+            )
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
@@ -165,7 +184,11 @@ class Services:
         # What happens after each request, in order (learning sets the record's reward before it is queued).
         self.recorder = Recorder(
             [
-                LearningSink(self.bandit, self.recent_requests),
+                LearningSink(
+                    self.bandit,
+                    self.recent_requests,
+                    self.shared_bandit.observed if self.shared_bandit is not None else None,
+                ),
                 MetricsSink(metrics),
                 EventsSink(self.events),
                 LogLineSink(self.request_lines),
@@ -246,11 +269,15 @@ class Services:
             Periodic("model-autoload", settings.model_autoload_interval_secs, self.autoloader.run_once),
             Periodic("pricing-refresh", pricing_secs if self.pricing.source else 0.0, self.pricing.run_once),
             # its first run rebuilds the posteriors from the request log
-            Periodic("bandit-refresh", settings.bandit_refresh_secs, self.bandit_refresher.refresh_once),
+            Periodic("bandit-refresh", settings.bandit_refresh_secs, self._refresh_bandit),
             Periodic("events-heartbeat", settings.events_heartbeat_secs, self._heartbeat, first_run_now=False),
             # its first run catches keys whose rotation period ran out while the server was down
             Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
+        sync_loops: list[SyncLoop] = []
+        if self.shared_bandit is not None and self.shared_health is not None:
+            rounds = [self.shared_health.sync_once, self.shared_bandit.sync_once]
+            sync_loops.append(SyncLoop("shared-sync", settings.shared_sync_ms / 1000, rounds))
         # Cluster-wide analytics (docs/scaling.md): None unless TOKENHUB_LOG_EXPORT_DIR.
         self.log_export: LogExporter | None = None
         if analytics.export_dir:
@@ -281,6 +308,7 @@ class Services:
             # stopped before the record writer, which then flushes what its activities recorded
             Hooks("temporal", lambda: self.temporal.start(), lambda: self.temporal.stop()),
             *self.jobs,
+            *sync_loops,  # stopped first: its last round pushes what was learned until then
         ]
         if tracing is not None:  # first, so it stops last: the spans of draining requests are exported
             self.components.insert(0, tracing)
@@ -409,6 +437,12 @@ class Services:
 
     def _make_adapter(self, provider: ProviderInfo) -> Provider:
         return build_provider(provider, self.http, self.retry)
+
+    async def _refresh_bandit(self) -> int:
+        """From the request log alone, or (scaled out) from what every replica learned."""
+        if self.shared_bandit is not None:
+            return await self.shared_bandit.refresh_once()
+        return await self.bandit_refresher.refresh_once()
 
     async def _heartbeat(self) -> None:
         """A `heartbeat` event keeps idle SSE connections alive and tells a quiet server from a dead one."""

@@ -204,6 +204,9 @@ class Settings(BaseModel):
         "tokenhub", min_length=1, max_length=100, description="prefix of every Redis key (one per cluster)"
     )
     redis_timeout_ms: float = Field(250.0, gt=0, le=10_000, description="one Redis round trip; past it Redis is down")
+    shared_sync_ms: float = Field(
+        200.0, ge=20, le=10_000, description="how often a replica pushes and pulls shared learning and health"
+    )
     shared_budget_on_outage: Literal["closed", "open"] = Field(
         "closed", description="Redis down: 'closed' refuses requests with a budget, 'open' checks budgets locally"
     )

@@ -5,7 +5,10 @@ Pure and cheap (no I/O): policy calls it with an alias from the in-memory snapsh
   a client that resends the same X-Request-Id) lands on the same variant;
 - "api_key": the same hash of the caller's API key id (the request id when there is no key), so one
   caller keeps one variant;
-- "round_robin": a counter per alias walks the weighted buckets in order.
+- "round_robin": a counter per alias walks the weighted buckets in order. Replicas keep their own counters
+  (no Redis round trip per request): each replica's traffic is split by the weights, so the sum over replicas
+  is too (at most replicas x (total weight - 1) requests from exact), and a per-replica `salt` starts each
+  alias's walk at a different bucket so replicas that see little traffic do not all send it to the first.
 The bucket is in [0, total weight); the first variant whose cumulative weight exceeds it wins.
 """
 
@@ -43,14 +46,17 @@ class AliasChooser:
     """Holds the round-robin counters; one per policy stage instance (like a rate limiter's buckets, they
     belong to the tenant's pipeline and survive configuration changes)."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, *, salt: str = "") -> None:
         self._turns: dict[str, int] = {}
         self._rng = rng or random.Random()
+        self._salt = salt  # "" (one process): every walk starts at the first bucket
 
     def choose(self, alias: AliasInfo, *, request_id: str, api_key_id: str = "") -> AliasVariant:
         total = sum(v.weight for v in alias.variants)
         if alias.sticky_by == "round_robin":
-            turn = self._turns.get(alias.name, 0)
+            turn = self._turns.get(alias.name)
+            if turn is None:
+                turn = fnv1a_32(self._salt + alias.name) if self._salt else 0
             self._turns[alias.name] = turn + 1
             return variant_for_bucket(alias.variants, turn % total)
         key = (api_key_id or request_id) if alias.sticky_by == "api_key" else request_id

@@ -85,6 +85,7 @@ class Observation:
     prior: float  # the quality prior when it was made (the model's mean feedback then, or 0.5)
     feedback: float = math.nan  # the client's score, once rated
     seq: int = 0  # its place in its bucket's stream of observations
+    origin: str = ""  # the replica that made it ("" = this one; stages/shared_bandit.py)
 
     def quality(self, objective: RewardConfig) -> float:
         if not math.isnan(self.feedback):
@@ -336,6 +337,13 @@ class Bandit:
         else:
             stats.score_sum += factor * (score - previous)
         return True
+
+    def log(self, bucket: str) -> tuple[Observation, ...]:
+        """The observations kept for `bucket`, oldest first."""
+        return tuple(self._log.get(bucket, ()))
+
+    def buckets(self) -> list[str]:
+        return list(self._log)
 
     def rebuild(self, observations: Iterable[Observation]) -> int:
         """Replace all evidence by `observations` (oldest first); returns how many were used."""

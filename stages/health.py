@@ -50,6 +50,9 @@ class ProviderHealth:
 
 
 StateChange = Callable[[str, str, str, str], None]  # (provider_id, old_state, new_state, reason)
+# Told what other replicas must know (stages/shared_health.py): (provider_id, breaker event, open until, Retry-After
+# back-off until), the event "open", "closed" or "" (none), times on this tracker's clock (0 = none).
+SharedChange = Callable[[str, str, float, float], None]
 
 
 class HealthTracker:
@@ -64,6 +67,11 @@ class HealthTracker:
         self._providers: dict[str, ProviderHealth] = {}
         self._on_change = on_change
         self.cooldown_secs = cooldown_secs
+        self.on_shared: SharedChange | None = None  # set when replicas share health (stages/shared_health.py)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     def get(self, provider_id: str) -> ProviderHealth:
         health = self._providers.get(provider_id)
@@ -82,6 +90,8 @@ class HealthTracker:
         h.cooldown_until = 0.0
         h.trial_started = 0.0
         if h.state != "healthy":
+            if h.state == "down" and self.on_shared is not None:
+                self.on_shared(provider_id, "closed", 0.0, 0.0)
             self._transition(provider_id, h, "healthy", "call succeeded")
 
     def error(self, provider_id: str, message: str, *, retry_after: float | None = None) -> None:
@@ -94,7 +104,11 @@ class HealthTracker:
         if retry_after:
             h.rate_limited_until = max(h.rate_limited_until, now + retry_after)
         h.trial_started = 0.0
-        if h.consec_errors >= DOWN_AFTER:
+        opened = h.consec_errors >= DOWN_AFTER
+        if self.on_shared is not None and (opened or retry_after):
+            until = now + self.cooldown_secs if opened else 0.0
+            self.on_shared(provider_id, "open" if opened else "", until, h.rate_limited_until if retry_after else 0.0)
+        if opened:
             h.cooldown_until = now + self.cooldown_secs  # (re)open the breaker
             if h.state != "down":
                 self._transition(provider_id, h, "down", f"{h.consec_errors} consecutive errors; last: {message}")
@@ -105,6 +119,23 @@ class HealthTracker:
         old_state, h.state = h.state, new_state
         if self._on_change is not None:
             self._on_change(provider_id, old_state, new_state, reason)
+
+    def apply_shared(self, provider_id: str, breaker: str, open_until: float, rate_limited_until: float) -> None:
+        """What another replica learned (times on this tracker's clock): its breaker opened until `open_until`
+        or closed, and/or a Retry-After back-off. Not passed on again to `on_shared`."""
+        h = self.get(provider_id)
+        h.rate_limited_until = max(h.rate_limited_until, rate_limited_until)
+        if breaker == "open" and open_until > self._clock():
+            h.consec_errors = max(h.consec_errors, DOWN_AFTER)  # a failed half-open trial here re-opens it
+            h.cooldown_until = max(h.cooldown_until, open_until)
+            h.trial_started = 0.0
+            if h.state != "down":
+                self._transition(provider_id, h, "down", "circuit breaker opened by another replica")
+        elif breaker == "closed" and h.state != "healthy":
+            h.consec_errors = 0
+            h.cooldown_until = 0.0
+            h.trial_started = 0.0
+            self._transition(provider_id, h, "healthy", "recovered on another replica")
 
     def unavailable_reason(self, provider_id: str) -> str | None:
         """Why the provider should be skipped right now, or None if it may be called."""

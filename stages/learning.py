@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import structlog
 
@@ -55,10 +55,16 @@ class RecentRequests:
         return self._records.get((api_key_id, request_id))
 
 
-def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: RequestRecord) -> None:
+def learn(
+    bandit: Bandit,
+    recent: RecentRequests,
+    ctx: RequestContext,
+    record: RequestRecord,
+    share: Callable[[list[Observation]], None] | None = None,
+) -> None:
     """Set the record's reward, attempts and evaluation terms, and teach the bandit: each failed attempt is
     an observation of failure for its model, the answer one of success. Requests that tried no model teach
-    nothing."""
+    nothing. `share` queues the observations for the other replicas (stages/shared_bandit.py)."""
     decision = ctx.decision
     if not ctx.attempts or decision is None:
         return
@@ -75,8 +81,11 @@ def learn(bandit: Bandit, recent: RecentRequests, ctx: RequestContext, record: R
     record.candidates = ",".join(c.model.id for c in decision.candidates)
     record.cost_ref_usd, record.latency_ref_ms = decision.cost_ref_usd, decision.latency_ref_ms
     record.quality_prior, record.quality_weight = prior, objective.quality
-    for obs in observations(record, bucket):
+    learned = list(observations(record, bucket))
+    for obs in learned:
         bandit.observe(obs)
+    if share is not None:
+        share(learned)
     recent.add(record, bucket)
 
 

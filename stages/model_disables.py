@@ -49,6 +49,9 @@ class ModelDisables:
         self._disabled: dict[str, DisabledModel] = {}
         self._on_disabled = on_disabled
         self._on_enabled = on_enabled
+        # Told of each disable and admin re-enable (model id, the entry or None) when replicas share them
+        # (stages/shared_health.py); expiry is not told: every replica expires an entry at the same `until`.
+        self.on_shared: Callable[[str, DisabledModel | None], None] | None = None
 
     def disable(self, model_id: str, provider_id: str, reason: str) -> None:
         """Disable `model_id` (again: the period restarts, no second event)."""
@@ -56,6 +59,22 @@ class ModelDisables:
         until = now + self.disable_secs if self.disable_secs > 0 else 0.0
         known = model_id in self._disabled
         entry = DisabledModel(model_id, provider_id, reason, now, until)
+        self._disabled[model_id] = entry
+        if self.on_shared is not None:
+            self.on_shared(model_id, entry)
+        if not known and self._on_disabled is not None:
+            self._on_disabled(entry)
+
+    def apply_shared(self, model_id: str, entry: DisabledModel | None) -> None:
+        """Another replica disabled `model_id` (entry) or an admin there re-enabled it (None)."""
+        if entry is None:
+            current = self._disabled.get(model_id)
+            if current is not None:
+                self._enable(current, "re-enabled on another replica")
+            return
+        if entry.until and self._clock() >= entry.until:
+            return
+        known = model_id in self._disabled
         self._disabled[model_id] = entry
         if not known and self._on_disabled is not None:
             self._on_disabled(entry)
@@ -75,6 +94,8 @@ class ModelDisables:
     def enable(self, model_id: str, why: str) -> bool:
         """Re-enable `model_id`; False when it was not disabled."""
         entry = self._disabled.get(model_id)
+        if self.on_shared is not None:
+            self.on_shared(model_id, None)  # even when not disabled here: another replica may have it disabled
         if entry is None:
             return False
         self._enable(entry, why)

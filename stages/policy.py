@@ -31,7 +31,8 @@ class Policy:
         self._reservations = services.reservations
         self._metrics = services.metrics
         self._options = options
-        self._aliases = AliasChooser()  # round-robin counters: they belong to this tenant's pipeline
+        # round-robin counters: they belong to this tenant's pipeline (and replica: stages/aliases.py)
+        self._aliases = AliasChooser(salt=services.replica_id if services.redis is not None else "")
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         try:

@@ -129,11 +129,11 @@ async def test_the_tls_header_of_an_untrusted_peer_is_not_believed(hub: Hub) -> 
     assert resp.status == 201 and not resp.cookies[COOKIE]["secure"]
 
 
-def test_sessions_are_bounded_and_expire() -> None:
+async def test_sessions_are_bounded_and_expire() -> None:
     now = [1000.0]
     sessions = AdminSessions(60, max_sessions=3, clock=lambda: now[0])
-    cookies = [sessions.open()[0] for _ in range(5)]
+    cookies = [(await sessions.open())[0] for _ in range(5)]
     assert len(sessions) == 3
-    assert sessions.find(cookies[0]) is None and sessions.find(cookies[4]) is not None  # the oldest dropped
+    assert await sessions.find(cookies[0]) is None and await sessions.find(cookies[4]) is not None  # oldest dropped
     now[0] += 61
-    assert sessions.find(cookies[4]) is None and len(sessions) == 2
+    assert await sessions.find(cookies[4]) is None and len(sessions) == 2

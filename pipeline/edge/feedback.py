@@ -98,6 +98,8 @@ class FeedbackEndpoint:
             record = rated.record
             record.reward, record.feedback_score, record.feedback_comment = new, body.score, body.comment
         services.bandit.rate(body.request_id, body.score)
+        if services.shared_bandit is not None:  # the other replicas re-value that answer too
+            services.shared_bandit.rated(body.request_id, body.score)
         analytics = services.analytics
         await analytics.call(analytics.set_feedback, key_id, body.request_id, since, new, body.score, body.comment)
         return web.json_response({"request_id": body.request_id, "score": body.score, "reward": new})
