@@ -1,0 +1,38 @@
+"""The gate script call is shared by every gate of one event-loop iteration, each still answered on its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from store.redis_limits import BucketTake, RedisLimits
+from store.redis_link import RedisLink
+from tests.support.backing import private_redis
+
+
+async def _evalsha_calls(url: str) -> int:
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    finally:
+        await client.aclose()
+
+
+async def test_concurrent_gates_go_in_one_script_call_and_keep_their_own_answers() -> None:
+    async with private_redis() as server:
+        link = RedisLink(server.url, "t")
+        await link.start()
+        try:
+            limits = RedisLimits(link)
+            await limits.gate([(BucketTake("rl:warm", 1.0, 100.0, 1.0, True, ""),)], None)  # loads the script
+            before = await _evalsha_calls(server.url)
+            # 12 requests on a bucket of burst 10: the first 10 pass, the last 2 are refused, in order
+            takes = [(BucketTake("rl:ip:x", 0.001, 10.0, 1.0, True, ""),) for _ in range(12)]
+            replies = await asyncio.gather(*(limits.gate([take], None) for take in takes))
+            assert await _evalsha_calls(server.url) - before == 1
+            assert [r.limited is None for r in replies] == [True] * 10 + [False] * 2
+            assert replies[-1].limited == (0, 0) and replies[-1].wait > 0
+        finally:
+            await link.stop()
