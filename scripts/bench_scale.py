@@ -425,6 +425,9 @@ class Hubs:
         for index in range(processes):
             port = free_port()
             data_dir = run_dir / f"data-{index}"
+            if index > 0:  # replicas share the secret key that seals provider keys (docs/scaling.md)
+                data_dir.mkdir(mode=0o700)
+                shutil.copy2(run_dir / "data-0" / ".secret-key", data_dir / ".secret-key")
             log = run_dir / f"tokenhub-{index}.log"
             command = [sys.executable, "-m", "pipeline", "serve"]
             if shape == "workers":
