@@ -38,7 +38,6 @@ from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
 from pipeline.tracing import Tracing
 from pipeline.web import PIPELINES, REQUEST_ID, SERVICES, request_id_and_errors
-from stages.durable.runtime import TemporalRuntime
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.host_key import HOST_KEY_FILE, ensure_host_key
@@ -109,6 +108,9 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
         raise
     pipelines = TenantPipelines(default_registry(), services)
     if settings.temporal_enabled:
+        # Imported only when enabled: the Temporal SDK (protobuf, its Rust bridge) costs ~25 MiB of RSS.
+        from stages.durable.runtime import TemporalRuntime
+
         services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:
         ConfigApplier(services, pipelines).apply_at_start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,11 +47,13 @@ from store.config_store import ConfigSnapshot, ConfigStore, key_digest
 from store.idempotency import IdempotencyStore
 from store.key_ledger import KeyLedger
 from store.record_writer import RecordWriter
-from store.redis_link import RedisLink
 from store.reservations import LocalReservations
 from store.retention import Retention
 from store.vault import Vault, VaultError
 from store.vault_crypto import KdfParams
+
+if TYPE_CHECKING:
+    from store.redis_link import RedisLink
 
 __all__ = ["ENV_ANTHROPIC_PROVIDER_ID", "ENV_PROVIDER_ID", "ENV_VLLM_PROVIDER_ID", "Services"]
 
@@ -117,6 +119,8 @@ class Services:
         # Shared hot state across replicas (docs/scaling.md): None = this process's memory only.
         self.redis: RedisLink | None = None
         if settings.redis_url:
+            from store.redis_link import RedisLink  # redis-py costs ~9 MiB: only a server that uses it loads it
+
             self.redis = RedisLink(
                 settings.redis_url,
                 settings.redis_prefix,

@@ -1,0 +1,70 @@
+"""Start-up time and idle memory of `tokenhub serve`: the time from exec to the first HTTP answer on /healthz
+(any status: the server is listening), then the RSS after it has settled, over a few starts.
+
+    python scripts/startup_probe.py [--runs 5] [--settle-secs 5]
+
+Each start is a fresh process on a fresh data directory (scripts/server_process.py), so the time includes
+creating the SQLite and DuckDB files. Prints one line per run and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from server_process import ServerProcess
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """(RSS, peak RSS) of a process in MiB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+async def one_start(settle_secs: float) -> tuple[float, float, float]:
+    started = time.perf_counter()
+    hub = ServerProcess(TOKENHUB_LOG_LEVEL="warning")
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3000):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(hub.base + "/healthz"):
+                        break
+                await asyncio.sleep(0.01)
+            else:
+                raise RuntimeError("TokenHub did not start")
+            ready = time.perf_counter() - started
+            await asyncio.sleep(settle_secs)
+            rss, peak = memory(hub.pid)
+    finally:
+        hub.stop()
+    return ready, rss, peak
+
+
+async def main(args: argparse.Namespace) -> None:
+    results = []
+    for i in range(args.runs):
+        ready, rss, peak = await one_start(args.settle_secs)
+        results.append((ready, rss, peak))
+        print(f"run {i + 1}: ready {ready * 1000:6.0f} ms  idle RSS {rss:6.1f} MiB  peak {peak:6.1f} MiB", flush=True)
+    ready, rss, peak = (statistics.median(column) for column in zip(*results, strict=True))
+    print(f"median: ready {ready * 1000:6.0f} ms  idle RSS {rss:6.1f} MiB  peak {peak:6.1f} MiB")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--settle-secs", type=float, default=5.0, help="wait this long after ready before the RSS")
+    asyncio.run(main(parser.parse_args()))
