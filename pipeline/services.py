@@ -95,9 +95,9 @@ class Services:
         metrics.models_disabled_now.set_function(self.model_disables.count)
         self.bandit = Bandit(half_life=settings.bandit_half_life_requests, seed=settings.bandit_seed or None)
         # Feedback finds a record here without a DuckDB read, and a record still queued for the writer must be
-        # here (it is updated in place); older ones are read from the log. Sized by the queue, not 100,000
-        # full records: measured, each entry holds about 0.8 KB (the record, its reason and ids).
-        self.recent_requests = RecentRequests(capacity=max(settings.record_queue_size, 1000))
+        # here (it is updated in place); older ones are read from the log. It holds what the writer has not
+        # stored plus the newest 1,000 (stages/learning.py), not a fixed 10,000 (~8 MB) at any load.
+        self.recent_requests = RecentRequests(capacity=1000, unwritten=lambda: self.records.unwritten)
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
         self.records = RecordWriter(
             analytics,

@@ -1,5 +1,6 @@
 """Start-up time and idle memory of `tokenhub serve`: the time from exec to the first HTTP answer on /healthz
-(any status: the server is listening), then the RSS after it has settled, over a few starts.
+(any status: the server is listening) and the CPU the process used until then (which a busy machine inflates
+less than the wall time), then the RSS after it has settled, over a few starts.
 
     python scripts/startup_probe.py [--runs 5] [--settle-secs 5]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -21,6 +23,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server_process import ServerProcess
+
+
+def cpu_secs(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory(pid: int) -> tuple[float, float]:
@@ -33,7 +41,7 @@ def memory(pid: int) -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-async def one_start(settle_secs: float) -> tuple[float, float, float]:
+async def one_start(settle_secs: float) -> tuple[float, float, float, float]:
     started = time.perf_counter()
     hub = ServerProcess(TOKENHUB_LOG_LEVEL="warning")
     try:
@@ -46,21 +54,25 @@ async def one_start(settle_secs: float) -> tuple[float, float, float]:
             else:
                 raise RuntimeError("TokenHub did not start")
             ready = time.perf_counter() - started
+            cpu = cpu_secs(hub.pid)
             await asyncio.sleep(settle_secs)
             rss, peak = memory(hub.pid)
     finally:
         hub.stop()
-    return ready, rss, peak
+    return ready, cpu, rss, peak
 
 
 async def main(args: argparse.Namespace) -> None:
     results = []
     for i in range(args.runs):
-        ready, rss, peak = await one_start(args.settle_secs)
-        results.append((ready, rss, peak))
-        print(f"run {i + 1}: ready {ready * 1000:6.0f} ms  idle RSS {rss:6.1f} MiB  peak {peak:6.1f} MiB", flush=True)
-    ready, rss, peak = (statistics.median(column) for column in zip(*results, strict=True))
-    print(f"median: ready {ready * 1000:6.0f} ms  idle RSS {rss:6.1f} MiB  peak {peak:6.1f} MiB")
+        result = await one_start(args.settle_secs)
+        results.append(result)
+        print(f"run {i + 1}: {line(*result)}", flush=True)
+    print(f"median: {line(*(statistics.median(column) for column in zip(*results, strict=True)))}")
+
+
+def line(ready: float, cpu: float, rss: float, peak: float) -> str:
+    return f"ready {ready * 1000:6.0f} ms (CPU {cpu * 1000:5.0f} ms)  idle RSS {rss:6.1f} MiB  peak {peak:6.1f} MiB"
 
 
 if __name__ == "__main__":
