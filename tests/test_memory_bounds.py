@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from pipeline.types import RequestRecord
+from stages.bandit import token_bucket
 from stages.learning import RecentRequests
 from store.analytics import CHECKPOINT_WAL_MIB, AnalyticsStore
 from store.record_writer import RecordWriter
+from store.reward_queries import reward_evidence
 from tests.conftest import Hub
-from tests.test_record_writer import make_record
+from tests.test_record_writer import BASE_TS, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONAL = ("temporalio", "redis", "jsonschema")
@@ -158,3 +160,25 @@ def test_optional_libraries_load_only_when_the_configuration_uses_them(tmp_path:
     assert _loaded_after_start(tmp_path / "plain") == []
     # Redis configured: its client is built (it connects in the background, so no Redis needs to answer)
     assert _loaded_after_start(tmp_path / "redis", TOKENHUB_REDIS_URL="redis://127.0.0.1:1/0") == ["redis"]
+
+
+def test_reward_evidence_is_the_newest_of_each_token_bucket_oldest_first(tmp_path: Path) -> None:
+    store = AnalyticsStore(str(tmp_path / "a.duckdb"))
+    store.open()
+    try:
+        assert store.db.execute("SELECT current_setting('allocator_background_threads')").fetchall()[0][0] is True
+        tokens = [5, 999, 1000, 5000, 10_000, 10_001, 50_000]
+        rows = [
+            make_record(i, input_tokens=tokens[i % len(tokens)], quality_prior=None if i % 5 == 0 else 0.5)
+            for i in range(70)
+        ]
+        store.write_requests(rows)
+        evidence = reward_evidence(store.db, BASE_TS + 3, 4)
+    finally:
+        store.close()
+    rewarded = [r for r in rows if r.quality_prior is not None and r.timestamp >= BASE_TS + 3]
+    expected = []
+    for bucket in ("small", "medium", "large"):
+        expected += [r for r in rewarded if token_bucket(r.input_tokens) == bucket][-4:]
+    expected.sort(key=lambda r: r.timestamp)
+    assert [e.request_id for e in evidence] == [r.request_id for r in expected] and len(expected) == 12
