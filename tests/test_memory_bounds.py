@@ -182,3 +182,13 @@ def test_reward_evidence_is_the_newest_of_each_token_bucket_oldest_first(tmp_pat
         expected += [r for r in rewarded if token_bucket(r.input_tokens) == bucket][-4:]
     expected.sort(key=lambda r: r.timestamp)
     assert [e.request_id for e in evidence] == [r.request_id for r in expected] and len(expected) == 12
+
+
+async def test_the_workflow_status_filter_is_checked_without_temporal(hub: Hub) -> None:
+    # The filter's values come from the Temporal SDK, imported on first use: still a 400 for a wrong one.
+    refused = await hub.admin("GET", "/workflows?status=DONE", expect=400)
+    assert "invalid status filter" in refused["error"]["message"] and "RUNNING" in refused["error"]["message"]
+    assert await hub.admin("GET", "/workflows?status=RUNNING", expect=200) == {
+        "workflows": [],
+        "temporal_enabled": False,
+    }
