@@ -39,7 +39,6 @@ from pipeline.settings import Settings
 from pipeline.tenants import TenantPipelines
 from pipeline.tracing import Tracing
 from pipeline.web import PIPELINES, REQUEST_ID, SERVICES, request_id_and_errors
-from stages.durable.runtime import TemporalRuntime
 from store.analytics import AnalyticsStore
 from store.config_store import ConfigStore
 from store.host_key import HOST_KEY_FILE, ensure_host_key
@@ -131,6 +130,9 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     pipelines = TenantPipelines(default_registry(), services)
     services.config_reloaded.append(pipelines.refresh)  # a change another replica made rebuilds chains here too
     if settings.temporal_enabled:
+        # Imported only when enabled: the Temporal SDK (protobuf, its Rust bridge) costs ~25 MiB of RSS.
+        from stages.durable.runtime import TemporalRuntime
+
         services.temporal = TemporalRuntime(services, pipelines.chain_for)
     try:
         if settings.worker_index <= 0:  # worker 0 applies the files for every worker (they see its writes)

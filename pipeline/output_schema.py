@@ -1,11 +1,11 @@
-"""JSON-Schema checks of an answer: the schema is checked when the request is decoded, the value after."""
+"""JSON-Schema checks of an answer: the schema is checked when the request is decoded, the value after.
+
+jsonschema (and its rpds/referencing dependencies, ~3 MiB of RSS) is imported by the first request that
+carries an output schema, not at start-up: most servers never see one."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import jsonschema
-from jsonschema.validators import validator_for
 
 from pipeline.errors import InvalidRequest, OutputSchemaMismatch
 
@@ -16,8 +16,10 @@ def check_schema(schema: Any, field: str) -> Any:
     """The schema itself must be a JSON Schema object; a broken one is the client's 400, before any spend."""
     if not isinstance(schema, dict):
         raise InvalidRequest("output_schema must be a JSON Schema object", field=field)
+    import jsonschema
+
     try:
-        validator_for(schema).check_schema(schema)
+        jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise InvalidRequest(f"output_schema is not a valid JSON Schema: {exc.message}", field=field) from None
     return schema
@@ -25,7 +27,9 @@ def check_schema(schema: Any, field: str) -> Any:
 
 def validate_output(schema: Any, value: Any) -> None:
     """Raise OutputSchemaMismatch naming the first failing path and why."""
-    validator = validator_for(schema)(schema)
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(value))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "(root)"

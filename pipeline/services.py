@@ -6,7 +6,7 @@ import dataclasses
 import os
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -57,12 +57,14 @@ from store.log_export import LogExporter
 from store.owner_link import OwnerLink, RemoteAnalytics
 from store.record_relay import RecordRelay
 from store.record_writer import RecordWriter
-from store.redis_link import RedisLink
 from store.reservations import LocalReservations, Reservations
 from store.retention import Retention
 from store.segments import default_replica_id, sanitize_replica_id
 from store.vault import Vault, VaultError
 from store.vault_crypto import KdfParams
+
+if TYPE_CHECKING:
+    from store.redis_link import RedisLink
 
 __all__ = ["ENV_ANTHROPIC_PROVIDER_ID", "ENV_PROVIDER_ID", "ENV_VLLM_PROVIDER_ID", "Services"]
 
@@ -104,9 +106,9 @@ class Services:
         metrics.models_disabled_now.set_function(self.model_disables.count)
         self.bandit = Bandit(half_life=settings.bandit_half_life_requests, seed=settings.bandit_seed or None)
         # Feedback finds a record here without a DuckDB read, and a record still queued for the writer must be
-        # here (it is updated in place); older ones are read from the log. Sized by the queue, not 100,000
-        # full records: measured, each entry holds about 0.8 KB (the record, its reason and ids).
-        self.recent_requests = RecentRequests(capacity=max(settings.record_queue_size, 1000))
+        # here (it is updated in place); older ones are read from the log. It holds what the writer has not
+        # stored plus the newest 1,000 (stages/learning.py), not a fixed 10,000 (~8 MB) at any load.
+        self.recent_requests = RecentRequests(capacity=1000, unwritten=lambda: self.records.unwritten)
         self.bandit_refresher = BanditRefresher(self.bandit, analytics)
         # `serve --workers N`: a worker that does not own the DuckDB file sends its records to the one that does.
         self.owner: OwnerLink | None = analytics.link if isinstance(analytics, RemoteAnalytics) else None
@@ -139,6 +141,8 @@ class Services:
         # Shared hot state across replicas (docs/scaling.md): None = this process's memory only.
         self.redis: RedisLink | None = None
         if settings.redis_url:
+            from store.redis_link import RedisLink  # redis-py costs ~9 MiB: only a server that uses it loads it
+
             self.redis = RedisLink(
                 settings.redis_url,
                 settings.redis_prefix,

@@ -37,18 +37,31 @@ EVIDENCE_MAX_AGE_SECS = 30 * 86400.0
 
 
 class RecentRequests:
-    """The last `capacity` rewarded records by (API key id, request id) (LRU): feedback on them needs no
-    DuckDB read, and a record still in the writer's queue is updated in place. Keyed by the key too, so a
-    caller only ever finds its own requests."""
+    """The newest rewarded records by (API key id, request id), oldest evicted first: feedback on them needs
+    no DuckDB read, and a record still in the writer's queue is updated in place. Keyed by the key too, so
+    a caller only ever finds its own requests.
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    Bounded by what it must hold, not by a fixed count: every record the writer has not stored yet
+    (`unwritten()`, which the log cannot answer for; records are added before they are queued, so the
+    newest entries are the queued ones), plus the newest `capacity` others. Each entry costs about 0.8 KB
+    (the record, its reason and ids): a fixed 10,000 held ~8 MB at any load, this holds ~1 MB at the
+    default 1,000 while the writer keeps up and grows with its queue only while the queue is long."""
+
+    def __init__(self, capacity: int = 100_000, *, unwritten: Callable[[], int] = lambda: 0) -> None:
         self._capacity = capacity
+        self._unwritten = unwritten
         self._records: OrderedDict[tuple[str, str], tuple[RequestRecord, str]] = OrderedDict()
 
+    def __len__(self) -> int:
+        return len(self._records)
+
     def add(self, record: RequestRecord, bucket: str) -> None:
-        self._records[record.api_key_id, record.request_id] = (record, bucket)
-        if len(self._records) > self._capacity:
-            self._records.popitem(last=False)
+        records = self._records
+        records[record.api_key_id, record.request_id] = (record, bucket)
+        if len(records) > self._capacity:
+            bound = self._capacity + self._unwritten()
+            while len(records) > bound:  # more than one after a long queue drained
+                records.popitem(last=False)
 
     def get(self, api_key_id: str, request_id: str) -> tuple[RequestRecord, str] | None:
         """The record this key made and the bandit bucket it was learned in."""

@@ -70,6 +70,7 @@ class RecordWriter:
         self._batch_ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
+        self._writing = 0  # records handed to DuckDB whose transaction has not finished
         self.written = 0
         self.dropped = 0
         self._drop_log_interval = drop_log_interval
@@ -81,6 +82,11 @@ class RecordWriter:
     def depth(self) -> int:
         """Records accepted and not yet handed to DuckDB."""
         return len(self._pending)
+
+    @property
+    def unwritten(self) -> int:
+        """Records accepted and not yet stored: queued, or in a batch being written."""
+        return len(self._pending) + self._writing
 
     def submit(self, record: RequestRecord) -> bool:
         if len(self._pending) >= self._capacity:
@@ -152,12 +158,15 @@ class RecordWriter:
         await asyncio.shield(self._inflight)
 
     async def _write_now(self, batch: list[RequestRecord]) -> None:
+        self._writing += len(batch)
         try:
             rejected = await self._analytics.call(write_isolating, self._analytics.write_requests, batch)
         except Exception:
             log.exception("record_batch_failed", size=len(batch))
             self._count_drops(len(batch), "write failed")
             return
+        finally:
+            self._writing -= len(batch)
         self.written += len(batch) - len(rejected)
         for record, error in rejected:
             log.error("record_rejected", request_id=record.request_id, error=error)
