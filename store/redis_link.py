@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 __all__ = ["RedisDown", "RedisLink"]
 
@@ -39,6 +40,11 @@ class RedisLink:
         on_state: Callable[[bool], None] | None = None,
         client: aioredis.Redis | None = None,
     ) -> None:
+        # redis-py (~9 MiB) loads only in a server that has Redis configured, i.e. here.
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._failures: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
         self.prefix = prefix.rstrip(":") + ":"
         self.timeout = timeout_secs
         # No retries inside redis-py: a dead Redis must cost one bounded wait, then the local fallback.
@@ -72,7 +78,7 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout):  # no extra task per call, unlike wait_for
                 return await make()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._failures as exc:
             self._mark_down(exc)
             raise RedisDown(self.last_error) from None
 
@@ -102,7 +108,7 @@ class RedisLink:
     async def _ping(self) -> None:
         try:
             await asyncio.wait_for(self.client.ping(), self.timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._failures as exc:
             self._mark_down(exc)
             return
         await self._mark_up()
