@@ -348,10 +348,10 @@ class Dispatch:
         assert decision is not None
         max_tokens, n = requested_output(ctx.request.parameters)
         tokens = decision.estimated_input_tokens
-        return (
-            estimate_cost(model, tokens, max_tokens, n, self._uncapped_output),
-            estimate_cost(model, tokens, max_tokens, n),
-        )
+        routed_on = estimate_cost(model, tokens, max_tokens, n)
+        if max_tokens > 0 or model.max_output_tokens > 0:  # capped: the cautious default never applies
+            return routed_on, routed_on
+        return estimate_cost(model, tokens, max_tokens, n, self._uncapped_output), routed_on
 
     def _limits(self, model: ModelInfo, delivered_bytes: int = 0) -> StreamLimits:
         settings, metrics = self._services.settings, self._services.metrics

@@ -75,7 +75,8 @@ class LocalReservations:
     def reserve(
         self, holder: str, accounts: tuple[BudgetAccount, ...], worst_usd: float, needed_usd: float
     ) -> BudgetAccount | None:
-        self.release(holder)
+        if holder in self._holds:  # a failover reserving again at the next candidate's price
+            self.release(holder)
         amount = max(0.0, worst_usd)
         needed = min(amount, max(0.0, needed_usd))
         for account in accounts:
