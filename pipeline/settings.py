@@ -39,7 +39,7 @@ MAX_TSDB_RETENTION_DAYS = 3650  # also the bound of PUT /admin/v1/tsdb/retention
 # pricing_url may carry credentials (user:token@host, ?token=...): never echoed in an error.
 SECRET_SETTINGS = frozenset(
     {"admin_token", "openai_api_key", "anthropic_api_key", "vllm_api_key", "vault_password", "pricing_url"}
-    | {"database_url"}  # a URL with its password
+    | {"database_url", "redis_url"}  # URLs that may carry a password
 )
 
 
@@ -233,6 +233,13 @@ class Settings(BaseModel):
     def _postgres_url(cls, value: str) -> str:
         if value and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL (or empty for the SQLite file in the data directory)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL (or empty: no shared state)")
         return value
 
     @field_validator("health_probe_disabled", mode="before")

@@ -63,3 +63,12 @@ async def test_killed_redis_goes_down_and_comes_back_with_listeners_called() -> 
             assert link.up and states == [True, False, True] and resyncs == [1, 1]
         finally:
             await link.stop()
+
+
+def test_a_redis_url_that_is_not_redis_is_refused_without_echoing_it() -> None:
+    from pipeline.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"TOKENHUB_REDIS_URL": "http://:hunter2-pw@cache:6379/0"})
+    assert "TOKENHUB_REDIS_URL=<hidden>" in str(refused.value) and "hunter2" not in str(refused.value)
+    assert load_settings({"TOKENHUB_REDIS_URL": "rediss://:pw@h:6380/1"}).redis_url == "rediss://:pw@h:6380/1"
