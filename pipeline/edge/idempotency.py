@@ -59,9 +59,9 @@ class Idempotency:
         self, request: web.Request, key_id: str, body: bytes, endpoint: str, serve: Serve, on_replay: OnReplay
     ) -> web.StreamResponse:
         """Serve the request, or replay its stored answer. Call after the API key is checked and the body read."""
-        idempotency_key = request.headers.get(HEADER)
-        if idempotency_key is None or self._store.max_bytes == 0:
+        if not self.applies(request):
             return await serve()
+        idempotency_key = request.headers[HEADER]
         _check(idempotency_key)
         scope = scope_digest(key_id, idempotency_key)
         print_ = fingerprint(request.method, request.path, body)
