@@ -13,7 +13,7 @@ import aiohttp
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.backing import fresh_postgres, fresh_redis_prefix
-from tests.support.server import Server
+from tests.support.server import Server, quiet_server_env
 
 BUDGET_USD = 1.0
 
@@ -26,12 +26,7 @@ async def test_a_replica_killed_mid_traffic_costs_the_others_nothing(fake: FakeO
                 "TOKENHUB_DATABASE_URL": database_url,
                 "TOKENHUB_REDIS_URL": "redis://127.0.0.1:6379/0",
                 "TOKENHUB_REDIS_PREFIX": prefix,
-                "TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN,
-                "TOKENHUB_HOST_API_KEY_ENABLED": "false",
-                "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",
-                "TOKENHUB_CREDENTIALS_FILE": str(tmp_path / "none"),
-                "TOKENHUB_CONTAINER": "false",
-                "TOKENHUB_LOG_LEVEL": "error",
+                **quiet_server_env(ADMIN_TOKEN, tmp_path),
                 "TOKENHUB_RATE_LIMIT_RPS": "10000",
                 "TOKENHUB_RATE_LIMIT_BURST": "10000",
             }

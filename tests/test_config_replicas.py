@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ADMIN_TOKEN, Hub
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.support.server import Server
+from tests.support.server import Server, quiet_server_env
 from tests.support.tcp_proxy import tcp_proxy
 
 PROPAGATION_SECS = 1.0  # the promise (docs/scaling.md)
@@ -157,12 +157,7 @@ async def test_two_server_processes_see_each_others_changes_within_a_second(
     env = {
         **store,
         "TOKENHUB_DB_DSN": str(tmp_path / "shared.sqlite"),  # unused when the URL is set
-        "TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN,
-        "TOKENHUB_HOST_API_KEY_ENABLED": "false",
-        "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",
-        "TOKENHUB_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "TOKENHUB_CONTAINER": "false",
-        "TOKENHUB_LOG_LEVEL": "error",
+        **quiet_server_env(ADMIN_TOKEN, tmp_path),
     }
     servers = []
     for name in ("one", "two"):

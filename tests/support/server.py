@@ -12,13 +12,26 @@ from pathlib import Path
 
 import aiohttp
 
-__all__ = ["Server", "free_port"]
+__all__ = ["Server", "free_port", "quiet_server_env"]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def quiet_server_env(admin_token: str, scratch: Path) -> dict[str, str]:
+    """The settings every subprocess server of the tests shares: a known admin token, and nothing that reads the
+    machine (credentials file, container detection) or works on its own (host key, health probes); quiet logs."""
+    return {
+        "TOKENHUB_ADMIN_TOKEN": admin_token,
+        "TOKENHUB_HOST_API_KEY_ENABLED": "false",
+        "TOKENHUB_HEALTH_PROBE_INTERVAL_SECS": "0",
+        "TOKENHUB_CREDENTIALS_FILE": str(scratch / "none"),
+        "TOKENHUB_CONTAINER": "false",
+        "TOKENHUB_LOG_LEVEL": "error",
+    }
 
 
 class Server:
