@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -59,25 +60,29 @@ async def create_backup(request: web.Request) -> web.StreamResponse:
                 write_manifest, folder, sqlite=sqlite, duckdb_copy=duck, secret_key_fingerprint=fingerprint
             )
             tar = await asyncio.to_thread(archive, folder)
+            size = tar.stat().st_size
+            handle = await asyncio.to_thread(tar.open, "rb")
         except (BackupError, OSError) as exc:
             raise BackupFailed(f"backup failed: {exc}") from None
-        return await _send(request, tar, folder.name)
-    finally:
+        # Staging is removed before the first byte goes out (the open handle still reads the unlinked archive):
+        # a client that has the whole archive never finds a staging folder left behind.
         await asyncio.to_thread(_remove, folder, tar)
+        return await _send(request, handle, size, folder.name)
+    finally:
+        await asyncio.to_thread(_remove, folder, tar)  # a failure before the send: nothing is left either
 
 
-async def _send(request: web.Request, tar: Path, name: str) -> web.StreamResponse:
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/x-tar",
-            "Content-Disposition": f'attachment; filename="{name}.tar"',
-            "X-Backup-Name": name,
-        }
-    )
-    response.content_length = tar.stat().st_size
-    await response.prepare(request)
-    handle = await asyncio.to_thread(tar.open, "rb")
+async def _send(request: web.Request, handle: BinaryIO, size: int, name: str) -> web.StreamResponse:
     try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-tar",
+                "Content-Disposition": f'attachment; filename="{name}.tar"',
+                "X-Backup-Name": name,
+            }
+        )
+        response.content_length = size
+        await response.prepare(request)
         while chunk := await asyncio.to_thread(handle.read, _CHUNK):
             await response.write(chunk)
     finally:
