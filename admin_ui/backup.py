@@ -49,27 +49,26 @@ async def create_backup(request: web.Request) -> web.StreamResponse:
     folder = await asyncio.to_thread(new_backup_dir, settings.data_dir / STAGING_DIR)
     tar: Path | None = None
     try:
-        try:
-            sqlite = await services.config.call(copy_sqlite, services.config.db, folder / SQLITE_FILE)
-            duck = None
-            if settings.analytics_path != ":memory:":
-                source = Path(settings.analytics_path)
-                duck = await services.analytics.call(copy_duckdb, services.analytics.db, source, folder / DUCKDB_FILE)
-            fingerprint = await asyncio.to_thread(key_fingerprint, settings.data_dir / SECRET_KEY_FILE)
-            await asyncio.to_thread(
-                write_manifest, folder, sqlite=sqlite, duckdb_copy=duck, secret_key_fingerprint=fingerprint
-            )
-            tar = await asyncio.to_thread(archive, folder)
-            size = tar.stat().st_size
-            handle = await asyncio.to_thread(tar.open, "rb")
-        except (BackupError, OSError) as exc:
-            raise BackupFailed(f"backup failed: {exc}") from None
-        # Staging is removed before the first byte goes out (the open handle still reads the unlinked archive):
-        # a client that has the whole archive never finds a staging folder left behind.
-        await asyncio.to_thread(_remove, folder, tar)
-        return await _send(request, handle, size, folder.name)
+        sqlite = await services.config.call(copy_sqlite, services.config.db, folder / SQLITE_FILE)
+        duck = None
+        if settings.analytics_path != ":memory:":
+            source = Path(settings.analytics_path)
+            duck = await services.analytics.call(copy_duckdb, services.analytics.db, source, folder / DUCKDB_FILE)
+        fingerprint = await asyncio.to_thread(key_fingerprint, settings.data_dir / SECRET_KEY_FILE)
+        await asyncio.to_thread(
+            write_manifest, folder, sqlite=sqlite, duckdb_copy=duck, secret_key_fingerprint=fingerprint
+        )
+        tar = await asyncio.to_thread(archive, folder)
+        size = tar.stat().st_size
+        handle = await asyncio.to_thread(tar.open, "rb")
+    except (BackupError, OSError) as exc:
+        raise BackupFailed(f"backup failed: {exc}") from None
     finally:
-        await asyncio.to_thread(_remove, folder, tar)  # a failure before the send: nothing is left either
+        # Removed exactly once, before the first byte goes out (the open handle still reads the unlinked
+        # archive): a client holding the whole archive never finds staging left behind, and a second backup
+        # that reuses this second's folder name once it is free is never removed under its feet.
+        await asyncio.to_thread(_remove, folder, tar)
+    return await _send(request, handle, size, folder.name)
 
 
 async def _send(request: web.Request, handle: BinaryIO, size: int, name: str) -> web.StreamResponse:

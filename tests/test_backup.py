@@ -4,11 +4,13 @@ into a fresh data directory that a new server then runs on, and every refusal.""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import sqlite3
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +183,23 @@ async def test_backup_endpoint_needs_the_admin_token(hub: Hub) -> None:
         async with session.post(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as ok:
             assert ok.status == 200 and ok.headers["Content-Type"] == "application/x-tar"
             assert len(await ok.read()) == int(ok.headers["Content-Length"])
+
+
+async def test_a_finished_backup_never_removes_a_later_one_of_the_same_name(hub: Hub) -> None:
+    """Staging folders are named by the second: once a backup has freed its name, the next backup in that second
+    takes it, and the first one's clean-up must not remove the second's copy under its feet."""
+    await _populate(hub)
+    async with aiohttp.ClientSession() as session:
+        url = hub.client.make_url("/admin/v1/backup")
+        async with session.post(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+            assert resp.status == 200  # headers out: this backup's staging is gone, its name free
+            reused = Path(hub.services.settings.data_dir) / ".backup-staging" / resp.headers["X-Backup-Name"]
+            reused.mkdir()
+            (reused / "tokenhub.sqlite").write_bytes(b"a later backup, mid-copy")
+            with tarfile.open(fileobj=io.BytesIO(await resp.read())) as tar:
+                assert len(tar.getmembers()) == 3
+    await asyncio.sleep(0.3)  # the first request's handler has long returned
+    assert (reused / "tokenhub.sqlite").read_bytes() == b"a later backup, mid-copy"
 
 
 async def test_the_cli_finds_a_local_server_through_its_lock_file(tmp_path: Path) -> None:
