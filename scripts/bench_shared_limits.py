@@ -10,8 +10,10 @@ alternated in rounds so machine noise hits both alike:
   redis      TOKENHUB_REDIS_URL: the per-IP bucket, the key's per-minute buckets and its budget reservation
              in one script round trip before the provider call; settle, spend and release batched after
 
-The API key has a monthly budget and requests/tokens-per-minute limits (every shared check on the path).
-Prints p50 / p90 / p99 per mode and the p50 difference (what Redis adds).
+The API key has a monthly budget and requests/tokens-per-minute limits (every shared check on the path), or with
+--plain-key none of them (only the per-IP limit is shared: its round trip is sent right after auth and overlaps
+routing).
+Prints p50 / p90 / p99 and the server's CPU per request for each mode, and the p50 difference (what Redis adds).
 
     python scripts/bench_shared_limits.py                     # Redis at redis://127.0.0.1:6379/0
     python scripts/bench_shared_limits.py --requests 3000 --rounds 4 --redis redis://host:6379/0
@@ -66,7 +68,18 @@ async def fake_provider() -> TestServer:
     return server
 
 
-async def start_hub(data_dir: Path, provider_url: str, redis_url: str) -> tuple[TestClient, str]:
+def cpu_secs(pid: int) -> float:
+    """The process's CPU time so far (user + system, all threads), from /proc; 0 where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def start_hub(
+    data_dir: Path, provider_url: str, redis_url: str, *, plain_key: bool
+) -> tuple[TestClient, str, int]:
     """`python -m pipeline serve` in its own process (its event loop is not the client's), configured over HTTP."""
     port = free_port()
     env = {
@@ -107,9 +120,11 @@ async def start_hub(data_dir: Path, provider_url: str, redis_url: str) -> tuple[
     await client.post("/admin/v1/providers", json=provider, headers=headers)
     model = {"id": "m", "provider_id": "fake", "input_per_1k": 0.001, "output_per_1k": 0.002}
     await client.post("/admin/v1/models", json=model, headers=headers)
-    key = {"name": "bench", "monthly_budget_usd": 1_000_000, "rate_limit_rpm": 10_000_000, "rate_limit_tpm": 10**9}
+    key: dict[str, Any] = {"name": "bench"}
+    if not plain_key:
+        key |= {"monthly_budget_usd": 1_000_000, "rate_limit_rpm": 10_000_000, "rate_limit_tpm": 10**9}
     resp = await client.post("/admin/v1/apikeys", json=key, headers=headers)
-    return client, (await resp.json())["key"]
+    return client, (await resp.json())["key"], proc.pid
 
 
 class BaseTestServer_at(BaseTestServer):
@@ -158,19 +173,22 @@ async def main(args: argparse.Namespace) -> None:
     provider = await fake_provider()
     provider_url = str(provider.make_url("/v1")).rstrip("/")
     results: dict[str, list[float]] = {"embedded": [], "redis": []}
+    cpu = {"embedded": 0.0, "redis": 0.0}
     with tempfile.TemporaryDirectory() as tmp:
-        hubs: dict[str, tuple[TestClient, str]] = {
-            "embedded": await start_hub(Path(tmp) / "embedded", provider_url, ""),
-            "redis": await start_hub(Path(tmp) / "redis", provider_url, args.redis),
+        hubs: dict[str, tuple[TestClient, str, int]] = {
+            "embedded": await start_hub(Path(tmp) / "embedded", provider_url, "", plain_key=args.plain_key),
+            "redis": await start_hub(Path(tmp) / "redis", provider_url, args.redis, plain_key=args.plain_key),
         }
         try:
-            for client, key in hubs.values():
+            for client, key, _ in hubs.values():
                 await run(client, key, args.warmup)
             for _ in range(args.rounds):
-                for mode, (client, key) in hubs.items():
+                for mode, (client, key, pid) in hubs.items():
+                    before = cpu_secs(pid)
                     results[mode] += await run(client, key, args.requests // args.rounds)
+                    cpu[mode] += cpu_secs(pid) - before
         finally:
-            for client, _ in hubs.values():
+            for client, _, _ in hubs.values():
                 await client.close()
             for proc in PROCS:
                 proc.terminate()
@@ -179,7 +197,10 @@ async def main(args: argparse.Namespace) -> None:
     stats: dict[str, Any] = {mode: summary(times) for mode, times in results.items()}
     for mode, row in stats.items():
         n = len(results[mode])
-        print(f"{mode:9} n={n}  p50 {row['p50']:.3f} ms  p90 {row['p90']:.3f} ms  p99 {row['p99']:.3f} ms")
+        print(
+            f"{mode:9} n={n}  p50 {row['p50']:.3f} ms  p90 {row['p90']:.3f} ms  p99 {row['p99']:.3f} ms"
+            f"  server CPU {cpu[mode] / n * 1e6:.0f} us/request"
+        )
     print(f"added by Redis at p50: {stats['redis']['p50'] - stats['embedded']['p50']:+.3f} ms")
 
 
@@ -189,4 +210,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per mode")
     parser.add_argument("--rounds", type=int, default=4, help="alternations between the modes")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests per mode first")
+    parser.add_argument(
+        "--plain-key", action="store_true", help="a key with no budget and no per-minute limits (only the per-IP limit)"
+    )
     asyncio.run(main(parser.parse_args()))

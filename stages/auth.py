@@ -108,6 +108,8 @@ class Auth:
                 limit = key.rate_limit_rpm if what == "requests" else key.rate_limit_tpm
                 raise RateLimited(f"api key rate limit exceeded: {limit} {what} per minute", retry_after=wait)
         services.key_ledger.touch(key.id, now)  # last used: flushed to SQLite in batches
+        if services.shared_gate is not None:  # a request without a budget: its limits go to Redis now
+            services.shared_gate.send_early(ctx, key)
         await call_next(ctx)
 
 

@@ -167,7 +167,7 @@ class Dispatch:
         accounts = self._accounts(ctx)
         gate = self._services.shared_gate
         if not accounts:
-            if gate is not None and ctx.shared_takes:
+            if gate is not None and (ctx.shared_takes or ctx.shared_early is not None):
                 await gate.admit(ctx, (), 0.0, 0.0)
             return False
         amount, needed = self._worst_case(ctx, candidate.model)
@@ -201,7 +201,7 @@ class Dispatch:
         budget, None when the pair does not fit (then only the first is called, reserved the usual way)."""
         accounts = self._accounts(ctx)
         if not accounts:
-            if (gate := self._services.shared_gate) is not None and ctx.shared_takes:
+            if (gate := self._services.shared_gate) is not None and (ctx.shared_takes or ctx.shared_early is not None):
                 await gate.admit(ctx, (), 0.0, 0.0)
             return False
         worst_first, needed_first = self._worst_case(ctx, first.model)

@@ -155,6 +155,7 @@ class StepRunner:
         )
         # the plan's own deferred rate limits (shared through Redis) go with its first step's round trip
         child.shared_takes, parent.shared_takes = parent.shared_takes, []
+        child.shared_early, parent.shared_early = parent.shared_early, None
         await self._on_event("step_started", {"index": index, "role": role, "request_id": child.request_id})
         try:
             await recorded(self._services, child, self._call_next)

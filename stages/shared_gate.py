@@ -14,10 +14,12 @@ Redis down (`RedisDown`): the same takes run on this process's buckets, a key bu
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pipeline.context import RequestContext
@@ -115,6 +117,41 @@ class SharedGate:
         ctx.shared_takes.append(TakeGroup(tuple(takes), local_take))
         return 0.0, ""
 
+    def send_early(self, ctx: RequestContext, key: ApiKeyInfo) -> None:
+        """After auth: a request that draws on no budget needs Redis only for its rate limits, so they are sent
+        now and the round trip overlaps routing; dispatch finds the answer waiting instead of sleeping on it."""
+        if not ctx.shared_takes or key.monthly_budget_usd > 0 or ctx.plan_budget is not None:
+            return
+        if not self._limits.link.up:
+            return  # dispatch runs them on this process's buckets
+        groups, ctx.shared_takes = ctx.shared_takes, []
+        answer = self._limits.start([group.takes for group in groups], None)
+        answer.add_done_callback(partial(self._early_answered, groups))
+        ctx.shared_early = (groups, answer)
+
+    def _early_answered(self, groups: list[TakeGroup], answer: asyncio.Future[bytes]) -> None:
+        """Whether or not dispatch comes to await it: an empty bucket is remembered, a failure retrieved."""
+        if answer.cancelled() or answer.exception() is not None or b'"rl"' not in answer.result():
+            return
+        reply = self._limits.parse(answer.result())
+        if reply.limited is not None:
+            group, bucket = reply.limited
+            self._deny(groups[group].takes[bucket].key, reply.wait)
+
+    async def _await_early(self, ctx: RequestContext) -> None:
+        """Dispatch's side of `send_early`: 429 when a bucket was empty; Redis down: the takes run here."""
+        groups, answer = ctx.shared_early  # type: ignore[misc]
+        ctx.shared_early = None
+        try:
+            reply = self._limits.parse(await answer)
+        except RedisDown:
+            self._run_locally(groups, ctx.request_id)
+            return
+        if reply.limited is not None:
+            group, bucket = reply.limited
+            raise RateLimited(groups[group].takes[bucket].message, retry_after=reply.wait)
+        self._remember_charges(ctx.request_id, groups)
+
     # --- dispatch: the one round trip --------------------------------------------------------------------------
     async def admit(
         self, ctx: RequestContext, accounts: tuple[BudgetAccount, ...], worst_usd: float, needed_usd: float
@@ -123,6 +160,8 @@ class SharedGate:
         in Redis. Raises RateLimited (a bucket is empty) or SharedBudgetUnavailable (Redis down, budgets fail
         closed); returns (the refusing account with its recorded spend, what requests in flight hold on it), or
         None when admitted (and held)."""
+        if ctx.shared_early is not None:
+            await self._await_early(ctx)
         groups: list[TakeGroup] = ctx.shared_takes
         ctx.shared_takes = []
         holder = ctx.request_id
@@ -212,9 +251,7 @@ class SharedGate:
         if not groups:
             return
         if not self._limits.link.up:
-            self._fallbacks.labels("rate_limit").inc()
-            for group in groups:
-                group.local()
+            self._count_locally(groups)
             return
         self.flusher.add(*({"o": "take", "b": take.wire()} for group in groups for take in group.takes))
 
@@ -222,6 +259,16 @@ class SharedGate:
         """The recorder's last word on a request (a sink): its deferred takes, if dispatch never sent them."""
         groups, ctx.shared_takes = ctx.shared_takes, []
         self.defer(groups)
+        if (early := ctx.shared_early) is not None:  # sent early, never awaited: count it here if Redis failed
+            ctx.shared_early = None
+            answer = early[1]
+            if answer.done() and not answer.cancelled() and answer.exception() is not None:
+                self._count_locally(early[0])
+
+    def _count_locally(self, groups: list[TakeGroup]) -> None:
+        self._fallbacks.labels("rate_limit").inc()
+        for group in groups:
+            group.local()
 
     def settle(self, request_id: str, actual_tokens: int, tpm: int) -> None:
         """The key's tokens-per-minute charge made by the gate becomes the request's actual tokens (batched);

@@ -1,7 +1,8 @@
 """The one Redis connection the shared hot state uses, and whether Redis answers right now.
 
-Every shared backend (limits, budgets, bandit statistics, health, sessions, ...) goes through `RedisLink.run`,
-which bounds a round trip by `timeout` and turns any connection failure into `RedisDown`. The first failure
+Every shared backend (limits, budgets, bandit statistics, health, sessions, ...) goes through `RedisLink.run`
+(redis-py), or for the request path's scripts `send_script` / `eval` (the lean pipe, store/redis_pipe.py); both
+bound a round trip by `timeout` and turn any connection failure into `RedisDown`. The first failure
 marks the link down (a metric, one log line, `/healthz` says so) and each backend falls back to its local
 state; a background ping brings it back up, and `on_up` listeners re-sync what they kept locally meanwhile.
 Keys are namespaced by `prefix` so one Redis can hold several clusters (and tests use a prefix each).
@@ -15,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+
+from store.redis_pipe import Done, PipeError, RedisPipe, Script
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -51,6 +54,7 @@ class RedisLink:
         self.client = client or aioredis.Redis.from_url(
             url, socket_timeout=timeout_secs, socket_connect_timeout=timeout_secs, retry_on_timeout=False
         )
+        self.pipe = RedisPipe(url, timeout_secs=timeout_secs)  # the request path's scripts (store/redis_pipe.py)
         self.up = False
         self.down_since: float | None = time.time()
         self.last_error = "not connected yet"
@@ -82,6 +86,28 @@ class RedisLink:
             self._mark_down(exc)
             raise RedisDown(self.last_error) from None
 
+    def send_script(self, script: Script, args: tuple[bytes, ...], done: Done) -> None:
+        """Run `script` on the pipe: sent now, nothing awaited (the request path's gate batches on this), with
+        `done(reply, error)` called when it is answered. Raises RedisDown at once while the link is down; a
+        caller whose call fails later hands the PipeError to `failed`."""
+        if not self.up:
+            raise RedisDown(self.last_error)
+        self.pipe.send(script, args, done)
+
+    async def eval(self, script: Script, *args: bytes) -> Any:
+        """`send_script`, awaited (bounded by the pipe's timeout); RedisDown when Redis does not answer."""
+        if not self.up:
+            raise RedisDown(self.last_error)
+        try:
+            return await self.pipe.eval(script, *args)
+        except PipeError as exc:
+            raise self.failed(exc) from None
+
+    def failed(self, exc: BaseException) -> RedisDown:
+        """A pipe call failed: mark the link down (the watcher brings it back) and return the error to raise."""
+        self._mark_down(exc)
+        return RedisDown(self.last_error)
+
     async def start(self) -> None:
         """Connect now if Redis answers; either way keep watching it. Start-up never fails for Redis."""
         await self._ping()
@@ -91,6 +117,7 @@ class RedisLink:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        self.pipe.close()
         await self.client.aclose()
 
     def status(self) -> dict[str, Any]:
@@ -119,6 +146,7 @@ class RedisLink:
             return
         self.up = False
         self.down_since = time.time()
+        self.pipe.close("redis down")
         log.warning("redis_down", error=self.last_error, fallback="local state")
         if self._on_state is not None:
             self._on_state(False)

@@ -147,10 +147,11 @@ async def test_the_per_ip_limit_is_shared(aiohttp_client: Callable[..., Any], fa
         statuses = [status for status, _ in results]
         assert statuses.count(200) == 12 and statuses.count(429) == 24
         assert {body["error"]["type"] for status, body in results if status == 429} == {"rate_limit_error"}
-        # requests that never reach dispatch (no key: 401) still count against the shared bucket
-        resp = await hubs[0].client.post("/v1/chat/completions", json={"messages": []})
-        assert resp.status == 429  # this IP is known to be over its limit: refused before the key is looked at
-        metrics = await (await hubs[0].client.get("/metrics")).text()
+        # a replica that was refused remembers the IP is over its limit: it refuses before the key is looked at
+        refused = hubs[next(i % 3 for i, (status, _) in enumerate(results) if status == 429)]
+        resp = await refused.client.post("/v1/chat/completions", json={"messages": []})
+        assert resp.status == 429
+        metrics = await (await refused.client.get("/metrics")).text()
         assert "tokenhub_shared_state_fallbacks_total" not in metrics or 'what="rate_limit"' not in metrics
 
 
