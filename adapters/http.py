@@ -14,13 +14,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
 from typing import Any, Protocol, TypedDict, TypeVar
 
 import aiohttp
 import orjson
 
 from adapters.errors import ProviderError, excerpt
+from adapters.lean_http import LeanClient
 from pipeline.types import ErrorClass
 
 __all__ = [
@@ -40,6 +40,7 @@ RetryHook = Callable[[int, ProviderError, float], None]
 _READ_CHUNK = 64 * 1024
 
 _TRANSIENT = ErrorClass.TRANSIENT
+KEEPALIVE_SECS = 30.0  # an idle pooled connection older than this is closed, not reused
 T = TypeVar("T")
 
 
@@ -124,28 +125,19 @@ def _seconds_until_http_date(value: str, now: float) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def _client_timeout(total: float) -> aiohttp.ClientTimeout:
-    # ceil_threshold=inf: aiohttp otherwise rounds timeouts > 5 s up to a whole second, overshooting deadlines
-    return aiohttp.ClientTimeout(total=total, ceil_threshold=math.inf)
-
-
-# Configured per-attempt timeouts are few, so their ClientTimeout objects are reused across requests.
-_cached_client_timeout = lru_cache(maxsize=64)(_client_timeout)
-
-
 class HttpClient:
-    """Owns one pooled aiohttp session shared by every adapter (connection reuse is most of the speed)."""
+    """Owns the pooled connections every adapter shares (connection reuse is most of the speed): the lean client's
+    for non-streaming calls, one aiohttp session for streams and everything else."""
 
     def __init__(
         self,
         *,
         rng: random.Random | None = None,
-        connection_limit: int = 0,
         wrap_attempt: Callable[[Any], Any] | None = None,
     ) -> None:
         self._rng = rng or random.Random()
-        self._limit = connection_limit  # 0 = unbounded; the proxy's own admission control bounds concurrency
         self._session: aiohttp.ClientSession | None = None
+        self._lean = LeanClient(keepalive_secs=KEEPALIVE_SECS)  # post_json's calls; the session does the rest
         if wrap_attempt is not None:  # tracing (pipeline/tracing.py): decided once here, not per call
             self._attempt = wrap_attempt(self._attempt)  # type: ignore[method-assign]
             self._open_attempt = wrap_attempt(self._open_attempt)  # type: ignore[method-assign]
@@ -159,14 +151,15 @@ class HttpClient:
         return session
 
     def _new_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300, keepalive_timeout=30)
-        # auto_decompress stays on: post_json returns parsed JSON, so a gzip body must be decoded here.
+        # limit=0: unbounded; the proxy's own admission control bounds concurrency
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_SECS)
         return aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
 
     async def start(self) -> None:
         _ = self.session
 
     async def close(self) -> None:
+        self._lean.close()
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
@@ -194,7 +187,7 @@ class HttpClient:
         """
         data = orjson.dumps(payload)  # serialized once for all attempts
         return await self._with_retries(
-            lambda url, timeout: self._attempt(url, data, headers, timeout, attempt_timeout, classify, secret),
+            lambda url, timeout: self._attempt(url, data, headers, timeout, classify, secret),
             target,
             retry,
             deadline,
@@ -275,25 +268,21 @@ class HttpClient:
         data: bytes,
         headers: dict[str, str],
         timeout: float,
-        attempt_timeout: float,
         classify: Classifier,
         secret: str,
     ) -> tuple[dict[str, Any], bytes, float]:
         started = time.monotonic()
-        # the configured value is reused across requests; a deadline-clamped one is one-off, not worth caching
-        client_timeout = _cached_client_timeout(timeout) if timeout == attempt_timeout else _client_timeout(timeout)
         try:
-            async with self.session.post(url, data=data, headers=headers, timeout=client_timeout) as resp:
-                status = resp.status
-                raw = await resp.read()
-                resp_headers = resp.headers
-        except TimeoutError:  # also covers aiohttp's ServerTimeoutError; must precede OSError
+            async with asyncio.timeout(timeout):
+                response = await self._lean.post(url, data, headers)  # the hot path's call: adapters/lean_http.py
+        except TimeoutError:  # must precede OSError
             raise ProviderError(_TRANSIENT, f"timeout after {timeout:.1f}s with no answer", retryable=False) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, ValueError) as exc:
             raise _transport_error(exc, secret) from None
         latency_ms = (time.monotonic() - started) * 1000.0
-        if status != 200:
-            raise classify(status, raw.decode("utf-8", "replace"), resp_headers)
+        raw = response.body
+        if response.status != 200:
+            raise classify(response.status, raw.decode("utf-8", "replace"), response.headers)
         return _json_object(raw, secret), raw, latency_ms
 
     async def _open_attempt(

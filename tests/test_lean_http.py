@@ -1,0 +1,204 @@
+"""The lean provider-call client (adapters/lean_http.py) against a raw local TCP server that answers with exactly
+the bytes each test scripts: framing, encodings, broken answers, connection reuse and refusal to reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ipaddress
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.lean_http import LeanClient, LeanHttpError
+
+Answer = Callable[[bytes], list[bytes | None]]  # request bytes -> chunks to write (None: close the connection)
+
+
+class RawServer:
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.url = ""
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                length = int(next(h.split(b":")[1] for h in lines if h.lower().startswith(b"content-length")))
+                request = head + await reader.readexactly(length)
+                for chunk in self.answer(request):
+                    if chunk is None:
+                        writer.close()
+                        return
+                    writer.write(chunk)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@asynccontextmanager
+async def raw_server(answer: Answer) -> AsyncIterator[RawServer]:
+    server = RawServer(answer)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/v1/chat/completions?x=1"
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def _ok(body: bytes, *extra: str) -> list[bytes | None]:
+    headers = "".join(f"{h}\r\n" for h in extra)
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+    return [head.encode() + body]
+
+
+def _halves(data: bytes) -> list[bytes | None]:
+    return [data[: len(data) // 2], data[len(data) // 2 :]]
+
+
+async def test_the_request_line_headers_and_body_and_keep_alive_reuse() -> None:
+    seen: list[bytes] = []
+
+    def answer(request: bytes) -> list[bytes | None]:
+        seen.append(request)
+        return _ok(b'{"ok": 1}', "Content-Type: application/json")
+
+    async with raw_server(answer) as server:
+        client = LeanClient()
+        for _ in range(3):
+            response = await client.post(server.url, b'{"q": 1}', {"Authorization": "Bearer k"})
+            assert response.status == 200 and response.body == b'{"ok": 1}'
+            assert response.headers["content-type"] == "application/json"  # any case
+        assert server.connections == 1  # one connection, kept alive
+        assert seen[0].startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+        assert b"\r\nAuthorization: Bearer k\r\n" in seen[0] and seen[0].endswith(b'\r\n\r\n{"q": 1}')
+        client.close()
+
+
+async def test_chunked_gzip_and_deflate_bodies_are_decoded() -> None:
+    payload = b'{"text": "' + b"x" * 5000 + b'"}'
+    packed = gzip.compress(payload)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (packed[:100], packed[100:])) + b"0\r\n\r\n"
+    answers = [
+        [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n", *_halves(chunked)],
+        _ok(zlib.compress(payload), "Content-Encoding: deflate"),
+        _ok(zlib.compress(payload)[2:-4], "Content-Encoding: deflate"),  # raw deflate, no zlib wrapper
+    ]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        for _ in range(3):
+            assert (await client.post(server.url, b"{}", {})).body == payload
+        client.close()
+
+
+async def test_a_body_ended_by_closing_the_connection_is_read_whole() -> None:
+    async with raw_server(lambda _: [b"HTTP/1.0 200 OK\r\n\r\n", b'{"a": ', b"2}", None]) as server:
+        client = LeanClient()
+        assert (await client.post(server.url, b"{}", {})).body == b'{"a": 2}'
+        await client.post(server.url, b"{}", {})
+        assert server.connections == 2  # HTTP/1.0: not kept alive
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ([b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"a"', None], "closed the connection before"),
+        ([None], "closed the connection before"),
+        ([b"hello, this is not http\r\n\r\n"], "malformed HTTP response"),
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Encoding: gzip\r\n\r\nnope"], "undecodable"),
+    ],
+)
+async def test_broken_answers_are_transport_errors(chunks: list[bytes | None], message: str) -> None:
+    async with raw_server(lambda _: list(chunks)) as server:
+        client = LeanClient()
+        with pytest.raises(LeanHttpError, match=message):
+            await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)
+        client.close()
+
+
+async def test_a_cancelled_call_never_returns_its_connection_to_the_pool() -> None:
+    answers = [[b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"a"', b"ignored"], _ok(b"{}")]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.005):
+                await client.post(server.url, b"{}", {})
+        assert (await client.post(server.url, b"{}", {})).body == b"{}"
+        assert server.connections == 2
+        client.close()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    answers = [[*_ok(b"{}", "Connection: keep-alive"), None], _ok(b"{}")]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        await client.post(server.url, b"{}", {})
+        await asyncio.sleep(0.05)  # the server has closed it meanwhile
+        assert (await client.post(server.url, b"{}", {})).status == 200
+        assert server.connections == 2
+        client.close()
+
+
+async def test_a_header_that_would_split_the_request_is_refused_and_nothing_is_sent() -> None:
+    async with raw_server(lambda _: _ok(b"{}")) as server:
+        client = LeanClient()
+        with pytest.raises(ValueError, match="line break"):
+            await client.post(server.url, b"{}", {"Authorization": "Bearer k\r\nX-Evil: 1"})
+        assert server.connections == 0
+        client.close()
+
+
+def _self_signed(folder: Path) -> ssl.SSLContext:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
+
+
+async def test_https_works_and_refuses_a_certificate_nobody_vouches_for(tmp_path: Path) -> None:
+    server = RawServer(lambda _: _ok(b'{"tls": true}'))
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=_self_signed(tmp_path))
+    url = f"https://127.0.0.1:{listener.sockets[0].getsockname()[1]}/v1/x"
+    try:
+        client = LeanClient()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.wait_for(client.post(url, b"{}", {}), 5)
+        client.close()
+        trusting = LeanClient(tls=ssl.create_default_context(cafile=tmp_path / "cert.pem"))
+        assert (await asyncio.wait_for(trusting.post(url, b"{}", {}), 5)).body == b'{"tls": true}'
+        trusting.close()
+    finally:
+        listener.close()
