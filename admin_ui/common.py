@@ -17,7 +17,6 @@ from pipeline.model_ids import ID_PATTERN
 from pipeline.services import Services
 from pipeline.tenants import TenantPipelines
 from pipeline.web import read_body
-from store.config_store import INTEGRITY_ERRORS
 from store.vault import VaultLockedError
 
 __all__ = [
@@ -115,7 +114,7 @@ async def commit(request: web.Request, fn: Callable[P, T], /, *args: P.args, **k
     config = get_services(request).config
     try:
         result = await config.call(fn, *args, **kwargs)
-    except INTEGRITY_ERRORS as exc:
+    except config.integrity_errors as exc:
         raise Conflict(f"conflicts with existing data: {exc}") from None
     except VaultLockedError:  # a provider key goes into the vault, which is locked: nothing was written
         raise VaultLocked(

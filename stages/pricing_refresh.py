@@ -12,7 +12,6 @@ counter; ``last`` holds the latest result for anyone who wants to show it.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
-import psycopg
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -106,7 +104,7 @@ class PricingRefresher:
             outcome = await self._config.call(apply_prices, self._config.db, table)
         except (FetchFailed, PriceTableError) as exc:
             return self._failed(shown, str(exc))
-        except (sqlite3.Error, psycopg.Error, ConfigStoreUnavailable) as exc:
+        except (*self._config.errors, ConfigStoreUnavailable) as exc:
             return self._failed(shown, f"storing the prices failed: {type(exc).__name__}")
         if outcome.updated:
             await self._reload()

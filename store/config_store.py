@@ -20,20 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import psycopg
-
 from pipeline.objective import RewardConfig
 from pipeline.types import ALIAS_STICKY_BY, AliasInfo, AliasVariant, ApiKeyInfo, ModelInfo, ProviderInfo
 from store import vault_store
 from store.migrations import migrate, migrate_postgres
-from store.pg_connection import PgConnection
 from store.secret_box import SecretBox, upgrade_legacy_seals
 from store.vault import Vault, provider_vault_keys, store_provider_key
 from store.vault_store import provider_key_name
 
 __all__ = [
     "DEFAULT_TENANT",
-    "INTEGRITY_ERRORS",
     "KEY_PREFIX",
     "ConfigSnapshot",
     "ConfigStore",
@@ -44,8 +40,6 @@ __all__ = [
 
 T = TypeVar("T")
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-# A write refused by a constraint (duplicate id, unknown reference), whichever database the store is on.
-INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
 KEY_PREFIX = "tokenhub_"
 DEFAULT_TENANT = "default"
 
@@ -98,6 +92,11 @@ class ConfigStore:
         self._joined: _Joined | None = None  # set while `atomically` runs
         self._version = 0
         self.vault: Vault | None = None  # attached at start-up when the vault is enabled
+        # The driver's errors, whichever database the store is on (psycopg's added only when it is PostgreSQL:
+        # the SQLite default never loads the PostgreSQL driver): any failure, and a write refused by a
+        # constraint (a duplicate id, an unknown reference).
+        self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+        self.integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
 
     @property
     def secret_box(self) -> SecretBox:
@@ -133,6 +132,12 @@ class ConfigStore:
         return applied
 
     def _open_postgres(self) -> list[int]:
+        import psycopg
+
+        from store.pg_connection import PgConnection
+
+        self.errors += (psycopg.Error,)
+        self.integrity_errors += (psycopg.IntegrityError,)
         conn = PgConnection(self.database_url, origin=self.origin)
         applied = migrate_postgres(conn.connect())  # connect() raises ConfigStoreUnavailable: start-up stops
         self._conn = cast(sqlite3.Connection, conn)  # the same surface the store's functions use

@@ -16,13 +16,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import structlog
 
 from store.config_store import ConfigStore
-from store.pg_connection import CHANNEL, connect_kwargs
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["ConfigWatcher"]
 
@@ -117,6 +118,10 @@ class ConfigWatcher:
 
     # --- PostgreSQL ----------------------------------------------------------------------------------
     async def _listen(self) -> None:
+        import psycopg  # only a PostgreSQL store listens: the SQLite default never loads the driver
+
+        from store.pg_connection import CHANNEL, connect_kwargs
+
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(

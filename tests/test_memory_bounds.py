@@ -23,10 +23,11 @@ from store.analytics import CHECKPOINT_WAL_MIB, AnalyticsStore
 from store.record_writer import RecordWriter
 from store.reward_queries import reward_evidence
 from tests.conftest import Hub
+from tests.support.backing import fresh_postgres
 from tests.test_record_writer import BASE_TS, make_record
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = ("temporalio", "redis", "jsonschema")
+OPTIONAL = ("temporalio", "redis", "jsonschema", "psycopg")
 
 
 class GatedAnalytics(AnalyticsStore):
@@ -160,6 +161,9 @@ def test_optional_libraries_load_only_when_the_configuration_uses_them(tmp_path:
     assert _loaded_after_start(tmp_path / "plain") == []
     # Redis configured: its client is built (it connects in the background, so no Redis needs to answer)
     assert _loaded_after_start(tmp_path / "redis", TOKENHUB_REDIS_URL="redis://127.0.0.1:1/0") == ["redis"]
+    # the PostgreSQL driver (~9 MiB) only with a PostgreSQL store
+    with fresh_postgres() as url:
+        assert _loaded_after_start(tmp_path / "pg", TOKENHUB_DATABASE_URL=url) == ["psycopg"]
 
 
 def test_reward_evidence_is_the_newest_of_each_token_bucket_oldest_first(tmp_path: Path) -> None:
