@@ -19,6 +19,11 @@ __all__ = ["TemporalDevServer"]
 
 NAMESPACE = "tokenhub"
 START_WAIT_SECS = 60.0
+START_ATTEMPTS = 3
+
+
+class _ExitedEarly(Exception):
+    """The dev server process ended before it answered."""
 
 
 def temporal_cli() -> str:
@@ -37,12 +42,29 @@ class TemporalDevServer:
         self.db = workdir / "temporal.db"
         self.log = workdir / "temporal.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False  # once it has served, a restart must keep its ports (clients know the address)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        """Start (or restart, on the same ports). A first start whose process dies at once is tried again on
+        fresh ports: the dev server also binds ports it picks itself, and any of them may be taken between the
+        pick and the bind by another server of the suite."""
+        for attempt in range(START_ATTEMPTS):
+            self._spawn()
+            try:
+                await self._wait_ready()
+                return
+            except _ExitedEarly as exc:
+                if self._started or attempt == START_ATTEMPTS - 1:
+                    raise RuntimeError(str(exc)) from None
+                self.port, self.ui_port = free_port(), free_port()
+            finally:
+                self._started = self._started or self._process is not None
+
+    def _spawn(self) -> None:
         args = [
             temporal_cli(),
             "server",
@@ -63,7 +85,6 @@ class TemporalDevServer:
         ]
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        await self._wait_ready()
 
     async def _wait_ready(self) -> None:
         from temporalio.client import Client
@@ -74,7 +95,8 @@ class TemporalDevServer:
         while loop.time() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"temporal dev server exited ({self._process.returncode}): {self._tail()}")
+                code, self._process = self._process.returncode, None
+                raise _ExitedEarly(f"temporal dev server exited ({code}): {self._tail()}")
             try:
                 client = await Client.connect(self.address, namespace=NAMESPACE)
                 await client.workflow_service.describe_namespace(_describe(NAMESPACE))
