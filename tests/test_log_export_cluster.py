@@ -37,6 +37,20 @@ async def logged(hub: Hub) -> Counter[str]:
     return Counter(row["client_request_id"] for row in await hub.logs())
 
 
+async def until_counted(hub: Hub, path: str, expected: int) -> None:
+    """Wait (bounded) until a time-series count through ``hub`` is ``expected``; more fails at once. Samples are
+    written apart from their request rows, so a's newest sample may reach a segment a window after its row."""
+    deadline = asyncio.get_running_loop().time() + WAIT_SECS
+    while True:
+        series = await hub.admin("GET", path, expect=200)
+        count = sum(p["v"] for s in series["series"] for p in s["points"])
+        assert count <= expected, f"a sample read twice: {count}"
+        if count == expected or asyncio.get_running_loop().time() > deadline:
+            assert count == expected
+            return
+        await asyncio.sleep(0.2)
+
+
 async def until_logged(hub: Hub, expected: Counter[str]) -> None:
     """Wait (bounded) until ``hub``'s request log is exactly ``expected``; a duplicate fails at once."""
     deadline = asyncio.get_running_loop().time() + WAIT_SECS
@@ -78,8 +92,7 @@ async def test_analytics_through_either_replica_show_both_replicas_rows_once(
     assert refused["error"]["type"] == "query_refused"
     trends = await b.admin("GET", "/analytics/trends?bucket=hour", expect=200)
     assert sum(item["requests"] for item in trends["error_rate"]) == 6
-    series = await b.admin("GET", "/tsdb/query?metric=latency&agg=count&step=86400000", expect=200)
-    assert sum(p["v"] for s in series["series"] for p in s["points"]) == 6
+    await until_counted(b, "/tsdb/query?metric=latency&agg=count&step=86400000", 6)
     one = await b.admin("GET", "/logs?client_request_id=a-2", expect=200)
     detail = await b.admin("GET", f"/logs/{one['logs'][0]['request_id']}", expect=200)
     assert detail["request"]["client_request_id"] == "a-2"  # a's row, read from a's segment
