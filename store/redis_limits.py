@@ -73,6 +73,10 @@ local function bucket_read(key, rate, burst)
   if t > burst then t = burst end
   return t
 end
+local function admits(b, t)  -- strict (a request): a whole token left; else (tokens) anything above zero
+  if b[5] then return t >= 1 end
+  return t > 0
+end
 local function bucket_write(key, t, rate, burst)
   local ttl = math.ceil(((burst - t) / rate + 1) * 1000)
   redis.call('SET', K .. key, fmt(t) .. ' ' .. fmt(now), 'PX', ttl)
@@ -169,9 +173,7 @@ for i, op in ipairs(req) do
   elseif o == 'take' then
     local b = op.b
     local t = bucket_read(b[1], b[2], b[3])
-    local ok
-    if b[5] then ok = t >= 1 else ok = t > 0 end
-    if ok then bucket_write(b[1], t - b[4], b[2], b[3]) else waits[#waits + 1] = {i, fmt((1 - t) / b[2])} end
+    if admits(b, t) then bucket_write(b[1], t - b[4], b[2], b[3]) else waits[#waits + 1] = {i, fmt((1 - t) / b[2])} end
   elseif o == 'reset' then
     redis.call('HDEL', P .. op.h, op.k)
   end
@@ -201,9 +203,7 @@ for gi, group in ipairs(req.g or {}) do
   local vals = {}
   for i, b in ipairs(group) do
     local t = bucket_read(b[1], b[2], b[3])
-    local ok
-    if b[5] then ok = t >= 1 else ok = t > 0 end
-    if not ok then return cjson.encode({rl = {gi, i, fmt((1 - t) / b[2])}}) end
+    if not admits(b, t) then return cjson.encode({rl = {gi, i, fmt((1 - t) / b[2])}}) end
     vals[i] = t
   end
   for i, b in ipairs(group) do bucket_write(b[1], vals[i] - b[4], b[2], b[3]) end
