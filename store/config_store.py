@@ -92,11 +92,6 @@ class ConfigStore:
         self._joined: _Joined | None = None  # set while `atomically` runs
         self._version = 0
         self.vault: Vault | None = None  # attached at start-up when the vault is enabled
-        # The driver's errors, whichever database the store is on (psycopg's added only when it is PostgreSQL:
-        # the SQLite default never loads the PostgreSQL driver): any failure, and a write refused by a
-        # constraint (a duplicate id, an unknown reference).
-        self.errors: tuple[type[Exception], ...] = (sqlite3.Error,)
-        self.integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
 
     @property
     def secret_box(self) -> SecretBox:
@@ -131,13 +126,29 @@ class ConfigStore:
         upgrade_legacy_seals(conn, self._box)
         return applied
 
-    def _open_postgres(self) -> list[int]:
+    # The driver's errors, whichever database the store is on; psycopg's only on PostgreSQL, so the SQLite default
+    # never loads the PostgreSQL driver. Read in `except` clauses, i.e. only when something was raised.
+    @property
+    def errors(self) -> tuple[type[Exception], ...]:
+        """Any failure of the database."""
+        if not self.database_url:
+            return (sqlite3.Error,)
         import psycopg
 
+        return (sqlite3.Error, psycopg.Error)
+
+    @property
+    def integrity_errors(self) -> tuple[type[Exception], ...]:
+        """A write refused by a constraint (a duplicate id, an unknown reference)."""
+        if not self.database_url:
+            return (sqlite3.IntegrityError,)
+        import psycopg
+
+        return (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+    def _open_postgres(self) -> list[int]:
         from store.pg_connection import PgConnection
 
-        self.errors += (psycopg.Error,)
-        self.integrity_errors += (psycopg.IntegrityError,)
         conn = PgConnection(self.database_url, origin=self.origin)
         applied = migrate_postgres(conn.connect())  # connect() raises ConfigStoreUnavailable: start-up stops
         self._conn = cast(sqlite3.Connection, conn)  # the same surface the store's functions use
