@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from adapters.errors import ProviderError, excerpt
-from adapters.lean_http import LeanClient
+from adapters.lean_http import LeanClient, LeanStream
 from pipeline.types import ErrorClass
 
 __all__ = [
@@ -127,7 +127,7 @@ def _seconds_until_http_date(value: str, now: float) -> float | None:
 
 class HttpClient:
     """Owns the pooled connections every adapter shares (connection reuse is most of the speed): the lean client's
-    for non-streaming calls, one aiohttp session for streams and everything else."""
+    for provider calls, whole or streamed, one aiohttp session for everything else (probes, model lists)."""
 
     def __init__(
         self,
@@ -137,7 +137,7 @@ class HttpClient:
     ) -> None:
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
-        self._lean = LeanClient(keepalive_secs=KEEPALIVE_SECS)  # post_json's calls; the session does the rest
+        self._lean = LeanClient(keepalive_secs=KEEPALIVE_SECS)  # provider calls; the session does the rest
         if wrap_attempt is not None:  # tracing (pipeline/tracing.py): decided once here, not per call
             self._attempt = wrap_attempt(self._attempt)  # type: ignore[method-assign]
             self._open_attempt = wrap_attempt(self._open_attempt)  # type: ignore[method-assign]
@@ -207,7 +207,7 @@ class HttpClient:
         retry: RetryPolicy,
         secret: str = "",
         on_retry: RetryHook | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> LeanStream:
         """POST `payload` and return the open 200 response once its headers arrive, body unread. Errors before
         that (status, transport, no headers within the attempt timeout) are classified and retried like
         post_json's: nothing has reached the client yet."""
@@ -294,26 +294,26 @@ class HttpClient:
         deadline: float,
         classify: Classifier,
         secret: str,
-    ) -> aiohttp.ClientResponse:
+    ) -> LeanStream:
         try:
             # The timeout bounds connecting and the response headers only; the body is read by the caller
             # under its own first-token and idle limits.
             async with asyncio.timeout(timeout):
-                resp = await self.session.post(url, data=data, headers=headers, timeout=_STREAM_TIMEOUT)
+                stream = await self._lean.open_stream(url, data, headers)
         except TimeoutError:
             raise ProviderError(_TRANSIENT, f"no response headers after {timeout:.1f}s", retryable=False) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, ValueError) as exc:
             raise _transport_error(exc, secret) from None
-        if resp.status == 200:
-            return resp
+        if stream.status == 200:
+            return stream
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.05)):
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
+                raw = await stream.read(_ERROR_BODY_BYTES)
+        except (TimeoutError, OSError):
             raw = b""
         finally:
-            resp.release()
-        raise classify(resp.status, raw.decode("utf-8", "replace"), resp.headers)
+            stream.release()
+        raise classify(stream.status, raw.decode("utf-8", "replace"), stream.headers)
 
 
 def _may_retry(err: ProviderError, attempt: int, retry: RetryPolicy) -> bool:
@@ -330,8 +330,8 @@ def _attempt_seconds(remaining: float, attempt_timeout: float) -> float:
     return min(attempt_timeout, remaining)
 
 
-# Streams have no total timeout (a long answer is fine); first-token and idle limits bound them instead.
-_STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30)
+# An error answer to a stream request is read this far for its message; the rest is not waited for.
+_ERROR_BODY_BYTES = 1024 * 1024
 
 
 def _transport_error(exc: BaseException, secret: str) -> ProviderError:

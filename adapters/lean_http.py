@@ -1,11 +1,13 @@
-"""A lean HTTP/1.1 client for the one call on the hot path: a provider's non-streaming POST (HttpClient.post_json).
+"""A lean HTTP/1.1 client for the calls on the hot path: a provider's POST, whole (HttpClient.post_json) or
+streamed (HttpClient.open_stream).
 
 aiohttp's client spends ~0.1 ms of Python per call on this machine (request and response objects, a body
 writer task, cookie and redirect handling, timer handles): more than the rest of a routed request's own work.
 This client keeps a pool of keep-alive connections per origin, writes the request head and body in one write,
 parses the response with httptools (llhttp, the parser aiohttp itself uses), and decodes gzip/deflate bodies.
-Everything else (streams, probes, model lists) stays on aiohttp. The caller bounds each call with its own
-timeout; a call that does not finish (timeout, cancellation, error) never returns its connection to the pool.
+Everything else (probes, model lists) stays on aiohttp. The caller bounds each call with its own timeout; a
+call that does not finish (timeout, cancellation, error, a stream closed half-read) never returns its
+connection to the pool.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import ssl
 import time
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -23,10 +25,13 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-__all__ = ["LeanClient", "LeanHttpError", "LeanResponse"]
+__all__ = ["LeanClient", "LeanHttpError", "LeanResponse", "LeanStream"]
 
 _Origin = tuple[str, str, int]  # scheme, host, port
 _FORBIDDEN = frozenset("\r\n\0")
+# A stream's body chunks received and not yet read: past this the socket is not read until the reader catches
+# up, so a slow client slows the upstream instead of filling memory.
+_STREAM_BUFFER_BYTES = 256 * 1024
 
 
 class LeanHttpError(OSError):
@@ -59,7 +64,8 @@ def _target(url: str) -> _Target:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection, one request at a time."""
+    """One keep-alive connection, one request at a time: answered whole (`send`), or head first and then the
+    body as it arrives (`send_streaming`)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -71,30 +77,87 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._headers_done = False
         self._keep_alive = False  # what the last complete answer allowed (the parser forgets once it is done)
+        # streaming: the head's waiter, then the body's chunks as they arrive for the reader
+        self._streaming = False
+        self._head: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._ended = False  # the whole body has arrived
+        self._error: Exception | None = None
+        self._more: asyncio.Future[None] | None = None  # the reader waits on it for a chunk, the end or an error
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def send(self, data: bytes) -> asyncio.Future[LeanResponse]:
-        assert self.transport is not None
+        self._start(streaming=False)
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._write(data)
+        return self._waiter
+
+    def send_streaming(self, data: bytes) -> asyncio.Future[None]:
+        """Done when the response head has arrived; the body is then read with `read_chunk`."""
+        self._start(streaming=True)
+        self._head = asyncio.get_running_loop().create_future()
+        self._write(data)
+        return self._head
+
+    def _start(self, *, streaming: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._headers, self._body, self._headers_done, self._keep_alive = CIMultiDict(), [], False, False
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._streaming, self._ended, self._error = streaming, False, None
+        self._chunks.clear()
+        self._buffered = 0
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
         self.transport.write(data)
-        return self._waiter
+
+    @property
+    def status(self) -> int:
+        return self._parser.get_status_code()
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return CIMultiDictProxy(self._headers)
 
     @property
     def reusable(self) -> bool:
         return not self.closed and self._keep_alive
+
+    @property
+    def complete(self) -> bool:
+        """A streamed answer has arrived whole, and the connection is not broken."""
+        return self._ended and self._error is None
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
+    async def read_chunk(self) -> bytes:
+        """The next piece of a streamed body, b"" at its end; LeanHttpError when the connection broke first."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                return b""
+            self._more = asyncio.get_running_loop().create_future()
+            try:
+                await self._more
+            finally:
+                self._more = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered < _STREAM_BUFFER_BYTES // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return chunk
+
     # --- the socket ---------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:  # bytes nobody asked for: the connection is not in a state to reuse
+        if self._waiter is None and (self._head is None or self._ended):  # bytes nobody asked for: do not reuse
             self.close()
             return
         try:
@@ -105,15 +168,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._waiter is None or self._waiter.done():
+        pending = self._waiter is not None and not self._waiter.done()
+        if not pending and not (self._streaming and not self._ended):
             return
-        parser = self._parser
-        if (
-            self._headers_done
-            and parser is not None
-            and "Content-Length" not in self._headers
-            and not _chunked(self._headers)
-        ):
+        if self._headers_done and "Content-Length" not in self._headers and not _chunked(self._headers):
             self.on_message_complete()  # a body delimited by the end of the connection (HTTP/1.0 style)
             return
         reason = f": {type(exc).__name__}" if exc else ""
@@ -125,15 +183,31 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if not self._streaming:
+            self._body.append(body)
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _STREAM_BUFFER_BYTES and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
 
     def on_message_complete(self) -> None:
+        self._keep_alive = not self.closed and self._parser.should_keep_alive()
+        if self._streaming:
+            self._ended = True
+            self._head = None
+            self._wake()
+            return
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():
             return
-        self._keep_alive = not self.closed and self._parser.should_keep_alive()
         body = b"".join(self._body)
         try:
             body = _decoded(body, self._headers.get("Content-Encoding", ""))
@@ -143,9 +217,92 @@ class _Connection(asyncio.Protocol):
         waiter.set_result(LeanResponse(self._parser.get_status_code(), CIMultiDictProxy(self._headers), body))
 
     def _fail(self, error: Exception) -> None:
+        if self._streaming:
+            head = self._head
+            if head is not None and not head.done():
+                head.set_exception(error)
+            self._error = error
+            self._wake()
+            return
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+
+    def _wake(self) -> None:
+        more = self._more
+        if more is not None and not more.done():
+            more.set_result(None)
+
+
+class LeanStream:
+    """An answer whose head has arrived and whose body is read as it comes (`readany`). `release()` once the
+    body has arrived whole returns the connection to the pool; `close()` (or a release before the end)
+    closes it, which tells the server to stop."""
+
+    def __init__(self, client: LeanClient, origin: _Origin, conn: _Connection) -> None:
+        self._client = client
+        self._origin = origin
+        self._conn: _Connection | None = conn
+        self.status = conn.status
+        self.headers = conn.headers
+        encoding = self.headers.get("Content-Encoding", "").strip().lower()
+        self._decoder = _stream_decoder(encoding)
+        self._at_end = False
+
+    async def readany(self) -> bytes:
+        """Whatever part of the body has arrived (waiting for some when none has), decoded; b"" at the end.
+        Raises LeanHttpError when the connection broke or the body cannot be decoded."""
+        conn = self._conn
+        if conn is None or self._at_end:
+            return b""
+        while True:
+            chunk = await conn.read_chunk()
+            if not chunk:
+                self._at_end = True
+                return self._decoder.flush() if self._decoder is not None else b""
+            if self._decoder is None:
+                return chunk
+            try:
+                if decoded := self._decoder.decompress(chunk):
+                    return decoded
+            except zlib.error as exc:
+                raise LeanHttpError(f"undecodable response body: {exc}") from None
+
+    async def read(self, max_bytes: int) -> bytes:
+        """The rest of the body, up to `max_bytes` (the rest is not read; the connection is then not reused)."""
+        parts: list[bytes] = []
+        size = 0
+        while size <= max_bytes and (chunk := await self.readany()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)[:max_bytes]
+
+    def release(self) -> None:
+        """Done with the answer: the connection goes back to the pool if the whole answer has arrived (read or
+        not: a stream's reader stops at its done marker, usually just before the body's end), else it closes."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if conn.complete:
+                self._client.check_in(self._origin, conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _stream_decoder(encoding: str) -> Any:
+    """A streaming decompressor for the body's Content-Encoding; None for identity. A stream is asked for
+    `identity`, but a server may compress anyway."""
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    raise LeanHttpError(f"unsupported content-encoding {encoding!r}")
 
 
 def _chunked(headers: CIMultiDict[str]) -> bool:
@@ -166,6 +323,17 @@ def _decoded(body: bytes, encoding: str) -> bytes:
     raise zlib.error(f"unsupported content-encoding {encoding!r}")
 
 
+def _request(target: _Target, body: bytes, headers: dict[str, str], accept_encoding: str) -> bytes:
+    head = [f"POST {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\nContent-Length: {len(body)}\r\n"]
+    head.append(f"Accept-Encoding: {accept_encoding}\r\n")
+    for name, value in headers.items():
+        if not _FORBIDDEN.isdisjoint(name) or not _FORBIDDEN.isdisjoint(value):
+            raise ValueError(f"header {name!r} holds a line break")
+        head.append(f"{name}: {value}\r\n")
+    head.append("\r\n")
+    return "".join(head).encode("latin-1") + body
+
+
 class LeanClient:
     def __init__(
         self, *, keepalive_secs: float = 30.0, max_idle_per_origin: int = 256, tls: ssl.SSLContext | None = None
@@ -180,26 +348,36 @@ class LeanClient:
         whole answer. Raises OSError (refused, reset, closed early, not HTTP) or ValueError (a header that
         would split the request). Unbounded in time: the caller wraps it in its own timeout."""
         target = _target(url)
-        head = [f"POST {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\nContent-Length: {len(body)}\r\n"]
-        head.append("Accept-Encoding: gzip, deflate\r\n")
-        for name, value in headers.items():
-            if not _FORBIDDEN.isdisjoint(name) or not _FORBIDDEN.isdisjoint(value):
-                raise ValueError(f"header {name!r} holds a line break")
-            head.append(f"{name}: {value}\r\n")
-        head.append("\r\n")
-        data = "".join(head).encode("latin-1") + body
+        data = _request(target, body, headers, "gzip, deflate")
         conn = self._checkout(target.origin) or await self._connect(target.origin)
         try:
             response = await conn.send(data)
         except BaseException:
             conn.close()  # cancelled, timed out or failed mid-answer: its bytes are unknown, never reuse it
             raise
-        if conn.reusable and len(self._idle[target.origin]) < self._max_idle:
+        self.check_in(target.origin, conn)
+        return response
+
+    async def open_stream(self, url: str, body: bytes, headers: dict[str, str]) -> LeanStream:
+        """POST like `post`, but return once the answer's head has arrived: the body is read from the returned
+        stream as it comes. The caller must `release()` or `close()` it."""
+        target = _target(url)
+        data = _request(target, body, headers, "identity")  # compressing would hold tokens back
+        conn = self._checkout(target.origin) or await self._connect(target.origin)
+        try:
+            await conn.send_streaming(data)
+            return LeanStream(self, target.origin, conn)
+        except BaseException:
+            conn.close()
+            raise
+
+    def check_in(self, origin: _Origin, conn: _Connection) -> None:
+        """Back to the pool after a finished answer, if the server keeps the connection open."""
+        if conn.reusable and len(self._idle[origin]) < self._max_idle:
             conn.idle_since = time.monotonic()
-            self._idle[target.origin].append(conn)
+            self._idle[origin].append(conn)
         else:
             conn.close()
-        return response
 
     def close(self) -> None:
         for pool in self._idle.values():

@@ -5,14 +5,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
-import aiohttp
-
-__all__ = ["MAX_EVENT_CHARS", "MAX_LINE_BYTES", "SseEvent", "StreamStalled", "StreamTooLong", "read_events"]
+__all__ = [
+    "MAX_EVENT_CHARS",
+    "MAX_LINE_BYTES",
+    "ByteStream",
+    "SseEvent",
+    "StreamStalled",
+    "StreamTooLong",
+    "read_events",
+]
 
 # A single SSE line, or an event's data, longer than this is not a chat chunk: the stream is treated as broken.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_EVENT_CHARS = MAX_LINE_BYTES
+
+
+class ByteStream(Protocol):
+    """A response body read as it arrives (adapters/lean_http.LeanStream; aiohttp's StreamReader fits too)."""
+
+    async def readany(self) -> bytes:
+        """Whatever has arrived, waiting for some when nothing has; b"" at the end."""
+        ...
 
 
 class StreamStalled(Exception):
@@ -29,9 +44,9 @@ class SseEvent:
     data: str
 
 
-async def read_events(content: aiohttp.StreamReader, idle_timeout: float) -> AsyncIterator[SseEvent]:
+async def read_events(content: ByteStream, idle_timeout: float) -> AsyncIterator[SseEvent]:
     """Yield each complete event; return at end of body (a trailing event without its blank line is still
-    yielded). Raises StreamStalled, StreamTooLong, or aiohttp/OS errors when the connection breaks.
+    yielded). Raises StreamStalled, StreamTooLong, or OSError when the connection breaks.
 
     The events are the same however the body is cut into chunks (tests/test_fuzz_parsers.py): a line is
     decoded only once whole, and the limits apply to whole lines and events, not to what one read returned.

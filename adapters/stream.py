@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-import aiohttp
 import structlog
 
 from adapters.errors import ProviderError, excerpt
+from adapters.lean_http import LeanStream
 from adapters.sse import SseEvent, StreamStalled, StreamTooLong, read_events
 from pipeline.types import ErrorClass, StreamDelta
 
@@ -44,7 +44,7 @@ class UpstreamStream:
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: LeanStream,
         parser: ChunkParser,
         *,
         provider_id: str,
@@ -62,7 +62,7 @@ class UpstreamStream:
     async def __aiter__(self) -> AsyncIterator[StreamDelta]:
         parser = self._parser
         try:
-            async for event in read_events(self._response.content, self._idle_timeout):
+            async for event in read_events(self._response, self._idle_timeout):
                 try:
                     deltas = parser.feed(event)
                 except MalformedChunk as exc:
@@ -77,7 +77,7 @@ class UpstreamStream:
             raise ProviderError(ErrorClass.TRANSIENT, f"stream stalled: {exc}") from None
         except StreamTooLong as exc:
             raise ProviderError(ErrorClass.TRANSIENT, f"stream broken: {exc}") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:  # LeanHttpError: cut, reset, undecodable
             detail = excerpt(str(exc) or type(exc).__name__, self._secret)
             raise ProviderError(ErrorClass.TRANSIENT, f"stream dropped: {detail}", secret=self._secret) from None
         if not parser.finished:

@@ -161,7 +161,7 @@ def test_a_rendered_directive_parses_back_to_its_values_and_strips_away(
 
 
 class _Body:
-    """The part of aiohttp.StreamReader that read_events uses: the byte stream in the given pieces."""
+    """A response body as read_events reads it (adapters/sse.ByteStream): the byte stream in the given pieces."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self._chunks = list(chunks)
@@ -178,7 +178,7 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 async def _read(chunks: list[bytes]) -> tuple[list[tuple[str, str]], str]:
     events: list[tuple[str, str]] = []
     try:
-        async for event in read_events(_Body(chunks), idle_timeout=5):  # type: ignore[arg-type]
+        async for event in read_events(_Body(chunks), idle_timeout=5):
             events.append((event.event, event.data))
     except StreamTooLong as exc:
         return events, type(exc).__name__
@@ -262,9 +262,8 @@ async def test_an_endless_event_is_refused_instead_of_growing_without_bound() ->
 # ---- the stream layer and the chunk parsers above the reader -----------------------------------------------
 
 
-class _Response:
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.content = _Body(chunks)
+class _Response(_Body):
+    """An open upstream stream as UpstreamStream reads it: its body, and the connection's end."""
 
     def close(self) -> None:
         pass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.lean_http import LeanClient, LeanHttpError
+from adapters.lean_http import LeanClient, LeanHttpError, LeanStream
 
 Answer = Callable[[bytes], list[bytes | None]]  # request bytes -> chunks to write (None: close the connection)
 
@@ -202,3 +202,129 @@ async def test_https_works_and_refuses_a_certificate_nobody_vouches_for(tmp_path
         trusting.close()
     finally:
         listener.close()
+
+
+# ---- streamed answers (HttpClient.open_stream) -----------------------------------------------------------------
+
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def _read_all(stream: LeanStream) -> list[bytes]:
+    parts = []
+    while part := await asyncio.wait_for(stream.readany(), 5):
+        parts.append(part)
+    return parts
+
+
+async def test_a_stream_returns_at_its_head_and_reads_the_body_as_it_arrives_then_reuses_the_connection() -> None:
+    seen: list[bytes] = []
+
+    def answer(request: bytes) -> list[bytes | None]:
+        seen.append(request)
+        return [_SSE_HEAD, _chunk(b"data: 1\n\n"), _chunk(b"data: 2\n\n"), b"0\r\n\r\n"]
+
+    async with raw_server(answer) as server:
+        client = LeanClient()
+        stream = await asyncio.wait_for(client.open_stream(server.url, b"{}", {"X-K": "v"}), 5)
+        assert stream.status == 200 and stream.headers["content-type"] == "text/event-stream"
+        first = await asyncio.wait_for(stream.readany(), 5)
+        assert first == b"data: 1\n\n"  # the server writes the next piece 10 ms later: not waited for
+        assert await _read_all(stream) == [b"data: 2\n\n"]
+        assert await stream.readany() == b""
+        stream.release()
+        again = await asyncio.wait_for(client.open_stream(server.url, b"{}", {}), 5)
+        assert b"".join(await _read_all(again)) == b"data: 1\n\ndata: 2\n\n"
+        again.release()
+        assert server.connections == 1  # read to its end, then released: kept alive
+        assert b"\r\nAccept-Encoding: identity\r\n" in seen[0]  # compression would hold tokens back
+        client.close()
+
+
+async def test_a_stream_cut_before_its_end_is_a_transport_error_and_never_reused() -> None:
+    answers = [[_SSE_HEAD, _chunk(b"data: 1\n\n"), None], [_SSE_HEAD, b"0\r\n\r\n"]]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        stream = await client.open_stream(server.url, b"{}", {})
+        assert await stream.readany() == b"data: 1\n\n"
+        with pytest.raises(LeanHttpError, match="closed the connection before"):
+            await asyncio.wait_for(stream.readany(), 5)
+        stream.release()  # not at its end: closed, not pooled
+        await (await client.open_stream(server.url, b"{}", {})).read(100)
+        assert server.connections == 2
+        client.close()
+
+
+async def test_a_stream_closed_half_read_is_not_reused_and_one_ended_by_the_close_is_whole() -> None:
+    answers = [
+        [_SSE_HEAD, _chunk(b"data: 1\n\n"), _chunk(b"data: 2\n\n"), b"0\r\n\r\n"],
+        [b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n", b"data: a\n\n", b"data: b\n\n", None],
+    ]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        stream = await client.open_stream(server.url, b"{}", {})
+        assert await stream.readany() == b"data: 1\n\n"
+        stream.close()  # the client went away: the upstream must see its connection close
+        assert await stream.readany() == b""
+        closed_delimited = await client.open_stream(server.url, b"{}", {})
+        assert b"".join(await _read_all(closed_delimited)) == b"data: a\n\ndata: b\n\n"
+        closed_delimited.release()
+        assert server.connections == 2
+        client.close()
+
+
+async def test_a_compressed_stream_is_decoded_piece_by_piece_and_an_error_answer_read_whole() -> None:
+    events = b"".join(b"data: %d\n\n" % i for i in range(200))
+    squeezer = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+    packed = squeezer.compress(events) + squeezer.flush()
+    gzipped_head = _SSE_HEAD.replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n")
+    refusal = b'{"error": "slow down"}'
+    answers: list[list[bytes | None]] = [
+        [gzipped_head, _chunk(packed[:50]), _chunk(packed[50:]), b"0\r\n\r\n"],
+        [b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: %d\r\n\r\n%s" % (len(refusal), refusal)],
+    ]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        stream = await client.open_stream(server.url, b"{}", {})
+        assert b"".join(await _read_all(stream)) == events
+        stream.release()
+        refused = await client.open_stream(server.url, b"{}", {})
+        assert refused.status == 429 and await refused.read(1024) == refusal
+        refused.release()
+        assert server.connections == 1
+        client.close()
+
+
+async def test_a_reader_slower_than_the_upstream_gets_every_byte_in_order() -> None:
+    pieces = [b"data: %06d %s\n\n" % (i, b"x" * 4000) for i in range(400)]  # ~1.6 MB: past the read buffer
+    async with raw_server(lambda _: [_SSE_HEAD + b"".join(map(_chunk, pieces)) + b"0\r\n\r\n"]) as server:
+        client = LeanClient()
+        stream = await client.open_stream(server.url, b"{}", {})
+        await asyncio.sleep(0.2)  # the server has written everything meanwhile
+        held = stream._conn._buffered  # type: ignore[union-attr]  # what the client read off the socket unasked
+        assert held <= 2 * 256 * 1024  # the buffer's bound plus one socket read (256 KiB): the rest waits unread
+        received = bytearray()
+        while part := await asyncio.wait_for(stream.readany(), 5):
+            received += part
+        assert bytes(received) == b"".join(pieces)
+        stream.release()
+        client.close()
+
+
+async def test_a_stream_released_at_its_done_marker_is_reused_only_if_its_body_has_ended() -> None:
+    answers = [
+        [_SSE_HEAD, _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"],  # the body's end comes with the marker
+        [_SSE_HEAD, _chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"],  # ... 10 ms after it
+        [_SSE_HEAD, b"0\r\n\r\n"],
+    ]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        for expected_connections in (1, 1, 2):
+            stream = await client.open_stream(server.url, b"{}", {})
+            assert await asyncio.wait_for(stream.readany(), 5) in (b"data: [DONE]\n\n", b"")
+            stream.release()  # a reader stops at the marker, without reading the body's end
+            assert server.connections == expected_connections
+        client.close()

@@ -192,6 +192,7 @@ class OpenAIStreamSink:
         self._request_id = request_id
         self._include_usage = include_usage
         self._prefix = b""
+        self._role = b""  # the opening role chunk: sent with the first delta, so the first token is one write
 
     @property
     def opened(self) -> bool:
@@ -210,7 +211,7 @@ class OpenAIStreamSink:
         )
         self._prefix = b"data: " + head[:-1] + b',"choices":['  # every chunk shares this head
         await self._writer.start(ctx)
-        await self._writer.write(self._chunk({"role": "assistant", "content": ""}, None))
+        self._role = self._chunk({"role": "assistant", "content": ""}, None)
 
     async def send(self, delta: StreamDelta) -> None:
         body: dict[str, Any] = {}
@@ -221,7 +222,7 @@ class OpenAIStreamSink:
         if delta.tool_calls:
             body["tool_calls"] = [_with_openai_id(call) for call in delta.tool_calls]
         if body or delta.finish_reason:
-            await self._writer.write(self._chunk(body, delta.finish_reason))
+            await self._writer.write(self._unsent() + self._chunk(body, delta.finish_reason))
 
     async def finish(self, ctx: RequestContext) -> None:
         tail = b""
@@ -233,11 +234,15 @@ class OpenAIStreamSink:
                 "total_tokens": usage.input_tokens + usage.output_tokens,
             }
             tail = self._prefix + b'],"usage":' + orjson.dumps(numbers) + b"}\n\n"
-        await self._writer.end(tail + b"data: [DONE]\n\n")
+        await self._writer.end(self._unsent() + tail + b"data: [DONE]\n\n")
 
     async def fail(self, error: TokenHubError) -> None:
         body = openai_error(error, self._request_id)
-        await self._writer.end(b"data: " + orjson.dumps(body) + b"\n\n", complete=False)
+        await self._writer.end(self._unsent() + b"data: " + orjson.dumps(body) + b"\n\n", complete=False)
+
+    def _unsent(self) -> bytes:
+        role, self._role = self._role, b""
+        return role
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> bytes:
         choice = orjson.dumps({"index": 0, "delta": delta, "finish_reason": finish_reason})
