@@ -11,7 +11,8 @@
 # Fresh data dir per start, then through the admin API: provider "fake" -> UPSTREAM_URL, model "fake-gpt",
 # one API key written to KEY_FILE. Stays in the foreground until the server exits, because bench.py stops
 # the target by its process group and measures CPU/RSS over this process tree.
-# TOKENHUB_LOG_LEVEL (default info) and TOKENHUB_RATE_LIMIT_* from the caller's environment are honoured.
+# TOKENHUB_LOG_LEVEL (default info) and TOKENHUB_RATE_LIMIT_* from the caller's environment are honoured;
+# TOKENHUB_WRAPPER, a command the server runs under (e.g. valgrind, scripts/instructions_per_request.py).
 set -euo pipefail
 
 port=${1:-${TOKENHUB_PORT:-18090}}
@@ -35,7 +36,8 @@ trap cleanup EXIT
 trap '[[ -n $srv ]] && kill -TERM "$srv" 2>/dev/null || true' TERM INT
 
 # bench.py's own TOKENHUB_* variables are not TokenHub settings (the server would warn about each one).
-unset TOKENHUB_PORT TOKENHUB_CMD TOKENHUB_KEY TOKENHUB_PATH TOKENHUB_BODY TOKENHUB_MODEL TOKENHUB_HEADER
+wrapper=${TOKENHUB_WRAPPER:-}
+unset TOKENHUB_PORT TOKENHUB_CMD TOKENHUB_KEY TOKENHUB_PATH TOKENHUB_BODY TOKENHUB_MODEL TOKENHUB_HEADER TOKENHUB_WRAPPER
 export TOKENHUB_DATA_DIR=$data_dir TOKENHUB_LISTEN_ADDR=127.0.0.1:$port TOKENHUB_ADMIN_TOKEN=$admin_token
 # The per-IP limiter (default 60 rps) would reject most of the load: all requests come from 127.0.0.1.
 export TOKENHUB_RATE_LIMIT_RPS=${TOKENHUB_RATE_LIMIT_RPS:-1000000}
@@ -43,11 +45,11 @@ export TOKENHUB_RATE_LIMIT_BURST=${TOKENHUB_RATE_LIMIT_BURST:-1000000}
 export TOKENHUB_SHUTDOWN_DRAIN_SECS=${TOKENHUB_SHUTDOWN_DRAIN_SECS:-5}  # stop well within bench.py's 10 s
 
 cd "$root"
-.venv/bin/python -m pipeline serve &
+$wrapper .venv/bin/python -m pipeline serve &
 srv=$!
 
 # /healthz answers 503 until a model is routable; any HTTP status means the server is listening.
-for _ in $(seq 300); do
+for _ in $(seq 3000); do  # up to 5 min: under valgrind start-up takes tens of seconds
   kill -0 "$srv" 2>/dev/null || { echo "bench-tokenhub: server exited during start-up" >&2; exit 1; }
   [[ $(curl -s -o /dev/null -w '%{http_code}' "$base/healthz" || true) != 000 ]] && break
   sleep 0.1
