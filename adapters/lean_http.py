@@ -107,8 +107,11 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers, self._body, self._headers_done, self._keep_alive = CIMultiDict(), [], False, False
         self._streaming, self._ended, self._error = streaming, False, None
-        self._chunks.clear()
+        self._chunks.clear()  # what the last answer's reader left unread
         self._buffered = 0
+        if self._paused and self.transport is not None:  # it ended while its reader lagged: read again
+            self._paused = False
+            self.transport.resume_reading()
 
     def _write(self, data: bytes) -> None:
         assert self.transport is not None

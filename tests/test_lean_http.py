@@ -328,3 +328,16 @@ async def test_a_stream_released_at_its_done_marker_is_reused_only_if_its_body_h
             stream.release()  # a reader stops at the marker, without reading the body's end
             assert server.connections == expected_connections
         client.close()
+
+
+async def test_a_stream_that_ended_while_its_reading_was_paused_leaves_a_connection_that_reads_again() -> None:
+    first, last = b"x" * (250 * 1024), b"y" * (10 * 1024)  # the end arrives past the read buffer's bound
+    answers = [[_SSE_HEAD + _chunk(first), _chunk(last) + b"0\r\n\r\n"], _ok(b"{}")]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient()
+        stream = await client.open_stream(server.url, b"{}", {})
+        await asyncio.sleep(0.1)  # both pieces have arrived unread: reading paused with the whole answer in
+        stream.release()  # arrived whole: pooled
+        assert (await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)).body == b"{}"
+        assert server.connections == 1
+        client.close()
