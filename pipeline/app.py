@@ -238,7 +238,13 @@ def reload_on_sighup(app: web.Application, reread: Callable[[], Settings]) -> No
     async def install(app: web.Application) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_signal)
 
+    async def finish(app: web.Application) -> None:
+        # A reload that began before the stop ends (applied, audited, logged) before the stores close.
+        if running:
+            await asyncio.wait(set(running), timeout=app[SERVICES].settings.shutdown_drain_secs)
+
     app.on_startup.append(install)
+    app.on_shutdown.append(finish)
 
 
 async def _end_event_streams(app: web.Application) -> None:

@@ -122,6 +122,7 @@ class RequestContext:
     api_key: ApiKeyInfo | None = None
     tenant_id: str = "default"
     started_at: float = field(default_factory=time.perf_counter)
+    ended_at: float = 0.0  # perf_counter() when the chain returned (the record is emitted after the answer)
     directives_applied: dict[str, Any] = field(default_factory=dict)
     decision: RoutingDecision | None = None
     target: Candidate | None = None  # the candidate dispatch calls next

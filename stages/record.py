@@ -3,11 +3,17 @@
 What happens to the record (learning, metrics, events, the log line, the DuckDB queue, key accounting) is the
 Recorder's sink list (stages/recorder.py, built in pipeline/services.py): this stage only decides which error
 the request ended with. Nothing here awaits storage.
+
+A client's request is recorded just after its answer is handed to the socket (the next event-loop turn, before
+any other request's handler runs), so the client does not wait for the sinks; a request's holds on budgets and limits
+are settled then, and until then they count as held. Plan steps and workflow activities record before they
+return: their callers read the record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -33,12 +39,13 @@ class Record:
         self._services = services
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
-        await recorded(self._services, ctx, call_next)
+        await recorded(self._services, ctx, call_next, after_answer=True)
 
 
-async def recorded(services: Services, ctx: RequestContext, call_next: Next) -> None:
+async def recorded(services: Services, ctx: RequestContext, call_next: Next, *, after_answer: bool = False) -> None:
     """Run `call_next(ctx)` and emit its one record whatever happens. Also runs each /v1/plan step, so a
-    step is timed and recorded exactly like a request."""
+    step is timed and recorded exactly like a request. `after_answer`: emit once the event loop has run the
+    rest of this turn (the edge encodes and writes the answer in it), not before returning."""
     try:
         await call_next(ctx)
     except TokenHubError as exc:
@@ -52,7 +59,12 @@ async def recorded(services: Services, ctx: RequestContext, call_next: Next) -> 
         ctx.error = InternalError("internal error; see the server log for this request id")
         raise ctx.error from exc
     finally:
-        if not ctx.recorded_elsewhere:  # a workflow's activity records what it ran, exactly once
+        ctx.ended_at = time.perf_counter()
+        if ctx.recorded_elsewhere:  # a workflow's activity records what it ran, exactly once
+            pass
+        elif after_answer:
+            asyncio.get_running_loop().call_soon(services.recorder.emit, ctx)
+        else:
             services.recorder.emit(ctx)
 
 

@@ -68,7 +68,7 @@ class Recorder:
 def build_record(ctx: RequestContext) -> RequestRecord:
     """The request-log row for a finished (or rejected) request. A stream that ended early still names the
     model that served it, with the usage and cost the relay charged for what was delivered."""
-    latency_ms = (time.perf_counter() - ctx.started_at) * 1000
+    latency_ms = ((ctx.ended_at or time.perf_counter()) - ctx.started_at) * 1000
     served = ctx.served_by.model if ctx.served_by else None
     usage = ctx.result.usage if ctx.result and served else None
     decision = ctx.decision

@@ -3,8 +3,11 @@ a failing sink stops nothing; the request-line writer is the one the composition
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +110,43 @@ async def test_request_lines_go_to_the_writer_the_app_is_given(
     assert (line["input_tokens"], line["output_tokens"], line["level"]) == (10, 5, "info")
     assert line["cost_usd"] == pytest.approx(10 / 1000 * 0.001 + 5 / 1000 * 0.002)
     assert key not in out.getvalue().decode() and "sk-test-secret" not in out.getvalue().decode()
+
+
+class WaitsForTheClient:
+    """A sink that holds the event loop until the client thread has the whole answer (or 5 s have passed): it can
+    only see the answer if the server wrote it before recording."""
+
+    name = "waits_for_the_client"
+
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.seen: list[bool] = []
+
+    def __call__(self, record: RequestRecord, ctx: RequestContext) -> None:
+        self.seen.append(self.answered.wait(5))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_is_recorded_after_its_answer_is_written_and_before_the_next_request(
+    ready_hub: tuple[Hub, str], stream: bool
+) -> None:
+    hub, key = ready_hub
+    sink = WaitsForTheClient()
+    hub.services.recorder.add(sink)
+    url = str(hub.client.make_url("/v1/chat/completions"))
+    body = json.dumps({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+
+    def ask() -> bytes:  # a plain blocking client in a thread: it reads the socket while the loop is held
+        request = urllib.request.Request(
+            url, body.encode(), {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read()
+        sink.answered.set()
+        return answer
+
+    answer = await asyncio.to_thread(ask)
+    assert (b"data: [DONE]" in answer) if stream else json.loads(answer)["model"] == "gpt-test"
+    assert sink.seen == [True]  # recorded once, after the client had the whole answer
+    metrics = await (await hub.client.get("/metrics")).text()  # the next request: the record is counted
+    assert 'tokenhub_requests_total{mode="normal",model="gpt-test",provider="fake",status="ok"} 1.0' in metrics
