@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer  # noqa: E402
 from yarl import URL  # noqa: E402
+
+from scripts.server_process import cpu_secs, free_port  # noqa: E402
 
 ADMIN = "bench-admin-token-0123456789abcdef"
 PROCS: list[subprocess.Popen[bytes]] = []
@@ -66,15 +67,6 @@ async def fake_provider() -> TestServer:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     return server
-
-
-def cpu_secs(pid: int) -> float:
-    """The process's CPU time so far (user + system, all threads), from /proc; 0 where there is none."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_hub(
@@ -141,12 +133,6 @@ class BaseTestServer_at(BaseTestServer):
 
     async def close(self) -> None:
         return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def run(client: TestClient, key: str, count: int) -> list[float]:

@@ -16,13 +16,22 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["ServerProcess", "cpu_secs", "free_port"]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cpu_secs(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class ServerProcess:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import compileall
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -29,13 +28,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from server_process import ServerProcess
-
-
-def cpu_secs(pid: int) -> float:
-    """User + system CPU time of a process so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from server_process import ServerProcess, cpu_secs
 
 
 def memory(pid: int) -> tuple[float, float]:
