@@ -160,16 +160,21 @@ class Dispatch:
             accounts.append(plan)
         return tuple(accounts)
 
+    async def _shared_limits_only(self, ctx: RequestContext) -> None:
+        """A request without a budget, scaled out: only its shared rate limits, deferred or already sent."""
+        gate = self._services.shared_gate
+        if gate is not None and (ctx.shared_takes or ctx.shared_early is not None):
+            await gate.admit(ctx, (), 0.0, 0.0)
+
     async def _reserve(self, ctx: RequestContext, candidate: Candidate) -> bool:
         """Hold the call's worst-case cost on the key's and the plan's budgets; False when it has neither.
         Refused: the key's 429, or (a /v1/plan step) the plan's graceful stop. Scaled out, the shared gate does
         it in Redis with the request's deferred rate limits, in one round trip (stages/shared_gate.py)."""
         accounts = self._accounts(ctx)
-        gate = self._services.shared_gate
         if not accounts:
-            if gate is not None and (ctx.shared_takes or ctx.shared_early is not None):
-                await gate.admit(ctx, (), 0.0, 0.0)
+            await self._shared_limits_only(ctx)
             return False
+        gate = self._services.shared_gate
         amount, needed = self._worst_case(ctx, candidate.model)
         if gate is not None:
             outcome = await gate.admit(ctx, accounts, amount, needed)
@@ -201,8 +206,7 @@ class Dispatch:
         budget, None when the pair does not fit (then only the first is called, reserved the usual way)."""
         accounts = self._accounts(ctx)
         if not accounts:
-            if (gate := self._services.shared_gate) is not None and (ctx.shared_takes or ctx.shared_early is not None):
-                await gate.admit(ctx, (), 0.0, 0.0)
+            await self._shared_limits_only(ctx)
             return False
         worst_first, needed_first = self._worst_case(ctx, first.model)
         worst_second, needed_second = self._worst_case(ctx, second.model)

@@ -72,10 +72,11 @@ def _connect_options(url: str) -> dict[str, Any]:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, on_reply: Callable[[Any], None], on_lost: Callable[[Exception | None], None]) -> None:
-        import hiredis
+    def __init__(self, on_reply: Callable[[Any, bool], None], on_lost: Callable[[Exception | None], None]) -> None:
+        import hiredis  # loaded with the first connection: only a server with Redis configured needs it
 
         self._reader = hiredis.Reader()
+        self._error = hiredis.ReplyError
         self._on_reply = on_reply
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
@@ -86,7 +87,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
-            self._on_reply(reply)
+            self._on_reply(reply, isinstance(reply, self._error))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost(exc)
@@ -178,12 +179,11 @@ class RedisPipe:
         self._waiting.append((done, call, timer))
         protocol.transport.write(command)
 
-    def _on_reply(self, reply: Any) -> None:
-        import hiredis
-
+    def _on_reply(self, reply: Any, failed: bool) -> None:
+        """`failed`: Redis answered an error (hiredis.ReplyError)."""
         done, call, timer = self._waiting.popleft()
         timer.cancel()
-        if isinstance(reply, hiredis.ReplyError):
+        if failed:
             if call is not None and str(reply).startswith("NOSCRIPT"):
                 # Redis restarted empty: the same call with the whole script (which also caches it again)
                 script, args = call
