@@ -60,6 +60,11 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 @pytest.fixture
 async def demo_fakes() -> AsyncIterator[list[tuple[str, FakeProvider]]]:
     fakes = await start_fakes("127.0.0.1", 0, degrade_after=1.0)
+    # Degraded, every call fails (the demo's 90 % left, by chance, a success between errors often enough that
+    # the breaker's five consecutive errors never came within the test's few seconds on a loaded machine).
+    for _, fake in fakes:
+        for model in fake.models.values():
+            model.degraded_failure_rate = 1.0
     yield fakes
     await stop_fakes(fakes)
 
