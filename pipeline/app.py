@@ -21,6 +21,7 @@ from pipeline.edge.anthropic import AnthropicCodec
 from pipeline.edge.cors import setup_cors
 from pipeline.edge.embeddings import EmbeddingsCodec
 from pipeline.edge.feedback import FeedbackEndpoint
+from pipeline.edge.lane import LANE, Lane
 from pipeline.edge.native import NativeCodec
 from pipeline.edge.openai import OpenAICodec
 from pipeline.edge.owner import owner_routes
@@ -170,11 +171,24 @@ def create_app(settings: Settings, *, request_lines: RequestLines | None = None)
     app[ADMIN_TOKEN] = token
     app[ADMIN_TOKEN_GENERATED] = generated
     app[DATA_LOCK] = lock
-    app.router.add_post("/v1/chat", RoutedEndpoint(services, pipelines, NativeCodec()).handle)
-    app.router.add_post("/v1/chat/completions", RoutedEndpoint(services, pipelines, OpenAICodec()).handle)
-    app.router.add_post("/v1/messages", RoutedEndpoint(services, pipelines, AnthropicCodec()).handle)
     embeddings = EmbeddingsCodec(max_chars=settings.max_content_chars, max_total_chars=settings.max_total_content_chars)
-    app.router.add_post("/v1/embeddings", RoutedEndpoint(services, pipelines, embeddings).handle)
+    chat_routes = {
+        "/v1/chat": RoutedEndpoint(services, pipelines, NativeCodec()).handle,
+        "/v1/chat/completions": RoutedEndpoint(services, pipelines, OpenAICodec()).handle,
+        "/v1/messages": RoutedEndpoint(services, pipelines, AnthropicCodec()).handle,
+        "/v1/embeddings": RoutedEndpoint(services, pipelines, embeddings).handle,
+    }
+    for path, handle in chat_routes.items():
+        app.router.add_post(path, handle)
+    if settings.lane_enabled and tracing is None:  # a trace's span is aiohttp middleware: traced requests skip the lane
+        app[LANE] = Lane(
+            chat_routes,
+            max_body_bytes=settings.max_body_bytes,
+            max_line_bytes=settings.max_header_bytes,
+            max_field_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            cors=bool(settings.cors_origins),
+        )
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/plan", PlanEndpoint(services, pipelines).handle)
     plans = PlansEndpoint(services, pipelines)

@@ -109,9 +109,9 @@ def serve_command(
     # The server's modules load here, not at import: `tokenhub healthcheck` runs every few seconds in a
     # container and must not pay for them.
     import structlog
-    from aiohttp import web
 
     from pipeline.app import StartupRefused, create_app, reload_on_sighup
+    from pipeline.edge.serve import run_app
     from pipeline.logging import RequestLines, configure_logging
     from pipeline.worker_process import run_options, stop_without_parent
 
@@ -152,14 +152,11 @@ def serve_command(
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
     try:
-        web.run_app(
+        run_app(
             app,
             host=settings.host,
             port=settings.port,
             shutdown_timeout=settings.shutdown_drain_secs,
-            access_log=None,
-            print=None,
-            handler_cancellation=True,  # a client that disconnects cancels its request, upstream call included
             loop=_new_loop(),
             **run_options(settings),  # type: ignore[arg-type]  # SO_REUSEPORT, the owner's socket (workers only)
         )

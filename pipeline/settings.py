@@ -172,6 +172,7 @@ class Settings(BaseModel):
     max_json_depth: int = Field(64, ge=2, le=1000, description="nesting depth of a JSON body")
     max_header_bytes: int = Field(8190, ge=1024, le=65536, description="one request line or header field")
     max_headers: int = Field(128, ge=16, le=1024, description="header fields per request")
+    lane_enabled: bool = Field(True, description="serve the chat routes straight from the socket (edge/lane.py)")
     vault_enabled: bool = True
     vault_password: str = Field("", repr=False, description="unlocks the vault at start-up; disables auto-lock")
     vault_auto_lock_secs: float = Field(1800.0, ge=0, description="lock after this long unused; 0 = never")

@@ -10,8 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from pipeline.app import create_app
+from pipeline.edge.lane import LaneRunner
 from pipeline.logging import configure_logging
 from pipeline.services import Services
 from pipeline.settings import load_settings
@@ -20,6 +23,23 @@ from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.backing import fresh_postgres
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+class LaneTestServer(TestServer):
+    """pytest-aiohttp's test server, listening through the lane as `tokenhub serve` does (pipeline/edge/serve.py)."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return LaneRunner(self.app, **kwargs)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Callable[..., Any]) -> Callable[..., Any]:
+    """pytest-aiohttp's client factory; an application it is given is served as `tokenhub serve` serves it."""
+
+    async def make(app: Any, **kwargs: Any) -> Any:
+        return await aiohttp_client(LaneTestServer(app) if isinstance(app, web.Application) else app, **kwargs)
+
+    return make
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,0 +1,447 @@
+"""The lane: the chat routes served straight from the socket, every other request handed to aiohttp.
+
+aiohttp's server costs ~45 µs of CPU a request on this VM (its protocol, request and response objects, the
+router, middleware chain and writer): a sixth of a chat request. The lane parses a connection's requests with
+httptools and, for a well-formed POST to a chat route, builds a small request object, runs the same endpoint
+through the same `request_id_and_errors` wrapper, and writes a JSON answer in one socket write (a stream goes
+through aiohttp's own StreamResponse and writer on this connection). Anything it is not sure about (another
+route or method, HTTP/1.0, `Expect`, `Upgrade`, an over-limit head or body, a malformed request, a CORS
+request when CORS is configured) is handed to aiohttp on the same connection, from that request's first byte
+on, so aiohttp answers it (and every later request on that connection) exactly as it would have on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, cast
+
+import httptools
+import structlog
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_writer import StreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from pipeline.web import Handler, request_id_and_errors
+
+__all__ = ["LANE", "Lane", "LaneConnection", "LaneRequest", "LaneRunner", "LaneServer"]
+
+log = structlog.get_logger("tokenhub.http")
+KEEPALIVE_SECS = 3630.0  # aiohttp's own default for an idle keep-alive connection
+_QUEUED_MAX = 16  # pipelined requests read ahead of the one being answered, before reading pauses
+
+
+@dataclass(frozen=True)
+class Lane:
+    """What the lane serves (exact paths of POST routes, each with its endpoint) and the request limits it
+    checks before it takes a request; anything over a limit goes to aiohttp, which answers it as before."""
+
+    routes: dict[str, Handler]
+    max_body_bytes: int
+    max_line_bytes: int
+    max_field_bytes: int
+    max_headers: int
+    cors: bool  # CORS configured: requests with an Origin header go to aiohttp (its preflight and signal)
+    handlers: dict[bytes, Handler] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Each endpoint wrapped as aiohttp's middleware would wrap it: request ids, JSON errors.
+        wrapped = {path.encode(): _with_ids(handler) for path, handler in self.routes.items()}
+        object.__setattr__(self, "handlers", wrapped)
+
+
+LANE: web.AppKey[Lane] = web.AppKey("lane", Lane)
+
+
+def _with_ids(handler: Handler) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await request_id_and_errors(request, handler)
+
+    return handle
+
+
+class _Body:
+    """`request.content` of a lane request: the body, read whole before the endpoint runs."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._data if n < 0 else self._data[:n]
+
+
+class LaneRequest(dict[str, Any]):
+    """The part of `web.Request` the chat endpoints and aiohttp's StreamResponse use. Its item storage is the
+    dict it is (aiohttp's `request[KEY]`), keyed by the same RequestKey objects."""
+
+    __slots__ = ("_payload_writer", "content", "content_length", "headers", "keep_alive", "method", "path", "remote")
+    __slots__ += ("task", "version")
+
+    def __init__(
+        self,
+        path: str,
+        headers: CIMultiDictProxy[str],
+        remote: str,
+        body: bytes,
+        content_length: int | None,
+        writer: StreamWriter,
+    ) -> None:
+        super().__init__()
+        self.method = "POST"
+        self.path = path
+        self.version = HttpVersion11
+        self.headers = headers
+        self.remote = remote
+        self.keep_alive = True
+        self.content_length = content_length
+        self.content = _Body(body)
+        self._payload_writer = writer
+        self.task: asyncio.Task[None] | None = None
+
+    def __hash__(self) -> int:  # aiohttp keeps requests in weak sets and dicts by identity
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        """aiohttp's on_response_prepare signal: only CORS uses it, and CORS requests never take the lane."""
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second, self._value = -1, ""
+
+    def __call__(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._value = now, formatdate(now, usegmt=True)
+        return self._value
+
+
+_date = _Date()
+
+
+def _head(response: web.Response, body_length: int, keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
+    for name, value in response.headers.items():
+        if "\r" in value or "\n" in value:  # never let a value start a header (or a response) of its own
+            raise ValueError(f"newline in the {name} header")
+        lines.append(f"{name}: {value}")
+    lines.append(f"Content-Length: {body_length}")
+    if "Date" not in response.headers:
+        lines.append(f"Date: {_date()}")
+    if "Server" not in response.headers:
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+    if not keep_alive:
+        lines.append("Connection: close")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+class LaneConnection(BaseProtocol):
+    """One client connection: requests parsed here, answered in order, one at a time; a request for aiohttp
+    moves the whole connection to it. A client that goes away cancels the request it was waiting for
+    (aiohttp's `handler_cancellation`), the provider call included."""
+
+    def __init__(self, server: LaneServer) -> None:
+        super().__init__(server.loop)
+        self._server = server
+        self._lane = server.lane
+        self._parser = httptools.HttpRequestParser(self)
+        # The current message's bytes from its first one, while it may still be handed over; None once not.
+        self._raw: list[bytes] | None = []
+        self._in_message = False
+        self._completed_in_feed = False
+        self._hand_over = False
+        self._give_up = False  # a request for aiohttp whose first byte is unknown (pipelined): close instead
+        self._url: list[bytes] = []
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._odd = False
+        self._taken = False
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._cut_body = False
+        self._queue: collections.deque[tuple[Handler, LaneRequest]] = collections.deque()
+        self._answering: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._remote = ""
+        self._keep_alive = True
+        self._request: tuple[Handler, bytes, CIMultiDictProxy[str], int | None, bool] | None = None
+
+    # --- the socket
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = peer[0] if isinstance(peer, tuple) else ""
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._server.connections.discard(self)
+        if self._idle is not None:
+            self._idle.cancel()
+        self._queue.clear()
+        if self._answering is not None:
+            self._answering.cancel()  # the client is gone: stop its request, upstream call included
+
+    def data_received(self, data: bytes) -> None:
+        if self._hand_over:  # aiohttp takes the connection once the answers before it are written
+            if self._raw is not None:
+                self._raw.append(data)
+            return
+        if not self._in_message:
+            self._raw = [data]  # a new message begins at this chunk's first byte
+        elif self._raw is not None:
+            self._raw.append(data)
+        self._completed_in_feed = False
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._hand_over = True  # aiohttp answers a malformed request its own way (400)
+        if self._hand_over:
+            self._hand_over_when_idle()
+
+    def eof_received(self) -> bool:
+        return False  # a half-closed client is gone: close (aiohttp does the same)
+
+    # --- httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        if self._hand_over:  # what follows a request for aiohttp is aiohttp's to parse
+            return
+        if self._completed_in_feed:
+            self._raw = None  # pipelined behind another request: where it began is not known
+        self._in_message = True
+        self._url.clear()
+        self._headers = []
+        self._head_bytes = 0
+        self._odd = self._taken = self._cut_body = False
+        self._body = []
+        self._body_size = 0
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def on_url(self, url: bytes) -> None:
+        if not self._hand_over:
+            self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._hand_over:
+            return
+        lane = self._lane
+        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
+        if len(name) > lane.max_field_bytes or len(value) > lane.max_field_bytes:
+            self._odd = True
+        if len(self._headers) > lane.max_headers:
+            self._odd = True
+
+    def on_headers_complete(self) -> None:
+        if self._hand_over:
+            return
+        url = b"".join(self._url)
+        parser = self._parser
+        handler = None
+        if not self._odd and parser.get_method() == b"POST" and parser.get_http_version() == "1.1":
+            handler = self._lane.handlers.get(url)
+        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        length = self._content_length(headers)
+        if (
+            handler is None
+            or len(url) > self._lane.max_line_bytes
+            or parser.should_upgrade()
+            or "Expect" in headers
+            or length == -1
+            or (length is not None and length > self._lane.max_body_bytes)
+            or (self._lane.cors and "Origin" in headers)
+        ):
+            self._hand_over = True
+            return
+        self._taken = True
+        self._raw = None  # the lane answers this one: no copy of its bytes needed
+        self._request = (handler, url, headers, length, parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        if not self._taken:
+            return
+        limit = self._lane.max_body_bytes + 1  # one byte over tells the endpoint the body is too large
+        if self._body_size < limit:
+            self._body.append(body[: limit - self._body_size])
+        self._body_size += len(body)
+        self._cut_body = self._body_size >= limit
+
+    def on_message_complete(self) -> None:
+        if self._hand_over:
+            return
+        self._in_message = False
+        self._completed_in_feed = True
+        if not self._taken:
+            return
+        assert self._request is not None
+        handler, url, headers, length, keep_alive = self._request
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        path = url.decode("ascii", "surrogateescape")
+        request = LaneRequest(path, headers, self._remote, body, length, StreamWriter(self, self._loop))
+        # A chunked body cut at the limit was not read to its end; the connection cannot be reused.
+        request.keep_alive = keep_alive and not self._cut_body
+        self._queue.append((handler, request))
+        if self._answering is None:
+            self._answer_next()
+        elif len(self._queue) >= _QUEUED_MAX and self.transport is not None:
+            self.transport.pause_reading()
+
+    @staticmethod
+    def _content_length(headers: CIMultiDictProxy[str]) -> int | None:
+        """The Content-Length header's value; None without one; -1 for one that is not a plain number."""
+        value = headers.get("Content-Length")
+        if value is None:
+            return None
+        return int(value) if value.isdigit() and value.isascii() else -1
+
+    # --- answers
+
+    def _answer_next(self) -> None:
+        handler, request = self._queue.popleft()
+        task = self._answering = self._loop.create_task(self._answer(handler, request))
+        request.task = task
+        task.add_done_callback(self._answered)
+
+    async def _answer(self, handler: Handler, request: LaneRequest) -> None:
+        response = await handler(cast(web.Request, request))
+        transport = self.transport
+        if transport is None:
+            return
+        if not response.prepared and type(response) is web.Response:
+            body = response.body
+            if (body is None or isinstance(body, bytes)) and not response.chunked and not response.compression:
+                data = body or b""
+                transport.write(_head(response, len(data), request.keep_alive) + data)
+                self._keep_alive = request.keep_alive
+                return
+        # A stream (its sink wrote it through aiohttp's writer on this connection), or an answer only
+        # aiohttp's writer knows how to send.
+        try:
+            await response.prepare(cast(web.Request, request))
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            self._keep_alive = False
+            return
+        self._keep_alive = request.keep_alive and response.keep_alive is not False
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._answering = None
+        transport = self.transport
+        if transport is None:
+            return
+        if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("lane_answer_failed", error=repr(task.exception()))
+            transport.close()
+        elif not self._keep_alive or self._closing or self._give_up:
+            transport.close()
+        elif self._queue:
+            if not self._hand_over:  # else reading stays paused until aiohttp takes the connection
+                transport.resume_reading()
+            self._answer_next()
+        elif self._hand_over:
+            self._hand_over_when_idle()
+        else:
+            self._idle = self._loop.call_later(KEEPALIVE_SECS, self._close_idle)
+
+    def _close_idle(self) -> None:
+        if self.transport is not None and self._answering is None and not self._queue:
+            self.transport.close()
+
+    def idle(self) -> bool:
+        return self._answering is None and not self._queue and not self._in_message
+
+    def close_when_done(self) -> None:
+        """Shutdown: answer what was taken, then close."""
+        self._closing = True
+        if self.transport is not None and self.idle():
+            self.transport.close()
+
+    # --- the hand-over to aiohttp
+
+    def _hand_over_when_idle(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._raw is None:  # its first byte is lost in an earlier read: let the client retry it
+            self._give_up = True
+            transport.pause_reading()
+            if self._answering is None and not self._queue:
+                transport.close()
+            return
+        if self._answering is not None or self._queue:
+            transport.pause_reading()  # handed over once the answers before it are written
+            return
+        raw, self._raw = b"".join(self._raw), None
+        self._server.connections.discard(self)
+        handler = self._server.aiohttp()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        transport.resume_reading()
+        handler.data_received(raw)
+
+
+class LaneServer:
+    """The protocol factory the sites listen with: lane connections, and aiohttp's server beside them for the
+    requests handed over. Shuts down like aiohttp's (requests in flight get the drain time, idle
+    connections close at once)."""
+
+    def __init__(self, aiohttp_server: Any, lane: Lane) -> None:
+        self.aiohttp = aiohttp_server
+        self.lane = lane
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[LaneConnection] = set()
+
+    def __call__(self) -> LaneConnection:
+        return LaneConnection(self)
+
+    @property
+    def requests_count(self) -> int:
+        return int(self.aiohttp.requests_count)
+
+    def pre_shutdown(self) -> None:
+        self.aiohttp.pre_shutdown()
+        for connection in list(self.connections):
+            if connection.idle():
+                connection.close_when_done()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await asyncio.gather(self.aiohttp.shutdown(timeout), self._drain(timeout))
+
+    async def _drain(self, timeout: float | None) -> None:
+        for connection in list(self.connections):
+            connection.close_when_done()
+        deadline = self.loop.time() + (timeout or 0)
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):  # past the drain time: cancel and close
+            if connection.transport is not None:
+                connection.transport.abort()
+
+
+class LaneRunner(web.AppRunner):
+    """aiohttp's AppRunner whose sites listen through the lane, when the app has one (app[LANE])."""
+
+    async def _make_server(self) -> Any:
+        server = await super()._make_server()
+        lane = self.app.get(LANE)
+        return server if lane is None else LaneServer(server, lane)

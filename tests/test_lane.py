@@ -1,0 +1,191 @@
+"""The lane (pipeline/edge/lane.py): chat requests answered from the socket, everything else handed to aiohttp on
+the same connection, from that request's first byte; raw sockets, so each test controls the bytes on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pipeline.edge.lane import LaneServer
+from tests.conftest import Hub
+from tests.fakes.openai_fake import Hang
+
+CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _post(key: str, body: Any = CHAT, *, path: str = "/v1/chat/completions", extra: str = "") -> bytes:
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n{extra}\r\n"
+    )
+    return head.encode() + data
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: status, headers (lower-case names), body (de-chunked)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    if status < 200 or "content-length" in headers:  # 100 Continue has no body
+        return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+    body = b""
+    while True:  # chunked
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, headers, body
+        body += chunk[:-2]
+
+
+def _lane(hub: Hub) -> LaneServer:
+    server = hub.client.server.runner.server
+    assert isinstance(server, LaneServer)
+    return server
+
+
+async def _open(hub: Hub) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(hub.client.server.host, hub.client.server.port)
+
+
+async def test_a_chat_request_is_answered_by_the_lane_and_the_connection_stays_with_it(
+    ready_hub: tuple[Hub, str],
+) -> None:
+    hub, key = ready_hub
+    reader, writer = await _open(hub)
+    for _ in range(2):  # keep-alive: the second request on the same connection
+        writer.write(_post(key))
+        status, headers, body = await _response(reader)
+        assert status == 200, body
+        assert json.loads(body)["choices"][0]["message"]["content"]
+        assert headers["content-type"] == "application/json"
+        assert headers["x-request-id"].startswith("th-")
+        assert headers["x-negotiated-model"] and headers["date"]
+        assert len(_lane(hub).connections) == 1  # still the lane's, not aiohttp's
+    writer.close()
+
+
+async def test_errors_on_the_lane_carry_the_request_id_and_keep_the_connection(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    reader, writer = await _open(hub)
+    writer.write(_post("th-wrong-key"))
+    status, headers, body = await _response(reader)
+    assert status == 401
+    assert json.loads(body)["error"]["request_id"] == headers["x-request-id"]
+    writer.write(_post(key, {"model": "auto", "messages": "not a list"}))
+    status, headers, body = await _response(reader)
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    writer.write(_post(key))
+    assert (await _response(reader))[0] == 200
+    writer.close()
+
+
+async def test_a_stream_on_the_lane_ends_and_the_connection_serves_the_next_request(
+    ready_hub: tuple[Hub, str],
+) -> None:
+    hub, key = ready_hub
+    reader, writer = await _open(hub)
+    writer.write(_post(key, {**CHAT, "stream": True}))
+    status, headers, body = await _response(reader)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers["transfer-encoding"] == "chunked" and headers["x-request-id"].startswith("th-")
+    assert body.rstrip().endswith(b"data: [DONE]")
+    writer.write(_post(key))
+    assert (await _response(reader))[0] == 200
+    writer.close()
+
+
+async def test_other_routes_are_handed_to_aiohttp_which_then_serves_the_connection(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    lane = _lane(hub)
+    aiohttp_connections = len(lane.aiohttp.connections)  # the test client's own (the admin API's)
+    reader, writer = await _open(hub)
+    writer.write(_post(key))  # the lane first
+    assert (await _response(reader))[0] == 200
+    writer.write(_get("/v1/models"))  # then a route of aiohttp's on the same connection
+    status, headers, body = await _response(reader)
+    assert status == 200 and json.loads(body)["object"] == "list"
+    assert headers["x-request-id"].startswith("th-")  # aiohttp's middleware answered
+    assert not lane.connections and len(lane.aiohttp.connections) == aiohttp_connections + 1
+    writer.write(_post(key))  # aiohttp now serves the chat route too, as it did before the lane
+    status, _, body = await _response(reader)
+    assert status == 200, body
+    writer.close()
+
+
+async def test_what_the_lane_does_not_take_reaches_aiohttp_whole(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    auth = f"Host: t\r\nAuthorization: Bearer {key}\r\n"
+    cases = [
+        (_post(key, extra="Expect: 100-continue\r\n"), (100, 200)),  # aiohttp sends 100 Continue, then answers
+        (_post(key).replace(b"HTTP/1.1", b"HTTP/1.0", 1), (200,)),
+        (_post(key, path="/v1/chat/completions?x=1"), (200,)),
+        (f"POST /v1/chat/completions HTTP/1.1\r\n{auth}Content-Length: 99999999999\r\n\r\n".encode(), (413,)),
+        (f"POST /v1/chat/completions HTTP/1.1\r\n{auth}Content-Length: 1x\r\n\r\n".encode(), (400,)),
+        (b"GARBAGE\r\n\r\n", (400,)),
+    ]
+    for raw, statuses in cases:
+        reader, writer = await _open(hub)
+        writer.write(raw)
+        got = [(await _response(reader))[0] for _ in statuses]
+        assert tuple(got) == statuses, (raw[:60], got)
+        writer.close()
+
+
+async def test_a_chunked_body_is_read_and_one_over_the_limit_is_refused(make_hub: Any) -> None:
+    hub = await make_hub(max_body_bytes=4096)
+    await hub.add_provider()
+    await hub.add_model("fake-gpt")
+    key = await hub.new_key()
+    data = json.dumps(CHAT).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n"
+    head += "Transfer-Encoding: chunked\r\n\r\n"
+    chunked = head.encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+    reader, writer = await _open(hub)
+    writer.write(chunked)
+    status, _, body = await _response(reader)
+    assert status == 200, body
+    big = json.dumps({**CHAT, "user": "x" * 5000}).encode()
+    writer.write(head.encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(big), big))
+    status, headers, body = await _response(reader)
+    assert status == 413 and json.loads(body)["error"]["request_id"] == headers["x-request-id"]
+    assert headers["connection"] == "close" and await reader.read() == b""
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    reader, writer = await _open(hub)
+    writer.write(_post(key) + _post("th-wrong-key") + _post(key))
+    assert [(await _response(reader))[0] for _ in range(3)] == [200, 401, 200]
+    # A request for aiohttp pipelined behind a chat request in the same read: where it began is gone, so the
+    # connection closes after the answers before it (RFC 9112 9.3.2: the client retries what was not answered).
+    writer.write(_post(key) + _get("/healthz"))
+    assert (await _response(reader))[0] == 200
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
+async def test_a_client_that_leaves_cancels_its_request(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    hub.fake.script("gpt-test", Hang(5))
+    _, writer = await _open(hub)
+    writer.write(_post(key))
+    await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)  # the provider call is under way
+    writer.close()
+    for _ in range(100):
+        if any(line.get("status") == 499 for line in await hub.logs()):
+            break
+        await asyncio.sleep(0.05)
+    assert any(line.get("status") == 499 for line in await hub.logs())
+
+
+async def test_with_the_lane_off_every_request_goes_through_aiohttp(make_hub: Any) -> None:
+    hub = await make_hub(lane_enabled=False)
+    assert not isinstance(hub.client.server.runner.server, LaneServer)
