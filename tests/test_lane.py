@@ -7,7 +7,10 @@ import asyncio
 import json
 from typing import Any
 
-from pipeline.edge.lane import LaneServer
+import pytest
+from aiohttp import web
+
+from pipeline.edge.lane import LaneServer, _head
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Hang
 
@@ -189,3 +192,10 @@ async def test_a_client_that_leaves_cancels_its_request(ready_hub: tuple[Hub, st
 async def test_with_the_lane_off_every_request_goes_through_aiohttp(make_hub: Any) -> None:
     hub = await make_hub(lane_enabled=False)
     assert not isinstance(hub.client.server.runner.server, LaneServer)
+
+
+def test_a_newline_in_a_response_header_is_refused_not_sent() -> None:
+    response = web.Response(body=b"{}", headers={"X-Alias-From": "a\r\nSet-Cookie: stolen=1"})
+    with pytest.raises(ValueError, match="newline"):
+        _head(response, 2, True)
+    assert _head(web.Response(status=204), 0, False).endswith(b"Connection: close\r\n\r\n")

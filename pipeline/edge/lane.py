@@ -81,8 +81,8 @@ class LaneRequest(dict[str, Any]):
     """The part of `web.Request` the chat endpoints and aiohttp's StreamResponse use. Its item storage is the
     dict it is (aiohttp's `request[KEY]`), keyed by the same RequestKey objects."""
 
-    __slots__ = ("_payload_writer", "content", "content_length", "headers", "keep_alive", "method", "path", "remote")
-    __slots__ += ("task", "version")
+    __slots__ = ("_connection", "_writer", "content", "content_length", "headers", "keep_alive", "method", "path")
+    __slots__ += ("remote", "task", "version")
 
     def __init__(
         self,
@@ -91,7 +91,7 @@ class LaneRequest(dict[str, Any]):
         remote: str,
         body: bytes,
         content_length: int | None,
-        writer: StreamWriter,
+        connection: BaseProtocol,
     ) -> None:
         super().__init__()
         self.method = "POST"
@@ -102,8 +102,16 @@ class LaneRequest(dict[str, Any]):
         self.keep_alive = True
         self.content_length = content_length
         self.content = _Body(body)
-        self._payload_writer = writer
+        self._connection = connection
+        self._writer: StreamWriter | None = None
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def _payload_writer(self) -> StreamWriter:
+        """aiohttp's writer on this connection, for a StreamResponse (a JSON answer never needs one)."""
+        if self._writer is None:
+            self._writer = StreamWriter(self._connection, self._connection._loop)
+        return self._writer
 
     def __hash__(self) -> int:  # aiohttp keeps requests in weak sets and dicts by identity
         return id(self)
@@ -134,20 +142,19 @@ _date = _Date()
 
 
 def _head(response: web.Response, body_length: int, keep_alive: bool) -> bytes:
-    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    for name, value in response.headers.items():
-        if "\r" in value or "\n" in value:  # never let a value start a header (or a response) of its own
-            raise ValueError(f"newline in the {name} header")
-        lines.append(f"{name}: {value}")
-    lines.append(f"Content-Length: {body_length}")
-    if "Date" not in response.headers:
-        lines.append(f"Date: {_date()}")
-    if "Server" not in response.headers:
-        lines.append(f"Server: {SERVER_SOFTWARE}")
-    if not keep_alive:
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    headers = response.headers
+    fields = "".join([f"{field}\r\n" for field in map(": ".join, headers.items())])
+    # Never let a value start a header (or a response) of its own: one CR LF per field, at its end.
+    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
+        raise ValueError("a newline in a response header")
+    date = "" if "Date" in headers else f"Date: {_date()}\r\n"
+    server = "" if "Server" in headers else _SERVER
+    close = "" if keep_alive else "Connection: close\r\n"
+    status = f"HTTP/1.1 {response.status} {response.reason}\r\n"
+    return f"{status}{fields}Content-Length: {body_length}\r\n{date}{server}{close}\r\n".encode()
+
+
+_SERVER = f"Server: {SERVER_SOFTWARE}\r\n"
 
 
 class LaneConnection(BaseProtocol):
@@ -296,7 +303,7 @@ class LaneConnection(BaseProtocol):
         handler, url, headers, length, keep_alive = self._request
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         path = url.decode("ascii", "surrogateescape")
-        request = LaneRequest(path, headers, self._remote, body, length, StreamWriter(self, self._loop))
+        request = LaneRequest(path, headers, self._remote, body, length, self)
         # A chunked body cut at the limit was not read to its end; the connection cannot be reused.
         request.keep_alive = keep_alive and not self._cut_body
         self._queue.append((handler, request))
