@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from pipeline.edge.lane import LaneServer, _head
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Hang
+from tests.fakes.openai_fake import FakeOpenAI, Hang
+from tests.support.server import Server, quiet_server_env
 
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -199,3 +202,35 @@ def test_a_newline_in_a_response_header_is_refused_not_sent() -> None:
     with pytest.raises(ValueError, match="newline"):
         _head(response, 2, True)
     assert _head(web.Response(status=204), 0, False).endswith(b"Connection: close\r\n\r\n")
+
+
+async def test_sigterm_answers_the_lane_request_in_flight_and_closes_idle_lane_connections(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    admin_token = "lane-admin-token-0123456789abcdef"
+    server = Server(tmp_path / "data", **quiet_server_env(admin_token, tmp_path))
+    await server.start()
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    async with aiohttp.ClientSession(base_url=server.url) as session:
+        provider = {"id": "fake", "base_url": fake.base_url, "api_key": "sk-x"}
+        assert (await session.post("/admin/v1/providers", json=provider, headers=admin)).status == 201
+        assert (
+            await session.post("/admin/v1/models", json={"id": "slow", "provider_id": "fake"}, headers=admin)
+        ).status == 201
+        key = (await (await session.post("/admin/v1/apikeys", json={"name": "k"}, headers=admin)).json())["key"]
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    idle_writer.write(_post(key))
+    assert (await _response(idle_reader))[0] == 200  # a lane connection, idle from here on
+    fake.script("slow", Hang(1.0))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(_post(key))
+    await fake.wait_until(lambda: fake.in_flight == 1)
+    server.terminate()
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed at once, not after the drain
+    status, _, body = await _response(reader)
+    assert status == 200 and json.loads(body)["model"] == "slow"
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # then closed: the server is stopping
+    code, _, err = await server.stop()
+    assert code == 0, err[-2000:]
+    writer.close()
+    idle_writer.close()

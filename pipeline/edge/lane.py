@@ -421,10 +421,6 @@ class LaneServer:
     def __call__(self) -> LaneConnection:
         return LaneConnection(self)
 
-    @property
-    def requests_count(self) -> int:
-        return int(self.aiohttp.requests_count)
-
     def pre_shutdown(self) -> None:
         self.aiohttp.pre_shutdown()
         for connection in list(self.connections):
