@@ -132,6 +132,7 @@ async def test_what_the_lane_does_not_take_reaches_aiohttp_whole(ready_hub: tupl
         (_post(key, extra="Expect: 100-continue\r\n"), (100, 200)),  # aiohttp sends 100 Continue, then answers
         (_post(key).replace(b"HTTP/1.1", b"HTTP/1.0", 1), (200,)),
         (_post(key, path="/v1/chat/completions?x=1"), (200,)),
+        (_post(key).replace(b"Host: t", b"Host: t\r\nX-Not-Utf8: \xff"), (200,)),
         (f"POST /v1/chat/completions HTTP/1.1\r\n{auth}Content-Length: 99999999999\r\n\r\n".encode(), (413,)),
         (f"POST /v1/chat/completions HTTP/1.1\r\n{auth}Content-Length: 1x\r\n\r\n".encode(), (400,)),
         (b"GARBAGE\r\n\r\n", (400,)),

@@ -251,12 +251,10 @@ class LaneConnection(BaseProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._hand_over:
             return
-        lane = self._lane
-        self._headers.append((name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
-        if len(name) > lane.max_field_bytes or len(value) > lane.max_field_bytes:
+        if len(name) > self._lane.max_field_bytes or len(value) > self._lane.max_field_bytes:
             self._odd = True
-        if len(self._headers) > lane.max_headers:
-            self._odd = True
+        # Not UTF-8: the decode raises, the parser stops with an error, and aiohttp gets the request.
+        self._headers.append((name.decode(), value.decode()))
 
     def on_headers_complete(self) -> None:
         if self._hand_over:
@@ -264,6 +262,8 @@ class LaneConnection(BaseProtocol):
         url = b"".join(self._url)
         parser = self._parser
         handler = None
+        if len(self._headers) > self._lane.max_headers:
+            self._odd = True
         if not self._odd and parser.get_method() == b"POST" and parser.get_http_version() == "1.1":
             handler = self._lane.handlers.get(url)
         headers = CIMultiDictProxy(CIMultiDict(self._headers))
