@@ -202,9 +202,10 @@ def _parse_json(raw: str) -> Any:
 
 
 def _clip(text: str) -> str:
-    if len(text) > _NOTE_VALUE_MAX:
-        text = text[:_NOTE_VALUE_MAX] + "..."
-    return repr(text)
+    """The client's text quoted for a note, at most ~_NOTE_VALUE_MAX characters once quoted: clipped after
+    quoting, since repr writes an unprintable character as up to ten ('\\U0001da8c')."""
+    shown = repr(text[: _NOTE_VALUE_MAX + 1])
+    return shown if len(shown) <= _NOTE_VALUE_MAX + 2 else shown[:_NOTE_VALUE_MAX] + "..."
 
 
 def _strip_content(content: str) -> str | None:

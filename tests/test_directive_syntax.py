@@ -110,6 +110,15 @@ def test_first_occurrence_within_a_message_wins() -> None:
     assert parse("@@tokenhub mode=cheap\n@@tokenhub mode=vote") == Directives(mode="cheap")
 
 
+def test_a_note_quoting_unprintable_client_text_stays_short() -> None:
+    # repr writes each of these as '\\U0001da8c' or '\\x1b': 64 of them once made a note of ~650 characters.
+    for filler in ("\U0001da8c" * 80, "\x1b" * 80, "a" * 80):
+        d = parse(f"@@tokenhub {filler}")
+        assert d is not None and len(d.ignored) == 1
+        assert len(d.ignored[0]) < 100, d.ignored[0]
+    assert parse("@@tokenhub mode=turbo").ignored == ("mode 'turbo' is not an allowed mode",)
+
+
 def test_first_directive_wins_even_when_all_its_tokens_are_ignored() -> None:
     d = parse("@@tokenhub nonsense", "@@tokenhub mode=cheap")
     assert d is not None

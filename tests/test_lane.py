@@ -235,3 +235,17 @@ async def test_sigterm_answers_the_lane_request_in_flight_and_closes_idle_lane_c
     assert code == 0, err[-2000:]
     writer.close()
     idle_writer.close()
+
+
+async def test_requests_split_into_single_bytes_are_parsed_and_handed_over_whole(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    reader, writer = await _open(hub)
+    for raw, want in ((_post(key), 200), (_get("/v1/models"), 200)):  # the lane's, then one for aiohttp
+        for at in range(len(raw)):
+            writer.write(raw[at : at + 1])
+            await writer.drain()
+            if at % 16 == 0:
+                await asyncio.sleep(0)  # let the server read what came so far
+        status, _, body = await _response(reader)
+        assert status == want, body
+    writer.close()
