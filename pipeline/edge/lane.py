@@ -172,15 +172,15 @@ class LaneConnection(BaseProtocol):
         self._in_message = False
         self._completed_in_feed = False
         self._hand_over = False
-        self._give_up = False  # a request for aiohttp whose first byte is unknown (pipelined): close instead
+        # Close once the answers are written: a request for aiohttp whose first byte is unknown (pipelined), or
+        # a body over the limit left unread.
+        self._give_up = False
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
-        self._head_bytes = 0
         self._odd = False
         self._taken = False
         self._body: list[bytes] = []
         self._body_size = 0
-        self._cut_body = False
         self._queue: collections.deque[tuple[Handler, LaneRequest]] = collections.deque()
         self._answering: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -236,8 +236,7 @@ class LaneConnection(BaseProtocol):
         self._in_message = True
         self._url.clear()
         self._headers = []
-        self._head_bytes = 0
-        self._odd = self._taken = self._cut_body = False
+        self._odd = self._taken = False
         self._body = []
         self._body_size = 0
         if self._idle is not None:
@@ -287,25 +286,32 @@ class LaneConnection(BaseProtocol):
         if not self._taken:
             return
         limit = self._lane.max_body_bytes + 1  # one byte over tells the endpoint the body is too large
-        if self._body_size < limit:
-            self._body.append(body[: limit - self._body_size])
+        self._body.append(body[: limit - self._body_size])
         self._body_size += len(body)
-        self._cut_body = self._body_size >= limit
+        if self._body_size >= limit:
+            # A chunked body over the limit: answer now (the endpoint's 413), read no more of it, then close.
+            self._give_up = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._take(keep_alive=False)
 
     def on_message_complete(self) -> None:
         if self._hand_over:
             return
         self._in_message = False
         self._completed_in_feed = True
-        if not self._taken:
-            return
+        if self._taken:
+            assert self._request is not None
+            self._take(keep_alive=self._request[4])
+
+    def _take(self, *, keep_alive: bool) -> None:
         assert self._request is not None
-        handler, url, headers, length, keep_alive = self._request
+        handler, url, headers, length, _ = self._request
+        self._taken = False
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         path = url.decode("ascii", "surrogateescape")
         request = LaneRequest(path, headers, self._remote, body, length, self)
-        # A chunked body cut at the limit was not read to its end; the connection cannot be reused.
-        request.keep_alive = keep_alive and not self._cut_body
+        request.keep_alive = keep_alive
         self._queue.append((handler, request))
         if self._answering is None:
             self._answer_next()
