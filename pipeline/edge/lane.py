@@ -47,22 +47,13 @@ class Lane:
     max_field_bytes: int
     max_headers: int
     cors: bool  # CORS configured: requests with an Origin header go to aiohttp (its preflight and signal)
-    handlers: dict[bytes, Handler] = field(init=False)
+    handlers: dict[bytes, Handler] = field(init=False)  # by the raw request target, as httptools gives it
 
     def __post_init__(self) -> None:
-        # Each endpoint wrapped as aiohttp's middleware would wrap it: request ids, JSON errors.
-        wrapped = {path.encode(): _with_ids(handler) for path, handler in self.routes.items()}
-        object.__setattr__(self, "handlers", wrapped)
+        object.__setattr__(self, "handlers", {path.encode(): handler for path, handler in self.routes.items()})
 
 
 LANE: web.AppKey[Lane] = web.AppKey("lane", Lane)
-
-
-def _with_ids(handler: Handler) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        return await request_id_and_errors(request, handler)
-
-    return handle
 
 
 class _Body:
@@ -335,7 +326,8 @@ class LaneConnection(BaseProtocol):
         task.add_done_callback(self._answered)
 
     async def _answer(self, handler: Handler, request: LaneRequest) -> None:
-        response = await handler(cast(web.Request, request))
+        # The endpoint inside the middleware aiohttp would run it in: request ids, JSON errors.
+        response = await request_id_and_errors(cast(web.Request, request), handler)
         transport = self.transport
         if transport is None:
             return
