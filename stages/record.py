@@ -60,12 +60,11 @@ async def recorded(services: Services, ctx: RequestContext, call_next: Next, *, 
         raise ctx.error from exc
     finally:
         ctx.ended_at = time.perf_counter()
-        if ctx.recorded_elsewhere:  # a workflow's activity records what it ran, exactly once
-            pass
-        elif after_answer:
-            asyncio.get_running_loop().call_soon(services.recorder.emit, ctx)
-        else:
-            services.recorder.emit(ctx)
+        if not ctx.recorded_elsewhere:  # a workflow's activity records what it ran, exactly once
+            if after_answer:
+                asyncio.get_running_loop().call_soon(services.recorder.emit, ctx)
+            else:
+                services.recorder.emit(ctx)
 
 
 SPEC = StageSpec(

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import Any, cast
 
 import httptools
 import structlog
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from aiohttp.http_writer import StreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -104,32 +103,8 @@ class LaneRequest(dict[str, Any]):
             self._writer = StreamWriter(self._connection, self._connection._loop)
         return self._writer
 
-    def __hash__(self) -> int:  # aiohttp keeps requests in weak sets and dicts by identity
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         """aiohttp's on_response_prepare signal: only CORS uses it, and CORS requests never take the lane."""
-
-
-class _Date:
-    """The Date header, formatted once a second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second, self._value = -1, ""
-
-    def __call__(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second, self._value = now, formatdate(now, usegmt=True)
-        return self._value
-
-
-_date = _Date()
 
 
 def _head(response: web.Response, body_length: int, keep_alive: bool) -> bytes:
@@ -138,7 +113,7 @@ def _head(response: web.Response, body_length: int, keep_alive: bool) -> bytes:
     # Never let a value start a header (or a response) of its own: one CR LF per field, at its end.
     if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
         raise ValueError("a newline in a response header")
-    date = "" if "Date" in headers else f"Date: {_date()}\r\n"
+    date = "" if "Date" in headers else f"Date: {rfc822_formatted_time()}\r\n"
     server = "" if "Server" in headers else _SERVER
     close = "" if keep_alive else "Connection: close\r\n"
     status = f"HTTP/1.1 {response.status} {response.reason}\r\n"
@@ -178,7 +153,7 @@ class LaneConnection(BaseProtocol):
         self._closing = False
         self._remote = ""
         self._keep_alive = True
-        self._request: tuple[Handler, bytes, CIMultiDictProxy[str], int | None, bool] | None = None
+        self._request: tuple[Handler, bytes, CIMultiDictProxy[str], int | None] | None = None
 
     # --- the socket
 
@@ -271,7 +246,7 @@ class LaneConnection(BaseProtocol):
             return
         self._taken = True
         self._raw = None  # the lane answers this one: no copy of its bytes needed
-        self._request = (handler, url, headers, length, parser.should_keep_alive())
+        self._request = (handler, url, headers, length)
 
     def on_body(self, body: bytes) -> None:
         if not self._taken:
@@ -292,12 +267,11 @@ class LaneConnection(BaseProtocol):
         self._in_message = False
         self._completed_in_feed = True
         if self._taken:
-            assert self._request is not None
-            self._take(keep_alive=self._request[4])
+            self._take(keep_alive=self._parser.should_keep_alive())
 
     def _take(self, *, keep_alive: bool) -> None:
         assert self._request is not None
-        handler, url, headers, length, _ = self._request
+        handler, url, headers, length = self._request
         self._taken = False
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         path = url.decode("ascii", "surrogateescape")
@@ -369,17 +343,13 @@ class LaneConnection(BaseProtocol):
             self._idle = self._loop.call_later(KEEPALIVE_SECS, self._close_idle)
 
     def _close_idle(self) -> None:
-        if self.transport is not None and self._answering is None and not self._queue:
+        if self.transport is not None and self._answering is None and not self._queue and not self._in_message:
             self.transport.close()
-
-    def idle(self) -> bool:
-        return self._answering is None and not self._queue and not self._in_message
 
     def close_when_done(self) -> None:
         """Shutdown: answer what was taken, then close."""
         self._closing = True
-        if self.transport is not None and self.idle():
-            self.transport.close()
+        self._close_idle()
 
     # --- the hand-over to aiohttp
 
@@ -420,17 +390,15 @@ class LaneServer:
         return LaneConnection(self)
 
     def pre_shutdown(self) -> None:
+        """Idle connections close now, busy ones once their answers are written (as aiohttp's)."""
         self.aiohttp.pre_shutdown()
         for connection in list(self.connections):
-            if connection.idle():
-                connection.close_when_done()
+            connection.close_when_done()
 
     async def shutdown(self, timeout: float | None = None) -> None:
         await asyncio.gather(self.aiohttp.shutdown(timeout), self._drain(timeout))
 
     async def _drain(self, timeout: float | None) -> None:
-        for connection in list(self.connections):
-            connection.close_when_done()
         deadline = self.loop.time() + (timeout or 0)
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
