@@ -116,9 +116,9 @@ class RequestContext:
     # Limits shared through Redis, deferred to the request's one round trip (stages/shared_gate.py): the groups
     # of buckets the edge and auth found to take, taken by dispatch together with the budget reservation.
     shared_takes: list[Any] = field(default_factory=list)
-    # A request with no budget sends its takes as soon as auth has added them (SharedGate.send_early): (the
-    # groups, the round trip's pending answer), for dispatch to await.
-    shared_early: tuple[list[Any], Any] | None = None
+    # Auth sends the takes (and a key budget's hold, at a bound) as soon as it has added them, so the round trip
+    # overlaps routing (SharedGate.send_early): the call in flight, for dispatch to await.
+    shared_early: Any = None
     api_key: ApiKeyInfo | None = None
     tenant_id: str = "default"
     started_at: float = field(default_factory=time.perf_counter)

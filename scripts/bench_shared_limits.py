@@ -7,12 +7,12 @@ scheduler time slice: measure on an otherwise idle machine. Two modes,
 alternated in rounds so machine noise hits both alike:
 
   embedded   limits, spend and holds in this process (no TOKENHUB_REDIS_URL)
-  redis      TOKENHUB_REDIS_URL: the per-IP bucket, the key's per-minute buckets and its budget reservation
-             in one script round trip before the provider call; settle, spend and release batched after
+  redis      TOKENHUB_REDIS_URL: the per-IP bucket, the key's per-minute buckets and its budget hold (at an
+             upper bound) in one script round trip sent after auth, overlapping routing; settle, spend and
+             release batched after
 
 The API key has a monthly budget and requests/tokens-per-minute limits (every shared check on the path), or with
---plain-key none of them (only the per-IP limit is shared: its round trip is sent right after auth and overlaps
-routing).
+--plain-key none of them (only the per-IP limit is shared).
 Prints p50 / p90 / p99 and the server's CPU per request for each mode, and the p50 difference (what Redis adds).
 
     python scripts/bench_shared_limits.py                     # Redis at redis://127.0.0.1:6379/0

@@ -18,6 +18,7 @@ from pipeline.input_limits import check_content
 from pipeline.metrics import Metrics
 from pipeline.stage import Next, StageOptions, StageSpec
 from pipeline.types import ApiKeyInfo
+from stages.budget_bound import ReservationBound
 from stages.scoring import estimate_input_tokens
 from store.key_ledger import KeyLedger
 from store.reservations import EPSILON_USD, BudgetAccount, Reservations, key_account_id
@@ -84,6 +85,7 @@ class Auth:
         settings = services.settings
         self._max_chars = settings.max_content_chars
         self._max_total_chars = settings.max_total_content_chars
+        self._bound = ReservationBound(settings.budget_reserve_output_tokens)
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         now = self._clock()
@@ -98,8 +100,8 @@ class Auth:
         except BudgetExceeded as exc:
             budget_refused(ctx, services.metrics, "key", exc.message)
             raise
+        estimate = lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)  # noqa: E731
         if key.rate_limit_rpm or key.rate_limit_tpm:
-            estimate = lambda: estimate_input_tokens(request.messages, request.estimated_input_tokens)  # noqa: E731
             if services.shared_gate is not None:  # taken in Redis with the reservation (stages/shared_gate.py)
                 wait, what = services.shared_gate.defer_key(ctx, key, estimate)
             else:
@@ -108,8 +110,9 @@ class Auth:
                 limit = key.rate_limit_rpm if what == "requests" else key.rate_limit_tpm
                 raise RateLimited(f"api key rate limit exceeded: {limit} {what} per minute", retry_after=wait)
         services.key_ledger.touch(key.id, now)  # last used: flushed to SQLite in batches
-        if services.shared_gate is not None:  # a request without a budget: its limits go to Redis now
-            services.shared_gate.send_early(ctx, key)
+        if services.shared_gate is not None:  # its limits (and budget hold) go to Redis now, to overlap routing
+            bound = lambda: self._bound(services.snapshot.models, estimate(), request.parameters)  # noqa: E731
+            services.shared_gate.send_early(ctx, key, bound)
         await call_next(ctx)
 
 

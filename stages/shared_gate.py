@@ -1,11 +1,13 @@
 """The shared gate: a request's rate limits and budget reservation in Redis, in one round trip (docs/scaling.md).
 
 With TOKENHUB_REDIS_URL the per-IP limit (taken at the edge) and the key's per-minute limits (auth) do not call
-Redis where they run: they append the buckets to take to the context (`ctx.shared_takes`), and dispatch's
-reservation sends them with the budget hold in one atomic script, before the provider call. A request that ends
-before dispatch (a bad body, a refused key, no model) has its takes sent afterwards by the flusher, so it still
-counts. A bucket Redis found empty is remembered here until it refills, so the next request from that IP or key
-is refused at the edge or in auth with no round trip and no work.
+Redis where they run: they append the buckets to take to the context (`ctx.shared_takes`), and auth sends them,
+with a hold on the key's budget at an upper bound (stages/budget_bound.py), in one atomic script whose round
+trip overlaps routing; dispatch awaits it before the provider call, shrinks the hold to the routed model's
+worst case, or reserves exactly when the bound was refused or falls short. A request that ends before dispatch
+(a bad body, a refused key, no model) has its takes sent afterwards by the flusher, so it still counts, and its
+early hold released. A bucket Redis found empty is remembered here until it refills, so the next request from
+that IP or key is refused at the edge or in auth with no round trip and no work.
 
 Redis down (`RedisDown`): the same takes run on this process's buckets, a key budget fails closed (503) or, with
 `shared_budget_on_outage=open`, is checked against this replica's local view; each counts
@@ -31,10 +33,10 @@ from stages.shared_spend import SharedSpend
 from store.config_store import ConfigStore
 from store.redis_limits import BucketTake, OpFlusher, RedisLimits
 from store.redis_link import RedisDown, RedisLink
-from store.reservations import BudgetAccount
+from store.reservations import EPSILON_USD, BudgetAccount, key_account_id
 from store.shared_budgets import LEASE_MS, SharedKeyLedger, SharedReservations
 
-__all__ = ["Shared", "SharedGate", "TakeGroup", "build_shared"]
+__all__ = ["EarlyCall", "Shared", "SharedGate", "TakeGroup", "build_shared"]
 
 MAX_REMEMBERED = 100_000  # denied buckets and Redis token charges kept (bounds, not working limits)
 
@@ -117,17 +119,36 @@ class SharedGate:
         ctx.shared_takes.append(TakeGroup(tuple(takes), local_take))
         return 0.0, ""
 
-    def send_early(self, ctx: RequestContext, key: ApiKeyInfo) -> None:
-        """After auth: a request that draws on no budget needs Redis only for its rate limits, so they are sent
-        now and the round trip overlaps routing; dispatch finds the answer waiting instead of sleeping on it."""
-        if not ctx.shared_takes or key.monthly_budget_usd > 0 or ctx.plan_budget is not None:
-            return
+    def send_early(self, ctx: RequestContext, key: ApiKeyInfo, bound_usd: Callable[[], float]) -> None:
+        """After auth: the request's rate limits go to Redis now, and so does, for a key with a monthly budget, a
+        hold of `bound_usd()` (the most any model could bill it), so the round trip overlaps routing and dispatch
+        finds the answer waiting. A bound refused (the budget is nearly spent) or short of the routed model's
+        worst case is made exactly by dispatch (a second round trip); a bound held is shrunk to it."""
         if not self._limits.link.up:
-            return  # dispatch runs them on this process's buckets
+            return  # dispatch runs the takes on this process's buckets
+        hold: tuple[str, str] | None = None
+        reservation: dict[str, Any] | None = None
+        if key.monthly_budget_usd > 0 or ctx.plan_budget is not None:
+            if ctx.scope == "plan" or ctx.plan_budget is not None:
+                return  # a plan's steps reserve on its budget too: their first step sends the takes
+            account = key_account_id(key.id)
+            field, previous = self._reservations.next_field(ctx.request_id)
+            hold = (field, account)
+            bound = bound_usd()
+            reservation = {
+                "h": field,
+                "prev": previous,
+                "a": [[account, key.monthly_budget_usd, self._ledger.spend_hash, key.id]],
+                "worst": bound,
+                "need": bound,
+                "lease": LEASE_MS,
+            }
+        elif not ctx.shared_takes:
+            return
         groups, ctx.shared_takes = ctx.shared_takes, []
-        answer = self._limits.start([group.takes for group in groups], None)
+        answer = self._limits.start([group.takes for group in groups], reservation)
         answer.add_done_callback(partial(self._early_answered, groups))
-        ctx.shared_early = (groups, answer)
+        ctx.shared_early = EarlyCall(groups, answer, ctx.request_id, hold)
 
     def _early_answered(self, groups: list[TakeGroup], answer: asyncio.Future[bytes]) -> None:
         """Whether or not dispatch comes to await it: an empty bucket is remembered, a failure retrieved."""
@@ -138,19 +159,32 @@ class SharedGate:
             group, bucket = reply.limited
             self._deny(groups[group].takes[bucket].key, reply.wait)
 
-    async def _await_early(self, ctx: RequestContext) -> None:
-        """Dispatch's side of `send_early`: 429 when a bucket was empty; Redis down: the takes run here."""
-        groups, answer = ctx.shared_early  # type: ignore[misc]
+    async def _await_early(self, ctx: RequestContext) -> float:
+        """Dispatch's side of `send_early`: 429 when a bucket was empty (Redis down: the takes run here); returns
+        what the early hold holds for this request (0.0: none, refused, or made for another holder)."""
+        early: EarlyCall = ctx.shared_early
         ctx.shared_early = None
         try:
-            reply = self._limits.parse(await answer)
+            reply = self._limits.parse(await early.answer)
         except RedisDown:
-            self._run_locally(groups, ctx.request_id)
-            return
+            self._run_locally(early.groups, ctx.request_id)
+            return 0.0
         if reply.limited is not None:
             group, bucket = reply.limited
-            raise RateLimited(groups[group].takes[bucket].message, retry_after=reply.wait)
-        self._remember_charges(ctx.request_id, groups)
+            raise RateLimited(early.groups[group].takes[bucket].message, retry_after=reply.wait)
+        self._remember_charges(ctx.request_id, early.groups)
+        if early.hold is None:
+            return 0.0
+        field, account = early.hold
+        if reply.info:
+            self._ledger.observe(account.removeprefix("key:"), reply.info[0][0])
+        if reply.refused is not None:
+            return 0.0
+        if early.holder != ctx.request_id:  # an orchestrated request's step: it reserves on its own
+            self.flusher.add({"o": "release", "a": [account], "f": field})
+            return 0.0
+        self._reservations.held_in_redis(ctx.request_id, field, (account,), reply.held)
+        return reply.held
 
     # --- dispatch: the one round trip --------------------------------------------------------------------------
     async def admit(
@@ -160,11 +194,13 @@ class SharedGate:
         in Redis. Raises RateLimited (a bucket is empty) or SharedBudgetUnavailable (Redis down, budgets fail
         closed); returns (the refusing account with its recorded spend, what requests in flight hold on it), or
         None when admitted (and held)."""
-        if ctx.shared_early is not None:
-            await self._await_early(ctx)
+        held_early = await self._await_early(ctx) if ctx.shared_early is not None else 0.0
         groups: list[TakeGroup] = ctx.shared_takes
         ctx.shared_takes = []
         holder = ctx.request_id
+        if held_early + EPSILON_USD >= worst_usd and not groups and len(accounts) == 1:  # the bound covers it
+            self._reservations.shrink(holder, worst_usd)
+            return None
         local = self._reservations.local
         keys = tuple(a for a in accounts if a.id.startswith("key:"))
         plans = tuple(a for a in accounts if not a.id.startswith("key:"))
@@ -259,11 +295,19 @@ class SharedGate:
         """The recorder's last word on a request (a sink): its deferred takes, if dispatch never sent them."""
         groups, ctx.shared_takes = ctx.shared_takes, []
         self.defer(groups)
-        if (early := ctx.shared_early) is not None:  # sent early, never awaited: count it here if Redis failed
+        if (early := ctx.shared_early) is not None:  # sent early, never awaited (the request ended before dispatch)
             ctx.shared_early = None
-            answer = early[1]
-            if answer.done() and not answer.cancelled() and answer.exception() is not None:
-                self._count_locally(early[0])
+            early.answer.add_done_callback(partial(self._early_unused, early))
+
+    def _early_unused(self, early: EarlyCall, answer: asyncio.Future[bytes]) -> None:
+        """An early call no dispatch awaited: counted here if Redis failed; a hold it made is released."""
+        if answer.cancelled():
+            return  # shutdown: a hold it made expires with its lease
+        if answer.exception() is not None:
+            self._count_locally(early.groups)
+        elif early.hold is not None and b'"held"' in answer.result():
+            field, account = early.hold
+            self.flusher.add({"o": "release", "a": [account], "f": field})
 
     def _count_locally(self, groups: list[TakeGroup]) -> None:
         self._fallbacks.labels("rate_limit").inc()
@@ -310,6 +354,17 @@ class SharedGate:
             return left
         del self._denied[key]
         return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyCall:
+    """A gate call auth sent before routing: its groups of takes, the pending answer, the request it was sent
+    for, and the (field, account) of the key-budget hold it asked for (None: takes only)."""
+
+    groups: list[TakeGroup]
+    answer: asyncio.Future[bytes]
+    holder: str
+    hold: tuple[str, str] | None
 
 
 @dataclass(frozen=True, slots=True)

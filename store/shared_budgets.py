@@ -139,12 +139,7 @@ class SharedReservations:
 
     def settle(self, holder: str, actual_usd: float) -> None:
         self.local.settle(holder, actual_usd)
-        entry = self._holds.get(holder)
-        if entry is not None:
-            field, accounts, _ = entry
-            amount = max(0.0, actual_usd)
-            self._set(holder, field, accounts, amount)
-            self._flusher.add({"o": "settle", "a": list(accounts), "f": field, "v": amount, "lease": LEASE_MS})
+        self._hold_at(holder, max(0.0, actual_usd))
 
     def release(self, holder: str) -> None:
         self.local.release(holder)
@@ -171,6 +166,12 @@ class SharedReservations:
         self._drop(holder)
         self._set(holder, field, accounts, amount)
 
+    def shrink(self, holder: str, amount_usd: float) -> None:
+        """A hold made at a bound before routing, brought down to the routed call's worst case (queued)."""
+        entry = self._holds.get(holder)
+        if entry is not None and amount_usd < entry[2]:
+            self._hold_at(holder, amount_usd)
+
     def forget_redis(self, holder: str) -> None:
         """The gate dropped the holder's previous Redis hold itself (and was refused: nothing new is held)."""
         self._drop(holder)
@@ -183,6 +184,14 @@ class SharedReservations:
     @property
     def holders(self) -> int:
         return len(self._holds) + self.local.holders
+
+    def _hold_at(self, holder: str, amount: float) -> None:
+        """The holder's Redis hold becomes `amount`, here now and in Redis with the next flush."""
+        entry = self._holds.get(holder)
+        if entry is not None:
+            field, accounts, _ = entry
+            self._set(holder, field, accounts, amount)
+            self._flusher.add({"o": "settle", "a": list(accounts), "f": field, "v": amount, "lease": LEASE_MS})
 
     def _set(self, holder: str, field: str, accounts: tuple[str, ...], amount: float) -> None:
         previous = self._holds.get(holder)

@@ -60,10 +60,13 @@ async def _redis_spend(url: str, prefix: str, key_id: str) -> float:
     return float(value or 0.0)
 
 
+HOLDS = "l2:hold:"  # where the gate script keeps each account's holds, under the prefix (store/redis_limits.py)
+
+
 async def _holds(url: str, prefix: str) -> list[bytes]:
     client = aioredis.Redis.from_url(url)
     try:
-        return [key async for key in client.scan_iter(match=f"{prefix}:hold*")]
+        return [key async for key in client.scan_iter(match=f"{prefix}:{HOLDS}*")]
     finally:
         await client.aclose()
 
@@ -240,3 +243,125 @@ async def test_redis_stopped_mid_test_then_restarted(
         assert await _redis_spend(server.url, "outage", keys["id"]) == pytest.approx((5 + outage_spend) * COST)
         health = await (await hubs[0].client.get("/healthz")).json()
         assert health["shared_state"] == {"backend": "redis", "up": True}
+
+
+def _gate_calls(hub: Hub, answers: list[asyncio.Future[bytes]] | None = None) -> list[dict[str, Any] | None]:
+    """Spy on the replica's gate script calls: each call's reservation (None: rate limits only), and into
+    `answers` their pending answers."""
+    gate = hub.services.shared_gate
+    assert gate is not None
+    limits = gate._limits
+    calls: list[dict[str, Any] | None] = []
+    start = limits.start
+
+    def spy(groups: list[Any], reservation: dict[str, Any] | None) -> Any:
+        calls.append(reservation)
+        answer = start(groups, reservation)
+        if answers is not None:
+            answers.append(answer)
+        return answer
+
+    limits.start = spy  # type: ignore[method-assign]
+    return calls
+
+
+async def _held(url: str, prefix: str, key_id: str) -> float:
+    client = aioredis.Redis.from_url(url)
+    try:
+        return float(await client.hget(f"{prefix}:{HOLDS}key:{key_id}", "=") or 0.0)
+    finally:
+        await client.aclose()
+
+
+BIG = {"input_per_1k": 10.0, "output_per_1k": 20.0}  # a $0.2 worst case for the request below
+
+
+def _two_models(keys: dict[str, str], budget_usd: float, **limits: int) -> Callable[[Hub], Any]:
+    async def configure(hub: Hub) -> None:
+        await hub.add_provider()
+        await hub.add_model("gpt-test", weight=5, input_per_1k=0.001, output_per_1k=0.002)
+        await hub.add_model("gpt-big", weight=5, **BIG)
+        key = {"name": "budget", "monthly_budget_usd": budget_usd, **limits}
+        data = await hub.admin("POST", "/apikeys", key, expect=201)
+        keys["key"], keys["id"] = data["key"], data["id"]
+
+    return configure
+
+
+async def _ask(hub: Hub, key: str, model: str) -> tuple[int, dict[str, Any]]:
+    body = {"model": model, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5}
+    resp = await hub.client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    return resp.status, await resp.json()
+
+
+async def test_a_budget_keys_hold_is_sent_before_routing_at_a_bound_then_shrunk_to_the_routed_model(
+    aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    async with fresh_redis_prefix() as prefix:
+        keys: dict[str, str] = {}
+        configure = _two_models(keys, 10.0, rate_limit_rpm=100, rate_limit_tpm=10_000)
+        (hub,) = await start_replicas(
+            aiohttp_client, fake, tmp_path, 1, redis_url=REDIS_URL, prefix=prefix, configure=configure
+        )
+        calls = _gate_calls(hub)
+        fake.script("gpt-test", Reply(delay=0.5))
+        answer = asyncio.ensure_future(_ask(hub, keys["key"], "gpt-test"))
+        await fake.wait_until(lambda: fake.in_flight == 1)
+        # one round trip, sent from auth: the hold at the most any model could bill (gpt-big's prices)...
+        assert len(calls) == 1 and calls[0] is not None
+        assert calls[0]["worst"] == pytest.approx(0.2) and calls[0]["need"] == calls[0]["worst"]
+        # ... brought down to gpt-test's worst case while the call runs
+        deadline = time.monotonic() + 5
+        while await _held(REDIS_URL, prefix, keys["id"]) != pytest.approx(COST):
+            assert time.monotonic() < deadline, "the hold was not shrunk"
+            await asyncio.sleep(0.02)
+        assert hub.services.reservations.reserved(f"key:{keys['id']}") == pytest.approx(COST)
+        assert (await answer)[0] == 200
+        await _drained([hub])
+        assert await _holds(REDIS_URL, prefix) == []
+        assert await _redis_spend(REDIS_URL, prefix, keys["id"]) == pytest.approx(COST)
+
+
+async def test_a_bound_over_what_is_left_falls_back_to_the_exact_hold(
+    aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """$0.01 left: the $0.2 bound is refused before routing, yet gpt-test ($0.00002) fits and is served."""
+    async with fresh_redis_prefix() as prefix:
+        keys: dict[str, str] = {}
+        (hub,) = await start_replicas(
+            aiohttp_client, fake, tmp_path, 1, redis_url=REDIS_URL, prefix=prefix, configure=_two_models(keys, 0.01)
+        )
+        calls = _gate_calls(hub)
+        status, body = await _ask(hub, keys["key"], "gpt-test")
+        assert status == 200, body
+        assert [c["worst"] for c in calls if c is not None] == [pytest.approx(0.2), pytest.approx(COST)]
+        status, body = await _ask(hub, keys["key"], "gpt-big")  # it does not fit: routed to the one that does
+        assert status == 200 and body["model"] == "gpt-test" and fake.calls("gpt-big") == 0
+        await _drained([hub])
+        assert await _holds(REDIS_URL, prefix) == []
+        assert await _redis_spend(REDIS_URL, prefix, keys["id"]) == pytest.approx(2 * COST)
+
+
+async def test_an_early_hold_is_released_when_the_request_ends_before_dispatch(
+    aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    async with fresh_redis_prefix() as prefix:
+        keys: dict[str, str] = {}
+        (hub,) = await start_replicas(
+            aiohttp_client, fake, tmp_path, 1, redis_url=REDIS_URL, prefix=prefix, configure=_two_models(keys, 10.0)
+        )
+        answers: list[asyncio.Future[bytes]] = []
+        calls = _gate_calls(hub, answers)
+        body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5, "tokenhub": {"min_weight": 10}}
+        auth = {"Authorization": f"Bearer {keys['key']}"}
+        resp = await hub.client.post("/v1/chat/completions", json=body, headers=auth)
+        refusal = await resp.json()
+        assert resp.status == 422 and refusal["error"]["code"] == "no_eligible_model", refusal
+        assert len(calls) == 1 and calls[0] is not None  # the hold went out before routing refused the model
+        assert b'"held"' in await asyncio.wait_for(asyncio.shield(answers[0]), 5)
+        deadline = time.monotonic() + 5
+        while await _holds(REDIS_URL, prefix):
+            assert time.monotonic() < deadline, "the early hold was not released"
+            await asyncio.sleep(0.02)
+        assert hub.services.reservations.total_usd == 0.0
+        assert fake.calls("gpt-test") == fake.calls("gpt-big") == 0
