@@ -180,7 +180,7 @@ class SharedGate:
             self._ledger.observe(account.removeprefix("key:"), reply.info[0][0])
         if reply.refused is not None:
             return 0.0
-        if early.holder != ctx.request_id:  # an orchestrated request's step: it reserves on its own
+        if early.holder != ctx.request_id:  # moved to a plan's first step (plans send no hold early): a guard
             self.flusher.add({"o": "release", "a": [account], "f": field})
             return 0.0
         self._reservations.held_in_redis(ctx.request_id, field, (account,), reply.held)
