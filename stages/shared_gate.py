@@ -126,11 +126,11 @@ class SharedGate:
         worst case is made exactly by dispatch (a second round trip); a bound held is shrunk to it."""
         if not self._limits.link.up:
             return  # dispatch runs the takes on this process's buckets
+        if ctx.plan_budget is not None or (key.monthly_budget_usd > 0 and ctx.scope == "plan"):
+            return  # a plan's steps reserve on its budget too: its first step sends the takes with its hold
         hold: tuple[str, str] | None = None
         reservation: dict[str, Any] | None = None
-        if key.monthly_budget_usd > 0 or ctx.plan_budget is not None:
-            if ctx.scope == "plan" or ctx.plan_budget is not None:
-                return  # a plan's steps reserve on its budget too: their first step sends the takes
+        if key.monthly_budget_usd > 0:
             account = key_account_id(key.id)
             field, previous = self._reservations.next_field(ctx.request_id)
             hold = (field, account)
