@@ -353,9 +353,11 @@ class RedisLimits:
             return
         if ops and self.carry is not None:
             self.carry.returned(ops, _apply_reply(replies[0]))
-        for (_, answer), reply in zip(batch, replies[1:], strict=True):
-            if not answer.done():  # a caller cancelled meanwhile: its hold is released with its record
+        for (request, answer), reply in zip(batch, replies[1:], strict=True):
+            if not answer.done():
                 answer.set_result(reply)
+            elif b'"held"' in reply and self.carry is not None:  # its caller was cancelled: nobody knows the hold
+                self.carry.add(_release_of(request))
 
     async def apply(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return _apply_reply(await self.link.eval(self._apply, self._prefix, json.dumps(ops).encode()))
@@ -375,6 +377,12 @@ class RedisLimits:
             if value > 0:
                 args += [key_id, repr(float(value))]
         return bool(await self.link.run(lambda: self._seed(keys=keys, args=args)))
+
+
+def _release_of(request: bytes) -> dict[str, Any]:
+    """The release op of the hold a gate request asked for."""
+    reservation = json.loads(request)["r"]
+    return {"o": "release", "a": [account[0] for account in reservation["a"]], "f": reservation["h"]}
 
 
 def _without_superseded(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -365,3 +366,32 @@ async def test_an_early_hold_is_released_when_the_request_ends_before_dispatch(
             await asyncio.sleep(0.02)
         assert hub.services.reservations.total_usd == 0.0
         assert fake.calls("gpt-test") == fake.calls("gpt-big") == 0
+
+
+async def test_a_hold_made_after_its_client_hung_up_is_released(
+    aiohttp_client: Callable[..., Any], fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The client hangs up while its gate call waits in Redis: the hold Redis makes afterwards is released at
+    once, not left counting as spent until its 30 s lease runs out."""
+    async with private_redis() as server:
+        keys: dict[str, str] = {}
+        (hub,) = await start_replicas(
+            aiohttp_client, fake, tmp_path, 1, redis_url=server.url, prefix="hangup", configure=_two_models(keys, 10.0)
+        )
+        answers: list[asyncio.Future[bytes]] = []
+        _gate_calls(hub, answers)
+        admin = aioredis.Redis.from_url(server.url)
+        try:
+            await admin.execute_command("CLIENT", "PAUSE", 500, "ALL")  # every command waits half a second
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_ask(hub, keys["key"], "gpt-test"), 0.2)
+            assert len(answers) == 1
+            await _wait(answers[0].cancelled, 0.25)  # the request went with its client, before Redis answered
+            gate = hub.services.shared_gate
+            assert gate is not None
+            await _wait(lambda: gate._limits._in_flight == 0)  # Redis has answered: the hold was made
+            await gate.flusher.drained()
+            assert await _holds(server.url, "hangup") == []
+        finally:
+            await admin.aclose()
+        assert fake.calls("gpt-test") == 0 and hub.services.reservations.total_usd == 0.0
