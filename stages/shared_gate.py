@@ -31,7 +31,7 @@ from pipeline.types import ApiKeyInfo, RequestRecord
 from stages.key_limits import KeyLimits
 from stages.shared_spend import SharedSpend
 from store.config_store import ConfigStore
-from store.redis_limits import BucketTake, OpFlusher, RedisLimits
+from store.redis_limits import BucketTake, OpFlusher, RedisLimits, release_op
 from store.redis_link import RedisDown, RedisLink
 from store.reservations import EPSILON_USD, BudgetAccount, key_account_id
 from store.shared_budgets import LEASE_MS, SharedKeyLedger, SharedReservations
@@ -148,7 +148,7 @@ class SharedGate:
         groups, ctx.shared_takes = ctx.shared_takes, []
         answer = self._limits.start([group.takes for group in groups], reservation)
         answer.add_done_callback(partial(self._early_answered, groups))
-        ctx.shared_early = EarlyCall(groups, answer, ctx.request_id, hold)
+        ctx.shared_early = EarlyCall(groups, answer, hold)
 
     def _early_answered(self, groups: list[TakeGroup], answer: asyncio.Future[bytes]) -> None:
         """Whether or not dispatch comes to await it: an empty bucket is remembered, a failure retrieved."""
@@ -161,7 +161,7 @@ class SharedGate:
 
     async def _await_early(self, ctx: RequestContext) -> float:
         """Dispatch's side of `send_early`: 429 when a bucket was empty (Redis down: the takes run here); returns
-        what the early hold holds for this request (0.0: none, refused, or made for another holder)."""
+        what the early hold holds for this request (0.0: none, or refused)."""
         early: EarlyCall = ctx.shared_early
         ctx.shared_early = None
         try:
@@ -179,9 +179,6 @@ class SharedGate:
         if reply.info:
             self._ledger.observe(account.removeprefix("key:"), reply.info[0][0])
         if reply.refused is not None:
-            return 0.0
-        if early.holder != ctx.request_id:  # moved to a plan's first step (plans send no hold early): a guard
-            self.flusher.add({"o": "release", "a": [account], "f": field})
             return 0.0
         self._reservations.held_in_redis(ctx.request_id, field, (account,), reply.held)
         return reply.held
@@ -307,7 +304,7 @@ class SharedGate:
             self._count_locally(early.groups)
         elif early.hold is not None and b'"held"' in answer.result():
             field, account = early.hold
-            self.flusher.add({"o": "release", "a": [account], "f": field})
+            self.flusher.add(release_op([account], field))
 
     def _count_locally(self, groups: list[TakeGroup]) -> None:
         self._fallbacks.labels("rate_limit").inc()
@@ -358,12 +355,12 @@ class SharedGate:
 
 @dataclass(frozen=True, slots=True)
 class EarlyCall:
-    """A gate call auth sent before routing: its groups of takes, the pending answer, the request it was sent
-    for, and the (field, account) of the key-budget hold it asked for (None: takes only)."""
+    """A gate call auth sent before routing: its groups of takes, the pending answer, and the (field, account) of
+    the key-budget hold it asked for (None: takes only; always None for a /v1/plan, whose first step may take
+    the call over)."""
 
     groups: list[TakeGroup]
     answer: asyncio.Future[bytes]
-    holder: str
     hold: tuple[str, str] | None
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "GateReply",
     "OpFlusher",
     "RedisLimits",
+    "release_op",
 ]
 
 log = structlog.get_logger("tokenhub.shared_limits")
@@ -357,7 +358,8 @@ class RedisLimits:
             if not answer.done():
                 answer.set_result(reply)
             elif b'"held"' in reply and self.carry is not None:  # its caller was cancelled: nobody knows the hold
-                self.carry.add(_release_of(request))
+                reservation = json.loads(request)["r"]
+                self.carry.add(release_op([account[0] for account in reservation["a"]], reservation["h"]))
 
     async def apply(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return _apply_reply(await self.link.eval(self._apply, self._prefix, json.dumps(ops).encode()))
@@ -379,10 +381,9 @@ class RedisLimits:
         return bool(await self.link.run(lambda: self._seed(keys=keys, args=args)))
 
 
-def _release_of(request: bytes) -> dict[str, Any]:
-    """The release op of the hold a gate request asked for."""
-    reservation = json.loads(request)["r"]
-    return {"o": "release", "a": [account[0] for account in reservation["a"]], "f": reservation["h"]}
+def release_op(accounts: list[str], field: str) -> dict[str, Any]:
+    """The flusher's op that drops hold `field` from these accounts (a no-op for a hold already gone)."""
+    return {"o": "release", "a": accounts, "f": field}
 
 
 def _without_superseded(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from store.key_ledger import KeyLedger
-from store.redis_limits import HOLD_LEASE_SECS, SPEND_TTL_SECS, OpFlusher
+from store.redis_limits import HOLD_LEASE_SECS, SPEND_TTL_SECS, OpFlusher, release_op
 from store.reservations import BudgetAccount, LocalReservations
 
 __all__ = ["SharedKeyLedger", "SharedReservations", "month_tag"]
@@ -146,7 +146,7 @@ class SharedReservations:
         entry = self._holds.get(holder)
         if entry is not None:
             self._drop(holder)
-            self._flusher.add({"o": "release", "a": list(entry[1]), "f": entry[0]})
+            self._flusher.add(release_op(list(entry[1]), entry[0]))
 
     def reserved(self, account_id: str) -> float:
         return self._own.get(account_id, 0.0) + self.local.reserved(account_id)
