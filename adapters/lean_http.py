@@ -17,6 +17,7 @@ import ssl
 import time
 import zlib
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -32,6 +33,12 @@ _FORBIDDEN = frozenset("\r\n\0")
 # A stream's body chunks received and not yet read: past this the socket is not read until the reader catches
 # up, so a slow client slows the upstream instead of filling memory.
 _STREAM_BUFFER_BYTES = 256 * 1024
+# A stream's reader stops at its done marker, often a few bytes before the body's end (the chunked terminator
+# comes in the next packet). Its connection then waits this long for that end, discarding what comes, and is
+# pooled once it arrives; a body that goes on longer, or past `_TAIL_MAX_BYTES`, closes it instead. Closing
+# it would cost the next call to that provider a new connection (and TLS handshake).
+TAIL_GRACE_SECS = 1.0
+_TAIL_MAX_BYTES = 64 * 1024
 
 
 class LeanHttpError(OSError):
@@ -86,6 +93,10 @@ class _Connection(asyncio.Protocol):
         self._ended = False  # the whole body has arrived
         self._error: Exception | None = None
         self._more: asyncio.Future[None] | None = None  # the reader waits on it for a chunk, the end or an error
+        # released before its body ended: called when the end arrives (in time), and what closes it otherwise
+        self._on_end: Callable[[], None] | None = None
+        self._tail_timer: asyncio.TimerHandle | None = None
+        self._tail_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -134,10 +145,32 @@ class _Connection(asyncio.Protocol):
         """A streamed answer has arrived whole, and the connection is not broken."""
         return self._ended and self._error is None
 
+    @property
+    def broken(self) -> bool:
+        return self._error is not None
+
     def close(self) -> None:
         self.closed = True
+        self._forget_tail()
         if self.transport is not None:
             self.transport.close()
+
+    def check_in_at_end(self, check_in: Callable[[], None], grace_secs: float) -> None:
+        """The reader is done before the body ended: drop the rest as it comes and call `check_in` when the body
+        ends within `grace_secs`; close the connection if it does not."""
+        self._on_end = check_in
+        self._chunks.clear()
+        self._buffered = self._tail_bytes = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        self._tail_timer = asyncio.get_running_loop().call_later(grace_secs, self.close)
+
+    def _forget_tail(self) -> None:
+        self._on_end = None
+        if self._tail_timer is not None:
+            self._tail_timer.cancel()
+            self._tail_timer = None
 
     async def read_chunk(self) -> bytes:
         """The next piece of a streamed body, b"" at its end; LeanHttpError when the connection broke first."""
@@ -171,6 +204,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._forget_tail()
         pending = self._waiter is not None and not self._waiter.done()
         if not pending and not (self._streaming and not self._ended):
             return
@@ -194,6 +228,11 @@ class _Connection(asyncio.Protocol):
         if not self._streaming:
             self._body.append(body)
             return
+        if self._on_end is not None:  # released: nobody reads it
+            self._tail_bytes += len(body)
+            if self._tail_bytes > _TAIL_MAX_BYTES:
+                self.close()
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _STREAM_BUFFER_BYTES and not self._paused and self.transport is not None:
@@ -206,6 +245,10 @@ class _Connection(asyncio.Protocol):
         if self._streaming:
             self._ended = True
             self._head = None
+            on_end = self._on_end
+            if on_end is not None:
+                self._forget_tail()
+                on_end()
             self._wake()
             return
         waiter, self._waiter = self._waiter, None
@@ -239,8 +282,8 @@ class _Connection(asyncio.Protocol):
 
 class LeanStream:
     """An answer whose head has arrived and whose body is read as it comes (`readany`). `release()` once the
-    body has arrived whole returns the connection to the pool; `close()` (or a release before the end)
-    closes it, which tells the server to stop."""
+    reader is done returns the connection to the pool when the body has ended (at once, or within
+    TAIL_GRACE_SECS); `close()` closes it, which tells the server to stop."""
 
     def __init__(self, client: LeanClient, origin: _Origin, conn: _Connection) -> None:
         self._client = client
@@ -281,14 +324,19 @@ class LeanStream:
         return b"".join(parts)[:max_bytes]
 
     def release(self) -> None:
-        """Done with the answer: the connection goes back to the pool if the whole answer has arrived (read or
-        not: a stream's reader stops at its done marker, usually just before the body's end), else it closes."""
+        """Done with the answer: the connection goes back to the pool once the whole answer has arrived (read or
+        not: a stream's reader stops at its done marker, usually just before the body's end), now or within
+        TAIL_GRACE_SECS; a connection already broken closes."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            if conn.complete:
-                self._client.check_in(self._origin, conn)
-            else:
-                conn.close()
+        if conn is None:
+            return
+        if conn.complete:
+            self._client.check_in(self._origin, conn)
+        elif conn.closed or conn.broken:
+            conn.close()
+        else:
+            origin, client = self._origin, self._client
+            conn.check_in_at_end(lambda: client.check_in(origin, conn), client.tail_grace_secs)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -339,8 +387,14 @@ def _request(target: _Target, body: bytes, headers: dict[str, str], accept_encod
 
 class LeanClient:
     def __init__(
-        self, *, keepalive_secs: float = 30.0, max_idle_per_origin: int = 256, tls: ssl.SSLContext | None = None
+        self,
+        *,
+        keepalive_secs: float = 30.0,
+        max_idle_per_origin: int = 256,
+        tls: ssl.SSLContext | None = None,
+        tail_grace_secs: float = TAIL_GRACE_SECS,
     ) -> None:
+        self.tail_grace_secs = tail_grace_secs
         self._keepalive = keepalive_secs
         self._max_idle = max_idle_per_origin
         self._idle: defaultdict[_Origin, list[_Connection]] = defaultdict(list)

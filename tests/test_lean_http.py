@@ -314,20 +314,60 @@ async def test_a_reader_slower_than_the_upstream_gets_every_byte_in_order() -> N
         client.close()
 
 
-async def test_a_stream_released_at_its_done_marker_is_reused_only_if_its_body_has_ended() -> None:
+async def test_a_stream_released_at_its_done_marker_is_pooled_once_its_body_ends_within_the_grace_time() -> None:
     answers = [
         [_SSE_HEAD, _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"],  # the body's end comes with the marker
-        [_SSE_HEAD, _chunk(b"data: [DONE]\n\n"), b"0\r\n\r\n"],  # ... 10 ms after it
+        [_SSE_HEAD, _chunk(b"data: [DONE]\n\n"), _chunk(b": more\n\n"), b"0\r\n\r\n"],  # ... 20 ms after it
         [_SSE_HEAD, b"0\r\n\r\n"],
     ]
     async with raw_server(lambda _: answers.pop(0)) as server:
-        client = LeanClient()
-        for expected_connections in (1, 1, 2):
+        client = LeanClient(tail_grace_secs=5)
+        for _ in range(3):
             stream = await client.open_stream(server.url, b"{}", {})
             assert await asyncio.wait_for(stream.readany(), 5) in (b"data: [DONE]\n\n", b"")
             stream.release()  # a reader stops at the marker, without reading the body's end
-            assert server.connections == expected_connections
+            await _pooled(client)  # what comes after the marker is dropped, then the connection is kept
+        assert server.connections == 1
         client.close()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param([], id="the end never comes"),
+        pytest.param([_chunk(b"x" * 70_000)], id="more than a tail comes"),
+    ],
+)
+async def test_a_stream_released_before_a_body_that_does_not_end_soon_is_closed(tail: list[bytes]) -> None:
+    answers = [[_SSE_HEAD, _chunk(b"data: [DONE]\n\n"), *tail], [_SSE_HEAD, b"0\r\n\r\n"]]
+    async with raw_server(lambda _: answers.pop(0)) as server:
+        client = LeanClient(tail_grace_secs=0.2)
+        stream = await client.open_stream(server.url, b"{}", {})
+        assert await asyncio.wait_for(stream.readany(), 5) == b"data: [DONE]\n\n"
+        conn = stream._conn
+        stream.release()
+        for _ in range(100):
+            if conn is not None and conn.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert conn is not None and conn.closed and not client._idle[_origin_of(server)]
+        again = await client.open_stream(server.url, b"{}", {})
+        assert await asyncio.wait_for(again.readany(), 5) == b""
+        again.release()
+        assert server.connections == 2
+        client.close()
+
+
+def _origin_of(server: RawServer) -> tuple[str, str, int]:
+    return ("http", "127.0.0.1", int(server.url.split(":")[2].split("/")[0]))
+
+
+async def _pooled(client: LeanClient) -> None:
+    for _ in range(500):
+        if any(client._idle.values()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the connection was never returned to the pool")
 
 
 async def test_a_stream_that_ended_while_its_reading_was_paused_leaves_a_connection_that_reads_again() -> None:
