@@ -132,6 +132,7 @@ class HttpAdapter:
             self.new_parser(),
             provider_id=self.id,
             idle_timeout=idle_timeout,
+            timeouts=self._http.timeouts,
             on_malformed=on_malformed,
             secret=self._key,
         )

@@ -139,7 +139,7 @@ class HttpClient:
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         self._lean = LeanClient(keepalive_secs=KEEPALIVE_SECS)  # provider calls; the session does the rest
-        self._timeouts = CoarseTimeouts()
+        self.timeouts = CoarseTimeouts()  # provider calls' and stream reads' deadlines
         if wrap_attempt is not None:  # tracing (pipeline/tracing.py): decided once here, not per call
             self._attempt = wrap_attempt(self._attempt)  # type: ignore[method-assign]
             self._open_attempt = wrap_attempt(self._open_attempt)  # type: ignore[method-assign]
@@ -275,7 +275,7 @@ class HttpClient:
     ) -> tuple[dict[str, Any], bytes, float]:
         started = time.monotonic()
         try:
-            with self._timeouts.within(timeout):  # one timer per tick for every call, not one per call
+            with self.timeouts.within(timeout):  # one timer per tick for every call, not one per call
                 response = await self._lean.post(url, data, headers)  # the hot path's call: adapters/lean_http.py
         except TimeoutError:  # must precede OSError
             raise ProviderError(_TRANSIENT, f"timeout after {timeout:.1f}s with no answer", retryable=False) from None

@@ -7,6 +7,7 @@ from typing import Protocol
 
 import structlog
 
+from adapters.coarse_timeout import CoarseTimeouts
 from adapters.errors import ProviderError, excerpt
 from adapters.lean_http import LeanStream
 from adapters.sse import SseEvent, StreamStalled, StreamTooLong, read_events
@@ -49,10 +50,12 @@ class UpstreamStream:
         *,
         provider_id: str,
         idle_timeout: float,
+        timeouts: CoarseTimeouts,
         on_malformed: Callable[[], None],
         secret: str = "",
     ) -> None:
         self._response = response
+        self._timeouts = timeouts
         self._parser = parser
         self._provider_id = provider_id
         self._idle_timeout = idle_timeout
@@ -62,7 +65,7 @@ class UpstreamStream:
     async def __aiter__(self) -> AsyncIterator[StreamDelta]:
         parser = self._parser
         try:
-            async for event in read_events(self._response, self._idle_timeout):
+            async for event in read_events(self._response, self._idle_timeout, self._timeouts):
                 try:
                     deltas = parser.feed(event)
                 except MalformedChunk as exc:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.anthropic_stream import AnthropicEventParser
+from adapters.coarse_timeout import CoarseTimeouts
 from adapters.errors import ProviderError
 from adapters.openai import OpenAIChunkParser
 from adapters.sse import MAX_LINE_BYTES, SseEvent, StreamTooLong, read_events
@@ -178,7 +179,7 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 async def _read(chunks: list[bytes]) -> tuple[list[tuple[str, str]], str]:
     events: list[tuple[str, str]] = []
     try:
-        async for event in read_events(_Body(chunks), idle_timeout=5):
+        async for event in read_events(_Body(chunks), idle_timeout=5, timeouts=CoarseTimeouts()):
             events.append((event.event, event.data))
     except StreamTooLong as exc:
         return events, type(exc).__name__
@@ -308,6 +309,7 @@ async def test_a_garbage_stream_yields_deltas_or_a_provider_error_never_a_crash(
         parser(),
         provider_id="fuzz",
         idle_timeout=5,
+        timeouts=CoarseTimeouts(),
         on_malformed=lambda: malformed.append(1),
     )
 
