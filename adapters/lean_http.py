@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import weakref
 import zlib
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -335,8 +336,7 @@ class LeanStream:
         elif conn.closed or conn.broken:
             conn.close()
         else:
-            origin, client = self._origin, self._client
-            conn.check_in_at_end(lambda: client.check_in(origin, conn), client.tail_grace_secs)
+            self._client.check_in_at_end(self._origin, conn)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -395,6 +395,7 @@ class LeanClient:
         tail_grace_secs: float = TAIL_GRACE_SECS,
     ) -> None:
         self.tail_grace_secs = tail_grace_secs
+        self._tailing: weakref.WeakSet[_Connection] = weakref.WeakSet()  # released, waiting for their body's end
         self._keepalive = keepalive_secs
         self._max_idle = max_idle_per_origin
         self._idle: defaultdict[_Origin, list[_Connection]] = defaultdict(list)
@@ -436,7 +437,19 @@ class LeanClient:
         else:
             conn.close()
 
+    def check_in_at_end(self, origin: _Origin, conn: _Connection) -> None:
+        """Pool a stream's connection once the rest of its body has arrived (see TAIL_GRACE_SECS)."""
+
+        def ended() -> None:
+            self._tailing.discard(conn)
+            self.check_in(origin, conn)
+
+        self._tailing.add(conn)
+        conn.check_in_at_end(ended, self.tail_grace_secs)
+
     def close(self) -> None:
+        for conn in list(self._tailing):
+            conn.close()
         for pool in self._idle.values():
             for conn in pool:
                 conn.close()

@@ -358,6 +358,18 @@ async def test_a_stream_released_before_a_body_that_does_not_end_soon_is_closed(
         client.close()
 
 
+async def test_closing_the_client_closes_a_connection_still_waiting_for_its_body_to_end() -> None:
+    async with raw_server(lambda _: [_SSE_HEAD, _chunk(b"data: [DONE]\n\n")]) as server:
+        client = LeanClient(tail_grace_secs=60)
+        stream = await client.open_stream(server.url, b"{}", {})
+        assert await asyncio.wait_for(stream.readany(), 5) == b"data: [DONE]\n\n"
+        conn = stream._conn
+        stream.release()
+        assert conn is not None and not conn.closed  # waiting for the terminator
+        client.close()  # shutdown: nothing may stay open behind it
+        assert conn.closed
+
+
 def _origin_of(server: RawServer) -> tuple[str, str, int]:
     return ("http", "127.0.0.1", int(server.url.split(":")[2].split("/")[0]))
 
