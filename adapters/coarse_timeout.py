@@ -9,6 +9,7 @@ times out up to TICK late, which is nothing against provider timeouts of seconds
 from __future__ import annotations
 
 import asyncio
+import math
 from types import TracebackType
 
 __all__ = ["CoarseTimeouts"]
@@ -55,6 +56,15 @@ class CoarseTimeouts:
         task = asyncio.current_task(loop)
         assert task is not None, "a timeout needs a task to cancel"
         return _Call(self, task, loop.time() + seconds)
+
+    def idle_watch(self) -> _Call:
+        """A deadline for the current task that starts disarmed (never due), for a loop of waits such as a
+        stream's reads: set `deadline` before each wait and back to `math.inf` after it. One registration for
+        the whole loop instead of one per wait; `with` it around the loop, as `within`'s."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None, "a timeout needs a task to cancel"
+        return _Call(self, task, math.inf)
 
     def _enter(self, call: _Call) -> None:
         self.calls.add(call)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -50,54 +52,59 @@ async def read_events(content: ByteStream, idle_timeout: float, timeouts: Coarse
     """Yield each complete event; return at end of body (a trailing event without its blank line is still
     yielded). Raises StreamStalled, StreamTooLong, or OSError when the connection breaks.
 
-    The idle limit is checked by `timeouts` (one timer per tick for every read in flight): a timer armed and
-    cancelled per read would cost ~6 µs a token, and a stall is found up to a tick (50 ms) late.
+    The idle limit is checked by `timeouts` (one timer per tick for everything in flight), with one deadline
+    for the whole stream that is due only while a read waits: a timer armed and cancelled per read would cost
+    ~6 µs a token. A stall is found up to a tick (50 ms) late; time the consumer spends between reads (a slow
+    client) never counts.
 
     The events are the same however the body is cut into chunks (tests/test_fuzz_parsers.py): a line is
     decoded only once whole, and the limits apply to whole lines and events, not to what one read returned.
     Each byte is searched for a line end once, so a long line arriving in small pieces costs linear time."""
+    loop = asyncio.get_running_loop()
     buffer = bytearray()  # the line being received: no newline in it
     builder = _EventBuilder()
-    while True:
-        try:
-            with timeouts.within(idle_timeout):
+    try:
+        with timeouts.idle_watch() as watch:  # one registration for every read of the stream
+            while True:
+                watch.deadline = loop.time() + idle_timeout  # due only while waiting for the upstream
                 chunk = await content.readany()  # whatever has arrived: usually several lines at once
-        except TimeoutError:
-            raise StreamStalled(f"no data from the upstream for {idle_timeout:g}s") from None
-        if not chunk:
-            if buffer.strip():
-                builder.line(buffer.rstrip(b"\r").decode("utf-8", "replace"))
-            if (event := builder.line("")) is not None:
-                yield event
-            return
-        searched = len(buffer)  # the line held back has no newline: search only what arrived
-        start = 0
-        buffer += chunk
-        while (end := buffer.find(b"\n", searched)) >= 0:
-            if end - start > MAX_LINE_BYTES:
-                raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
-            if (
-                not builder.pending
-                and buffer.startswith(b"data: ", start)
-                and buffer[end - 1] != _CR
-                and end + 1 < len(buffer)
-                and buffer[end + 1] == _LF
-            ):
-                # The usual event whole in the buffer, one data line and its blank line: what the two lines
-                # would make through the builder (tests/test_fuzz_parsers.py checks it against byte-by-byte reads).
-                data = buffer[start + 6 : end].decode("utf-8", "replace")
-                if len(data) + 1 > MAX_EVENT_CHARS:
-                    raise StreamTooLong(f"an upstream SSE event exceeded {MAX_EVENT_CHARS} characters of data")
-                start = searched = end + 2
-                yield SseEvent("", data)
-                continue
-            event = builder.line(buffer[start:end].rstrip(b"\r").decode("utf-8", "replace"))
-            start = searched = end + 1
-            if event is not None:
-                yield event
-        del buffer[:start]
-        if len(buffer) > MAX_LINE_BYTES:
-            raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
+                watch.deadline = math.inf
+                if not chunk:
+                    if buffer.strip():
+                        builder.line(buffer.rstrip(b"\r").decode("utf-8", "replace"))
+                    if (event := builder.line("")) is not None:
+                        yield event
+                    return
+                searched = len(buffer)  # the line held back has no newline: search only what arrived
+                start = 0
+                buffer += chunk
+                while (end := buffer.find(b"\n", searched)) >= 0:
+                    if end - start > MAX_LINE_BYTES:
+                        raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
+                    if (
+                        not builder.pending
+                        and buffer.startswith(b"data: ", start)
+                        and buffer[end - 1] != _CR
+                        and end + 1 < len(buffer)
+                        and buffer[end + 1] == _LF
+                    ):
+                        # The usual event whole in the buffer, one data line and its blank line: what the two
+                        # lines make through the builder (the fuzz tests compare it with byte-by-byte reads).
+                        data = buffer[start + 6 : end].decode("utf-8", "replace")
+                        if len(data) + 1 > MAX_EVENT_CHARS:
+                            raise StreamTooLong(f"an upstream SSE event exceeded {MAX_EVENT_CHARS} characters of data")
+                        start = searched = end + 2
+                        yield SseEvent("", data)
+                        continue
+                    event = builder.line(buffer[start:end].rstrip(b"\r").decode("utf-8", "replace"))
+                    start = searched = end + 1
+                    if event is not None:
+                        yield event
+                del buffer[:start]
+                if len(buffer) > MAX_LINE_BYTES:
+                    raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
+    except TimeoutError:
+        raise StreamStalled(f"no data from the upstream for {idle_timeout:g}s") from None
 
 
 class _EventBuilder:

@@ -1,13 +1,16 @@
-"""adapters/coarse_timeout.py: one timer per tick for every call in flight, with asyncio.timeout's semantics."""
+"""adapters/coarse_timeout.py: one timer per tick for every call in flight, with asyncio.timeout's semantics; and
+its idle watch as a stream's reads use it (adapters/sse.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
 
 from adapters.coarse_timeout import TICK_SECS, CoarseTimeouts
+from adapters.sse import StreamStalled, read_events
 
 
 async def test_a_call_past_its_deadline_raises_timeout_error_within_a_tick() -> None:
@@ -56,3 +59,42 @@ async def test_the_timer_runs_only_while_calls_are_in_flight() -> None:
         await asyncio.sleep(0)
     await asyncio.sleep(TICK_SECS * 2)  # the armed tick fires once, finds nothing and does not re-arm
     assert book._timer is None
+
+
+async def test_an_idle_watch_is_due_only_while_armed() -> None:
+    book = CoarseTimeouts()
+    loop = asyncio.get_running_loop()
+    with book.idle_watch() as watch:
+        await asyncio.sleep(3 * TICK_SECS)  # disarmed: never due, however long
+        watch.deadline = loop.time() + 5
+        await asyncio.sleep(TICK_SECS)  # armed, well within its deadline
+        watch.deadline = math.inf
+    assert not book.calls
+    started = time.monotonic()
+    with pytest.raises(TimeoutError), book.idle_watch() as watch:
+        watch.deadline = loop.time() + 0.1
+        await asyncio.sleep(5)
+    assert time.monotonic() - started < 0.1 + TICK_SECS + 0.2
+    assert not book.calls
+
+
+async def test_a_stream_read_stalls_only_on_the_upstream_never_on_a_slow_reader() -> None:
+    class Body:
+        """Two events at once, then nothing: the upstream stalls after them."""
+
+        def __init__(self) -> None:
+            self.sent = False
+
+        async def readany(self) -> bytes:
+            if not self.sent:
+                self.sent = True
+                return b"data: 1\n\ndata: 2\n\n"
+            await asyncio.sleep(5)
+            return b""
+
+    got = []
+    with pytest.raises(StreamStalled):
+        async for event in read_events(Body(), idle_timeout=0.1, timeouts=CoarseTimeouts()):
+            got.append(event.data)
+            await asyncio.sleep(0.3)  # a slow client between reads: three idle limits, not counted
+    assert got == ["1", "2"]
