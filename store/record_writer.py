@@ -113,21 +113,23 @@ class RecordWriter:
         self._log_drops()
 
     async def flush(self) -> None:
-        """Write everything accepted so far (admin reads use it to see the latest requests). Only what
-        is pending now: records arriving during the writes wait for the next flush, so a steady trickle
-        cannot keep the writer busy with tiny batches."""
+        """Return once every record accepted so far is in DuckDB (admin reads use it to see the latest
+        requests), a batch the writer task is writing now included: without waiting for it, a read could
+        run beside that write and miss every record in it. Only what is pending now is written: records
+        arriving during the writes wait for the next flush, so a steady trickle cannot keep the writer busy
+        with tiny batches."""
         remaining = len(self._pending)
         while remaining > 0:
             batch = self._take()
             remaining -= len(batch)
             await self._write(batch)
-
-    async def settle(self) -> None:
-        """Return once every record accepted so far is in DuckDB, including a batch the writer task is
-        writing now (a durable workflow step is done only when its row is stored)."""
-        await self.flush()
         if self._inflight is not None:
             await asyncio.shield(self._inflight)
+
+    async def settle(self) -> None:
+        """Every record accepted so far is in DuckDB (a durable workflow step is done only when its row is
+        stored): what `flush` does, under the name the worker's relay gives it."""
+        await self.flush()
 
     def _take(self) -> list[RequestRecord]:
         batch = self._pending[: self._batch_size]

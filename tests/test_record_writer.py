@@ -156,6 +156,26 @@ async def test_stop_waits_for_the_batch_in_flight(analytics: SpyAnalytics) -> No
     assert writer.written == 5
 
 
+async def test_flush_waits_for_the_batch_the_writer_task_is_writing(analytics: SpyAnalytics) -> None:
+    """An admin read flushes first: with nothing pending but a batch in flight, it must still wait for that
+    batch, or the read runs beside the write and misses every record in it."""
+    analytics.release = threading.Event()
+    writer = RecordWriter(analytics, capacity=100, batch_size=5, flush_interval=5.0)
+    writer.start()
+    for i in range(5):
+        writer.submit(make_record(i))
+    await analytics.until(analytics.started.is_set)  # the writer task took the batch: nothing is pending
+    flushing = asyncio.create_task(writer.flush())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    returned_before_the_write_finished = flushing.done()
+    analytics.release.set()
+    await flushing
+    assert not returned_before_the_write_finished
+    assert await count(analytics) == 5
+    await writer.stop()
+
+
 async def test_full_queue_drops_and_calls_on_drop(analytics: SpyAnalytics) -> None:
     drops: list[None] = []
     writer = RecordWriter(analytics, capacity=3, on_drop=lambda: drops.append(None))
