@@ -52,10 +52,9 @@ class CoarseTimeouts:
 
     def within(self, seconds: float) -> _Call:
         """A deadline `seconds` from now for the current task."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None, "a timeout needs a task to cancel"
-        return _Call(self, task, loop.time() + seconds)
+        call = self.idle_watch()
+        call.deadline = asyncio.get_running_loop().time() + seconds
+        return call
 
     def idle_watch(self) -> _Call:
         """A deadline for the current task that starts disarmed (never due), for a loop of waits such as a

@@ -23,6 +23,8 @@ __all__ = [
 # A single SSE line, or an event's data, longer than this is not a chat chunk: the stream is treated as broken.
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_EVENT_CHARS = MAX_LINE_BYTES
+_LINE_TOO_LONG = f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes"
+_EVENT_TOO_LONG = f"an upstream SSE event exceeded {MAX_EVENT_CHARS} characters of data"
 _CR, _LF = ord("\r"), ord("\n")
 
 
@@ -80,7 +82,7 @@ async def read_events(content: ByteStream, idle_timeout: float, timeouts: Coarse
                 buffer += chunk
                 while (end := buffer.find(b"\n", searched)) >= 0:
                     if end - start > MAX_LINE_BYTES:
-                        raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
+                        raise StreamTooLong(_LINE_TOO_LONG)
                     if (
                         not builder.pending
                         and buffer.startswith(b"data: ", start)
@@ -92,7 +94,7 @@ async def read_events(content: ByteStream, idle_timeout: float, timeouts: Coarse
                         # lines make through the builder (the fuzz tests compare it with byte-by-byte reads).
                         data = buffer[start + 6 : end].decode("utf-8", "replace")
                         if len(data) + 1 > MAX_EVENT_CHARS:
-                            raise StreamTooLong(f"an upstream SSE event exceeded {MAX_EVENT_CHARS} characters of data")
+                            raise StreamTooLong(_EVENT_TOO_LONG)
                         start = searched = end + 2
                         yield SseEvent("", data)
                         continue
@@ -102,7 +104,7 @@ async def read_events(content: ByteStream, idle_timeout: float, timeouts: Coarse
                         yield event
                 del buffer[:start]
                 if len(buffer) > MAX_LINE_BYTES:
-                    raise StreamTooLong(f"an upstream SSE line exceeded {MAX_LINE_BYTES} bytes")
+                    raise StreamTooLong(_LINE_TOO_LONG)
     except TimeoutError:
         raise StreamStalled(f"no data from the upstream for {idle_timeout:g}s") from None
 
@@ -138,7 +140,7 @@ class _EventBuilder:
         if name == "data":
             self.size += len(value) + 1
             if self.size > MAX_EVENT_CHARS:
-                raise StreamTooLong(f"an upstream SSE event exceeded {MAX_EVENT_CHARS} characters of data")
+                raise StreamTooLong(_EVENT_TOO_LONG)
             self.data.append(value)
         elif name == "event":
             self.event = value
