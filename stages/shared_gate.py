@@ -31,7 +31,7 @@ from pipeline.types import ApiKeyInfo, RequestRecord
 from stages.key_limits import KeyLimits
 from stages.shared_spend import SharedSpend
 from store.config_store import ConfigStore
-from store.redis_limits import BucketTake, OpFlusher, RedisLimits, release_op
+from store.redis_limits import BucketTake, OpFlusher, RedisLimits, made_hold, release_op
 from store.redis_link import RedisDown, RedisLink
 from store.reservations import EPSILON_USD, BudgetAccount, key_account_id
 from store.shared_budgets import LEASE_MS, SharedKeyLedger, SharedReservations
@@ -302,7 +302,7 @@ class SharedGate:
             return  # shutdown: a hold it made expires with its lease
         if answer.exception() is not None:
             self._count_locally(early.groups)
-        elif early.hold is not None and b'"held"' in answer.result():
+        elif early.hold is not None and made_hold(answer.result()):
             field, account = early.hold
             self.flusher.add(release_op([account], field))
 

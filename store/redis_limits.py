@@ -42,6 +42,7 @@ __all__ = [
     "GateReply",
     "OpFlusher",
     "RedisLimits",
+    "made_hold",
     "release_op",
 ]
 
@@ -357,7 +358,7 @@ class RedisLimits:
         for (request, answer), reply in zip(batch, replies[1:], strict=True):
             if not answer.done():
                 answer.set_result(reply)
-            elif b'"held"' in reply and self.carry is not None:  # its caller was cancelled: nobody knows the hold
+            elif made_hold(reply) and self.carry is not None:  # its caller was cancelled: nobody knows the hold
                 reservation = json.loads(request)["r"]
                 self.carry.add(release_op([account[0] for account in reservation["a"]], reservation["h"]))
 
@@ -379,6 +380,12 @@ class RedisLimits:
             if value > 0:
                 args += [key_id, repr(float(value))]
         return bool(await self.link.run(lambda: self._seed(keys=keys, args=args)))
+
+
+def made_hold(reply: bytes) -> bool:
+    """Whether a gate script's raw reply says it made a hold (only that answer carries "held"), without parsing
+    it: for the callers that only need to release a hold nobody will use."""
+    return b'"held"' in reply
 
 
 def release_op(accounts: list[str], field: str) -> dict[str, Any]:
