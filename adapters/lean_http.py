@@ -80,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser: Any = None
+        self._status = 0
         self._waiter: asyncio.Future[LeanResponse] | None = None
         self._headers: CIMultiDict[str] = CIMultiDict()
         self._body: list[bytes] = []
@@ -92,7 +93,9 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._ended = False  # the whole body has arrived
-        self._error: Exception | None = None
+        # why it broke; each read raises a new error from it (one stored error, raised and kept, would hold its
+        # traceback's frames, and with them this connection, in a reference cycle)
+        self._error: str | None = None
         self._more: asyncio.Future[None] | None = None  # the reader waits on it for a chunk, the end or an error
         # released before its body ended: called when the end arrives (in time), and what closes it otherwise
         self._on_end: Callable[[], None] | None = None
@@ -117,6 +120,7 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, *, streaming: bool) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
         self._headers, self._body, self._headers_done, self._keep_alive = CIMultiDict(), [], False, False
         self._streaming, self._ended, self._error = streaming, False, None
         self._chunks.clear()  # what the last answer's reader left unread
@@ -131,7 +135,7 @@ class _Connection(asyncio.Protocol):
 
     @property
     def status(self) -> int:
-        return self._parser.get_status_code()
+        return self._status
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -177,7 +181,7 @@ class _Connection(asyncio.Protocol):
         """The next piece of a streamed body, b"" at its end; LeanHttpError when the connection broke first."""
         while not self._chunks:
             if self._error is not None:
-                raise self._error
+                raise LeanHttpError(self._error)
             if self._ended:
                 return b""
             self._more = asyncio.get_running_loop().create_future()
@@ -206,6 +210,14 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._forget_tail()
+        try:
+            self._end_at_close(exc)
+        finally:
+            # The parser holds this protocol's callbacks: left in place, the pair is a reference cycle that only
+            # the collector's rare full pass would free.
+            self._parser = None
+
+    def _end_at_close(self, exc: Exception | None) -> None:
         pending = self._waiter is not None and not self._waiter.done()
         if not pending and not (self._streaming and not self._ended):
             return
@@ -221,6 +233,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
+        self._status = self._parser.get_status_code()
         head = self._head
         if head is not None and not head.done():
             head.set_result(None)
@@ -261,14 +274,14 @@ class _Connection(asyncio.Protocol):
         except zlib.error as exc:
             waiter.set_exception(LeanHttpError(f"undecodable response body: {exc}"))
             return
-        waiter.set_result(LeanResponse(self._parser.get_status_code(), CIMultiDictProxy(self._headers), body))
+        waiter.set_result(LeanResponse(self._status, CIMultiDictProxy(self._headers), body))
 
-    def _fail(self, error: Exception) -> None:
+    def _fail(self, error: LeanHttpError) -> None:
         if self._streaming:
-            head = self._head
+            head, self._head = self._head, None  # the error's traceback will hold this connection: no way back
             if head is not None and not head.done():
                 head.set_exception(error)
-            self._error = error
+            self._error = str(error)
             self._wake()
             return
         waiter, self._waiter = self._waiter, None

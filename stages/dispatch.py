@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from adapters.coarse_timeout import CoarseTimeouts
 from adapters.errors import ProviderError
 from adapters.model_calls import for_model
 from adapters.provider import EmbeddingProvider, Provider
@@ -87,6 +88,7 @@ class Dispatch:
         self._uncapped_output = services.settings.budget_reserve_output_tokens
         self._hedge_after = options.hedge_after_ms / 1000
         self._hedges = services.metrics.hedges
+        self._first_token_timer = CoarseTimeouts()
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         decision = ctx.decision
@@ -365,6 +367,7 @@ class Dispatch:
             idle_timeout=settings.stream_idle_secs,
             on_malformed=metrics.stream_malformed.labels(provider=model.provider_id).inc,
             max_bytes=settings.max_stream_bytes - delivered_bytes,  # a rescue continues the same client stream
+            first_token_timer=self._first_token_timer,
         )
 
     def _succeeded(

@@ -245,7 +245,8 @@ def _note_failures(failure: DispatchFailed, tried: set[str], failures: list[Disp
     for one in (*failure.hedged, failure):
         model = one.candidate.model
         tried.add(model.id)
-        failures.append(one)
+        # Kept without its traceback, which holds the frame that holds `failures`: a reference cycle otherwise.
+        failures.append(one.with_traceback(None))
         cause = one.cause
         disabled = " (model disabled: quota used up)" if cause.error_class is ErrorClass.BUDGET_EXCEEDED else ""
         steps.append(f"{model.id} failed ({cause.error_class}){disabled}")

@@ -19,11 +19,11 @@ price. The request keeps its error status (502 stream_error, 499) and the record
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from adapters.coarse_timeout import CoarseTimeouts
 from adapters.errors import ProviderError
 from adapters.provider import Provider
 from pipeline.context import Candidate, RequestContext, StreamSink
@@ -73,6 +73,7 @@ class StreamLimits:
     idle_timeout: float  # the longest silence once the body flows
     on_malformed: Callable[[], None]  # an unparseable event was skipped
     max_bytes: int  # answer text this stream may still carry (a rescue's: the cap less what was delivered)
+    first_token_timer: CoarseTimeouts  # the first-token limit's timer: one per tick for every stream waiting
 
 
 async def relay_stream(
@@ -109,7 +110,7 @@ async def relay_stream(
     deltas = aiter(upstream)
     serving = False
     try:
-        pending = await _until_first_token(deltas, first_deadline - time.monotonic())
+        pending = await _until_first_token(deltas, first_deadline - time.monotonic(), limits.first_token_timer)
         serving = True
         ctx.served_by = candidate
         if not sink.opened:
@@ -141,12 +142,14 @@ async def relay_stream(
     return ChatResult(body={}, usage=usage, latency_ms=(time.monotonic() - started) * 1000)
 
 
-async def _until_first_token(deltas: AsyncIterator[StreamDelta], seconds: float) -> list[StreamDelta]:
+async def _until_first_token(
+    deltas: AsyncIterator[StreamDelta], seconds: float, timer: CoarseTimeouts
+) -> list[StreamDelta]:
     """Deltas up to and including the first that carries a token; a late, cut or empty stream is a
     ProviderError so escalate can fail over."""
     pending: list[StreamDelta] = []
     try:
-        async with asyncio.timeout(max(seconds, 0.0)):
+        with timer.within(max(seconds, 0.0)):
             while True:
                 delta = await anext(deltas)
                 pending.append(delta)

@@ -101,9 +101,21 @@ async def test_a_stream_on_the_lane_ends_and_the_connection_serves_the_next_requ
     status, headers, body = await _response(reader)
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert headers["transfer-encoding"] == "chunked" and headers["x-request-id"].startswith("th-")
-    assert body.rstrip().endswith(b"data: [DONE]")
+    assert headers["date"] and headers["server"] and headers["x-negotiated-model"]
+    assert body.startswith(b"data: ") and body.rstrip().endswith(b"data: [DONE]")
     writer.write(_post(key))
     assert (await _response(reader))[0] == 200
+    writer.close()
+
+
+async def test_a_stream_the_client_asked_to_close_after_ends_and_closes(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    reader, writer = await _open(hub)
+    writer.write(_post(key, {**CHAT, "stream": True}, extra="Connection: close\r\n"))
+    status, headers, body = await _response(reader)
+    assert status == 200 and headers["connection"] == "close"
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server, nothing after the stream
     writer.close()
 
 
@@ -202,8 +214,8 @@ async def test_with_the_lane_off_every_request_goes_through_aiohttp(make_hub: An
 def test_a_newline_in_a_response_header_is_refused_not_sent() -> None:
     response = web.Response(body=b"{}", headers={"X-Alias-From": "a\r\nSet-Cookie: stolen=1"})
     with pytest.raises(ValueError, match="newline"):
-        _head(response, 2, True)
-    assert _head(web.Response(status=204), 0, False).endswith(b"Connection: close\r\n\r\n")
+        _head(response, "Content-Length: 2", True)
+    assert _head(web.Response(status=204), "Content-Length: 0", False).endswith(b"Connection: close\r\n\r\n")
 
 
 async def test_sigterm_answers_the_lane_request_in_flight_and_closes_idle_lane_connections(

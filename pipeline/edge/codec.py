@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from pipeline.context import Policy, RequestContext
+from pipeline.edge.lane import LaneRequest, LaneStreamResponse
 from pipeline.errors import ClientDisconnected, TokenHubError
 from pipeline.types import ChatRequest, StreamDelta
 from pipeline.web import id_headers
@@ -82,13 +83,15 @@ class SseWriter:
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
-        self.response = web.StreamResponse(
-            status=200,
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",  # nginx would otherwise hold tokens back
-            },
+        headers = {
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx would otherwise hold tokens back
+        }
+        self.response: web.StreamResponse = (
+            LaneStreamResponse(request, headers=headers)
+            if isinstance(request, LaneRequest)
+            else web.StreamResponse(status=200, headers=headers)
         )
         self.opened = False
         self._capture = request.get(STREAM_CAPTURE)  # set only when the request carries an Idempotency-Key
