@@ -4,7 +4,8 @@ The server collects its old generations rarely (pipeline/cli.py raises the thres
 object graph that a finished request leaves in a cycle (its context, its decision, a closed connection and its
 parser) stays in memory for minutes under load: the soak's RSS grew ~3 MiB a minute from such cycles alone.
 Here the collector saves everything it finds unreachable (DEBUG_SAVEALL) while requests succeed, fail over,
-stream, break and are abandoned by their clients, and none of it may be TokenHub's own objects."""
+stream, break and are abandoned by their clients, on each wire format, as a plan and as embeddings, and none of
+it may be TokenHub's own objects."""
 
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def saved_garbage() -> Iterator[list[object]]:
         gc.garbage.clear()
 
 
-async def _exchange(hub: Hub, key: str, body: dict[str, object]) -> int:
+async def _exchange(hub: Hub, key: str, body: dict[str, object], path: str = "/v1/chat/completions") -> int:
     """One request on a connection of its own, closed after the answer (the server's connection object ends)."""
     reader, writer = await _open(hub)
-    writer.write(_post(key, body))
+    writer.write(_post(key, body, path=path))
     status, _, _ = await _response(reader)
     writer.close()
     await writer.wait_closed()
@@ -54,12 +55,28 @@ async def test_requests_that_succeed_fail_over_stream_break_or_are_abandoned_lea
 
     assert await _exchange(hub, key, CHAT) == 200
     assert await _exchange(hub, key, {**CHAT, "stream": True}) == 200
-    fake.script("gpt-test", Fail(500))  # failed over to gpt-backup
+    fake.script("gpt-test", *[Fail(500)] * 3)  # retried, then failed over to gpt-backup
     assert await _exchange(hub, key, CHAT) == 200
-    fake.script("gpt-test", Drop())  # the provider's connection closes without an answer
+    fake.script("gpt-test", *[Drop()] * 3)  # the provider's connection closes without an answer
     assert await _exchange(hub, key, CHAT) == 200
+    assert fake.calls("gpt-backup") == 2
     fake.script("gpt-test", StreamCut(after=2))  # broken after its first tokens: an error event in a 200
     assert await _exchange(hub, key, {**CHAT, "stream": True}) == 200
+
+    # the other wire formats, and requests refused before the pipeline runs
+    anthropic = {"model": "gpt-test", "max_tokens": 64, "messages": [{"role": "user", "content": "hello"}]}
+    assert await _exchange(hub, key, anthropic, "/v1/messages") == 200
+    assert await _exchange(hub, key, {**anthropic, "stream": True}, "/v1/messages") == 200
+    native = {"request": {"messages": [{"role": "user", "content": "hello"}]}}
+    assert await _exchange(hub, key, native, "/v1/chat") == 200
+    plan = {"request": {"messages": [{"role": "user", "content": "Build a shed"}]}, "orchestration": {"mode": "vote"}}
+    resp = await hub.client.post("/v1/plan", json=plan, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200, await resp.text()
+    await hub.add_model("emb-test", kind="embedding", input_per_1k=0.00002, max_context_tokens=8191)
+    embedder = await hub.new_key(scopes=["embeddings"])
+    assert await _exchange(hub, embedder, {"model": "emb-test", "input": "hello"}, "/v1/embeddings") == 200
+    assert await _exchange(hub, "th-wrong-key", CHAT) == 401
+    assert await _exchange(hub, key, {"model": "auto", "messages": "not a list"}) == 400
 
     fake.script("gpt-test", Hang(5))  # the client leaves while the provider call is under way
     _, writer = await _open(hub)
