@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from adapters.coarse_timeout import CoarseTimeouts
 from adapters.errors import ProviderError
 from adapters.model_calls import for_model
 from adapters.provider import EmbeddingProvider, Provider
@@ -88,7 +87,7 @@ class Dispatch:
         self._uncapped_output = services.settings.budget_reserve_output_tokens
         self._hedge_after = options.hedge_after_ms / 1000
         self._hedges = services.metrics.hedges
-        self._first_token_timer = CoarseTimeouts()
+        self._first_token_timer = services.http.timeouts  # the provider calls' and stream reads' timer
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         decision = ctx.decision

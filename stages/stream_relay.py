@@ -73,7 +73,7 @@ class StreamLimits:
     idle_timeout: float  # the longest silence once the body flows
     on_malformed: Callable[[], None]  # an unparseable event was skipped
     max_bytes: int  # answer text this stream may still carry (a rescue's: the cap less what was delivered)
-    first_token_timer: CoarseTimeouts  # the first-token limit's timer: one per tick for every stream waiting
+    first_token_timer: CoarseTimeouts  # the first-token limit's timer (the provider client's: one per tick)
 
 
 async def relay_stream(

@@ -152,7 +152,7 @@ class LaneStreamResponse(web.StreamResponse):
         if self._eof_sent or not self._started:
             raise RuntimeError("write() outside a started stream")
         if data:  # an empty chunk would end a chunked body
-            self._send(b"%x\r\n" % len(data) + bytes(data) + b"\r\n")
+            self._send(_chunk(data))
         connection = self._connection
         if connection.writing_paused:  # the client reads slower than the stream comes: wait for it
             await connection._drain_helper()
@@ -162,7 +162,7 @@ class LaneStreamResponse(web.StreamResponse):
             return
         if not self._started:
             raise RuntimeError("write_eof() before prepare()")
-        self._send((b"%x\r\n" % len(data) + bytes(data) + b"\r\n" if data else b"") + b"0\r\n\r\n")
+        self._send((_chunk(data) if data else b"") + b"0\r\n\r\n")
         self._eof_sent = True
 
     def _send(self, data: bytes) -> None:
@@ -171,6 +171,11 @@ class LaneStreamResponse(web.StreamResponse):
             raise ConnectionResetError("the client's connection is closed")
         head, self._unsent_head = self._unsent_head, b""
         transport.write(head + data if head else data)
+
+
+def _chunk(data: bytes | bytearray | memoryview) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
 
 
 class LaneConnection(BaseProtocol):
