@@ -153,6 +153,37 @@ async def test_prune_deletes_exactly_what_is_older_than_the_retention(store: Ana
         retention.set_tsdb_days(0)
 
 
+async def test_checkpoints_never_merge_row_groups_and_retention_still_frees_them(tmp_path: Any) -> None:
+    """No vacuum: merging the row groups earlier checkpoints wrote read them back and rewrote them, a memory
+    spike that grew with the table. Each checkpoint's rows stay a row group of their own, and a retention
+    prune that deletes a whole group's rows still removes it."""
+    store = AnalyticsStore(str(tmp_path / "tokenhub.duckdb"))
+    store.open()
+    now = T0 + 30 * 86400
+    retention = Retention(store, tsdb_days=7, request_log_days=20, clock=lambda: now)
+    cutoff = retention.cutoff(20).timestamp()
+
+    def row_groups(db: duckdb.DuckDBPyConnection) -> list[int]:
+        db.execute("CHECKPOINT")
+        rows = db.execute(
+            "SELECT row_group_id, max(count) FROM pragma_storage_info('request_log') WHERE column_id = 0"
+            " GROUP BY ALL ORDER BY 1"
+        ).fetchall()
+        return [size for _, size in rows]
+
+    try:
+        for day in (-2, -1, 1):  # three checkpoints, the first two batches past the retention
+            batch = [make_record(i, timestamp=cutoff + day * 86400 + i) for i in range(3000)]
+            await store.call(store.write_requests, batch)
+            await store.call(row_groups, store.db)
+        assert await store.call(row_groups, store.db) == [3000, 3000, 3000]  # vacuum merged them: [6000, 3000]
+        assert await retention.prune_request_log() == 6000
+        assert await store.call(row_groups, store.db) == [3000]
+        assert await store.call(store.count_requests) == 3000
+    finally:
+        store.close()
+
+
 async def test_background_prune_runs_on_its_interval(store: AnalyticsStore) -> None:
     old = datetime.now(UTC) - timedelta(days=10)
     await store.call(write_points, store.db, [Point(old, "latency", 1.0), Point(datetime.now(UTC), "latency", 2.0)])
