@@ -94,6 +94,7 @@ def build_services(settings: Settings, request_lines: RequestLines | None = None
         analytics = AnalyticsStore(
             settings.analytics_path,
             memory_limit_mib=settings.analytics_memory_limit_mib,
+            cache_mib=settings.analytics_cache_mib,
             temp_limit_mib=settings.analytics_temp_limit_mib,
             export_dir=settings.log_export_dir,
         )

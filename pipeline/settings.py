@@ -100,6 +100,9 @@ class Settings(BaseModel):
         16 * 1024 * 1024, ge=1024, le=1024**3, description="analyst SQL result cap (bytes of JSON, about)"
     )
     analytics_memory_limit_mib: int = Field(256, ge=64, le=1024 * 1024, description="DuckDB memory_limit")
+    analytics_cache_mib: int = Field(
+        4, ge=0, le=1024 * 1024, description="table blocks DuckDB keeps cached between writes (store/block_cache.py)"
+    )
     analytics_temp_limit_mib: int = Field(
         4096, ge=0, le=1024 * 1024, description="DuckDB max_temp_directory_size (spill to disk); 0 = no spilling"
     )

@@ -8,8 +8,9 @@
    and a few scalar functions are refused: side-effecting ones, and those that read the server's
    environment or configuration (``getenv``, ``current_setting``: paths, limits, the home directory).
 3. Execution: a fresh connection inside a READ ONLY transaction, on a database opened with external
-   access disabled and its configuration locked (store/analytics.py): even a query that slipped past
-   1 and 2 cannot write, read a file, reach the network, load an extension or change a setting.
+   access disabled for good (store/analytics.py): even a query that slipped past 1 and 2 cannot write,
+   read a file, reach the network or load an extension. (Changing a setting takes a SET statement,
+   which 1 refuses; the configuration is not locked, as the writer's cache trim lowers memory_limit.)
 4. Cluster views (store/analytics.py): with a log export directory, ``request_log`` and ``tsdb_points``
    are views over every replica's Parquet segments plus this database's unexported rows. The views may
    read the export directory (the only path the database may touch); user SQL still cannot name a file

@@ -5,8 +5,9 @@ One database, two kinds of thread:
 - reader threads (``read``) each hold their own cursor: admin reads and analyst queries. DuckDB's MVCC
   lets them run while a batch is being written, so a slow read never holds up the writer.
 
-The database is opened sandboxed for everyone: no file, network or extension access from SQL, no scans of
-Python variables, and the configuration locked, so no connection can turn any of it back on. With a log
+The database is opened sandboxed for everyone: no file, network or extension access from SQL (which DuckDB
+never lets a running database turn back on), no scans of Python variables. The writer thread also keeps
+DuckDB's cache of table blocks within a budget (store/block_cache.py). With a log
 export directory (docs/scaling.md, "Cluster-wide analytics") that one directory, and nothing else, is
 readable and writable: the exporter writes Parquet segments there and the cluster views read them.
 
@@ -34,6 +35,7 @@ import numpy as np
 import structlog
 
 from pipeline.types import RequestRecord
+from store.block_cache import BlockCacheTrim
 from store.rollup import rollup
 
 __all__ = [
@@ -206,6 +208,7 @@ class AnalyticsStore:
         *,
         readers: int = 2,
         memory_limit_mib: int = 256,
+        cache_mib: int = 4,
         temp_limit_mib: int = 4096,
         export_dir: str = "",
         clock: Callable[[], float] = time.time,
@@ -224,6 +227,8 @@ class AnalyticsStore:
             "max_temp_directory_size": f"{temp_limit_mib}MiB",
             "checkpoint_threshold": f"{CHECKPOINT_WAL_MIB}MiB",
         }
+        # In memory, the table blocks are the data itself: evicting them would only move them to temp files.
+        self.cache_trim = BlockCacheTrim(memory_limit_mib, cache_mib) if path != ":memory:" else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
         self._readers = ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="duckdb-read", initializer=self._init_reader
@@ -247,7 +252,8 @@ class AnalyticsStore:
         else:
             conn = duckdb.connect(self._path, config={**_SANDBOX, **self._limits})
         conn.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: every cursor buckets hours and days in UTC
-        conn.execute("SET lock_configuration = true")  # from here on no connection can change a setting
+        # The configuration is not locked (lock_configuration): the cache trim changes memory_limit. Analyst SQL
+        # cannot change a setting anyway (one SELECT, store/analyst.py), and external access cannot come back.
         for statement in _SCHEMA:
             conn.execute(statement)
         for statement in _ADDED_COLUMNS:
@@ -269,9 +275,17 @@ class AnalyticsStore:
             self._cursor_source = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the writer thread (the one that may use ``db``)."""
+        """Run ``fn(*args)`` on the writer thread (the one that may use ``db``), then trim the block cache
+        if it is due (the writes are what grows it)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args))
+        return await loop.run_in_executor(self._executor, self._on_writer, fn, args)
+
+    def _on_writer(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            return fn(*args)
+        finally:
+            if self.cache_trim is not None and self._conn is not None:
+                self.cache_trim.maybe_trim(self._conn)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(cursor, *args)`` on a reader thread with that thread's own cursor."""
