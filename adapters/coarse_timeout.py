@@ -52,18 +52,19 @@ class CoarseTimeouts:
 
     def within(self, seconds: float) -> _Call:
         """A deadline `seconds` from now for the current task."""
-        call = self.idle_watch()
-        call.deadline = asyncio.get_running_loop().time() + seconds
-        return call
+        loop = asyncio.get_running_loop()  # once: each call is a getpid system call (asyncio's fork check)
+        return self._watch(loop, loop.time() + seconds)
 
     def idle_watch(self) -> _Call:
         """A deadline for the current task that starts disarmed (never due), for a loop of waits such as a
         stream's reads: set `deadline` before each wait and back to `math.inf` after it. One registration for
         the whole loop instead of one per wait; `with` it around the loop, as `within`'s."""
-        loop = asyncio.get_running_loop()
+        return self._watch(asyncio.get_running_loop(), math.inf)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Call:
         task = asyncio.current_task(loop)
         assert task is not None, "a timeout needs a task to cancel"
-        return _Call(self, task, math.inf)
+        return _Call(self, task, deadline)
 
     def _enter(self, call: _Call) -> None:
         self.calls.add(call)

@@ -76,6 +76,8 @@ class _Connection(asyncio.Protocol):
     body as it arrives (`send_streaming`)."""
 
     def __init__(self) -> None:
+        # Made by create_connection, inside the loop. Kept: each get_running_loop() is a getpid system call.
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -107,14 +109,14 @@ class _Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> asyncio.Future[LeanResponse]:
         self._start(streaming=False)
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self._write(data)
         return self._waiter
 
     def send_streaming(self, data: bytes) -> asyncio.Future[None]:
         """Done when the response head has arrived; the body is then read with `read_chunk`."""
         self._start(streaming=True)
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self._loop.create_future()
         self._write(data)
         return self._head
 
@@ -169,7 +171,7 @@ class _Connection(asyncio.Protocol):
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        self._tail_timer = asyncio.get_running_loop().call_later(grace_secs, self.close)
+        self._tail_timer = self._loop.call_later(grace_secs, self.close)
 
     def _forget_tail(self) -> None:
         self._on_end = None
@@ -184,7 +186,7 @@ class _Connection(asyncio.Protocol):
                 raise LeanHttpError(self._error)
             if self._ended:
                 return b""
-            self._more = asyncio.get_running_loop().create_future()
+            self._more = self._loop.create_future()
             try:
                 await self._more
             finally:

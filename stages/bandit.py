@@ -300,7 +300,9 @@ class Bandit:
         bucket = obs.bucket
         seq = obs.seq = self._seq.get(bucket, 0) + 1
         self._seq[bucket] = seq
-        log = self._log.setdefault(bucket, deque())
+        log = self._log.get(bucket)
+        if log is None:  # not setdefault: its default would be built for every observation
+            log = self._log[bucket] = deque()
         if len(log) >= self._horizon:
             old = log.popleft()
             if self._answers.get(old.request_id) is old:
@@ -308,7 +310,9 @@ class Bandit:
         log.append(obs)
         if obs.request_id and obs.succeeded:
             self._answers[obs.request_id] = obs
-        stats = self._stats.setdefault((obs.model_id, bucket), ModelStats())
+        stats = self._stats.get((obs.model_id, bucket))
+        if stats is None:
+            stats = self._stats[obs.model_id, bucket] = ModelStats()
         stats.decay_to(seq, self._gamma)
         stats.add(obs)
         for objective, arms in self._views.items():

@@ -128,7 +128,8 @@ class OpenAICodec:
         if body.stream and (body.n or 1) > 1:
             raise InvalidRequest("n > 1 cannot be streamed; send stream=false or n=1", field="n")
         messages = to_messages(body.messages, max_messages=max_messages, field="messages")
-        parameters = {name: value for name in FORWARDED if (value := getattr(body, name)) is not None}
+        given = body.model_fields_set  # the usual body names two or three of FORWARDED: no getattr for the rest
+        parameters = {name: value for name in FORWARDED if name in given and (value := getattr(body, name)) is not None}
         model = body.model.strip()
         request = ChatRequest(
             messages=messages,
