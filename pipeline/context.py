@@ -53,7 +53,9 @@ class RoutingDecision:
     mode: str
     candidates: list[Candidate]  # ranked, best first
     estimated_input_tokens: int
-    reason: str
+    # Renders the routing reason from values fixed at decision time (safe on any thread). Called when the reason
+    # is first read (`reason`): for most requests by the request-log writer, in batches, off the request path.
+    render_reason: Callable[[], str]
     exclusions: dict[str, str] = field(default_factory=dict)  # model id -> why it was not eligible
     deadline: float = 0.0  # monotonic seconds; the whole escalate/dispatch loop must finish by then
     latency_budget_ms: int = 0  # the max_latency_ms the deadline came from (the reward's latency scale)
@@ -67,6 +69,21 @@ class RoutingDecision:
     # did not choose it (a model hint, a named model's fallback chain)
     propensity: float | None = None
     outlook: Outlook | None = None  # every candidate's expected reward, term by term (simulator, reason)
+    _reason: str | None = field(default=None, init=False, repr=False)
+
+    @property
+    def reason(self) -> str:
+        return self.rendered_reason()
+
+    def rendered_reason(self) -> str:
+        """The routing reason, rendered once (two threads rendering at once both get the same text)."""
+        if self._reason is None:
+            self._reason = self.render_reason()
+        return self._reason
+
+    def pending_reason(self) -> Callable[[], str] | None:
+        """What renders the reason, while nothing has read it (a record takes it instead of the decision)."""
+        return self.render_reason if self._reason is None else None
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from pipeline.objective import RewardConfig, term
 from stages.bandit import Bandit
 from stages.scoring import ProviderStats
 
-__all__ = ["Expectation", "Outlook", "expect"]
+__all__ = ["Expectation", "Outlook", "describe", "expect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +73,15 @@ class Outlook:
         return found
 
     def describe(self, model_id: str) -> str:
-        e = self.expectation(model_id)
-        return (
-            f"expected reward {e.reward:.3f} = quality {e.quality:.2f}, cost {e.cost_term:.2f},"
-            f" latency {e.latency_term:.2f}, failure {e.failure:.0%} ({self.objective.describe()})"
-        )
+        return describe(self.expectation(model_id), self.objective)
+
+
+def describe(e: Expectation, objective: RewardConfig) -> str:
+    """An expectation as the routing reason shows it."""
+    return (
+        f"expected reward {e.reward:.3f} = quality {e.quality:.2f}, cost {e.cost_term:.2f},"
+        f" latency {e.latency_term:.2f}, failure {e.failure:.0%} ({objective.describe()})"
+    )
 
 
 def expect(

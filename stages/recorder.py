@@ -90,6 +90,7 @@ def build_record(ctx: RequestContext) -> RequestRecord:
     usage = ctx.result.usage if ctx.result and served else None
     decision = ctx.decision
     error = ctx.error
+    reason, pending = _routing_reason(ctx)
     return RequestRecord(
         timestamp=time.time(),
         request_id=ctx.request_id,
@@ -108,16 +109,24 @@ def build_record(ctx: RequestContext) -> RequestRecord:
         cost_usd=ctx.cost_usd if served else 0.0,
         latency_ms=round(latency_ms, 3),
         escalations=max(0, len(ctx.attempts) - 1),
-        routing_reason=_routing_reason(ctx),
+        routing_reason=reason,
+        reason_pending=pending,
         ttft_ms=round(ctx.ttft_ms, 3),
         parent_request_id=ctx.parent_request_id,
         alias_from=ctx.alias_from,
     )
 
 
-def _routing_reason(ctx: RequestContext) -> str:
-    reason = ctx.routing_reason or (ctx.decision.reason if ctx.decision else "")
-    return f"{reason}; {ctx.rescue_note}" if ctx.rescue_note else reason
+def _routing_reason(ctx: RequestContext) -> tuple[str, Callable[[], str] | None]:
+    """The record's routing_reason, or what renders it when the record is written: the decision's reason, when
+    the stages wrote none and nothing has read it yet (most requests)."""
+    decision, note = ctx.decision, ctx.rescue_note
+    if not ctx.routing_reason and decision is not None and not note:
+        pending = decision.pending_reason()
+        if pending is not None:
+            return "", pending
+    reason = ctx.routing_reason or (decision.reason if decision else "")
+    return (f"{reason}; {note}" if note else reason), None
 
 
 def _error_class(error: TokenHubError | None) -> str:

@@ -11,6 +11,7 @@ its own `bandit` view and `rng`).
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from pipeline.settings import Settings
 from pipeline.types import AliasInfo, ChatRequest, ModelInfo
 from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
-from stages.expected_reward import expect
+from stages.expected_reward import Expectation, describe, expect
 from stages.health import HealthTracker, ProviderHealth
 from stages.model_disables import ModelDisables
 from stages.routing_table import RoutingTable
@@ -197,33 +198,32 @@ class Router:
         fallbacks, chain_note = _place_fallbacks(candidates, hint, hint_note == "hint", alias, exclusions, snapshot)
         first = candidates[0]
         chosen_by_policy = hint_note != "hint" and not (fallbacks and first.model.id == fallbacks[0])
-        code = "routed-hint-exact" if hint_note == "hint" else f"routed-weight-{first.model.weight}"
         if fallbacks and first.model.id == fallbacks[0]:
             how = "first of the fallback chain"
         elif explored:
             how = f"explored at rank {explored + 1} (softmax, temperature {self.temperature:g})"
         else:
             how = "ranked first"
-        reason = (
-            f"{code}: {first.model.id} {how} of {len(candidates)} eligible in {limits.mode} mode"
-            f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {first.model.weight})"
+        # The reason's text is rendered later, from values fixed now (its expectation, the exclusions as they are)
+        reason = functools.partial(
+            _reason,
+            first,
+            hint_note,
+            how,
+            len(candidates),
+            limits.mode,
+            outlook.expectation(first.model.id),
+            limits.objective,
+            f"{alias.name} -> {hint}" if alias is not None else "",
+            chain_note,
+            _describe_directives(directives) if directives else "",
+            tuple(sorted(exclusions.items())) if exclusions else (),
         )
-        reason += f"; {outlook.describe(first.model.id)}"
-        if alias is not None:
-            reason += f"; alias {alias.name} -> {hint}"
-        if hint_note and hint_note != "hint":
-            reason += f"; {hint_note}"
-        if chain_note:
-            reason += f"; {chain_note}"
-        if directives:
-            reason += "; " + _describe_directives(directives)
-        if exclusions:
-            reason += "; excluded " + ", ".join(f"{m} ({why})" for m, why in sorted(exclusions.items()))
         return RoutingDecision(
             mode=limits.mode,
             candidates=candidates,
             estimated_input_tokens=tokens,
-            reason=reason,
+            render_reason=reason,
             exclusions=exclusions,
             deadline=time.monotonic() + limits.max_latency_ms / 1000,
             latency_budget_ms=limits.max_latency_ms,
@@ -482,6 +482,40 @@ def _move_after(candidates: list[Candidate], chain: tuple[str, ...], start: int)
     if placed:
         candidates[start:] = placed + [c for c in candidates[start:] if c.model.id in pool]
     return tuple(c.model.id for c in placed)
+
+
+def _reason(
+    first: Candidate,
+    hint_note: str,
+    how: str,
+    eligible: int,
+    mode: str,
+    expectation: Expectation,
+    objective: RewardConfig,
+    alias: str,
+    chain_note: str,
+    directives: str,
+    exclusions: tuple[tuple[str, str], ...],
+) -> str:
+    """The routing reason's text (RoutingDecision.render_reason), from the decision's values."""
+    model = first.model
+    code = "routed-hint-exact" if hint_note == "hint" else f"routed-weight-{model.weight}"
+    parts = [
+        f"{code}: {model.id} {how} of {eligible} eligible in {mode} mode"
+        f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {model.weight})",
+        describe(expectation, objective),
+    ]
+    if alias:
+        parts.append(f"alias {alias}")
+    if hint_note and hint_note != "hint":
+        parts.append(hint_note)
+    if chain_note:
+        parts.append(chain_note)
+    if directives:
+        parts.append(directives)
+    if exclusions:
+        parts.append("excluded " + ", ".join(f"{m} ({why})" for m, why in exclusions))
+    return "; ".join(parts)
 
 
 def _describe_directives(applied: Mapping[str, Any]) -> str:

@@ -53,11 +53,12 @@ __all__ = [
 log = structlog.get_logger("tokenhub.analytics")
 T = TypeVar("T")
 Cursor = duckdb.DuckDBPyConnection
-_COLUMNS = [f.name for f in dataclasses.fields(RequestRecord)]
+_FIELDS = [f for f in dataclasses.fields(RequestRecord) if f.metadata.get("column", True)]
+_COLUMNS = [f.name for f in _FIELDS]
 # Explicit dtypes: inference costs a pass over the values, and strings as numpy objects (not fixed-width
 # unicode) scan several times faster into DuckDB.
 _NUMPY_TYPES = {"int": np.int64, "float": np.float64}
-_DTYPES = [_NUMPY_TYPES.get(str(f.type), object) for f in dataclasses.fields(RequestRecord)]
+_DTYPES = [_NUMPY_TYPES.get(str(f.type), object) for f in _FIELDS]
 _row = operator.attrgetter(*_COLUMNS)
 # Optional numbers travel as NaN (numpy float columns have no None) and are stored as NULL.
 _NULLABLE = frozenset(
@@ -414,6 +415,8 @@ class AnalyticsStore:
         dict of numpy columns ~10 us per row at batch sizes of a few hundred."""
         if not records:
             return
+        for record in records:  # routing reasons left for later are rendered here, off the event loop
+            record.resolve_reason()
         columns = zip(*map(_row, records), strict=True)
         batch: dict[str, np.ndarray] = {}
         for name, dtype, values in zip(_COLUMNS, _DTYPES, columns, strict=True):

@@ -247,7 +247,26 @@ async def test_recent_requests_round_trips_fields(analytics: SpyAnalytics) -> No
     assert (row["input_tokens"], row["output_tokens"], row["escalations"]) == (14, 5, 2)
     assert row["cost_usd"] == pytest.approx(0.0004)
     assert row["mode"] == "cheap"
-    assert set(row) == set(RequestRecord.__dataclass_fields__)
+    assert set(row) == set(RequestRecord.__dataclass_fields__) - {"reason_pending"}  # not a column
+
+
+async def test_a_routing_reason_left_for_later_is_rendered_by_the_writer_off_the_event_loop(
+    analytics: SpyAnalytics,
+) -> None:
+    writer = RecordWriter(analytics, capacity=10)
+    rendered_on: list[threading.Thread] = []
+
+    def render() -> str:
+        rendered_on.append(threading.current_thread())
+        return "routed-weight-5: rendered by the writer"
+
+    record = make_record(1, routing_reason="", reason_pending=render)
+    writer.submit(record)
+    await writer.flush()
+    (row,) = await analytics.call(analytics.recent_requests, 1, 0)
+    assert row["routing_reason"] == "routed-weight-5: rendered by the writer"
+    assert rendered_on != [] and threading.main_thread() not in rendered_on
+    assert record.reason_pending is None and record.resolve_reason() == row["routing_reason"]
 
 
 async def test_stop_without_start_is_a_no_op(analytics: SpyAnalytics) -> None:

@@ -69,6 +69,22 @@ async def test_the_routing_table_is_one_immutable_value_swapped_whole(hub: Hub) 
     assert after.adapters["fake"] is before.adapters["fake"]  # an unchanged provider keeps its adapter
 
 
+async def test_the_logged_routing_reason_is_the_decisions_whole_text(hub: Hub) -> None:
+    """The reason is rendered when its record is written, off the request path: still the whole text."""
+    await hub.add_provider()
+    await hub.add_model("roomy", weight=5)
+    await hub.add_model("small", weight=9, max_context_tokens=10)
+    key = await hub.new_key()
+    body = {"model": "auto", "messages": [{"role": "user", "content": "x" * 200}]}
+    resp = await hub.client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 200
+    (row,) = [row for row in await hub.logs() if row["request_id"] == resp.headers["X-Request-Id"]]
+    reason = row["routing_reason"]
+    assert reason.startswith("routed-weight-5: roomy ranked first of 1 eligible in normal mode (score "), reason
+    assert "; expected reward " in reason and "(quality 0.5, cost 0.25 (relative), latency 0.25 (relative))" in reason
+    assert reason.endswith("; excluded small (context_overflow)"), reason
+
+
 # --- plans route under the tenant's policy options --------------------------------------------------------
 
 

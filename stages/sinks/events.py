@@ -36,7 +36,7 @@ class EventsSink:
                 input_tokens=r.input_tokens,
                 output_tokens=r.output_tokens,
                 total_tokens=r.input_tokens + r.output_tokens,
-                reason=r.routing_reason,
+                reason=r.resolve_reason(),
             )
         else:
             events.publish(
