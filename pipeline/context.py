@@ -73,9 +73,6 @@ class RoutingDecision:
 
     @property
     def reason(self) -> str:
-        return self.rendered_reason()
-
-    def rendered_reason(self) -> str:
         """The routing reason, rendered once (two threads rendering at once both get the same text)."""
         if self._reason is None:
             self._reason = self.render_reason()

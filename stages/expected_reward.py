@@ -72,9 +72,6 @@ class Outlook:
             self._expected[model_id] = found
         return found
 
-    def describe(self, model_id: str) -> str:
-        return describe(self.expectation(model_id), self.objective)
-
 
 def describe(e: Expectation, objective: RewardConfig) -> str:
     """An expectation as the routing reason shows it."""
