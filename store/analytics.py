@@ -229,7 +229,7 @@ class AnalyticsStore:
             "checkpoint_threshold": f"{CHECKPOINT_WAL_MIB}MiB",
         }
         # In memory, the table blocks are the data itself: evicting them would only move them to temp files.
-        self.cache_trim = BlockCacheTrim(memory_limit_mib, cache_mib) if path != ":memory:" else None
+        self.cache_trim = BlockCacheTrim(self._limits["memory_limit"], cache_mib) if path != ":memory:" else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
         self._readers = ThreadPoolExecutor(
             max_workers=readers, thread_name_prefix="duckdb-read", initializer=self._init_reader

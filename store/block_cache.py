@@ -30,13 +30,13 @@ _MIB = 1024 * 1024
 class BlockCacheTrim:
     def __init__(
         self,
-        memory_limit_mib: int,
+        memory_limit: str,
         budget_mib: int,
         *,
         interval_secs: float = TRIM_INTERVAL_SECS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._limit = f"{memory_limit_mib}MiB"
+        self._limit = memory_limit  # the connection's memory_limit setting, restored after each trim
         self._budget = budget_mib * _MIB
         self._interval = interval_secs
         self._clock = clock

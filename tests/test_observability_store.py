@@ -200,7 +200,7 @@ async def test_the_writer_keeps_duckdbs_block_cache_within_its_budget(tmp_path: 
 
     clock = [0.0]
     store = AnalyticsStore(str(tmp_path / "tokenhub.duckdb"), memory_limit_mib=64, cache_mib=1)
-    store.cache_trim = trim = BlockCacheTrim(64, 1, interval_secs=10, clock=lambda: clock[0])
+    store.cache_trim = trim = BlockCacheTrim("64MiB", 1, interval_secs=10, clock=lambda: clock[0])
     store.open()
     try:
         for start in range(0, 40_000, 5000):
@@ -225,7 +225,7 @@ async def test_the_writer_keeps_duckdbs_block_cache_within_its_budget(tmp_path: 
 
 def test_a_cache_within_budget_is_left_alone_and_a_failed_trim_is_not_raised(tmp_path: Any) -> None:
     clock = [0.0]
-    trim = BlockCacheTrim(64, 16, interval_secs=10, clock=lambda: clock[0])
+    trim = BlockCacheTrim("64MiB", 16, interval_secs=10, clock=lambda: clock[0])
     db = duckdb.connect(str(tmp_path / "t.duckdb"), config={"memory_limit": "64MiB"})
     try:
         db.execute("CREATE TABLE t AS SELECT range AS a, md5(range::VARCHAR) AS b FROM range(200000)")
