@@ -109,7 +109,8 @@ class Services:
         # here (it is updated in place); older ones are read from the log. It holds what the writer has not
         # stored plus the newest 1,000 (stages/learning.py), not a fixed 10,000 (~8 MB) at any load.
         self.recent_requests = RecentRequests(capacity=1000, unwritten=lambda: self.records.unwritten)
-        self.bandit_refresher = BanditRefresher(self.bandit, analytics)
+        # It reads the log once every record accepted so far is in it (`records` is built below).
+        self.bandit_refresher = BanditRefresher(self.bandit, analytics, settle=lambda: self.records.settle())
         # `serve --workers N`: a worker that does not own the DuckDB file sends its records to the one that does.
         self.owner: OwnerLink | None = analytics.link if isinstance(analytics, RemoteAnalytics) else None
         self.records: RecordWriter | RecordRelay = (

@@ -281,6 +281,7 @@ class Bandit:
         self._answers: dict[str, Observation] = {}  # request id -> its answer's observation (for feedback)
         self._stats: dict[tuple[str, str], ModelStats] = {}
         self._views: OrderedDict[RewardConfig, Arms] = OrderedDict()
+        self._keeping: list[list[Observation]] = []  # refreshes reading the log now (keep_new)
 
     @property
     def horizon(self) -> int:
@@ -295,8 +296,20 @@ class Bandit:
         return view
 
     # --- learning ------------------------------------------------------------------------------------
+    def keep_new(self) -> list[Observation]:
+        """Until `stop_keeping`, every observation is also appended to the list returned: a rebuild from the
+        request log replays them after the rows it read (stages/learning.py, BanditRefresher)."""
+        kept: list[Observation] = []
+        self._keeping.append(kept)
+        return kept
+
+    def stop_keeping(self, kept: list[Observation]) -> None:
+        self._keeping.remove(kept)
+
     def observe(self, obs: Observation) -> None:
         """Add one observation: the bucket's evidence ages one step, every live objective learns from it."""
+        for kept in self._keeping:
+            kept.append(obs)
         bucket = obs.bucket
         seq = obs.seq = self._seq.get(bucket, 0) + 1
         self._seq[bucket] = seq
@@ -355,9 +368,13 @@ class Bandit:
         self._seq, self._log, self._answers, self._stats = {}, {}, {}, {}
         self._views = OrderedDict()
         used = 0
-        for obs in observations:
-            self.observe(obs)
-            used += 1
+        keeping, self._keeping = self._keeping, []  # a replay is not new: another refresh's list skips it
+        try:
+            for obs in observations:
+                self.observe(obs)
+                used += 1
+        finally:
+            self._keeping = keeping
         for objective in objectives:  # the live objectives, refolded from the new evidence
             self._arms(objective)
         return used

@@ -4,10 +4,11 @@ feedback (POST /v1/feedback) can find them before they reach DuckDB."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import structlog
 
@@ -139,15 +140,32 @@ def evidence(rows: Iterable[Evidence]) -> Iterator[Observation]:
 
 class BanditRefresher:
     """Rebuilds the posteriors from the request log; the services run it at start-up and every interval on
-    the periodic helper, so a restart loses nothing and the in-memory updates never drift from the log."""
+    the periodic helper, so a restart loses nothing and the in-memory updates never drift from the log.
 
-    def __init__(self, bandit: Bandit, analytics: AnalyticsStore) -> None:
+    What the bandit learns while the log is read is not in the rows read: the rebuild replays it after them.
+    The read takes the rows logged before the refresh began, once every record accepted by then is stored
+    (`settle`); every observation from then on comes from a later record, so each is counted once. (A rebuild
+    from the rows alone forgot the requests served during the read until the next refresh, minutes later:
+    at start-up, every request served before the first read ended.)"""
+
+    def __init__(
+        self, bandit: Bandit, analytics: AnalyticsStore, settle: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._bandit = bandit
         self._analytics = analytics
+        self._settle = settle
 
     async def refresh_once(self) -> int:
-        since = time.time() - EVIDENCE_MAX_AGE_SECS
-        rows = await self._analytics.read(reward_evidence, since, self._bandit.horizon)
-        used = self._bandit.rebuild(evidence(rows))
+        until = time.time()
+        newer = self._bandit.keep_new()
+        try:
+            if self._settle is not None:
+                await self._settle()
+            rows = await self._analytics.read(
+                reward_evidence, until - EVIDENCE_MAX_AGE_SECS, self._bandit.horizon, until
+            )
+        finally:
+            self._bandit.stop_keeping(newer)
+        used = self._bandit.rebuild(itertools.chain(evidence(rows), newer))
         log.debug("bandit_refreshed", observations=used)
         return used

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,10 +16,12 @@ from pipeline.objective import RewardConfig
 from pipeline.settings import Settings
 from pipeline.types import ModelInfo
 from stages.bandit import Bandit, Observation, thompson_order, token_bucket, win_probability
-from stages.learning import evidence, observations
+from stages.learning import BanditRefresher, evidence, observations
+from store.analytics import AnalyticsStore
 from store.reward_queries import Evidence
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Fail
+from tests.test_record_writer import make_record
 
 QUALITY_ONLY = RewardConfig(quality=1, cost=0, latency=0)
 
@@ -307,3 +312,44 @@ def test_propensity_estimate_is_close_to_the_true_win_probability() -> None:
         assert np.mean(estimates) == pytest.approx(truth[winner], abs=0.003)
         assert min(estimates) > 0
     assert win_probability(np.array([[0.3], [0.9]]), 0) == 1.0  # a single candidate
+
+
+async def test_what_the_bandit_learns_while_the_log_is_read_is_kept_and_counted_once(tmp_path: Path) -> None:
+    now = time.time()
+    store = AnalyticsStore(str(tmp_path / "a.duckdb"))
+    store.open()
+    # One answer logged before the refresh, and one logged "after" it began: the second one's observation is
+    # the live one below, so reading its row too would count that request twice.
+    store.write_requests(
+        [
+            make_record(1, timestamp=now - 60, model_id="logged", quality_prior=0.5, attempts="logged=ok"),
+            make_record(2, timestamp=now + 60, model_id="served", quality_prior=0.5, attempts="served=ok"),
+        ]
+    )
+    reading, release = asyncio.Event(), asyncio.Event()
+    settled: list[bool] = []
+
+    class HeldRead:  # the store's reader, held open until a request has been learned from meanwhile
+        async def read(self, query: Any, *args: Any) -> Any:
+            reading.set()
+            await release.wait()
+            return query(store.db, *args)
+
+    async def settle() -> None:
+        settled.append(True)
+
+    bandit = Bandit(half_life=200)
+    refresher = BanditRefresher(bandit, HeldRead(), settle=settle)  # type: ignore[arg-type]
+    try:
+        refreshing = asyncio.create_task(refresher.refresh_once())
+        await reading.wait()
+        served = Observation("req-00002", "served", "small", True, 0.0002, 12.5, 0.0002, 12.5, 0.5)
+        bandit.observe(served)
+        release.set()
+        assert await refreshing == 2
+    finally:
+        store.close()
+    assert settled == [True]  # the records accepted before the read were stored first
+    assert bandit.stats("logged", "small") is not None
+    stats = bandit.stats("served", "small")
+    assert stats is not None and stats.successes == pytest.approx(1.0)  # once, not twice
