@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.request_metrics import RequestSeries
 from pipeline.types import RequestRecord
 
 __all__ = ["HEALTH_STATE_VALUES", "LATENCY_BUCKETS_MS", "OVERHEAD_BUCKETS_MS", "Metrics"]
@@ -26,20 +27,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "tokenhub_requests", "Requests recorded", ["mode", "model", "provider", "status"], registry=r
-        )
-        self.latency = Histogram(
-            "tokenhub_request_latency_ms",
-            "Whole-chain latency of successful requests (ms)",
-            ["mode", "model", "provider"],
-            buckets=LATENCY_BUCKETS_MS,
-            registry=r,
-        )
-        self.cost = Counter("tokenhub_cost_usd", "Cost of successful requests (USD)", ["model", "provider"], registry=r)
-        self.tokens = Counter(
-            "tokenhub_tokens", "Tokens of successful requests", ["model", "provider", "direction"], registry=r
-        )
+        # The series every request updates: plain numbers, no lock (pipeline/request_metrics.py).
+        self.request_series = RequestSeries(LATENCY_BUCKETS_MS, OVERHEAD_BUCKETS_MS)
+        r.register(self.request_series)
         self.errors = Counter(
             "tokenhub_request_errors",
             "Failed requests by HTTP status",
@@ -109,12 +99,6 @@ class Metrics:
             ["winner"],
             registry=r,
         )
-        self.overhead = Histogram(
-            "tokenhub_overhead_ms",
-            "Time TokenHub adds to a served request: total latency minus the provider call (ms)",
-            buckets=OVERHEAD_BUCKETS_MS,
-            registry=r,
-        )
         self.heartbeats = Counter("tokenhub_heartbeat", "Heartbeat events published", registry=r)
         self.event_subscribers_dropped = Counter(
             "tokenhub_event_subscribers_dropped", "SSE subscribers dropped for falling behind", registry=r
@@ -152,7 +136,6 @@ class Metrics:
             "Segment files in the export directory skipped by the cluster views because they cannot be read",
             registry=r,
         )
-        self._children: dict[tuple[str, str, str], _RequestSeries] = {}
         self._attempt_children: dict[tuple[str, str], Any] = {}
 
     def watch(
@@ -178,41 +161,27 @@ class Metrics:
         child.inc()
 
     def observe_request(self, r: RequestRecord, upstream_ms: float | None = None) -> None:
-        """Update every per-request series. Label children are cached per (mode, model, provider): a
-        ``labels()`` call costs several microseconds, and this runs once per request. ``upstream_ms`` is
-        the time spent in provider calls, given only when it is fully known (see stages/sinks/metrics.py)."""
+        """Update every per-request series. ``upstream_ms`` is the time spent in provider calls, given only when
+        it is fully known (see stages/sinks/metrics.py)."""
+        series = self.request_series
         if upstream_ms is not None:
-            self.overhead.observe(max(0.0, r.latency_ms - upstream_ms))
+            series.overhead.observe(max(0.0, r.latency_ms - upstream_ms))
         mode, model, provider = r.mode, r.model_id, r.provider_id
-        key = (mode, model, provider)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = _RequestSeries(self, mode, model, provider)
+        totals = series.totals(mode, model, provider)
         if r.status < 400:
-            children.ok.inc()
-            children.latency.observe(r.latency_ms)
+            totals.ok += 1
+            totals.latency.observe(r.latency_ms)
         else:
-            children.failed.inc()
+            totals.failed += 1
             self.errors.labels(mode, model, provider, str(r.status)).inc()
         # Spend counts whatever the status: a stream cut after its first token is billed by the provider.
+        spend = totals.spend
         if r.cost_usd:
-            children.cost.inc(r.cost_usd)
+            spend.cost += r.cost_usd
         if r.input_tokens:
-            children.tokens_in.inc(r.input_tokens)
+            spend.tokens_in += r.input_tokens
         if r.output_tokens:
-            children.tokens_out.inc(r.output_tokens)
-
-
-class _RequestSeries:
-    __slots__ = ("cost", "failed", "latency", "ok", "tokens_in", "tokens_out")
-
-    def __init__(self, m: Metrics, mode: str, model: str, provider: str) -> None:
-        self.ok = m.requests.labels(mode, model, provider, "ok")
-        self.failed = m.requests.labels(mode, model, provider, "error")
-        self.latency = m.latency.labels(mode, model, provider)
-        self.cost = m.cost.labels(model, provider)
-        self.tokens_in = m.tokens.labels(model, provider, "input")
-        self.tokens_out = m.tokens.labels(model, provider, "output")
+            spend.tokens_out += r.output_tokens
 
 
 class _LiveCollector(Collector):
