@@ -55,6 +55,15 @@ bench-routing: $(VENV)/.installed  ## evaluation: routing policies over 25 seede
 bench-scale: $(VENV)/.installed  ## benchmark: throughput and added latency of N workers / replicas sharing Redis (POSTGRES_URL=, MAX_N=)
 	$(BIN)/python scripts/bench_scale.py $(if $(MAX_N),--max-n $(MAX_N)) $(if $(POSTGRES_URL),--postgres-url $(POSTGRES_URL))
 
+.PHONY: runtime-venv
+runtime-venv: .venv-runtime/.installed  ## a venv with the runtime dependencies alone, as in the image (the benchmark's BENCH_PYTHON)
+
+.venv-runtime/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/pip install -q --upgrade pip
+	.venv-runtime/bin/pip install -q -e .
+	touch $@
+
 .PHONY: soak
 soak: $(VENV)/.installed  ## soak: 30 min at half capacity, RSS/fds/tasks/p99 slopes (MINUTES=5 for a short run)
 	$(BIN)/python scripts/soak.py --minutes $(or $(MINUTES),30)

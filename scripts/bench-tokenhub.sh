@@ -15,12 +15,18 @@
 # dir and key file when it exits.
 # TOKENHUB_LOG_LEVEL (default info) and TOKENHUB_RATE_LIMIT_* from the caller's environment are honoured;
 # TOKENHUB_WRAPPER, a command the server runs under (e.g. valgrind, scripts/instructions_per_request.py).
+# BENCH_PYTHON, the interpreter that runs the server (default .venv/bin/python; a relative path is taken from the
+# repository's root): `make runtime-venv` builds one with the runtime dependencies alone, as the image installs
+# them (the test extras bring packages the server then imports, e.g. rich, which structlog imports whenever it is
+# installed: +4 MiB).
 set -euo pipefail
 
 port=${1:-${TOKENHUB_PORT:-18090}}
 upstream=${2:-${UPSTREAM_URL:-http://127.0.0.1:18081}}
 key_file=${3:-/tmp/tokenhub-bench.key}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${BENCH_PYTHON:-.venv/bin/python}
+[[ $python == /* ]] || python=$root/$python  # a relative path is the repository's
 base=http://127.0.0.1:$port
 
 # bench.py reads KEY_FILE as soon as it is non-empty: never leave a key from an earlier start behind.
@@ -55,7 +61,7 @@ configure() {
   admin providers "{\"id\":\"fake\",\"base_url\":\"$upstream\",\"api_key\":\"sk-x\"}" >/dev/null || return 1
   admin models '{"id":"fake-gpt","provider_id":"fake","weight":5,"input_per_1k":0.001,"output_per_1k":0.002}' \
     >/dev/null || return 1
-  key=$(admin apikeys '{"name":"bench"}' | "$root/.venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["key"])') \
+  key=$(admin apikeys '{"name":"bench"}' | "$python" -c 'import json, sys; print(json.load(sys.stdin)["key"])') \
     || return 1
   # Write then rename, so bench.py never reads a half-written key.
   (umask 077 && printf '%s\n' "$key" >"$key_file.tmp") && mv "$key_file.tmp" "$key_file"
@@ -71,7 +77,7 @@ helper() {
 
 # Double fork and a session of its own: the helper is no child of the server and not in its process group.
 # The admin token reaches it through the environment, not its command line.
-(setsid bash -c "$(declare -f admin configure helper); $(declare -p srv base upstream key_file data_dir root); helper" </dev/null &)
+(setsid bash -c "$(declare -f admin configure helper); $(declare -p srv base upstream key_file data_dir python); helper" </dev/null &)
 
 cd "$root"
-exec $wrapper .venv/bin/python -m pipeline serve
+exec $wrapper "$python" -m pipeline serve
