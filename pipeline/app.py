@@ -46,7 +46,6 @@ from store.host_key import HOST_KEY_FILE, ensure_host_key
 from store.owner_link import OwnerLink, RemoteAnalytics
 from store.owner_wire import OWNER_SOCKET
 from store.secret_box import SecretBox
-from store.startup_pages import release_startup_pages, startup_only_libraries
 
 __all__ = ["ADMIN_TOKEN", "ADMIN_TOKEN_GENERATED", "StartupRefused", "build_services", "create_app", "reload_on_sighup"]
 
@@ -263,16 +262,6 @@ def reload_on_sighup(app: web.Application, reread: Callable[[], Settings]) -> No
     app.on_shutdown.append(finish)
 
 
-def _release_startup_pages() -> None:
-    """Libraries start-up ran through and requests do not run (store/startup_pages.py): before the jobs start,
-    whose code is not start-up's."""
-    released = [release_startup_pages(path) for path in startup_only_libraries()]
-    if any(r.mappings for r in released):
-        freed_mib = round(sum(r.before_kib - r.after_kib for r in released) / 1024, 1)
-        resident_mib = round(sum(r.after_kib for r in released) / 1024, 1)
-        log.info("startup_pages_released", libraries=len(released), mib=freed_mib, resident_mib=resident_mib)
-
-
 async def _end_event_streams(app: web.Application) -> None:
     # on_shutdown runs before aiohttp waits for open handlers: end the SSE streams so they don't hold
     # the graceful drain for its whole timeout.
@@ -283,7 +272,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Start the services' components in order; stop them in reverse. aiohttp runs the part after `yield`
     once in-flight requests have drained, so the record writer's stop flushes everything they recorded."""
     services = app[SERVICES]
-    _release_startup_pages()
     await start_all(services.components)
     yield
     await stop_all(services.components)

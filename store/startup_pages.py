@@ -32,7 +32,7 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["Released", "release_startup_pages", "resident_kib", "startup_only_libraries"]
+__all__ = ["Released", "release_startup_libraries", "release_startup_pages", "resident_kib", "startup_only_libraries"]
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +66,19 @@ def startup_only_libraries() -> list[str]:
             runtimes = [p for p in bundled.iterdir() if any(name in p.name for name in _NUMPY_RUNTIMES)]
             found += sorted(str(p.resolve()) for p in runtimes)
     return found
+
+
+def release_startup_libraries() -> None:
+    """`tokenhub serve`, once the app is built and before its components start (their jobs' code is not
+    start-up's): release every library `startup_only_libraries` finds, and log how much went."""
+    released = [release_startup_pages(path) for path in startup_only_libraries()]
+    if any(r.mappings for r in released):
+        log.info(
+            "startup_pages_released",
+            libraries=len(released),
+            mib=round(sum(r.before_kib - r.after_kib for r in released) / 1024, 1),
+            resident_mib=round(sum(r.after_kib for r in released) / 1024, 1),
+        )
 
 
 def resident_kib(path: str, pid: int | str = "self") -> int:
