@@ -10,14 +10,14 @@ request (measured on the benchmark; MiB resident after start-up, then after 20 s
   (5 MiB, then 1.5).
 
 Those pages stay mapped, counted in the process's RSS and held in the page cache, for as long as the process
-lives. Once the server has started, `release_startup_pages` asks the kernel to reclaim a library's read-only
-pages (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later). Nothing else changes: the mappings stay, and a page that
-runs again is faulted back in (from the page cache, or from the file if the kernel dropped it) by the thread
-that runs it. DuckDB's code runs on the writer's and the readers' threads; cryptography's on the event loop
-only when an admin changes the vault or a provider key, a few milliseconds once. Writable pages (the
-libraries' data) are the process's own memory and are left alone, and so are pages another process maps too
-(the kernel reclaims only pages no one else maps). Where the kernel cannot (another system, an older kernel,
-a sandbox refusing the call), nothing is released.
+lives. Once `tokenhub serve` has built the app, before its jobs start, `release_startup_pages` asks the kernel
+to reclaim a library's read-only pages (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later). Nothing else changes: the
+mappings stay, and a page that runs again is faulted back in (from the page cache, or from the file if the
+kernel dropped it) by the thread that runs it. DuckDB's code runs on the writer's and the readers' threads;
+cryptography's on the event loop only when an admin changes the vault or a provider key, a few milliseconds
+once. Writable pages (the libraries' data) are the process's own memory and are left alone, and so are pages
+another process maps too (the kernel reclaims only pages no one else maps). Where the kernel cannot (another
+system, an older kernel, a sandbox refusing the call), nothing is released.
 """
 
 from __future__ import annotations
