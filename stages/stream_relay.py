@@ -110,6 +110,8 @@ async def relay_stream(
     deltas = aiter(upstream)
     serving = False
     try:
+        if not sink.opened:  # what opening the client's stream takes is done now, while the first token comes
+            sink.expect(ctx, candidate)
         pending = await _until_first_token(deltas, first_deadline - time.monotonic(), limits.first_token_timer)
         serving = True
         ctx.served_by = candidate

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.context import RequestContext, StreamSink
+from pipeline.context import Candidate, RequestContext, StreamSink
 from pipeline.types import StreamDelta
 
 __all__ = ["OVERLAP_WINDOW", "Delivered", "RecordingSink", "SpliceSink", "splice_offset"]
@@ -62,6 +62,9 @@ class RecordingSink:
     def opened(self) -> bool:
         return self._sink.opened
 
+    def expect(self, ctx: RequestContext, candidate: Candidate) -> None:
+        self._sink.expect(ctx, candidate)
+
     async def open(self, ctx: RequestContext) -> None:
         await self._sink.open(ctx)
 
@@ -85,6 +88,9 @@ class SpliceSink:
     @property
     def opened(self) -> bool:
         return True  # the first stream opened it
+
+    def expect(self, ctx: RequestContext, candidate: Candidate) -> None:
+        return None
 
     async def open(self, ctx: RequestContext) -> None:
         return None

@@ -130,6 +130,8 @@ async def test_late_first_token_fails_over_before_anything_is_sent(make_hub: Any
     assert resp.status == 200 and resp.headers["X-Negotiated-Model"] == "fast"
     assert content_of(events) == "reply from fast" and events[-1] == "[DONE]"
     assert json.loads(events[0])["model"] == "fast"
+    # slow's opening was prepared while its first token was awaited: none of it reached the client
+    assert resp.headers["X-Provider"] == "fake" and resp.headers["X-TokenHub-Attempts"] == "slow=transient, fast=ok"
     record = await _record(hub)
     assert record["model_id"] == "fast" and record["escalations"] == 1
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.anthropic_format import openai_to_anthropic_message, stop_reason_for
-from pipeline.context import Policy, RequestContext
+from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.wire import PolicyIn, Strict
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
@@ -346,6 +346,9 @@ class AnthropicStreamSink:
     @property
     def opened(self) -> bool:
         return self._writer.opened
+
+    def expect(self, ctx: RequestContext, candidate: Candidate) -> None:
+        self._writer.expect(ctx, candidate)
 
     async def open(self, ctx: RequestContext) -> None:
         served = ctx.served_by

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import BaseModel
 
-from pipeline.context import Policy, RequestContext
+from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.lane import LaneRequest, LaneStreamResponse
 from pipeline.errors import ClientDisconnected, TokenHubError
 from pipeline.types import ChatRequest, StreamDelta
@@ -23,6 +23,8 @@ class EdgeSink(Protocol):
 
     @property
     def opened(self) -> bool: ...
+
+    def expect(self, ctx: RequestContext, candidate: Candidate) -> None: ...
 
     async def open(self, ctx: RequestContext) -> None: ...
 
@@ -95,18 +97,34 @@ class SseWriter:
         )
         self.opened = False
         self._capture = request.get(STREAM_CAPTURE)  # set only when the request carries an Idempotency-Key
+        # What `expect` prepared the headers for: the candidate, and how many attempts had ended before it.
+        self._expected: tuple[Candidate, int] | None = None
+
+    def expect(self, ctx: RequestContext, candidate: Candidate) -> None:
+        """Set the headers for `candidate`'s stream, and render the lane's head, before its first token."""
+        self._set_headers(ctx, candidate)
+        self._expected = (candidate, len(ctx.attempts))
+        if isinstance(self.response, LaneStreamResponse):
+            self.response.render_head(self._request)
 
     async def start(self, ctx: RequestContext) -> None:
         served = ctx.served_by
         assert served is not None
+        expected = self._expected
+        if expected is None or expected[0] is not served or expected[1] != len(ctx.attempts):
+            self._set_headers(ctx, served)
+            if isinstance(self.response, LaneStreamResponse):
+                self.response.forget_head()
+        await self.begin()
+
+    def _set_headers(self, ctx: RequestContext, served: Candidate) -> None:
         headers = self.response.headers
         headers.update(id_headers(self._request))  # the edge middleware's copy would come too late
         headers["X-Negotiated-Model"] = served.model.id
-        headers["X-TokenHub-Attempts"] = attempts_header(ctx)
+        headers["X-TokenHub-Attempts"] = attempts_header(ctx, served)
         headers["X-Provider"] = served.model.provider_id
         if ctx.alias_from:
             headers["X-Alias-From"] = ctx.alias_from
-        await self.begin()
 
     async def begin(self) -> None:
         """Send the headers: from here on, errors can only be reported inside the stream."""
@@ -137,10 +155,11 @@ class SseWriter:
             pass  # the answer was complete; a client that left during the last bytes changes nothing
 
 
-def attempts_header(ctx: RequestContext) -> str:
-    """Every model tried, in order, and how it went: "gpt-a=transient, gpt-b=ok"."""
+def attempts_header(ctx: RequestContext, served: Candidate | None = None) -> str:
+    """Every model tried, in order, and how it went: "gpt-a=transient, gpt-b=ok". `served`: the model whose
+    stream starts (default: the one that served the request)."""
     parts = [f"{a.model_id}={a.outcome}" for a in ctx.attempts]
-    served = ctx.served_by
+    served = served or ctx.served_by
     if served is not None and (not ctx.attempts or ctx.attempts[-1].error_class):
         parts.append(f"{served.model.id}=ok")  # a stream that just started: its success is logged at the end
     return ", ".join(parts)

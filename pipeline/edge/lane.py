@@ -34,6 +34,7 @@ __all__ = ["LANE", "Lane", "LaneConnection", "LaneRequest", "LaneRunner", "LaneS
 log = structlog.get_logger("tokenhub.http")
 KEEPALIVE_SECS = 3630.0  # aiohttp's own default for an idle keep-alive connection
 _QUEUED_MAX = 16  # pipelined requests read ahead of the one being answered, before reading pauses
+HEAD_FRESH_SECS = 1.0  # a stream's head rendered before its first token is sent as rendered within this time
 
 
 @dataclass(frozen=True)
@@ -137,15 +138,26 @@ class LaneStreamResponse(web.StreamResponse):
         self._connection = request._connection
         self._started = False
         self._unsent_head = b""
+        self._rendered_at = -HEAD_FRESH_SECS  # when the unsent head was rendered before prepare (loop time)
 
     @property
     def prepared(self) -> bool:
         return self._started
 
+    def render_head(self, request: LaneRequest) -> None:
+        """Render the head from the headers as they are now; `prepare` sends it as rendered if it comes within
+        HEAD_FRESH_SECS (its Date stays true to the second), unless `forget_head` is called first."""
+        self._unsent_head = _head(self, "Transfer-Encoding: chunked", request.keep_alive)
+        self._rendered_at = self._connection._loop.time()
+
+    def forget_head(self) -> None:
+        self._unsent_head = b""
+
     async def prepare(self, request: Any) -> None:
         if not self._started:
             self._keep_alive = request.keep_alive
-            self._unsent_head = _head(self, "Transfer-Encoding: chunked", request.keep_alive)
+            if not self._unsent_head or self._connection._loop.time() - self._rendered_at > HEAD_FRESH_SECS:
+                self._unsent_head = _head(self, "Transfer-Encoding: chunked", request.keep_alive)
             self._started = True
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:

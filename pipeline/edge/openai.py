@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
-from pipeline.context import Policy, RequestContext
+from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
 from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
@@ -194,25 +194,35 @@ class OpenAIStreamSink:
         self._include_usage = include_usage
         self._prefix = b""
         self._role = b""  # the opening role chunk: sent with the first delta, so the first token is one write
+        self._opening_for = ""  # the model id the prefix and role chunk name
 
     @property
     def opened(self) -> bool:
         return self._writer.opened
 
+    def expect(self, ctx: RequestContext, candidate: Candidate) -> None:
+        self._render_opening(candidate.model.id)
+        self._writer.expect(ctx, candidate)
+
     async def open(self, ctx: RequestContext) -> None:
         served = ctx.served_by
         assert served is not None
+        if self._opening_for != served.model.id:
+            self._render_opening(served.model.id)
+        await self._writer.start(ctx)
+
+    def _render_opening(self, model_id: str) -> None:
         head = orjson.dumps(
             {
                 "id": f"chatcmpl-{self._request_id}",
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
-                "model": served.model.id,
+                "model": model_id,
             }
         )
         self._prefix = b"data: " + head[:-1] + b',"choices":['  # every chunk shares this head
-        await self._writer.start(ctx)
         self._role = self._chunk({"role": "assistant", "content": ""}, None)
+        self._opening_for = model_id
 
     async def send(self, delta: StreamDelta) -> None:
         body: dict[str, Any] = {}
