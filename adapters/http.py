@@ -299,8 +299,8 @@ class HttpClient:
     ) -> LeanStream:
         try:
             # The timeout bounds connecting and the response headers only; the body is read by the caller
-            # under its own first-token and idle limits.
-            async with asyncio.timeout(timeout):
+            # under its own first-token and idle limits. On the coarse timer, as a whole call's.
+            with self.timeouts.within(timeout):
                 stream = await self._lean.open_stream(url, data, headers)
         except TimeoutError:
             raise ProviderError(_TRANSIENT, f"no response headers after {timeout:.1f}s", retryable=False) from None
