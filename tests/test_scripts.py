@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
         "bench_scale.py",
         "bench_load.py",
         "bench_fake_provider.py",
+        "first_token_probe.py",
     ],
 )
 def test_the_script_prints_its_help(script: str) -> None:
