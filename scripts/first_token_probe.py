@@ -40,6 +40,10 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from scripts.server_process import free_port  # noqa: E402
+
 # A chunk that carries a token: the role chunk's content is "".
 TOKEN = re.compile(rb'"content": ?"[^"]')
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "Hello"}], "stream": True}
@@ -111,12 +115,6 @@ def _pinned(command: list[str], cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu), *command] if (os.cpu_count() or 1) > 1 and shutil.which("taskset") else command
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -130,7 +128,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float =
 
 
 def start_target(spec: str, upstream: str, folder: Path) -> Target:
-    port = _free_port()
+    port = free_port()
     if Path(spec).is_dir():  # a TokenHub checkout: its benchmark start script configures it and writes a key
         key_file = folder / f"key-{port}"
         command = ["bash", str(Path(spec).resolve() / "scripts" / "bench-tokenhub.sh"), str(port), upstream]
@@ -195,7 +193,7 @@ def main() -> None:
     if not shutil.which("tcpdump"):
         raise SystemExit("first_token_probe: needs tcpdump (Debian's tcpdump package) and the right to capture")
     folder = Path(tempfile.mkdtemp(prefix="first-token-probe-"))
-    provider_port = _free_port()
+    provider_port = free_port()
     provider_command = [sys.executable, str(ROOT / "scripts" / "bench_fake_provider.py"), "--port", str(provider_port)]
     provider = subprocess.Popen(
         _pinned([*provider_command, "--stream-ttft-ms", str(options.ttft_ms)], 0), stdout=subprocess.DEVNULL
