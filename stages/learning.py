@@ -148,9 +148,7 @@ class BanditRefresher:
     from the rows alone forgot the requests served during the read until the next refresh, minutes later:
     at start-up, every request served before the first read ended.)"""
 
-    def __init__(
-        self, bandit: Bandit, analytics: AnalyticsStore, settle: Callable[[], Awaitable[None]] | None = None
-    ) -> None:
+    def __init__(self, bandit: Bandit, analytics: AnalyticsStore, settle: Callable[[], Awaitable[None]]) -> None:
         self._bandit = bandit
         self._analytics = analytics
         self._settle = settle
@@ -159,8 +157,7 @@ class BanditRefresher:
         until = time.time()
         newer = self._bandit.keep_new()
         try:
-            if self._settle is not None:
-                await self._settle()
+            await self._settle()
             rows = await self._analytics.read(
                 reward_evidence, until - EVIDENCE_MAX_AGE_SECS, self._bandit.horizon, until
             )

@@ -66,25 +66,21 @@ class RatedRow:
     quality_weight: float | None
 
 
-def reward_evidence(
-    cursor: Cursor, since_unix: float, per_bucket: int, until_unix: float | None = None
-) -> list[Evidence]:
-    """The newest `per_bucket` rewarded requests of each token bucket since `since_unix` (and before
-    `until_unix`, when given), oldest first. Rows logged before the objective's terms were recorded (no quality
-    prior) are not evidence.
+def reward_evidence(cursor: Cursor, since_unix: float, per_bucket: int, until_unix: float) -> list[Evidence]:
+    """The newest `per_bucket` rewarded requests of each token bucket from `since_unix` to before `until_unix`,
+    oldest first. Rows logged before the objective's terms were recorded (no quality prior) are not evidence.
 
     One top-N per bucket (ORDER BY ... LIMIT keeps `per_bucket` rows in a heap) rather than a window over
     every row since `since_unix`: the window sorted the whole month of log each refresh, ~50 MiB of native
     memory at 150,000 rows and more as the log grows; this holds three horizons of rows whatever its size."""
-    until = "" if until_unix is None else " AND timestamp < to_timestamp(?)"
-    bounds = [since_unix] if until_unix is None else [since_unix, until_unix]
     newest = (
         f"(SELECT {_TERMS}, timestamp FROM request_log WHERE quality_prior IS NOT NULL AND timestamp >= "
-        f"to_timestamp(?){until} AND {bucket} ORDER BY timestamp DESC LIMIT ?)"
+        f"to_timestamp(?) AND timestamp < to_timestamp(?) AND {bucket} ORDER BY timestamp DESC LIMIT ?)"
         for bucket in _BUCKETS
     )
     rows = cursor.execute(
-        f"SELECT * FROM ({' UNION ALL '.join(newest)}) ORDER BY timestamp", [*bounds, per_bucket] * len(_BUCKETS)
+        f"SELECT * FROM ({' UNION ALL '.join(newest)}) ORDER BY timestamp",
+        [since_unix, until_unix, per_bucket] * len(_BUCKETS),
     ).fetchall()
     return [Evidence(*row[:-1]) for row in rows]
 

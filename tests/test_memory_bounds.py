@@ -177,10 +177,10 @@ def test_reward_evidence_is_the_newest_of_each_token_bucket_oldest_first(tmp_pat
             for i in range(70)
         ]
         store.write_requests(rows)
-        evidence = reward_evidence(store.db, BASE_TS + 3, 4)
+        evidence = reward_evidence(store.db, BASE_TS + 3, 4, BASE_TS + 60)
     finally:
         store.close()
-    rewarded = [r for r in rows if r.quality_prior is not None and r.timestamp >= BASE_TS + 3]
+    rewarded = [r for r in rows if r.quality_prior is not None and BASE_TS + 3 <= r.timestamp < BASE_TS + 60]
     expected = []
     for bucket in ("small", "medium", "large"):
         expected += [r for r in rewarded if token_bucket(r.input_tokens) == bucket][-4:]
