@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import importlib.util
 import os
 from collections.abc import Callable
@@ -88,8 +89,8 @@ def resident_kib(path: str, pid: int | str = "self") -> int:
     try:
         with Path(f"/proc/{pid}/smaps").open() as smaps:
             for line in smaps:
-                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
-                    inside = line.rstrip("\n").endswith(path)
+                if (mapping := _mapping(line)) is not None:
+                    inside = mapping[2] == path
                 elif inside and line.startswith("Rss:"):
                     total += int(line.split()[1])
     except OSError:
@@ -116,15 +117,25 @@ def _read_only_ranges(path: str) -> list[tuple[int, int]]:
     try:
         with _MAPS.open() as maps:
             for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].rstrip("\n") == path and "w" not in fields[1]:
-                    start, end = fields[0].split("-")
+                mapping = _mapping(line)
+                if mapping is not None and mapping[2] == path and "w" not in mapping[1]:
+                    start, end = mapping[0].split("-")
                     ranges.append((int(start, 16), int(end, 16)))
     except OSError:
         return []
     return ranges
 
 
+def _mapping(line: str) -> tuple[str, str, str] | None:
+    """(address range, permissions, path or "") of a mapping's line in /proc/PID/maps or smaps; None for smaps'
+    other lines ("Rss:   12 kB")."""
+    fields = line.split(maxsplit=5)
+    if len(fields) < 5 or "-" not in fields[0]:
+        return None
+    return fields[0], fields[1], fields[5].rstrip("\n") if len(fields) == 6 else ""
+
+
+@functools.cache
 def _madvise() -> Callable[[int, int, int], int] | None:
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise
