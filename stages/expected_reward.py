@@ -49,15 +49,21 @@ class Outlook:
     __slots__ = ("_bandit", "_bucket", "_expected", "_raw", "cost_ref_usd", "latency_ref_ms", "objective")
 
     def __init__(
-        self, objective: RewardConfig, bandit: Bandit, bucket: str, raw: dict[str, tuple[float, float, float]]
+        self,
+        objective: RewardConfig,
+        bandit: Bandit,
+        bucket: str,
+        raw: dict[str, tuple[float, float, float]],
+        cost_ref_usd: float,
+        latency_ref_ms: float,
     ) -> None:
         self.objective = objective
         self._bandit = bandit
         self._bucket = bucket
         self._raw = raw  # model id -> (expected cost, latency, failure share)
         self._expected: dict[str, Expectation] = {}
-        self.cost_ref_usd = max((cost for cost, _, _ in raw.values()), default=0.0)
-        self.latency_ref_ms = max((latency for _, latency, _ in raw.values()), default=0.0)
+        self.cost_ref_usd = cost_ref_usd  # the largest expected cost and latency in `raw`
+        self.latency_ref_ms = latency_ref_ms
 
     def expectation(self, model_id: str) -> Expectation:
         found = self._expected.get(model_id)
@@ -89,14 +95,18 @@ def expect(
     provider_stats: Callable[[str], ProviderStats],
 ) -> Outlook:
     raw = {}
+    cost_ref = latency_ref = 0.0
     for c in candidates:
         model = c.model
         stats = bandit.stats(model.id, bucket)
         if stats is not None and stats.successes > 1e-9:
             answered = stats.successes
-            raw[model.id] = (stats.cost_sum / answered, stats.latency_sum / answered, stats.failure or 0.0)
-            continue
-        health = provider_stats(model.provider_id)
-        failure = stats.failure if stats is not None and stats.failure is not None else health.error_rate
-        raw[model.id] = (c.estimated_cost_usd, health.latency_ms, failure)
-    return Outlook(objective, bandit, bucket, raw)
+            cost, latency, failure = stats.cost_sum / answered, stats.latency_sum / answered, stats.failure or 0.0
+        else:
+            health = provider_stats(model.provider_id)
+            failure = stats.failure if stats is not None and stats.failure is not None else health.error_rate
+            cost, latency = c.estimated_cost_usd, health.latency_ms
+        raw[model.id] = (cost, latency, failure)
+        cost_ref = max(cost_ref, cost)
+        latency_ref = max(latency_ref, latency)
+    return Outlook(objective, bandit, bucket, raw, cost_ref, latency_ref)

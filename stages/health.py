@@ -165,5 +165,9 @@ class HealthTracker:
             return "closed"
         return "open" if self._clock() < h.cooldown_until else "half_open"
 
+    def known(self, provider_id: str) -> ProviderHealth | None:
+        """The provider's health, None when it was never called (read-only: `get` creates the entry)."""
+        return self._providers.get(provider_id)
+
     def snapshot(self) -> dict[str, ProviderHealth]:
         return dict(self._providers)

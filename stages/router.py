@@ -179,23 +179,23 @@ class Router:
         if not eligible:
             raise _no_eligible(exclusions, constraints, key_budget_usd)
 
-        stats = self._stats()
-        candidates = rank(eligible, constraints, stats)
+        candidates = rank(eligible, constraints, self._stats)
         bandit = bandit or self._bandit
         bucket = token_bucket(tokens)
-        outlook = expect(candidates, bandit, bucket, limits.objective, stats)
+        outlook = expect(candidates, bandit, bucket, limits.objective, self._stats)
         propensity = 1.0
         if limits.mode == "thompson":  # the bandit's draws decide the order; the scores above stay for explanation
             priors = [outlook.expectation(c.model.id).reward for c in candidates]
             candidates, propensity = thompson_order(candidates, bandit, bucket, limits.objective, priors)
-        hint_note = _apply_hint(hint, candidates, exclusions, snapshot)
+        hint_id = _resolve_hint(hint, snapshot)
+        hint_note = _apply_hint(hint_id, candidates, exclusions, snapshot) if hint_id else ""
         explored = 0
         if explore and hint_note != "hint" and limits.mode != "thompson" and len(candidates) > 1 and self.temperature:
             explored = softmax_rank(len(candidates), self.temperature, (rng or self._rng).random())
             propensity = softmax_probability(len(candidates), self.temperature, explored)
             if explored:
                 candidates.insert(0, candidates.pop(explored))
-        fallbacks, chain_note = _place_fallbacks(candidates, hint, hint_note == "hint", alias, exclusions, snapshot)
+        fallbacks, chain_note = _place_fallbacks(candidates, hint_id, hint_note == "hint", alias, exclusions, snapshot)
         first = candidates[0]
         chosen_by_policy = hint_note != "hint" and not (fallbacks and first.model.id == fallbacks[0])
         if fallbacks and first.model.id == fallbacks[0]:
@@ -297,24 +297,20 @@ class Router:
             and not (inputs and _unreadable(model, inputs, url_inputs, table))
             and exclusion_reason(model, constraints, table.adapters.__contains__, _health_ignored, supports) is None
         ]
-        return rank(models, constraints, self._stats()) if models else []
+        return rank(models, constraints, self._stats) if models else []
 
     def explain(self, decision: RoutingDecision) -> list[ScoreParts]:
         """Each candidate's objectives, raw and normalised, in the decision's order (for the simulator)."""
         constraints = Constraints(decision.mode, 0, 0, decision.estimated_input_tokens)
         models = [c.model for c in decision.candidates]
-        parts = {p.model.id: p for p in score_parts(models, constraints, self._stats())}
+        parts = {p.model.id: p for p in score_parts(models, constraints, self._stats)}
         return [parts[model.id] for model in models]
 
-    def _stats(self) -> Callable[[str], ProviderStats]:
-        # A read-only view: looking a provider up must not create a health entry (simulation touches nothing).
-        known = self._health.snapshot()
-
-        def stats(provider_id: str) -> ProviderStats:
-            h = known.get(provider_id, _UNKNOWN_PROVIDER)
-            return ProviderStats(h.avg_latency_ms, h.error_rate)
-
-        return stats
+    def _stats(self, provider_id: str) -> ProviderStats:
+        """A provider's latency and error rate. Read-only: looking a provider up must not create a health entry
+        (simulation touches nothing); a decision runs without yielding, so the tracker cannot change under it."""
+        h = self._health.known(provider_id) or _UNKNOWN_PROVIDER
+        return ProviderStats(h.avg_latency_ms, h.error_rate)
 
     def _eligible(
         self,
@@ -430,13 +426,16 @@ def _supports(adapters: Mapping[str, Provider], operation: str) -> Callable[[str
     return embeds
 
 
-def _apply_hint(hint: str, candidates: list[Candidate], exclusions: dict[str, str], snapshot: ConfigSnapshot) -> str:
-    """Move an eligible hinted model to the front. Returns "hint" when honoured, a note when not."""
+def _resolve_hint(hint: str, snapshot: ConfigSnapshot) -> str:
+    """The registered id the (alias-resolved) hint names, else the hint as given, stripped ("" for none)."""
     hint = hint.strip()
-    if not hint:
-        return ""
+    return (resolve_model_id(hint, snapshot.models) or hint) if hint else ""
+
+
+def _apply_hint(hint: str, candidates: list[Candidate], exclusions: dict[str, str], snapshot: ConfigSnapshot) -> str:
+    """Move the eligible hinted model (`hint`: from _resolve_hint) to the front. Returns "hint" when honoured,
+    a note when not."""
     models = snapshot.models
-    hint = resolve_model_id(hint, models) or hint
     for index, candidate in enumerate(candidates):
         if candidate.model.id == hint:
             candidates.insert(0, candidates.pop(index))
@@ -449,18 +448,17 @@ def _apply_hint(hint: str, candidates: list[Candidate], exclusions: dict[str, st
 
 def _place_fallbacks(
     candidates: list[Candidate],
-    hint: str,
+    hint_id: str,
     hinted: bool,
     alias: AliasInfo | None,
     exclusions: dict[str, str],
     snapshot: ConfigSnapshot,
 ) -> tuple[tuple[str, ...], str]:
     """Put the explicit fallback chain right after the first choice, before the rest of the scored list.
-    The chain is the alias's, else the named model's, else the first candidate's. A named model that
-    cannot serve still lends its chain, which then goes first. Returns (ids placed, a note for the reason)."""
-    models = snapshot.models
-    hint_id = resolve_model_id(hint.strip(), models) if hint.strip() else None
-    named = models.get(hint_id) if hint_id else None
+    The chain is the alias's, else the named model's (`hint_id`: from _resolve_hint), else the first
+    candidate's. A named model that cannot serve still lends its chain, which then goes first. Returns (ids
+    placed, a note for the reason)."""
+    named = snapshot.models.get(hint_id) if hint_id else None
     chain = (alias.fallbacks if alias is not None else ()) or (named.fallbacks if named is not None else ())
     start = 1 if hinted else 0
     placed = _move_after(candidates, chain, start) if chain else ()
@@ -469,7 +467,7 @@ def _place_fallbacks(
         placed = _move_after(candidates, chain, start) if chain else ()
     if not chain:
         return (), ""
-    head = candidates[0].model.id if start else (hint_id or hint)
+    head = candidates[0].model.id if start else hint_id
     skipped = [f"{m}: {exclusions.get(m, 'not eligible')}" for m in chain if m not in placed and m != head]
     note = f"fallbacks after {head}: {', '.join(placed) or 'none eligible'}"
     return placed, note + (f" (skipped {', '.join(skipped)})" if skipped else "")

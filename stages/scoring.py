@@ -241,6 +241,10 @@ def rank(models: Iterable[ModelInfo], c: Constraints, stats: Callable[[str], Pro
     it scores straight from the raw rows (the same arithmetic as ScoreParts.score, without the objects)."""
     wc, wl, wf, ww = MODE_WEIGHTS.get(c.mode, MODE_WEIGHTS["normal"])
     rows, max_cost, max_latency, max_errors, max_weight = _raw(models, c, stats)
+    if len(rows) == 1:  # the usual single model: each objective normalised by itself is 1 (or 0 when 0)
+        model, cost, latency, errors = rows[0]
+        score = (wc if cost > 0 else 0.0) + (wl if latency > 0 else 0.0) + (wf if errors > 0 else 0.0)
+        return [Candidate(model, round(score - (ww if model.weight > 0 else 0.0), 6), cost)]
     ranked = [
         Candidate(
             model,

@@ -1,15 +1,18 @@
 """The first-token probe's reading of a capture (scripts/first_token_probe.py): the spans come from the right
 packets, whatever else is on the wire. The capture itself needs tcpdump and root, so it is run by hand
-(docs/benchmark.md); the fake provider's stream it relies on is checked here too."""
+(docs/benchmark.md); the fake provider's stream and the bare proxy it is compared with are checked here too."""
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from scripts.bench_fake_provider import app
+from scripts.bench_passthrough import build_app
 from scripts.first_token_probe import read_pcap, spans
 
 PROXY, OTHER_PROXY, PROVIDER = 18190, 18191, 18181
@@ -70,4 +73,22 @@ async def test_the_fake_provider_streams_its_role_chunk_then_the_tokens() -> Non
         "word0 word1 word2 "
     )
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["usage"]["completion_tokens"] == 3
+    assert plain["choices"][0]["message"]["content"] == "ok"
+
+
+@pytest.mark.parametrize("hold_head", [False, True])
+async def test_the_passthrough_relays_a_stream_holding_its_head_only_when_asked(hold_head: bool) -> None:
+    """The probe's floor: the bare proxy sends the head as soon as the provider does; with --hold-head, the head
+    leaves with the first token (the provider waits a second before it), as TokenHub's does."""
+    async with TestClient(TestServer(app(stream_ttft_ms=1000, stream_tokens=2))) as provider:
+        proxy_app = build_app(str(provider.make_url("")), hold_head=hold_head)
+        async with TestClient(TestServer(proxy_app)) as proxy:
+            started = time.monotonic()
+            response = await proxy.post("/v1/chat/completions", json={"model": "m", "messages": [], "stream": True})
+            head_after = time.monotonic() - started
+            text = await response.text()
+            plain = await (await proxy.post("/v1/chat/completions", json={"model": "m", "messages": []})).json()
+    assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
+    assert (head_after >= 1.0) is hold_head  # held: not before the token; else well before it
+    assert '"content": "word0 "' in text and '"content": "word1 "' in text and text.endswith("data: [DONE]\n\n")
     assert plain["choices"][0]["message"]["content"] == "ok"

@@ -16,6 +16,7 @@ from stages.scoring import (
     estimate_input_tokens,
     exclusion_reason,
     rank,
+    score_parts,
 )
 
 # --- estimate_input_tokens -----------------------------------------------------------------------
@@ -269,3 +270,22 @@ def test_rank_empty_input() -> None:
 def test_rank_accepts_a_generator() -> None:
     ranked = rank((m for m in MODELS), constraints(mode="cheap", input_tokens=1000), same_stats)
     assert len(ranked) == 3
+
+
+@pytest.mark.parametrize("mode", [*MODE_WEIGHTS, "unknown"])
+@pytest.mark.parametrize(("price", "latency_ms", "error_rate", "weight"), [(0.002, 120.0, 0.1, 5), (0, 0.0, 0.0, 0)])
+def test_a_single_model_scores_as_the_general_formula_scores_it(
+    mode: str, price: float, latency_ms: float, error_rate: float, weight: int
+) -> None:
+    """One eligible model is ranked without the normalisation pass: the same score, each objective at 1 or 0."""
+    model = ModelInfo("only", "p", weight=weight, input_per_1k=price, output_per_1k=price)
+    c = constraints(mode=mode, input_tokens=1000)
+
+    def stats(provider_id: str) -> ProviderStats:
+        return ProviderStats(latency_ms=latency_ms, error_rate=error_rate)
+
+    [ranked] = rank([model], c, stats)
+    [parts] = score_parts([model], c, stats)
+    assert ranked.score == parts.score(mode) and ranked.estimated_cost_usd == parts.cost_usd
+    others = [ModelInfo("twin", "p", weight=weight, input_per_1k=price, output_per_1k=price), model]
+    assert [cand.score for cand in rank(others, c, stats)] == [ranked.score] * 2  # the general pass agrees

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
         "bench_load.py",
         "bench_fake_provider.py",
         "first_token_probe.py",
+        "bench_passthrough.py",
     ],
 )
 def test_the_script_prints_its_help(script: str) -> None:
