@@ -386,11 +386,7 @@ class Bandit:
 
     def quality_prior(self, model_id: str, bucket: str, objective: RewardConfig) -> float:
         """The quality of an unrated answer: the objective's fixed prior, else the model's mean feedback."""
-        if objective.quality_prior is not None:
-            return objective.quality_prior
-        stats = self._stats.get((model_id, bucket))
-        mean = stats.mean_score if stats is not None else None
-        return NEUTRAL_QUALITY if mean is None else mean
+        return quality_prior(self._stats.get((model_id, bucket)), objective)
 
     def posteriors(
         self, objective: RewardConfig, bucket: str, model_ids: Sequence[str], priors: Sequence[float]
@@ -451,6 +447,14 @@ def _add(arms: Arms, obs: Observation, value: float, gamma: float) -> None:
         arm = arms[obs.model_id, obs.bucket] = Arm(seen=obs.seq)
     arm.decay_to(obs.seq, gamma)
     arm.add(value)
+
+
+def quality_prior(stats: ModelStats | None, objective: RewardConfig) -> float:
+    """Bandit.quality_prior from the model's record in the bucket (`Bandit.stats`), when it is already at hand."""
+    if objective.quality_prior is not None:
+        return objective.quality_prior
+    mean = stats.mean_score if stats is not None else None
+    return NEUTRAL_QUALITY if mean is None else mean
 
 
 def thompson_order(

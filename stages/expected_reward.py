@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pipeline.context import Candidate
 from pipeline.objective import RewardConfig, term
-from stages.bandit import Bandit
+from stages.bandit import Bandit, quality_prior
 from stages.scoring import ProviderStats
 
 __all__ = ["Expectation", "Outlook", "describe", "expect"]
@@ -44,23 +44,20 @@ class Expectation:
 
 class Outlook:
     """The request's objective, its references, and each candidate's expectation by model id (computed when
-    asked: a scored mode needs only the references and the first candidate's, for the reason)."""
+    asked, from the values read at decision time: a scored mode needs only the references, and the first
+    candidate's expectation only when its routing reason is rendered, off the request path)."""
 
-    __slots__ = ("_bandit", "_bucket", "_expected", "_raw", "cost_ref_usd", "latency_ref_ms", "objective")
+    __slots__ = ("_expected", "_raw", "cost_ref_usd", "latency_ref_ms", "objective")
 
     def __init__(
         self,
         objective: RewardConfig,
-        bandit: Bandit,
-        bucket: str,
-        raw: dict[str, tuple[float, float, float]],
+        raw: dict[str, tuple[float, float, float, float]],
         cost_ref_usd: float,
         latency_ref_ms: float,
     ) -> None:
         self.objective = objective
-        self._bandit = bandit
-        self._bucket = bucket
-        self._raw = raw  # model id -> (expected cost, latency, failure share)
+        self._raw = raw  # model id -> (expected cost, latency, failure share, quality prior)
         self._expected: dict[str, Expectation] = {}
         self.cost_ref_usd = cost_ref_usd  # the largest expected cost and latency in `raw`
         self.latency_ref_ms = latency_ref_ms
@@ -69,8 +66,7 @@ class Outlook:
         found = self._expected.get(model_id)
         if found is None:
             objective = self.objective
-            cost, latency, failure = self._raw[model_id]
-            quality = self._bandit.quality_prior(model_id, self._bucket, objective)
+            cost, latency, failure, quality = self._raw[model_id]
             cost_term = term(cost, objective.cost_scale_usd, self.cost_ref_usd)
             latency_term = term(latency, objective.latency_scale_ms, self.latency_ref_ms)
             value = objective.quality * quality + objective.cost * cost_term + objective.latency * latency_term
@@ -99,6 +95,7 @@ def expect(
     for c in candidates:
         model = c.model
         stats = bandit.stats(model.id, bucket)
+        quality = quality_prior(stats, objective)
         if stats is not None and stats.successes > 1e-9:
             answered = stats.successes
             cost, latency, failure = stats.cost_sum / answered, stats.latency_sum / answered, stats.failure or 0.0
@@ -106,7 +103,7 @@ def expect(
             health = provider_stats(model.provider_id)
             failure = stats.failure if stats is not None and stats.failure is not None else health.error_rate
             cost, latency = c.estimated_cost_usd, health.latency_ms
-        raw[model.id] = (cost, latency, failure)
+        raw[model.id] = (cost, latency, failure, quality)
         cost_ref = max(cost_ref, cost)
         latency_ref = max(latency_ref, latency)
-    return Outlook(objective, bandit, bucket, raw, cost_ref, latency_ref)
+    return Outlook(objective, raw, cost_ref, latency_ref)

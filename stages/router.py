@@ -31,7 +31,7 @@ from pipeline.settings import Settings
 from pipeline.types import AliasInfo, ChatRequest, ModelInfo
 from stages.aliases import AliasChooser
 from stages.bandit import Bandit, thompson_order, token_bucket
-from stages.expected_reward import Expectation, describe, expect
+from stages.expected_reward import Outlook, describe, expect
 from stages.health import HealthTracker, ProviderHealth
 from stages.model_disables import ModelDisables
 from stages.routing_table import RoutingTable
@@ -58,6 +58,7 @@ __all__ = ["DEFAULT_OPTIONS", "Limits", "Router", "RoutingOptions", "media_needs
 
 _UNKNOWN_PROVIDER = ProviderHealth()  # never called yet: no latency, no errors
 _NO_LIMITS = Constraints("normal", 0, 0, 0)  # no budget, weight or context to meet: what any request needs
+_PIPELINE_LIMITS_KEPT = 64  # pipelines' resolved limits kept (one per tenant pipeline's policy options)
 
 
 class RoutingOptions(BaseModel):
@@ -108,6 +109,8 @@ class Router:
         self._skips = metrics.provider_skips
         self.temperature = settings.exploration_temp
         self._rng = rng or random.Random(settings.bandit_seed or None)
+        self._pipeline_limits: dict[int, tuple[RoutingOptions, Settings, Limits]] = {}  # for _limits_snapshot
+        self._limits_snapshot: ConfigSnapshot | None = None
 
     def limits(self, policy: Policy, options: RoutingOptions = DEFAULT_OPTIONS) -> Limits:
         """Request policy, then the tenant's options (a pinned mode wins, a budget ceiling caps), then the
@@ -115,6 +118,23 @@ class Router:
         return self._limits(policy, options, self._table().snapshot)
 
     def _limits(self, policy: Policy, options: RoutingOptions, snapshot: ConfigSnapshot) -> Limits:
+        if policy.mode or policy.max_budget_usd or policy.max_latency_ms or policy.min_weight:
+            return self._resolve_limits(policy, options, snapshot)
+        # Most requests set no policy of their own: theirs is the pipeline's, resolved once per snapshot. Keyed
+        # by the options' identity (the entry holds them, so the id is not reused while it is kept).
+        kept = self._pipeline_limits
+        if snapshot is not self._limits_snapshot or len(kept) >= _PIPELINE_LIMITS_KEPT:
+            kept.clear()  # a new configuration (nothing kept holds an old snapshot), or options made per call
+            self._limits_snapshot = snapshot
+        settings = self.settings
+        found = kept.get(id(options))
+        if found is not None and found[0] is options and found[1] is settings:
+            return found[2]
+        limits = self._resolve_limits(policy, options, snapshot)
+        kept[id(options)] = (options, settings, limits)
+        return limits
+
+    def _resolve_limits(self, policy: Policy, options: RoutingOptions, snapshot: ConfigSnapshot) -> Limits:
         routing, settings = snapshot.routing, self.settings
         mode = options.mode or policy.mode or options.default_mode or routing.mode or settings.default_mode
         budget = policy.max_budget_usd or routing.max_budget_usd or settings.default_max_budget_usd
@@ -204,7 +224,8 @@ class Router:
             how = f"explored at rank {explored + 1} (softmax, temperature {self.temperature:g})"
         else:
             how = "ranked first"
-        # The reason's text is rendered later, from values fixed now (its expectation, the exclusions as they are)
+        # The reason's text is rendered later, from values fixed now (the first candidate's expectation is worked
+        # out then from the outlook's values, the exclusions as they are)
         reason = functools.partial(
             _reason,
             first,
@@ -212,8 +233,7 @@ class Router:
             how,
             len(candidates),
             limits.mode,
-            outlook.expectation(first.model.id),
-            limits.objective,
+            outlook,
             f"{alias.name} -> {hint}" if alias is not None else "",
             chain_note,
             _describe_directives(directives) if directives else "",
@@ -488,8 +508,7 @@ def _reason(
     how: str,
     eligible: int,
     mode: str,
-    expectation: Expectation,
-    objective: RewardConfig,
+    outlook: Outlook,
     alias: str,
     chain_note: str,
     directives: str,
@@ -501,7 +520,7 @@ def _reason(
     parts = [
         f"{code}: {model.id} {how} of {eligible} eligible in {mode} mode"
         f" (score {first.score:.3f}, est ${first.estimated_cost_usd:.6f}, weight {model.weight})",
-        describe(expectation, objective),
+        describe(outlook.expectation(model.id), outlook.objective),
     ]
     if alias:
         parts.append(f"alias {alias}")

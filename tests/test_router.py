@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
+from pipeline.context import Policy
+from pipeline.objective import DEFAULT_REWARD
 from pipeline.settings import SettingsError, load_settings, unknown_variables
+from pipeline.types import ChatRequest, Message
+from stages.bandit import Observation
+from stages.router import RoutingOptions
 from stages.scoring import softmax_rank
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Reply
@@ -343,3 +348,38 @@ def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
 )
 def test_no_import_cycle_runs_through_the_router_or_the_services(module: str) -> None:
     assert not _reaches(_import_graph(), module, module)
+
+
+async def test_the_reason_shows_the_expectation_as_it_was_when_the_request_was_routed(
+    ready_hub: tuple[Hub, str],
+) -> None:
+    """The reason is rendered later (by the request-log writer): feedback that arrives in between does not
+    change the quality prior it shows."""
+    hub, _ = ready_hub
+    bandit = hub.services.bandit
+    bandit.observe(Observation("rated", "gpt-test", "small", True, 0.0001, 50.0, 0.0001, 50.0, 0.5))
+    assert bandit.rate("rated", 0.8)
+    decision = hub.services.router.decide(ChatRequest(messages=[Message("user", "hi")]), Policy())
+    assert bandit.rate("rated", 0.2) and bandit.quality_prior("gpt-test", "small", DEFAULT_REWARD) == pytest.approx(0.2)
+    assert "quality 0.80" in decision.reason
+
+
+async def test_the_limits_of_requests_without_a_policy_follow_the_configuration(ready_hub: tuple[Hub, str]) -> None:
+    """A request that sets no policy gets its pipeline's limits, resolved once per configuration: a change of the
+    routing defaults, of the settings (SIGHUP) or of the tenant's options shows at once."""
+    hub, _ = ready_hub
+    router = hub.services.router
+    request = ChatRequest(messages=[Message("user", "hi")])
+    assert router.decide(request, Policy()).mode == "normal"
+    await hub.admin("PUT", "/routing-config", {"default_mode": "cheap"}, expect=200)
+    assert router.decide(request, Policy()).mode == "cheap"
+    assert router.decide(request, Policy(mode="planning")).mode == "planning"  # the request's own wins
+    assert router.decide(request, Policy(), RoutingOptions(mode="high_confidence")).mode == "high_confidence"
+    await hub.admin("PUT", "/routing-config", {"default_mode": ""}, expect=200)
+    before = router.settings
+    router.settings = before.model_copy(update={"default_mode": "planning"})
+    try:
+        assert router.decide(request, Policy()).mode == "planning"
+    finally:
+        router.settings = before
+    assert router.decide(request, Policy()).mode == "normal"
