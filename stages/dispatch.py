@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -88,6 +89,7 @@ class Dispatch:
         self._hedge_after = options.hedge_after_ms / 1000
         self._hedges = services.metrics.hedges
         self._first_token_timer = services.http.timeouts  # the provider calls' and stream reads' timer
+        self._malformed = services.metrics.stream_malformed
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> None:
         decision = ctx.decision
@@ -359,15 +361,19 @@ class Dispatch:
         return estimate_cost(model, tokens, max_tokens, n, self._uncapped_output), routed_on
 
     def _limits(self, model: ModelInfo, delivered_bytes: int = 0) -> StreamLimits:
-        settings, metrics = self._services.settings, self._services.metrics
+        settings = self._services.settings
         return StreamLimits(
             first_token_secs=settings.stream_first_token_secs,
             attempt_timeout=settings.provider_timeout_secs,
             idle_timeout=settings.stream_idle_secs,
-            on_malformed=metrics.stream_malformed.labels(provider=model.provider_id).inc,
+            # the counter's series is looked up when a malformed event comes, not for every stream
+            on_malformed=functools.partial(self._count_malformed, model.provider_id),
             max_bytes=settings.max_stream_bytes - delivered_bytes,  # a rescue continues the same client stream
             first_token_timer=self._first_token_timer,
         )
+
+    def _count_malformed(self, provider_id: str) -> None:
+        self._malformed.labels(provider=provider_id).inc()
 
     def _succeeded(
         self, ctx: RequestContext, candidate: Candidate, result: ChatResult, *, rescued: bool = False

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from store.config_store import key_digest
 from tests.conftest import Hub
 from tests.fakes.clock import FakeClock
 
@@ -194,3 +195,9 @@ async def test_last_used_times_are_flushed_at_shutdown(make_hub: Any, tmp_path: 
     await hub.client.close()
     last_used = _db(tmp_path).execute("SELECT last_used_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()[0]
     assert last_used is not None and last_used >= before
+
+
+@pytest.mark.parametrize("plaintext", ["tk-" + "a" * 64, "tk-ñ-€-𝄞", ""])
+def test_a_key_digest_is_its_sha256(plaintext: str) -> None:
+    """The stored digests are SHA-256 hex: the built-in implementation the request path uses gives the same."""
+    assert key_digest(plaintext) == hashlib.sha256(plaintext.encode()).hexdigest()

@@ -333,7 +333,6 @@ class AnthropicStreamSink:
 
     def __init__(self, request: web.Request, request_id: str) -> None:
         self._writer = SseWriter(request)
-        self.response = self._writer.response
         self._request_id = request_id
         self._model = ""
         self._started = False
@@ -342,6 +341,10 @@ class AnthropicStreamSink:
         self._block_kind = ""
         self._tool_blocks: dict[int, int] = {}  # tool ordinal -> content block index
         self._finish: str | None = None
+
+    @property
+    def response(self) -> web.StreamResponse:
+        return self._writer.response
 
     @property
     def opened(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,7 +20,8 @@ __all__ = ["STREAM_CAPTURE", "Codec", "EdgeSink", "SseWriter", "StreamCapture", 
 class EdgeSink(Protocol):
     """A StreamSink that also ends the client's stream, successfully or with an error event."""
 
-    response: web.StreamResponse
+    @property
+    def response(self) -> web.StreamResponse: ...
 
     @property
     def opened(self) -> bool: ...
@@ -85,20 +87,24 @@ class SseWriter:
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
+        self.opened = False
+        self._capture = request.get(STREAM_CAPTURE)  # set only when the request carries an Idempotency-Key
+        # What `expect` prepared the headers for: the candidate, and how many attempts had ended before it.
+        self._expected: tuple[Candidate, int] | None = None
+
+    @functools.cached_property
+    def response(self) -> web.StreamResponse:
+        """Made when first needed, which for a stream is once its provider's stream is open: not on the way to
+        the provider."""
+        request = self._request
         headers = {
             "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx would otherwise hold tokens back
         }
-        self.response: web.StreamResponse = (
-            LaneStreamResponse(request, headers=headers)
-            if isinstance(request, LaneRequest)
-            else web.StreamResponse(status=200, headers=headers)
-        )
-        self.opened = False
-        self._capture = request.get(STREAM_CAPTURE)  # set only when the request carries an Idempotency-Key
-        # What `expect` prepared the headers for: the candidate, and how many attempts had ended before it.
-        self._expected: tuple[Candidate, int] | None = None
+        if isinstance(request, LaneRequest):
+            return LaneStreamResponse(request, headers=headers)
+        return web.StreamResponse(status=200, headers=headers)
 
     def expect(self, ctx: RequestContext, candidate: Candidate) -> None:
         """Set the headers for `candidate`'s stream, and render the lane's head, before its first token."""

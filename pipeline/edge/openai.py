@@ -189,12 +189,15 @@ class OpenAIStreamSink:
 
     def __init__(self, request: web.Request, request_id: str, *, include_usage: bool) -> None:
         self._writer = SseWriter(request)
-        self.response = self._writer.response
         self._request_id = request_id
         self._include_usage = include_usage
         self._prefix = b""
         self._role = b""  # the opening role chunk: sent with the first delta, so the first token is one write
         self._opening_for = ""  # the model id the prefix and role chunk name
+
+    @property
+    def response(self) -> web.StreamResponse:
+        return self._writer.response
 
     @property
     def opened(self) -> bool:
