@@ -1,12 +1,20 @@
-"""The /v1/chat/completions codec on its own: which of the body's fields reach the provider as parameters."""
+"""The /v1/chat/completions codec on its own: which of the body's fields reach the provider as parameters, and
+the plain body's path against the models' (it may decline a body, never decode one differently)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pipeline.edge.openai import FORWARDED, OpenAICodec
+from pipeline.context import Policy
+from pipeline.edge.openai import FORWARDED, OpenAICodec, StreamOptions, plain_request, validated_request
+from pipeline.errors import TokenHubError
+from pipeline.types import ChatRequest
 
 GIVEN: dict[str, Any] = {
     "temperature": 0.5,
@@ -46,3 +54,149 @@ def test_fields_the_body_leaves_out_or_sets_to_null_are_not_forwarded() -> None:
     assert parameters() == {}
     assert parameters(temperature=None, seed=None, max_tokens=16) == {"max_tokens": 16}
     assert parameters(stream=True, stream_options={"include_usage": True}, tokenhub={"mode": "cheap"}) == {}
+
+
+# --- the plain body, decoded without the models ----------------------------------------------------------------
+
+
+def _either(raw: bytes) -> tuple[ChatRequest | None, Any]:
+    """(the plain path's request, the models' (request, policy) or their error type)."""
+    try:
+        validated: Any = validated_request(raw, MAX_MESSAGES)
+    except TokenHubError as exc:
+        validated = type(exc)
+    return plain_request(raw, MAX_MESSAGES), validated
+
+
+MAX_MESSAGES = 3
+USER = {"role": "user", "content": "x"}
+SDK_BODIES = [
+    {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
+    {"model": " auto ", "messages": [{"role": "system", "content": ""}, {"role": "user", "content": "é😀"}]},
+    {"model": "m", "messages": [USER], "stream": True, "stream_options": {"include_usage": True}},
+    {"messages": [USER], "max_tokens": 64, "max_completion_tokens": 32, "metadata": {}},
+    {"model": "m", "messages": [USER], "stream": False, "stream_options": None, "max_tokens": None},
+]
+
+
+def test_the_plain_path_knows_every_field_of_stream_options() -> None:
+    """It reads stream_options' one field and ignores the rest, as the model does: a new field needs a look."""
+    assert set(StreamOptions.model_fields) == {"include_usage"}
+
+
+@pytest.mark.parametrize("body", SDK_BODIES)
+def test_the_usual_sdk_bodies_take_the_plain_path_to_the_same_request(body: dict[str, Any]) -> None:
+    plain, validated = _either(orjson.dumps(body))
+    assert plain is not None and (plain, Policy()) == validated
+
+
+_TEXT = st.text(max_size=8)
+_NUMBER = st.one_of(st.none(), st.integers(-2, 2**40), st.booleans(), st.floats(-2, 1e6), _TEXT)
+_GOOD_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": _TEXT})
+
+
+def _one_of(choices: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """{name: value} for one of the names, each as likely (hypothesis' one_of favours its first branches)."""
+    return st.sampled_from(sorted(choices)).flatmap(lambda name: choices[name].map(lambda value: {name: value}))
+
+
+# A plain message with one field set to something else: the plain path must decline it or agree.
+_ODD_MESSAGE = st.builds(
+    lambda message, odd: {**message, **odd},
+    _GOOD_MESSAGE,
+    _one_of(
+        {
+            "role": st.sampled_from(["", "r" * 64, "r" * 65, 7, None]),
+            "content": st.sampled_from([None, 7, [{"type": "text", "text": "a"}], [{"type": "image_url"}]]),
+            "name": _TEXT,
+            "tool_call_id": _TEXT,
+            "tool_calls": st.lists(st.integers(), max_size=1),
+            "unknown": _TEXT,
+        }
+    ),
+)
+# Likewise one field of a plain body: another type, a value out of range, a field the plain path leaves to the models.
+_ODD_FIELD = _one_of(
+    {
+        "model": st.one_of(st.integers(), st.none(), _TEXT),
+        "messages": st.sampled_from(
+            [
+                st.builds(lambda good, odd: [*good, odd], st.lists(_GOOD_MESSAGE, max_size=2), _ODD_MESSAGE),
+                st.lists(_GOOD_MESSAGE, min_size=MAX_MESSAGES + 1, max_size=MAX_MESSAGES + 1),  # too many
+                st.sampled_from([[], [{"content": "no role"}], [7]]),
+                _NUMBER,
+            ]
+        ).flatmap(lambda messages: messages),
+        "stream": _NUMBER,
+        "stream_options": st.one_of(
+            st.fixed_dictionaries({}, optional={"include_usage": _NUMBER, "unknown": _TEXT}), _NUMBER
+        ),
+        "max_tokens": _NUMBER,
+        "max_completion_tokens": _NUMBER,
+        "n": st.integers(-1, 3),
+        "temperature": _NUMBER,
+        "tokenhub": st.one_of(st.fixed_dictionaries({"mode": st.just("cheap")}), _NUMBER),
+        "unknown": _NUMBER,
+    }
+)
+_PLAIN_BODY = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["", "auto", "*", " m ", "gpt-x"]),
+        "messages": st.lists(_GOOD_MESSAGE, min_size=1, max_size=MAX_MESSAGES),
+    },
+    optional={
+        "stream": st.booleans(),
+        "max_tokens": st.integers(1, 2**40),
+        "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),
+    },
+)
+_BODY = st.builds(
+    lambda body, odd: {k: v for d in (body, *odd) for k, v in d.items()},
+    _PLAIN_BODY,
+    st.lists(_ODD_FIELD, max_size=2),
+)
+
+
+def _plain(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [USER], **fields}
+
+
+# The edges a mutation of the plain path would cross, always tried (a random body reaches some of them rarely).
+EDGES = [
+    _plain(messages=[{"role": "r" * 64, "content": "x"}]),
+    _plain(messages=[{"role": "r" * 65, "content": "x"}]),
+    _plain(messages=[{"role": "", "content": "x"}]),
+    _plain(messages=[{"role": "user", "content": None}]),
+    _plain(messages=[{"role": "user", "content": 7}]),
+    _plain(messages=[{"role": "user", "content": "x", "name": "n"}]),
+    _plain(messages=[{"role": "user", "content": "x", "unknown": 1}]),
+    _plain(messages=[USER] * (MAX_MESSAGES + 1)),
+    _plain(messages=[]),
+    _plain(stream=1),
+    _plain(stream_options={"include_usage": 1}),
+    _plain(stream_options={"include_usage": None}),
+    _plain(stream_options={"unknown": 1}),
+    _plain(max_tokens=True),
+    _plain(max_tokens=0),
+    _plain(max_tokens=1.0),
+    _plain(max_completion_tokens=-1),
+    _plain(temperature=0.5),
+    _plain(model=None),
+]
+
+
+@settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_BODY)
+def test_the_plain_path_accepts_only_what_the_models_accept_and_builds_the_same_request(body: dict[str, Any]) -> None:
+    _agree(body)
+
+
+@pytest.mark.parametrize("body", EDGES)
+def test_the_plain_path_agrees_with_the_models_at_the_edges(body: dict[str, Any]) -> None:
+    _agree(body)
+
+
+def _agree(body: dict[str, Any]) -> None:
+    plain, validated = _either(json.dumps(body).encode())
+    if plain is not None:
+        assert (plain, Policy()) == validated

@@ -16,7 +16,7 @@ from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import AUTO_MODELS
-from pipeline.types import ChatRequest, StreamDelta
+from pipeline.types import ChatRequest, Message, StreamDelta
 
 __all__ = [
     "FORWARDED",
@@ -27,6 +27,8 @@ __all__ = [
     "StreamOptions",
     "completion_body",
     "openai_error",
+    "plain_request",
+    "validated_request",
 ]
 
 # Values of `model` that mean "TokenHub chooses".
@@ -121,27 +123,9 @@ class OpenAICodec:
 
     def decode(self, raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
         check_message_count(raw, max_messages, ("messages",))
-        try:
-            body = CompletionsBody.model_validate_json(raw)
-        except ValidationError as exc:
-            raise invalid_request(exc) from None
-        if body.stream and (body.n or 1) > 1:
-            raise InvalidRequest("n > 1 cannot be streamed; send stream=false or n=1", field="n")
-        messages = to_messages(body.messages, max_messages=max_messages, field="messages")
-        given = body.model_fields_set  # the usual body names two or three of FORWARDED: no getattr for the rest
-        parameters = {name: value for name in FORWARDED if name in given and (value := getattr(body, name)) is not None}
-        model = body.model.strip()
-        request = ChatRequest(
-            messages=messages,
-            model_hint="" if model in AUTO_MODELS else model,
-            parameters=parameters,
-            stream=body.stream,
-        )
-        if body.stream_options and body.stream_options.include_usage:
-            request.stream_usage = True
-        p = body.tokenhub
-        policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
-        return request, policy
+        if (plain := plain_request(raw, max_messages)) is not None:
+            return plain, Policy()
+        return validated_request(raw, max_messages)
 
     def encode(self, ctx: RequestContext) -> bytes:
         return orjson.dumps(completion_body(ctx))
@@ -151,6 +135,82 @@ class OpenAICodec:
 
     def stream_sink(self, request: web.Request, ctx: RequestContext) -> OpenAIStreamSink:
         return OpenAIStreamSink(request, ctx.request_id, include_usage=ctx.request.stream_usage)
+
+
+def validated_request(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy]:
+    """Any body, validated by the models (CompletionsBody): the definition of what the endpoint accepts."""
+    try:
+        body = CompletionsBody.model_validate_json(raw)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
+    if body.stream and (body.n or 1) > 1:
+        raise InvalidRequest("n > 1 cannot be streamed; send stream=false or n=1", field="n")
+    messages = to_messages(body.messages, max_messages=max_messages, field="messages")
+    given = body.model_fields_set  # the usual body names two or three of FORWARDED: no getattr for the rest
+    parameters = {name: value for name in FORWARDED if name in given and (value := getattr(body, name)) is not None}
+    model = body.model.strip()
+    request = ChatRequest(
+        messages=messages,
+        model_hint="" if model in AUTO_MODELS else model,
+        parameters=parameters,
+        stream=body.stream,
+    )
+    if body.stream_options and body.stream_options.include_usage:
+        request.stream_usage = True
+    p = body.tokenhub
+    policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
+    return request, policy
+
+
+# The body most clients send: text messages of a role and a content, and at most these fields of CompletionsBody.
+_PLAIN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens"})
+_OTHER_FIELDS = frozenset(CompletionsBody.model_fields) - _PLAIN_FIELDS
+_OTHER_MESSAGE_FIELDS = frozenset(MessageIn.model_fields) - {"role", "content"}
+
+
+def plain_request(raw: bytes, max_messages: int) -> ChatRequest | None:
+    """The request of a plain body, decoded without the pydantic models; None for any other body, which
+    `decode` then validates with them. It accepts only what CompletionsBody accepts (strictly typed: no
+    coercion to make) and builds the same request, so the models stay the definition (the differential test
+    in tests/test_openai_codec.py). Worth it on the first token: validating with pydantic-core costs ~6 µs warm
+    but ~80 when a request finds its code cold after the server idled, this ~2 and ~14 (docs/benchmark.md)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or not _OTHER_FIELDS.isdisjoint(body):
+        return None
+    model, items, stream = body.get("model", ""), body.get("messages"), body.get("stream", False)
+    if type(model) is not str or type(stream) is not bool or type(items) is not list:
+        return None
+    if not 0 < len(items) <= max_messages:  # the models' path says what is wrong with it
+        return None
+    messages = []
+    for item in items:
+        if type(item) is not dict or not _OTHER_MESSAGE_FIELDS.isdisjoint(item):
+            return None
+        role, content = item.get("role"), item.get("content")
+        if type(role) is not str or not 0 < len(role) <= 64 or type(content) is not str:
+            return None
+        messages.append(Message(role, content))
+    parameters = {}
+    for name in ("max_tokens", "max_completion_tokens"):  # FORWARDED's order
+        value = body.get(name)
+        if value is not None:
+            if type(value) is not int or value < 1:
+                return None
+            parameters[name] = value
+    usage = False
+    if (options := body.get("stream_options")) is not None:
+        if type(options) is not dict:  # include_usage is StreamOptions' one field
+            return None
+        usage = options.get("include_usage", False)
+        if type(usage) is not bool:
+            return None
+    model = model.strip()
+    request = ChatRequest(messages, "" if model in AUTO_MODELS else model, parameters=parameters, stream=stream)
+    request.stream_usage = usage
+    return request
 
 
 def openai_error(error: TokenHubError, request_id: str) -> dict[str, Any]:
