@@ -5,7 +5,9 @@ captured on the loopback interface (tcpdump), and each gives two spans with the 
   relay  the provider's first content token reaching the proxy -> the proxy's write of it to the client
 
 Nothing inside the server is timed, and the client's own costs are left out. The two spans add up to what the
-proxy adds to the first token (the harness's `+ttft1_dir`), except for the client's extra hop.
+proxy adds to the first token (the harness's `+ttft1_dir`), except for the client's extra hop and, where the
+response head comes with the first token, the client's handling of it (the client's time to the first token,
+printed too, holds both).
 
 Two targets run at once on one core, their streams alternating, so a machine whose speed drifts (a shared VM)
 moves both alike: compare within a run. A target is a TokenHub checkout (a directory: started by its
