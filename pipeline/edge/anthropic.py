@@ -16,7 +16,7 @@ from pipeline.edge.wire import PolicyIn, Strict
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.media import document_part, image_part
-from pipeline.modes import AUTO_MODELS
+from pipeline.modes import model_hint
 from pipeline.types import ChatRequest, MediaPart, Message, StreamDelta
 
 __all__ = ["AnthropicCodec", "AnthropicErrorBody", "AnthropicStreamSink", "anthropic_error", "decode_messages"]
@@ -138,10 +138,9 @@ def decode_messages(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Poli
         messages.append(Message("system", system))
     for index, message in enumerate(body.messages):
         messages.extend(_to_messages(message, f"messages.{index}"))
-    model = body.model.strip()
     request = ChatRequest(
         messages=messages,
-        model_hint="" if model in AUTO_MODELS else model,
+        model_hint=model_hint(body.model),
         parameters=_parameters(body),
         stream=body.stream,
     )

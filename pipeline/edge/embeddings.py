@@ -20,7 +20,7 @@ from pipeline.edge.codec import EdgeSink
 from pipeline.edge.openai import OpenAIErrorBody, openai_error
 from pipeline.edge.wire import PolicyIn, Strict
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
-from pipeline.modes import AUTO_MODELS
+from pipeline.modes import model_hint
 from pipeline.types import ChatRequest
 
 __all__ = ["EmbeddingsCodec", "measure_input"]
@@ -131,10 +131,9 @@ class EmbeddingsCodec:
         total, longest = measure_input(body.input, max_chars=self._max_chars, max_total_chars=self._max_total_chars)
         parameters: dict[str, Any] = {"input": body.input}
         parameters.update({name: value for name in FORWARDED if (value := getattr(body, name)) is not None})
-        model = body.model.strip()
         request = ChatRequest(
             messages=[],
-            model_hint="" if model in AUTO_MODELS else model,
+            model_hint=model_hint(body.model),
             estimated_input_tokens=total,
             parameters=parameters,
             operation="embeddings",

@@ -15,7 +15,7 @@ from pipeline.edge.codec import SseWriter
 from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
-from pipeline.modes import AUTO_MODELS
+from pipeline.modes import model_hint
 from pipeline.types import ChatRequest, Message, StreamDelta
 
 __all__ = [
@@ -148,10 +148,9 @@ def validated_request(raw: bytes, max_messages: int) -> tuple[ChatRequest, Polic
     messages = to_messages(body.messages, max_messages=max_messages, field="messages")
     given = body.model_fields_set  # the usual body names two or three of FORWARDED: no getattr for the rest
     parameters = {name: value for name in FORWARDED if name in given and (value := getattr(body, name)) is not None}
-    model = body.model.strip()
     request = ChatRequest(
         messages=messages,
-        model_hint="" if model in AUTO_MODELS else model,
+        model_hint=model_hint(body.model),
         parameters=parameters,
         stream=body.stream,
     )
@@ -207,8 +206,7 @@ def plain_request(raw: bytes, max_messages: int) -> ChatRequest | None:
         usage = options.get("include_usage", False)
         if type(usage) is not bool:
             return None
-    model = model.strip()
-    request = ChatRequest(messages, "" if model in AUTO_MODELS else model, parameters=parameters, stream=stream)
+    request = ChatRequest(messages, model_hint(model), parameters=parameters, stream=stream)
     request.stream_usage = usage
     return request
 
