@@ -16,7 +16,7 @@ from pipeline.types import ChatRequest, Message
 from pipeline.web import PIPELINES, new_request_id
 from store.reservations import BudgetAccount, LocalReservations
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Fail, Hang, Reply, StreamCut
+from tests.fakes.openai_fake import Fail, Gated, Hang, Reply, StreamCut
 
 PROMPT = "x" * 40  # estimated at 40 / 4 = 10 input tokens, what the fake reports by default
 COST = (10 * 0.001 + 5 * 0.002) / 1000  # 10 input + 5 output tokens at the model's prices: $0.00002
@@ -80,13 +80,15 @@ async def test_200_concurrent_requests_against_a_budget_for_20(hub: Hub) -> None
 
 async def test_a_request_holds_its_worst_case_while_in_flight_and_settles_to_the_cost(hub: Hub) -> None:
     key, key_id = await _setup(hub, 1.0)
-    hub.fake.script("gpt-test", Reply(delay=0.3))
+    answer = asyncio.Event()
+    hub.fake.script("gpt-test", Gated(answer))
     call = asyncio.ensure_future(_completions(hub, key, max_tokens=100))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
     worst = (10 * 0.001 + 100 * 0.002) / 1000
     assert hub.services.reservations.reserved(f"key:{key_id}") == pytest.approx(worst)
     metrics = await (await hub.client.get("/metrics")).text()
     assert f"tokenhub_budget_reserved_usd {worst}" in metrics
+    answer.set()
     assert (await call)[0] == 200
     assert _settled(hub)
     assert hub.services.key_ledger.spent(key_id, time.time()) == pytest.approx(COST)
@@ -116,15 +118,18 @@ async def test_a_failover_that_no_longer_fits_is_refused(hub: Hub) -> None:
     # B routes with $4x left (both models eligible) and holds 1x on cheap; A then holds 2.5x; when cheap fails
     # B's failover to dear needs 2x of the 1.5x left: refused with the key's 429, and B holds nothing after.
     key, key_id = await _setup(hub, 4 * COST, "cheap", "dear")
-    hub.fake.script("cheap", Fail(401, delay=0.3), Reply(delay=0.6))
+    b_fails, a_answers = asyncio.Event(), asyncio.Event()
+    hub.fake.script("cheap", Gated(b_fails, Fail(401)), Gated(a_answers))
     b = asyncio.ensure_future(_completions(hub, key))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
     a = asyncio.ensure_future(_completions(hub, key, max_tokens=20))  # worst case 10 x 0.001 + 20 x 0.002: 2.5x
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 2)
+    b_fails.set()
     status, body = await b
     assert status == 429 and body["error"]["code"] == "monthly_budget_exceeded", body
     assert "reserved by requests in flight" in body["error"]["message"]
     assert hub.fake.calls("dear") == 0
+    a_answers.set()
     assert (await a)[0] == 200 and _settled(hub)
     assert hub.services.key_ledger.spent(key_id, time.time()) == pytest.approx(COST)
 
@@ -188,12 +193,14 @@ async def test_an_uncapped_request_alone_may_take_what_is_left_but_not_beside_an
     # No max_tokens, no max_output_tokens: the worst case is 4096 output tokens ($0.0082), the routing estimate
     # 512 ($0.001). With $0.002 left it runs alone, holding all that is left; a second one beside it is refused.
     key, key_id = await _setup(hub, 0.002)
-    hub.fake.script("gpt-test", Reply(delay=0.3))
+    answer = asyncio.Event()
+    hub.fake.script("gpt-test", Gated(answer))
     first = asyncio.ensure_future(_completions(hub, key, max_tokens=None))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
     assert hub.services.reservations.reserved(f"key:{key_id}") == pytest.approx(0.002)
     status, body = await _completions(hub, key, max_tokens=None)
     assert status == 429 and body["error"]["code"] == "monthly_budget_exceeded"
+    answer.set()
     assert (await first)[0] == 200 and _settled(hub)
 
 

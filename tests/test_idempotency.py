@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Fail, Reply, StreamCut
+from tests.fakes.openai_fake import Fail, Gated, Reply, StreamCut
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 CHAT_BODIES: dict[str, dict[str, Any]] = {
@@ -110,11 +110,13 @@ async def test_a_repeat_while_the_first_runs_waits_for_its_answer(hub: Hub) -> N
 async def test_a_repeat_that_cannot_wait_gets_409(make_hub: Callable[..., Any]) -> None:
     hub = await make_hub(idempotency_wait_secs=0)
     key, _ = await _setup(hub)
-    hub.fake.script("gpt-test", Reply(delay=0.3))
+    answer = asyncio.Event()
+    hub.fake.script("gpt-test", Gated(answer))
     first = asyncio.ensure_future(_post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"]))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
     status, body, headers = await _post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"])
     assert status == 409 and b"idempotency_in_progress" in body and headers["Retry-After"]
+    answer.set()
     assert (await first)[0] == 200
     assert (await _post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"]))[2]["Idempotent-Replayed"] == "true"
 

@@ -142,6 +142,15 @@ class PrefillRejected:
     support it); any other request is answered normally."""
 
 
+@dataclass(frozen=True)
+class Gated:
+    """Hold the call (in flight) until the test sets `gate`, then behave as `then`: orders a test's events
+    by the fake's state instead of by delays a slow machine can outrun."""
+
+    gate: asyncio.Event
+    then: Reply | Fail | Hang = field(default_factory=Reply)
+
+
 _BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("fake_body", dict)
 
 Behaviour = (
@@ -157,6 +166,7 @@ Behaviour = (
     | StreamError
     | ContentPolicy
     | PrefillRejected
+    | Gated
 )
 _STREAM_BEHAVIOURS = (Reply, StreamCut, StreamStall, StreamError, Hang)
 
@@ -237,16 +247,19 @@ class FakeOpenAI:
     def calls(self, model_id: str) -> int:
         return sum(1 for r in self.requests if r["model"] == model_id)
 
-    def wait_until(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
-        """Resolves once ``predicate()`` holds, re-checked whenever a chat call starts or ends (in_flight,
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        """Returns once ``predicate()`` holds, re-checked whenever a chat call starts or ends (in_flight,
         cancelled, requests) and on every health check: tests wait on the fake's own state changes
-        instead of polling a clock."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        instead of polling a clock. A state that never comes fails the test after `timeout` seconds
+        instead of hanging the suite."""
         if predicate():
-            future.set_result(None)
-        else:
-            self._waiters.append((predicate, future))
-        return future
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise AssertionError(f"the fake never reached the awaited state in {timeout} s") from None
 
     def _changed(self) -> None:
         still: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
@@ -351,6 +364,9 @@ class FakeOpenAI:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._changed()
         try:
+            if isinstance(behaviour, Gated):
+                await behaviour.gate.wait()
+                behaviour = behaviour.then
             return await self._perform(behaviour, model, request)
         except asyncio.CancelledError:
             self.cancelled += 1  # the client (TokenHub) gave up on this call
