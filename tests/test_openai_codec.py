@@ -15,6 +15,7 @@ from pipeline.context import Policy
 from pipeline.edge.openai import FORWARDED, OpenAICodec, StreamOptions, plain_request, validated_request
 from pipeline.errors import TokenHubError
 from pipeline.types import ChatRequest
+from tests.support.plain_bodies import NUMBER, TEXT, good_messages, odd_messages, one_of, with_odd_fields
 
 GIVEN: dict[str, Any] = {
     "temperature": 0.5,
@@ -90,59 +91,27 @@ def test_the_usual_sdk_bodies_take_the_plain_path_to_the_same_request(body: dict
     assert plain is not None and (plain, Policy()) == validated
 
 
-_TEXT = st.text(max_size=8)
-_NUMBER = st.one_of(st.none(), st.integers(-2, 2**40), st.booleans(), st.floats(-2, 1e6), _TEXT)
-_GOOD_MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant"]), "content": _TEXT})
-
-
-def _one_of(choices: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
-    """{name: value} for one of the names, each as likely (hypothesis' one_of favours its first branches)."""
-    return st.sampled_from(sorted(choices)).flatmap(lambda name: choices[name].map(lambda value: {name: value}))
-
-
-# A plain message with one field set to something else: the plain path must decline it or agree.
-_ODD_MESSAGE = st.builds(
-    lambda message, odd: {**message, **odd},
-    _GOOD_MESSAGE,
-    _one_of(
-        {
-            "role": st.sampled_from(["", "r" * 64, "r" * 65, 7, None]),
-            "content": st.sampled_from([None, 7, [{"type": "text", "text": "a"}], [{"type": "image_url"}]]),
-            "name": _TEXT,
-            "tool_call_id": _TEXT,
-            "tool_calls": st.lists(st.integers(), max_size=1),
-            "unknown": _TEXT,
-        }
-    ),
-)
-# Likewise one field of a plain body: another type, a value out of range, a field the plain path leaves to the models.
-_ODD_FIELD = _one_of(
+# One field of a plain body set to something else: another type, a value out of range, a field left to the models.
+_ODD_FIELD = one_of(
     {
-        "model": st.one_of(st.integers(), st.none(), _TEXT),
-        "messages": st.sampled_from(
-            [
-                st.builds(lambda good, odd: [*good, odd], st.lists(_GOOD_MESSAGE, max_size=2), _ODD_MESSAGE),
-                st.lists(_GOOD_MESSAGE, min_size=MAX_MESSAGES + 1, max_size=MAX_MESSAGES + 1),  # too many
-                st.sampled_from([[], [{"content": "no role"}], [7]]),
-                _NUMBER,
-            ]
-        ).flatmap(lambda messages: messages),
-        "stream": _NUMBER,
+        "model": st.one_of(st.integers(), st.none(), TEXT),
+        "messages": odd_messages(MAX_MESSAGES),
+        "stream": NUMBER,
         "stream_options": st.one_of(
-            st.fixed_dictionaries({}, optional={"include_usage": _NUMBER, "unknown": _TEXT}), _NUMBER
+            st.fixed_dictionaries({}, optional={"include_usage": NUMBER, "unknown": TEXT}), NUMBER
         ),
-        "max_tokens": _NUMBER,
-        "max_completion_tokens": _NUMBER,
+        "max_tokens": NUMBER,
+        "max_completion_tokens": NUMBER,
         "n": st.integers(-1, 3),
-        "temperature": _NUMBER,
-        "tokenhub": st.one_of(st.fixed_dictionaries({"mode": st.just("cheap")}), _NUMBER),
-        "unknown": _NUMBER,
+        "temperature": NUMBER,
+        "tokenhub": st.one_of(st.fixed_dictionaries({"mode": st.just("cheap")}), NUMBER),
+        "unknown": NUMBER,
     }
 )
 _PLAIN_BODY = st.fixed_dictionaries(
     {
         "model": st.sampled_from(["", "auto", "*", " m ", "gpt-x"]),
-        "messages": st.lists(_GOOD_MESSAGE, min_size=1, max_size=MAX_MESSAGES),
+        "messages": good_messages(MAX_MESSAGES),
     },
     optional={
         "stream": st.booleans(),
@@ -150,11 +119,7 @@ _PLAIN_BODY = st.fixed_dictionaries(
         "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans()}),
     },
 )
-_BODY = st.builds(
-    lambda body, odd: {k: v for d in (body, *odd) for k, v in d.items()},
-    _PLAIN_BODY,
-    st.lists(_ODD_FIELD, max_size=2),
-)
+_BODY = with_odd_fields(_PLAIN_BODY, _ODD_FIELD)
 
 
 def _plain(**fields: Any) -> dict[str, Any]:

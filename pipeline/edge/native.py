@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
 from aiohttp import web
@@ -10,9 +10,10 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.openai import OpenAIStreamSink
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, to_messages
 from pipeline.errors import TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
+from pipeline.modes import Mode
 from pipeline.openapi import ErrorBody
 from pipeline.output_format import OutputFormat
 from pipeline.output_schema import check_schema
@@ -26,7 +27,9 @@ __all__ = [
     "chat_request",
     "decode_chat",
     "encode_chat",
+    "plain_chat",
     "policy_from",
+    "validated_chat",
 ]
 
 
@@ -79,6 +82,13 @@ class NativeCodec:
 
 def decode_chat(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
     check_message_count(raw, max_messages, ("request", "messages"))
+    if (plain := plain_chat(raw, max_messages)) is not None:
+        return plain
+    return validated_chat(raw, max_messages)
+
+
+def validated_chat(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy]:
+    """Any body, validated by the models (ChatBody): the definition of what the endpoint accepts."""
     try:
         body = ChatBody.model_validate_json(raw)
     except ValidationError as exc:
@@ -86,6 +96,53 @@ def decode_chat(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
     request = chat_request(body.request, max_messages=max_messages)
     request.output_format = _format(body.output_format)
     return request, policy_from(body.policy)
+
+
+# The body most clients send: a request of text messages with at most these fields, and a policy.
+_OTHER_BODY_FIELDS = frozenset(ChatBody.model_fields) - {"request", "policy"}
+_OTHER_REQUEST_FIELDS = frozenset(RequestIn.model_fields) - {"messages", "model_hint", "parameters", "stream"}
+_MODES = frozenset(get_args(Mode))
+
+
+def plain_chat(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy] | None:
+    """The request and policy of a plain body, decoded without the pydantic models; None for any other
+    body, which `decode_chat` then validates with them. Like the OpenAI codec's `plain_request`, it accepts
+    only what ChatBody accepts, strictly typed, and builds the same (the differential test in
+    tests/test_native_codec.py): the models stay the definition, and a request skips their cold cost."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or not _OTHER_BODY_FIELDS.isdisjoint(body):
+        return None
+    req = body.get("request")
+    if type(req) is not dict or not _OTHER_REQUEST_FIELDS.isdisjoint(req):
+        return None
+    hint, stream, parameters = req.get("model_hint", ""), req.get("stream", False), req.get("parameters")
+    if type(hint) is not str or type(stream) is not bool or (parameters is not None and type(parameters) is not dict):
+        return None
+    if (messages := plain_messages(req.get("messages"), max_messages)) is None:
+        return None
+    if (policy := _plain_policy(body.get("policy"))) is None:
+        return None
+    return ChatRequest(messages, hint.strip(), parameters=parameters or {}, stream=stream), policy
+
+
+def _plain_policy(value: Any) -> Policy | None:
+    """PolicyIn's checks by hand: a known mode or none, and each bound in its range and strictly typed."""
+    if value is None:
+        return Policy()
+    if type(value) is not dict:
+        return None
+    mode, budget = value.get("mode"), value.get("max_budget_usd", 0.0)
+    latency, weight = value.get("max_latency_ms", 0), value.get("min_weight", 0)
+    if mode is not None and (type(mode) is not str or mode not in _MODES):
+        return None
+    if type(budget) not in (int, float) or not 0 <= budget <= 100:
+        return None
+    if type(latency) is not int or not 0 <= latency <= 300_000 or type(weight) is not int or not 0 <= weight <= 10:
+        return None
+    return Policy(mode or "", float(budget), latency, weight)
 
 
 def chat_request(req: RequestIn, *, max_messages: int) -> ChatRequest:

@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
 from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, to_messages
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import model_hint
-from pipeline.types import ChatRequest, Message, StreamDelta
+from pipeline.types import ChatRequest, StreamDelta
 
 __all__ = [
     "FORWARDED",
@@ -164,7 +164,6 @@ def validated_request(raw: bytes, max_messages: int) -> tuple[ChatRequest, Polic
 # The body most clients send: text messages of a role and a content, and at most these fields of CompletionsBody.
 _PLAIN_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens"})
 _OTHER_FIELDS = frozenset(CompletionsBody.model_fields) - _PLAIN_FIELDS
-_OTHER_MESSAGE_FIELDS = frozenset(MessageIn.model_fields) - {"role", "content"}
 
 
 def plain_request(raw: bytes, max_messages: int) -> ChatRequest | None:
@@ -179,19 +178,11 @@ def plain_request(raw: bytes, max_messages: int) -> ChatRequest | None:
         return None
     if type(body) is not dict or not _OTHER_FIELDS.isdisjoint(body):
         return None
-    model, items, stream = body.get("model", ""), body.get("messages"), body.get("stream", False)
-    if type(model) is not str or type(stream) is not bool or type(items) is not list:
+    model, stream = body.get("model", ""), body.get("stream", False)
+    if type(model) is not str or type(stream) is not bool:
         return None
-    if not 0 < len(items) <= max_messages:  # the models' path says what is wrong with it
+    if (messages := plain_messages(body.get("messages"), max_messages)) is None:
         return None
-    messages = []
-    for item in items:
-        if type(item) is not dict or not _OTHER_MESSAGE_FIELDS.isdisjoint(item):
-            return None
-        role, content = item.get("role"), item.get("content")
-        if type(role) is not str or not 0 < len(role) <= 64 or type(content) is not str:
-            return None
-        messages.append(Message(role, content))
     parameters = {}
     for name in ("max_tokens", "max_completion_tokens"):  # FORWARDED's order
         value = body.get(name)

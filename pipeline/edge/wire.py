@@ -11,7 +11,7 @@ from pipeline.media import audio_part, document_part, image_part, parse_data_uri
 from pipeline.modes import Mode
 from pipeline.types import MediaPart, Message
 
-__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "content_of", "to_messages"]
+__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "content_of", "plain_messages", "to_messages"]
 
 
 class Strict(BaseModel):
@@ -77,6 +77,26 @@ def to_messages(items: list[MessageIn], *, max_messages: int, field: str) -> lis
     for i, m in enumerate(items):
         text, parts = content_of(m.content, f"{field}.{i}.content", media_allowed=m.role == "user")
         messages.append(Message(m.role, text, m.tool_calls, m.tool_call_id or None, m.name or None, parts))
+    return messages
+
+
+_OTHER_MESSAGE_FIELDS = frozenset(MessageIn.model_fields) - {"role", "content"}
+
+
+def plain_messages(items: Any, max_messages: int) -> list[Message] | None:
+    """A plain body's messages (a non-empty list of text messages of a role and a content, at most
+    `max_messages`), decoded without the models; None for any other value, which the codec then hands to
+    the models (they accept it, or say what is wrong). Builds what `to_messages` builds from MessageIn."""
+    if type(items) is not list or not 0 < len(items) <= max_messages:
+        return None
+    messages = []
+    for item in items:
+        if type(item) is not dict or not _OTHER_MESSAGE_FIELDS.isdisjoint(item):
+            return None
+        role, content = item.get("role"), item.get("content")
+        if type(role) is not str or not 0 < len(role) <= 64 or type(content) is not str:
+            return None
+        messages.append(Message(role, content))
     return messages
 
 
