@@ -1,16 +1,27 @@
-"""The /v1/messages codec on its own: Anthropic request bodies decoded into the normalized request."""
+"""The /v1/messages codec on its own: Anthropic request bodies decoded into the normalized request, and the
+plain body's path against the models' (it may decline a body, never decode one differently)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.context import Policy
-from pipeline.edge.anthropic import anthropic_error, decode_messages
+from pipeline.edge.anthropic import (
+    MessageIn,
+    anthropic_error,
+    decode_messages,
+    plain_messages_request,
+    validated_messages,
+)
 from pipeline.errors import InvalidRequest, NoEligibleModel, RateLimited, StreamBroken, TokenHubError
 from pipeline.types import ChatRequest, Message
+from tests.support.plain_bodies import NUMBER, TEXT, odd_messages, one_of, with_odd_fields
 
 
 def decode(**body: Any) -> tuple[ChatRequest, Policy]:
@@ -200,3 +211,108 @@ def test_error_types_per_status(error: TokenHubError, status: int, kind: str) ->
         "error": {"type": kind, "message": error.message},
         "request_id": "r1",
     }
+
+
+# --- the plain body, decoded without the models ----------------------------------------------------------------
+
+MAX_MESSAGES = 3
+TURN = {"role": "user", "content": "x"}
+
+
+def _either(raw: bytes) -> tuple[ChatRequest | None, Any]:
+    """(the plain path's request, the models' (request, policy) or their error type)."""
+    try:
+        validated: Any = validated_messages(raw, MAX_MESSAGES)
+    except TokenHubError as exc:
+        validated = type(exc)
+    return plain_messages_request(raw, MAX_MESSAGES), validated
+
+
+def _agree(body: dict[str, Any]) -> None:
+    plain, validated = _either(json.dumps(body).encode())
+    if plain is not None:
+        assert (plain, Policy()) == validated
+
+
+SDK_BODIES = [
+    {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": [{"role": "user", "content": "Hello, Claude"}]},
+    {
+        "model": " auto ",
+        "max_tokens": 64,
+        "system": "be brief",
+        "stream": True,
+        "messages": [TURN, {"role": "assistant", "content": "é😀"}, TURN],
+    },
+    {"model": "m", "max_tokens": 5, "system": "", "messages": [TURN], "stream": False},
+    {"messages": [{**TURN, "unknown": 1}], "system": None, "max_tokens": None, "unknown": 1},
+]
+
+
+def test_the_plain_path_knows_every_field_of_a_turn() -> None:
+    """It reads a turn's role and content and ignores the rest, as the model does: a new field needs a look."""
+    assert set(MessageIn.model_fields) == {"role", "content"}
+
+
+@pytest.mark.parametrize("body", SDK_BODIES)
+def test_the_usual_sdk_bodies_take_the_plain_path_to_the_same_request(body: dict[str, Any]) -> None:
+    plain, validated = _either(orjson.dumps(body))
+    assert plain is not None and (plain, Policy()) == validated
+
+
+_TURN = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": TEXT})
+_PLAIN_BODY = st.fixed_dictionaries(
+    {"model": st.sampled_from(["", "auto", " m ", "claude-x"]), "messages": st.lists(_TURN, min_size=1, max_size=3)},
+    optional={"max_tokens": st.integers(1, 2**40), "system": st.one_of(st.none(), TEXT), "stream": st.booleans()},
+)
+# One field of a plain body set to something else: another type, a value out of range, a field left to the models.
+_ODD_FIELD = one_of(
+    {
+        "model": st.one_of(st.integers(), st.none(), TEXT),
+        "messages": odd_messages(MAX_MESSAGES),
+        "max_tokens": NUMBER,
+        "system": st.one_of(NUMBER, st.just([{"type": "text", "text": "s"}]), st.just([])),
+        "stream": NUMBER,
+        "temperature": NUMBER,
+        "tokenhub": st.one_of(st.fixed_dictionaries({"mode": st.just("cheap")}), NUMBER),
+        "unknown": NUMBER,
+    }
+)
+
+
+def _plain(**fields: Any) -> dict[str, Any]:
+    return {"model": "m", "max_tokens": 5, "messages": [TURN], **fields}
+
+
+# The edges a mutation of the plain path would cross, always tried (a random body reaches some of them rarely).
+EDGES = [
+    _plain(messages=[{"role": "system", "content": "x"}]),
+    _plain(messages=[{"role": "User", "content": "x"}]),
+    _plain(messages=[{"role": ["user"], "content": "x"}]),
+    _plain(messages=[{"role": "user", "content": None}]),
+    _plain(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}]}]),
+    _plain(messages=[{"content": "x"}]),
+    _plain(messages=[7]),
+    _plain(messages="x"),
+    _plain(messages=[TURN] * (MAX_MESSAGES + 1)),
+    _plain(messages=[]),
+    _plain(max_tokens=0),
+    _plain(max_tokens=True),
+    _plain(max_tokens=1.0),
+    _plain(system=7),
+    _plain(system=[]),
+    _plain(system=""),
+    _plain(model=None),
+    _plain(stream=1),
+    _plain(temperature=0.5),
+]
+
+
+@settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(with_odd_fields(_PLAIN_BODY, _ODD_FIELD))
+def test_the_plain_path_accepts_only_what_the_models_accept_and_builds_the_same_request(body: dict[str, Any]) -> None:
+    _agree(body)
+
+
+@pytest.mark.parametrize("body", EDGES)
+def test_the_plain_path_agrees_with_the_models_at_the_edges(body: dict[str, Any]) -> None:
+    _agree(body)

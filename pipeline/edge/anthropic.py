@@ -12,14 +12,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.anthropic_format import openai_to_anthropic_message, stop_reason_for
 from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import PolicyIn, Strict
+from pipeline.edge.wire import PolicyIn, Strict, plain_object
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.media import document_part, image_part
 from pipeline.modes import model_hint
 from pipeline.types import ChatRequest, MediaPart, Message, StreamDelta
 
-__all__ = ["AnthropicCodec", "AnthropicErrorBody", "AnthropicStreamSink", "anthropic_error", "decode_messages"]
+__all__ = [
+    "AnthropicCodec",
+    "AnthropicErrorBody",
+    "AnthropicStreamSink",
+    "anthropic_error",
+    "decode_messages",
+    "plain_messages_request",
+    "validated_messages",
+]
 
 # Anthropic's error type for each status (what its SDKs and clients switch on).
 _ERROR_TYPES = {
@@ -125,6 +133,13 @@ class AnthropicCodec:
 
 def decode_messages(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Policy]:
     check_message_count(raw, max_messages, ("messages",))
+    if (plain := plain_messages_request(raw, max_messages)) is not None:
+        return plain, Policy()
+    return validated_messages(raw, max_messages)
+
+
+def validated_messages(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy]:
+    """Any body, validated by the models (MessagesBody): the definition of what the endpoint accepts."""
     try:
         body = MessagesBody.model_validate_json(raw)
     except ValidationError as exc:
@@ -147,6 +162,38 @@ def decode_messages(raw: bytes, *, max_messages: int) -> tuple[ChatRequest, Poli
     p = body.tokenhub
     policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
     return request, policy
+
+
+# The body most clients send: turns of text, a system prompt as one string, and at most these fields.
+_OTHER_FIELDS = frozenset(MessagesBody.model_fields) - {"model", "messages", "max_tokens", "system", "stream"}
+_ROLES = frozenset({"user", "assistant"})
+
+
+def plain_messages_request(raw: bytes, max_messages: int) -> ChatRequest | None:
+    """The request of a plain body, decoded without the pydantic models; None for any other body, which
+    `decode_messages` then validates with them. As the OpenAI codec's `plain_request`, it accepts only what
+    MessagesBody accepts, strictly typed, and builds the same request (the differential test in
+    tests/test_messages_endpoint_codec.py), so the models stay the definition."""
+    if (body := plain_object(raw, _OTHER_FIELDS)) is None:
+        return None
+    model, items, stream = body.get("model", ""), body.get("messages"), body.get("stream", False)
+    system, max_tokens = body.get("system"), body.get("max_tokens")
+    if type(model) is not str or type(stream) is not bool or (system is not None and type(system) is not str):
+        return None
+    if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+        return None
+    if type(items) is not list or not 0 < len(items) <= max_messages:
+        return None
+    messages = [Message("system", system)] if system else []
+    for item in items:  # MessageIn has no other field: the others are ignored, as the model ignores them
+        if type(item) is not dict:
+            return None
+        role, content = item.get("role"), item.get("content")
+        if type(role) is not str or role not in _ROLES or type(content) is not str:
+            return None
+        messages.append(Message(role, content))
+    parameters = {} if max_tokens is None else {"max_tokens": max_tokens}
+    return ChatRequest(messages, model_hint(model), parameters=parameters, stream=stream)
 
 
 def _system_text(system: str | list[dict[str, Any]] | None) -> str:

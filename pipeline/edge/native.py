@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.openai import OpenAIStreamSink
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, to_messages
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, plain_object, to_messages
 from pipeline.errors import TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import Mode
@@ -109,11 +109,7 @@ def plain_chat(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy] | No
     body, which `decode_chat` then validates with them. Like the OpenAI codec's `plain_request`, it accepts
     only what ChatBody accepts, strictly typed, and builds the same (the differential test in
     tests/test_native_codec.py): the models stay the definition, and a request skips their cold cost."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(body) is not dict or not _OTHER_BODY_FIELDS.isdisjoint(body):
+    if (body := plain_object(raw, _OTHER_BODY_FIELDS)) is None:
         return None
     req = body.get("request")
     if type(req) is not dict or not _OTHER_REQUEST_FIELDS.isdisjoint(req):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
 from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, to_messages
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, plain_object, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import model_hint
@@ -172,11 +172,7 @@ def plain_request(raw: bytes, max_messages: int) -> ChatRequest | None:
     coercion to make) and builds the same request, so the models stay the definition (the differential test
     in tests/test_openai_codec.py). Worth it on the first token: validating with pydantic-core costs ~6 µs warm
     but ~80 when a request finds its code cold after the server idled, this ~2 and ~14 (docs/benchmark.md)."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(body) is not dict or not _OTHER_FIELDS.isdisjoint(body):
+    if (body := plain_object(raw, _OTHER_FIELDS)) is None:
         return None
     model, stream = body.get("model", ""), body.get("stream", False)
     if type(model) is not str or type(stream) is not bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.errors import InvalidRequest
@@ -11,7 +12,16 @@ from pipeline.media import audio_part, document_part, image_part, parse_data_uri
 from pipeline.modes import Mode
 from pipeline.types import MediaPart, Message
 
-__all__ = ["ContentPart", "MessageIn", "PolicyIn", "Strict", "content_of", "plain_messages", "to_messages"]
+__all__ = [
+    "ContentPart",
+    "MessageIn",
+    "PolicyIn",
+    "Strict",
+    "content_of",
+    "plain_messages",
+    "plain_object",
+    "to_messages",
+]
 
 
 class Strict(BaseModel):
@@ -78,6 +88,16 @@ def to_messages(items: list[MessageIn], *, max_messages: int, field: str) -> lis
         text, parts = content_of(m.content, f"{field}.{i}.content", media_allowed=m.role == "user")
         messages.append(Message(m.role, text, m.tool_calls, m.tool_call_id or None, m.name or None, parts))
     return messages
+
+
+def plain_object(raw: bytes, other_fields: frozenset[str]) -> dict[str, Any] | None:
+    """The body for a codec's plain path (decoding the usual body without the pydantic models): a JSON object
+    that names none of `other_fields`, the fields that path leaves to the models; None for any other body."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return body if type(body) is dict and other_fields.isdisjoint(body) else None
 
 
 _OTHER_MESSAGE_FIELDS = frozenset(MessageIn.model_fields) - {"role", "content"}
