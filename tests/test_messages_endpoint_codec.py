@@ -3,7 +3,6 @@ plain body's path against the models' (it may decline a body, never decode one d
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
@@ -21,7 +20,7 @@ from pipeline.edge.anthropic import (
 )
 from pipeline.errors import InvalidRequest, NoEligibleModel, RateLimited, StreamBroken, TokenHubError
 from pipeline.types import ChatRequest, Message
-from tests.support.plain_bodies import NUMBER, TEXT, odd_messages, one_of, with_odd_fields
+from tests.support.plain_bodies import NUMBER, TEXT, PlainPath, odd_messages, one_of, with_odd_fields, without_policy
 
 
 def decode(**body: Any) -> tuple[ChatRequest, Policy]:
@@ -217,21 +216,7 @@ def test_error_types_per_status(error: TokenHubError, status: int, kind: str) ->
 
 MAX_MESSAGES = 3
 TURN = {"role": "user", "content": "x"}
-
-
-def _either(raw: bytes) -> tuple[ChatRequest | None, Any]:
-    """(the plain path's request, the models' (request, policy) or their error type)."""
-    try:
-        validated: Any = validated_messages(raw, MAX_MESSAGES)
-    except TokenHubError as exc:
-        validated = type(exc)
-    return plain_messages_request(raw, MAX_MESSAGES), validated
-
-
-def _agree(body: dict[str, Any]) -> None:
-    plain, validated = _either(json.dumps(body).encode())
-    if plain is not None:
-        assert (plain, Policy()) == validated
+PATH = PlainPath(without_policy(plain_messages_request), validated_messages, MAX_MESSAGES)
 
 
 SDK_BODIES = [
@@ -255,8 +240,7 @@ def test_the_plain_path_knows_every_field_of_a_turn() -> None:
 
 @pytest.mark.parametrize("body", SDK_BODIES)
 def test_the_usual_sdk_bodies_take_the_plain_path_to_the_same_request(body: dict[str, Any]) -> None:
-    plain, validated = _either(orjson.dumps(body))
-    assert plain is not None and (plain, Policy()) == validated
+    PATH.takes(body)
 
 
 _TURN = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": TEXT})
@@ -310,9 +294,9 @@ EDGES = [
 @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(with_odd_fields(_PLAIN_BODY, _ODD_FIELD))
 def test_the_plain_path_accepts_only_what_the_models_accept_and_builds_the_same_request(body: dict[str, Any]) -> None:
-    _agree(body)
+    PATH.agrees(body)
 
 
 @pytest.mark.parametrize("body", EDGES)
 def test_the_plain_path_agrees_with_the_models_at_the_edges(body: dict[str, Any]) -> None:
-    _agree(body)
+    PATH.agrees(body)

@@ -3,36 +3,19 @@ differently (the request and the policy)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.edge.native import ChatBody, RequestIn, plain_chat, validated_chat
 from pipeline.edge.wire import PolicyIn
-from pipeline.errors import TokenHubError
-from tests.support.plain_bodies import NUMBER, TEXT, good_messages, odd_messages, one_of, with_odd_fields
+from tests.support.plain_bodies import NUMBER, TEXT, PlainPath, good_messages, odd_messages, one_of, with_odd_fields
 
 MAX_MESSAGES = 3
 USER = {"role": "user", "content": "x"}
-
-
-def _either(raw: bytes) -> tuple[Any, Any]:
-    """(the plain path's (request, policy), the models' (request, policy) or their error type)."""
-    try:
-        validated: Any = validated_chat(raw, MAX_MESSAGES)
-    except TokenHubError as exc:
-        validated = type(exc)
-    return plain_chat(raw, MAX_MESSAGES), validated
-
-
-def _agree(body: dict[str, Any]) -> None:
-    plain, validated = _either(json.dumps(body).encode())
-    if plain is not None:
-        assert plain == validated
+PATH = PlainPath(plain_chat, validated_chat, MAX_MESSAGES)
 
 
 def _plain(policy: Any = None, **request: Any) -> dict[str, Any]:
@@ -69,8 +52,7 @@ def test_the_plain_path_knows_every_field_it_reads_by_hand() -> None:
 
 @pytest.mark.parametrize("body", USUAL_BODIES)
 def test_the_usual_bodies_take_the_plain_path_to_the_same_request_and_policy(body: dict[str, Any]) -> None:
-    plain, validated = _either(orjson.dumps(body))
-    assert plain is not None and plain == validated
+    PATH.takes(body)
 
 
 _POLICY = st.one_of(
@@ -160,9 +142,9 @@ EDGES = [
 @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_BODY)
 def test_the_plain_path_accepts_only_what_the_models_accept_and_builds_the_same(body: dict[str, Any]) -> None:
-    _agree(body)
+    PATH.agrees(body)
 
 
 @pytest.mark.parametrize("body", EDGES)
 def test_the_plain_path_agrees_with_the_models_at_the_edges(body: dict[str, Any]) -> None:
-    _agree(body)
+    PATH.agrees(body)

@@ -3,7 +3,6 @@ the plain body's path against the models' (it may decline a body, never decode o
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import orjson
@@ -11,11 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.context import Policy
 from pipeline.edge.openai import FORWARDED, OpenAICodec, StreamOptions, plain_request, validated_request
-from pipeline.errors import TokenHubError
-from pipeline.types import ChatRequest
-from tests.support.plain_bodies import NUMBER, TEXT, good_messages, odd_messages, one_of, with_odd_fields
+from tests.support.plain_bodies import (
+    NUMBER,
+    TEXT,
+    PlainPath,
+    good_messages,
+    odd_messages,
+    one_of,
+    with_odd_fields,
+    without_policy,
+)
 
 GIVEN: dict[str, Any] = {
     "temperature": 0.5,
@@ -60,16 +65,8 @@ def test_fields_the_body_leaves_out_or_sets_to_null_are_not_forwarded() -> None:
 # --- the plain body, decoded without the models ----------------------------------------------------------------
 
 
-def _either(raw: bytes) -> tuple[ChatRequest | None, Any]:
-    """(the plain path's request, the models' (request, policy) or their error type)."""
-    try:
-        validated: Any = validated_request(raw, MAX_MESSAGES)
-    except TokenHubError as exc:
-        validated = type(exc)
-    return plain_request(raw, MAX_MESSAGES), validated
-
-
 MAX_MESSAGES = 3
+PATH = PlainPath(without_policy(plain_request), validated_request, MAX_MESSAGES)
 USER = {"role": "user", "content": "x"}
 SDK_BODIES = [
     {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}]},
@@ -87,8 +84,7 @@ def test_the_plain_path_knows_every_field_of_stream_options() -> None:
 
 @pytest.mark.parametrize("body", SDK_BODIES)
 def test_the_usual_sdk_bodies_take_the_plain_path_to_the_same_request(body: dict[str, Any]) -> None:
-    plain, validated = _either(orjson.dumps(body))
-    assert plain is not None and (plain, Policy()) == validated
+    PATH.takes(body)
 
 
 # One field of a plain body set to something else: another type, a value out of range, a field left to the models.
@@ -153,15 +149,9 @@ EDGES = [
 @settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_BODY)
 def test_the_plain_path_accepts_only_what_the_models_accept_and_builds_the_same_request(body: dict[str, Any]) -> None:
-    _agree(body)
+    PATH.agrees(body)
 
 
 @pytest.mark.parametrize("body", EDGES)
 def test_the_plain_path_agrees_with_the_models_at_the_edges(body: dict[str, Any]) -> None:
-    _agree(body)
-
-
-def _agree(body: dict[str, Any]) -> None:
-    plain, validated = _either(json.dumps(body).encode())
-    if plain is not None:
-        assert (plain, Policy()) == validated
+    PATH.agrees(body)

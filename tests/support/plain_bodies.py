@@ -1,11 +1,60 @@
-"""Hypothesis strategies for the codecs' differential tests: bodies a plain path takes, and the odd values
-(another type, a value out of range, a field it leaves to the models) it must decline or decode alike."""
+"""The codecs' differential tests: a plain path beside its models' path, and hypothesis strategies for bodies a
+plain path takes and the odd values (another type, a value out of range, a field it leaves to the models) it
+must decline or decode alike."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from hypothesis import strategies as st
+
+from pipeline.context import Policy
+from pipeline.errors import TokenHubError
+from pipeline.types import ChatRequest
+
+
+@dataclass(frozen=True)
+class PlainPath:
+    """A codec's plain path (the usual body decoded by hand) and its models' path, over the same bytes."""
+
+    plain: Callable[[bytes, int], tuple[ChatRequest, Policy] | None]
+    validated: Callable[[bytes, int], tuple[ChatRequest, Policy]]
+    max_messages: int
+
+    def both(self, raw: bytes) -> tuple[Any, Any]:
+        """(the plain path's (request, policy) or None, the models' (request, policy) or their error type)."""
+        try:
+            by_models: Any = self.validated(raw, self.max_messages)
+        except TokenHubError as exc:
+            by_models = type(exc)
+        return self.plain(raw, self.max_messages), by_models
+
+    def agrees(self, body: Any) -> None:
+        """The plain path declines the body or decodes it exactly as the models do."""
+        by_plain, by_models = self.both(json.dumps(body).encode())
+        assert by_plain is None or by_plain == by_models
+
+    def takes(self, body: Any) -> None:
+        """The plain path decodes the body (sent as UTF-8, as the SDKs send it) exactly as the models do."""
+        by_plain, by_models = self.both(orjson.dumps(body))
+        assert by_plain is not None and by_plain == by_models
+
+
+def without_policy(
+    plain: Callable[[bytes, int], ChatRequest | None],
+) -> Callable[[bytes, int], tuple[ChatRequest, Policy] | None]:
+    """A plain path for bodies that carry no policy, returning what the models' path returns: (request, Policy())."""
+
+    def decode(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy] | None:
+        request = plain(raw, max_messages)
+        return None if request is None else (request, Policy())
+
+    return decode
+
 
 TEXT = st.text(max_size=8)
 NUMBER = st.one_of(st.none(), st.integers(-2, 2**40), st.booleans(), st.floats(-2, 1e6), TEXT)
