@@ -5,8 +5,9 @@ one, one whose streams die half-way) and the real server (`python -m pipeline se
 directory), measures capacity briefly with a closed loop of the same mix (or takes --rps), then sends an
 open-loop (Poisson) mix at half of it: plain answers, streams, calls that fail over, slow calls, streams cut
 by the upstream, and clients that hang up mid-request. Every window (a minute by default) it reports the
-server's RSS and open file descriptors (/proc/<pid>), its asyncio tasks (the `tokenhub_asyncio_tasks`
-gauge), the writer's queue depth and the window's p99 latency; at the end the least-squares slope of each
+server's RSS, its open file descriptors (/proc/<pid>) and asyncio tasks (the `tokenhub_asyncio_tasks` gauge),
+each of those two the lowest of readings every 5 s (the work in flight comes and goes; a leak lifts the
+floor), the writer's queue depth and the window's p99 latency; at the end the least-squares slope of each
 per minute, over the windows after the first (warm-up: connection pools, caches and the bandit fill), and
 PASS/FAIL against the thresholds.
 
@@ -148,6 +149,26 @@ async def measure_capacity(session: aiohttp.ClientSession, url: str, headers: di
     return (len(tally.latencies) + tally.hung_up) / (time.monotonic() - started)
 
 
+SAMPLE_SECS = 5.0  # how often the fds and tasks are read within a window
+
+
+@dataclass
+class Floor:
+    """The lowest reading of a gauge within a window. Open fds and live tasks count the work in flight at
+    the instant of a reading (one reading a window swings by dozens with the load), while anything leaked
+    stays through every reading and lifts the floor: the floor's slope shows a leak, not the traffic."""
+
+    lowest: float | None = None
+
+    def add(self, value: float) -> None:
+        self.lowest = value if self.lowest is None else min(self.lowest, value)
+
+    def take(self) -> float:
+        """The window's floor; the next window starts afresh."""
+        value, self.lowest = self.lowest, None
+        return -1.0 if value is None else value
+
+
 def process_stats(pid: int) -> tuple[float, int]:
     """(RSS in MiB, open file descriptors) of a process, from /proc."""
     rss_kib = 0
@@ -203,7 +224,8 @@ async def soak(args: argparse.Namespace, hub: ServerProcess, session: aiohttp.Cl
     tally = Tally()
     windows: list[Window] = []
     in_flight: set[asyncio.Task[None]] = set()
-    started = next_at = next_report = time.monotonic()
+    fds_floor, tasks_floor = Floor(), Floor()
+    started = next_at = next_report = next_sample = time.monotonic()
     next_report += args.window_secs
     reports = max(1, round(args.minutes * 60 / args.window_secs))
     print(
@@ -212,15 +234,19 @@ async def soak(args: argparse.Namespace, hub: ServerProcess, session: aiohttp.Cl
     )
     while len(windows) < reports:
         now = time.monotonic()
-        if now >= next_report:
+        if now >= next_sample or now >= next_report:
             rss, fds = process_stats(hub.pid)
             live = await gauges(session, hub.base)
+            fds_floor.add(fds)
+            tasks_floor.add(live.get("tokenhub_asyncio_tasks", -1))
+            next_sample = now + SAMPLE_SECS
+        if now >= next_report:
             done = tally.take()
             window = Window(
                 minute=(now - started) / 60,
                 rss_mib=rss,
-                fds=fds,
-                tasks=int(live.get("tokenhub_asyncio_tasks", -1)),
+                fds=int(fds_floor.take()),
+                tasks=int(tasks_floor.take()),
                 queue_depth=int(live.get("tokenhub_record_queue_depth", -1)),
                 p99_ms=p99(done.latencies),
                 sent=done.sent,
@@ -231,7 +257,7 @@ async def soak(args: argparse.Namespace, hub: ServerProcess, session: aiohttp.Cl
             )
             windows.append(window)
             print(
-                f"{window.minute:5.1f} {rss:8.1f} {fds:5d} {window.tasks:6d} {window.queue_depth:6d}"
+                f"{window.minute:5.1f} {rss:8.1f} {window.fds:5d} {window.tasks:6d} {window.queue_depth:6d}"
                 f" {window.p99_ms:8.0f} {done.sent:6d} {done.ok:6d} {done.errors:5d} {done.hung_up:6d}"
                 f" {done.shed:5d}",
                 flush=True,
@@ -239,7 +265,7 @@ async def soak(args: argparse.Namespace, hub: ServerProcess, session: aiohttp.Cl
             next_report += args.window_secs
             continue
         if now < next_at:
-            await asyncio.sleep(min(next_at, next_report) - now)
+            await asyncio.sleep(min(next_at, next_report, next_sample) - now)
             continue
         next_at += rng.expovariate(rate)
         tally.sent += 1

@@ -33,3 +33,15 @@ def test_the_script_prints_its_help(script: str) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+def test_the_soak_reports_each_windows_floor_of_a_gauge_that_swings_with_the_load() -> None:
+    from scripts.soak import Floor
+
+    floor = Floor()
+    assert floor.take() == -1.0  # no reading in the window
+    for value in (150, 118, 170, 131):
+        floor.add(value)
+    assert floor.take() == 118
+    floor.add(160)
+    assert floor.take() == 160  # each window starts afresh
