@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.anthropic_format import openai_to_anthropic_message, stop_reason_for
 from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import PolicyIn, Strict, plain_object
+from pipeline.edge.wire import PolicyIn, Strict, plain_object, policy_from
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.media import document_part, image_part
@@ -159,9 +159,7 @@ def validated_messages(raw: bytes, max_messages: int) -> tuple[ChatRequest, Poli
         parameters=_parameters(body),
         stream=body.stream,
     )
-    p = body.tokenhub
-    policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
-    return request, policy
+    return request, policy_from(body.tokenhub)
 
 
 # The body most clients send: turns of text, a system prompt as one string, and at most these fields.

@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.codec import EdgeSink
 from pipeline.edge.openai import OpenAIErrorBody, openai_error
-from pipeline.edge.wire import PolicyIn, Strict
+from pipeline.edge.wire import PolicyIn, Strict, policy_from
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.modes import model_hint
 from pipeline.types import ChatRequest
@@ -139,9 +139,7 @@ class EmbeddingsCodec:
             operation="embeddings",
             max_item_tokens=longest,
         )
-        p = body.tokenhub
-        policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
-        return request, policy
+        return request, policy_from(body.tokenhub)
 
     def encode(self, ctx: RequestContext) -> bytes:
         """The provider's embedding list, its `model` naming the TokenHub model that served it."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import orjson
 from aiohttp import web
@@ -10,10 +10,10 @@ from pydantic import Field, ValidationError
 
 from pipeline.context import Policy, RequestContext
 from pipeline.edge.openai import OpenAIStreamSink
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, plain_object, to_messages
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, plain_object, policy_from, to_messages
 from pipeline.errors import TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
-from pipeline.modes import Mode
+from pipeline.modes import ROUTING_MODES
 from pipeline.openapi import ErrorBody
 from pipeline.output_format import OutputFormat
 from pipeline.output_schema import check_schema
@@ -28,7 +28,6 @@ __all__ = [
     "decode_chat",
     "encode_chat",
     "plain_chat",
-    "policy_from",
     "validated_chat",
 ]
 
@@ -101,7 +100,6 @@ def validated_chat(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy]:
 # The body most clients send: a request of text messages with at most these fields, and a policy.
 _OTHER_BODY_FIELDS = frozenset(ChatBody.model_fields) - {"request", "policy"}
 _OTHER_REQUEST_FIELDS = frozenset(RequestIn.model_fields) - {"messages", "model_hint", "parameters", "stream"}
-_MODES = frozenset(get_args(Mode))
 
 
 def plain_chat(raw: bytes, max_messages: int) -> tuple[ChatRequest, Policy] | None:
@@ -132,7 +130,7 @@ def _plain_policy(value: Any) -> Policy | None:
         return None
     mode, budget = value.get("mode"), value.get("max_budget_usd", 0.0)
     latency, weight = value.get("max_latency_ms", 0), value.get("min_weight", 0)
-    if mode is not None and (type(mode) is not str or mode not in _MODES):
+    if mode is not None and (type(mode) is not str or mode not in ROUTING_MODES):
         return None
     if type(budget) not in (int, float) or not 0 <= budget <= 100:
         return None
@@ -151,10 +149,6 @@ def chat_request(req: RequestIn, *, max_messages: int) -> ChatRequest:
         output_schema=None if req.output_schema is None else check_schema(req.output_schema, "request.output_schema"),
         stream=req.stream,
     )
-
-
-def policy_from(p: PolicyIn | None) -> Policy:
-    return Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
 
 
 def _format(value: OutputFormatIn | None) -> OutputFormat | None:

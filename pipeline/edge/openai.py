@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from adapters.anthropic_format import anthropic_to_openai_completion, normalize_tool_call_ids, openai_tool_call_id
 from pipeline.context import Candidate, Policy, RequestContext
 from pipeline.edge.codec import SseWriter
-from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, plain_object, to_messages
+from pipeline.edge.wire import MessageIn, PolicyIn, Strict, plain_messages, plain_object, policy_from, to_messages
 from pipeline.errors import InvalidRequest, TokenHubError, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.modes import model_hint
@@ -156,9 +156,7 @@ def validated_request(raw: bytes, max_messages: int) -> tuple[ChatRequest, Polic
     )
     if body.stream_options and body.stream_options.include_usage:
         request.stream_usage = True
-    p = body.tokenhub
-    policy = Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
-    return request, policy
+    return request, policy_from(body.tokenhub)
 
 
 # The body most clients send: text messages of a role and a content, and at most these fields of CompletionsBody.

@@ -8,8 +8,8 @@ import orjson
 from pydantic import Field, ValidationError
 
 from pipeline.context import PlanSpec, Policy, RequestContext
-from pipeline.edge.native import RequestIn, chat_request, policy_from
-from pipeline.edge.wire import PolicyIn, Strict
+from pipeline.edge.native import RequestIn, chat_request
+from pipeline.edge.wire import PolicyIn, Strict, policy_from
 from pipeline.errors import InvalidRequest, invalid_request
 from pipeline.input_limits import check_message_count
 from pipeline.output_schema import check_schema

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.context import Policy
 from pipeline.errors import InvalidRequest
 from pipeline.media import audio_part, document_part, image_part, parse_data_uri
 from pipeline.modes import Mode
@@ -20,6 +21,7 @@ __all__ = [
     "content_of",
     "plain_messages",
     "plain_object",
+    "policy_from",
     "to_messages",
 ]
 
@@ -76,6 +78,11 @@ class PolicyIn(Strict):
     max_budget_usd: Annotated[float, Field(ge=0, le=100)] = 0.0
     max_latency_ms: Annotated[int, Field(ge=0, le=300_000)] = 0
     min_weight: Annotated[int, Field(ge=0, le=10)] = 0
+
+
+def policy_from(p: PolicyIn | None) -> Policy:
+    """The routing policy a body names (absent: every constraint left to the later layers)."""
+    return Policy(p.mode or "", p.max_budget_usd, p.max_latency_ms, p.min_weight) if p else Policy()
 
 
 def to_messages(items: list[MessageIn], *, max_messages: int, field: str) -> list[Message]:
