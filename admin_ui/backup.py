@@ -53,7 +53,7 @@ async def create_backup(request: web.Request) -> web.StreamResponse:
         duck = None
         if settings.analytics_path != ":memory:":
             source = Path(settings.analytics_path)
-            duck = await services.analytics.call(copy_duckdb, services.analytics.db, source, folder / DUCKDB_FILE)
+            duck = await services.analytics.call_with_db(copy_duckdb, source, folder / DUCKDB_FILE)
         fingerprint = await asyncio.to_thread(key_fingerprint, settings.data_dir / SECRET_KEY_FILE)
         await asyncio.to_thread(
             write_manifest, folder, sqlite=sqlite, duckdb_copy=duck, secret_key_fingerprint=fingerprint

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import duckdb
 import numpy as np
@@ -190,6 +190,12 @@ _SANDBOX = {
 # kill replays at most 4 MiB of WAL.
 CHECKPOINT_WAL_MIB = 4
 
+# DuckDB keeps in memory, until the database is closed, some state of every row group this process wrote (~70 KB
+# each, one per table and checkpoint: ~1 MiB per 100,000 request-log rows, measured). No checkpoint, vacuum or
+# setting gives it back, and a database opened again loads little of it. So the writer opens the database again
+# after this many rows (~40 ms, measured): the growth stays within ~2 MiB (docs/observability.md).
+REOPEN_ROWS = 200_000
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ClusterFiles:
@@ -213,6 +219,7 @@ class AnalyticsStore:
         temp_limit_mib: int = 4096,
         export_dir: str = "",
         clock: Callable[[], float] = time.time,
+        reopen_rows: int = REOPEN_ROWS,
     ) -> None:
         self._path = path
         # The one directory SQL may touch (segments); '' = none. Resolved: DuckDB compares path prefixes.
@@ -231,13 +238,21 @@ class AnalyticsStore:
         # In memory, the table blocks are the data itself: evicting them would only move them to temp files.
         self.cache_trim = BlockCacheTrim(self._limits["memory_limit"], cache_mib) if path != ":memory:" else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb")
-        self._readers = ThreadPoolExecutor(
-            max_workers=readers, thread_name_prefix="duckdb-read", initializer=self._init_reader
-        )
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="duckdb-read")
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._cursor_source: duckdb.DuckDBPyConnection | None = None
         self._cursor_lock = threading.Lock()
         self._local = threading.local()
+        # Reopening (REOPEN_ROWS) closes every cursor: it waits for a moment with no read running, and reads
+        # wait while it runs. A file only: an in-memory database would lose its rows.
+        self._reopen_rows = reopen_rows if path != ":memory:" else 0
+        self._written = 0  # rows written since the database was opened
+        self._generation = 0  # which opening the reader threads' cursors belong to
+        self.reopens = 0
+        self._reopen_failed = False
+        self._use = threading.Condition()
+        self._reading = 0
+        self._reopening = False
 
     def open(self) -> None:
         if self._path != ":memory:":
@@ -268,8 +283,12 @@ class AnalyticsStore:
         self._cursor_source = conn.cursor()
 
     def close(self) -> None:
+        self._reopen_rows = 0  # the last writes need no fresh database
         self._readers.shutdown(wait=True)
         self._executor.shutdown(wait=True)  # let queued writes finish before the connection goes
+        self._close_connection()
+
+    def _close_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()  # closes every cursor made from it, releasing the file
             self._conn = None
@@ -281,24 +300,78 @@ class AnalyticsStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._on_writer, fn, args)
 
+    async def call_with_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(db, *args)`` on the writer thread, with the connection of that moment (a reopen replaces it)."""
+        return await self.call(lambda: fn(self.db, *args))
+
     def _on_writer(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if self._conn is None and self._reopen_failed:  # try again before this work needs the database
+            self._reopen()
         try:
             return fn(*args)
         finally:
+            if self._reopen_rows and self._written >= self._reopen_rows:
+                self._reopen()
             if self.cache_trim is not None and self._conn is not None:
                 self.cache_trim.maybe_trim(self._conn)
+
+    def _reopen(self) -> None:
+        """Close the database and open it again (REOPEN_ROWS), unless a read is running: then after a later
+        write. Writes wait meanwhile (this is the writer thread), reads wait in ``_read``."""
+        with self._use:
+            if self._reading:
+                return
+            self._reopening = True
+        started = time.perf_counter()
+        written, self._written = self._written, 0
+        try:
+            self._close_connection()
+            self.open()
+        except Exception:  # never the write's failure: it succeeded; the next writer call tries again
+            self._reopen_failed = True
+            log.exception("analytics_reopen_failed")
+            return
+        finally:
+            with self._use:
+                self._generation += 1
+                self._reopening = False
+                self._use.notify_all()
+        self._reopen_failed = False
+        self.reopens += 1
+        log.info("analytics_reopened", rows=written, ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(cursor, *args)`` on a reader thread with that thread's own cursor."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: fn(self._local.cursor, *args))
+        return await loop.run_in_executor(self._readers, self._read, lambda: fn(self._reader_cursor(), *args))
+
+    def _read(self, run: Callable[[], T]) -> T:
+        with self._use:
+            while self._reopening:
+                self._use.wait()
+            self._reading += 1
+        try:
+            return run()
+        finally:
+            with self._use:
+                self._reading -= 1
+
+    def _reader_cursor(self) -> Cursor:
+        """This reader thread's cursor, made again after a reopen (which closed the old one)."""
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            local.cursor = self.new_cursor()
+            local.cluster = None
+            local.cluster_generation = None
+            local.generation = self._generation
+        return cast(Cursor, local.cursor)
 
     async def read_cluster(self, fn: Callable[..., T], *args: Any) -> T:
         """``read``, on a cursor whose ``request_log`` and ``tsdb_points`` are the cluster's (the module doc).
         A segment that vanished (retention on another replica) or turns out unreadable is dropped from the
         views and the read runs again."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, lambda: self._read_cluster(fn, args))
+        return await loop.run_in_executor(self._readers, self._read, lambda: self._read_cluster(fn, args))
 
     def _read_cluster(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         for _ in range(3):
@@ -373,11 +446,12 @@ class AnalyticsStore:
 
     def _cluster_cursor(self) -> Cursor:
         view = self._cluster
+        cursor = self._reader_cursor()
         local = self._local
         if view is None:
-            return local.cursor
-        if getattr(local, "cluster_generation", None) != view.generation:
-            if getattr(local, "cluster", None) is None:
+            return cursor
+        if local.cluster_generation != view.generation:
+            if local.cluster is None:
                 local.cluster = self.new_cursor()
             self._create_views(local.cluster, view)
             local.cluster_generation = view.generation
@@ -399,9 +473,6 @@ class AnalyticsStore:
                 )
             cursor.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS {local}")
 
-    def _init_reader(self) -> None:
-        self._local.cursor = self.new_cursor()
-
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
         if self._conn is None:
@@ -415,6 +486,7 @@ class AnalyticsStore:
         dict of numpy columns ~10 us per row at batch sizes of a few hundred."""
         if not records:
             return
+        self._written += len(records)
         for record in records:  # routing reasons left for later are rendered here, off the event loop
             record.resolve_reason()
         columns = zip(*map(_row, records), strict=True)

@@ -144,5 +144,8 @@ class RemoteAnalytics:
     def db(self) -> Any:
         raise OwnerOnly("the DuckDB connection exists only in worker 0")
 
+    async def call_with_db(self, fn: Callable[..., T], *args: Any) -> T:
+        raise OwnerOnly("the DuckDB connection exists only in worker 0")
+
     def new_cursor(self) -> Any:
         raise OwnerOnly("DuckDB cursors exist only in worker 0")

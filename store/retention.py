@@ -98,7 +98,7 @@ class Retention:
 
     async def _prune(self, table: str, fn: Callable[..., int], days: int) -> int:
         cutoff = self.cutoff(days)
-        deleted = await self._analytics.call(fn, self._analytics.db, cutoff)
+        deleted = await self._analytics.call_with_db(fn, cutoff)
         log.info("pruned", table=table, deleted=deleted, older_than=cutoff.isoformat(), retention_days=days)
         await self.prune_segments(table, days)
         return deleted

@@ -256,19 +256,15 @@ async def test_background_prune_runs_on_its_interval(store: AnalyticsStore) -> N
 
 
 class _SignallingStore:
-    """The store as Retention sees it (``db`` and ``call``), setting ``ran`` after each writer-thread job:
-    the test waits on the prune itself instead of polling for its effect."""
+    """The store as Retention sees it (``call_with_db``), setting ``ran`` after each writer-thread job: the
+    test waits on the prune itself instead of polling for its effect."""
 
     def __init__(self, store: AnalyticsStore) -> None:
         self._store = store
         self.ran = asyncio.Event()
 
-    @property
-    def db(self) -> Any:
-        return self._store.db
-
-    async def call(self, fn: Any, *args: Any) -> Any:
-        result = await self._store.call(fn, *args)
+    async def call_with_db(self, fn: Any, *args: Any) -> Any:
+        result = await self._store.call_with_db(fn, *args)
         self.ran.set()
         return result
 

@@ -3,6 +3,7 @@ what they share fails here, not in the hands of whoever runs a 30-minute soak)."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
         "bench_fake_provider.py",
         "first_token_probe.py",
         "bench_passthrough.py",
+        "duckdb_heap.py",
     ],
 )
 def test_the_script_prints_its_help(script: str) -> None:
@@ -45,3 +47,18 @@ def test_the_soak_reports_each_windows_floor_of_a_gauge_that_swings_with_the_loa
     assert floor.take() == 118
     floor.add(160)
     assert floor.take() == 160  # each window starts afresh
+
+
+def test_the_duckdb_heap_benchmark_reopens_and_samples() -> None:
+    arguments = ["--rows", "8000", "--reopen-rows", "4000", "--every", "4000"]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "duckdb_heap.py"), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    samples = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [(s["rows"], s["reopens"]) for s in samples] == [(4000, 1), (8000, 2)]
+    assert all(s["heap_mib"] > 0 and s["rss_mib"] > 0 for s in samples)
+    assert "8,000 rows, 2 reopens" in out.stdout
