@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 
+from pipeline.stage import stages_in
+from pipeline.web import PIPELINES
+from stages.rate_limit import RateLimit
 from tests.conftest import ADMIN_TOKEN, Hub
+from tests.fakes.clock import FakeClock
 
 
 async def test_missing_key_is_401(ready_hub: tuple[Hub, str]) -> None:
@@ -82,6 +86,9 @@ async def test_rate_limit_is_429_with_retry_after(make_hub) -> None:  # type: ig
     await hub.add_provider()
     await hub.add_model("gpt-test")
     key = await hub.new_key()
+    chain = hub.client.server.app[PIPELINES].chain_for("default")
+    (limiter,) = [stage for stage in stages_in(chain) if isinstance(stage, RateLimit)]
+    limiter._buckets._clock = FakeClock()  # no public seam; on the real clock a slow machine refills the bucket
     statuses = [(await hub.chat(key))[0] for _ in range(2)]
     status, body, resp = await hub.chat(key)
     assert statuses == [200, 200]

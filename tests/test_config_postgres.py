@@ -89,11 +89,24 @@ def test_configuration_writes_notify_in_their_transaction_and_nothing_else_does(
         store = _store(url, tmp_path)
         store.open()
         try:
-            with psycopg.connect(url, autocommit=True) as listener:
+            with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url, autocommit=True) as marker:
                 listener.execute(f"LISTEN {CHANNEL}")
+                listener.execute("LISTEN test_marker")
+                marks = 0
 
                 def received() -> list[str]:
-                    return [n.payload for n in listener.notifies(timeout=0.3)]
+                    """What the store notified since the last call: everything before a marker notified now,
+                    as notifications arrive in commit order (no wait that a slow machine could outlast)."""
+                    nonlocal marks
+                    marks += 1
+                    marker.execute("SELECT pg_notify('test_marker', %s)", (str(marks),))
+                    got = []
+                    for n in listener.notifies(timeout=15):
+                        if n.channel == "test_marker":
+                            assert n.payload == str(marks)
+                            return got
+                        got.append(n.payload)
+                    raise AssertionError("the marker notification never came")
 
                 store.upsert_provider(ProviderInfo("p", "openai", "http://127.0.0.1:1", True), api_key="sk-x")
                 assert received() == [store.origin]  # one notification for the whole transaction

@@ -187,16 +187,17 @@ def _metrics(port: int) -> str:
 
 
 def test_demo_run_end_to_end(tmp_path: Path) -> None:
-    """`demo.py run --duration 8` as a user runs it (TOKENHUB_CONFIG_FILE; needs config-as-code): several
-    models serve, calls fail over, and SIGINT stops fakes and TokenHub cleanly."""
+    """`demo.py run` as a user runs it (TOKENHUB_CONFIG_FILE; needs config-as-code): several models serve,
+    calls fail over, and SIGINT stops fakes and TokenHub cleanly. The traffic outlasts the test (a slow start must
+    not end it first); fader degrades after 3 s, as it would in an 8 s run."""
     port = free_port()
-    command = [sys.executable, "scripts/demo.py", "run", "--duration", "8", "--rate", "15"]
+    command = [sys.executable, "scripts/demo.py", "run", "--duration", "600", "--degrade-after", "3", "--rate", "15"]
     command += ["--port", str(port), "--fake-port-base", "0", "--data-dir", str(tmp_path / "data")]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         served: set[str] = set()
         failed_calls = 0.0
-        deadline = time.monotonic() + 40  # TokenHub's start-up, then 8 s of traffic
+        deadline = time.monotonic() + 90  # TokenHub's start-up (up to 30 s), then the traffic
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
             try:

@@ -175,7 +175,7 @@ async def test_latency_budget_bounds_the_whole_chain(hub: Hub) -> None:
         assert (status, error["type"], error["error_class"]) == (502, "upstream_error", "transient"), body
         waited = [float(s) for s in re.findall(r"timeout after ([\d.]+)s", error["message"])]
         assert waited and all(0 < w <= 0.4 for w in waited), error["message"]
-    assert hub.fake.calls("primary") == 1
+    assert hub.fake.calls("primary") <= 1  # not retried (0 when a loaded machine did not reach it in 400 ms)
 
 
 async def test_upstream_error_body_never_leaks_the_provider_key(hub: Hub) -> None:

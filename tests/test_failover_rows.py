@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ADMIN_TOKEN, Hub
 from tests.fakes import anthropic_fake as claude_fake
 from tests.fakes.anthropic_fake import FakeAnthropic
-from tests.fakes.openai_fake import ContextOverflow, Fail, Hang, QuotaExceeded, Reply
+from tests.fakes.clock import FakeClock
+from tests.fakes.openai_fake import ContextOverflow, Fail, Gated, QuotaExceeded, Reply
 
 PRICE = {"input_per_1k": 0.001, "output_per_1k": 0.002}
 
@@ -166,13 +168,14 @@ async def test_a_stream_past_the_size_cap_ends_with_the_error_event(make_hub) ->
 # --- 24: hedged dispatch ----------------------------------------------------------------------------------------
 
 
-async def test_a_hedge_starts_the_second_candidate_and_cancels_the_slower_call(hub: Hub) -> None:
+async def test_a_hedge_starts_the_second_candidate_and_cancels_the_slower_call(make_hub) -> None:  # type: ignore[no-untyped-def]
+    hub = await make_hub(provider_timeout_secs=10)  # main's call is ended by the hedge, not by its timeout
     key = await _models(hub, ("main", {}), ("backup", {"input_per_1k": 0.002}))
     await _set_pipeline(hub, hedge_after_ms=100)
-    hub.fake.script("main", Hang(1.5))
+    hub.fake.script("main", Gated(asyncio.Event()))  # never answers: the backup must win
     status, body, resp = await hub.chat(key, policy={"mode": "cheap"})
     assert status == 200 and body["negotiated_model"] == "backup", body
-    await asyncio.wait_for(hub.fake.wait_until(lambda: hub.fake.cancelled >= 1), 2)  # its HTTP call was aborted
+    await hub.fake.wait_until(lambda: hub.fake.cancelled >= 1)  # its HTTP call was aborted
     assert "hedged-dispatch: backup started after" in body["routing_reason"]
     assert "main cancelled (charged at its routing estimate)" in body["routing_reason"]
     assert resp.headers["X-TokenHub-Attempts"] == "backup=ok, main=hedged_out"
@@ -183,7 +186,8 @@ async def test_a_hedge_starts_the_second_candidate_and_cancels_the_slower_call(h
 
 async def test_no_hedge_when_the_first_answers_in_time(hub: Hub) -> None:
     key = await _models(hub, ("main", {}), ("backup", {"input_per_1k": 0.002}))
-    await _set_pipeline(hub, hedge_after_ms=500)
+    # "In time" by a wide margin: a loaded machine's plain answer must not count as late.
+    await _set_pipeline(hub, hedge_after_ms=10_000)
     body = await hub.chat_ok(key, policy={"mode": "cheap"})
     assert body["negotiated_model"] == "main" and "hedged" not in body["routing_reason"]
     assert hub.fake.calls("backup") == 0
@@ -263,12 +267,15 @@ async def test_insufficient_quota_disables_the_model_and_fails_over(hub: Hub) ->
 
 
 async def test_a_disabled_model_comes_back_after_the_configured_time(make_hub) -> None:  # type: ignore[no-untyped-def]
-    hub = await make_hub(model_disable_secs=0.3)
+    hub = await make_hub(model_disable_secs=60)
+    clock = FakeClock(time.time())
+    hub.services.model_disables._clock = clock  # no public seam; a real clock raced slow requests against 0.3 s
     key = await _models(hub, ("main", {}), ("backup", {"input_per_1k": 0.002}))
     hub.fake.script("main", Fail(400, {"error": {"message": "Budget has been exceeded!", "type": "budget_exceeded"}}))
     assert (await hub.chat_ok(key, policy={"mode": "cheap"}))["negotiated_model"] == "backup"
+    clock.advance(59.5)
     assert (await hub.chat_ok(key, policy={"mode": "cheap"}))["negotiated_model"] == "backup"
-    await asyncio.sleep(0.35)
+    clock.advance(0.5)
     assert (await hub.chat_ok(key, policy={"mode": "cheap"}))["negotiated_model"] == "main"
 
 

@@ -53,7 +53,7 @@ def test_a_server_that_never_answers_is_unhealthy_within_the_timeout() -> None:
         started = time.monotonic()
         out = _healthcheck("--timeout", "0.5", "--url", f"http://127.0.0.1:{silent.getsockname()[1]}/healthz")
     assert out.returncode == 1 and out.stdout.startswith("unhealthy: no answer from"), out
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # the 0.5 s timeout, not a hang; Python's start-up is in it too
 
 
 async def test_proxy_variables_are_ignored_and_readiness_decides(hub: Hub) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from store.idempotency import InFlight, StoredResponse
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Fail, Gated, Reply, StreamCut
 
@@ -96,12 +97,26 @@ async def test_the_same_key_with_another_body_is_422_in_the_endpoints_shape(hub:
     assert len(hub.fake.requests) == 1
 
 
-async def test_a_repeat_while_the_first_runs_waits_for_its_answer(hub: Hub) -> None:
+async def test_a_repeat_while_the_first_runs_waits_for_its_answer(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
     key, _key_id = await _setup(hub)
-    hub.fake.script("gpt-test", Reply(delay=0.3))
+    answer, repeat_waits = asyncio.Event(), asyncio.Event()
+    store = hub.services.idempotency
+    find = store.find
+
+    def spy(scope: bytes, now: float) -> StoredResponse | InFlight | None:
+        found = find(scope, now)
+        if isinstance(found, InFlight):  # the repeat found the first running: it waits for it from here
+            repeat_waits.set()
+        return found
+
+    monkeypatch.setattr(store, "find", spy)
+    hub.fake.script("gpt-test", Gated(answer))  # the first runs until the repeat is waiting for it
     first = asyncio.ensure_future(_post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"]))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
-    second = await _post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"])
+    repeat = asyncio.ensure_future(_post(hub, "/v1/chat", key, CHAT_BODIES["/v1/chat"]))
+    await asyncio.wait_for(repeat_waits.wait(), 15)
+    answer.set()
+    second = await repeat
     original = await first
     assert second[0] == original[0] == 200 and second[1] == original[1]
     assert second[2]["Idempotent-Replayed"] == "true" and hub.fake.calls("gpt-test") == 1

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from pipeline.edge.lane import LaneServer, _head
 from tests.conftest import Hub
-from tests.fakes.openai_fake import FakeOpenAI, Hang
+from tests.fakes.openai_fake import FakeOpenAI, Gated, Hang
 from tests.support.server import Server, quiet_server_env
 
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
@@ -192,18 +192,21 @@ async def test_pipelined_requests_are_answered_in_order(ready_hub: tuple[Hub, st
     writer.close()
 
 
-async def test_a_client_that_leaves_cancels_its_request(ready_hub: tuple[Hub, str]) -> None:
-    hub, key = ready_hub
-    hub.fake.script("gpt-test", Hang(5))
+async def test_a_client_that_leaves_cancels_its_request(make_hub: Any) -> None:
+    hub = await make_hub(provider_timeout_secs=60)  # only the client's leaving can end the provider call
+    await hub.add_provider()
+    await hub.add_model("gpt-test")
+    key = await hub.new_key()
+    hub.fake.script("gpt-test", Gated(asyncio.Event()))  # never answers
     _, writer = await _open(hub)
     writer.write(_post(key))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)  # the provider call is under way
     writer.close()
-    for _ in range(100):
-        if any(line.get("status") == 499 for line in await hub.logs()):
-            break
+    await hub.fake.wait_until(lambda: hub.fake.cancelled == 1)  # and is cancelled with the request
+    deadline = asyncio.get_running_loop().time() + 15
+    while not any(line.get("status") == 499 for line in await hub.logs()):  # the writer logs it a little later
+        assert asyncio.get_running_loop().time() < deadline, "no 499 in the request log"
         await asyncio.sleep(0.05)
-    assert any(line.get("status") == 499 for line in await hub.logs())
 
 
 async def test_with_the_lane_off_every_request_goes_through_aiohttp(make_hub: Any) -> None:

@@ -8,7 +8,7 @@ import gzip
 import ipaddress
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +17,25 @@ import pytest
 
 from adapters.lean_http import LeanClient, LeanHttpError, LeanStream
 
-Answer = Callable[[bytes], list[bytes | None]]  # request bytes -> chunks to write (None: close the connection)
+
+class Hold:
+    """A point in an answer where the server stops writing until the test calls `release()`; `reached` is set
+    when it gets there (orders a test by the server's progress, not by delays)."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self._released = asyncio.Event()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait(self) -> None:
+        self.reached.set()
+        await self._released.wait()
+
+
+# request bytes -> chunks to write (None: close the connection; a Hold: wait for the test)
+Answer = Callable[[bytes], Sequence[bytes | Hold | None]]
 
 
 class RawServer:
@@ -38,6 +56,9 @@ class RawServer:
                     if chunk is None:
                         writer.close()
                         return
+                    if isinstance(chunk, Hold):
+                        await chunk.wait()
+                        continue
                     writer.write(chunk)
                     await writer.drain()
                     await asyncio.sleep(0.01)
@@ -128,13 +149,17 @@ async def test_broken_answers_are_transport_errors(chunks: list[bytes | None], m
 
 
 async def test_a_cancelled_call_never_returns_its_connection_to_the_pool() -> None:
-    answers = [[b'HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{"a"', b"ignored"], _ok(b"{}")]
+    hold = Hold()  # the answer's head and half its body are out, the rest waits for the cancellation
+    answers = [[b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{"a"', hold, b": 1}"], _ok(b"{}")]
     async with raw_server(lambda _: answers.pop(0)) as server:
         client = LeanClient()
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.005):
-                await client.post(server.url, b"{}", {})
-        assert (await client.post(server.url, b"{}", {})).body == b"{}"
+        call = asyncio.ensure_future(client.post(server.url, b"{}", {}))
+        await asyncio.wait_for(hold.reached.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        hold.release()  # the rest of the answer: what a pooled connection would hand the next call
+        assert (await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)).body == b"{}"
         assert server.connections == 2
         client.close()
 
@@ -144,8 +169,9 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
     async with raw_server(lambda _: answers.pop(0)) as server:
         client = LeanClient()
         await client.post(server.url, b"{}", {})
-        await asyncio.sleep(0.05)  # the server has closed it meanwhile
-        assert (await client.post(server.url, b"{}", {})).status == 200
+        (pooled,) = client._idle[_origin_of(server)]
+        await _until(lambda: pooled.closed)  # the server closes it right after its answer
+        assert (await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)).status == 200
         assert server.connections == 2
         client.close()
 
@@ -374,6 +400,13 @@ def _origin_of(server: RawServer) -> tuple[str, str, int]:
     return ("http", "127.0.0.1", int(server.url.split(":")[2].split("/")[0]))
 
 
+async def _until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
 async def _pooled(client: LeanClient) -> None:
     for _ in range(500):
         if any(client._idle.values()):
@@ -388,7 +421,10 @@ async def test_a_stream_that_ended_while_its_reading_was_paused_leaves_a_connect
     async with raw_server(lambda _: answers.pop(0)) as server:
         client = LeanClient()
         stream = await client.open_stream(server.url, b"{}", {})
-        await asyncio.sleep(0.1)  # both pieces have arrived unread: reading paused with the whole answer in
+        conn = stream._conn
+        assert conn is not None
+        await _until(lambda: conn.complete)  # both pieces have arrived unread...
+        assert conn._paused  # ... reading paused with the whole answer in
         stream.release()  # arrived whole: pooled
         assert (await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)).body == b"{}"
         assert server.connections == 1

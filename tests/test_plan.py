@@ -10,7 +10,7 @@ import pytest
 
 from stages.plan_modes import parse_choice
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Fail, Hang, Reply
+from tests.fakes.openai_fake import Fail, Gated, Reply
 
 
 def by_role(model: str, body: dict[str, Any]) -> str:
@@ -84,11 +84,15 @@ async def test_return_plan_only_stops_after_the_plan(hub: Hub) -> None:
 
 async def test_vote_fans_out_concurrently_and_the_judge_picks(hub: Hub) -> None:
     key = await _setup(hub, "a", "b", "c", "judge")
+    answer = asyncio.Event()
     for model in ("a", "b", "c"):
-        hub.fake.script(model, Reply(delay=0.3))
-    resp, body = await _plan(hub, key, {"mode": "vote", "iterations": 3, "review_model_id": "judge"})
+        hub.fake.script(model, Gated(answer))
+    plan = asyncio.ensure_future(_plan(hub, key, {"mode": "vote", "iterations": 3, "review_model_id": "judge"}))
+    # all voters are in flight at once, not one after another (one at a time would never get there)
+    await hub.fake.wait_until(lambda: hub.fake.in_flight == 3)
+    answer.set()
+    resp, body = await plan
     assert resp.status == 200, body
-    assert hub.fake.max_in_flight == 3  # all voters were in flight at once, not one after another
     assert sorted(s["model_id"] for s in body["steps"] if s["role"] == "vote") == ["a", "b", "c"]
     assert body["steps"][-1]["role"] == "judge" and body["steps"][-1]["model_id"] == "judge"
     composite = body["response"]
@@ -191,10 +195,11 @@ async def test_directives_select_the_orchestration(hub: Hub) -> None:
     assert hub.fake.requests[0]["json"]["messages"][0]["content"] == "Improve my essay"
 
 
-async def test_client_disconnect_cancels_outstanding_steps(hub: Hub) -> None:
+async def test_client_disconnect_cancels_outstanding_steps(make_hub: Any) -> None:
+    hub = await make_hub(provider_timeout_secs=60)  # only the client's leaving can end the voters' calls
     key = await _setup(hub, "a", "b", "c")
     for model in ("a", "b", "c"):
-        hub.fake.script(model, Hang(10))
+        hub.fake.script(model, Gated(asyncio.Event()))
     body = {"request": {"messages": [{"role": "user", "content": "q"}]}, "orchestration": {"mode": "vote"}}
     task = asyncio.ensure_future(hub.client.post("/v1/plan", json=body, headers={"Authorization": f"Bearer {key}"}))
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 3)  # every voter is at the provider

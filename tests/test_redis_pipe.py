@@ -69,15 +69,16 @@ async def test_the_url_gives_the_user_password_and_database_and_a_wrong_password
 
 async def test_a_lost_connection_fails_every_waiting_call_and_the_next_call_connects_again() -> None:
     async with private_redis() as server:
-        pipe = RedisPipe(server.url, timeout_secs=2.0)
+        pipe = RedisPipe(server.url, timeout_secs=60.0)
         try:
             assert await pipe.eval(ECHO, b"up") == b"up"
-            waiting = [pipe.eval(SLOW, b"300000") for _ in range(3)]
-            await asyncio.sleep(0.05)
+            # 10 s each (the kill ends them at once): still waiting when the server goes, however slow the machine
+            waiting = [pipe.eval(SLOW, b"10000000") for _ in range(3)]
+            await asyncio.sleep(0.05)  # Redis is likely running the first (not needed: they fail either way)
             server.stop()
             for call in waiting:
                 with pytest.raises(PipeError, match="connection lost"):
-                    await call
+                    await asyncio.wait_for(call, 10)
             await server.start()
             assert await pipe.eval(ECHO, b"back") == b"back"
         finally:
@@ -86,11 +87,13 @@ async def test_a_lost_connection_fails_every_waiting_call_and_the_next_call_conn
 
 async def test_a_call_past_the_timeout_fails_and_drops_the_connection() -> None:
     async with private_redis() as server:
-        pipe = RedisPipe(server.url, timeout_secs=0.2)
+        pipe = RedisPipe(server.url, timeout_secs=0.5)
+        admin = aioredis.Redis.from_url(server.url)
         try:
             with pytest.raises(PipeError, match="timed out"):
-                await pipe.eval(SLOW, b"600000")  # Redis is busy for 0.6 s
-            await asyncio.sleep(0.5)
+                await pipe.eval(SLOW, b"1500000")  # Redis is busy for 1.5 s: a second past the timeout
+            await admin.ping()  # answered once the script is done (Redis runs one thing at a time)
             assert await pipe.eval(ECHO, b"after") == b"after"  # a new connection, not the late reply
         finally:
             pipe.close()
+            await admin.aclose()

@@ -3,6 +3,7 @@ hostile input, and the admin-token CLI command."""
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from pathlib import Path
@@ -12,8 +13,11 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from admin_ui import security
 from pipeline.cli import main
+from stages.rate_limit import TokenBuckets
 from tests.conftest import ADMIN_TOKEN, Hub
+from tests.fakes.clock import FakeClock
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -52,7 +56,9 @@ async def test_every_admin_route_refuses_a_request_without_the_token(hub: Hub) -
     assert (await hub.admin("GET", "/audit"))["logs"] == []
 
 
-async def test_admin_rate_limit_applies_before_authentication(make_hub: Any) -> None:
+async def test_admin_rate_limit_applies_before_authentication(make_hub: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The admin buckets on a stopped clock: on the real one a slow machine refills them between requests.
+    monkeypatch.setattr(security, "TokenBuckets", functools.partial(TokenBuckets, clock=FakeClock()))
     hub = await make_hub(admin_rate_limit_rps=0.5, admin_rate_limit_burst=3)
     for _ in range(3):
         assert (await hub.client.get("/admin/v1/providers", headers={"Authorization": "Bearer guess"})).status == 401

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from store.shared_budgets import month_tag
 from tests.conftest import Hub
-from tests.fakes.openai_fake import FakeOpenAI, Reply
+from tests.fakes.openai_fake import FakeOpenAI, Gated, Reply
 from tests.support.backing import REDIS_URL, fresh_redis_prefix, private_redis
 from tests.support.replicas import start_replicas
 
@@ -114,17 +114,17 @@ async def test_a_keys_requests_per_minute_hold_across_3_replicas(
             3,
             redis_url=REDIS_URL,
             prefix=prefix,
-            configure=_configure(keys, rate_limit_rpm=30),
+            configure=_configure(keys, rate_limit_rpm=6),  # one token back every 10 s: none while a slow CI runs this
         )
         started = time.monotonic()
-        results = await asyncio.gather(*(_completions(hubs[i % 3], keys["key"]) for i in range(90)))
+        results = await asyncio.gather(*(_completions(hubs[i % 3], keys["key"]) for i in range(30)))
         elapsed = time.monotonic() - started
         served = sum(1 for status, _ in results if status == 200)
         limited = [body for status, body in results if status == 429]
-        # alone, each replica would grant its own 30: shared, the three grant 30 (plus what refilled meanwhile)
-        assert 30 <= served <= 30 + int(elapsed * 30 / 60) + 1
-        assert len(limited) == 90 - served
-        assert all("30 requests per minute" in body["error"]["message"] for body in limited)
+        # alone, each replica would grant its own 6 (18 of the 30): shared, the three grant 6 (plus any refill)
+        assert 6 <= served <= 6 + int(elapsed * 6 / 60) + 1
+        assert len(limited) == 30 - served
+        assert all("6 requests per minute" in body["error"]["message"] for body in limited)
         # the bucket is known empty now: the next request is refused before any work, on every replica
         for hub in hubs:
             status, body = await _completions(hub, keys["key"])
@@ -174,11 +174,14 @@ async def test_a_killed_replicas_holds_expire_with_their_lease() -> None:
                 account = ["key:k", 1.0, "spend:m", "k"]
                 return {"h": holder, "prev": "", "a": [account], "worst": 0.6, "need": 0.6, "lease": lease_ms}
 
-            assert (await limits.gate([], hold("dead#1", 300))).held == 0.6
+            # 2 s: the refusal below must come while the lease runs, however slow the machine
+            assert (await limits.gate([], hold("dead#1", 2000))).held == 0.6
             refused = await limits.gate([], hold("live#2", 60_000))
             assert refused.refused == 0 and refused.info[0][1] == pytest.approx(0.6)  # 0.6 + 0.6 > 1.0
-            await asyncio.sleep(0.5)  # the dead replica's lease runs out
-            admitted = await limits.gate([], hold("live#2", 60_000))
+            deadline = time.monotonic() + 10
+            while (admitted := await limits.gate([], hold("live#2", 60_000))).held == 0:  # until the lease runs out
+                assert admitted.refused == 0 and time.monotonic() < deadline, "the dead replica's hold never expired"
+                await asyncio.sleep(0.05)
             assert admitted.held == 0.6 and admitted.info[0][1] == pytest.approx(0.6)
             # renewed: a live replica's hold outlives its first lease
             await limits.apply([{"o": "renew", "l": [["key:k", "live#2"]], "lease": 60_000}])
@@ -305,7 +308,8 @@ async def test_a_budget_keys_hold_is_sent_before_routing_at_a_bound_then_shrunk_
             aiohttp_client, fake, tmp_path, 1, redis_url=REDIS_URL, prefix=prefix, configure=configure
         )
         calls = _gate_calls(hub)
-        fake.script("gpt-test", Reply(delay=0.5))
+        gate = asyncio.Event()  # the call stays in flight until the hold's checks are done
+        fake.script("gpt-test", Gated(gate))
         answer = asyncio.ensure_future(_ask(hub, keys["key"], "gpt-test"))
         await fake.wait_until(lambda: fake.in_flight == 1)
         # one round trip, sent from auth: the hold at the most any model could bill (gpt-big's prices)...
@@ -317,6 +321,7 @@ async def test_a_budget_keys_hold_is_sent_before_routing_at_a_bound_then_shrunk_
             assert time.monotonic() < deadline, "the hold was not shrunk"
             await asyncio.sleep(0.02)
         assert hub.services.reservations.reserved(f"key:{keys['id']}") == pytest.approx(COST)
+        gate.set()
         assert (await answer)[0] == 200
         await _drained([hub])
         assert await _holds(REDIS_URL, prefix) == []
@@ -375,23 +380,39 @@ async def test_a_hold_made_after_its_client_hung_up_is_released(
     once, not left counting as spent until its 30 s lease runs out."""
     async with private_redis() as server:
         keys: dict[str, str] = {}
+        # The gate call must outwait the pause, not time out: a 10 s Redis timeout against at most 8 s of pause.
         (hub,) = await start_replicas(
-            aiohttp_client, fake, tmp_path, 1, redis_url=server.url, prefix="hangup", configure=_two_models(keys, 10.0)
+            aiohttp_client,
+            fake,
+            tmp_path,
+            1,
+            redis_url=server.url,
+            prefix="hangup",
+            configure=_two_models(keys, 10.0),
+            redis_timeout_ms=10_000,
         )
         answers: list[asyncio.Future[bytes]] = []
         _gate_calls(hub, answers)
+        gate = hub.services.shared_gate
+        assert gate is not None
         admin = aioredis.Redis.from_url(server.url)
         try:
-            await admin.execute_command("CLIENT", "PAUSE", 500, "ALL")  # every command waits half a second
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_ask(hub, keys["key"], "gpt-test"), 0.2)
+            # Scripts (they write) wait in Redis; a WRITE pause, unlike ALL, still takes the UNPAUSE that ends it
+            # as soon as the client has hung up (the 8 s are only a backstop).
+            await admin.execute_command("CLIENT", "PAUSE", 8000, "WRITE")
+            ask = asyncio.ensure_future(_ask(hub, keys["key"], "gpt-test"))
+            await _wait(lambda: gate._limits._in_flight == 1)  # the gate call is sent and waits in Redis
+            ask.cancel()  # the client hangs up
+            with contextlib.suppress(asyncio.CancelledError):
+                await ask
             assert len(answers) == 1
-            await _wait(answers[0].cancelled, 0.25)  # the request went with its client, before Redis answered
-            gate = hub.services.shared_gate
-            assert gate is not None
+            await _wait(answers[0].cancelled)  # the request went with its client...
+            assert gate._limits._in_flight == 1  # ... before Redis answered
+            await admin.execute_command("CLIENT", "UNPAUSE")
             await _wait(lambda: gate._limits._in_flight == 0)  # Redis has answered: the hold was made
             await gate.flusher.drained()
             assert await _holds(server.url, "hangup") == []
         finally:
+            await admin.execute_command("CLIENT", "UNPAUSE")
             await admin.aclose()
         assert fake.calls("gpt-test") == 0 and hub.services.reservations.total_usd == 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
@@ -123,7 +124,7 @@ async def test_tool_call_deltas_are_relayed(hub: Hub) -> None:
 
 
 async def test_late_first_token_fails_over_before_anything_is_sent(make_hub: Any) -> None:
-    hub = await make_hub(stream_first_token_secs=0.3)
+    hub = await make_hub(stream_first_token_secs=1)  # room for fast's first token on a loaded machine
     key = await _setup(hub, "slow", "fast")
     hub.fake.script("slow", Reply(first_token_delay=5))
     resp, events = await _stream(hub, key)
@@ -154,11 +155,14 @@ async def test_every_candidate_failing_gives_a_json_error_not_a_stream(hub: Hub)
 
 
 async def test_hang_before_headers_fails_over_within_the_first_token_limit(make_hub: Any) -> None:
-    hub = await make_hub(stream_first_token_secs=0.3)
+    # A long provider timeout: only the first-token limit (1 s) can end the silent call before it answers.
+    hub = await make_hub(stream_first_token_secs=1, provider_timeout_secs=30)
     key = await _setup(hub, "silent", "fine")
-    hub.fake.script("silent", Hang(5))
+    hub.fake.script("silent", Hang(20))
+    started = time.monotonic()
     resp, _events = await _stream(hub, key)
     assert resp.status == 200 and resp.headers["X-Negotiated-Model"] == "fine"
+    assert time.monotonic() - started < 10  # not its 20 s answer, nor the 30 s timeout: a wide margin over 1 s
 
 
 @pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/completions"])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Hub
-from tests.fakes.openai_fake import Hang
+from tests.fakes.openai_fake import Gated
 from tests.fakes.temporal_server import TemporalDevServer
 from tests.test_plan import _plan, _rows, _setup
 
@@ -36,13 +36,20 @@ async def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20.
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-async def durable(make_hub: Callable[..., Any], temporal: TemporalDevServer) -> Hub:
+async def _durable_hub(make_hub: Callable[..., Any], temporal: TemporalDevServer, **overrides: Any) -> Hub:
     hub = await make_hub(
-        temporal_enabled=True, temporal_host=temporal.address, temporal_task_queue=f"q-{uuid.uuid4().hex[:8]}"
+        temporal_enabled=True,
+        temporal_host=temporal.address,
+        temporal_task_queue=f"q-{uuid.uuid4().hex[:8]}",
+        **overrides,
     )
     await wait_for(lambda: hub.services.temporal.up, "Temporal to be up")
     return hub
+
+
+@pytest.fixture
+async def durable(make_hub: Callable[..., Any], temporal: TemporalDevServer) -> Hub:
+    return await _durable_hub(make_hub, temporal)
 
 
 async def test_chat_runs_as_a_workflow_with_the_direct_paths_row(durable: Hub) -> None:
@@ -134,10 +141,14 @@ async def test_async_plan_answers_202_and_only_its_key_follows_it(durable: Hub) 
     assert [r["status"] for r in rows if r["request_id"] == plan_id] == [200]
 
 
-async def test_cancelling_an_async_plan_cancels_its_step_in_flight(durable: Hub) -> None:
-    hub = durable
+async def test_cancelling_an_async_plan_cancels_its_step_in_flight(
+    make_hub: Callable[..., Any], temporal: TemporalDevServer
+) -> None:
+    # The critique is held until cancelled: only the DELETE (via the activity's heartbeats) can end it, never
+    # the provider timeout (the tests' 2 s, which a loaded machine's heartbeats could lose to).
+    hub = await _durable_hub(make_hub, temporal, provider_timeout_secs=120)
     key = await _setup(hub, "planner", "critic")
-    hub.fake.script("critic", Hang(20))
+    hub.fake.script("critic", Gated(asyncio.Event()))  # never set
     status, started = await _async_plan(hub, key, {"mode": "adversarial", "review_model_id": "critic"})
     assert status == 202, started
     plan_id = started["plan_id"]
@@ -151,6 +162,7 @@ async def test_cancelling_an_async_plan_cancels_its_step_in_flight(durable: Hub)
 
     body = await wait_for(cancelled, "the plan to be cancelled")
     assert [s["role"] for s in body["steps"]] == ["plan"]
+    await hub.fake.wait_until(lambda: hub.fake.cancelled == 1)  # the critique's call was hung up on
     await asyncio.sleep(1.5)
     assert hub.fake.calls("planner") == 1 and hub.fake.calls("critic") == 1  # nothing after the cancel
     rows = await _rows(hub)

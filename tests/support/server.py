@@ -7,12 +7,15 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
 
 __all__ = ["Server", "free_port", "quiet_server_env"]
+
+START_TIMEOUT_SECS = 90.0
 
 
 def free_port() -> int:
@@ -66,8 +69,11 @@ class Server:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        # A cold start (imports, DuckDB, PostgreSQL) on a loaded machine can take long: a generous deadline,
+        # while a process that exited fails at once.
+        deadline = time.monotonic() + START_TIMEOUT_SECS
         async with aiohttp.ClientSession() as session:
-            for _ in range(200):
+            while time.monotonic() < deadline:
                 if self.proc.returncode is not None:
                     break
                 try:
@@ -75,7 +81,9 @@ class Server:
                         return
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.05)
-        _, err = await asyncio.wait_for(self.proc.communicate(), 20) if self.proc.returncode is not None else (b"", b"")
+        if self.proc.returncode is None:  # still not listening: stop it, and show what it said
+            self.proc.kill()
+        _, err = await asyncio.wait_for(self.proc.communicate(), 20)
         raise AssertionError(f"server did not start: {err.decode()[-2000:]}")
 
     def terminate(self) -> None:
