@@ -145,11 +145,16 @@ class Metrics:
         record_queue_depth: Callable[[], int],
         event_subscribers: Callable[[], int],
         log_lines_dropped: Callable[[], int] | None = None,
+        analytics_reopens: Callable[[], int] = lambda: 0,
     ) -> None:
         """Series read from live objects at scrape time: nothing to update on the request path."""
         self.registry.register(
             _LiveCollector(
-                health_states, record_queue_depth, event_subscribers, log_lines_dropped or _log_lines_dropped
+                health_states,
+                record_queue_depth,
+                event_subscribers,
+                log_lines_dropped or _log_lines_dropped,
+                analytics_reopens,
             )
         )
 
@@ -191,11 +196,13 @@ class _LiveCollector(Collector):
         record_queue_depth: Callable[[], int],
         event_subscribers: Callable[[], int],
         log_lines_dropped: Callable[[], int],
+        analytics_reopens: Callable[[], int],
     ) -> None:
         self._health_states = health_states
         self._record_queue_depth = record_queue_depth
         self._event_subscribers = event_subscribers
         self._log_lines_dropped = log_lines_dropped
+        self._analytics_reopens = analytics_reopens
 
     def collect(self) -> Iterator[Any]:
         health = GaugeMetricFamily(
@@ -219,6 +226,11 @@ class _LiveCollector(Collector):
             "tokenhub_log_dropped",
             "Log lines dropped because stdout could not keep up (the log buffer was full)",
             value=self._log_lines_dropped(),
+        )
+        yield CounterMetricFamily(
+            "tokenhub_analytics_reopens",
+            "Times the DuckDB writer closed and opened the database again to give back its row groups' memory",
+            value=self._analytics_reopens(),
         )
 
 

@@ -138,6 +138,7 @@ class Services:
             health_states=lambda: {provider: h.state for provider, h in self.health.snapshot().items()},
             record_queue_depth=lambda: self.records.depth,
             event_subscribers=lambda: self.events.subscribers,
+            analytics_reopens=lambda: analytics.reopens,
         )
         # Shared hot state across replicas (docs/scaling.md): None = this process's memory only.
         self.redis: RedisLink | None = None

@@ -110,6 +110,7 @@ class RemoteAnalytics:
     the admin routes that need them are forwarded whole (admin_ui/owner_forward.py)."""
 
     export_dir = ""  # the owner exports the request log (store/log_export.py), never a worker
+    reopens = 0  # the owner reopens the DuckDB file (store/analytics.py) and counts it in its own metrics
 
     def __init__(self, link: OwnerLink) -> None:
         self.link = link

@@ -14,6 +14,8 @@ import pytest
 
 from store.analytics import AnalyticsStore
 from store.retention import Retention
+from tests.conftest import Hub
+from tests.test_observability_api import samples, value
 from tests.test_record_writer import make_record
 
 
@@ -150,3 +152,20 @@ async def test_a_failed_reopen_is_tried_again_before_the_next_write(
     await _write(store, 150, 10)  # opens first, then writes
     assert store.reopens == 1
     assert await store.read(_count) == 160
+
+
+async def test_the_servers_reopens_are_counted_in_its_metrics(ready_hub: tuple[Hub, str]) -> None:
+    hub, key = ready_hub
+    analytics = hub.services.analytics
+    assert isinstance(analytics, AnalyticsStore)
+    analytics._reopen_rows = 1  # after every batch the writer stores
+    await hub.chat_ok(key)
+    deadline = asyncio.get_running_loop().time() + 15
+    while analytics.reopens == 0:  # the record writer stores the row within its interval
+        assert asyncio.get_running_loop().time() < deadline, "the row was never stored"
+        await asyncio.sleep(0.05)
+    parsed = samples(await (await hub.client.get("/metrics")).text())
+    assert value(parsed, "tokenhub_analytics_reopens_total") == analytics.reopens >= 1
+    await hub.chat_ok(key)  # and the server goes on serving and recording on the new connection
+    rows = await analytics.read(_count)
+    assert rows >= 1

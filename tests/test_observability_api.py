@@ -111,6 +111,7 @@ async def test_metrics_text_parses_and_counts_match(ready_hub: tuple[Hub, str]) 
     assert value(parsed, "tokenhub_provider_health_state", provider="fake") == 2
     assert ("tokenhub_record_queue_depth", frozenset()) in parsed
     assert ("tokenhub_log_dropped_total", frozenset()) in parsed
+    assert value(parsed, "tokenhub_analytics_reopens_total") == 0
     assert value(parsed, "tokenhub_store_dropped_total", op="log_request") == 0
     assert value(parsed, "tokenhub_event_subscribers") == 0
     assert value(parsed, "tokenhub_asyncio_tasks") >= 1  # at least the handler that is scraping
