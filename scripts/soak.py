@@ -13,6 +13,10 @@ PASS/FAIL against the thresholds.
 
     .venv/bin/python scripts/soak.py                       # 30 minutes
     .venv/bin/python scripts/soak.py --minutes 4 --window-secs 30 --json soak.json
+    .venv/bin/python scripts/soak.py --minutes 20 --memory-probe memory.jsonl   # what the RSS is made of
+
+`--memory-probe` (scripts/memory_probe/sitecustomize.py) has the server append its memory by kind every window:
+the RSS by mapping kind, glibc's arenas, the objects the collector tracks.
 
 The harness runs in one process beside the server: on a small machine the measured capacity is the pair's.
 """
@@ -315,11 +319,22 @@ def summarize(args: argparse.Namespace, capacity: float, rate: float, windows: l
     }
 
 
+def memory_probe_env(out: str, every_secs: float) -> dict[str, str]:
+    """The server's environment for scripts/memory_probe: its `sitecustomize` on the server's path only."""
+    paths = (str(ROOT / "scripts" / "memory_probe"), os.environ.get("PYTHONPATH", ""))
+    return {
+        "PYTHONPATH": os.pathsep.join(path for path in paths if path),
+        "MEMPROBE_OUT": os.path.abspath(out),
+        "MEMPROBE_SECS": str(every_secs),
+    }
+
+
 async def main(args: argparse.Namespace) -> int:
     fakes = {name: FakeProvider([model], seed=i) for i, (name, model) in enumerate(MODELS.items())}
     for fake in fakes.values():
         await fake.start()
-    hub = ServerProcess(TOKENHUB_HEALTH_PROBE_INTERVAL_SECS="10")
+    probe = memory_probe_env(args.memory_probe, args.window_secs) if args.memory_probe else {}
+    hub = ServerProcess(TOKENHUB_HEALTH_PROBE_INTERVAL_SECS="10", **probe)
     connector = aiohttp.TCPConnector(limit=0)  # no client-side queueing in the latencies
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -350,6 +365,9 @@ if __name__ == "__main__":
     parser.add_argument("--window-secs", type=float, default=60.0, help="one report per window")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", default="", help="also write the results here")
+    parser.add_argument(
+        "--memory-probe", default="", help="append the server's memory by kind here every window (JSON lines)"
+    )
     parser.add_argument("--max-rss-slope-mib", type=float, default=1.0, help="RSS growth allowed, MiB per minute")
     parser.add_argument("--max-fd-slope", type=float, default=0.5, help="fd growth allowed per minute")
     parser.add_argument("--max-task-slope", type=float, default=1.0, help="asyncio task growth allowed per minute")

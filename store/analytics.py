@@ -37,6 +37,7 @@ import structlog
 from pipeline.types import RequestRecord
 from store.block_cache import BlockCacheTrim
 from store.rollup import rollup
+from store.startup_pages import duckdb_library, release_startup_pages, trim_malloc_heap
 
 __all__ = [
     "CHECKPOINT_WAL_MIB",
@@ -193,7 +194,9 @@ CHECKPOINT_WAL_MIB = 4
 # DuckDB keeps in memory, until the database is closed, some state of every row group this process wrote (~70 KB
 # each, one per table and checkpoint: ~1 MiB per 100,000 request-log rows, measured). No checkpoint, vacuum or
 # setting gives it back, and a database opened again loads little of it. So the writer opens the database again
-# after this many rows (~40 ms, measured): the growth stays within ~2 MiB (docs/observability.md).
+# after this many rows (~40 ms, measured): the growth stays within ~2 MiB (docs/observability.md). Opening runs
+# DuckDB's catalogue registration again (~7 MiB of its library's pages, resident until released), and glibc keeps
+# what the close freed resident in the freeing thread's arena: the reopen gives both back (`_give_back_memory`).
 REOPEN_ROWS = 200_000
 
 
@@ -241,10 +244,10 @@ class AnalyticsStore:
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="duckdb-read")
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._cursor_source: duckdb.DuckDBPyConnection | None = None
-        self._cursor_lock = threading.Lock()
         self._local = threading.local()
         # Reopening (REOPEN_ROWS) closes every cursor: it waits for a moment with no read running, and reads
-        # wait while it runs. A file only: an in-memory database would lose its rows.
+        # wait while it runs. A file only: an in-memory database would lose its rows. `_use` also serialises
+        # making cursors from `_cursor_source`.
         self._reopen_rows = reopen_rows if path != ":memory:" else 0
         self._written = 0  # rows written since the database was opened
         self._generation = 0  # which opening the reader threads' cursors belong to
@@ -278,7 +281,7 @@ class AnalyticsStore:
         _add_logged_at(conn)
         self._catalog = conn.execute("SELECT current_database()").fetchall()[0][0]
         self._conn = conn
-        # Reader cursors are made from this one (under a lock), never from the writer's connection, which
+        # Reader cursors are made from this one (under `_use`), never from the writer's connection, which
         # is busy on its own thread.
         self._cursor_source = conn.cursor()
 
@@ -338,7 +341,20 @@ class AnalyticsStore:
                 self._use.notify_all()
         self._reopen_failed = False
         self.reopens += 1
-        log.info("analytics_reopened", rows=written, ms=round((time.perf_counter() - started) * 1000, 1))
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        self._give_back_memory(written, ms)
+
+    @staticmethod
+    def _give_back_memory(rows: int, reopen_ms: float) -> None:
+        """After a reopen: the old database's freed state to the kernel, and the pages of DuckDB's library
+        that opening ran again (its catalogue), as start-up does (store/startup_pages.py)."""
+        started = time.perf_counter()
+        trim_malloc_heap()
+        library = duckdb_library()
+        released = release_startup_pages(library) if library is not None else None
+        freed = round((released.before_kib - released.after_kib) / 1024, 1) if released is not None else 0.0
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        log.info("analytics_reopened", rows=rows, ms=reopen_ms, pages_released_mib=freed, give_back_ms=ms)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(cursor, *args)`` on a reader thread with that thread's own cursor."""
@@ -385,7 +401,7 @@ class AnalyticsStore:
     def new_cursor(self, *, cluster: bool = False) -> Cursor:
         """A fresh connection to the same database, for one caller on one thread; close it after use.
         ``cluster``: with the cluster views (``read_cluster``)."""
-        with self._cursor_lock:
+        with self._use:
             if self._cursor_source is None:
                 raise RuntimeError("analytics store is not open")
             cursor = self._cursor_source.cursor()

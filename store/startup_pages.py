@@ -10,7 +10,8 @@ request (measured on the benchmark; MiB resident after start-up, then after 20 s
   (5 MiB, then 1.5).
 
 Those pages stay mapped, counted in the process's RSS and held in the page cache, for as long as the process
-lives. Once `tokenhub serve` has built the app, before its jobs start, `release_startup_pages` asks the kernel
+lives. Once `tokenhub serve` has built the app, before its jobs start (and the analytics store each time it opens
+its database again, store/analytics.py's REOPEN_ROWS), `release_startup_pages` asks the kernel
 to reclaim a library's read-only pages (`madvise(MADV_PAGEOUT)`, Linux 5.4 and later). Nothing else changes: the
 mappings stay, and a page that runs again is faulted back in (from the page cache, or from the file if the
 kernel dropped it) by the thread that runs it. DuckDB's code runs on the writer's and the readers' threads;
@@ -33,7 +34,15 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["Released", "release_startup_libraries", "release_startup_pages", "resident_kib", "startup_only_libraries"]
+__all__ = [
+    "Released",
+    "duckdb_library",
+    "release_startup_libraries",
+    "release_startup_pages",
+    "resident_kib",
+    "startup_only_libraries",
+    "trim_malloc_heap",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -52,14 +61,7 @@ class Released:
 
 def startup_only_libraries() -> list[str]:
     """The paths of the libraries named in the module's docstring that this installation has."""
-    found = []
-    for name in _MODULES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except ImportError:  # a parent package that is not installed
-            spec = None
-        if spec is not None and spec.origin and spec.origin.endswith(".so"):
-            found.append(os.path.realpath(spec.origin))
+    found = [path for name in _MODULES if (path := _module_library(name)) is not None]
     numpy = importlib.util.find_spec("numpy")
     if numpy is not None and numpy.origin:
         bundled = Path(numpy.origin).parent.parent / "numpy.libs"
@@ -80,6 +82,22 @@ def release_startup_libraries() -> None:
             mib=round(sum(r.before_kib - r.after_kib for r in released) / 1024, 1),
             resident_mib=round(sum(r.after_kib for r in released) / 1024, 1),
         )
+
+
+@functools.cache
+def duckdb_library() -> str | None:
+    """DuckDB's compiled module: opening a database (the analytics store's reopen, too) runs its catalogue."""
+    return next((path for name in _MODULES[:2] if (path := _module_library(name)) is not None), None)
+
+
+def _module_library(name: str) -> str | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:  # a parent package that is not installed
+        return None
+    if spec is not None and spec.origin and spec.origin.endswith(".so"):
+        return os.path.realpath(spec.origin)
+    return None
 
 
 def resident_kib(path: str, pid: int | str = "self") -> int:
@@ -133,6 +151,20 @@ def _mapping(line: str) -> tuple[str, str, str] | None:
     if len(fields) < 5 or "-" not in fields[0]:
         return None
     return fields[0], fields[1], fields[5].rstrip("\n") if len(fields) == 6 else ""
+
+
+def trim_malloc_heap() -> bool:
+    """glibc's `malloc_trim(0)`: give the kernel the free pages of every malloc arena. What one thread frees
+    stays resident in that thread's arena, ready for its next allocations; a reopened database's old state
+    (freed by the writer thread, its first catalogue by the thread that opened it at start-up) would otherwise
+    hold its pages for as long as the process lives. False where there is no glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 @functools.cache

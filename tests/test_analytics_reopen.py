@@ -14,6 +14,7 @@ import pytest
 
 from store.analytics import AnalyticsStore
 from store.retention import Retention
+from store.startup_pages import duckdb_library, resident_kib
 from tests.conftest import Hub
 from tests.test_observability_api import samples, value
 from tests.test_record_writer import make_record
@@ -49,6 +50,17 @@ async def test_the_database_is_opened_again_after_enough_rows_and_keeps_every_ro
     assert await store.read_cluster(_count) == 270
     ids = await store.read(lambda db: db.execute("SELECT count(DISTINCT request_id) FROM request_log").fetchall())
     assert ids == [(270,)]
+
+
+async def test_a_reopen_gives_back_the_library_pages_its_opening_ran(store: AnalyticsStore) -> None:
+    library = duckdb_library()
+    assert library is not None
+    await _write(store, 0, 60)
+    resident = resident_kib(library)  # this store's opening ran DuckDB's catalogue
+    assert resident > 8 * 1024
+    await _write(store, 60, 60)
+    assert store.reopens == 1
+    assert resident_kib(library) < resident / 4  # the reopen ran it again, and released it
 
 
 async def test_a_reopen_waits_for_the_read_that_is_running(store: AnalyticsStore) -> None:

@@ -32,6 +32,14 @@ async def _metric(hub: Hub, name: str, **labels: str) -> float:
     )
 
 
+async def _until_metric(hub: Hub, value: float, name: str, **labels: str) -> None:
+    """Poll /metrics until the series sum to `value`: orders a test's steps by the hub's state, not by delays."""
+    deadline = time.monotonic() + 15
+    while (seen := await _metric(hub, name, **labels)) != value:
+        assert time.monotonic() < deadline, f"{name}{labels} stayed at {seen}, expected {value}"
+        await asyncio.sleep(0.01)
+
+
 async def _models(hub: Hub, *specs: tuple[str, dict[str, Any]]) -> str:
     """One provider (the OpenAI fake), the models given (id, fields), and an API key."""
     await hub.add_provider()
@@ -196,9 +204,15 @@ async def test_no_hedge_when_the_first_answers_in_time(hub: Hub) -> None:
 async def test_a_hedge_whose_first_call_fails_waits_for_the_second(hub: Hub) -> None:
     key = await _models(hub, ("main", {}), ("backup", {"input_per_1k": 0.002}))
     await _set_pipeline(hub, hedge_after_ms=50)
-    hub.fake.script("main", Fail(403, delay=0.3))
-    hub.fake.script("backup", Reply(delay=0.5))
-    status, body, resp = await hub.chat(key, policy={"mode": "cheap"})
+    main_gate, backup_gate = asyncio.Event(), asyncio.Event()
+    hub.fake.script("main", Gated(main_gate, Fail(403)))
+    hub.fake.script("backup", Gated(backup_gate))
+    chat = asyncio.create_task(hub.chat(key, policy={"mode": "cheap"}))
+    await hub.fake.wait_until(lambda: hub.fake.calls("backup") == 1)  # the hedge started
+    main_gate.set()
+    await _until_metric(hub, 1, "tokenhub_provider_attempts_total", outcome="fatal")  # main's failure is in
+    backup_gate.set()
+    status, body, resp = await chat
     assert status == 200 and body["negotiated_model"] == "backup"
     assert "main failed; backup answered" in body["routing_reason"]
     assert resp.headers["X-TokenHub-Attempts"] == "main=fatal, backup=ok"
@@ -208,9 +222,13 @@ async def test_a_hedge_whose_first_call_fails_waits_for_the_second(hub: Hub) -> 
 async def test_both_hedged_calls_failing_fails_over_to_the_next(hub: Hub) -> None:
     key = await _models(hub, ("main", {}), ("backup", {"input_per_1k": 0.002}), ("third", {"input_per_1k": 0.003}))
     await _set_pipeline(hub, hedge_after_ms=50)
-    hub.fake.script("main", Fail(401, delay=0.2))
+    main_gate = asyncio.Event()
+    hub.fake.script("main", Gated(main_gate, Fail(401)))
     hub.fake.script("backup", Fail(403))
-    body = await hub.chat_ok(key, policy={"mode": "cheap"})
+    chat = asyncio.create_task(hub.chat_ok(key, policy={"mode": "cheap"}))
+    await _until_metric(hub, 1, "tokenhub_provider_attempts_total", outcome="fatal")  # the backup failed first
+    main_gate.set()
+    body = await chat
     assert body["negotiated_model"] == "third"
     assert "escalated: backup failed (fatal); main failed (fatal); served by third" in body["routing_reason"]
     assert hub.fake.calls("main") == hub.fake.calls("backup") == 1

@@ -3,11 +3,14 @@ what they share fails here, not in the hands of whoever runs a 30-minute soak)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +65,27 @@ def test_the_duckdb_heap_benchmark_reopens_and_samples() -> None:
     assert [(s["rows"], s["reopens"]) for s in samples] == [(4000, 1), (8000, 2)]
     assert all(s["heap_mib"] > 0 and s["rss_mib"] > 0 for s in samples)
     assert "8,000 rows, 2 reopens" in out.stdout
+
+
+async def test_the_soaks_memory_probe_samples_the_server(tmp_path: Path) -> None:
+    from scripts.server_process import ServerProcess
+    from scripts.soak import memory_probe_env
+
+    out = tmp_path / "memory.jsonl"
+    hub = ServerProcess(**memory_probe_env(str(out), 0.5))
+    try:
+        async with aiohttp.ClientSession() as session:
+            await hub.ready(session)
+            deadline = time.monotonic() + 30
+            while len(out.read_text().splitlines() if out.exists() else []) < 2:
+                assert time.monotonic() < deadline, "the probe wrote no records"
+                await asyncio.sleep(0.1)
+    finally:
+        hub.stop()
+    first, second = (json.loads(line) for line in out.read_text().splitlines()[:2])
+    assert {"heap", "pymalloc", "anonymous", "files"} <= set(first["resident_mib"])
+    assert sum(first["resident_mib"].values()) > 50  # a server's RSS, told by kind
+    glibc = first["glibc_mib"]
+    assert glibc["in_use_mib"] > 1 and glibc["arenas"][0]["arena"] == 0
+    assert first["objects"] > 1000 and first["grown"] == [] and isinstance(second["grown"], list)
+    assert second["minute"] > first["minute"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 from pathlib import Path
 
 from store.analytics import AnalyticsStore
 from store.request_queries import LogFilter, query_logs
-from store.startup_pages import release_startup_pages, resident_kib, startup_only_libraries
+from store.startup_pages import release_startup_pages, resident_kib, startup_only_libraries, trim_malloc_heap
 from tests.support.server import Server, quiet_server_env
 from tests.test_record_writer import make_record
 
@@ -32,6 +34,27 @@ def test_a_released_library_keeps_working_and_only_what_runs_again_comes_back(tm
         assert resident_kib(library) < before
     finally:
         store.close()
+
+
+def _rss_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_trimming_the_heap_gives_back_freed_memory_that_glibc_kept() -> None:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunks = [libc.malloc(4096) for _ in range(16_384)]  # 64 MiB in the arena (under the mmap threshold)
+    for chunk in chunks:
+        ctypes.memset(chunk, 1, 4096)
+    for chunk in chunks[:-1]:  # the last one stays: the arena's top cannot shrink past it
+        libc.free(chunk)
+    kept = _rss_mib()
+    try:
+        assert trim_malloc_heap()
+        assert _rss_mib() < kept - 48, "the freed 64 MiB stayed resident"
+    finally:
+        libc.free(chunks[-1])
 
 
 def test_a_library_that_is_not_mapped_releases_nothing(tmp_path: Path) -> None:
