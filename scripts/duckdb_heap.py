@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import dataclasses
 import json
 import sys
@@ -24,19 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from scripts.bench_writer import record_pool
+from scripts.memory_probe.sitecustomize import mallinfo
 from store.analytics import REOPEN_ROWS, AnalyticsStore
+from store.startup_pages import trim_malloc_heap
 
 BATCH = 2000
 
 
-class _Mallinfo2(ctypes.Structure):
-    _names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
-    _fields_ = [(name, ctypes.c_size_t) for name in _names]
-
-
-def heap_mib(libc: ctypes.CDLL) -> float:
-    libc.malloc_trim(0)
-    return float(libc.mallinfo2().uordblks) / 2**20
+def heap_mib() -> float:
+    trim_malloc_heap()
+    return float(mallinfo().uordblks) / 2**20
 
 
 def rss_mib() -> float:
@@ -47,13 +43,11 @@ def rss_mib() -> float:
 
 
 async def run(rows: int, reopen_rows: int, every: int, path: str) -> list[dict[str, float | int]]:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _Mallinfo2
     store = AnalyticsStore(path, reopen_rows=reopen_rows)
     store.open()
     pool = record_pool(BATCH)
     started = time.time()
-    samples = [{"rows": 0, "reopens": 0, "heap_mib": round(heap_mib(libc), 2), "rss_mib": round(rss_mib(), 1)}]
+    samples = [{"rows": 0, "reopens": 0, "heap_mib": round(heap_mib(), 2), "rss_mib": round(rss_mib(), 1)}]
     try:
         for first in range(0, rows, BATCH):
             batch = [
@@ -62,7 +56,7 @@ async def run(rows: int, reopen_rows: int, every: int, path: str) -> list[dict[s
             ]
             await store.call(store.write_requests, batch)
             if (first + BATCH) % every == 0:
-                heap = await store.call(heap_mib, libc)  # on the writer thread, between two writes
+                heap = await store.call(heap_mib)  # on the writer thread, between two writes
                 sample = {"rows": first + BATCH, "reopens": store.reopens, "heap_mib": round(heap, 2)}
                 samples.append({**sample, "rss_mib": round(rss_mib(), 1)})
                 print(json.dumps(samples[-1]), flush=True)

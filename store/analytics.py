@@ -352,7 +352,7 @@ class AnalyticsStore:
         trim_malloc_heap()
         library = duckdb_library()
         released = release_startup_pages(library) if library is not None else None
-        freed = round((released.before_kib - released.after_kib) / 1024, 1) if released is not None else 0.0
+        freed = round(released.freed_kib / 1024, 1) if released is not None else 0.0
         ms = round((time.perf_counter() - started) * 1000, 1)
         log.info("analytics_reopened", rows=rows, ms=reopen_ms, pages_released_mib=freed, give_back_ms=ms)
 

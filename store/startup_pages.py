@@ -48,7 +48,8 @@ log = structlog.get_logger(__name__)
 
 _MADV_PAGEOUT = 21  # <linux/mman.h>, Linux 5.4
 _MAPS = Path("/proc/self/maps")
-_MODULES = ("_duckdb", "duckdb.duckdb", "cryptography.hazmat.bindings._rust")
+_DUCKDB_MODULES = ("_duckdb", "duckdb.duckdb")  # its module's name by DuckDB release
+_MODULES = (*_DUCKDB_MODULES, "cryptography.hazmat.bindings._rust")
 _NUMPY_RUNTIMES = ("openblas", "libgfortran", "libquadmath")  # in numpy.libs/, next to a manylinux numpy
 
 
@@ -57,6 +58,10 @@ class Released:
     mappings: int  # read-only mappings of the library the kernel was asked to reclaim
     before_kib: int  # the library's resident pages, all its mappings, before and after
     after_kib: int
+
+    @property
+    def freed_kib(self) -> int:
+        return self.before_kib - self.after_kib
 
 
 def startup_only_libraries() -> list[str]:
@@ -79,7 +84,7 @@ def release_startup_libraries() -> None:
         log.info(
             "startup_pages_released",
             libraries=len(released),
-            mib=round(sum(r.before_kib - r.after_kib for r in released) / 1024, 1),
+            mib=round(sum(r.freed_kib for r in released) / 1024, 1),
             resident_mib=round(sum(r.after_kib for r in released) / 1024, 1),
         )
 
@@ -87,7 +92,7 @@ def release_startup_libraries() -> None:
 @functools.cache
 def duckdb_library() -> str | None:
     """DuckDB's compiled module: opening a database (the analytics store's reopen, too) runs its catalogue."""
-    return next((path for name in _MODULES[:2] if (path := _module_library(name)) is not None), None)
+    return next((path for name in _DUCKDB_MODULES if (path := _module_library(name)) is not None), None)
 
 
 def _module_library(name: str) -> str | None:

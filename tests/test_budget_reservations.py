@@ -17,6 +17,7 @@ from pipeline.web import PIPELINES, new_request_id
 from store.reservations import BudgetAccount, LocalReservations
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Fail, Gated, Hang, Reply, StreamCut
+from tests.support.polling import until
 
 PROMPT = "x" * 40  # estimated at 40 / 4 = 10 input tokens, what the fake reports by default
 COST = (10 * 0.001 + 5 * 0.002) / 1000  # 10 input + 5 output tokens at the model's prices: $0.00002
@@ -36,15 +37,8 @@ async def _completions(hub: Hub, key: str, **fields: Any) -> tuple[int, dict[str
     return resp.status, await resp.json()
 
 
-async def _until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
-    """The server notices a client that left only when it next writes: wait for its bookkeeping."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 def _settled(hub: Hub) -> bool:
+    """No hold left. The server notices a client that left only when it next writes: wait for its bookkeeping."""
     reservations = hub.services.reservations
     return reservations.holders == 0 and reservations.total_usd == 0.0
 
@@ -62,7 +56,7 @@ async def test_200_concurrent_requests_against_a_budget_for_20(make_hub: Callabl
     calls = [asyncio.ensure_future(_completions(hub, key)) for _ in range(200)]
     # The 20 admitted are held at the provider until every other one has been answered: they all overlap.
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 20)
-    await _until(lambda: sum(call.done() for call in calls) == 180, 30)
+    await until(lambda: sum(call.done() for call in calls) == 180, 30)
     answer.set()
     results = await asyncio.gather(*calls)
     served = [body for status, body in results if status == 200]
@@ -149,7 +143,7 @@ async def test_a_cut_stream_is_charged_what_it_delivered_and_releases(hub: Hub) 
     body = {"model": "auto", "messages": [{"role": "user", "content": PROMPT}], "stream": True, "max_tokens": 50}
     resp = await hub.client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
     assert resp.status == 200 and '"error"' in await resp.text()
-    await _until(lambda: _settled(hub))
+    await until(lambda: _settled(hub), 5)
     charged = hub.services.key_ledger.spent(key_id, time.time())
     assert charged > 0 and await _logged_spend(hub, key_id) == pytest.approx(charged)
 
@@ -162,7 +156,7 @@ async def test_a_client_leaving_a_stream_releases_the_hold(hub: Hub) -> None:
     await resp.content.readline()  # the stream is flowing
     assert hub.services.reservations.holders == 1
     resp.close()
-    await _until(lambda: _settled(hub))
+    await until(lambda: _settled(hub), 5)
     charged = hub.services.key_ledger.spent(key_id, time.time())
     assert charged > 0 and await _logged_spend(hub, key_id) == pytest.approx(charged)
 
@@ -175,7 +169,7 @@ async def test_a_client_leaving_before_the_answer_releases_the_hold(make_hub: Ca
     await hub.fake.wait_until(lambda: hub.fake.in_flight == 1)
     assert hub.services.reservations.holders == 1
     call.cancel()  # the client leaves: its connection closes
-    await _until(lambda: _settled(hub), 15)
+    await until(lambda: _settled(hub), 15)
     assert hub.services.key_ledger.spent(key_id, time.time()) == 0.0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from adapters.lean_http import LeanClient, LeanHttpError, LeanStream
+from tests.support.polling import until
 
 
 class Hold:
@@ -170,7 +171,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
         client = LeanClient()
         await client.post(server.url, b"{}", {})
         (pooled,) = client._idle[_origin_of(server)]
-        await _until(lambda: pooled.closed)  # the server closes it right after its answer
+        await until(lambda: pooled.closed, 10)  # the server closes it right after its answer
         assert (await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)).status == 200
         assert server.connections == 2
         client.close()
@@ -400,13 +401,6 @@ def _origin_of(server: RawServer) -> tuple[str, str, int]:
     return ("http", "127.0.0.1", int(server.url.split(":")[2].split("/")[0]))
 
 
-async def _until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 async def _pooled(client: LeanClient) -> None:
     for _ in range(500):
         if any(client._idle.values()):
@@ -423,7 +417,7 @@ async def test_a_stream_that_ended_while_its_reading_was_paused_leaves_a_connect
         stream = await client.open_stream(server.url, b"{}", {})
         conn = stream._conn
         assert conn is not None
-        await _until(lambda: conn.complete)  # both pieces have arrived unread...
+        await until(lambda: conn.complete, 10)  # both pieces have arrived unread...
         assert conn._paused  # ... reading paused with the whole answer in
         stream.release()  # arrived whole: pooled
         assert (await asyncio.wait_for(client.post(server.url, b"{}", {}), 5)).body == b"{}"

@@ -35,22 +35,16 @@ _ARENA_SIZE = re.compile(r'<system type="current" size="(\d+)"')
 _ARENA_FREE = re.compile(r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"')
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
+class MallInfo2(ctypes.Structure):
+    _names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    _fields_ = [(name, ctypes.c_size_t) for name in _names]
+
+
+def mallinfo() -> MallInfo2:
+    """glibc's `mallinfo2`, over every arena (`uordblks`: bytes in use; `fordblks`: free but kept)."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()  # type: ignore[no-any-return]
 
 
 def resident_by_kind() -> dict[str, float]:
@@ -76,9 +70,8 @@ def resident_by_kind() -> dict[str, float]:
 
 
 def glibc() -> dict[str, Any]:
+    info = mallinfo()
     libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
     with tempfile.NamedTemporaryFile("r", suffix=".xml") as out:
         libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
         libc.fclose.argtypes = [ctypes.c_void_p]
