@@ -25,6 +25,7 @@ from pipeline.periodic import Periodic
 from pipeline.settings import HOT_SETTINGS, Settings
 from pipeline.tracing import Tracing
 from pipeline.types import ApiKeyInfo, ModelInfo, ProviderInfo
+from pipeline.worker_metrics import PUSH_SECS, WorkerMetrics
 from stages.bandit import Bandit
 from stages.health import HealthTracker
 from stages.health_prober import HealthProber
@@ -127,6 +128,8 @@ class Services:
                 on_drop=metrics.store_dropped.labels(op="relay_to_owner").inc,
             )
         )
+        # What /metrics answers: under `serve --workers N`, every worker's series (pipeline/worker_metrics.py).
+        self.worker_metrics = WorkerMetrics(metrics.registry, worker_index=settings.worker_index, owner=self.owner)
         self.retention = Retention(
             analytics,
             tsdb_days=settings.tsdb_retention_days,
@@ -280,6 +283,8 @@ class Services:
             # its first run catches keys whose rotation period ran out while the server was down
             Periodic("key-rotation", KEY_ROTATION_SECS, self.key_rotation.run_once),
         ]
+        if self.owner is not None:  # `serve --workers N`: this worker's series to the owner, for every scrape
+            self.jobs.append(Periodic("metrics-push", PUSH_SECS, self.worker_metrics.push))
         sync_loops: list[SyncLoop] = []
         if self.shared_bandit is not None and self.shared_health is not None:
             rounds = [self.shared_health.sync_once, self.shared_bandit.sync_once]

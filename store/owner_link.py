@@ -75,14 +75,17 @@ class OwnerLink:
     def url(self, path_qs: str) -> str:
         return OWNER_HOST + path_qs
 
-    async def post(self, route: str, value: Any, *, wait_secs: float | None = None) -> Any:
+    async def post(
+        self, route: str, value: Any, *, wait_secs: float | None = None, timeout_secs: float | None = None
+    ) -> Any:
         """POST ``value`` (pickled) to an internal route; the owner's pickled answer. A connection refused
         (the owner restarting) is retried until ``wait_secs``; the request is then sent again whole, so the
-        owner may see a batch twice if it died after taking it and before answering (at least once)."""
+        owner may see a batch twice if it died after taking it and before answering (at least once).
+        ``wait_secs`` and ``timeout_secs`` default to the link's."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.wait_secs if wait_secs is None else wait_secs)
         body = dumps(value)
-        timeout = aiohttp.ClientTimeout(total=self.timeout_secs)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_secs if timeout_secs is None else timeout_secs)
         while True:
             try:
                 async with self.session.post(self.url(route), data=body, timeout=timeout) as response:

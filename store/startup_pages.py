@@ -105,16 +105,17 @@ def _module_library(name: str) -> str | None:
     return None
 
 
-def resident_kib(path: str, pid: int | str = "self") -> int:
+def resident_kib(path: str, pid: int | str = "self", kinds: tuple[str, ...] = ("Rss",)) -> int:
     """The resident pages (KiB) of every mapping of `path` in a process (this one by default); 0 where /proc
-    is absent."""
+    is absent. `kinds` are smaps' fields to add up: ``("Private_Clean", "Private_Dirty")`` counts only the
+    pages no other process maps, the ones the kernel can reclaim."""
     total, inside = 0, False
     try:
         with Path(f"/proc/{pid}/smaps").open() as smaps:
             for line in smaps:
                 if (mapping := _mapping(line)) is not None:
                     inside = mapping[2] == path
-                elif inside and line.startswith("Rss:"):
+                elif inside and line.partition(":")[0] in kinds:
                     total += int(line.split()[1])
     except OSError:
         return 0

@@ -23,7 +23,13 @@ VOCABULARY = {
 }
 # The shared services and the per-tenant chains, assembled from the layers below; the edge and the admin
 # API are handed them. Above them only the composition root, which builds and mounts everything.
-ASSEMBLY = {"pipeline.services", "pipeline.housekeeping", "pipeline.registry", "pipeline.tenants"}
+ASSEMBLY = {
+    "pipeline.services",
+    "pipeline.housekeeping",
+    "pipeline.registry",
+    "pipeline.tenants",
+    "pipeline.worker_metrics",
+}
 ROOT_MODULES = {
     "pipeline.app",
     "pipeline.cli",

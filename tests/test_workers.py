@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import duckdb
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.backing import REDIS_URL, fresh_redis_prefix
@@ -76,6 +77,18 @@ class Pinned:
     async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         async with self.session.request(method, f"/admin/v1{path}", json=body, headers=ADMIN_HEADERS) as resp:
             return resp.status, await resp.json()
+
+    async def requests_by_worker(self) -> dict[str, float]:
+        """/metrics through this worker: tokenhub_requests_total summed by the worker that served them."""
+        async with self.session.get("/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "tokenhub_requests_total":
+                    totals[sample.labels["worker"]] = totals.get(sample.labels["worker"], 0.0) + sample.value
+        return totals
 
     async def logged_ids(self) -> set[str]:
         status, page = await self.admin("GET", "/logs?limit=1000")
@@ -184,6 +197,42 @@ async def test_two_workers_share_the_port_one_request_log_and_survive_kills(tmp_
         with duckdb.connect(str(tmp_path / "data" / "tokenhub.duckdb"), read_only=True) as db:
             logged = [row[0] for row in db.execute("SELECT request_id FROM request_log").fetchall()]
         assert wanted <= set(logged)
+
+
+async def test_a_scrape_through_either_worker_counts_both_workers_requests(tmp_path: Path, fake: FakeOpenAI) -> None:
+    async with fresh_redis_prefix() as prefix:
+        server = _server(tmp_path, fake, prefix)
+        await server.start()
+        sessions: list[Pinned] = []
+        try:
+            w0, w1 = await _pinned(server.url, 0), await _pinned(server.url, 1)
+            sessions += [w0, w1]
+            key = json.loads((tmp_path / "data" / "config-keys.json").read_text())["app"]
+            for pinned, count in ((w0, 3), (w1, 5)):
+                for _ in range(count):
+                    await pinned.chat(key)
+
+            # through worker 1: its counters travel with the scrape, and the owner adds its own
+            assert await w1.requests_by_worker() == {"0": 3, "1": 5}
+            # through the owner: worker 1's counters as its last push left them (every PUSH_SECS)
+            deadline = time.monotonic() + DEADLINE_SECS
+            while (seen := await w0.requests_by_worker()) != {"0": 3, "1": 5}:
+                assert time.monotonic() < deadline, seen
+                await asyncio.sleep(0.2)
+
+            # the owner gone: worker 1 answers with its own series rather than fail the scrape
+            os.kill(w0.worker["pid"], signal.SIGKILL)
+            assert await w1.requests_by_worker() == {"1": 5}
+            # and once the supervisor has started it again, the new owner counts from zero beside worker 1's 5
+            w0 = await _pinned(server.url, 0, not_pid=w0.worker["pid"])
+            sessions.append(w0)
+            await w0.chat(key)
+            assert await w1.requests_by_worker() == {"0": 1, "1": 5}
+        finally:
+            for pinned in sessions:
+                await pinned.session.close()
+            code, _out, err = await server.stop()
+        assert code == 0, err[-3000:]
 
 
 async def test_more_than_one_worker_without_redis_is_refused(tmp_path: Path) -> None:

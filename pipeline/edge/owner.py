@@ -1,8 +1,9 @@
 """The DuckDB owner's internal routes (``tokenhub serve --workers N``: worker 0 owns the file).
 
 The other workers post here over the owner's Unix socket (store/owner_link.py): their request records, in
-batches, and the analytics reads and feedback updates their endpoints need. The routes answer only on the
-Unix socket: on the TCP port they do not exist (404), so no client can reach them through the shared port.
+batches, the analytics reads and feedback updates their endpoints need, and their metrics
+(pipeline/worker_metrics.py). The routes answer only on the Unix socket: on the TCP port they do not exist
+(404), so no client can reach them through the shared port.
 Bodies and answers are restricted pickles (store/owner_wire.py); a failure answers its status with
 ``(type, message)``, which the worker raises again as the same status.
 """
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from pipeline.errors import InvalidRequest, NotFound, TokenHubError
 from pipeline.services import Services
+from pipeline.worker_metrics import METRICS_ROUTE
 from store.owner_link import OWNER_METHODS
 from store.owner_wire import WireRefused, dumps, loads, resolve_function
 
@@ -52,7 +54,11 @@ def owner_routes(services: Services) -> list[web.RouteDef]:
         analytics = services.analytics
         return await analytics.call(getattr(analytics, name), *args)
 
+    async def metrics(value: Any) -> bytes | None:
+        return services.worker_metrics.receive(value)
+
     return [
+        web.post(METRICS_ROUTE, _handler(metrics)),
         web.post("/internal/v1/records", _handler(records)),
         web.post("/internal/v1/records/settle", _handler(settle)),
         web.post("/internal/v1/analytics/read", _handler(read)),

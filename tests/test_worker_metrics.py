@@ -1,0 +1,134 @@
+"""pipeline/worker_metrics.py: every worker's series in one exposition, as Prometheus and promtool read it.
+
+The real processes (two workers, a scrape through each, the owner killed) are in tests/test_workers.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipeline.errors import InvalidRequest
+from pipeline.metrics import Metrics
+from pipeline.worker_metrics import FORGET_SECS, WorkerMetrics, families, render
+from store.owner_wire import dumps, loads
+
+
+def _registry(requests: int, latency_ms: float) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    counter = Counter("demo_requests", "Requests", ["model"], registry=registry)
+    counter.labels("m1").inc(requests)
+    Gauge("demo_in_flight", "In flight", registry=registry).set(requests % 3)
+    Histogram("demo_latency_ms", "Latency", buckets=(1, 10), registry=registry).observe(latency_ms)
+    return registry
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_each_workers_samples_come_labelled_with_its_index_and_nothing_else_changes() -> None:
+    first, second = _registry(3, 0.5), _registry(5, 20.0)
+    text = render({0: families(first), 1: families(second)}, {0: 0.0, 1: 1.5}).decode()
+
+    merged = _samples(text)
+    for index, registry in ((0, first), (1, second)):
+        for (name, labels), value in _samples(generate_latest(registry).decode()).items():
+            assert merged.pop((name, tuple(sorted((*labels, ("worker", str(index))))))) == value
+    ages = {labels: value for (name, labels), value in merged.items() if name == "tokenhub_worker_metrics_age_seconds"}
+    assert ages == {(("worker", "0"),): 0.0, (("worker", "1"),): 1.5}
+    assert len(merged) == 2  # nothing but the ages besides the workers' own samples
+    # each family once, with its type: Prometheus refuses a family that appears twice
+    assert text.count("# TYPE demo_requests_total counter") == 1
+    assert text.count("# TYPE demo_latency_ms histogram") == 1
+
+
+def test_a_copy_survives_the_owners_restricted_unpickling() -> None:
+    copy = families(Metrics().registry)
+    assert loads(dumps((1, copy, True))) == (1, copy, True)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool comes with `make system-deps`")
+def test_promtool_accepts_the_merged_exposition_of_tokenhubs_own_registry(tmp_path: Path) -> None:
+    workers = {index: families(Metrics().registry) for index in range(3)}
+    exposition = tmp_path / "metrics.txt"
+    exposition.write_bytes(render(workers, dict.fromkeys(workers, 0.0)))
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], stdin=exposition.open(), capture_output=True, text=True, timeout=60
+    )
+    # promtool's lint (naming advice) may speak; a parse error exits non-zero with "error while linting"
+    assert "error" not in (result.stdout + result.stderr).lower(), result.stdout + result.stderr
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_owner_answers_with_every_workers_last_copy_until_it_is_forgotten() -> None:
+    clock = Clock()
+    owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=clock)
+    assert owner.receive((1, families(_registry(5, 20.0)), False)) is None
+    clock.now += 1.0
+    text = owner.receive((2, families(_registry(7, 2.0)), True))
+    assert text is not None
+    totals = {
+        labels: value for (name, labels), value in _samples(text.decode()).items() if name == "demo_requests_total"
+    }
+    assert totals == {(("model", "m1"), ("worker", str(w))): n for w, n in ((0, 3.0), (1, 5.0), (2, 7.0))}
+
+    # a newer copy replaces the older; a worker that stopped sending leaves the scrape after FORGET_SECS
+    clock.now += FORGET_SECS - 1.0
+    owner.receive((1, families(_registry(6, 20.0)), False))
+    clock.now += 0.5
+    samples = _samples((await owner.exposition()).decode())
+    assert samples[("demo_requests_total", (("model", "m1"), ("worker", "1")))] == 6.0
+    assert samples[("demo_requests_total", (("model", "m1"), ("worker", "2")))] == 7.0  # FORGET_SECS - 0.5 old
+    assert samples[("tokenhub_worker_metrics_age_seconds", (("worker", "1"),))] == 0.5
+    clock.now += 1.0
+    samples = _samples((await owner.exposition()).decode())
+    assert {labels for name, labels in samples if name == "tokenhub_worker_metrics_age_seconds"} == {
+        (("worker", "0"),),
+        (("worker", "1"),),
+    }
+    assert not any(("worker", "2") in labels for _, labels in samples)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not a tuple",
+        (1, [], True, "extra"),
+        (0, [], False),  # the owner's own index
+        (-1, [], False),
+        (1, "families", False),
+        (1, [("demo", "counter", "help", "")], False),  # no samples
+        (1, [("demo", "no-such-type", "help", "", [])], False),
+        (1, [("demo", "counter", "help", "", [("demo_total", {"a": 1}, 1.0)])], False),  # a label's value
+        (1, [("demo", "counter", "help", "", [("demo_total", {}, "1")])], False),  # a value that is no float
+        (1, [], "yes"),
+    ],
+)
+async def test_a_malformed_copy_is_refused_and_changes_nothing(value: object) -> None:
+    owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=Clock())
+    before = owner.receive((1, families(_registry(5, 20.0)), True))
+    with pytest.raises(InvalidRequest):
+        owner.receive(value)
+    assert await owner.exposition() == before
+
+
+async def test_one_process_answers_its_registry_as_it_is() -> None:
+    registry = _registry(3, 0.5)
+    assert await WorkerMetrics(registry).exposition() == generate_latest(registry)
