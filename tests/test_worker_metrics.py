@@ -80,9 +80,9 @@ class Clock:
 async def test_the_owner_answers_with_every_workers_last_copy_until_it_is_forgotten() -> None:
     clock = Clock()
     owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=clock)
-    assert owner.receive((1, families(_registry(5, 20.0)), False)) is None
+    assert await owner.receive((1, families(_registry(5, 20.0)), False)) is None
     clock.now += 1.0
-    text = owner.receive((2, families(_registry(7, 2.0)), True))
+    text = await owner.receive((2, families(_registry(7, 2.0)), True))
     assert text is not None
     totals = {
         labels: value for (name, labels), value in _samples(text.decode()).items() if name == "demo_requests_total"
@@ -91,7 +91,7 @@ async def test_the_owner_answers_with_every_workers_last_copy_until_it_is_forgot
 
     # a newer copy replaces the older; a worker that stopped sending leaves the scrape after FORGET_SECS
     clock.now += FORGET_SECS - 1.0
-    owner.receive((1, families(_registry(6, 20.0)), False))
+    await owner.receive((1, families(_registry(6, 20.0)), False))
     clock.now += 0.5
     samples = _samples((await owner.exposition()).decode())
     assert samples[("demo_requests_total", (("model", "m1"), ("worker", "1")))] == 6.0
@@ -123,9 +123,9 @@ async def test_the_owner_answers_with_every_workers_last_copy_until_it_is_forgot
 )
 async def test_a_malformed_copy_is_refused_and_changes_nothing(value: object) -> None:
     owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=Clock())
-    before = owner.receive((1, families(_registry(5, 20.0)), True))
+    before = await owner.receive((1, families(_registry(5, 20.0)), True))
     with pytest.raises(InvalidRequest):
-        owner.receive(value)
+        await owner.receive(value)
     assert await owner.exposition() == before
 
 

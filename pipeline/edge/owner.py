@@ -55,7 +55,7 @@ def owner_routes(services: Services) -> list[web.RouteDef]:
         return await analytics.call(getattr(analytics, name), *args)
 
     async def metrics(value: Any) -> bytes | None:
-        return services.worker_metrics.receive(value)
+        return await services.worker_metrics.receive(value)
 
     return [
         web.post(METRICS_ROUTE, _handler(metrics)),
