@@ -40,6 +40,7 @@ from stages.recorder import Recorder
 from stages.router import Router
 from stages.routing_table import RoutingTable, build_table
 from stages.shared_bandit import SharedBandit
+from stages.shared_events import SharedEvents
 from stages.shared_gate import SharedGate, build_shared
 from stages.shared_health import SharedHealth
 from stages.shared_sync import SyncLoop
@@ -176,6 +177,8 @@ class Services:
             self.shared_health = SharedHealth(
                 self.redis, self.health, self.model_disables, metrics, replica_id=self.replica_id
             )
+        # Live events from the other workers and replicas, for this process's /admin/v1/events streams.
+        self.shared_events = SharedEvents(self.redis, self.events) if self.redis is not None else None
         self.key_ledger = KeyLedger()  # per-key month-to-date spend and last-used times, in memory
         self.key_limits = KeyLimits()  # per-key requests / tokens per minute
         self.idempotency = IdempotencyStore(settings.idempotency_max_bytes)  # Idempotency-Key answers, in memory
@@ -311,6 +314,7 @@ class Services:
             Hooks("http", self.http.start, self.http.close),
             self.config_watcher,
             *([Hooks("redis", self.redis.start, self.redis.stop)] if self.redis is not None else []),
+            *([Hooks("shared-events", se.start, se.stop)] if (se := self.shared_events) is not None else []),
             # before housekeeping (its start reads spend from the owner); closed after the relay has drained
             *([Hooks("owner-link", self.owner.start, self.owner.close)] if self.owner is not None else []),
             self.housekeeping,

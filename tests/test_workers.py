@@ -8,6 +8,7 @@ connection; /healthz says which one answered).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -228,6 +229,50 @@ async def test_a_scrape_through_either_worker_counts_both_workers_requests(tmp_p
             sessions.append(w0)
             await w0.chat(key)
             assert await w1.requests_by_worker() == {"0": 1, "1": 5}
+        finally:
+            for pinned in sessions:
+                await pinned.session.close()
+            code, _out, err = await server.stop()
+        assert code == 0, err[-3000:]
+
+
+async def test_a_live_event_stream_on_one_worker_shows_the_requests_the_other_served(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    async with fresh_redis_prefix() as prefix:
+        server = _server(tmp_path, fake, prefix)
+        await server.start()
+        sessions: list[Pinned] = []
+        try:
+            w0, w1 = await _pinned(server.url, 0), await _pinned(server.url, 1)
+            sessions += [w0, w1]
+            key = json.loads((tmp_path / "data" / "config-keys.json").read_text())["app"]
+            async with w1.session.get("/admin/v1/events", headers=ADMIN_HEADERS) as stream:
+                assert stream.status == 200
+                assert await stream.content.readuntil(b"\n\n") == b'event: connected\ndata: {"status":"ok"}\n\n'
+                # worker 0 learns within a check that worker 1 has a subscriber; until then its events stay home
+                deadline = time.monotonic() + DEADLINE_SECS
+                seen: set[str] = set()
+                served: set[str] = set()
+                while not served & seen:
+                    assert time.monotonic() < deadline, "worker 0's requests never reached worker 1's stream"
+                    served.add(await w0.chat(key))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            while True:
+                                frame = await stream.content.readuntil(b"\n\n")
+                                event = json.loads(frame.split(b"\ndata: ", 1)[1])
+                                seen.add(event.get("request_id", ""))
+                # the stream carries worker 0's events from then on, each once (heartbeats are worker 1's own)
+                later = await w0.chat(key)
+                after: list[str] = []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        while True:
+                            frame = await stream.content.readuntil(b"\n\n")
+                            if not frame.startswith(b"event: heartbeat"):
+                                after.append(json.loads(frame.split(b"\ndata: ", 1)[1])["request_id"])
+                assert after == [later]
         finally:
             for pinned in sessions:
                 await pinned.session.close()
