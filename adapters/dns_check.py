@@ -5,9 +5,10 @@ at once instead of every request to that provider failing later."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from urllib.parse import urlsplit
+
+from adapters.dns_cache import is_ip_address
 
 __all__ = ["DNS_TIMEOUT_SECS", "unresolvable_hosts"]
 
@@ -18,7 +19,7 @@ async def unresolvable_hosts(base_url: str, *, timeout: float = DNS_TIMEOUT_SECS
     """The hosts of `base_url` (one URL or a comma-separated list) that do not resolve within `timeout`
     seconds each; IP literals are not looked up."""
     hosts = dict.fromkeys(urlsplit(part.strip()).hostname or "" for part in base_url.split(",") if part.strip())
-    names = [host for host in hosts if host and not _is_ip(host)]
+    names = [host for host in hosts if host and not is_ip_address(host)]
     results = await asyncio.gather(*(_resolves(host, timeout) for host in names))
     return [host for host, ok in zip(names, results, strict=True) if not ok]
 
@@ -28,13 +29,5 @@ async def _resolves(host: str, timeout: float) -> bool:
     try:
         await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout)
     except (TimeoutError, OSError, UnicodeError):
-        return False
-    return True
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
         return False
     return True

@@ -13,6 +13,7 @@ connection to the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import weakref
@@ -26,6 +27,8 @@ from typing import Any
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from adapters.dns_cache import DnsCache, is_ip_address
 
 __all__ = ["LeanClient", "LeanHttpError", "LeanResponse", "LeanStream"]
 
@@ -408,8 +411,10 @@ class LeanClient:
         max_idle_per_origin: int = 256,
         tls: ssl.SSLContext | None = None,
         tail_grace_secs: float = TAIL_GRACE_SECS,
+        dns: DnsCache | None = None,
     ) -> None:
         self.tail_grace_secs = tail_grace_secs
+        self._dns = dns or DnsCache()
         self._tailing: weakref.WeakSet[_Connection] = weakref.WeakSet()  # released, waiting for their body's end
         self._keepalive = keepalive_secs
         self._max_idle = max_idle_per_origin
@@ -487,6 +492,20 @@ class LeanClient:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
-        loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, host, port, ssl=tls, server_hostname=host if tls else None)
-        return conn
+        if is_ip_address(host):
+            return await _open(host, port, tls, host)
+        *others, last = await self._dns.addresses(host, port)  # tried in order, as getaddrinfo gave them
+        for address in others:
+            with contextlib.suppress(OSError):
+                return await _open(address, port, tls, host)
+        try:
+            return await _open(last, port, tls, host)
+        except OSError:
+            self._dns.forget(host, port)
+            raise
+
+
+async def _open(address: str, port: int, tls: ssl.SSLContext | None, host: str) -> _Connection:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(_Connection, address, port, ssl=tls, server_hostname=host if tls else None)
+    return conn
