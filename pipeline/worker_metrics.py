@@ -144,7 +144,8 @@ class WorkerMetrics:
         if self.owner is None:
             return
         try:
-            await self.owner.post(METRICS_ROUTE, (self.worker_index, families(self.registry), False), wait_secs=0)
+            copy = (self.worker_index, families(self.registry), False)
+            await self.owner.post(METRICS_ROUTE, copy, wait_secs=0, timeout_secs=SCRAPE_TIMEOUT_SECS)
         except (OwnerUnavailable, OwnerFailed) as exc:  # the owner restarting: the next push brings them
             log.debug("metrics_push_skipped", error=str(exc))
 

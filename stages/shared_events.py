@@ -4,8 +4,9 @@ A process sends its events to one Redis pub/sub channel only while some other pr
 Redis, ``PUBSUB NUMSUB``, every CHECK_SECS): with nobody watching elsewhere, nothing more is built or sent than
 before. A process subscribes to the channel while it has subscribers of its own and hands them what the others
 send. Events travel in batches (one PUBLISH per FLUSH_SECS at most), each tagged with the process that sent it,
-so that none comes back to it. Pub/sub delivers at most once: while Redis is down, and for up to CHECK_SECS after
-a subscriber connects, other processes' events can be missed; a process's own never are.
+so that none comes back to it. Pub/sub delivers at most once: while Redis is down, and for up to two CHECK_SECS
+after a subscriber connects (this process's check, then the others'), other processes' events can be missed; a
+process's own never are.
 """
 
 from __future__ import annotations
