@@ -4,8 +4,8 @@ The server collects its old generations rarely (pipeline/cli.py raises the thres
 object graph that a finished request leaves in a cycle (its context, its decision, a closed connection and its
 parser) stays in memory for minutes under load: the soak's RSS grew ~3 MiB a minute from such cycles alone.
 Here the collector saves everything it finds unreachable (DEBUG_SAVEALL) while requests succeed, fail over,
-stream, break and are abandoned by their clients, on each wire format, as a plan and as embeddings, and none of
-it may be TokenHub's own objects."""
+stream, break and are abandoned by their clients, on each wire format, as a plan and as embeddings, and while
+the admin API reads, changes and refuses, and none of it may be TokenHub's own objects."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.conftest import Hub
 from tests.fakes.openai_fake import Drop, Fail, Hang, StreamCut
 from tests.test_lane import CHAT, _open, _post, _response
 
-_OURS = ("pipeline", "stages", "adapters", "store")
+_OURS = ("pipeline", "stages", "adapters", "store", "admin_ui")
 
 
 @pytest.fixture
@@ -77,6 +77,13 @@ async def test_requests_that_succeed_fail_over_stream_break_or_are_abandoned_lea
     assert await _exchange(hub, embedder, {"model": "emb-test", "input": "hello"}, "/v1/embeddings") == 200
     assert await _exchange(hub, "th-wrong-key", CHAT) == 401
     assert await _exchange(hub, key, {"model": "auto", "messages": "not a list"}) == 400
+
+    # the admin API: reads of the stores and the log, a change (audited, an event), a refusal
+    for path in ("/models", "/providers", "/apikeys", "/logs?limit=5", "/stats", "/audit?limit=5", "/health"):
+        await hub.admin("GET", path, expect=200)
+    await hub.admin("PATCH", "/models/gpt-backup", {"weight": 2}, expect=200)
+    await hub.admin("POST", "/models", {"id": ""}, expect=400)
+    await hub.admin("POST", "/analytics/query", {"sql": "SELECT count(*) FROM request_log"}, expect=200)
 
     fake.script("gpt-test", Hang(5))  # the client leaves while the provider call is under way
     _, writer = await _open(hub)
