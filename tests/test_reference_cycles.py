@@ -15,6 +15,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from aiohttp import web_app
 
 from tests.conftest import Hub
 from tests.fakes.openai_fake import Drop, Fail, Hang, StreamCut
@@ -26,6 +27,10 @@ _OURS = ("pipeline", "stages", "adapters", "store", "admin_ui")
 @pytest.fixture
 def saved_garbage() -> Iterator[list[object]]:
     """Every object the collector finds unreachable from here on, kept for inspection."""
+    # aiohttp caches each handler's middleware chain (an lru_cache of 1,024 in aiohttp.web_app), which keeps the
+    # apps of the suite's earlier tests alive; when this test's handlers push the oldest out, those apps become
+    # unreachable here, in the middle of this test. Emptied first, they are collected now instead.
+    web_app._cached_build_middleware.cache_clear()
     gc.collect()
     gc.garbage.clear()
     gc.set_debug(gc.DEBUG_SAVEALL)
