@@ -11,16 +11,9 @@ import pytest
 
 from adapters.dns_cache import DNS_CACHE_SECS, DnsCache
 from adapters.lean_http import LeanClient
+from tests.fakes.clock import FakeClock
 from tests.support.server import free_port
 from tests.test_lean_http import _ok, raw_server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Resolver:
@@ -42,7 +35,7 @@ class Resolver:
 
 
 async def test_a_name_is_looked_up_once_per_ttl_and_overlapping_lookups_share_one() -> None:
-    resolver, clock = Resolver("10.0.0.1", "10.0.0.2", "10.0.0.1"), Clock()
+    resolver, clock = Resolver("10.0.0.1", "10.0.0.2", "10.0.0.1"), FakeClock(100.0)
     cache = DnsCache(lookup=resolver, clock=clock)
     resolver.release.clear()
     burst = [asyncio.ensure_future(cache.addresses("api.example", 443)) for _ in range(20)]

@@ -18,6 +18,7 @@ from tests.fakes import anthropic_fake as claude_fake
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.clock import FakeClock
 from tests.fakes.openai_fake import ContextOverflow, Fail, Gated, QuotaExceeded, Reply
+from tests.support.polling import until_equal
 
 PRICE = {"input_per_1k": 0.001, "output_per_1k": 0.002}
 
@@ -30,14 +31,6 @@ async def _metric(hub: Hub, name: str, **labels: str) -> float:
         for s in family.samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     )
-
-
-async def _until_metric(hub: Hub, value: float, name: str, **labels: str) -> None:
-    """Poll /metrics until the series sum to `value`: orders a test's steps by the hub's state, not by delays."""
-    deadline = time.monotonic() + 15
-    while (seen := await _metric(hub, name, **labels)) != value:
-        assert time.monotonic() < deadline, f"{name}{labels} stayed at {seen}, expected {value}"
-        await asyncio.sleep(0.01)
 
 
 async def _models(hub: Hub, *specs: tuple[str, dict[str, Any]]) -> str:
@@ -210,7 +203,8 @@ async def test_a_hedge_whose_first_call_fails_waits_for_the_second(hub: Hub) -> 
     chat = asyncio.create_task(hub.chat(key, policy={"mode": "cheap"}))
     await hub.fake.wait_until(lambda: hub.fake.calls("backup") == 1)  # the hedge started
     main_gate.set()
-    await _until_metric(hub, 1, "tokenhub_provider_attempts_total", outcome="fatal")  # main's failure is in
+    # main's failure is in
+    await until_equal(lambda: _metric(hub, "tokenhub_provider_attempts_total", outcome="fatal"), 1, 15)
     backup_gate.set()
     status, body, resp = await chat
     assert status == 200 and body["negotiated_model"] == "backup"
@@ -226,7 +220,8 @@ async def test_both_hedged_calls_failing_fails_over_to_the_next(hub: Hub) -> Non
     hub.fake.script("main", Gated(main_gate, Fail(401)))
     hub.fake.script("backup", Fail(403))
     chat = asyncio.create_task(hub.chat_ok(key, policy={"mode": "cheap"}))
-    await _until_metric(hub, 1, "tokenhub_provider_attempts_total", outcome="fatal")  # the backup failed first
+    # the backup failed first
+    await until_equal(lambda: _metric(hub, "tokenhub_provider_attempts_total", outcome="fatal"), 1, 15)
     main_gate.set()
     body = await chat
     assert body["negotiated_model"] == "third"

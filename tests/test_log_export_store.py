@@ -17,24 +17,17 @@ from store.analytics import AnalyticsStore
 from store.log_export import LogExporter
 from store.retention import Retention
 from store.segments import list_segments, segment_path
+from tests.fakes.clock import FakeClock
 from tests.test_record_writer import make_record
 
 DAY = 86_400.0
 T0 = 1_700_000_000.0  # a multiple of 100: windows of 100 s start here
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Replica:
     """One machine: its own DuckDB file, the shared export directory, one clock for stamps and windows."""
 
-    def __init__(self, tmp: Path, name: str, export_dir: Path, clock: Clock, segment_secs: float = 100) -> None:
+    def __init__(self, tmp: Path, name: str, export_dir: Path, clock: FakeClock, segment_secs: float = 100) -> None:
         self.store = AnalyticsStore(str(tmp / f"{name}.duckdb"), export_dir=str(export_dir), clock=clock)
         self.store.open()
         self.exporter = LogExporter(self.store, replica_id=name, segment_secs=segment_secs, clock=clock)
@@ -59,8 +52,8 @@ class Replica:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(T0 + 10)
+def clock() -> FakeClock:
+    return FakeClock(T0 + 10)
 
 
 @pytest.fixture
@@ -69,7 +62,7 @@ def export_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, export_dir: Path, clock: Clock) -> Iterator[list[Replica]]:
+def replicas(tmp_path: Path, export_dir: Path, clock: FakeClock) -> Iterator[list[Replica]]:
     made = [Replica(tmp_path, name, export_dir, clock) for name in ("a", "b")]
     yield made
     for replica in made:
@@ -89,7 +82,7 @@ def parquet_ids(export_dir: Path) -> list[str]:
 
 
 async def test_only_closed_windows_are_exported_and_each_row_is_read_once(
-    replicas: list[Replica], export_dir: Path, clock: Clock
+    replicas: list[Replica], export_dir: Path, clock: FakeClock
 ) -> None:
     a, b = replicas
     a.write(1, 2)
@@ -118,7 +111,7 @@ async def test_only_closed_windows_are_exported_and_each_row_is_read_once(
     assert await a.store.read(lambda db: db.execute("SELECT count(*) FROM request_log").fetchall()) == [(3,)]
 
 
-async def test_a_restart_continues_from_the_watermark(tmp_path: Path, export_dir: Path, clock: Clock) -> None:
+async def test_a_restart_continues_from_the_watermark(tmp_path: Path, export_dir: Path, clock: FakeClock) -> None:
     a = Replica(tmp_path, "a", export_dir, clock)
     a.write(1)
     clock.now = T0 + 100
@@ -142,7 +135,7 @@ async def test_a_restart_continues_from_the_watermark(tmp_path: Path, export_dir
 
 
 async def test_a_crash_between_rename_and_watermark_exports_nothing_twice(
-    tmp_path: Path, export_dir: Path, clock: Clock
+    tmp_path: Path, export_dir: Path, clock: FakeClock
 ) -> None:
     a = Replica(tmp_path, "a", export_dir, clock)
     a.write(1)
@@ -165,7 +158,9 @@ async def test_a_crash_between_rename_and_watermark_exports_nothing_twice(
         a.close()
 
 
-async def test_rows_written_late_for_their_request_time_are_not_skipped(replicas: list[Replica], clock: Clock) -> None:
+async def test_rows_written_late_for_their_request_time_are_not_skipped(
+    replicas: list[Replica], clock: FakeClock
+) -> None:
     a, _ = replicas
     clock.now = T0 + 500
     await a.exporter.run_once()  # watermark: T0 + 500
@@ -179,7 +174,7 @@ async def test_rows_written_late_for_their_request_time_are_not_skipped(replicas
 
 
 async def test_a_clock_stepping_back_still_stamps_rows_after_the_watermark(
-    replicas: list[Replica], clock: Clock
+    replicas: list[Replica], clock: FakeClock
 ) -> None:
     a, _ = replicas
     a.write(1)
@@ -194,7 +189,7 @@ async def test_a_clock_stepping_back_still_stamps_rows_after_the_watermark(
 
 
 async def test_retention_deletes_whole_segments_past_the_horizon(
-    replicas: list[Replica], export_dir: Path, clock: Clock
+    replicas: list[Replica], export_dir: Path, clock: FakeClock
 ) -> None:
     a, b = replicas
     a.write(1)
@@ -218,7 +213,7 @@ async def test_retention_deletes_whole_segments_past_the_horizon(
 
 
 async def test_unreadable_and_temporary_files_do_not_break_queries(
-    replicas: list[Replica], export_dir: Path, clock: Clock
+    replicas: list[Replica], export_dir: Path, clock: FakeClock
 ) -> None:
     a, _ = replicas
     a.write(1)
@@ -244,7 +239,7 @@ async def test_unreadable_and_temporary_files_do_not_break_queries(
 
 
 async def test_the_sandbox_reaches_segments_only_through_the_views(
-    replicas: list[Replica], export_dir: Path, clock: Clock, tmp_path: Path
+    replicas: list[Replica], export_dir: Path, clock: FakeClock, tmp_path: Path
 ) -> None:
     a, _ = replicas
     a.write(1)
@@ -285,7 +280,7 @@ async def test_the_sandbox_reaches_segments_only_through_the_views(
 
 
 async def test_an_unwritable_export_directory_loses_nothing(
-    replicas: list[Replica], export_dir: Path, clock: Clock
+    replicas: list[Replica], export_dir: Path, clock: FakeClock
 ) -> None:
     a, _ = replicas
     a.write(1)

@@ -10,12 +10,13 @@ import subprocess
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.errors import InvalidRequest
 from pipeline.metrics import Metrics
 from pipeline.worker_metrics import FORGET_SECS, WorkerMetrics, families, render
 from store.owner_wire import dumps, loads
+from tests.fakes.clock import FakeClock
+from tests.test_observability_api import samples, value
 from tests.test_record_writer import make_record
 
 
@@ -28,24 +29,16 @@ def _registry(requests: int, latency_ms: float) -> CollectorRegistry:
     return registry
 
 
-def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_each_workers_samples_come_labelled_with_its_index_and_nothing_else_changes() -> None:
     first, second = _registry(3, 0.5), _registry(5, 20.0)
     text = render({0: families(first), 1: families(second)}, {0: 0.0, 1: 1.5}).decode()
 
-    merged = _samples(text)
+    merged = samples(text)
     for index, registry in ((0, first), (1, second)):
-        for (name, labels), value in _samples(generate_latest(registry).decode()).items():
-            assert merged.pop((name, tuple(sorted((*labels, ("worker", str(index))))))) == value
-    ages = {labels: value for (name, labels), value in merged.items() if name == "tokenhub_worker_metrics_age_seconds"}
-    assert ages == {(("worker", "0"),): 0.0, (("worker", "1"),): 1.5}
+        for (name, labels), own in samples(generate_latest(registry).decode()).items():
+            assert merged.pop((name, labels | {("worker", str(index))})) == own
+    ages = {labels: age for (name, labels), age in merged.items() if name == "tokenhub_worker_metrics_age_seconds"}
+    assert ages == {frozenset({("worker", "0")}): 0.0, frozenset({("worker", "1")}): 1.5}
     assert len(merged) == 2  # nothing but the ages besides the workers' own samples
     # each family once, with its type: Prometheus refuses a family that appears twice
     assert text.count("# TYPE demo_requests_total counter") == 1
@@ -72,41 +65,31 @@ def test_promtool_accepts_the_merged_exposition_of_tokenhubs_own_registry() -> N
     assert result.returncode in (0, 3) and b"error" not in result.stderr, result.stderr
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_the_owner_answers_with_every_workers_last_copy_until_it_is_forgotten() -> None:
-    clock = Clock()
+    clock = FakeClock()
     owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=clock)
     assert await owner.receive((1, families(_registry(5, 20.0)), False)) is None
     clock.now += 1.0
     text = await owner.receive((2, families(_registry(7, 2.0)), True))
     assert text is not None
-    totals = {
-        labels: value for (name, labels), value in _samples(text.decode()).items() if name == "demo_requests_total"
-    }
-    assert totals == {(("model", "m1"), ("worker", str(w))): n for w, n in ((0, 3.0), (1, 5.0), (2, 7.0))}
+    totals = {labels: n for (name, labels), n in samples(text.decode()).items() if name == "demo_requests_total"}
+    assert totals == {frozenset({("model", "m1"), ("worker", str(w))}): n for w, n in ((0, 3.0), (1, 5.0), (2, 7.0))}
 
     # a newer copy replaces the older; a worker that stopped sending leaves the scrape after FORGET_SECS
     clock.now += FORGET_SECS - 1.0
     await owner.receive((1, families(_registry(6, 20.0)), False))
     clock.now += 0.5
-    samples = _samples((await owner.exposition()).decode())
-    assert samples[("demo_requests_total", (("model", "m1"), ("worker", "1")))] == 6.0
-    assert samples[("demo_requests_total", (("model", "m1"), ("worker", "2")))] == 7.0  # FORGET_SECS - 0.5 old
-    assert samples[("tokenhub_worker_metrics_age_seconds", (("worker", "1"),))] == 0.5
+    seen = samples((await owner.exposition()).decode())
+    assert value(seen, "demo_requests_total", model="m1", worker="1") == 6.0
+    assert value(seen, "demo_requests_total", model="m1", worker="2") == 7.0  # FORGET_SECS - 0.5 old
+    assert value(seen, "tokenhub_worker_metrics_age_seconds", worker="1") == 0.5
     clock.now += 1.0
-    samples = _samples((await owner.exposition()).decode())
-    assert {labels for name, labels in samples if name == "tokenhub_worker_metrics_age_seconds"} == {
-        (("worker", "0"),),
-        (("worker", "1"),),
+    seen = samples((await owner.exposition()).decode())
+    assert {labels for name, labels in seen if name == "tokenhub_worker_metrics_age_seconds"} == {
+        frozenset({("worker", "0")}),
+        frozenset({("worker", "1")}),
     }
-    assert not any(("worker", "2") in labels for _, labels in samples)
+    assert not any(("worker", "2") in labels for _, labels in seen)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +108,7 @@ async def test_the_owner_answers_with_every_workers_last_copy_until_it_is_forgot
     ],
 )
 async def test_a_malformed_copy_is_refused_and_changes_nothing(value: object) -> None:
-    owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=Clock())
+    owner = WorkerMetrics(_registry(3, 0.5), worker_index=0, clock=FakeClock())
     before = await owner.receive((1, families(_registry(5, 20.0)), True))
     with pytest.raises(InvalidRequest):
         await owner.receive(value)

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.backing import REDIS_URL, fresh_redis_prefix
+from tests.support.polling import until_equal
 from tests.support.server import Server
 
 ADMIN = "workers-admin-token-0123456789abcdef"
@@ -232,10 +233,7 @@ async def test_a_scrape_through_either_worker_counts_both_workers_requests(tmp_p
         # through worker 1: its counters travel with the scrape, and the owner adds its own
         assert await w1.requests_by_worker() == {"0": 3, "1": 5}
         # through the owner: worker 1's counters as its last push left them (every PUSH_SECS)
-        deadline = time.monotonic() + DEADLINE_SECS
-        while (seen := await w0.requests_by_worker()) != {"0": 3, "1": 5}:
-            assert time.monotonic() < deadline, seen
-            await asyncio.sleep(0.2)
+        await until_equal(w0.requests_by_worker, {"0": 3, "1": 5}, DEADLINE_SECS, every=0.2)
 
         # the owner gone: worker 1 answers with its own series rather than fail the scrape
         os.kill(w0.worker["pid"], signal.SIGKILL)

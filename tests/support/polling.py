@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def until(check: Callable[[], bool], seconds: float) -> None:
@@ -14,3 +17,12 @@ async def until(check: Callable[[], bool], seconds: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.005)
+
+
+async def until_equal(read: Callable[[], Awaitable[T]], wanted: T, seconds: float, every: float = 0.01) -> None:
+    """Return once `await read()` equals `wanted` (a state read over HTTP: metrics, ...), re-read every `every`
+    seconds; fail the test after `seconds`, saying what it last read."""
+    deadline = time.monotonic() + seconds
+    while (seen := await read()) != wanted:
+        assert time.monotonic() < deadline, f"still {seen!r} after {seconds} s, expected {wanted!r}"
+        await asyncio.sleep(every)
